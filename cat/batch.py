@@ -1,0 +1,115 @@
+"""From scored groups to the padded tensors the policy update consumes, and token scoring.
+
+Layout of one row: ``[pad ... prompt | completion ... pad]``: prompts left-padded to P, completions
+right-padded to T. Position ids come from the attention mask, as ``generate`` computes them, so
+the trainer scores tokens at the positions they were sampled at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cat.grpo import advantages as group_advantages
+from cat.types import Group, GroupScore
+
+
+@dataclass(frozen=True)
+class Batch:
+    """B = (scored groups) x G rows.
+
+    input_ids, attention_mask: [B, P + T]; completion_mask: [B, T] (1 on completion tokens that
+    carry loss); advantages, rewards: [B]; truncated: [B] bool (finish_reason == "length");
+    group_index: [B] index of the row's group in the step's group list.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    advantages: torch.Tensor
+    rewards: torch.Tensor
+    truncated: torch.Tensor
+    group_index: torch.Tensor
+
+    @property
+    def completion_length(self) -> int:
+        return self.completion_mask.shape[1]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def rows(self, start: int, stop: int) -> Batch:
+        return Batch(*(t[start:stop] for t in (
+            self.input_ids, self.attention_mask, self.completion_mask, self.advantages,
+            self.rewards, self.truncated, self.group_index,
+        )))
+
+
+def build_batch(
+    groups: list[Group],
+    scores: list[GroupScore],
+    *,
+    pad_id: int,
+    scale: str,
+    eps: float,
+    mask_truncated: bool,
+) -> Batch | None:
+    """Advantages per group and padded tensors; groups with ``rewards is None`` are left out.
+
+    Returns None when no group was scored.
+    """
+    kept = [i for i, s in enumerate(scores) if s.rewards is not None]
+    if not kept:
+        return None
+    rewards = torch.tensor([scores[i].rewards for i in kept], dtype=torch.float32)  # [N, G]
+    adv = group_advantages(rewards, scale=scale, eps=eps)  # [N, G]
+    rows = [(i, c) for i in kept for c in groups[i].completions]
+    P = max(len(groups[i].prompt_ids) for i in kept)
+    T = max(1, max(len(c.token_ids) for _, c in rows))
+    B = len(rows)
+    input_ids = torch.full((B, P + T), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, P + T), dtype=torch.long)
+    completion_mask = torch.zeros((B, T), dtype=torch.float32)
+    truncated = torch.zeros(B, dtype=torch.bool)
+    group_index = torch.zeros(B, dtype=torch.long)
+    for r, (gi, completion) in enumerate(rows):
+        prompt = groups[gi].prompt_ids
+        input_ids[r, P - len(prompt) : P] = torch.tensor(prompt)
+        attention[r, P - len(prompt) : P] = 1
+        n = len(completion.token_ids)
+        if n:
+            input_ids[r, P : P + n] = torch.tensor(completion.token_ids)
+            attention[r, P : P + n] = 1
+            completion_mask[r, :n] = 1.0
+        truncated[r] = completion.finish_reason == "length"
+        group_index[r] = gi
+    if mask_truncated:
+        completion_mask[truncated] = 0.0
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        completion_mask=completion_mask,
+        advantages=adv.reshape(-1).float(),
+        rewards=rewards.reshape(-1),
+        truncated=truncated,
+        group_index=group_index,
+    )
+
+
+def token_logprobs(model, input_ids, attention_mask, completion_length: int, temperature: float, *, with_entropy: bool = False):
+    """Log-probs of the completion tokens under ``model`` at ``temperature``.
+
+    input_ids, attention_mask: [b, P + T] -> logprobs [b, T] (and entropy [b, T] if asked).
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [b, P + T]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logits = logits[:, -completion_length - 1 : -1, :].float() / temperature  # [b, T, V]
+    targets = input_ids[:, -completion_length:]  # [b, T]
+    logp_all = torch.log_softmax(logits, dim=-1)  # [b, T, V]
+    logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [b, T]
+    if not with_entropy:
+        return logprobs, None
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [b, T]
+    return logprobs, entropy

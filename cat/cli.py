@@ -1,0 +1,211 @@
+"""``cat-rl``: train, evaluate, synthesize, build the tiny world.
+
+    cat-rl train CONFIG [--output-dir DIR] [--resume DIR] [--allow-config-change] [key=value ...]
+    cat-rl eval CONFIG [--model PATH] [--output FILE] [key=value ...]
+    cat-rl synthesize CONFIG [--estimators a,b,...] [--output FILE] [key=value ...]
+    cat-rl tiny-world
+
+User errors (bad config, data, template, registry name, unwritable directory) print one message
+and exit 2 without a traceback; Ctrl-C saves a checkpoint and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+from pathlib import Path
+
+from cat.errors import CatError, ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cat-rl",
+        description="Compute as Teacher: reference-free RL for language models. "
+        "Every command also takes section.key=value config overrides.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a policy (CaT-RL, TTRL or reference-based GRPO)")
+    t.add_argument("config", help="YAML config (see experiments/)")
+    t.add_argument("--output-dir", help="run directory (default: run.output_dir)")
+    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="resume an existing run even though its config differs")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e = sub.add_parser("eval", help="evaluate a policy: pass@1 over k samples, and greedy")
+    e.add_argument("config")
+    e.add_argument("--model", help="policy to evaluate (default: model.name_or_path); a run's checkpoint folder works")
+    e.add_argument("--output", help="write the JSON result here")
+    s = sub.add_parser("synthesize", help="test-time CaT: answer with each estimator's reference, no training")
+    s.add_argument("config")
+    s.add_argument("--estimators", default="single,majority_vote,synthesis",
+                   help="comma-separated estimator names to compare")
+    s.add_argument("--output", help="write the JSON result here")
+    sub.add_parser("tiny-world", help="build (or locate) the offline tiny world and print its folder")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like section.key=value)")
+    args.overrides = [a for a in extra if a not in unknown]
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "eval":
+            return _eval(args)
+        if args.command == "synthesize":
+            return _synthesize(args)
+        if args.command == "tiny-world":
+            from cat import tiny
+
+            print(tiny.ensure_built())
+            return 0
+    except CatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output directory {path} is not writable: {exc.strerror or exc}") from None
+
+
+def _prepare_run_dir(run_dir: Path, config, *, resume_requested: bool, allow_change: bool):
+    """Decide fresh start vs resume. Returns the checkpoint to resume from, or None."""
+    from cat import checkpoint as ckpt
+    from cat.config import dump_config
+
+    saved = run_dir / "config.yaml"
+    text = dump_config(config)
+    if not saved.exists():
+        if resume_requested:
+            raise ConfigError(f"--resume {run_dir}: no run there (no config.yaml)")
+        _check_writable(run_dir)
+        saved.write_text(text)
+        return None
+    _check_writable(run_dir)
+    old = saved.read_text()
+    if old != text:
+        diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True), "saved config.yaml", "this config"))
+        if not allow_change:
+            raise ConfigError(
+                f"{run_dir} holds a run with a different config; pass --allow-config-change to continue it "
+                f"anyway, or choose another --output-dir.\n{diff}"
+            )
+        print(f"continuing {run_dir} with a changed config:\n{diff}", file=sys.stderr)
+        saved.write_text(text)
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        print(f"{run_dir} has no complete checkpoint: starting it from step 0", file=sys.stderr)
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
+        return None
+    print(f"resuming {run_dir} from {latest.name}", file=sys.stderr)
+    return latest
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the rows of steps <= last_step (rows written after the checkpoint are replayed)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            break  # a torn last line from a kill mid-write
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _train(args) -> int:
+    from cat.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    run_dir = Path(args.resume or args.output_dir or config.run.output_dir)
+    if args.resume and args.output_dir and Path(args.output_dir) != Path(args.resume):
+        raise ConfigError("--resume and --output-dir name different directories")
+    config.run.output_dir = str(run_dir)
+    resume_from = _prepare_run_dir(run_dir, config, resume_requested=bool(args.resume), allow_change=args.allow_config_change)
+
+    from cat.trainer import Trainer
+
+    trainer = Trainer(config, run_dir)
+    if resume_from is not None:
+        trainer.restore(resume_from)
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            _truncate_jsonl(run_dir / name, trainer.step_done)
+    trainer.train(progress=not args.no_progress)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _eval(args) -> int:
+    from cat.config import load_config
+    from cat.data import encode_prompt, load_prompts
+    from cat.evaluate import evaluate_policy
+    from cat.generation import make_generator
+    from cat.models import load_model, load_tokenizer, resolve_device
+
+    config = load_config(args.config, args.overrides)
+    e, d, m, gen = config.eval, config.data, config.model, config.generation
+    if e.path is None:
+        raise ConfigError("eval.path is not set: nothing to evaluate on")
+    path = args.model or m.name_or_path
+    if args.model and (Path(args.model) / "model").is_dir():
+        path = str(Path(args.model) / "model")
+    prompts = load_prompts(e.path, name=e.name, split=e.split, prompt_field=d.prompt_field,
+                           answer_field=d.answer_field, answer_format=d.answer_format,
+                           prompt_template=d.prompt_template, system_prompt=m.system_prompt,
+                           limit=e.limit, require_answer=True)
+    tokenizer = load_tokenizer(path, trust_remote_code=m.trust_remote_code)
+    model = load_model(path, dtype=m.dtype, device=resolve_device(m.device), trust_remote_code=m.trust_remote_code, frozen=True)
+    ids = [encode_prompt(p, tokenizer, use_chat_template=m.chat_template, chat_template_kwargs=m.chat_template_kwargs) for p in prompts]
+    generator = make_generator(gen.backend, model, tokenizer, batch_size=gen.batch_size)
+    result = evaluate_policy(generator, prompts, ids, num_samples=e.num_samples, temperature=e.temperature,
+                             max_new_tokens=gen.max_new_tokens, top_p=gen.top_p, top_k=gen.top_k,
+                             stop=tuple(gen.stop), greedy=e.greedy, seed=config.run.seed + 17,
+                             mode=config.reward.mode, timeout_s=config.reward.timeout_s)
+    result["model"] = path
+    summary = {k: v for k, v in result.items() if k != "examples"}
+    print(json.dumps(summary, indent=2))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _synthesize(args) -> int:
+    from cat.config import load_config
+    from cat.testtime import run_test_time
+
+    config = load_config(args.config, args.overrides)
+    names = [n.strip() for n in args.estimators.split(",") if n.strip()]
+    result = run_test_time(config, names)
+    print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

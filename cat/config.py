@@ -1,0 +1,301 @@
+"""The typed config tree: one pydantic model per component, loaded from YAML with dotted overrides.
+
+Every field has a docstring (``use_attribute_docstrings``), unknown keys are rejected, and the
+defaults run on a laptop CPU. ``load_config(path, overrides)`` is the only way a run is configured;
+the resolved tree is written to the run directory as ``config.yaml``.
+
+Not here: what the values mean at run time (each consumer documents that) and registry lookups
+(names such as ``estimator.name`` are checked against their registry when the run starts).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cat.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = "tiny:arith"
+    """Policy to train: a hub id, a local folder in save_pretrained format, or ``tiny:arith`` (the
+    offline tiny world, built on first use). The frozen initial policy pi_0 (KL reference and
+    anchor) is a second copy of this model."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype of the policy and pi_0."""
+    device: str = "auto"
+    """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
+    trust_remote_code: bool = False
+    """Passed to from_pretrained."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory in the policy's backward pass."""
+    system_prompt: str | None = None
+    """Optional system message prepended to every prompt (when the tokenizer has a chat template)."""
+    chat_template: bool = True
+    """Format prompts with the tokenizer's chat template when it has one; otherwise raw text."""
+    chat_template_kwargs: dict[str, Any] = {}
+    """Extra arguments to apply_chat_template, e.g. ``{enable_thinking: false}`` for Qwen3."""
+
+
+class GenerationConfig(_Section):
+    backend: Literal["hf", "vllm"] = "hf"
+    """Rollout engine: ``hf`` (transformers generate; CPU or GPU) or ``vllm`` (GPU, extra ``vllm``)."""
+    num_generations: int = Field(8, ge=1)
+    """G: rollouts per prompt (the group)."""
+    max_new_tokens: int = Field(32, ge=1)
+    """Completion budget; a completion that reaches it finishes with reason ``length``."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature; the trainer divides logits by the same value when scoring tokens."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling threshold (1 = off)."""
+    top_k: int = Field(0, ge=0)
+    """Top-k sampling (0 = off)."""
+    stop: list[str] = []
+    """Extra stop strings (the tokenizer's EOS always stops)."""
+    batch_size: int = Field(64, ge=1)
+    """Sequences per generate call (hf backend)."""
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    """Fraction of GPU memory vLLM may take when colocated with training."""
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    """vLLM tensor parallel size."""
+
+
+class GRPOConfig(_Section):
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    """Token aggregation: grpo (per-sequence mean, then mean), bnpo (tokens of the optimiser batch),
+    dr_grpo (divide by batch size x max_new_tokens), dapo (tokens of the whole generation batch)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide advantages by the group's std, the batch's std, or not at all (Dr. GRPO)."""
+    advantage_eps: float = 1e-4
+    """Added to the std before dividing."""
+    epsilon: float = Field(0.2, ge=0)
+    """Lower clip: ratios below 1 - epsilon are clipped (for negative advantages)."""
+    epsilon_high: float | None = None
+    """Upper clip (DAPO clip-higher uses 0.28); None means equal to epsilon."""
+    beta: float = Field(0.0, ge=0)
+    """KL coefficient to the frozen initial policy pi_0 (k3 estimator). 0 skips the reference pass."""
+    unbiased_kl: bool = False
+    """Multiply the k3 term by the importance ratio (DeepSeek-V3.2 unbiased KL)."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """Importance ratio per token (GRPO) or per sequence (GSPO)."""
+    num_iterations: int = Field(1, ge=1)
+    """mu: optimiser passes over each generation batch (old log-probs are stored when > 1)."""
+    mask_truncated_completions: bool = False
+    """Completions that hit max_new_tokens contribute no loss (DAPO)."""
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-5, gt=0)
+    """AdamW learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate schedule after warm-up."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up steps."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm (None = no clipping)."""
+
+
+class DataConfig(_Section):
+    path: str = "tiny:arith/train.jsonl"
+    """Training prompts: a hub dataset id, or a local .jsonl / .json / .parquet file."""
+    name: str | None = None
+    """Hub dataset configuration name (e.g. ``main`` for gsm8k)."""
+    split: str = "train"
+    """Split of a hub dataset (local files have one split)."""
+    prompt_field: str = "problem"
+    """Column holding the prompt text."""
+    answer_field: str | None = "answer"
+    """Column holding the gold answer: used only by the ``gold`` estimator and for diagnostics."""
+    answer_format: Literal["plain", "gsm8k"] = "plain"
+    """``gsm8k`` takes the text after ``####`` as the gold answer."""
+    prompt_template: str = "{problem}"
+    """Python format string for the user message; ``{problem}`` is the prompt field."""
+    max_prompt_tokens: int | None = None
+    """Prompts longer than this (in tokens, after formatting) are skipped and counted."""
+    limit: int | None = None
+    """Use only the first N rows."""
+    shuffle: bool = True
+    """Shuffle prompts each epoch (seeded)."""
+
+
+class EvalConfig(_Section):
+    path: str | None = "tiny:arith/test.jsonl"
+    """Held-out prompts with gold answers (same formats as data.path). None disables evaluation.
+    For the test-time RL protocol point it at the training prompts."""
+    name: str | None = None
+    """Hub dataset configuration name."""
+    split: str = "test"
+    """Split of a hub dataset."""
+    limit: int | None = 200
+    """Evaluate on the first N rows (None = all)."""
+    num_samples: int = Field(4, ge=1)
+    """k: samples per prompt; accuracy is pass@1 averaged over them."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature for the averaged pass@1."""
+    greedy: bool = True
+    """Also report greedy accuracy."""
+    every: int = Field(0, ge=0)
+    """Evaluate every N training steps (0 = only before and after)."""
+
+
+class RewardConfig(_Section):
+    name: str = "math_equivalence"
+    """Reward function (registry ``cat.rewards``)."""
+    mode: Literal["equivalence", "strict"] = "equivalence"
+    """``equivalence`` (math-verify) or ``strict`` (normalised string match, as in the paper)."""
+    timeout_s: int = Field(3, ge=1)
+    """Per-comparison timeout for math-verify."""
+
+
+class EstimatorConfig(_Section):
+    name: str = "gold"
+    """Reference estimator (registry ``cat.estimators``): ``gold`` is reference-based GRPO."""
+    plugins: list[str] = []
+    """Modules to import before the run (``pkg.module`` or a path to a .py file) so that their
+    ``@register_estimator`` decorators run."""
+
+
+class AnchorConfig(_Section):
+    template: str = "math_synthesis"
+    """Synthesis template: a name in anchors/ or a path."""
+    include_question: bool = False
+    """Show the anchor the question (the paper's default is not to)."""
+    max_new_tokens: int = Field(64, ge=1)
+    """Token budget of one synthesis."""
+    temperature: float = Field(1.0, gt=0)
+    """Anchor sampling temperature (ignored when greedy)."""
+    greedy: bool = True
+    """Decode the anchor greedily."""
+    max_context_tokens: int | None = None
+    """Anchor prompt budget; rollouts are truncated evenly to fit. None = the model's context."""
+
+
+class RunConfig(_Section):
+    seed: int = 0
+    """Seeds data order, sampling and initialisation; same seed, same run on CPU."""
+    steps: int = Field(50, ge=1)
+    """RL steps (one generation batch each)."""
+    prompts_per_step: int = Field(16, ge=1)
+    """Prompts per generation batch; the batch holds prompts_per_step x G rollouts."""
+    micro_batch_size: int = Field(32, ge=1)
+    """Sequences per forward/backward pass; gradients accumulate exactly across micro-batches."""
+    output_dir: str = "runs/default"
+    """Run directory (config, metrics, samples, checkpoints, eval)."""
+    save_every: int = Field(0, ge=0)
+    """Checkpoint every N steps (0 = only at the end)."""
+    keep_last: int = Field(2, ge=1)
+    """Checkpoints to keep."""
+    log_samples: int = Field(4, ge=0)
+    """Completions per step written to samples.jsonl."""
+    max_nonfinite_in_a_row: int = Field(3, ge=1)
+    """Stop the run after this many consecutive non-finite losses or gradients."""
+
+
+class Config(_Section):
+    model: ModelConfig = ModelConfig()
+    generation: GenerationConfig = GenerationConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    optim: OptimConfig = OptimConfig()
+    data: DataConfig = DataConfig()
+    eval: EvalConfig = EvalConfig()
+    reward: RewardConfig = RewardConfig()
+    estimator: EstimatorConfig = EstimatorConfig()
+    anchor: AnchorConfig = AnchorConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if "{problem}" not in self.data.prompt_template:
+            raise ValueError("data.prompt_template must contain {problem}")
+        return self
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}' ({source}): '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _describe(loc: tuple, model: type[BaseModel]) -> str:
+    """Valid keys at the location of an error, so a typo's message lists what was meant."""
+    node: Any = model
+    for part in loc[:-1]:
+        field = node.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return ""
+        node = field.annotation
+    return ", ".join(sorted(node.model_fields))
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    tree: dict = {}
+    for item in overrides:
+        key, eq, raw = item.partition("=")
+        if not eq or not key or " " in key:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "", f"override {item!r}")
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``section.key=value`` overrides, validate the whole tree."""
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded
+    if overrides:
+        tree = _merge(tree, parse_overrides(overrides))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        lines = [f"invalid config ({source}):"]
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                valid = _describe(err["loc"], Config)
+                msg = f"unknown key; valid keys here: {valid}"
+            elif err["type"] == "literal_error":
+                msg = f"{msg} (got {err.get('input')!r})"
+            lines.append(f"  {loc}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,146 @@
+"""Datasets -> Prompts, and the seeded order in which training visits them.
+
+Sources: a local ``.jsonl`` (read line by line, so a bad row is reported by number), a local
+``.json`` / ``.parquet`` or a hub dataset id (through ``datasets``). Schemas are picked by field
+names in the config: MATH-500 (``problem`` / ``answer``), GSM8K (``question`` / ``answer`` with
+``answer_format: gsm8k``), the tiny world (``problem`` / ``answer``).
+
+The gold answer is kept on each Prompt for the ``gold`` estimator and for diagnostics only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from cat import tiny
+from cat.errors import DataError
+from cat.types import Prompt
+
+
+def _read_rows(path: str, name: str | None, split: str) -> tuple[list[dict], str]:
+    """Rows as dicts, and a label naming where they came from (for messages)."""
+    path = tiny.resolve(path)
+    local = Path(path)
+    if local.suffix in (".jsonl", ".json", ".parquet") or local.exists():
+        if not local.is_file():
+            raise DataError(f"dataset file not found: {path}")
+        if local.suffix == ".jsonl":
+            rows = []
+            with open(local, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"{path}: row {lineno} is not valid JSON ({exc.msg})") from None
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path}: row {lineno} must be a JSON object, got {type(row).__name__}")
+                    rows.append(row)
+            return rows, path
+        from datasets import load_dataset
+
+        kind = "parquet" if local.suffix == ".parquet" else "json"
+        try:
+            ds = load_dataset(kind, data_files=str(local), split="train")
+        except Exception as exc:  # datasets wraps parse errors in several types
+            raise DataError(f"cannot read {path}: {exc}") from None
+        return [dict(r) for r in ds], path
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(path, name, split=split)
+    except Exception as exc:
+        raise DataError(f"cannot load dataset '{path}' (config {name!r}, split {split!r}): {exc}") from None
+    return [dict(r) for r in ds], f"{path}[{split}]"
+
+
+def _gold(value, fmt: str) -> str:
+    text = str(value).strip()
+    if fmt == "gsm8k":
+        text = text.split("####")[-1].strip().replace(",", "")
+    return text
+
+
+def load_prompts(
+    path: str,
+    *,
+    name: str | None = None,
+    split: str = "train",
+    prompt_field: str = "problem",
+    answer_field: str | None = "answer",
+    answer_format: str = "plain",
+    prompt_template: str = "{problem}",
+    system_prompt: str | None = None,
+    limit: int | None = None,
+    require_answer: bool = False,
+) -> list[Prompt]:
+    """Validated prompts. Every malformed row is an error naming the source, the row and the field."""
+    rows, where = _read_rows(path, name, split)
+    if limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise DataError(f"{where}: no rows")
+    prompts = []
+    for i, row in enumerate(rows):
+        label = f"{where}: row {i + 1}"
+        if prompt_field not in row:
+            raise DataError(f"{label}: missing field '{prompt_field}' (fields: {sorted(row)})")
+        text = row[prompt_field]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{label}: field '{prompt_field}' must be a non-empty string, got {text!r:.60}")
+        gold = None
+        if answer_field is not None:
+            value = row.get(answer_field)
+            if value is None and require_answer:
+                raise DataError(f"{label}: missing field '{answer_field}' (needed by the gold estimator / evaluation)")
+            if value is not None:
+                if not isinstance(value, str | int | float):
+                    raise DataError(f"{label}: field '{answer_field}' must be a string or number, got {type(value).__name__}")
+                gold = _gold(value, answer_format)
+        messages = []
+        if system_prompt:
+            messages.append({"role": "system", "content": system_prompt})
+        messages.append({"role": "user", "content": prompt_template.replace("{problem}", text)})
+        meta = {k: v for k, v in row.items() if k not in (prompt_field, answer_field) and isinstance(v, str | int | float)}
+        prompts.append(Prompt(index=i, text=text, messages=tuple(messages), gold=gold, meta=meta))
+    return prompts
+
+
+def encode_prompt(prompt: Prompt, tokenizer, *, use_chat_template: bool = True, chat_template_kwargs: dict | None = None) -> list[int]:
+    """Token ids the policy continues: the chat template with a generation prompt when there is one."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            list(prompt.messages), tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = "\n\n".join(m["content"] for m in prompt.messages)
+    return tokenizer(text)["input_ids"]
+
+
+@dataclass
+class PromptOrder:
+    """Which prompts each step uses: a seeded permutation per epoch, so step s's batch is a pure
+    function of (seed, s). Resuming at step s therefore needs no saved cursor beyond s itself."""
+
+    size: int
+    per_step: int
+    seed: int
+    shuffle: bool = True
+
+    def _epoch(self, epoch: int) -> list[int]:
+        order = list(range(self.size))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def batch(self, step: int) -> list[int]:
+        start = step * self.per_step
+        out = []
+        for position in range(start, start + self.per_step):
+            epoch, offset = divmod(position, self.size)
+            out.append(self._epoch(epoch)[offset])
+        return out

@@ -1,0 +1,77 @@
+"""Teacher diagnostics: is the reference any good, and is the policy collapsing onto it?
+
+Gold labels are read here *to measure only*; nothing computed here feeds a reward or a loss.
+Groups without a gold label are left out of the accuracy figures (and all ``diag/*`` keys are
+absent when no group has one). Label-free warning signs (``diag/reference_in_rollouts``,
+``diag/disagree_rate``) need no gold.
+
+Keys (means over the step's groups unless stated):
+  diag/rollout_accuracy        rollouts whose final answer equals gold
+  diag/majority_accuracy       majority-vote answer equals gold
+  diag/reference_accuracy      the estimator's reference answer equals gold
+  diag/disagree_rate           reference answer differs from the majority answer
+  diag/disagree_accuracy       reference accuracy on those disagreements (NaN when none)
+  diag/correct_all_wrong       count: reference right although every rollout was wrong
+  diag/reward_accuracy         scored rollouts whose reward (> 0.5) equals their correctness
+  diag/reference_unparsable    references with no extractable answer
+  diag/reference_in_rollouts   reference answer equals at least one rollout's answer
+  anchor/*                     summed token and time counts reported by the estimator
+"""
+
+from __future__ import annotations
+
+from cat.estimators import majority_answer
+from cat.rewards.math import answers_match, extract_answer
+from cat.types import Group, GroupScore, Reference
+
+
+def teacher_diagnostics(groups: list[Group], references: list[Reference], scores: list[GroupScore], config) -> dict:
+    mode, timeout = config.reward.mode, config.reward.timeout_s
+
+    def same(a, b) -> bool:
+        return answers_match(a, b, mode=mode, timeout_s=timeout)
+
+    out: dict[str, float] = {}
+    n_unparsable = sum(r.answer is None for r in references)
+    out["diag/reference_unparsable"] = n_unparsable / max(len(references), 1)
+    in_rollouts = disagree = 0
+    labelled = rollout_hits = rollouts = ref_hits = maj_hits = all_wrong_right = 0
+    disagree_labelled = disagree_hits = reward_agree = reward_total = 0
+    for group, ref, score in zip(groups, references, scores, strict=True):
+        answers = [extract_answer(t) for t in group.texts]
+        majority, _, _ = majority_answer(answers, mode=mode, timeout_s=timeout)
+        if ref.answer is not None and any(same(a, ref.answer) for a in answers):
+            in_rollouts += 1
+        differs = not same(ref.answer, majority)
+        disagree += differs
+        gold = group.prompt.gold
+        if gold is None:
+            continue
+        labelled += 1
+        correct = [same(a, gold) for a in answers]
+        rollout_hits += sum(correct)
+        rollouts += len(correct)
+        ref_right = same(ref.answer, gold)
+        ref_hits += ref_right
+        maj_hits += same(majority, gold)
+        all_wrong_right += ref_right and not any(correct)
+        if differs:
+            disagree_labelled += 1
+            disagree_hits += ref_right
+        if score.rewards is not None:
+            reward_agree += sum((r > 0.5) == c for r, c in zip(score.rewards, correct, strict=True))
+            reward_total += len(correct)
+    out["diag/reference_in_rollouts"] = in_rollouts / max(len(references), 1)
+    out["diag/disagree_rate"] = disagree / max(len(references), 1)
+    if labelled:
+        out["diag/rollout_accuracy"] = rollout_hits / rollouts
+        out["diag/reference_accuracy"] = ref_hits / labelled
+        out["diag/majority_accuracy"] = maj_hits / labelled
+        out["diag/disagree_accuracy"] = disagree_hits / disagree_labelled if disagree_labelled else float("nan")
+        out["diag/correct_all_wrong"] = float(all_wrong_right)
+        out["diag/reward_accuracy"] = reward_agree / reward_total if reward_total else float("nan")
+    for key in ("anchor_prompt_tokens", "anchor_completion_tokens", "anchor_seconds", "truncated_rollouts"):
+        values = [r.meta[key] for r in references if key in r.meta]
+        if values:
+            out[f"anchor/{key.removeprefix('anchor_')}"] = float(sum(values))
+    return out

@@ -1,0 +1,57 @@
+"""Measuring a policy against gold answers: pass@1 averaged over k samples, and greedy.
+
+Gold labels are read here and in diagnostics only. Test-time CaT (answering with an estimator's
+reference instead of one sample) lives in ``cat.testtime``.
+"""
+
+from __future__ import annotations
+
+from cat.generation import Generator, SamplingParams
+from cat.rewards.math import answers_match, extract_answer
+from cat.types import Prompt
+
+
+def is_correct(text: str, gold: str | None, *, mode: str = "equivalence", timeout_s: int = 3) -> bool:
+    return gold is not None and answers_match(extract_answer(text), gold, mode=mode, timeout_s=timeout_s)
+
+
+def evaluate_policy(
+    generator: Generator,
+    prompts: list[Prompt],
+    prompt_ids: list[list[int]],
+    *,
+    num_samples: int,
+    temperature: float,
+    max_new_tokens: int,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    stop: tuple[str, ...] = (),
+    greedy: bool = True,
+    seed: int = 0,
+    mode: str = "equivalence",
+    timeout_s: int = 3,
+) -> dict:
+    """{"accuracy": mean pass@1 over k samples, "greedy_accuracy", "n", "num_samples", "examples"}."""
+    sampled = generator.generate(
+        prompt_ids,
+        SamplingParams(n=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_p=top_p, top_k=top_k, stop=stop, seed=seed),
+    )
+    examples = []
+    total = 0.0
+    for prompt, group in zip(prompts, sampled, strict=True):
+        correct = [is_correct(c.text, prompt.gold, mode=mode, timeout_s=timeout_s) for c in group]
+        total += sum(correct) / len(correct)
+        examples.append({"index": prompt.index, "gold": prompt.gold, "correct": correct, "sample": group[0].text})
+    result = {"accuracy": total / len(prompts), "n": len(prompts), "num_samples": num_samples}
+    if greedy:
+        greedy_out = generator.generate(
+            prompt_ids, SamplingParams(n=1, max_new_tokens=max_new_tokens, stop=stop, greedy=True)
+        )
+        hits = [is_correct(g[0].text, p.gold, mode=mode, timeout_s=timeout_s) for p, g in zip(prompts, greedy_out, strict=True)]
+        result["greedy_accuracy"] = sum(hits) / len(hits)
+        for example, hit, g in zip(examples, hits, greedy_out, strict=True):
+            example["greedy_correct"] = hit
+            example["greedy"] = g[0].text
+    result["examples"] = examples
+    return result

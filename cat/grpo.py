@@ -1,0 +1,209 @@
+"""GRPO maths: group advantages and the clipped policy loss, as pure tensor functions.
+
+Shapes: ``B`` sequences, ``T`` completion positions, ``mask[B, T]`` is 1 on real completion tokens.
+Semantics follow TRL's GRPOTrainer and verl's core_algos (see docs in README), with two choices
+stated here:
+
+* A group whose rewards are all equal gets advantage exactly 0 (never NaN, never 1e-17 noise).
+* Normalisers are explicit. ``policy_loss`` normalises over the batch it is given. The trainer
+  splits a batch into micro-batches and calls ``token_losses`` + ``aggregate`` with the *whole*
+  batch's sequence and token counts, so accumulated gradients equal the full-batch gradient for
+  every loss_type (TRL and verl both shipped bugs here). ``bnpo`` and ``dapo`` therefore coincide
+  in a single process; with several processes ``dapo`` counts the tokens of all of them.
+
+Nothing here knows about models, tokenizers or configs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALES = ("group", "batch", "none")
+
+
+def advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages.
+
+    rewards: [num_groups, G] -> advantages [num_groups, G].
+    A_i = r_i - mean(group), divided by the group's (Bessel-corrected) std + eps for ``group``,
+    by the std of all rewards in the batch + eps for ``batch``, not divided for ``none``.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be [num_groups, G], got shape {tuple(rewards.shape)}")
+    rewards = rewards.to(torch.float64) if rewards.dtype == torch.float64 else rewards.float()
+    mean = rewards.mean(dim=1, keepdim=True)  # [N, 1]
+    centred = rewards - mean  # [N, G]
+    flat = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)  # [N, 1] zero-spread groups
+    if scale == "group":
+        std = rewards.std(dim=1, keepdim=True) if rewards.shape[1] > 1 else torch.zeros_like(mean)
+        centred = centred / (std + eps)
+    elif scale == "batch":
+        std = rewards.std() if rewards.numel() > 1 else torch.zeros(())
+        centred = centred / (std + eps)
+    return torch.where(flat, torch.zeros_like(centred), centred)
+
+
+@dataclass(frozen=True)
+class LossStats:
+    """Token-level diagnostics of one loss evaluation (sums, so micro-batches add up exactly).
+
+    Divide by ``tokens`` for means: ``clip_low / tokens`` is the fraction of active tokens whose
+    ratio fell below 1 - epsilon_low with a negative advantage, and so on.
+    """
+
+    tokens: float
+    clip_low: float
+    clip_high: float
+    kl: float
+    ratio: float
+
+    def __add__(self, other: LossStats) -> LossStats:
+        return LossStats(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+
+    def as_tuple(self) -> tuple[float, ...]:
+        return (self.tokens, self.clip_low, self.clip_high, self.kl, self.ratio)
+
+    def means(self) -> dict[str, float]:
+        n = max(self.tokens, 1.0)
+        low, high = self.clip_low / n, self.clip_high / n
+        return {
+            "clip_ratio/low": low,
+            "clip_ratio/high": high,
+            "clip_ratio/region": low + high,
+            "kl": self.kl / n,
+            "ratio": self.ratio / n,
+        }
+
+
+def token_losses(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    beta: float = 0.0,
+    unbiased_kl: bool = False,
+    importance_sampling_level: str = "token",
+) -> tuple[torch.Tensor, LossStats]:
+    """Per-token clipped surrogate plus KL, before aggregation.
+
+    logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B].
+    Returns (loss [B, T] with zeros off the mask, summed stats).
+    """
+    mask = mask.to(logprobs.dtype)
+    adv = advantages.to(logprobs.dtype).unsqueeze(1)  # [B, 1]
+    log_ratio = (logprobs - old_logprobs) * mask  # [B, T]
+    if importance_sampling_level == "token":
+        log_weight = log_ratio  # [B, T]
+    elif importance_sampling_level == "sequence":
+        log_weight = (log_ratio.sum(1) / mask.sum(1).clamp(min=1.0)).unsqueeze(1)  # [B, 1] (GSPO)
+    else:
+        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
+    ratio = torch.exp(log_weight).expand_as(logprobs)  # [B, T]
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)  # [B, T]
+    loss = -torch.min(ratio * adv, clipped * adv)  # [B, T]
+    kl = torch.zeros_like(loss)
+    if beta != 0.0:
+        if ref_logprobs is None:
+            raise ValueError("beta > 0 needs ref_logprobs")
+        delta = ref_logprobs - logprobs  # [B, T]
+        kl = torch.exp(delta) - delta - 1  # k3, >= 0
+        kl_term = kl * ratio if unbiased_kl else kl
+        loss = loss + beta * kl_term
+    loss = loss * mask
+    with torch.no_grad():
+        low = ((ratio < 1 - epsilon_low) & (adv < 0)).to(mask.dtype) * mask
+        high = ((ratio > 1 + epsilon_high) & (adv > 0)).to(mask.dtype) * mask
+        stats = LossStats(
+            tokens=mask.sum().item(),
+            clip_low=low.sum().item(),
+            clip_high=high.sum().item(),
+            kl=(kl * mask).sum().item(),
+            ratio=(ratio * mask).sum().item(),
+        )
+    return loss, stats
+
+
+def aggregate(
+    loss: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_type: str,
+    total_sequences: int,
+    total_tokens: float,
+    max_completion_length: int | None = None,
+) -> torch.Tensor:
+    """Reduce per-token losses [B, T] to a scalar with a normaliser fixed by the whole batch.
+
+    ``total_sequences`` / ``total_tokens`` describe the full batch this slice belongs to, so the
+    sum of ``aggregate`` over slices equals ``aggregate`` of the full batch.
+    """
+    mask = mask.to(loss.dtype)
+    if loss_type == "grpo":
+        per_seq = loss.sum(1) / mask.sum(1).clamp(min=1.0)  # [B]
+        return per_seq.sum() / max(total_sequences, 1)
+    if loss_type in ("bnpo", "dapo"):
+        return loss.sum() / max(total_tokens, 1.0)
+    if loss_type == "dr_grpo":
+        length = max_completion_length if max_completion_length is not None else loss.shape[1]
+        return loss.sum() / (max(total_sequences, 1) * length)
+    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_type: str,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    beta: float = 0.0,
+    max_completion_length: int | None = None,
+    unbiased_kl: bool = False,
+    importance_sampling_level: str = "token",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The GRPO loss of one batch (single process, no accumulation).
+
+    logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B].
+    Per token: -min(rho * A, clip(rho, 1 - epsilon_low, 1 + epsilon_high) * A) + beta * k3, where
+    rho = exp(logprobs - old_logprobs) per token, or exp(mean log-ratio of the sequence) for
+    ``importance_sampling_level="sequence"`` (GSPO), and k3 = exp(ref - logp) - (ref - logp) - 1
+    (times rho when ``unbiased_kl``). Aggregated by ``loss_type``:
+    grpo: mean over each sequence's tokens, then over sequences; bnpo / dapo: sum over tokens /
+    active tokens; dr_grpo: sum / (B * max_completion_length, default T).
+    Returns (scalar loss, stats: clip_ratio/low, clip_ratio/high, clip_ratio/region, kl, ratio).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    per_token, stats = token_losses(
+        logprobs,
+        old_logprobs,
+        ref_logprobs,
+        advantages,
+        mask,
+        epsilon_low=epsilon_low,
+        epsilon_high=epsilon_high,
+        beta=beta,
+        unbiased_kl=unbiased_kl,
+        importance_sampling_level=importance_sampling_level,
+    )
+    loss = aggregate(
+        per_token,
+        mask,
+        loss_type=loss_type,
+        total_sequences=logprobs.shape[0],
+        total_tokens=float(mask.sum().item()),
+        max_completion_length=max_completion_length,
+    )
+    return loss, stats.means()

@@ -1,0 +1,63 @@
+"""Loading the policy, the frozen initial policy pi_0 and their tokenizer.
+
+pi_0 is loaded once, frozen, and serves as both the KL reference and the anchor. Dropout is
+switched off in both: RL computes log-probs that must match between sampling and scoring, and a
+dropout-on evaluation under-reads accuracy badly (see docs/design notes).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cat import tiny
+from cat.errors import ConfigError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"model.device is '{name}' but no CUDA device is available")
+    return torch.device(name)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for attr in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if hasattr(model.config, attr) and isinstance(getattr(model.config, attr), float):
+            setattr(model.config, attr, 0.0)
+
+
+def load_tokenizer(path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    resolved = tiny.resolve(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ConfigError(f"cannot load tokenizer from '{path}': {exc}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, *, dtype: str, device: torch.device, trust_remote_code: bool = False, frozen: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    resolved = tiny.resolve(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot load model from '{path}': {exc}") from None
+    disable_dropout(model)
+    model.to(device)
+    if frozen:
+        model.eval()
+        model.requires_grad_(False)
+    return model

@@ -1,0 +1,294 @@
+"""The offline tiny world: two-digit addition, a tokenizer and a small causal LM built from scratch.
+
+It exists so that the whole pipeline (generation, anchor, rewards, GRPO, checkpoints) runs on a
+laptop CPU with no network, through exactly the code path a hub model takes: the model and
+tokenizer are saved with ``save_pretrained`` and loaded back with ``AutoModelForCausalLM`` /
+``AutoTokenizer``.
+
+The task. A prompt is ``47+38``. A solution writes its column sums, zero-padded, and then the
+answer: ``ones 15 tens 08 so \\boxed{85}``. The solution does not restate the operands, so an
+anchor that is not shown the question cannot recompute the answer; it has to reconcile the
+candidates, which is the behaviour CaT relies on.
+
+How the base model gets partial competence fast. Instead of stopping pretraining early (slow and
+fragile), the policy half of the corpus is written by a noisy teacher: each column sum is wrong
+with probability ``field_error`` (mostly off by one, sometimes anything), the error carries into
+the answer as it would in a real chain of thought, and the final answer is occasionally miscopied.
+The model learns that distribution: its *mode* is usually right, its *samples* often are not, which
+is the regime where sampling several rollouts and reconciling them helps (greedy and majority
+accuracy well above single-sample accuracy).
+
+The anchor half of the corpus teaches the anchor's job: the math synthesis template from
+``anchors/`` filled with K candidates drawn from the same noisy teacher (no question), and as the
+target one reconciled solution with the correct column sums. Because the candidates come from the
+same error process the policy learned, the anchor is trained on the distribution of rollouts it
+will read during RL.
+
+Not a benchmark of anything but the pipeline: numbers from this world say the machinery learns,
+not that CaT works on real models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cat.anchor_format import format_rollouts
+from cat.templates import load_template
+
+SCHEME = "tiny:"
+SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SUMMARY = "SUMMARY: kept the column sums the responses support."
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Everything that determines the built world; its hash names the cache folder."""
+
+    version: int = 1
+    seed: int = 0
+    held_out: int = 500
+    field_error: float = 0.3
+    copy_error: float = 0.05
+    vocab_size: int = 1000
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_positions: int = 512
+    steps: int = 1200
+    policy_batch: int = 64
+    anchor_batch: int = 12
+    anchor_every: int = 2
+    lr: float = 3e-3
+    template: str = "math_synthesis"
+
+    def digest(self) -> str:
+        template = load_template(self.template, kind="anchors", required={"rollouts"}, allowed={"num_rollouts"})
+        blob = json.dumps(asdict(self), sort_keys=True) + template.text
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def all_pairs() -> list[tuple[int, int]]:
+    return [(a, b) for a in range(10, 100) for b in range(10, 100)]
+
+
+def split_pairs(spec: TinySpec) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(train, held_out): disjoint, fixed by the spec's seed."""
+    pairs = all_pairs()
+    random.Random(spec.seed).shuffle(pairs)
+    return pairs[spec.held_out :], pairs[: spec.held_out]
+
+
+def _perturb(value: int, low: int, high: int, rng: random.Random) -> int:
+    if rng.random() < 0.7:
+        candidates = [v for v in (value - 1, value + 1) if low <= v <= high]
+    else:
+        candidates = [v for v in range(low, high + 1) if v != value]
+    return rng.choice(candidates)
+
+
+def solution(a: int, b: int, rng: random.Random | None = None, spec: TinySpec | None = None) -> str:
+    """A worked solution; correct when ``rng`` is None, else drawn from the noisy teacher."""
+    ones = a % 10 + b % 10
+    if rng is not None and rng.random() < spec.field_error:
+        ones = _perturb(ones, 0, 18, rng)
+    tens = a // 10 + b // 10 + (ones >= 10)
+    if rng is not None and rng.random() < spec.field_error:
+        tens = _perturb(tens, 1, 19, rng)
+    answer = tens * 10 + ones % 10
+    if rng is not None and rng.random() < spec.copy_error:
+        answer = _perturb(answer, 10, 199, rng)
+    return f"ones {ones:02d} tens {tens:02d} so \\boxed{{{answer}}}"
+
+
+def anchor_prompt(candidates: list[str], spec: TinySpec) -> str:
+    template = load_template(spec.template, kind="anchors", required={"rollouts"}, allowed={"num_rollouts"})
+    return template.render(num_rollouts=str(len(candidates)), rollouts=format_rollouts(candidates))
+
+
+def anchor_target(a: int, b: int) -> str:
+    return f"{SUMMARY}\nUNIFIED RESPONSE: {solution(a, b)}"
+
+
+def _chat(user: str) -> str:
+    return f"<|user|>{user}<|end|><|assistant|>"
+
+
+def _policy_example(pair: tuple[int, int], rng: random.Random, spec: TinySpec) -> tuple[str, str]:
+    a, b = pair
+    return _chat(f"{a}+{b}"), solution(a, b, rng, spec) + "<|end|>"
+
+
+def _anchor_example(pair: tuple[int, int], rng: random.Random, spec: TinySpec) -> tuple[str, str]:
+    a, b = pair
+    k = rng.choice([2, 3, 4, 5, 6, 7, 8, 8, 8, 8, 8, 8])
+    candidates = [solution(a, b, rng, spec) for _ in range(k)]
+    return _chat(anchor_prompt(candidates, spec)), anchor_target(a, b) + "<|end|>"
+
+
+def build_tokenizer(spec: TinySpec, corpus: list[str]):
+    """A byte-level BPE tokenizer with single-digit tokens and a chat template, trained on ``corpus``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<|pad|>",
+        eos_token="<|end|>",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=spec.max_positions,
+        padding_side="left",
+    )
+
+
+def build_model(spec: TinySpec, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _batch(examples: list[tuple[str, str]], tokenizer):
+    """Right-padded input ids and labels (-100 outside the completion)."""
+    import torch
+
+    rows = []
+    for prompt, completion in examples:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        rows.append((p + c, [-100] * len(p) + c))
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        attention[i, : len(x)] = 1
+    return ids, labels, attention
+
+
+def pretrain(spec: TinySpec, out_dir: Path, log=print) -> None:
+    """Build the tokenizer, pretrain the model on the noisy-teacher corpus, save both to ``out_dir``."""
+    import torch
+
+    torch.manual_seed(spec.seed)
+    rng = random.Random(spec.seed)
+    train_pairs, held_out = split_pairs(spec)
+    corpus = [" ".join(_policy_example(rng.choice(train_pairs), rng, spec)) for _ in range(2000)]
+    corpus += [" ".join(_anchor_example(rng.choice(train_pairs), rng, spec)) for _ in range(300)]
+    tokenizer = build_tokenizer(spec, corpus)
+    model = build_model(spec, tokenizer)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = 100
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (spec.steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    start = time.time()
+    for step in range(spec.steps):
+        if step % spec.anchor_every == 0:
+            examples = [_anchor_example(rng.choice(train_pairs), rng, spec) for _ in range(spec.anchor_batch)]
+        else:
+            examples = [_policy_example(rng.choice(train_pairs), rng, spec) for _ in range(spec.policy_batch)]
+        ids, labels, attention = _batch(examples, tokenizer)
+        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        if step % 100 == 0 or step == spec.steps - 1:
+            log(f"  pretrain step {step:5d}/{spec.steps}  loss {loss.item():.3f}  {time.time() - start:6.1f}s")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")
+    for name, pairs in (("train", train_pairs), ("test", held_out)):
+        with open(out_dir / f"{name}.jsonl", "w") as f:
+            for a, b in pairs:
+                f.write(json.dumps({"problem": f"{a}+{b}", "answer": str(a + b)}) + "\n")
+    (out_dir / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CAT_CACHE", Path.home() / ".cache" / "cat"))
+
+
+def ensure_built(spec: TinySpec | None = None, log=print) -> Path:
+    """The folder of the built world, building it (a few CPU minutes) on first use.
+
+    Built in a temporary folder and renamed into place, so an interrupted build never leaves a
+    half-written world that later runs would trust.
+    """
+    spec = spec or TinySpec()
+    target = cache_root() / f"tiny-arith-{spec.digest()}"
+    if (target / "spec.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log(f"building the tiny arithmetic world in {target} (once; a few CPU minutes)")
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        pretrain(spec, tmp, log=log)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "spec.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve(path: str) -> str:
+    """Map ``tiny:arith`` (the model) or ``tiny:arith/<file>`` to a real path, building if needed."""
+    if not path.startswith(SCHEME):
+        return path
+    rest = path[len(SCHEME) :]
+    world, _, inner = rest.partition("/")
+    if world != "arith":
+        from cat.errors import ConfigError
+
+        raise ConfigError(f"unknown tiny world '{world}' in '{path}'; known: ['arith']")
+    root = ensure_built()
+    return str(root / (inner or "model"))

@@ -1,0 +1,455 @@
+"""The training loop: rollouts -> reference -> rewards -> advantages -> loss -> update.
+
+One ``Trainer`` owns the policy, the frozen pi_0 (KL reference and anchor, loaded only when
+something uses it), the rollout engine, the estimator, the reward, the optimizer and the run
+directory. ``train()`` runs steps, checkpoints, evaluates and resumes; ``step()`` is the algorithm.
+
+Departures from the paper's verl setup, stated here once:
+* Groups that cannot be scored (no answer in the reference, teacher failure) are dropped from the
+  update and counted (``groups/unscored``), never scored 0.
+* Gradient accumulation uses the whole batch's normaliser for every loss_type, so micro-batching
+  never changes the gradient.
+* Step s samples with seed f(seed, s) and visits prompts fixed by (seed, s), so a resumed run
+  regenerates exactly what the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cat import checkpoint as ckpt
+from cat.batch import Batch, build_batch, token_logprobs
+from cat.config import Config, dump_config
+from cat.data import PromptOrder, encode_prompt, load_prompts
+from cat.diagnostics import teacher_diagnostics
+from cat.errors import ConfigError, TrainingHalted
+from cat.estimators import ESTIMATORS
+from cat.evaluate import evaluate_policy
+from cat.generation import SamplingParams, make_generator
+from cat.grpo import LossStats, aggregate, token_losses
+from cat.models import load_model, load_tokenizer, resolve_device
+from cat.registry import import_plugin
+from cat.rewards import REWARDS
+from cat.types import Group, GroupScore, Reference
+
+
+@dataclass
+class StepResult:
+    metrics: dict
+    samples: list[dict] = field(default_factory=list)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919) % (2**31 - 1)
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: Path, *, log=print):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.log = log
+        for plugin in config.estimator.plugins:
+            import_plugin(plugin)
+        self.estimator = ESTIMATORS.get(config.estimator.name)(config)
+        self.reward = REWARDS.get(config.reward.name)(config)
+        torch.manual_seed(config.run.seed)
+        self.device = resolve_device(config.model.device)
+        m = config.model
+        self.tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
+        self.prompts = load_prompts(
+            config.data.path, name=config.data.name, split=config.data.split,
+            prompt_field=config.data.prompt_field, answer_field=config.data.answer_field,
+            answer_format=config.data.answer_format, prompt_template=config.data.prompt_template,
+            system_prompt=m.system_prompt, limit=config.data.limit,
+            require_answer=config.estimator.name == "gold",
+        )
+        self.prompt_ids, self.skipped_long = self._encode(self.prompts, config.data.max_prompt_tokens)
+        if not self.prompt_ids:
+            raise ConfigError(f"every prompt is longer than data.max_prompt_tokens={config.data.max_prompt_tokens}")
+        self.eval_prompts, self.eval_ids = self._load_eval()
+        self.policy = load_model(m.name_or_path, dtype=m.dtype, device=self.device, trust_remote_code=m.trust_remote_code)
+        if m.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+        self.policy.train()
+        self._initial = None
+        self.generator = make_generator(
+            config.generation.backend, self.policy, self.tokenizer, batch_size=config.generation.batch_size,
+            gpu_memory_utilization=config.generation.vllm_gpu_memory_utilization,
+            tensor_parallel_size=config.generation.vllm_tensor_parallel_size, seed=config.run.seed,
+        )
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
+        )
+        total = config.run.steps * config.grpo.num_iterations
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(o.schedule, o.warmup_steps, total))
+        self.order = PromptOrder(len(self.prompt_ids), config.run.prompts_per_step, config.run.seed, config.data.shuffle)
+        self.step_done = 0
+        self.nonfinite_in_a_row = 0
+        self._anchor = None
+
+    # ---- components loaded on first use -------------------------------------------------------
+
+    @property
+    def initial_policy(self):
+        """pi_0: loaded once, frozen; the KL reference and the anchor."""
+        if self._initial is None:
+            m = self.config.model
+            self._initial = load_model(m.name_or_path, dtype=m.dtype, device=self.device,
+                                       trust_remote_code=m.trust_remote_code, frozen=True)
+        return self._initial
+
+    @property
+    def anchor(self):
+        if self._anchor is None and getattr(self.estimator, "needs_anchor", False):
+            from cat.anchor import Anchor
+
+            self._anchor = Anchor.from_config(self.config, self.initial_policy, self.tokenizer)
+        return self._anchor
+
+    def _encode(self, prompts, limit):
+        kept_ids, skipped = [], 0
+        m = self.config.model
+        kept = []
+        for p in prompts:
+            ids = encode_prompt(p, self.tokenizer, use_chat_template=m.chat_template, chat_template_kwargs=m.chat_template_kwargs)
+            if limit is not None and len(ids) > limit:
+                skipped += 1
+                continue
+            kept.append(p)
+            kept_ids.append(ids)
+        if skipped:
+            self.log(f"skipped {skipped} prompt(s) longer than data.max_prompt_tokens={limit}")
+        prompts[:] = kept
+        return kept_ids, skipped
+
+    def _load_eval(self):
+        e = self.config.eval
+        if e.path is None:
+            return [], []
+        d = self.config.data
+        prompts = load_prompts(
+            e.path, name=e.name, split=e.split, prompt_field=d.prompt_field, answer_field=d.answer_field,
+            answer_format=d.answer_format, prompt_template=d.prompt_template,
+            system_prompt=self.config.model.system_prompt, limit=e.limit, require_answer=True,
+        )
+        ids, _ = self._encode(prompts, d.max_prompt_tokens)
+        return prompts, ids
+
+    # ---- the algorithm -------------------------------------------------------------------------
+
+    def step(self, step: int) -> StepResult:
+        timer = _Timer()
+        with timer("generate"):
+            groups = self.rollout(step)
+        with timer("reference"):
+            references = self.estimator(groups, self.anchor)
+        with timer("reward"):
+            scores = [self.reward(g, r) for g, r in zip(groups, references, strict=True)]
+        g = self.config.grpo
+        batch = build_batch(groups, scores, pad_id=self.tokenizer.pad_token_id, scale=g.scale_rewards,
+                            eps=g.advantage_eps, mask_truncated=g.mask_truncated_completions)
+        update = self.update(batch, timer) if batch is not None else {}
+        metrics = {"step": step + 1, **self._rollout_metrics(groups, scores), **update}
+        metrics.update(teacher_diagnostics(groups, references, scores, self.config))
+        metrics.update(timer.metrics())
+        tokens = sum(len(c.token_ids) for grp in groups for c in grp.completions)
+        metrics["tokens_per_second"] = tokens / max(timer.total, 1e-9)
+        return StepResult(metrics, self._samples(step, groups, references, scores, batch))
+
+    def rollout(self, step: int) -> list[Group]:
+        indices = self.order.batch(step)
+        gen = self.config.generation
+        params = SamplingParams(
+            n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
+            top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=_step_seed(self.config.run.seed, step),
+        )
+        completions = self.generator.generate([self.prompt_ids[i] for i in indices], params)
+        return [
+            Group(prompt=self.prompts[i], prompt_ids=tuple(self.prompt_ids[i]), completions=tuple(c))
+            for i, c in zip(indices, completions, strict=True)
+        ]
+
+    def update(self, batch: Batch, timer: _Timer) -> dict:
+        """num_iterations optimiser steps on one generation batch, micro-batched exactly."""
+        g, run = self.config.grpo, self.config.run
+        T = batch.completion_length
+        chunks = [(s, min(s + run.micro_batch_size, len(batch))) for s in range(0, len(batch), run.micro_batch_size)]
+        total_tokens = float(batch.completion_mask.sum().item())
+        with timer("logprobs"):
+            old = self._score(self.policy, batch, chunks) if g.num_iterations > 1 else None
+            ref = self._score(self.initial_policy, batch, chunks) if g.beta > 0 else None
+        out: dict = {}
+        with timer("update"):
+            for _ in range(g.num_iterations):
+                self.optimizer.zero_grad(set_to_none=True)
+                stats = LossStats(0, 0, 0, 0, 0)
+                loss_sum, entropy_sum = 0.0, 0.0
+                for start, stop in chunks:
+                    mb = batch.rows(start, stop)
+                    ids, att = mb.input_ids.to(self.device), mb.attention_mask.to(self.device)
+                    mask = mb.completion_mask.to(self.device)
+                    logp, entropy = token_logprobs(self.policy, ids, att, T, self.config.generation.temperature, with_entropy=True)
+                    old_lp = old[start:stop].to(self.device) if old is not None else logp.detach()
+                    ref_lp = ref[start:stop].to(self.device) if ref is not None else None
+                    per_token, mb_stats = token_losses(
+                        logp, old_lp, ref_lp, mb.advantages.to(self.device), mask,
+                        epsilon_low=g.epsilon, epsilon_high=g.epsilon_high if g.epsilon_high is not None else g.epsilon,
+                        beta=g.beta, unbiased_kl=g.unbiased_kl, importance_sampling_level=g.importance_sampling_level,
+                    )
+                    loss = aggregate(per_token, mask, loss_type=g.loss_type, total_sequences=len(batch),
+                                     total_tokens=total_tokens, max_completion_length=self.config.generation.max_new_tokens)
+                    loss.backward()
+                    loss_sum += loss.item()
+                    entropy_sum += (entropy * mask).sum().item()
+                    stats = stats + mb_stats
+                out = {"loss": loss_sum, "entropy": entropy_sum / max(total_tokens, 1.0), **stats.means()}
+                out.update(self._optimizer_step(loss_sum))
+        return out
+
+    def _optimizer_step(self, loss_value: float) -> dict:
+        max_norm = self.config.optim.max_grad_norm
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+        norm = float(norm)
+        if not (math.isfinite(loss_value) and math.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_in_a_row += 1
+            self.log(f"non-finite loss or gradient (loss={loss_value}, grad_norm={norm}): update skipped "
+                     f"({self.nonfinite_in_a_row} in a row)")
+            if self.nonfinite_in_a_row >= self.config.run.max_nonfinite_in_a_row:
+                raise TrainingHalted(
+                    f"{self.nonfinite_in_a_row} non-finite updates in a row (run.max_nonfinite_in_a_row); "
+                    "lower optim.lr or check the rewards"
+                )
+            return {"grad_norm": norm, "skipped_update": 1, "lr": self.scheduler.get_last_lr()[0]}
+        self.nonfinite_in_a_row = 0
+        self.optimizer.step()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        return {"grad_norm": norm, "skipped_update": 0, "lr": lr}
+
+    @torch.no_grad()
+    def _score(self, model, batch: Batch, chunks) -> torch.Tensor:
+        parts = []
+        for start, stop in chunks:
+            mb = batch.rows(start, stop)
+            logp, _ = token_logprobs(model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
+                                     batch.completion_length, self.config.generation.temperature)
+            parts.append(logp.cpu())
+        return torch.cat(parts)
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+
+    def _rollout_metrics(self, groups: list[Group], scores: list[GroupScore]) -> dict:
+        lengths = [len(c.token_ids) for g in groups for c in g.completions]
+        truncated = [c.finish_reason == "length" for g in groups for c in g.completions]
+        scored = [s.rewards for s in scores if s.rewards is not None]
+        flat = [r for rs in scored for r in rs]
+        mean = sum(flat) / len(flat) if flat else float("nan")
+        std = math.sqrt(sum((r - mean) ** 2 for r in flat) / (len(flat) - 1)) if len(flat) > 1 else 0.0
+        zero_std = sum(1 for rs in scored if max(rs) == min(rs))
+        out = {
+            "reward/mean": mean,
+            "reward/std": std,
+            "frac_reward_zero_std": zero_std / len(scored) if scored else float("nan"),
+            "groups/scored": len(scored),
+            "groups/unscored": len(scores) - len(scored),
+            "completion/mean_length": sum(lengths) / len(lengths),
+            "completion/max_length": max(lengths),
+            "completion/min_length": min(lengths),
+            "completion/clipped_ratio": sum(truncated) / len(truncated),
+        }
+        for key in sorted({k for s in scores for k in s.info}):
+            values = [s.info[key] for s in scores if key in s.info]
+            out[f"reward/{key}"] = sum(values) / len(values)
+        return out
+
+    def _samples(self, step, groups, references, scores, batch) -> list[dict]:
+        n = self.config.run.log_samples
+        out = []
+        adv_by_group: dict[int, list[float]] = {}
+        if batch is not None:
+            for gi, a in zip(batch.group_index.tolist(), batch.advantages.tolist(), strict=True):
+                adv_by_group.setdefault(gi, []).append(a)
+        for gi, (group, ref, score) in enumerate(zip(groups, references, scores, strict=True)):
+            for ci, c in enumerate(group.completions):
+                if len(out) >= n:
+                    return out
+                out.append({
+                    "step": step + 1,
+                    "prompt": group.prompt.text,
+                    "completion": c.text,
+                    "finish_reason": c.finish_reason,
+                    "reward": score.rewards[ci] if score.rewards is not None else None,
+                    "advantage": adv_by_group[gi][ci] if gi in adv_by_group else None,
+                    "reference": ref.text,
+                    "reference_answer": ref.answer,
+                    "gold": group.prompt.gold,
+                })
+        return out
+
+    def evaluate(self) -> dict:
+        e, gen = self.config.eval, self.config.generation
+        result = evaluate_policy(
+            self.generator, self.eval_prompts, self.eval_ids, num_samples=e.num_samples, temperature=e.temperature,
+            max_new_tokens=gen.max_new_tokens, top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop),
+            greedy=e.greedy, seed=self.config.run.seed + 17, mode=self.config.reward.mode,
+            timeout_s=self.config.reward.timeout_s,
+        )
+        result.pop("examples")
+        return result
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step_done,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+        }
+
+    def save(self) -> Path:
+        path = ckpt.save_checkpoint(self.run_dir, self.step_done, model=self.policy, tokenizer=self.tokenizer,
+                                    trainer_state=self.state_dict(), keep_last=self.config.run.keep_last)
+        return path
+
+    def restore(self, path: Path) -> None:
+        from transformers import AutoModelForCausalLM
+
+        state = ckpt.load_trainer_state(path)
+        weights = AutoModelForCausalLM.from_pretrained(path / "model", dtype=self.policy.dtype).state_dict()
+        self.policy.load_state_dict(weights)
+        self.generator.sync_weights(self.policy)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
+        self.step_done = state["step"]
+        ckpt.set_rng_state(state["rng"])
+
+    def train(self, *, progress: bool = True) -> dict:
+        """Run (or continue) to ``run.steps``; returns the eval summary {before, after}."""
+        from tqdm import tqdm
+
+        run = self.config.run
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        eval_path = self.run_dir / "eval.json"
+        evals = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+        if self.eval_prompts and "before" not in evals:
+            self.log("evaluating the initial policy ...")
+            evals["before"] = self.evaluate()
+            _write_json_atomic(eval_path, evals)
+            self.log(_eval_line("before", evals["before"]))
+        bar = tqdm(total=run.steps, initial=self.step_done, disable=not progress, desc="train", unit="step", leave=False)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        samples_path = self.run_dir / "samples.jsonl"
+        try:
+            while self.step_done < run.steps:
+                result = self.step(self.step_done)
+                self.step_done += 1
+                _append_jsonl(metrics_path, [result.metrics])
+                _append_jsonl(samples_path, result.samples)
+                bar.update(1)
+                bar.write(_console_line(result.metrics))
+                if self.eval_prompts and self.config.eval.every and self.step_done % self.config.eval.every == 0 \
+                        and self.step_done < run.steps:
+                    evals.setdefault("history", []).append({"step": self.step_done, **self.evaluate()})
+                    _write_json_atomic(eval_path, evals)
+                if run.save_every and self.step_done % run.save_every == 0 and self.step_done < run.steps:
+                    self.save()
+        except KeyboardInterrupt:
+            bar.close()
+            path = self.save()
+            self.log(f"interrupted: saved {path}. Resume with: cat-rl train <config> --resume {self.run_dir}")
+            raise
+        bar.close()
+        self.save()
+        if self.eval_prompts:
+            evals["after"] = self.evaluate()
+            _write_json_atomic(eval_path, evals)
+            self.log(_eval_line("before", evals["before"]))
+            self.log(_eval_line("after", evals["after"]))
+        return evals
+
+
+class _Timer:
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.times[name] = timer.times.get(name, 0.0) + time.perf_counter() - self.t
+
+        return _Ctx()
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+    def metrics(self) -> dict:
+        out = {f"time/{k}": v for k, v in self.times.items()}
+        out["time/step"] = self.total
+        return out
+
+
+def _schedule(kind: str, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return factor
+
+
+def _append_jsonl(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _eval_line(label: str, result: dict) -> str:
+    line = f"{label:>6}: accuracy {result['accuracy']:.3f} (pass@1 over {result['num_samples']} samples, n={result['n']})"
+    if "greedy_accuracy" in result:
+        line += f"  greedy {result['greedy_accuracy']:.3f}"
+    return line
+
+
+def _console_line(m: dict) -> str:
+    parts = [f"step {m['step']:4d}", f"reward {m['reward/mean']:.3f}"]
+    for key, label in (("diag/reference_accuracy", "ref_acc"), ("diag/majority_accuracy", "maj_acc"),
+                       ("diag/rollout_accuracy", "roll_acc"), ("kl", "kl"), ("entropy", "ent"),
+                       ("frac_reward_zero_std", "zero_std")):
+        if key in m and m[key] == m[key]:
+            parts.append(f"{label} {m[key]:.3f}")
+    if m.get("groups/unscored"):
+        parts.append(f"unscored {m['groups/unscored']}")
+    parts.append(f"{m['time/step']:.1f}s")
+    return "  ".join(parts)

@@ -1,0 +1,80 @@
+"""Records that cross module boundaries. Frozen; shapes and meanings in each docstring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One training or evaluation prompt.
+
+    ``messages`` is the chat the policy answers; ``text`` is the raw problem (what an anchor that
+    sees the question is shown). ``gold`` is the dataset label when it has one: read only by the
+    ``gold`` estimator and by diagnostics, never by a label-free reward.
+    """
+
+    index: int
+    text: str
+    messages: tuple[dict[str, str], ...]
+    gold: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled completion.
+
+    token_ids: [L] generated ids, including the EOS that ended it (if any).
+    logprobs: [L] log-probabilities under the sampling distribution (after temperature/top-k/p).
+    finish_reason: ``stop`` (EOS or a stop string) or ``length`` (hit max_new_tokens).
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finish_reason: Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A prompt and its G rollouts: the unit a reference estimator and a reward see."""
+
+    prompt: Prompt
+    prompt_ids: tuple[int, ...]
+    completions: tuple[Completion, ...]
+
+    @property
+    def texts(self) -> list[str]:
+        return [c.text for c in self.completions]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What an estimator produced for one group.
+
+    ``text`` is the reference solution (for synthesis: the anchor's output), ``answer`` its
+    extracted final answer (None when none could be extracted: the group then gets no learning
+    signal), ``source`` the estimator's name, ``meta`` estimator diagnostics (e.g. chosen index,
+    anchor tokens, truncation).
+    """
+
+    text: str
+    answer: str | None
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GroupScore:
+    """A reward function's verdict on one group.
+
+    ``rewards`` has one float per rollout, or is None when the group could not be scored (no
+    usable reference, teacher failure): such a group is dropped from the update and counted,
+    never scored 0. ``info`` holds per-group diagnostics, summed/averaged by the trainer.
+    """
+
+    rewards: tuple[float, ...] | None
+    info: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None

@@ -1,0 +1,196 @@
+"""cat.grpo against hand-derived numbers and an independent, loop-based implementation."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from cat.grpo import advantages, aggregate, policy_loss, token_losses
+
+
+def test_group_advantages_hand_derived():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    a = advantages(r, scale="group", eps=1e-4)
+    std = math.sqrt(1 / 3)  # Bessel: sum of squares 4 * 0.25 over 3
+    expected = 0.5 / (std + 1e-4)
+    assert a[0].tolist() == pytest.approx([expected, -expected, -expected, expected], abs=1e-6)
+    assert torch.equal(a[1], torch.zeros(4))  # zero spread -> exactly 0
+
+
+def test_batch_and_none_scaling():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    none = advantages(r, scale="none")
+    assert none[0].tolist() == [0.5, -0.5, -0.5, 0.5]
+    batch = advantages(r, scale="batch", eps=1e-4)
+    std = math.sqrt(1.5 / 7)  # all 8 rewards, mean 0.75
+    assert batch[0, 0].item() == pytest.approx(0.5 / (std + 1e-4), abs=1e-6)
+    assert torch.equal(batch[1], torch.zeros(4))
+
+
+def test_zero_spread_non_integer_rewards_are_exactly_zero():
+    r = torch.full((3, 5), 0.1)
+    assert torch.equal(advantages(r, scale="group"), torch.zeros(3, 5))
+    assert torch.equal(advantages(torch.tensor([[0.7]]), scale="group"), torch.zeros(1, 1))  # G = 1
+
+
+def test_bad_scale_and_shape():
+    with pytest.raises(ValueError, match="scale"):
+        advantages(torch.zeros(2, 2), scale="std")
+    with pytest.raises(ValueError, match="num_groups"):
+        advantages(torch.zeros(4), scale="group")
+
+
+def _inputs():
+    logp = torch.zeros(2, 2)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv = torch.tensor([1.0, -3.0])
+    return logp, mask, adv
+
+
+@pytest.mark.parametrize(
+    "loss_type,expected",
+    [("grpo", 1.0), ("bnpo", 1 / 3), ("dapo", 1 / 3), ("dr_grpo", 1 / 8)],
+)
+def test_loss_types_hand_derived(loss_type, expected):
+    # ratio 1 everywhere: per-token loss = -A: seq 1 -> (-1, -1), seq 2 -> (3, masked)
+    logp, mask, adv = _inputs()
+    loss, stats = policy_loss(logp, logp, None, adv, mask, loss_type=loss_type, max_completion_length=4)
+    assert loss.item() == pytest.approx(expected, abs=1e-7)
+    assert stats["ratio"] == pytest.approx(1.0)
+    assert stats["clip_ratio/low"] == 0 and stats["clip_ratio/high"] == 0
+
+
+def test_dr_grpo_defaults_to_T():
+    logp, mask, adv = _inputs()
+    loss, _ = policy_loss(logp, logp, None, adv, mask, loss_type="dr_grpo")
+    assert loss.item() == pytest.approx(1 / 4)
+
+
+def test_clipping_hand_derived():
+    old = torch.zeros(1, 4)
+    logp = torch.log(torch.tensor([[1.5, 1.5, 0.5, 0.5]]))
+    mask = torch.ones(1, 4)
+    # Two sequences would need two advantages; use one sequence per sign instead.
+    pos, _ = policy_loss(logp[:, :2], old[:, :2], None, torch.tensor([2.0]), mask[:, :2], loss_type="bnpo")
+    assert pos.item() == pytest.approx(-1.2 * 2.0)  # clipped at 1 + 0.2
+    neg, stats = policy_loss(logp[:, 2:], old[:, 2:], None, torch.tensor([-2.0]), mask[:, 2:], loss_type="bnpo")
+    assert neg.item() == pytest.approx(0.8 * 2.0)  # clipped at 1 - 0.2
+    assert stats["clip_ratio/low"] == 1.0
+    _, stats = policy_loss(logp[:, :2], old[:, :2], None, torch.tensor([2.0]), mask[:, :2], loss_type="bnpo")
+    assert stats["clip_ratio/high"] == 1.0
+    # clip-higher: 1.5 is inside [0.8, 1.6]
+    hi, stats = policy_loss(logp[:, :2], old[:, :2], None, torch.tensor([2.0]), mask[:, :2], loss_type="bnpo", epsilon_high=0.6)
+    assert hi.item() == pytest.approx(-1.5 * 2.0)
+    assert stats["clip_ratio/high"] == 0.0
+    # a ratio above the clip with a negative advantage is not clipped (pessimistic bound)
+    unclipped, _ = policy_loss(logp[:, :2], old[:, :2], None, torch.tensor([-2.0]), mask[:, :2], loss_type="bnpo")
+    assert unclipped.item() == pytest.approx(1.5 * 2.0)
+
+
+def test_kl_k3_hand_derived():
+    logp = torch.zeros(1, 1)
+    ref = torch.log(torch.tensor([[2.0]]))
+    loss, stats = policy_loss(logp, logp, ref, torch.tensor([0.0]), torch.ones(1, 1), loss_type="bnpo", beta=0.1)
+    k3 = 2.0 - math.log(2.0) - 1.0
+    assert stats["kl"] == pytest.approx(k3, abs=1e-6)
+    assert loss.item() == pytest.approx(0.1 * k3, abs=1e-7)
+    # unbiased KL multiplies k3 by the ratio (1.5 here)
+    new = torch.log(torch.tensor([[1.5]]))
+    loss_u, _ = policy_loss(new, logp, ref, torch.tensor([0.0]), torch.ones(1, 1), loss_type="bnpo", beta=0.1, unbiased_kl=True)
+    d = math.log(2.0) - math.log(1.5)
+    assert loss_u.item() == pytest.approx(0.1 * 1.5 * (math.exp(d) - d - 1), abs=1e-7)
+
+
+def test_sequence_level_ratio_is_geometric_mean():
+    old = torch.zeros(1, 3)
+    logp = torch.tensor([[0.1, -0.1, 0.3]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # third token masked: not in the mean
+    loss, stats = policy_loss(logp, old, None, torch.tensor([1.0]), mask, loss_type="bnpo", importance_sampling_level="sequence")
+    assert stats["ratio"] == pytest.approx(1.0)  # exp(mean(0.1, -0.1)) = 1
+    assert loss.item() == pytest.approx(-1.0)
+
+
+def test_beta_needs_reference():
+    logp, mask, adv = _inputs()
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        policy_loss(logp, logp, None, adv, mask, loss_type="grpo", beta=0.1)
+    with pytest.raises(ValueError, match="loss_type"):
+        policy_loss(logp, logp, None, adv, mask, loss_type="ppo")
+
+
+# ---- independent implementation: explicit loops over sequences and tokens ---------------------
+
+
+def _reference_loss(logp, old, ref, adv, mask, loss_type, el, eh, beta, unbiased, level, max_len):
+    B, T = logp.shape
+    per_seq_means, total, n_tokens = [], 0.0, 0.0
+    for b in range(B):
+        toks = [t for t in range(T) if mask[b, t] > 0]
+        if level == "sequence":
+            mean_lr = sum(logp[b, t] - old[b, t] for t in toks) / max(len(toks), 1)
+        seq_sum = 0.0
+        for t in toks:
+            rho = math.exp(mean_lr) if level == "sequence" else math.exp(logp[b, t] - old[b, t])
+            a = adv[b]
+            term = -min(rho * a, min(max(rho, 1 - el), 1 + eh) * a)
+            if beta:
+                d = ref[b, t] - logp[b, t]
+                k3 = math.exp(d) - d - 1
+                term += beta * (k3 * rho if unbiased else k3)
+            seq_sum += term
+        total += seq_sum
+        n_tokens += len(toks)
+        per_seq_means.append(seq_sum / max(len(toks), 1))
+    if loss_type == "grpo":
+        return sum(per_seq_means) / B
+    if loss_type in ("bnpo", "dapo"):
+        return total / max(n_tokens, 1)
+    return total / (B * max_len)
+
+
+OPTIONS = list(itertools.product(
+    ["grpo", "bnpo", "dr_grpo", "dapo"], ["token", "sequence"], [0.0, 0.04], [False, True], [0.2, 0.28]
+))
+
+
+@pytest.mark.parametrize("loss_type,level,beta,unbiased,eh", OPTIONS)
+def test_matches_independent_implementation(loss_type, level, beta, unbiased, eh):
+    g = torch.Generator().manual_seed(hash((loss_type, level, beta, unbiased, eh)) % 2**31)
+    B, T = 5, 7
+    logp = -torch.rand(B, T, generator=g, dtype=torch.float64) * 2
+    old = logp + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    ref = logp + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    adv = torch.randn(B, generator=g, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).double()
+    got, _ = policy_loss(logp, old, ref, adv, mask, loss_type=loss_type, epsilon_low=0.2, epsilon_high=eh, beta=beta,
+                         max_completion_length=10, unbiased_kl=unbiased, importance_sampling_level=level)
+    want = _reference_loss(logp, old, ref, adv.tolist(), mask, loss_type, 0.2, eh, beta, unbiased, level, 10)
+    assert got.item() == pytest.approx(float(want), rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_micro_batches_give_the_full_batch_gradient(loss_type, level):
+    g = torch.Generator().manual_seed(3)
+    B, T = 8, 6
+    base = -torch.rand(B, T, generator=g, dtype=torch.float64)
+    old = base + 0.2 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    ref = base + 0.2 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    adv = torch.randn(B, generator=g, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).double()
+    kwargs = {"epsilon_low": 0.2, "epsilon_high": 0.28, "beta": 0.05, "importance_sampling_level": level}
+
+    full = base.clone().requires_grad_(True)
+    loss, _ = policy_loss(full, old, ref, adv, mask, loss_type=loss_type, max_completion_length=T, **kwargs)
+    loss.backward()
+
+    parts = base.clone().requires_grad_(True)
+    total_tokens = float(mask.sum())
+    for s in range(0, B, 3):  # uneven micro-batches: 3, 3, 2
+        per_token, _ = token_losses(parts[s:s + 3], old[s:s + 3], ref[s:s + 3], adv[s:s + 3], mask[s:s + 3], **kwargs)
+        aggregate(per_token, mask[s:s + 3], loss_type=loss_type, total_sequences=B, total_tokens=total_tokens,
+                  max_completion_length=T).backward()
+    assert torch.allclose(full.grad, parts.grad, rtol=1e-12, atol=1e-14)
