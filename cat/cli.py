@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("--estimators", default="single,majority_vote,synthesis",
                    help="comma-separated estimator names to compare")
+    s.add_argument("--group-sizes", help="comma-separated G values, e.g. 1,2,4,8 (default: generation.num_generations)")
     s.add_argument("--output", help="write the JSON result here")
     sub.add_parser("tiny-world", help="build (or locate) the offline tiny world and print its folder")
     return p
@@ -199,7 +200,11 @@ def _synthesize(args) -> int:
 
     config = load_config(args.config, args.overrides)
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
-    result = run_test_time(config, names)
+    try:
+        sizes = [int(x) for x in args.group_sizes.split(",")] if args.group_sizes else None
+    except ValueError:
+        raise ConfigError(f"--group-sizes must be comma-separated integers, got {args.group_sizes!r}") from None
+    result = run_test_time(config, names, sizes)
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,13 @@ labels). Write your own in any module and name it in ``estimator.plugins``; see 
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Sequence
 
 from cat.registry import Registry
 from cat.rewards.math import answers_match, extract_answer
+from cat.templates import load_template
 from cat.types import Group, Reference
 
 ESTIMATORS: Registry[type] = Registry("reference estimator")
@@ -99,3 +102,136 @@ class Single:
             Reference(text=g.texts[0], answer=extract_answer(g.texts[0]), source="single", meta={"index": 0})
             for g in groups
         ]
+
+
+def _anchor_meta(synthesis, seconds: float) -> dict:
+    return {
+        "anchor_prompt_tokens": synthesis.prompt_tokens,
+        "anchor_completion_tokens": synthesis.completion_tokens,
+        "anchor_seconds": seconds,
+        "truncated_rollouts": synthesis.truncated_rollouts,
+        "finish_reason": synthesis.finish_reason,
+    }
+
+
+@register_estimator("synthesis")
+class Synthesis:
+    """CaT: the frozen anchor reconciles the G rollouts into one new reference (Eq. 1).
+
+    The reference may disagree with every rollout. Its answer is the last boxed answer of the
+    anchor's output; an output with none leaves the group without a reference (no signal).
+    """
+
+    needs_anchor = True
+
+    def __init__(self, config):
+        pass
+
+    def __call__(self, groups: list[Group], anchor) -> list[Reference]:
+        if not groups:
+            return []
+        start = time.perf_counter()
+        outputs = anchor.synthesize(groups)
+        seconds = (time.perf_counter() - start) / len(groups)
+        return [
+            Reference(text=o.text, answer=extract_answer(o.text), source="synthesis", meta=_anchor_meta(o, seconds))
+            for o in outputs
+        ]
+
+
+@register_estimator("self_bon")
+class SelfBestOfN:
+    """The anchor reads the G rollouts and names the best one by number (template ``self_bon``).
+
+    The reference is that rollout. A reply with no valid number leaves the group without one.
+    """
+
+    needs_anchor = True
+
+    def __init__(self, config):
+        self.template = load_template("self_bon", kind="anchors", required={"rollouts"}, allowed={"num_rollouts", "question"})
+
+    def __call__(self, groups: list[Group], anchor) -> list[Reference]:
+        if not groups:
+            return []
+        start = time.perf_counter()
+        outputs = anchor.synthesize(groups, self.template)
+        seconds = (time.perf_counter() - start) / len(groups)
+        out = []
+        for group, o in zip(groups, outputs, strict=True):
+            index = parse_choice(o.text, len(group.completions))
+            meta = {**_anchor_meta(o, seconds), "index": index, "choice_text": o.text}
+            if index is None:
+                out.append(Reference(text="", answer=None, source="self_bon", meta=meta))
+            else:
+                text = group.texts[index]
+                out.append(Reference(text=text, answer=extract_answer(text), source="self_bon", meta=meta))
+        return out
+
+
+def parse_choice(text: str, n: int) -> int | None:
+    """The 0-based index named by ``BEST: k`` (or the last bare number) in 1..n, else None."""
+    match = re.search(r"BEST\s*:\s*(\d+)", text, flags=re.IGNORECASE)
+    numbers = [match.group(1)] if match else re.findall(r"\b(\d+)\b", text)[-1:]
+    if not numbers:
+        return None
+    k = int(numbers[0])
+    return k - 1 if 1 <= k <= n else None
+
+
+@register_estimator("min_perplexity")
+class MinPerplexity:
+    """The rollout with the lowest mean token NLL under the anchor, given the prompt."""
+
+    needs_anchor = True
+
+    def __init__(self, config):
+        pass
+
+    def __call__(self, groups: list[Group], anchor) -> list[Reference]:
+        contexts = [list(g.prompt_ids) for g in groups for _ in g.completions]
+        conts = [list(c.token_ids) for g in groups for c in g.completions]
+        nll = anchor.mean_nll(contexts, conts)
+        out, k = [], 0
+        for group in groups:
+            scores = nll[k : k + len(group.completions)]
+            k += len(group.completions)
+            index = min(range(len(scores)), key=lambda i: (scores[i], i))
+            text = group.texts[index]
+            out.append(Reference(text=text, answer=extract_answer(text), source="min_perplexity",
+                                 meta={"index": index, "nll": scores[index]}))
+        return out
+
+
+@register_estimator("mutual_predictability")
+class MutualPredictability:
+    """The rollout the anchor finds most predictable given the *other* rollouts.
+
+    For each i the anchor reads the other G-1 rollouts (template ``mutual_predictability``) and
+    scores rollout i's mean token NLL as the continuation; the lowest wins.
+    """
+
+    needs_anchor = True
+
+    def __init__(self, config):
+        self.template = load_template("mutual_predictability", kind="anchors", required={"rollouts"},
+                                      allowed={"num_rollouts", "question"})
+
+    def __call__(self, groups: list[Group], anchor) -> list[Reference]:
+        contexts, conts = [], []
+        for g in groups:
+            for i, c in enumerate(g.completions):
+                others = [t for j, t in enumerate(g.texts) if j != i]
+                ids, _ = anchor.render(self.template, others, g.prompt.text if anchor.include_question else None)
+                contexts.append(ids)
+                conts.append(list(c.token_ids))
+        nll = anchor.mean_nll(contexts, conts)
+        out, k = [], 0
+        for group in groups:
+            scores = nll[k : k + len(group.completions)]
+            k += len(group.completions)
+            index = min(range(len(scores)), key=lambda i: (scores[i], i))
+            text = group.texts[index]
+            out.append(Reference(text=text, answer=extract_answer(text), source="mutual_predictability",
+                                 meta={"index": index, "nll": scores[index]}))
+        return out

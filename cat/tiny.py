@@ -100,8 +100,9 @@ def _perturb(value: int, low: int, high: int, rng: random.Random) -> int:
     return rng.choice(candidates)
 
 
-def solution(a: int, b: int, rng: random.Random | None = None, spec: TinySpec | None = None) -> str:
-    """A worked solution; correct when ``rng`` is None, else drawn from the noisy teacher."""
+def noisy_fields(a: int, b: int, rng: random.Random | None = None, spec: TinySpec | None = None) -> tuple[int, int, int]:
+    """(ones column sum, tens column sum with carry, answer); exact when ``rng`` is None, else drawn
+    from the noisy teacher (an error in a column carries into the answer, as in a real derivation)."""
     ones = a % 10 + b % 10
     if rng is not None and rng.random() < spec.field_error:
         ones = _perturb(ones, 0, 18, rng)
@@ -111,7 +112,32 @@ def solution(a: int, b: int, rng: random.Random | None = None, spec: TinySpec | 
     answer = tens * 10 + ones % 10
     if rng is not None and rng.random() < spec.copy_error:
         answer = _perturb(answer, 10, 199, rng)
+    return ones, tens, answer
+
+
+def format_solution(ones: int, tens: int, answer: int) -> str:
     return f"ones {ones:02d} tens {tens:02d} so \\boxed{{{answer}}}"
+
+
+def solution(a: int, b: int, rng: random.Random | None = None, spec: TinySpec | None = None) -> str:
+    """A worked solution; correct when ``rng`` is None, else drawn from the noisy teacher."""
+    return format_solution(*noisy_fields(a, b, rng, spec))
+
+
+def reconcile(candidates: list[tuple[int, int, int]], truth: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The reconciliation the anchor is taught: each column sum by vote across the candidates
+    (a tie goes to the true value when it is among the tied, else to the smallest), and the
+    answer recomputed from the reconciled columns rather than voted on."""
+    fields = []
+    for k in (0, 1):
+        counts: dict[int, int] = {}
+        for c in candidates:
+            counts[c[k]] = counts.get(c[k], 0) + 1
+        top = max(counts.values())
+        tied = sorted(v for v, n in counts.items() if n == top)
+        fields.append(truth[k] if truth[k] in tied else tied[0])
+    ones, tens = fields
+    return ones, tens, tens * 10 + ones % 10
 
 
 def anchor_prompt(candidates: list[str], spec: TinySpec) -> str:
@@ -119,8 +145,8 @@ def anchor_prompt(candidates: list[str], spec: TinySpec) -> str:
     return template.render(num_rollouts=str(len(candidates)), rollouts=format_rollouts(candidates))
 
 
-def anchor_target(a: int, b: int) -> str:
-    return f"{SUMMARY}\nUNIFIED RESPONSE: {solution(a, b)}"
+def anchor_target(fields: tuple[int, int, int]) -> str:
+    return f"{SUMMARY}\nUNIFIED RESPONSE: {format_solution(*fields)}"
 
 
 def _chat(user: str) -> str:
@@ -135,8 +161,10 @@ def _policy_example(pair: tuple[int, int], rng: random.Random, spec: TinySpec) -
 def _anchor_example(pair: tuple[int, int], rng: random.Random, spec: TinySpec) -> tuple[str, str]:
     a, b = pair
     k = rng.choice([2, 3, 4, 5, 6, 7, 8, 8, 8, 8, 8, 8])
-    candidates = [solution(a, b, rng, spec) for _ in range(k)]
-    return _chat(anchor_prompt(candidates, spec)), anchor_target(a, b) + "<|end|>"
+    candidates = [noisy_fields(a, b, rng, spec) for _ in range(k)]
+    target = reconcile(candidates, noisy_fields(a, b))
+    prompt = anchor_prompt([format_solution(*c) for c in candidates], spec)
+    return _chat(prompt), anchor_target(target) + "<|end|>"
 
 
 def build_tokenizer(spec: TinySpec, corpus: list[str]):

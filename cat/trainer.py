@@ -157,6 +157,8 @@ class Trainer:
         batch = build_batch(groups, scores, pad_id=self.tokenizer.pad_token_id, scale=g.scale_rewards,
                             eps=g.advantage_eps, mask_truncated=g.mask_truncated_completions)
         update = self.update(batch, timer) if batch is not None else {}
+        with timer("weight_sync"):
+            self.generator.sync_weights(self.policy)
         metrics = {"step": step + 1, **self._rollout_metrics(groups, scores), **update}
         metrics.update(teacher_diagnostics(groups, references, scores, self.config))
         metrics.update(timer.metrics())

@@ -1,0 +1,68 @@
+"""Test-time CaT: answer each prompt with an estimator's reference instead of a single sample.
+
+No training: pi_t = pi_0. For every evaluation prompt the policy samples G rollouts once; every
+estimator named (single, majority_vote, self_bon, min_perplexity, mutual_predictability,
+synthesis, or a plug-in) turns the *same* rollouts into a reference, and the reference's answer
+is graded against gold. With several G values the first g rollouts of each group are used, so
+the comparison across G is paired too.
+"""
+
+from __future__ import annotations
+
+import time
+
+from cat.anchor import Anchor
+from cat.data import encode_prompt, load_prompts
+from cat.errors import ConfigError
+from cat.estimators import ESTIMATORS
+from cat.evaluate import is_correct
+from cat.generation import SamplingParams, make_generator
+from cat.models import load_model, load_tokenizer, resolve_device
+from cat.registry import import_plugin
+from cat.types import Group
+
+
+def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | None = None) -> dict:
+    e, d, m, gen = config.eval, config.data, config.model, config.generation
+    if e.path is None:
+        raise ConfigError("eval.path is not set: test-time CaT needs prompts with gold answers to grade")
+    for plugin in config.estimator.plugins:
+        import_plugin(plugin)
+    estimators = {name: ESTIMATORS.get(name)(config) for name in estimator_names}
+    sizes = sorted(set(group_sizes or [gen.num_generations]))
+    if sizes[-1] > gen.num_generations or sizes[0] < 1:
+        raise ConfigError(f"group sizes {sizes} must lie in 1..generation.num_generations={gen.num_generations}")
+    prompts = load_prompts(e.path, name=e.name, split=e.split, prompt_field=d.prompt_field,
+                           answer_field=d.answer_field, answer_format=d.answer_format,
+                           prompt_template=d.prompt_template, system_prompt=m.system_prompt,
+                           limit=e.limit, require_answer=True)
+    tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
+    model = load_model(m.name_or_path, dtype=m.dtype, device=resolve_device(m.device),
+                       trust_remote_code=m.trust_remote_code, frozen=True)
+    ids = [encode_prompt(p, tokenizer, use_chat_template=m.chat_template, chat_template_kwargs=m.chat_template_kwargs)
+           for p in prompts]
+    generator = make_generator(gen.backend, model, tokenizer, batch_size=gen.batch_size)
+    anchor = Anchor.from_config(config, model, tokenizer) if any(getattr(x, "needs_anchor", False) for x in estimators.values()) else None
+    params = SamplingParams(n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                            top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=config.run.seed + 23)
+    completions = generator.generate(ids, params)
+    grade = {"mode": config.reward.mode, "timeout_s": config.reward.timeout_s}
+    results: dict = {"n": len(prompts), "group_sizes": sizes, "accuracy": {}, "seconds": {}}
+    single = [sum(is_correct(c.text, p.gold, **grade) for c in cs) / len(cs) for p, cs in zip(prompts, completions, strict=True)]
+    results["single_sample_accuracy"] = sum(single) / len(single)
+    examples = [{"index": p.index, "gold": p.gold, "references": {}} for p in prompts]
+    for g in sizes:
+        groups = [Group(prompt=p, prompt_ids=tuple(i), completions=tuple(cs[:g]))
+                  for p, i, cs in zip(prompts, ids, completions, strict=True)]
+        for name, estimator in estimators.items():
+            start = time.perf_counter()
+            refs = estimator(groups, anchor)
+            hits = [is_correct(r.text if r.answer is None else f"\\boxed{{{r.answer}}}", p.gold, **grade)
+                    for r, p in zip(refs, prompts, strict=True)]
+            key = f"{name}@{g}"
+            results["accuracy"][key] = sum(hits) / len(hits)
+            results["seconds"][key] = time.perf_counter() - start
+            for ex, r, hit in zip(examples, refs, hits, strict=True):
+                ex["references"][key] = {"answer": r.answer, "correct": hit}
+    results["examples"] = examples
+    return results

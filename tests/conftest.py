@@ -1,0 +1,39 @@
+"""Shared fixtures. The tiny world is built once per machine (cached under $CAT_CACHE or
+~/.cache/cat) and reused by every test that needs a real model."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_world() -> Path:
+    from cat import tiny
+
+    return tiny.ensure_built()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_world):
+    from cat.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_world / "model"))
+    model = load_model(str(tiny_world / "model"), dtype="float32", device=__import__("torch").device("cpu"), frozen=True)
+    return model, tokenizer
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``cat-rl`` exactly as a user would, in a subprocess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "cat.cli", *args], cwd=cwd or ROOT, env=env,
+        capture_output=True, text=True, timeout=timeout,
+    )
