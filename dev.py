@@ -34,8 +34,6 @@ def _run(cmd: list[str]) -> None:
 
 
 def ensure_env() -> None:
-    if sys.version_info < (3, 10):
-        sys.exit(f"cat needs Python >= 3.10 (this is {sys.version.split()[0]})")
     if not (BIN / "python").exists():
         venv.EnvBuilder(with_pip=True).create(VENV)
     want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()

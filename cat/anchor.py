@@ -42,6 +42,14 @@ class Synthesis:
     finish_reason: str
 
 
+def anchor_template(config) -> Template:
+    """The synthesis template, validated: it must show the question iff include_question."""
+    a = config.anchor
+    if a.include_question:
+        return load_template(a.template, kind="anchors", required={"rollouts", "question"}, allowed={"num_rollouts"})
+    return load_template(a.template, kind="anchors", required={"rollouts"}, allowed={"num_rollouts"})
+
+
 class Anchor:
     def __init__(self, model, tokenizer, *, template: Template, include_question: bool, params: SamplingParams,
                  max_context_tokens: int | None = None, use_chat_template: bool = True,
@@ -60,9 +68,7 @@ class Anchor:
     @classmethod
     def from_config(cls, config, model, tokenizer) -> Anchor:
         a = config.anchor
-        required = {"rollouts", "question"} if a.include_question else {"rollouts"}
-        template = load_template(a.template, kind="anchors", required=required,
-                                 allowed={"num_rollouts", "question"} if a.include_question else {"num_rollouts"})
+        template = anchor_template(config)
         params = SamplingParams(n=1, max_new_tokens=a.max_new_tokens, temperature=a.temperature, greedy=a.greedy,
                                 seed=config.run.seed)
         return cls(model, tokenizer, template=template, include_question=a.include_question, params=params,

@@ -102,7 +102,10 @@ def _prepare_run_dir(run_dir: Path, config, *, resume_requested: bool, allow_cha
         return None
     _check_writable(run_dir)
     old = saved.read_text()
-    if old != text:
+    progress = (run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(run_dir) is not None
+    if old != text and not progress:
+        saved.write_text(text)  # a run that never made progress: nothing to protect
+    elif old != text:
         diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True), "saved config.yaml", "this config"))
         if not allow_change:
             raise ConfigError(
@@ -113,8 +116,9 @@ def _prepare_run_dir(run_dir: Path, config, *, resume_requested: bool, allow_cha
         saved.write_text(text)
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:
-        print(f"{run_dir} has no complete checkpoint: starting it from step 0", file=sys.stderr)
-        for name in ("metrics.jsonl", "samples.jsonl"):
+        if (run_dir / "metrics.jsonl").exists():
+            print(f"{run_dir} has no complete checkpoint: starting it from step 0", file=sys.stderr)
+        for name in ("metrics.jsonl", "samples.jsonl", "eval.json"):
             (run_dir / name).unlink(missing_ok=True)
         return None
     print(f"resuming {run_dir} from {latest.name}", file=sys.stderr)
@@ -145,6 +149,9 @@ def _train(args) -> int:
     if args.resume and args.output_dir and Path(args.output_dir) != Path(args.resume):
         raise ConfigError("--resume and --output-dir name different directories")
     config.run.output_dir = str(run_dir)
+    from cat.trainer import preflight
+
+    preflight(config)
     resume_from = _prepare_run_dir(run_dir, config, resume_requested=bool(args.resume), allow_change=args.allow_config_change)
 
     from cat.trainer import Trainer

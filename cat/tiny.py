@@ -5,27 +5,29 @@ laptop CPU with no network, through exactly the code path a hub model takes: the
 tokenizer are saved with ``save_pretrained`` and loaded back with ``AutoModelForCausalLM`` /
 ``AutoTokenizer``.
 
-The task. A prompt is ``47+38``. A solution writes its column sums, zero-padded, and then the
-answer: ``ones 15 tens 08 so \\boxed{85}``. The solution does not restate the operands, so an
-anchor that is not shown the question cannot recompute the answer; it has to reconcile the
-candidates, which is the behaviour CaT relies on.
+The task. A prompt is ``47+38``. A solution restates each column and its sum, zero-padded, then
+the answer: ``ones 7+8=15 tens 4+3+1=08 so \\boxed{85}``.
 
 How the base model gets partial competence fast. Instead of stopping pretraining early (slow and
 fragile), the policy half of the corpus is written by a noisy teacher: each column sum is wrong
-with probability ``field_error`` (mostly off by one, sometimes anything), the error carries into
-the answer as it would in a real chain of thought, and the final answer is occasionally miscopied.
-The model learns that distribution: its *mode* is usually right, its *samples* often are not, which
-is the regime where sampling several rollouts and reconciling them helps (greedy and majority
-accuracy well above single-sample accuracy).
+with probability ``field_error`` (mostly off by one, sometimes anything), operand digits and the
+answer are occasionally miscopied, and an error carries into the answer as it would in a real
+derivation. The model learns that distribution: its *mode* is usually right, its *samples* often
+are not (measured on 128 held-out prompts: single sample 38%, majority of 8 73%, greedy
+100%, the anchor's synthesis of 8 rollouts 79%).
 
 The anchor half of the corpus teaches the anchor's job: the math synthesis template from
-``anchors/`` filled with K candidates drawn from the same noisy teacher (no question), and as the
-target one reconciled solution with the correct column sums. Because the candidates come from the
-same error process the policy learned, the anchor is trained on the distribution of rollouts it
-will read during RL.
+``anchors/`` filled with K candidates drawn from the same noisy teacher (never the question), and
+as the target one reconciled solution with every column re-checked. Because every rollout carries
+its checkable steps, an anchor that does not see the question can still resolve disagreements by
+checking the work rather than by counting votes, which is what the template asks of it.
 
-Not a benchmark of anything but the pipeline: numbers from this world say the machinery learns,
-not that CaT works on real models.
+What this world does and does not show. The anchor here beats majority vote because it checks
+steps and decodes greedily, not because it learned to vote: a 1M-parameter model trained for a
+few CPU minutes did not learn to reconcile by voting (an earlier answer-only format left the anchor
+copying one candidate, below majority vote). Numbers from this world say the machinery learns;
+they are not evidence about CaT on real models.
+
 """
 
 from __future__ import annotations
@@ -50,14 +52,14 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-SUMMARY = "SUMMARY: kept the column sums the responses support."
+SUMMARY = "SUMMARY: checked every column sum against its digits."
 
 
 @dataclass(frozen=True)
 class TinySpec:
     """Everything that determines the built world; its hash names the cache folder."""
 
-    version: int = 1
+    version: int = 2
     seed: int = 0
     held_out: int = 500
     field_error: float = 0.3
@@ -100,44 +102,50 @@ def _perturb(value: int, low: int, high: int, rng: random.Random) -> int:
     return rng.choice(candidates)
 
 
-def noisy_fields(a: int, b: int, rng: random.Random | None = None, spec: TinySpec | None = None) -> tuple[int, int, int]:
-    """(ones column sum, tens column sum with carry, answer); exact when ``rng`` is None, else drawn
-    from the noisy teacher (an error in a column carries into the answer, as in a real derivation)."""
-    ones = a % 10 + b % 10
+@dataclass(frozen=True)
+class Steps:
+    """One worked solution: the operand digits as copied, the column sums as written, the answer."""
+
+    a_digits: tuple[int, int]  # (tens, ones) of the first operand as written
+    b_digits: tuple[int, int]
+    ones: int
+    tens: int
+    answer: int
+
+    def text(self) -> str:
+        (a1, a0), (b1, b0) = self.a_digits, self.b_digits
+        carry = int(self.ones >= 10)
+        return f"ones {a0}+{b0}={self.ones:02d} tens {a1}+{b1}+{carry}={self.tens:02d} so \\boxed{{{self.answer}}}"
+
+
+def steps(a: int, b: int, rng: random.Random | None = None, spec: TinySpec | None = None) -> Steps:
+    """The worked solution of a+b: exact when ``rng`` is None, else drawn from the noisy teacher.
+
+    Noise: each operand digit is miscopied with probability ``copy_error`` / 2; each column sum
+    is wrong with probability ``field_error``; the answer is miscopied with probability
+    ``copy_error``. Sums are computed from the digits as copied, and an error carries forward
+    into the carry and the answer, as it would in a real derivation.
+    """
+    digits = [a // 10, a % 10, b // 10, b % 10]
+    if rng is not None:
+        digits = [_perturb(d, 1 if i % 2 == 0 else 0, 9, rng) if rng.random() < spec.copy_error / 2 else d
+                  for i, d in enumerate(digits)]
+    a1, a0, b1, b0 = digits
+    ones = a0 + b0
     if rng is not None and rng.random() < spec.field_error:
         ones = _perturb(ones, 0, 18, rng)
-    tens = a // 10 + b // 10 + (ones >= 10)
+    tens = a1 + b1 + (ones >= 10)
     if rng is not None and rng.random() < spec.field_error:
         tens = _perturb(tens, 1, 19, rng)
     answer = tens * 10 + ones % 10
     if rng is not None and rng.random() < spec.copy_error:
         answer = _perturb(answer, 10, 199, rng)
-    return ones, tens, answer
-
-
-def format_solution(ones: int, tens: int, answer: int) -> str:
-    return f"ones {ones:02d} tens {tens:02d} so \\boxed{{{answer}}}"
+    return Steps((a1, a0), (b1, b0), ones, tens, answer)
 
 
 def solution(a: int, b: int, rng: random.Random | None = None, spec: TinySpec | None = None) -> str:
-    """A worked solution; correct when ``rng`` is None, else drawn from the noisy teacher."""
-    return format_solution(*noisy_fields(a, b, rng, spec))
-
-
-def reconcile(candidates: list[tuple[int, int, int]], truth: tuple[int, int, int]) -> tuple[int, int, int]:
-    """The reconciliation the anchor is taught: each column sum by vote across the candidates
-    (a tie goes to the true value when it is among the tied, else to the smallest), and the
-    answer recomputed from the reconciled columns rather than voted on."""
-    fields = []
-    for k in (0, 1):
-        counts: dict[int, int] = {}
-        for c in candidates:
-            counts[c[k]] = counts.get(c[k], 0) + 1
-        top = max(counts.values())
-        tied = sorted(v for v, n in counts.items() if n == top)
-        fields.append(truth[k] if truth[k] in tied else tied[0])
-    ones, tens = fields
-    return ones, tens, tens * 10 + ones % 10
+    """A worked solution as text; correct when ``rng`` is None, else from the noisy teacher."""
+    return steps(a, b, rng, spec).text()
 
 
 def anchor_prompt(candidates: list[str], spec: TinySpec) -> str:
@@ -145,8 +153,8 @@ def anchor_prompt(candidates: list[str], spec: TinySpec) -> str:
     return template.render(num_rollouts=str(len(candidates)), rollouts=format_rollouts(candidates))
 
 
-def anchor_target(fields: tuple[int, int, int]) -> str:
-    return f"{SUMMARY}\nUNIFIED RESPONSE: {format_solution(*fields)}"
+def anchor_target(a: int, b: int) -> str:
+    return f"{SUMMARY}\nUNIFIED RESPONSE: {solution(a, b)}"
 
 
 def _chat(user: str) -> str:
@@ -161,10 +169,8 @@ def _policy_example(pair: tuple[int, int], rng: random.Random, spec: TinySpec) -
 def _anchor_example(pair: tuple[int, int], rng: random.Random, spec: TinySpec) -> tuple[str, str]:
     a, b = pair
     k = rng.choice([2, 3, 4, 5, 6, 7, 8, 8, 8, 8, 8, 8])
-    candidates = [noisy_fields(a, b, rng, spec) for _ in range(k)]
-    target = reconcile(candidates, noisy_fields(a, b))
-    prompt = anchor_prompt([format_solution(*c) for c in candidates], spec)
-    return _chat(prompt), anchor_target(target) + "<|end|>"
+    candidates = [solution(a, b, rng, spec) for _ in range(k)]
+    return _chat(anchor_prompt(candidates, spec)), anchor_target(a, b) + "<|end|>"
 
 
 def build_tokenizer(spec: TinySpec, corpus: list[str]):

@@ -26,7 +26,7 @@ import torch
 
 from cat import checkpoint as ckpt
 from cat.batch import Batch, build_batch, token_logprobs
-from cat.config import Config, dump_config
+from cat.config import Config
 from cat.data import PromptOrder, encode_prompt, load_prompts
 from cat.diagnostics import teacher_diagnostics
 from cat.errors import ConfigError, TrainingHalted
@@ -37,7 +37,7 @@ from cat.grpo import LossStats, aggregate, token_losses
 from cat.models import load_model, load_tokenizer, resolve_device
 from cat.registry import import_plugin
 from cat.rewards import REWARDS
-from cat.types import Group, GroupScore, Reference
+from cat.types import Group, GroupScore
 
 
 @dataclass
@@ -50,6 +50,28 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919) % (2**31 - 1)
 
 
+def preflight(config: Config) -> None:
+    """Everything that can be checked without loading a model: plugins, registry names, templates
+    and dataset rows. Runs before the run directory is touched, so a typo costs seconds."""
+    for plugin in config.estimator.plugins:
+        import_plugin(plugin)
+    estimator = ESTIMATORS.get(config.estimator.name)
+    REWARDS.get(config.reward.name)
+    if getattr(estimator, "needs_anchor", False):
+        from cat.anchor import anchor_template
+
+        anchor_template(config)
+    d = config.data
+    load_prompts(d.path, name=d.name, split=d.split, prompt_field=d.prompt_field, answer_field=d.answer_field,
+                 answer_format=d.answer_format, prompt_template=d.prompt_template, limit=d.limit,
+                 require_answer=config.estimator.name == "gold")
+    e = config.eval
+    if e.path is not None:
+        load_prompts(e.path, name=e.name, split=e.split, prompt_field=d.prompt_field, answer_field=d.answer_field,
+                     answer_format=d.answer_format, prompt_template=d.prompt_template, limit=e.limit,
+                     require_answer=True)
+
+
 class Trainer:
     def __init__(self, config: Config, run_dir: Path, *, log=print):
         self.config = config
@@ -59,6 +81,10 @@ class Trainer:
             import_plugin(plugin)
         self.estimator = ESTIMATORS.get(config.estimator.name)(config)
         self.reward = REWARDS.get(config.reward.name)(config)
+        if getattr(self.estimator, "needs_anchor", False):
+            from cat.anchor import anchor_template
+
+            anchor_template(config)
         torch.manual_seed(config.run.seed)
         self.device = resolve_device(config.model.device)
         m = config.model

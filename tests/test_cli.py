@@ -1,0 +1,73 @@
+"""Bad input at the edges: one clear message, exit status 2, no traceback, nothing expensive first."""
+
+import json
+import os
+
+import pytest
+from conftest import ROOT, run_cli
+
+CAT = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
+
+
+def assert_clean_failure(out, *needles):
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr
+    for needle in needles:
+        assert needle in out.stderr, out.stderr
+
+
+def test_unknown_config_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grpo:\n  betta: 0.1\n")
+    assert_clean_failure(run_cli("train", str(bad), "--output-dir", str(tmp_path / "r")), "grpo.betta", str(bad), "beta")
+
+
+def test_unknown_override_and_bad_value():
+    assert_clean_failure(run_cli("train", CAT, "run.stepz=3"), "run.stepz", "steps")
+    assert_clean_failure(run_cli("train", CAT, "grpo.loss_type=ppo"), "grpo.loss_type", "dapo")
+
+
+def test_missing_config_file(tmp_path):
+    assert_clean_failure(run_cli("train", str(tmp_path / "nope.yaml")), "config file not found")
+
+
+def test_malformed_dataset_row(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"problem": "1+1", "answer": "2"}) + "\n" + json.dumps({"problem": 5}) + "\n")
+    out = run_cli("train", CAT, f"data.path={data}", "--output-dir", str(tmp_path / "r"))
+    assert_clean_failure(out, "d.jsonl: row 2", "'problem'")
+
+
+def test_unknown_estimator_lists_registered(tmp_path):
+    out = run_cli("train", CAT, "estimator.name=synthesys", "--output-dir", str(tmp_path / "r"))
+    assert_clean_failure(out, "synthesys", "synthesis", "majority_vote")
+
+
+def test_missing_plugin(tmp_path):
+    out = run_cli("train", CAT, "estimator.plugins=['no_such_module_xyz']", "--output-dir", str(tmp_path / "r"))
+    assert_clean_failure(out, "no_such_module_xyz")
+
+
+def test_template_with_unknown_placeholder(tmp_path):
+    t = tmp_path / "t.txt"
+    t.write_text("Merge these: {{rollouts}} for {{questoin}}")
+    out = run_cli("train", CAT, f"anchor.template={t}", "--output-dir", str(tmp_path / "r"))
+    assert_clean_failure(out, "questoin", str(t))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_dir(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert_clean_failure(run_cli("train", CAT, "--output-dir", str(locked / "run")), "not writable")
+
+
+def test_output_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert_clean_failure(run_cli("train", CAT, "--output-dir", str(f / "run")), "not writable")
+
+
+def test_bad_cli_argument():
+    out = run_cli("train", CAT, "--stepz", "3")
+    assert out.returncode == 2 and "unrecognized arguments: --stepz" in out.stderr and "Traceback" not in out.stderr

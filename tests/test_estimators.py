@@ -1,0 +1,173 @@
+"""Reference estimators on hand-built groups, with the real tiny anchor where one is needed."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cat.anchor import Anchor
+from cat.config import load_config
+from cat.errors import ConfigError
+from cat.estimators import ESTIMATORS, majority_answer, parse_choice
+from cat.registry import import_plugin
+from cat.rewards import REWARDS
+from cat.types import Completion, Group, Prompt, Reference
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def group(texts, gold=None, problem="q"):
+    prompt = Prompt(index=0, text=problem, messages=({"role": "user", "content": problem},), gold=gold)
+    comps = tuple(Completion(text=t, token_ids=(1,), logprobs=(0.0,), finish_reason="stop") for t in texts)
+    return Group(prompt=prompt, prompt_ids=(1, 2), completions=comps)
+
+
+def tiny_group(tokenizer, texts, problem, gold=None):
+    prompt = Prompt(index=0, text=problem, messages=({"role": "user", "content": problem},), gold=gold)
+    ids = tokenizer.apply_chat_template(list(prompt.messages), tokenize=False, add_generation_prompt=True)
+    prompt_ids = tuple(tokenizer(ids, add_special_tokens=False)["input_ids"])
+    comps = tuple(
+        Completion(text=t, token_ids=tuple(tokenizer(t + tokenizer.eos_token, add_special_tokens=False)["input_ids"]),
+                   logprobs=(), finish_reason="stop")
+        for t in texts
+    )
+    return Group(prompt=prompt, prompt_ids=prompt_ids, completions=comps)
+
+
+CONFIG = load_config(None)
+
+
+def test_majority_clusters_equivalent_answers_and_breaks_ties_by_first_seen():
+    assert majority_answer(["0.5", "\\frac{1}{2}", "3", "3"]) == ("0.5", 0, 2)  # tie 2-2: first cluster wins
+    assert majority_answer([None, "3", "\\frac{6}{2}", "4"]) == ("3", 1, 2)
+    assert majority_answer([None, None]) == (None, -1, 0)
+
+
+def test_majority_estimator_and_single_and_gold():
+    g = group(["\\boxed{4}", "\\boxed{5}", "no answer", "\\boxed{5}"], gold="4")
+    [maj] = ESTIMATORS.get("majority_vote")(CONFIG)([g])
+    assert (maj.answer, maj.meta["votes"], maj.meta["index"]) == ("5", 2, 1)
+    [single] = ESTIMATORS.get("single")(CONFIG)([g])
+    assert single.answer == "4"
+    [gold] = ESTIMATORS.get("gold")(CONFIG)([g])
+    assert gold.answer == "4"
+    [none] = ESTIMATORS.get("gold")(CONFIG)([group(["\\boxed{1}"])])
+    assert none.answer is None
+
+
+def test_unparsable_reference_leaves_group_unscored_not_zero():
+    reward = REWARDS.get("math_equivalence")(CONFIG)
+    g = group(["\\boxed{4}", "\\boxed{5}"])
+    score = reward(g, Reference(text="I could not decide", answer=None, source="synthesis"))
+    assert score.rewards is None and "no final answer" in score.reason
+    scored = reward(g, Reference(text="\\boxed{4}", answer="4", source="synthesis"))
+    assert scored.rewards == (1.0, 0.0) and scored.info["answer_rate"] == 1.0
+
+
+def test_parse_choice():
+    assert parse_choice("BEST: 3", 8) == 2
+    assert parse_choice("I pick response 2", 8) == 1
+    assert parse_choice("BEST: 9", 8) is None
+    assert parse_choice("none of them", 8) is None
+
+
+def test_unknown_estimator_lists_registered():
+    with pytest.raises(ConfigError, match=r"unknown reference estimator 'synth'; registered: \[.*'synthesis'"):
+        ESTIMATORS.get("synth")
+
+
+def test_duplicate_registration_refused():
+    with pytest.raises(ValueError, match="already registered"):
+        ESTIMATORS.register("gold")(object)
+
+
+@pytest.fixture(scope="module")
+def anchor(tiny_model):
+    model, tokenizer = tiny_model
+    config = load_config(ROOT / "experiments" / "tiny_arith_cat.yaml")
+    return Anchor.from_config(config, model, tokenizer)
+
+
+def wrong_everywhere(a, b):
+    """Eight rollouts of a+b, each with one wrong column sum (never the same way twice)."""
+    a1, a0, b1, b0 = a // 10, a % 10, b // 10, b % 10
+    ones = a0 + b0
+    tens = a1 + b1 + (ones >= 10)
+    out = []
+    for k in range(8):
+        o, t = ones, tens
+        if k % 2 == 0:
+            o = ones + (k // 2 + 1) if ones + (k // 2 + 1) <= 18 else ones - (k // 2 + 1)
+        else:
+            t = tens + (k // 2 + 1) if tens + (k // 2 + 1) <= 19 else tens - (k // 2 + 1)
+        out.append(f"ones {a0}+{b0}={o:02d} tens {a1}+{b1}+{int(o >= 10)}={t:02d} so \\boxed{{{t * 10 + o % 10}}}")
+    return out
+
+
+def test_synthesis_can_be_right_when_every_rollout_is_wrong(anchor, tiny_model):
+    _, tokenizer = tiny_model
+    pairs = [(47, 38), (23, 51), (66, 17), (35, 44), (58, 29), (72, 16)]
+    groups = []
+    for a, b in pairs:
+        texts = wrong_everywhere(a, b)
+        assert all(re.search(r"boxed\{(\d+)\}", t).group(1) != str(a + b) for t in texts)
+        groups.append(tiny_group(tokenizer, texts, f"{a}+{b}", gold=str(a + b)))
+    refs = ESTIMATORS.get("synthesis")(CONFIG)(groups, anchor)
+    right = sum(r.answer == str(a + b) for r, (a, b) in zip(refs, pairs, strict=False))
+    assert right >= 4, [r.text for r in refs]
+    assert all(r.meta["anchor_prompt_tokens"] > 100 and r.meta["truncated_rollouts"] == 0 for r in refs)
+
+
+def test_anchor_truncates_rollouts_evenly_to_fit(anchor, tiny_model):
+    _, tokenizer = tiny_model
+    long = "ones 7+8=15 " * 40 + "so \\boxed{85}"
+    g = tiny_group(tokenizer, [long] * 4, "47+38")
+    budget = anchor.max_context_tokens
+    try:
+        anchor.max_context_tokens = 200
+        ids, cut = anchor.render(anchor.template, g.texts, None)
+    finally:
+        anchor.max_context_tokens = budget
+    assert cut == 4 and len(ids) <= 200
+    assert "[...]" in tokenizer.decode(ids) and "boxed{85}" in tokenizer.decode(ids)  # the tail survives
+
+
+def test_min_perplexity_and_mutual_predictability_prefer_typical_rollouts(anchor, tiny_model):
+    _, tokenizer = tiny_model
+    clean = "ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"
+    odd = "tens tens ones so so 9 \\boxed{1}"
+    g = tiny_group(tokenizer, [odd, clean, clean, clean], "47+38")
+    [mp] = ESTIMATORS.get("min_perplexity")(CONFIG)([g], anchor)
+    assert mp.meta["index"] != 0 and mp.answer == "85"
+    [mu] = ESTIMATORS.get("mutual_predictability")(CONFIG)([g], anchor)
+    assert mu.meta["index"] != 0 and mu.answer == "85"
+
+
+def test_self_bon_unparsable_choice_gives_no_reference(anchor, tiny_model):
+    _, tokenizer = tiny_model
+    g = tiny_group(tokenizer, ["ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"] * 2, "47+38")
+    [ref] = ESTIMATORS.get("self_bon")(CONFIG)([g], anchor)
+    # the tiny anchor was never taught to pick; whatever it says, the outcome is well defined
+    if ref.meta["index"] is None:
+        assert ref.answer is None
+    else:
+        assert ref.answer == "85"
+
+
+def test_readme_plugin_example_runs_through_the_trainer(tmp_path, tiny_world):
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(# my_estimators.py\n.*?)```", readme, re.S).group(1)
+    plugin = tmp_path / "my_estimators.py"
+    plugin.write_text(code)
+    import_plugin(str(plugin))
+    assert "longest_majority" in ESTIMATORS
+    from cat.trainer import Trainer
+
+    config = load_config(None, [
+        f"model.name_or_path={tiny_world / 'model'}", f"data.path={tiny_world / 'train.jsonl'}",
+        "data.limit=16", "eval.path=null", "run.prompts_per_step=2", "generation.max_new_tokens=32",
+        "estimator.name=longest_majority", f"estimator.plugins=['{plugin}']",
+    ])
+    metrics = Trainer(config, tmp_path / "run", log=lambda *_: None).step(0).metrics
+    assert metrics["groups/scored"] + metrics["groups/unscored"] == 2
+    assert 0.0 <= metrics["diag/reference_accuracy"] <= 1.0
