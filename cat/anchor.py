@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from cat.anchor_format import format_rollouts
+from cat.errors import TeacherError
 from cat.batch import token_logprobs
 from cat.generation import SamplingParams
 from cat.generation.hf import HFGenerator
@@ -64,6 +65,7 @@ class Anchor:
         self.generator = HFGenerator(model, tokenizer, batch_size=batch_size)
         context = getattr(model.config, "max_position_embeddings", None) or 4096
         self.max_context_tokens = max_context_tokens or max(64, context - params.max_new_tokens)
+        self._mark_tokens = len(tokenizer(TRUNCATION_MARK, add_special_tokens=False)["input_ids"])
 
     @classmethod
     def from_config(cls, config, model, tokenizer) -> Anchor:
@@ -94,17 +96,28 @@ class Anchor:
         if len(ids) <= self.max_context_tokens:
             return ids, 0
         overhead = len(self._chat_ids(template.render(rollouts=format_rollouts([""] * len(texts)), **values)))
-        budget = max(8, (self.max_context_tokens - overhead) // max(len(texts), 1))
-        cut, truncated = [], 0
-        for text in texts:
-            tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(tokens) > budget:
-                head, tail = budget // 2, budget - budget // 2 - 4
-                text = self.tokenizer.decode(tokens[:head]) + TRUNCATION_MARK + self.tokenizer.decode(tokens[-max(tail, 1):])
-                truncated += 1
-            cut.append(text)
-        ids = self._chat_ids(template.render(rollouts=format_rollouts(cut), **values))
-        return ids[: self.max_context_tokens], truncated
+        room = self.max_context_tokens - overhead
+        if room < 8 * len(texts):
+            raise TeacherError(
+                f"anchor template {template.source} with {len(texts)} rollouts needs {overhead} tokens before any "
+                f"rollout text, over anchor.max_context_tokens={self.max_context_tokens}"
+            )
+        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        budget = room // len(texts)
+        while True:
+            cut, truncated = [], 0
+            for text, tokens in zip(texts, encoded, strict=True):
+                if len(tokens) > budget:
+                    head = budget // 2
+                    tail = max(budget - head - self._mark_tokens, 1)
+                    text = self.tokenizer.decode(tokens[:head]) + TRUNCATION_MARK + self.tokenizer.decode(tokens[-tail:])
+                    truncated += 1
+                cut.append(text)
+            ids = self._chat_ids(template.render(rollouts=format_rollouts(cut), **values))
+            if len(ids) <= self.max_context_tokens or budget <= 8:
+                return ids, truncated
+            # decode/re-encode at the cut points can cost a few tokens: shrink and retry
+            budget -= max(1, (len(ids) - self.max_context_tokens) // len(texts) + 1)
 
     # ---- jobs ----------------------------------------------------------------------------------
 

@@ -124,12 +124,14 @@ def test_anchor_truncates_rollouts_evenly_to_fit(anchor, tiny_model):
     g = tiny_group(tokenizer, [long] * 4, "47+38")
     budget = anchor.max_context_tokens
     try:
-        anchor.max_context_tokens = 200
+        anchor.max_context_tokens = 280
         ids, cut = anchor.render(anchor.template, g.texts, None)
     finally:
         anchor.max_context_tokens = budget
-    assert cut == 4 and len(ids) <= 200
-    assert "[...]" in tokenizer.decode(ids) and "boxed{85}" in tokenizer.decode(ids)  # the tail survives
+    text = tokenizer.decode(ids)
+    assert cut == 4 and len(ids) <= 280
+    assert text.count("[...]") == 4 and text.count("boxed{85}") == 4  # every tail (the answer) survives
+    assert text.endswith("<|end|><|assistant|>")  # never cut from the right
 
 
 def test_min_perplexity_and_mutual_predictability_prefer_typical_rollouts(anchor, tiny_model):
