@@ -16,14 +16,13 @@ What it is not: a trainable model. Nothing here computes gradients.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
 from cat.anchor_format import format_rollouts
-from cat.errors import TeacherError
 from cat.batch import token_logprobs
+from cat.errors import TeacherError
 from cat.generation import SamplingParams
 from cat.generation.hf import HFGenerator
 from cat.templates import Template, load_template
@@ -159,12 +158,3 @@ class Anchor:
                 n = mask[i].sum().item()
                 out.append(float(-(logp[i] * mask[i]).sum().item() / n) if n else float("inf"))
         return out
-
-
-class Stopwatch:
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start

@@ -18,6 +18,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,6 +297,7 @@ class Trainer:
             "completion/max_length": max(lengths),
             "completion/min_length": min(lengths),
             "completion/clipped_ratio": sum(truncated) / len(truncated),
+            "completion/empty_ratio": sum(not c.text.strip() for g in groups for c in g.completions) / len(lengths),
         }
         for key in sorted({k for s in scores for k in s.info}):
             values = [s.info[key] for s in scores if key in s.info]
@@ -362,13 +366,22 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
 
     def train(self, *, progress: bool = True) -> dict:
-        """Run (or continue) to ``run.steps``; returns the eval summary {before, after}."""
+        """Run (or continue) to ``run.steps``; returns the eval summary {before, after}.
+
+        The first Ctrl-C lets the current step finish, saves a checkpoint and raises
+        KeyboardInterrupt; a second one stops at once (the previous checkpoint stays valid).
+        """
         from tqdm import tqdm
 
         run = self.config.run
         self.run_dir.mkdir(parents=True, exist_ok=True)
         eval_path = self.run_dir / "eval.json"
         evals = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+        evals["history"] = [h for h in evals.get("history", []) if h["step"] <= self.step_done]
+        if self.step_done >= run.steps and ("after" in evals or not self.eval_prompts):
+            self.log(f"{self.run_dir} already finished {run.steps} steps; nothing to do")
+            return evals
+        evals.pop("after", None)
         if self.eval_prompts and "before" not in evals:
             self.log("evaluating the initial policy ...")
             evals["before"] = self.evaluate()
@@ -377,7 +390,7 @@ class Trainer:
         bar = tqdm(total=run.steps, initial=self.step_done, disable=not progress, desc="train", unit="step", leave=False)
         metrics_path = self.run_dir / "metrics.jsonl"
         samples_path = self.run_dir / "samples.jsonl"
-        try:
+        with _GracefulInterrupt() as interrupt:
             while self.step_done < run.steps:
                 result = self.step(self.step_done)
                 self.step_done += 1
@@ -385,17 +398,19 @@ class Trainer:
                 _append_jsonl(samples_path, result.samples)
                 bar.update(1)
                 bar.write(_console_line(result.metrics))
+                if interrupt.requested:
+                    bar.close()
+                    path = self.save()
+                    print(f"interrupted after step {self.step_done}: saved {path}\n"
+                          f"resume with: cat-rl train {self.run_dir / 'config.yaml'} --resume {self.run_dir}",
+                          file=sys.stderr, flush=True)
+                    raise KeyboardInterrupt
                 if self.eval_prompts and self.config.eval.every and self.step_done % self.config.eval.every == 0 \
                         and self.step_done < run.steps:
-                    evals.setdefault("history", []).append({"step": self.step_done, **self.evaluate()})
+                    evals["history"].append({"step": self.step_done, **self.evaluate()})
                     _write_json_atomic(eval_path, evals)
                 if run.save_every and self.step_done % run.save_every == 0 and self.step_done < run.steps:
                     self.save()
-        except KeyboardInterrupt:
-            bar.close()
-            path = self.save()
-            self.log(f"interrupted: saved {path}. Resume with: cat-rl train <config> --resume {self.run_dir}")
-            raise
         bar.close()
         self.save()
         if self.eval_prompts:
@@ -404,6 +419,27 @@ class Trainer:
             self.log(_eval_line("before", evals["before"]))
             self.log(_eval_line("after", evals["after"]))
         return evals
+
+
+class _GracefulInterrupt:
+    """SIGINT once: set ``requested`` (the loop saves after the current step). Twice: stop now."""
+
+    def __enter__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to stop now)", flush=True)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class _Timer:

@@ -7,7 +7,6 @@ Fixed seed, the experiments' own step budget (40 steps). Measured on a 2-core CP
 import json
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 
