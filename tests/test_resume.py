@@ -143,7 +143,7 @@ def test_non_finite_gradients_are_skipped_then_stop_the_run(tmp_path, tiny_world
     before = [p.detach().clone() for p in trainer.policy.parameters()]
     metrics = trainer.step(1).metrics
     assert metrics["skipped_update"] == 1 and metrics["grad_norm"] != metrics["grad_norm"]
-    assert all(torch.equal(a, p) for a, p in zip(before, trainer.policy.parameters()))
+    assert all(torch.equal(a, p) for a, p in zip(before, trainer.policy.parameters(), strict=True))
     with pytest.raises(TrainingHalted, match="2 non-finite updates in a row"):
         trainer.step(2)
     hook.remove()
