@@ -387,7 +387,8 @@ class Trainer:
             evals["before"] = self.evaluate()
             _write_json_atomic(eval_path, evals)
             self.log(_eval_line("before", evals["before"]))
-        bar = tqdm(total=run.steps, initial=self.step_done, disable=not progress, desc="train", unit="step", leave=False)
+        bar = tqdm(total=run.steps, initial=self.step_done, disable=not progress or not sys.stderr.isatty(),
+                   desc="train", unit="step", leave=False)
         metrics_path = self.run_dir / "metrics.jsonl"
         samples_path = self.run_dir / "samples.jsonl"
         with _GracefulInterrupt() as interrupt:
@@ -413,6 +414,9 @@ class Trainer:
                     self.save()
         bar.close()
         self.save()
+        summary = teacher_summary(metrics_path)
+        if summary:
+            self.log(summary)
         if self.eval_prompts:
             evals["after"] = self.evaluate()
             _write_json_atomic(eval_path, evals)
@@ -504,6 +508,29 @@ def _eval_line(label: str, result: dict) -> str:
     if "greedy_accuracy" in result:
         line += f"  greedy {result['greedy_accuracy']:.3f}"
     return line
+
+
+def teacher_summary(metrics_path: Path) -> str:
+    """One paragraph on the teacher over the whole run, from metrics.jsonl (gold: measured only)."""
+    if not metrics_path.exists():
+        return ""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not rows or "diag/reference_accuracy" not in rows[0]:
+        return ""
+
+    def mean(key):
+        values = [r[key] for r in rows if key in r and r[key] == r[key]]
+        return sum(values) / len(values) if values else float("nan")
+
+    return (
+        f"teacher over {len(rows)} steps (vs gold, never used in training): "
+        f"reference accuracy {mean('diag/reference_accuracy'):.3f}, majority {mean('diag/majority_accuracy'):.3f}, "
+        f"single rollout {mean('diag/rollout_accuracy'):.3f}; reference disagrees with majority "
+        f"{mean('diag/disagree_rate'):.1%} of groups and is right {mean('diag/disagree_accuracy'):.1%} of those; "
+        f"right when every rollout was wrong: {sum(r.get('diag/correct_all_wrong', 0) for r in rows):.0f} groups; "
+        f"reward accuracy {mean('diag/reward_accuracy'):.3f}; unparsable references "
+        f"{mean('diag/reference_unparsable'):.1%}; unscored groups {sum(r.get('groups/unscored', 0) for r in rows)}"
+    )
 
 
 def _console_line(m: dict) -> str:

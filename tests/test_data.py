@@ -78,3 +78,18 @@ def test_prompt_order_is_a_pure_function_of_seed_and_step():
     epoch0 = first[0] + first[1] + first[2][:2]
     assert sorted(epoch0) == list(range(10))  # every prompt once per epoch
     assert PromptOrder(10, 4, 4).batch(0) != first[0]
+
+
+FIXTURE = __import__("pathlib").Path(__file__).parent / "fixtures" / "math500_sample.jsonl"
+
+
+def test_math500_fixture_and_its_own_solutions_grade_correct():
+    """The MATH-500 schema end to end: each row's worked solution extracts to its gold answer."""
+    from cat.evaluate import is_correct
+
+    prompts = load_prompts(str(FIXTURE), prompt_template="{problem}\nPlease reason step by step, and put your final answer within \\boxed{}.")
+    rows = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
+    assert len(prompts) == 6 and prompts[0].meta["subject"] == "Prealgebra"
+    for prompt, row in zip(prompts, rows, strict=True):
+        assert is_correct(row["solution"], prompt.gold), row["unique_id"]
+        assert prompt.messages[-1]["content"].endswith("within \\boxed{}.")
