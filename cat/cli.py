@@ -118,7 +118,7 @@ def _prepare_run_dir(run_dir: Path, config, *, resume_requested: bool, allow_cha
     if latest is None:
         if (run_dir / "metrics.jsonl").exists():
             print(f"{run_dir} has no complete checkpoint: starting it from step 0", file=sys.stderr)
-        for name in ("metrics.jsonl", "samples.jsonl", "eval.json"):
+        for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl", "eval.json"):
             (run_dir / name).unlink(missing_ok=True)
         return None
     print(f"resuming {run_dir} from {latest.name}", file=sys.stderr)
@@ -159,7 +159,7 @@ def _train(args) -> int:
     trainer = Trainer(config, run_dir)
     if resume_from is not None:
         trainer.restore(resume_from)
-        for name in ("metrics.jsonl", "samples.jsonl"):
+        for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
             _truncate_jsonl(run_dir / name, trainer.step_done)
     trainer.train(progress=not args.no_progress)
     print(f"run directory: {run_dir}")
@@ -168,26 +168,38 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     from cat.config import load_config
-    from cat.data import encode_prompt, load_prompts
+    from cat.data import encode_prompt, load_split
     from cat.evaluate import evaluate_policy
     from cat.generation import make_generator
     from cat.models import load_model, load_tokenizer, resolve_device
 
     config = load_config(args.config, args.overrides)
-    e, d, m, gen = config.eval, config.data, config.model, config.generation
+    e, m, gen = config.eval, config.model, config.generation
     if e.path is None:
         raise ConfigError("eval.path is not set: nothing to evaluate on")
     path = args.model or m.name_or_path
     if args.model and (Path(args.model) / "model").is_dir():
         path = str(Path(args.model) / "model")
-    prompts = load_prompts(e.path, name=e.name, split=e.split, prompt_field=d.prompt_field,
-                           answer_field=d.answer_field, answer_format=d.answer_format,
-                           prompt_template=d.prompt_template, system_prompt=m.system_prompt,
-                           limit=e.limit, require_answer=True)
+    prompts = load_split(config, "eval")
     tokenizer = load_tokenizer(path, trust_remote_code=m.trust_remote_code)
     model = load_model(path, dtype=m.dtype, device=resolve_device(m.device), trust_remote_code=m.trust_remote_code, frozen=True)
     ids = [encode_prompt(p, tokenizer, use_chat_template=m.chat_template, chat_template_kwargs=m.chat_template_kwargs) for p in prompts]
     generator = make_generator(gen.backend, model, tokenizer, batch_size=gen.batch_size)
+    if config.data.format == "healthbench":
+        from cat.evaluate import evaluate_rubric
+        from cat.judge import Judge
+
+        judge = Judge.from_config(config, None)
+        judge.backend.check()
+        result = evaluate_rubric(generator, prompts, ids, judge, num_samples=e.num_samples, temperature=e.temperature,
+                                 max_new_tokens=gen.max_new_tokens, top_p=gen.top_p, top_k=gen.top_k,
+                                 stop=tuple(gen.stop), seed=config.run.seed + 17)
+        result["model"] = path
+        print(json.dumps(result, indent=2))
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(json.dumps(result, indent=2))
+        return 0
     result = evaluate_policy(generator, prompts, ids, num_samples=e.num_samples, temperature=e.temperature,
                              max_new_tokens=gen.max_new_tokens, top_p=gen.top_p, top_k=gen.top_k,
                              stop=tuple(gen.stop), greedy=e.greedy, seed=config.run.seed + 17,

@@ -109,6 +109,9 @@ class OptimConfig(_Section):
 class DataConfig(_Section):
     path: str = "tiny:arith/train.jsonl"
     """Training prompts: a hub dataset id, or a local .jsonl / .json / .parquet file."""
+    format: Literal["qa", "healthbench"] = "qa"
+    """``qa``: a prompt field and an optional answer field. ``healthbench``: a chat ``prompt`` (list
+    of messages) with physician ``rubrics`` (criterion, points, tags) and ``example_tags``."""
     name: str | None = None
     """Hub dataset configuration name (e.g. ``main`` for gsm8k)."""
     split: str = "train"
@@ -151,11 +154,63 @@ class EvalConfig(_Section):
 
 class RewardConfig(_Section):
     name: str = "math_equivalence"
-    """Reward function (registry ``cat.rewards``)."""
+    """Reward function (registry ``cat.rewards``): ``math_equivalence`` (verifiable), ``rubric``
+    (criteria + judge), ``judge_equivalence`` (model-as-judge against the reference)."""
     mode: Literal["equivalence", "strict"] = "equivalence"
     """``equivalence`` (math-verify) or ``strict`` (normalised string match, as in the paper)."""
     timeout_s: int = Field(3, ge=1)
     """Per-comparison timeout for math-verify."""
+    length_penalty: float = 0.0
+    """Added to the reward of a completion longer than ``length_penalty_tokens`` (paper: -1)."""
+    length_penalty_tokens: int = Field(750, ge=1)
+    """Completion length (tokens) above which ``length_penalty`` applies."""
+
+
+class RubricConfig(_Section):
+    source: Literal["self_proposed", "dataset"] = "self_proposed"
+    """``self_proposed``: the anchor writes criteria from the reference (CaT). ``dataset``: the
+    example's own rubric (e.g. HealthBench physician rubrics; the reference-based baseline)."""
+    template: str = "rubric_proposal"
+    """Rubric-proposal template (a name in rubrics/ or a path); needs {{reference}}."""
+    include_question: bool = False
+    """Show the anchor the question when it writes the rubric (the paper does not)."""
+    min_criteria: int = Field(5, ge=1)
+    """Fewer parsed criteria than this is a failed proposal (retried)."""
+    max_criteria: int = Field(20, ge=1)
+    """Criteria beyond this many are dropped (and counted)."""
+    max_attempts: int = Field(3, ge=1)
+    """Proposal attempts per group before the group is dropped from the update."""
+    max_new_tokens: int = Field(512, ge=1)
+    """Token budget of one rubric proposal."""
+
+
+class JudgeConfig(_Section):
+    backend: Literal["hf", "openai"] = "hf"
+    """``hf``: an in-process transformers model. ``openai``: any OpenAI-compatible endpoint (vLLM
+    server, ``transformers serve``, hosted APIs) through the openai client."""
+    model: str = "tiny:arith"
+    """Judge model: a local path / hub id (hf) or the served model name (openai). Keep it
+    independent of the policy for real runs."""
+    base_url: str | None = None
+    """Endpoint for the openai backend, e.g. http://127.0.0.1:8000/v1 (None: the client's default)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (read at start, never logged)."""
+    mode: Literal["per_criterion", "all_criteria"] = "per_criterion"
+    """One call per (rollout, criterion) as in the paper, or all criteria of a rollout in one call."""
+    template: str | None = None
+    """Judge template; default ``judge_criterion`` / ``judge_all_criteria`` by mode."""
+    max_new_tokens: int = Field(16, ge=1)
+    """Tokens per verdict (per_criterion); all_criteria gets 8 per criterion."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Per-request timeout (openai backend)."""
+    max_retries: int = Field(3, ge=0)
+    """Retries of a failed request or an unparsable verdict, with exponential backoff."""
+    backoff_s: float = Field(1.0, ge=0)
+    """First backoff; doubles each retry."""
+    max_concurrency: int = Field(8, ge=1)
+    """Requests in flight at once (openai backend)."""
+    batch_size: int = Field(32, ge=1)
+    """Prompts per generate call (hf backend)."""
 
 
 class EstimatorConfig(_Section):
@@ -212,6 +267,8 @@ class Config(_Section):
     reward: RewardConfig = RewardConfig()
     estimator: EstimatorConfig = EstimatorConfig()
     anchor: AnchorConfig = AnchorConfig()
+    rubric: RubricConfig = RubricConfig()
+    judge: JudgeConfig = JudgeConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")

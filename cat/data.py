@@ -65,9 +65,46 @@ def _gold(value, fmt: str) -> str:
     return text
 
 
+def _healthbench_prompt(i: int, row: dict, label: str, system_prompt: str | None) -> Prompt:
+    from pydantic import ValidationError
+
+    from cat.rubrics import Criterion
+
+    conversation = row.get("prompt")
+    if not isinstance(conversation, list) or not conversation:
+        raise DataError(f"{label}: field 'prompt' must be a non-empty list of chat messages")
+    for k, m in enumerate(conversation):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
+                or not isinstance(m.get("content"), str):
+            raise DataError(f"{label}: prompt[{k}] must be {{'role': system|user|assistant, 'content': str}}, got {m!r:.80}")
+    items = row.get("rubrics")
+    if not isinstance(items, list) or not items:
+        raise DataError(f"{label}: field 'rubrics' must be a non-empty list")
+    criteria = []
+    for k, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise DataError(f"{label}: rubrics[{k}] must be an object")
+        points = item.get("points")
+        if isinstance(points, bool) or not isinstance(points, int | float):
+            raise DataError(f"{label}: rubrics[{k}].points must be a number, got {points!r}")
+        try:
+            criteria.append(Criterion(text=item.get("criterion", ""), points=float(points),
+                                      tags=tuple(item.get("tags") or ())))
+        except ValidationError as exc:
+            raise DataError(f"{label}: rubrics[{k}]: {exc.errors()[0]['msg']}") from None
+    tags = row.get("example_tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise DataError(f"{label}: field 'example_tags' must be a list of strings")
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [dict(m) for m in conversation]
+    text = "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
+    meta = {"prompt_id": row["prompt_id"]} if isinstance(row.get("prompt_id"), str) else {}
+    return Prompt(index=i, text=text, messages=tuple(messages), meta=meta, rubric=tuple(criteria), tags=tuple(tags))
+
+
 def load_prompts(
     path: str,
     *,
+    format: str = "qa",
     name: str | None = None,
     split: str = "train",
     prompt_field: str = "problem",
@@ -87,6 +124,9 @@ def load_prompts(
     prompts = []
     for i, row in enumerate(rows):
         label = f"{where}: row {i + 1}"
+        if format == "healthbench":
+            prompts.append(_healthbench_prompt(i, row, label, system_prompt))
+            continue
         if prompt_field not in row:
             raise DataError(f"{label}: missing field '{prompt_field}' (fields: {sorted(row)})")
         text = row[prompt_field]
@@ -144,3 +184,24 @@ class PromptOrder:
             epoch, offset = divmod(position, self.size)
             out.append(self._epoch(epoch)[offset])
         return out
+
+
+def load_split(config, which: str) -> list[Prompt]:
+    """The training (``"train"``) or evaluation (``"eval"``) prompts a config names.
+
+    Evaluation needs a gold answer (or, for HealthBench, the physician rubric) on every row;
+    training needs one only for the ``gold`` estimator.
+    """
+    d = config.data
+    if which == "train":
+        path, name, split, limit = d.path, d.name, d.split, d.limit
+        require = config.estimator.name == "gold"
+    else:
+        e = config.eval
+        path, name, split, limit = e.path, e.name, e.split, e.limit
+        require = True
+    return load_prompts(
+        path, format=d.format, name=name, split=split, prompt_field=d.prompt_field, answer_field=d.answer_field,
+        answer_format=d.answer_format, prompt_template=d.prompt_template, system_prompt=config.model.system_prompt,
+        limit=limit, require_answer=require and d.format == "qa",
+    )

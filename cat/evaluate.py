@@ -55,3 +55,51 @@ def evaluate_policy(
             example["greedy"] = g[0].text
     result["examples"] = examples
     return result
+
+
+def evaluate_rubric(
+    generator: Generator,
+    prompts: list[Prompt],
+    prompt_ids: list[list[int]],
+    judge,
+    *,
+    num_samples: int,
+    temperature: float,
+    max_new_tokens: int,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    stop: tuple[str, ...] = (),
+    seed: int = 0,
+) -> dict:
+    """HealthBench-style evaluation: every sampled response graded on its example's own rubric.
+
+    A criterion the judge failed on after its retries is left out for that response (counted in
+    ``judge_failures``); a response left with no positive criterion is not scored (``unscored``).
+    """
+    from cat.healthbench import aggregate
+
+    sampled = generator.generate(
+        prompt_ids,
+        SamplingParams(n=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_p=top_p, top_k=top_k, stop=stop, seed=seed),
+    )
+    items, owners = [], []
+    for prompt, group in zip(prompts, sampled, strict=True):
+        for c in group:
+            items.append((c.text, [cr.text for cr in prompt.rubric]))
+            owners.append(prompt)
+    verdicts, stats = judge.judge(items)
+    examples, unscored = [], 0
+    for prompt, vs in zip(owners, verdicts, strict=True):
+        criteria = [(cr.points, cr.tags, v) for cr, v in zip(prompt.rubric, vs, strict=True) if v is not None]
+        if not any(p > 0 for p, _, _ in criteria):
+            unscored += 1
+            continue
+        examples.append({"criteria": criteria, "tags": prompt.tags})
+    if not examples:
+        return {"score": float("nan"), "n": 0, "unscored": unscored, **stats}
+    result = aggregate(examples)
+    result.pop("per_example")
+    result.update({"num_samples": num_samples, "unscored": unscored, "judge_failures": stats["judge/failures"],
+                   "judge_yes_rate": stats["judge/yes_rate"]})
+    return result

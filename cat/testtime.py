@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from cat.anchor import Anchor
-from cat.data import encode_prompt, load_prompts
+from cat.data import encode_prompt, load_split
 from cat.errors import ConfigError
 from cat.estimators import ESTIMATORS
 from cat.evaluate import is_correct
@@ -23,7 +23,7 @@ from cat.types import Group
 
 
 def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | None = None) -> dict:
-    e, d, m, gen = config.eval, config.data, config.model, config.generation
+    e, m, gen = config.eval, config.model, config.generation
     if e.path is None:
         raise ConfigError("eval.path is not set: test-time CaT needs prompts with gold answers to grade")
     for plugin in config.estimator.plugins:
@@ -32,10 +32,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     sizes = sorted(set(group_sizes or [gen.num_generations]))
     if sizes[-1] > gen.num_generations or sizes[0] < 1:
         raise ConfigError(f"group sizes {sizes} must lie in 1..generation.num_generations={gen.num_generations}")
-    prompts = load_prompts(e.path, name=e.name, split=e.split, prompt_field=d.prompt_field,
-                           answer_field=d.answer_field, answer_format=d.answer_format,
-                           prompt_template=d.prompt_template, system_prompt=m.system_prompt,
-                           limit=e.limit, require_answer=True)
+    prompts = load_split(config, "eval")
     tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
     model = load_model(m.name_or_path, dtype=m.dtype, device=resolve_device(m.device),
                        trust_remote_code=m.trust_remote_code, frozen=True)

@@ -30,7 +30,7 @@ import torch
 from cat import checkpoint as ckpt
 from cat.batch import Batch, build_batch, token_logprobs
 from cat.config import Config
-from cat.data import PromptOrder, encode_prompt, load_prompts
+from cat.data import PromptOrder, encode_prompt, load_split
 from cat.diagnostics import teacher_diagnostics
 from cat.errors import ConfigError, TrainingHalted
 from cat.estimators import ESTIMATORS
@@ -40,13 +40,30 @@ from cat.grpo import LossStats, aggregate, token_losses
 from cat.models import load_model, load_tokenizer, resolve_device
 from cat.registry import import_plugin
 from cat.rewards import REWARDS
-from cat.types import Group, GroupScore
+from cat.types import Group, GroupScore, Reference
 
 
 @dataclass
 class StepResult:
     metrics: dict
     samples: list[dict] = field(default_factory=list)
+    audit: list[dict] = field(default_factory=list)
+
+
+def apply_length_penalty(groups: list[Group], scores: list[GroupScore], reward_config) -> list[GroupScore]:
+    """Add ``length_penalty`` to the reward of every completion over ``length_penalty_tokens``."""
+    if reward_config.length_penalty == 0:
+        return scores
+    out = []
+    for group, score in zip(groups, scores, strict=True):
+        if score.rewards is None:
+            out.append(score)
+            continue
+        over = [len(c.token_ids) > reward_config.length_penalty_tokens for c in group.completions]
+        rewards = tuple(r + reward_config.length_penalty * o for r, o in zip(score.rewards, over, strict=True))
+        out.append(GroupScore(rewards=rewards, info={**score.info, "length_penalized": sum(over) / len(over)},
+                              reason=score.reason))
+    return out
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -59,20 +76,16 @@ def preflight(config: Config) -> None:
     for plugin in config.estimator.plugins:
         import_plugin(plugin)
     estimator = ESTIMATORS.get(config.estimator.name)
-    REWARDS.get(config.reward.name)
+    reward = REWARDS.get(config.reward.name)
+    if hasattr(reward, "preflight"):
+        reward.preflight(config)
     if getattr(estimator, "needs_anchor", False):
         from cat.anchor import anchor_template
 
         anchor_template(config)
-    d = config.data
-    load_prompts(d.path, name=d.name, split=d.split, prompt_field=d.prompt_field, answer_field=d.answer_field,
-                 answer_format=d.answer_format, prompt_template=d.prompt_template, limit=d.limit,
-                 require_answer=config.estimator.name == "gold")
-    e = config.eval
-    if e.path is not None:
-        load_prompts(e.path, name=e.name, split=e.split, prompt_field=d.prompt_field, answer_field=d.answer_field,
-                     answer_format=d.answer_format, prompt_template=d.prompt_template, limit=e.limit,
-                     require_answer=True)
+    load_split(config, "train")
+    if config.eval.path is not None:
+        load_split(config, "eval")
 
 
 class Trainer:
@@ -84,21 +97,17 @@ class Trainer:
             import_plugin(plugin)
         self.estimator = ESTIMATORS.get(config.estimator.name)(config)
         self.reward = REWARDS.get(config.reward.name)(config)
-        if getattr(self.estimator, "needs_anchor", False):
+        if self._needs_anchor():
             from cat.anchor import anchor_template
 
             anchor_template(config)
+        if hasattr(self.reward, "open"):
+            self.reward.open(self.run_dir)  # builds the judge; an unreachable endpoint fails here
         torch.manual_seed(config.run.seed)
         self.device = resolve_device(config.model.device)
         m = config.model
         self.tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
-        self.prompts = load_prompts(
-            config.data.path, name=config.data.name, split=config.data.split,
-            prompt_field=config.data.prompt_field, answer_field=config.data.answer_field,
-            answer_format=config.data.answer_format, prompt_template=config.data.prompt_template,
-            system_prompt=m.system_prompt, limit=config.data.limit,
-            require_answer=config.estimator.name == "gold",
-        )
+        self.prompts = load_split(config, "train")
         self.prompt_ids, self.skipped_long = self._encode(self.prompts, config.data.max_prompt_tokens)
         if not self.prompt_ids:
             raise ConfigError(f"every prompt is longer than data.max_prompt_tokens={config.data.max_prompt_tokens}")
@@ -135,13 +144,28 @@ class Trainer:
                                        trust_remote_code=m.trust_remote_code, frozen=True)
         return self._initial
 
+    def _needs_anchor(self) -> bool:
+        return getattr(self.estimator, "needs_anchor", False) or getattr(self.reward, "needs_anchor", False)
+
     @property
     def anchor(self):
-        if self._anchor is None and getattr(self.estimator, "needs_anchor", False):
+        if self._anchor is None and self._needs_anchor():
             from cat.anchor import Anchor
 
             self._anchor = Anchor.from_config(self.config, self.initial_policy, self.tokenizer)
         return self._anchor
+
+    @property
+    def eval_judge(self):
+        """The judge that grades HealthBench evaluations (the reward's own when it has one)."""
+        judge = getattr(self.reward, "judge", None)
+        if judge is None:
+            from cat.judge import Judge
+
+            judge = Judge.from_config(self.config, self.run_dir / "verdicts.jsonl")
+            judge.backend.check()
+            self.reward.judge = judge
+        return judge
 
     def _encode(self, prompts, limit):
         kept_ids, skipped = [], 0
@@ -163,13 +187,8 @@ class Trainer:
         e = self.config.eval
         if e.path is None:
             return [], []
-        d = self.config.data
-        prompts = load_prompts(
-            e.path, name=e.name, split=e.split, prompt_field=d.prompt_field, answer_field=d.answer_field,
-            answer_format=d.answer_format, prompt_template=d.prompt_template,
-            system_prompt=self.config.model.system_prompt, limit=e.limit, require_answer=True,
-        )
-        ids, _ = self._encode(prompts, d.max_prompt_tokens)
+        prompts = load_split(self.config, "eval")
+        ids, _ = self._encode(prompts, self.config.data.max_prompt_tokens)
         return prompts, ids
 
     # ---- the algorithm -------------------------------------------------------------------------
@@ -181,19 +200,29 @@ class Trainer:
         with timer("reference"):
             references = self.estimator(groups, self.anchor)
         with timer("reward"):
-            scores = [self.reward(g, r) for g, r in zip(groups, references, strict=True)]
+            scores, reward_stats, audit = self.score(groups, references, step)
         g = self.config.grpo
         batch = build_batch(groups, scores, pad_id=self.tokenizer.pad_token_id, scale=g.scale_rewards,
                             eps=g.advantage_eps, mask_truncated=g.mask_truncated_completions)
         update = self.update(batch, timer) if batch is not None else {}
         with timer("weight_sync"):
             self.generator.sync_weights(self.policy)
-        metrics = {"step": step + 1, **self._rollout_metrics(groups, scores), **update}
+        metrics = {"step": step + 1, **self._rollout_metrics(groups, scores), **update, **reward_stats}
         metrics.update(teacher_diagnostics(groups, references, scores, self.config))
         metrics.update(timer.metrics())
         tokens = sum(len(c.token_ids) for grp in groups for c in grp.completions)
         metrics["tokens_per_second"] = tokens / max(timer.total, 1e-9)
-        return StepResult(metrics, self._samples(step, groups, references, scores, batch))
+        return StepResult(metrics, self._samples(step, groups, references, scores, batch),
+                          [{"step": step + 1, **row} for row in audit])
+
+    def score(self, groups: list[Group], references: list[Reference], step: int):
+        """Rewards for every group, then the length penalty: (scores, stats, audit rows)."""
+        if getattr(self.reward, "batched", False):
+            scores, stats, audit = self.reward.score_batch(groups, references, self.anchor,
+                                                           seed=_step_seed(self.config.run.seed, step) + 1)
+        else:
+            scores, stats, audit = [self.reward(g, r) for g, r in zip(groups, references, strict=True)], {}, []
+        return apply_length_penalty(groups, scores, self.config.reward), stats, audit
 
     def rollout(self, step: int) -> list[Group]:
         indices = self.order.batch(step)
@@ -330,6 +359,14 @@ class Trainer:
 
     def evaluate(self) -> dict:
         e, gen = self.config.eval, self.config.generation
+        if self.config.data.format == "healthbench":
+            from cat.evaluate import evaluate_rubric
+
+            return evaluate_rubric(
+                self.generator, self.eval_prompts, self.eval_ids, self.eval_judge, num_samples=e.num_samples,
+                temperature=e.temperature, max_new_tokens=gen.max_new_tokens, top_p=gen.top_p, top_k=gen.top_k,
+                stop=tuple(gen.stop), seed=self.config.run.seed + 17,
+            )
         result = evaluate_policy(
             self.generator, self.eval_prompts, self.eval_ids, num_samples=e.num_samples, temperature=e.temperature,
             max_new_tokens=gen.max_new_tokens, top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop),
@@ -397,6 +434,7 @@ class Trainer:
                 self.step_done += 1
                 _append_jsonl(metrics_path, [result.metrics])
                 _append_jsonl(samples_path, result.samples)
+                _append_jsonl(self.run_dir / "rubrics.jsonl", result.audit)
                 bar.update(1)
                 bar.write(_console_line(result.metrics))
                 if interrupt.requested:
@@ -504,6 +542,9 @@ def _write_json_atomic(path: Path, obj) -> None:
 
 
 def _eval_line(label: str, result: dict) -> str:
+    if "score" in result:
+        return (f"{label:>6}: rubric score {result['score']:.3f} ± {result.get('std_error', float('nan')):.3f} "
+                f"(n={result['n']}, unscored {result.get('unscored', 0)})")
     line = f"{label:>6}: accuracy {result['accuracy']:.3f} (pass@1 over {result['num_samples']} samples, n={result['n']})"
     if "greedy_accuracy" in result:
         line += f"  greedy {result['greedy_accuracy']:.3f}"

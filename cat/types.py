@@ -20,6 +20,10 @@ class Prompt:
     messages: tuple[dict[str, str], ...]
     gold: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    rubric: tuple[Any, ...] | None = None
+    """The dataset's own rubric (HealthBench physician criteria, ``cat.rubrics.Criterion``): read only
+    by ``rubric.source: dataset`` (the reference-based baseline) and by evaluation."""
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

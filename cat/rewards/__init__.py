@@ -76,4 +76,6 @@ def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
     return _Adapted
 
 
+from cat.rewards import rubric as _rubric  # noqa: E402,F401  (registers rubric rewards)
+
 __all__ = ["REWARDS", "Reward", "register_reward", "from_completion_fn", "answers_match", "extract_answer"]

@@ -1,0 +1,143 @@
+"""Rubrics: validated criterion records, strict parsing of model output, proposal by the anchor.
+
+Format (documented in README and in ``rubrics/rubric_proposal.txt``): the *last* complete
+``<rubric> ... </rubric>`` block of the output, holding ``<criterion>text</criterion>`` elements,
+optionally ``<criterion weight="2">``. Parsing is strict:
+* no complete block is an error;
+* text between criteria is ignored, but a criterion with nested tags, an empty or oversized
+  criterion, or an unclosed criterion is an error;
+* duplicates are dropped;
+* fewer than ``min_criteria`` is an error, and criteria beyond ``max_criteria`` are dropped and
+  counted.
+
+A failed parse is retried (a new sample) up to ``rubric.max_attempts``; after that the group
+gets no rubric and is dropped from the update, counted, never scored 0.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cat.templates import Template, load_template
+
+MAX_CRITERION_CHARS = 500
+_BLOCK = re.compile(r"<rubric>(.*?)</rubric>", re.S | re.I)
+_CRITERION = re.compile(r"<criterion(?:\s+weight\s*=\s*\"([^\"]*)\")?\s*>(.*?)</criterion>", re.S | re.I)
+
+
+class RubricParseError(ValueError):
+    """The output is not a valid rubric; the message says why."""
+
+
+class Criterion(BaseModel):
+    """One binary, self-contained criterion. ``points`` is its weight (HealthBench: may be < 0)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    text: str = Field(min_length=1, max_length=MAX_CRITERION_CHARS)
+    points: float = 1.0
+    tags: tuple[str, ...] = ()
+
+    @field_validator("text")
+    @classmethod
+    def _clean(cls, v: str) -> str:
+        v = " ".join(v.split())
+        if not v:
+            raise ValueError("empty criterion")
+        return v
+
+
+class Rubric(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    criteria: tuple[Criterion, ...]
+    dropped: int = 0
+    """Criteria beyond max_criteria, or duplicates, that were dropped."""
+
+
+def parse_rubric(text: str, *, min_criteria: int = 5, max_criteria: int = 20) -> Rubric:
+    blocks = _BLOCK.findall(text or "")
+    if not blocks:
+        raise RubricParseError("no complete <rubric>...</rubric> block")
+    body = blocks[-1]
+    if body.lower().count("<criterion") != body.lower().count("</criterion>"):
+        raise RubricParseError("a <criterion> is not closed")
+    criteria: list[Criterion] = []
+    seen: set[str] = set()
+    dropped = 0
+    for weight, raw in _CRITERION.findall(body):
+        if "<" in raw and re.search(r"</?\w", raw):
+            raise RubricParseError(f"criterion contains markup: {raw[:80]!r}")
+        content = html.unescape(raw).strip()
+        if not content:
+            raise RubricParseError("empty criterion")
+        if len(content) > MAX_CRITERION_CHARS:
+            raise RubricParseError(f"criterion longer than {MAX_CRITERION_CHARS} characters")
+        try:
+            points = float(weight) if weight else 1.0
+        except ValueError:
+            raise RubricParseError(f"criterion weight {weight!r} is not a number") from None
+        criterion = Criterion(text=content, points=points)
+        if criterion.text.lower() in seen:
+            dropped += 1
+            continue
+        seen.add(criterion.text.lower())
+        criteria.append(criterion)
+    if len(criteria) < min_criteria:
+        raise RubricParseError(f"{len(criteria)} criteria, fewer than the {min_criteria} required")
+    if len(criteria) > max_criteria:
+        dropped += len(criteria) - max_criteria
+        criteria = criteria[:max_criteria]
+    return Rubric(criteria=tuple(criteria), dropped=dropped)
+
+
+def proposal_template(config) -> Template:
+    r = config.rubric
+    if r.include_question:
+        return load_template(r.template, kind="rubrics", required={"reference", "question"}, allowed={"min_criteria"})
+    return load_template(r.template, kind="rubrics", required={"reference"}, allowed={"min_criteria"})
+
+
+def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[list[Rubric | None], dict]:
+    """The anchor turns each reference into a rubric; bounded retries; None where all failed.
+
+    Returns the rubrics and counts: ``rubric/attempts``, ``rubric/failures`` (groups given up on),
+    ``rubric/dropped_criteria``.
+    """
+    from cat.generation import SamplingParams
+
+    r = config.rubric
+    template = proposal_template(config)
+    rubrics: list[Rubric | None] = [None] * len(groups)
+    pending = [i for i, ref in enumerate(references) if ref.text.strip()]
+    attempts = 0
+    errors: dict[int, str] = {}
+    for attempt in range(r.max_attempts):
+        if not pending:
+            break
+        prompts = []
+        for i in pending:
+            values = {"reference": references[i].text, "min_criteria": str(r.min_criteria)}
+            if r.include_question:
+                values["question"] = groups[i].prompt.text
+            prompts.append(anchor._chat_ids(template.render(**values)))
+        params = SamplingParams(n=1, max_new_tokens=r.max_new_tokens, temperature=max(config.anchor.temperature, 0.7),
+                                greedy=attempt == 0 and config.anchor.greedy, seed=seed + attempt)
+        outputs = anchor.generator.generate(prompts, params)
+        attempts += len(pending)
+        still = []
+        for i, out in zip(pending, outputs, strict=True):
+            try:
+                rubrics[i] = parse_rubric(out[0].text, min_criteria=r.min_criteria, max_criteria=r.max_criteria)
+            except RubricParseError as exc:
+                errors[i] = str(exc)
+                still.append(i)
+        pending = still
+    failures = sum(rb is None for rb in rubrics)
+    stats = {
+        "rubric/attempts": float(attempts),
+        "rubric/failures": float(failures),
+        "rubric/dropped_criteria": float(sum(rb.dropped for rb in rubrics if rb is not None)),
+    }
+    return rubrics, stats
