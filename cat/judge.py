@@ -122,6 +122,7 @@ class OpenAIBackend:
         import openai
 
         self.name = model
+        self.api_key_env = api_key_env
         self.base_url = base_url or "https://api.openai.com/v1"
         self.max_retries, self.backoff_s, self.max_concurrency = max_retries, backoff_s, max_concurrency
         key = os.environ.get(api_key_env) or ("EMPTY" if base_url else None)
@@ -132,11 +133,19 @@ class OpenAIBackend:
         self.errors = 0
 
     def check(self) -> None:
-        """Fail at start, naming the endpoint, if it cannot be reached."""
+        """Fail at start, naming the endpoint, if it cannot be reached or refuses the key.
+
+        Any other HTTP answer (some servers do not implement /models) proves it is reachable."""
+        import openai
+
         try:
             self.client.models.list()
-        except Exception as exc:
+        except openai.APIConnectionError as exc:
             raise TeacherError(f"judge endpoint {self.base_url} is unreachable ({type(exc).__name__}: {exc})") from None
+        except openai.AuthenticationError:
+            raise TeacherError(f"judge endpoint {self.base_url} rejected the API key in ${self.api_key_env}") from None
+        except openai.APIStatusError:
+            pass
 
     def _one(self, prompt: str, max_new_tokens: int) -> str | None:
         delay = self.backoff_s

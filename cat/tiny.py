@@ -320,9 +320,14 @@ def resolve(path: str) -> str:
         return path
     rest = path[len(SCHEME) :]
     world, _, inner = rest.partition("/")
-    if world != "arith":
+    if world == "rubric":
+        from cat import tiny_rubric
+
+        root = tiny_rubric.ensure_built()
+    elif world == "arith":
+        root = ensure_built()
+    else:
         from cat.errors import ConfigError
 
-        raise ConfigError(f"unknown tiny world '{world}' in '{path}'; known: ['arith']")
-    root = ensure_built()
+        raise ConfigError(f"unknown tiny world '{world}' in '{path}'; known: ['arith', 'rubric']")
     return str(root / (inner or "model"))

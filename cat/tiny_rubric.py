@@ -1,0 +1,150 @@
+"""The tiny rubric world: ``tiny:arith`` taught two more jobs so the rubric path runs offline.
+
+Continued pretraining of the tiny arithmetic model (same tokenizer) on:
+* **rubric proposal**: ``rubrics/rubric_proposal.txt`` filled with a reference solution (never
+  the question); the target is a ``<rubric>`` of five criteria describing that reference (each
+  column step, the carry, the final answer, the box);
+* **judging**: ``rubrics/judge_criterion.txt`` filled with a response and one criterion; the target
+  is ``yes`` when the response's own step of that kind says exactly what the criterion says.
+  Responses come from the noisy teacher, sometimes cut short, so both answers are common.
+
+The policy and anchor data of ``tiny:arith`` are replayed so neither skill is forgotten.
+``tiny:rubric`` names the result; tiny configs use it as policy, anchor and (as a separate,
+frozen in-process copy) judge. A real run uses an independent judge model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cat import tiny
+from cat.templates import load_template
+
+_FIELDS = re.compile(r"ones (\d)\+(\d)=(\d\d)|tens (\d)\+(\d)\+(\d)=(\d\d)|\\boxed\{(\d+)\}")
+
+
+@dataclass(frozen=True)
+class RubricSpec:
+    version: int = 1
+    seed: int = 1
+    steps: int = 700
+    lr: float = 1e-3
+    batch: int = 48
+
+    def digest(self, base: Path) -> str:
+        texts = "".join(load_template(n, kind="rubrics", required=set(), allowed={"reference", "min_criteria", "response", "criterion"}).text
+                        for n in ("rubric_proposal", "judge_criterion"))
+        blob = json.dumps(asdict(self), sort_keys=True) + base.name + texts
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def criteria_of(text: str) -> dict[str, str]:
+    """The criteria a solution text supports, by kind (a kind is absent when its step is)."""
+    out: dict[str, str] = {}
+    for m in _FIELDS.finditer(text):
+        if m.group(1) is not None:
+            out.setdefault("ones", f"The ones column is {m.group(1)}+{m.group(2)}={m.group(3)}.")
+        elif m.group(4) is not None:
+            out.setdefault("tens", f"The tens column is {m.group(4)}+{m.group(5)}+{m.group(6)}={m.group(7)}.")
+            out.setdefault("carry", f"The response carries {m.group(6)} into the tens column.")
+        else:
+            out["answer"] = f"The final answer is {m.group(8)}."
+            out["box"] = "The final answer is written in a box."
+    return out
+
+
+KINDS = ("ones", "tens", "carry", "answer", "box")
+
+
+def rubric_text(reference: str) -> str:
+    found = criteria_of(reference)
+    return "<rubric>\n" + "".join(f"<criterion>{found[k]}</criterion>\n" for k in KINDS if k in found) + "</rubric>"
+
+
+def _reference(pair, rng, spec) -> str:
+    a, b = pair
+    body = tiny.solution(a, b, rng if rng.random() < 0.5 else None, spec)
+    return f"{tiny.SUMMARY}\nUNIFIED RESPONSE: {body}" if rng.random() < 0.7 else body
+
+
+def _rubric_example(pair, rng, spec) -> tuple[str, str]:
+    template = load_template("rubric_proposal", kind="rubrics", required={"reference"}, allowed={"min_criteria"})
+    reference = _reference(pair, rng, spec)
+    return tiny._chat(template.render(reference=reference, min_criteria="5")), rubric_text(reference) + "<|end|>"
+
+
+def _judge_example(pair, rng, spec) -> tuple[str, str]:
+    template = load_template("judge_criterion", kind="rubrics", required={"response", "criterion"}, allowed=set())
+    a, b = pair
+    response = tiny.solution(a, b, rng, spec)
+    if rng.random() < 0.15:
+        response = response[: rng.randrange(len(response))]
+    source = criteria_of(tiny.solution(a, b, rng if rng.random() < 0.5 else None, spec))
+    kind = rng.choice(KINDS)
+    criterion = source[kind]
+    verdict = "yes" if criteria_of(response).get(kind) == criterion else "no"
+    return tiny._chat(template.render(response=response, criterion=criterion)), verdict + "<|end|>"
+
+
+def finetune(base: Path, spec: RubricSpec, out_dir: Path, log=print) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(spec.seed)
+    rng = random.Random(spec.seed)
+    arith = tiny.TinySpec()
+    train_pairs, _ = tiny.split_pairs(arith)
+    tokenizer = AutoTokenizer.from_pretrained(base / "model")
+    model = AutoModelForCausalLM.from_pretrained(base / "model")
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / spec.steps)))
+    makers = [(_rubric_example, 12), (_judge_example, spec.batch), (_judge_example, spec.batch),
+              (tiny._anchor_example, 12), (tiny._policy_example, 64)]
+    for step in range(spec.steps):
+        make, size = makers[step % len(makers)]
+        examples = [make(rng.choice(train_pairs), rng, arith) for _ in range(size)]
+        ids, labels, attention = tiny._batch(examples, tokenizer)
+        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        if step % 100 == 0 or step == spec.steps - 1:
+            log(f"  rubric fine-tune step {step:4d}/{spec.steps}  loss {loss.item():.3f}")
+    model.save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")
+    for name in ("train.jsonl", "test.jsonl"):
+        shutil.copy(base / name, out_dir / name)
+    (out_dir / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+
+
+def ensure_built(spec: RubricSpec | None = None, log=print) -> Path:
+    spec = spec or RubricSpec()
+    base = tiny.ensure_built(log=log)
+    target = tiny.cache_root() / f"tiny-rubric-{spec.digest(base)}"
+    if (target / "spec.json").exists():
+        return target
+    log(f"building the tiny rubric world in {target} (once; a couple of CPU minutes)")
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        finetune(base, spec, tmp, log=log)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "spec.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
