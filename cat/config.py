@@ -199,8 +199,8 @@ class JudgeConfig(_Section):
     """One call per (rollout, criterion) as in the paper, or all criteria of a rollout in one call."""
     template: str | None = None
     """Judge template; default ``judge_criterion`` / ``judge_all_criteria`` by mode."""
-    max_new_tokens: int = Field(16, ge=1)
-    """Tokens per verdict (per_criterion); all_criteria gets 8 per criterion."""
+    max_new_tokens: int = Field(256, ge=1)
+    """Tokens per verdict (per_criterion: room to quote evidence first); all_criteria gets 8 per criterion."""
     timeout_s: float = Field(60.0, gt=0)
     """Per-request timeout (openai backend)."""
     max_retries: int = Field(3, ge=0)

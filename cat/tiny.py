@@ -239,6 +239,20 @@ def _batch(examples: list[tuple[str, str]], tokenizer):
     return ids, labels, attention
 
 
+def train_step(model, optimizer, scheduler, examples: list[tuple[str, str]], tokenizer) -> float:
+    """One supervised step on (prompt, completion) pairs, loss on the completions only."""
+    import torch
+
+    ids, labels, attention = _batch(examples, tokenizer)
+    loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
+
+
 def pretrain(spec: TinySpec, out_dir: Path, log=print) -> None:
     """Build the tokenizer, pretrain the model on the noisy-teacher corpus, save both to ``out_dir``."""
     import torch
@@ -266,15 +280,9 @@ def pretrain(spec: TinySpec, out_dir: Path, log=print) -> None:
             examples = [_anchor_example(rng.choice(train_pairs), rng, spec) for _ in range(spec.anchor_batch)]
         else:
             examples = [_policy_example(rng.choice(train_pairs), rng, spec) for _ in range(spec.policy_batch)]
-        ids, labels, attention = _batch(examples, tokenizer)
-        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        loss = train_step(model, optimizer, scheduler, examples, tokenizer)
         if step % 100 == 0 or step == spec.steps - 1:
-            log(f"  pretrain step {step:5d}/{spec.steps}  loss {loss.item():.3f}  {time.time() - start:6.1f}s")
+            log(f"  pretrain step {step:5d}/{spec.steps}  loss {loss:.3f}  {time.time() - start:6.1f}s")
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")
@@ -296,14 +304,20 @@ def ensure_built(spec: TinySpec | None = None, log=print) -> Path:
     half-written world that later runs would trust.
     """
     spec = spec or TinySpec()
-    target = cache_root() / f"tiny-arith-{spec.digest()}"
+    return build_once(cache_root() / f"tiny-arith-{spec.digest()}", lambda out: pretrain(spec, out, log=log),
+                      "the tiny arithmetic world", log)
+
+
+def build_once(target: Path, build, what: str, log=print) -> Path:
+    """``target`` if it is complete, else ``build(tmp)`` into a temporary folder renamed into place
+    (an interrupted build leaves nothing that a later run would trust)."""
     if (target / "spec.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    log(f"building the tiny arithmetic world in {target} (once; a few CPU minutes)")
+    log(f"building {what} in {target} (once; a few CPU minutes)")
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
-        pretrain(spec, tmp, log=log)
+        build(tmp)
         try:
             os.rename(tmp, target)
         except OSError:

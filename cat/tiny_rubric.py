@@ -5,7 +5,8 @@ Continued pretraining of the tiny arithmetic model (same tokenizer) on:
   the question); the target is a ``<rubric>`` of five criteria describing that reference (each
   column step, the carry, the final answer, the box);
 * **judging**: ``rubrics/judge_criterion.txt`` filled with a response and one criterion; the target
-  is ``yes`` when the response's own step of that kind says exactly what the criterion says.
+  quotes the response's step of that kind, then ``<verdict>yes</verdict>`` when it says exactly
+  what the criterion says, else ``<verdict>no</verdict>``.
   Responses come from the noisy teacher, sometimes cut short, so both answers are common.
 
 The policy and anchor data of ``tiny:arith`` are replayed so neither skill is forgotten.
@@ -18,11 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,13 +29,16 @@ from cat import tiny
 from cat.templates import load_template
 
 _FIELDS = re.compile(r"ones (\d)\+(\d)=(\d\d)|tens (\d)\+(\d)\+(\d)=(\d\d)|\\boxed\{(\d+)\}")
+_QUOTE = {"ones": re.compile(r"ones \d\+\d=\d\d"), "tens": re.compile(r"tens \d\+\d\+\d=\d\d"),
+          "carry": re.compile(r"tens \d\+\d\+\d=\d\d"), "answer": re.compile(r"\\boxed\{\d+\}"),
+          "box": re.compile(r"\\boxed\{\d+\}")}
 
 
 @dataclass(frozen=True)
 class RubricSpec:
-    version: int = 1
+    version: int = 2
     seed: int = 1
-    steps: int = 700
+    steps: int = 720
     lr: float = 1e-3
     batch: int = 48
 
@@ -92,7 +94,10 @@ def _judge_example(pair, rng, spec) -> tuple[str, str]:
     kind = rng.choice(KINDS)
     criterion = source[kind]
     verdict = "yes" if criteria_of(response).get(kind) == criterion else "no"
-    return tiny._chat(template.render(response=response, criterion=criterion)), verdict + "<|end|>"
+    quote = _QUOTE[kind].search(response)
+    evidence = f"The response has {quote.group(0)}." if quote else "The response does not have this step."
+    target = f"{evidence} <verdict>{verdict}</verdict>"
+    return tiny._chat(template.render(response=response, criterion=criterion)), target + "<|end|>"
 
 
 def finetune(base: Path, spec: RubricSpec, out_dir: Path, log=print) -> None:
@@ -109,20 +114,14 @@ def finetune(base: Path, spec: RubricSpec, out_dir: Path, log=print) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / spec.steps)))
-    makers = [(_rubric_example, 12), (_judge_example, spec.batch), (_judge_example, spec.batch),
+    makers = [(_rubric_example, 12), (_judge_example, spec.batch), (_rubric_example, 12), (_judge_example, spec.batch),
               (tiny._anchor_example, 12), (tiny._policy_example, 64)]
     for step in range(spec.steps):
         make, size = makers[step % len(makers)]
         examples = [make(rng.choice(train_pairs), rng, arith) for _ in range(size)]
-        ids, labels, attention = tiny._batch(examples, tokenizer)
-        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        loss = tiny.train_step(model, optimizer, scheduler, examples, tokenizer)
         if step % 100 == 0 or step == spec.steps - 1:
-            log(f"  rubric fine-tune step {step:4d}/{spec.steps}  loss {loss.item():.3f}")
+            log(f"  rubric fine-tune step {step:4d}/{spec.steps}  loss {loss:.3f}")
     model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")
     for name in ("train.jsonl", "test.jsonl"):
@@ -133,18 +132,5 @@ def finetune(base: Path, spec: RubricSpec, out_dir: Path, log=print) -> None:
 def ensure_built(spec: RubricSpec | None = None, log=print) -> Path:
     spec = spec or RubricSpec()
     base = tiny.ensure_built(log=log)
-    target = tiny.cache_root() / f"tiny-rubric-{spec.digest(base)}"
-    if (target / "spec.json").exists():
-        return target
-    log(f"building the tiny rubric world in {target} (once; a couple of CPU minutes)")
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
-        finetune(base, spec, tmp, log=log)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "spec.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return tiny.build_once(tiny.cache_root() / f"tiny-rubric-{spec.digest(base)}",
+                           lambda out: finetune(base, spec, out, log=log), "the tiny rubric world", log)
