@@ -83,6 +83,7 @@ class VerdictCache:
         with self._lock:
             self.data.update(items)
             if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.path, "a", encoding="utf-8") as f:
                     for key, verdict in items:
                         f.write(json.dumps({"key": key, "verdict": verdict}) + "\n")

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from cat import checkpoint as ckpt
+from cat import tiny
 from cat.batch import Batch, build_batch, token_logprobs
 from cat.config import Config
 from cat.data import PromptOrder, encode_prompt, load_split
@@ -108,9 +109,11 @@ class Trainer:
         m = config.model
         self.tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
         self.prompts = load_split(config, "train")
-        self.prompt_ids, self.skipped_long = self._encode(self.prompts, config.data.max_prompt_tokens)
+        self.prompt_limit = self._prompt_limit()
+        self.prompt_ids, self.skipped_long = self._encode(self.prompts, self.prompt_limit)
         if not self.prompt_ids:
-            raise ConfigError(f"every prompt is longer than data.max_prompt_tokens={config.data.max_prompt_tokens}")
+            raise ConfigError(f"every training prompt is longer than {self.prompt_limit} tokens "
+                              "(data.max_prompt_tokens, or the model's context minus generation.max_new_tokens)")
         self.eval_prompts, self.eval_ids = self._load_eval()
         self.policy = load_model(m.name_or_path, dtype=m.dtype, device=self.device, trust_remote_code=m.trust_remote_code)
         if m.gradient_checkpointing:
@@ -167,6 +170,19 @@ class Trainer:
             self.reward.judge = judge
         return judge
 
+    def _prompt_limit(self) -> int | None:
+        """Longest prompt kept: data.max_prompt_tokens, else the model's context minus the
+        completion budget. Longer prompts are skipped (never truncated: a cut question is a
+        different question) and counted in the log."""
+        if self.config.data.max_prompt_tokens is not None:
+            return self.config.data.max_prompt_tokens
+        from transformers import AutoConfig
+
+        m = self.config.model
+        context = getattr(AutoConfig.from_pretrained(tiny.resolve(m.name_or_path), trust_remote_code=m.trust_remote_code),
+                          "max_position_embeddings", None)
+        return None if context is None else context - self.config.generation.max_new_tokens
+
     def _encode(self, prompts, limit):
         kept_ids, skipped = [], 0
         m = self.config.model
@@ -179,7 +195,7 @@ class Trainer:
             kept.append(p)
             kept_ids.append(ids)
         if skipped:
-            self.log(f"skipped {skipped} prompt(s) longer than data.max_prompt_tokens={limit}")
+            self.log(f"skipped {skipped} of {skipped + len(kept)} prompt(s) longer than {limit} tokens")
         prompts[:] = kept
         return kept_ids, skipped
 
@@ -188,7 +204,7 @@ class Trainer:
         if e.path is None:
             return [], []
         prompts = load_split(self.config, "eval")
-        ids, _ = self._encode(prompts, self.config.data.max_prompt_tokens)
+        ids, _ = self._encode(prompts, self.prompt_limit)
         return prompts, ids
 
     # ---- the algorithm -------------------------------------------------------------------------
