@@ -20,7 +20,7 @@ def group(texts, lengths=None):
     prompt = Prompt(index=0, text="q", messages=({"role": "user", "content": "q"},))
     lengths = lengths or [1] * len(texts)
     return Group(prompt=prompt, prompt_ids=(1,), completions=tuple(
-        Completion(text=t, token_ids=(1,) * n, logprobs=(0.0,) * n, finish_reason="stop") for t, n in zip(texts, lengths)))
+        Completion(text=t, token_ids=(1,) * n, logprobs=(0.0,) * n, finish_reason="stop") for t, n in zip(texts, lengths, strict=True)))
 
 
 def test_empty_and_answerless_completions_score_zero_and_are_counted():
@@ -92,6 +92,6 @@ def test_rl_on_physician_rubrics_through_the_trainer(tmp_path):
     assert [c["points"] for c in cut["rubric"]] == [6.0, 4.0, 5.0, -8.0]
     for r in cut["rollouts"]:
         if r["reward"] is not None:
-            met = sum(p["points"] for p, v in zip(cut["rubric"], r["verdicts"]) if v)
-            possible = sum(p["points"] for p, v in zip(cut["rubric"], r["verdicts"]) if v is not None and p["points"] > 0)
+            met = sum(p["points"] for p, v in zip(cut["rubric"], r["verdicts"], strict=True) if v)
+            possible = sum(p["points"] for p, v in zip(cut["rubric"], r["verdicts"], strict=True) if v is not None and p["points"] > 0)
             assert r["reward"] == pytest.approx(met / possible)
