@@ -71,3 +71,20 @@ def test_output_dir_that_is_a_file(tmp_path):
 def test_bad_cli_argument():
     out = run_cli("train", CAT, "--stepz", "3")
     assert out.returncode == 2 and "unrecognized arguments: --stepz" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_eval_reports_pass_at_1_and_greedy(tmp_path, tiny_world):
+    out_file = tmp_path / "eval.json"
+    out = run_cli("eval", CAT, "--model", str(tiny_world / "model"), "--output", str(out_file),
+                  "eval.limit=24", "eval.num_samples=2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out_file.read_text())
+    assert result["n"] == 24 and result["num_samples"] == 2
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["greedy_accuracy"] >= 0.9  # the tiny model's mode is right
+    assert len(result["examples"]) == 24 and len(result["examples"][0]["correct"]) == 2
+    assert json.loads(out.stdout)["accuracy"] == result["accuracy"]
+
+
+def test_eval_without_eval_path(tmp_path):
+    out = run_cli("eval", CAT, "eval.path=null")
+    assert_clean_failure(out, "eval.path is not set")
