@@ -169,7 +169,7 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from cat.config import load_config
     from cat.data import encode_prompt, load_split
-    from cat.evaluate import evaluate_policy
+    from cat.evaluate import evaluate_config
     from cat.generation import make_generator
     from cat.models import load_model, load_tokenizer, resolve_device
 
@@ -185,25 +185,13 @@ def _eval(args) -> int:
     model = load_model(path, dtype=m.dtype, device=resolve_device(m.device), trust_remote_code=m.trust_remote_code, frozen=True)
     ids = [encode_prompt(p, tokenizer, use_chat_template=m.chat_template, chat_template_kwargs=m.chat_template_kwargs) for p in prompts]
     generator = make_generator(gen.backend, model, tokenizer, batch_size=gen.batch_size)
+    judge = None
     if config.data.format == "healthbench":
-        from cat.evaluate import evaluate_rubric
         from cat.judge import Judge
 
         judge = Judge.from_config(config, None)
         judge.backend.check()
-        result = evaluate_rubric(generator, prompts, ids, judge, num_samples=e.num_samples, temperature=e.temperature,
-                                 max_new_tokens=gen.max_new_tokens, top_p=gen.top_p, top_k=gen.top_k,
-                                 stop=tuple(gen.stop), seed=config.run.seed + 17)
-        result["model"] = path
-        print(json.dumps(result, indent=2))
-        if args.output:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.output).write_text(json.dumps(result, indent=2))
-        return 0
-    result = evaluate_policy(generator, prompts, ids, num_samples=e.num_samples, temperature=e.temperature,
-                             max_new_tokens=gen.max_new_tokens, top_p=gen.top_p, top_k=gen.top_k,
-                             stop=tuple(gen.stop), greedy=e.greedy, seed=config.run.seed + 17,
-                             mode=config.reward.mode, timeout_s=config.reward.timeout_s)
+    result = evaluate_config(config, generator, prompts, ids, judge)
     result["model"] = path
     summary = {k: v for k, v in result.items() if k != "examples"}
     print(json.dumps(summary, indent=2))

@@ -179,6 +179,19 @@ def parse_choice(text: str, n: int) -> int | None:
     return k - 1 if 1 <= k <= n else None
 
 
+def lowest_nll(groups: list[Group], nll: list[float], source: str) -> list[Reference]:
+    """Per group, the rollout with the lowest NLL (``nll`` is flat, G per group; ties: first)."""
+    out, k = [], 0
+    for group in groups:
+        scores = nll[k : k + len(group.completions)]
+        k += len(group.completions)
+        index = min(range(len(scores)), key=lambda i: (scores[i], i))
+        text = group.texts[index]
+        out.append(Reference(text=text, answer=extract_answer(text), source=source,
+                             meta={"index": index, "nll": scores[index]}))
+    return out
+
+
 @register_estimator("min_perplexity")
 class MinPerplexity:
     """The rollout with the lowest mean token NLL under the anchor, given the prompt."""
@@ -191,16 +204,7 @@ class MinPerplexity:
     def __call__(self, groups: list[Group], anchor) -> list[Reference]:
         contexts = [list(g.prompt_ids) for g in groups for _ in g.completions]
         conts = [list(c.token_ids) for g in groups for c in g.completions]
-        nll = anchor.mean_nll(contexts, conts)
-        out, k = [], 0
-        for group in groups:
-            scores = nll[k : k + len(group.completions)]
-            k += len(group.completions)
-            index = min(range(len(scores)), key=lambda i: (scores[i], i))
-            text = group.texts[index]
-            out.append(Reference(text=text, answer=extract_answer(text), source="min_perplexity",
-                                 meta={"index": index, "nll": scores[index]}))
-        return out
+        return lowest_nll(groups, anchor.mean_nll(contexts, conts), "min_perplexity")
 
 
 @register_estimator("mutual_predictability")
@@ -225,13 +229,4 @@ class MutualPredictability:
                 ids, _ = anchor.render(self.template, others, g.prompt.text if anchor.include_question else None)
                 contexts.append(ids)
                 conts.append(list(c.token_ids))
-        nll = anchor.mean_nll(contexts, conts)
-        out, k = [], 0
-        for group in groups:
-            scores = nll[k : k + len(group.completions)]
-            k += len(group.completions)
-            index = min(range(len(scores)), key=lambda i: (scores[i], i))
-            text = group.texts[index]
-            out.append(Reference(text=text, answer=extract_answer(text), source="mutual_predictability",
-                                 meta={"index": index, "nll": scores[index]}))
-        return out
+        return lowest_nll(groups, anchor.mean_nll(contexts, conts), "mutual_predictability")

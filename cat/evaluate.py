@@ -103,3 +103,14 @@ def evaluate_rubric(
     result.update({"num_samples": num_samples, "unscored": unscored, "judge_failures": stats["judge/failures"],
                    "judge_yes_rate": stats["judge/yes_rate"]})
     return result
+
+
+def evaluate_config(config, generator: Generator, prompts: list[Prompt], prompt_ids: list[list[int]], judge=None) -> dict:
+    """Evaluate as ``config`` says: gold-answer accuracy, or the HealthBench score (needs ``judge``)."""
+    e, gen = config.eval, config.generation
+    sampling = {"num_samples": e.num_samples, "temperature": e.temperature, "max_new_tokens": gen.max_new_tokens,
+                "top_p": gen.top_p, "top_k": gen.top_k, "stop": tuple(gen.stop), "seed": config.run.seed + 17}
+    if config.data.format == "healthbench":
+        return evaluate_rubric(generator, prompts, prompt_ids, judge, **sampling)
+    return evaluate_policy(generator, prompts, prompt_ids, greedy=e.greedy, mode=config.reward.mode,
+                           timeout_s=config.reward.timeout_s, **sampling)

@@ -35,7 +35,7 @@ from cat.data import PromptOrder, encode_prompt, load_split
 from cat.diagnostics import teacher_diagnostics
 from cat.errors import ConfigError, TrainingHalted
 from cat.estimators import ESTIMATORS
-from cat.evaluate import evaluate_policy
+from cat.evaluate import evaluate_config
 from cat.generation import SamplingParams, make_generator
 from cat.grpo import LossStats, aggregate, token_losses
 from cat.models import load_model, load_tokenizer, resolve_device
@@ -374,22 +374,9 @@ class Trainer:
         return out
 
     def evaluate(self) -> dict:
-        e, gen = self.config.eval, self.config.generation
-        if self.config.data.format == "healthbench":
-            from cat.evaluate import evaluate_rubric
-
-            return evaluate_rubric(
-                self.generator, self.eval_prompts, self.eval_ids, self.eval_judge, num_samples=e.num_samples,
-                temperature=e.temperature, max_new_tokens=gen.max_new_tokens, top_p=gen.top_p, top_k=gen.top_k,
-                stop=tuple(gen.stop), seed=self.config.run.seed + 17,
-            )
-        result = evaluate_policy(
-            self.generator, self.eval_prompts, self.eval_ids, num_samples=e.num_samples, temperature=e.temperature,
-            max_new_tokens=gen.max_new_tokens, top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop),
-            greedy=e.greedy, seed=self.config.run.seed + 17, mode=self.config.reward.mode,
-            timeout_s=self.config.reward.timeout_s,
-        )
-        result.pop("examples")
+        judge = self.eval_judge if self.config.data.format == "healthbench" else None
+        result = evaluate_config(self.config, self.generator, self.eval_prompts, self.eval_ids, judge)
+        result.pop("examples", None)
         return result
 
     def state_dict(self) -> dict:
