@@ -22,6 +22,7 @@ import torch
 
 from cat.anchor_format import format_rollouts
 from cat.batch import token_logprobs
+from cat.data import chat_ids
 from cat.errors import TeacherError
 from cat.generation import SamplingParams
 from cat.generation.hf import HFGenerator
@@ -78,23 +79,20 @@ class Anchor:
 
     # ---- prompts -----------------------------------------------------------------------------
 
-    def _chat_ids(self, user: str) -> list[int]:
-        tok = self.tokenizer
-        if self.use_chat_template and getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                           add_generation_prompt=True, **self.chat_template_kwargs)
-            return tok(text, add_special_tokens=False)["input_ids"]
-        return tok(user)["input_ids"]
+    def chat_ids(self, user: str) -> list[int]:
+        """Token ids of one user message to the anchor."""
+        return chat_ids(self.tokenizer, [{"role": "user", "content": user}], use_chat_template=self.use_chat_template,
+                        chat_template_kwargs=self.chat_template_kwargs)
 
     def render(self, template: Template, texts: list[str], question: str | None) -> tuple[list[int], int]:
         """Token ids of the filled template, and how many rollouts had to be cut to fit."""
         values = {"num_rollouts": str(len(texts))}
         if "question" in template.placeholders:
             values["question"] = question or ""
-        ids = self._chat_ids(template.render(rollouts=format_rollouts(texts), **values))
+        ids = self.chat_ids(template.render(rollouts=format_rollouts(texts), **values))
         if len(ids) <= self.max_context_tokens:
             return ids, 0
-        overhead = len(self._chat_ids(template.render(rollouts=format_rollouts([""] * len(texts)), **values)))
+        overhead = len(self.chat_ids(template.render(rollouts=format_rollouts([""] * len(texts)), **values)))
         room = self.max_context_tokens - overhead
         if room < 8 * len(texts):
             raise TeacherError(
@@ -112,7 +110,7 @@ class Anchor:
                     text = self.tokenizer.decode(tokens[:head]) + TRUNCATION_MARK + self.tokenizer.decode(tokens[-tail:])
                     truncated += 1
                 cut.append(text)
-            ids = self._chat_ids(template.render(rollouts=format_rollouts(cut), **values))
+            ids = self.chat_ids(template.render(rollouts=format_rollouts(cut), **values))
             if len(ids) <= self.max_context_tokens or budget <= 8:
                 return ids, truncated
             # decode/re-encode at the cut points can cost a few tokens: shrink and retry

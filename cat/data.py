@@ -150,15 +150,22 @@ def load_prompts(
     return prompts
 
 
-def encode_prompt(prompt: Prompt, tokenizer, *, use_chat_template: bool = True, chat_template_kwargs: dict | None = None) -> list[int]:
-    """Token ids the policy continues: the chat template with a generation prompt when there is one."""
+def chat_ids(tokenizer, messages, *, use_chat_template: bool = True, chat_template_kwargs: dict | None = None) -> list[int]:
+    """Token ids a model continues for ``messages``: the tokenizer's chat template with a
+    generation prompt when it has one (and ``use_chat_template``), else the contents joined as
+    plain text. The one place prompts become ids: policy, anchor and judge all use it."""
     if use_chat_template and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
-            list(prompt.messages), tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
+            list(messages), tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
         )
         return tokenizer(text, add_special_tokens=False)["input_ids"]
-    text = "\n\n".join(m["content"] for m in prompt.messages)
-    return tokenizer(text)["input_ids"]
+    return tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"]
+
+
+def encode_prompt(prompt: Prompt, tokenizer, *, use_chat_template: bool = True, chat_template_kwargs: dict | None = None) -> list[int]:
+    """Token ids the policy continues for ``prompt``."""
+    return chat_ids(tokenizer, prompt.messages, use_chat_template=use_chat_template,
+                    chat_template_kwargs=chat_template_kwargs)
 
 
 @dataclass

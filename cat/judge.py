@@ -103,16 +103,10 @@ class HFBackend:
         pass
 
     def complete(self, prompts: list[str], max_new_tokens: int, attempt: int) -> list[str | None]:
+        from cat.data import chat_ids
         from cat.generation import SamplingParams
 
-        tok = self.tokenizer
-        ids = []
-        for p in prompts:
-            if getattr(tok, "chat_template", None):
-                text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                ids.append(tok(text, add_special_tokens=False)["input_ids"])
-            else:
-                ids.append(tok(p)["input_ids"])
+        ids = [chat_ids(self.tokenizer, [{"role": "user", "content": p}]) for p in prompts]
         params = SamplingParams(max_new_tokens=max_new_tokens, greedy=attempt == 0, temperature=0.7, seed=attempt)
         return [g[0].text for g in self.generator.generate(ids, params)]
 

@@ -121,7 +121,7 @@ def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[l
             values = {"reference": references[i].text, "min_criteria": str(r.min_criteria)}
             if r.include_question:
                 values["question"] = groups[i].prompt.text
-            prompts.append(anchor._chat_ids(template.render(**values)))
+            prompts.append(anchor.chat_ids(template.render(**values)))
         params = SamplingParams(n=1, max_new_tokens=r.max_new_tokens, temperature=max(config.anchor.temperature, 0.7),
                                 greedy=attempt == 0 and config.anchor.greedy, seed=seed + attempt)
         outputs = anchor.generator.generate(prompts, params)
