@@ -24,15 +24,10 @@ def params(trainer):
 
 
 def grads_at_optimizer_step(trainer):
-    """Record the accumulated gradients the optimizer is handed (it still steps afterwards)."""
+    """Record the accumulated gradients the optimizer is handed, through torch's step pre-hook."""
     seen = []
-    step = trainer.optimizer.step
-
-    def recording_step(*args, **kwargs):
-        seen.append(torch.cat([p.grad.detach().flatten().clone() for p in trainer.policy.parameters()]))
-        return step(*args, **kwargs)
-
-    trainer.optimizer.step = recording_step
+    trainer.optimizer.register_step_pre_hook(
+        lambda *_: seen.append(torch.cat([p.grad.detach().flatten().clone() for p in trainer.policy.parameters()])))
     return seen
 
 
