@@ -1,15 +1,23 @@
-"""The anchor: the frozen initial policy pi_0 reading a group's rollouts.
+"""The anchor: a frozen teacher reading a group's rollouts. By default the initial policy pi_0.
 
-It is the same frozen module the trainer uses as the KL reference (loaded once). It
+It
 * synthesizes a reference from the G rollouts with a template from ``anchors/`` (by default
   without the question, as in the paper; ``anchor.include_question`` shows it);
 * scores text (mean token NLL) for the min-perplexity and mutual-predictability estimators;
-* answers a selection prompt for self best-of-N.
+* answers a selection prompt for self best-of-N, and writes rubrics (``cat.rubrics``).
+
+Every call goes through the generation seam (``cat.generation``): a ``ChatModel`` for text and,
+for scoring, a ``Generator``. So the anchor runs on the rollout engine's backend: with
+``generation.backend: vllm`` pi_0 synthesizes on vLLM (the trainer swaps pi_0's weights into the
+rollout engine for the anchor's calls, see ``cat.generation.SharedEngine``). ``anchor.model``
+points it at another local model, ``anchor.backend: openai`` at any OpenAI-compatible endpoint
+(a stronger or weaker teacher); pi_0 stays the default and the KL reference either way.
 
 Context budget: when the rendered prompt would not fit ``anchor.max_context_tokens`` (default:
 the model's context minus the synthesis budget), every rollout is cut to the same token budget,
 keeping its head and its tail (where the final answer is) around a ``[...]`` marker; the number
-of cut rollouts is reported in each Reference's meta (``truncated_rollouts``).
+of cut rollouts is reported in each Reference's meta (``truncated_rollouts``). For a remote
+anchor the tokens are counted with the policy's tokenizer, an estimate.
 
 What it is not: a trainable model. Nothing here computes gradients.
 """
@@ -18,16 +26,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from cat.anchor_format import format_rollouts
-from cat.batch import token_logprobs
-from cat.data import chat_ids
-from cat.errors import TeacherError
-from cat.generation import SamplingParams
-from cat.generation.hf import HFGenerator
+from cat.errors import ConfigError, TeacherError
+from cat.generation import Generator, SamplingParams
+from cat.generation.chat import ChatModel, LocalChat, Messages
 from cat.templates import Template, load_template
-from cat.types import Group
+from cat.types import Completion, Group
 
 TRUNCATION_MARK = "\n[...]\n"
 
@@ -51,48 +55,87 @@ def anchor_template(config) -> Template:
     return load_template(a.template, kind="anchors", required={"rollouts"}, allowed={"num_rollouts"})
 
 
+def build_anchor(config, policy_tokenizer, *, device, pi0_generator, make_generator) -> Anchor:
+    """The teacher ``config.anchor`` names, on the generation seam.
+
+    ``pi0_generator()``: the engine serving pi_0 (the default anchor; on vLLM a view of the shared
+    rollout engine). ``make_generator(model, tokenizer)``: an engine on the rollout backend for
+    another local teacher (``anchor.model``). ``anchor.backend: openai``: an endpoint, checked now.
+    """
+    from cat.generation.chat import OpenAIChat
+    from cat.models import context_length, load_model, load_tokenizer
+
+    a, m = config.anchor, config.model
+    if a.backend == "openai":
+        chat = OpenAIChat(a.model, base_url=a.base_url, api_key_env=a.api_key_env, timeout_s=a.timeout_s,
+                          max_retries=a.max_retries, backoff_s=a.backoff_s, max_concurrency=a.max_concurrency,
+                          role="anchor")
+        chat.check()
+        return Anchor.from_config(config, chat, policy_tokenizer, context_length=None, shares_policy_tokenizer=False)
+    if a.model is None:
+        name, tokenizer, generator = f"pi_0 ({m.name_or_path})", policy_tokenizer, pi0_generator()
+    else:
+        name = a.model
+        tokenizer = load_tokenizer(a.model, trust_remote_code=m.trust_remote_code)
+        teacher = load_model(a.model, dtype=m.dtype, device=device, trust_remote_code=m.trust_remote_code, frozen=True)
+        generator = make_generator(teacher, tokenizer)
+    chat = LocalChat(generator, tokenizer, name=name, use_chat_template=m.chat_template,
+                     chat_template_kwargs=m.chat_template_kwargs)
+    return Anchor.from_config(config, chat, tokenizer,
+                              context_length=context_length(a.model or m.name_or_path, trust_remote_code=m.trust_remote_code),
+                              scorer=generator, shares_policy_tokenizer=a.model is None)
+
+
 class Anchor:
-    def __init__(self, model, tokenizer, *, template: Template, include_question: bool, params: SamplingParams,
-                 max_context_tokens: int | None = None, use_chat_template: bool = True,
-                 chat_template_kwargs: dict | None = None, batch_size: int = 16):
-        self.model = model
+    def __init__(self, chat: ChatModel, tokenizer, *, template: Template, include_question: bool,
+                 params: SamplingParams, context_length: int | None, max_context_tokens: int | None = None,
+                 scorer: Generator | None = None, shares_policy_tokenizer: bool = True):
+        self.chat = chat
         self.tokenizer = tokenizer
         self.template = template
         self.include_question = include_question
         self.params = params
-        self.use_chat_template = use_chat_template
-        self.chat_template_kwargs = chat_template_kwargs or {}
-        self.generator = HFGenerator(model, tokenizer, batch_size=batch_size)
-        context = getattr(model.config, "max_position_embeddings", None) or 4096
-        self.max_context_tokens = max_context_tokens or max(64, context - params.max_new_tokens)
+        self.scorer = scorer
+        self.shares_policy_tokenizer = shares_policy_tokenizer
+        if max_context_tokens is None and context_length is None:
+            raise ConfigError("anchor.max_context_tokens must be set when the anchor's context length is unknown "
+                              "(an OpenAI-compatible anchor)")
+        self.max_context_tokens = max_context_tokens or max(64, context_length - params.max_new_tokens)
         self._mark_tokens = len(tokenizer(TRUNCATION_MARK, add_special_tokens=False)["input_ids"])
 
     @classmethod
-    def from_config(cls, config, model, tokenizer) -> Anchor:
+    def from_config(cls, config, chat: ChatModel, tokenizer, *, context_length: int | None,
+                    scorer: Generator | None = None, shares_policy_tokenizer: bool = True) -> Anchor:
         a = config.anchor
-        template = anchor_template(config)
         params = SamplingParams(n=1, max_new_tokens=a.max_new_tokens, temperature=a.temperature, greedy=a.greedy,
                                 seed=config.run.seed)
-        return cls(model, tokenizer, template=template, include_question=a.include_question, params=params,
-                   max_context_tokens=a.max_context_tokens, use_chat_template=config.model.chat_template,
-                   chat_template_kwargs=config.model.chat_template_kwargs, batch_size=config.generation.batch_size)
+        return cls(chat, tokenizer, template=anchor_template(config), include_question=a.include_question,
+                   params=params, context_length=context_length, max_context_tokens=a.max_context_tokens,
+                   scorer=scorer, shares_policy_tokenizer=shares_policy_tokenizer)
 
     # ---- prompts -----------------------------------------------------------------------------
 
-    def chat_ids(self, user: str) -> list[int]:
-        """Token ids of one user message to the anchor."""
-        return chat_ids(self.tokenizer, [{"role": "user", "content": user}], use_chat_template=self.use_chat_template,
-                        chat_template_kwargs=self.chat_template_kwargs)
+    @staticmethod
+    def messages(user: str) -> Messages:
+        return [{"role": "user", "content": user}]
 
-    def render(self, template: Template, texts: list[str], question: str | None) -> tuple[list[int], int]:
-        """Token ids of the filled template, and how many rollouts had to be cut to fit."""
+    def count_tokens(self, user: str) -> int:
+        """Prompt tokens of one user message to the anchor (exact for a local anchor)."""
+        if isinstance(self.chat, LocalChat):
+            return len(self.chat.ids(self.messages(user)))
+        return len(self.tokenizer(user, add_special_tokens=False)["input_ids"]) + 8
+
+    def render(self, template: Template, texts: list[str], question: str | None) -> tuple[str, int, int]:
+        """The filled template as the user message, its token count, and how many rollouts had to
+        be cut to fit."""
         values = {"num_rollouts": str(len(texts))}
         if "question" in template.placeholders:
             values["question"] = question or ""
-        ids = self.chat_ids(template.render(rollouts=format_rollouts(texts), **values))
-        if len(ids) <= self.max_context_tokens:
-            return ids, 0
-        overhead = len(self.chat_ids(template.render(rollouts=format_rollouts([""] * len(texts)), **values)))
+        user = template.render(rollouts=format_rollouts(texts), **values)
+        n = self.count_tokens(user)
+        if n <= self.max_context_tokens:
+            return user, n, 0
+        overhead = self.count_tokens(template.render(rollouts=format_rollouts([""] * len(texts)), **values))
         room = self.max_context_tokens - overhead
         if room < 8 * len(texts):
             raise TeacherError(
@@ -110,49 +153,55 @@ class Anchor:
                     text = self.tokenizer.decode(tokens[:head]) + TRUNCATION_MARK + self.tokenizer.decode(tokens[-tail:])
                     truncated += 1
                 cut.append(text)
-            ids = self.chat_ids(template.render(rollouts=format_rollouts(cut), **values))
-            if len(ids) <= self.max_context_tokens or budget <= 8:
-                return ids, truncated
+            user = template.render(rollouts=format_rollouts(cut), **values)
+            n = self.count_tokens(user)
+            if n <= self.max_context_tokens or budget <= 8:
+                return user, n, truncated
             # decode/re-encode at the cut points can cost a few tokens: shrink and retry
-            budget -= max(1, (len(ids) - self.max_context_tokens) // len(texts) + 1)
+            budget -= max(1, (n - self.max_context_tokens) // len(texts) + 1)
+
+    def prompt_ids(self, group: Group) -> list[int]:
+        """The group's prompt as ids in the anchor's vocabulary (the policy's ids for pi_0)."""
+        if self.shares_policy_tokenizer:
+            return list(group.prompt_ids)
+        return self._local().ids(list(group.prompt.messages))
+
+    def completion_ids(self, completion: Completion) -> list[int]:
+        """A rollout as ids in the anchor's vocabulary (exactly the sampled ids for pi_0)."""
+        if self.shares_policy_tokenizer:
+            return list(completion.token_ids)
+        return self.tokenizer(completion.text, add_special_tokens=False)["input_ids"]
+
+    def ids(self, user: str) -> list[int]:
+        """Token ids of one user message to a local anchor."""
+        return self._local().ids(self.messages(user))
+
+    def _local(self) -> LocalChat:
+        if not isinstance(self.chat, LocalChat):
+            raise ConfigError(f"this estimator scores tokens with the anchor, which needs a local anchor model; "
+                              f"anchor.backend is an endpoint ({self.chat.name})")
+        return self.chat
 
     # ---- jobs ----------------------------------------------------------------------------------
+
+    def complete(self, users: list[str], params: SamplingParams) -> list[Completion | None]:
+        """One anchor completion per user message (None: a remote request that failed)."""
+        return self.chat.complete([self.messages(u) for u in users], params)
 
     def synthesize(self, groups: list[Group], template: Template | None = None, *, seed: int | None = None) -> list[Synthesis]:
         """One anchor completion per group from ``template`` (default: the synthesis template)."""
         template = template or self.template
         rendered = [self.render(template, g.texts, g.prompt.text if self.include_question else None) for g in groups]
         params = self.params if seed is None else SamplingParams(**{**self.params.__dict__, "seed": seed})
-        outputs = self.generator.generate([ids for ids, _ in rendered], params)
+        outputs = self.complete([user for user, _, _ in rendered], params)
         return [
-            Synthesis(text=o[0].text, prompt_tokens=len(ids), completion_tokens=len(o[0].token_ids),
-                      truncated_rollouts=cut, finish_reason=o[0].finish_reason)
-            for (ids, cut), o in zip(rendered, outputs, strict=True)
+            Synthesis(text=o.text if o else "", prompt_tokens=n, completion_tokens=o.length if o else 0,
+                      truncated_rollouts=cut, finish_reason=o.finish_reason if o else "failed")
+            for (_, n, cut), o in zip(rendered, outputs, strict=True)
         ]
 
-    @torch.no_grad()
-    def mean_nll(self, contexts: list[list[int]], continuations: list[list[int]], batch_size: int = 16) -> list[float]:
+    def mean_nll(self, contexts: list[list[int]], continuations: list[list[int]]) -> list[float]:
         """Mean negative log-likelihood per token of each continuation given its context."""
-        device = self.model.device
-        pad = self.tokenizer.pad_token_id
-        out: list[float] = []
-        for s in range(0, len(contexts), batch_size):
-            ctx, cont = contexts[s : s + batch_size], continuations[s : s + batch_size]
-            P = max(len(c) for c in ctx)
-            T = max(1, max(len(c) for c in cont))
-            ids = torch.full((len(ctx), P + T), pad, dtype=torch.long)
-            att = torch.zeros_like(ids)
-            mask = torch.zeros((len(ctx), T))
-            for i, (c, x) in enumerate(zip(ctx, cont, strict=True)):
-                ids[i, P - len(c) : P] = torch.tensor(c)
-                att[i, P - len(c) : P] = 1
-                if x:
-                    ids[i, P : P + len(x)] = torch.tensor(x)
-                    att[i, P : P + len(x)] = 1
-                    mask[i, : len(x)] = 1
-            logp, _ = token_logprobs(self.model, ids.to(device), att.to(device), T, 1.0)
-            logp = logp.cpu()
-            for i in range(len(ctx)):
-                n = mask[i].sum().item()
-                out.append(float(-(logp[i] * mask[i]).sum().item() / n) if n else float("inf"))
-        return out
+        self._local()
+        logps = self.scorer.score(contexts, continuations)
+        return [-sum(lp) / len(lp) if lp else float("inf") for lp in logps]

@@ -1,4 +1,4 @@
-"""From scored groups to the padded tensors the policy update consumes, and token scoring.
+"""From scored groups to the padded tensors the policy update consumes.
 
 Layout of one row: ``[pad ... prompt | completion ... pad]``: prompts left-padded to P, completions
 right-padded to T. Position ids come from the attention mask, as ``generate`` computes them, so
@@ -21,7 +21,8 @@ class Batch:
 
     input_ids, attention_mask: [B, P + T]; completion_mask: [B, T] (1 on completion tokens that
     carry loss); advantages, rewards: [B]; truncated: [B] bool (finish_reason == "length");
-    group_index: [B] index of the row's group in the step's group list.
+    group_index: [B] index of the row's group in the step's group list; sampler_logprobs: [B, T]
+    the rollout engine's log-probs of the sampled tokens (0 on padding).
     """
 
     input_ids: torch.Tensor
@@ -31,6 +32,7 @@ class Batch:
     rewards: torch.Tensor
     truncated: torch.Tensor
     group_index: torch.Tensor
+    sampler_logprobs: torch.Tensor
 
     @property
     def completion_length(self) -> int:
@@ -42,7 +44,7 @@ class Batch:
     def rows(self, start: int, stop: int) -> Batch:
         return Batch(*(t[start:stop] for t in (
             self.input_ids, self.attention_mask, self.completion_mask, self.advantages,
-            self.rewards, self.truncated, self.group_index,
+            self.rewards, self.truncated, self.group_index, self.sampler_logprobs,
         )))
 
 
@@ -71,6 +73,7 @@ def build_batch(
     input_ids = torch.full((B, P + T), pad_id, dtype=torch.long)
     attention = torch.zeros((B, P + T), dtype=torch.long)
     completion_mask = torch.zeros((B, T), dtype=torch.float32)
+    sampler_logprobs = torch.zeros((B, T), dtype=torch.float32)
     truncated = torch.zeros(B, dtype=torch.bool)
     group_index = torch.zeros(B, dtype=torch.long)
     for r, (gi, completion) in enumerate(rows):
@@ -82,6 +85,8 @@ def build_batch(
             input_ids[r, P : P + n] = torch.tensor(completion.token_ids)
             attention[r, P : P + n] = 1
             completion_mask[r, :n] = 1.0
+            if len(completion.logprobs) == n:
+                sampler_logprobs[r, :n] = torch.tensor(completion.logprobs)
         truncated[r] = completion.finish_reason == "length"
         group_index[r] = gi
     if mask_truncated:
@@ -94,22 +99,5 @@ def build_batch(
         rewards=rewards.reshape(-1),
         truncated=truncated,
         group_index=group_index,
+        sampler_logprobs=sampler_logprobs,
     )
-
-
-def token_logprobs(model, input_ids, attention_mask, completion_length: int, temperature: float, *, with_entropy: bool = False):
-    """Log-probs of the completion tokens under ``model`` at ``temperature``.
-
-    input_ids, attention_mask: [b, P + T] -> logprobs [b, T] (and entropy [b, T] if asked).
-    """
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [b, P + T]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logits = logits[:, -completion_length - 1 : -1, :].float() / temperature  # [b, T, V]
-    targets = input_ids[:, -completion_length:]  # [b, T]
-    logp_all = torch.log_softmax(logits, dim=-1)  # [b, T, V]
-    logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [b, T]
-    if not with_entropy:
-        return logprobs, None
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [b, T]
-    return logprobs, entropy

@@ -1,8 +1,11 @@
 """Crash-safe checkpoints: written to a temporary folder, fsynced, then renamed into place.
 
-Layout: ``<run>/checkpoints/step-000010/`` holding ``model/`` (save_pretrained: loadable by
-transformers and vLLM), ``trainer_state.pt`` (optimizer, scheduler, RNG states, counters) and
-``COMPLETE`` (written last). A kill at any moment leaves either the old set of checkpoints or the
+Layout: ``<run>/checkpoints/step-000010/`` holding
+* ``model/``: save_pretrained in the compute dtype (``model.dtype``), loadable by transformers
+  and vLLM;
+* ``master/``: the fp32 master weights, only when the compute dtype is not fp32 (exact resume
+  needs them: a bf16 copy would round away what the optimizer accumulated);
+* ``trainer_state.pt`` (optimizer, scheduler, RNG states, counters) and ``COMPLETE`` (written last). A kill at any moment leaves either the old set of checkpoints or the
 old set plus a finished new one; folders starting with ``.tmp-`` are debris and are ignored.
 """
 
@@ -51,13 +54,30 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state: dict, keep_last: int) -> Path:
+def export_model(model, path: Path, dtype: torch.dtype) -> None:
+    """save_pretrained with every floating-point weight cast to ``dtype`` (the live model is untouched)."""
+    state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.save_pretrained(path, state_dict=state)
+    # save_pretrained records the live parameters' dtype; the file holds ``dtype``
+    config_path = path / "config.json"
+    config = json.loads(config_path.read_text())
+    name = str(dtype).removeprefix("torch.")
+    config.update({key: name for key in ("dtype", "torch_dtype") if key in config} or {"dtype": name})
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state: dict, keep_last: int,
+                    export_dtype: torch.dtype = torch.float32) -> Path:
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_PREFIX}{step:06d}"
     tmp = root / f".tmp-{_PREFIX}{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "model")
+    if export_dtype == torch.float32:
+        model.save_pretrained(tmp / "model")
+    else:
+        model.save_pretrained(tmp / "master")
+        export_model(model, tmp / "model", export_dtype)
     tokenizer.save_pretrained(tmp / "model")
     torch.save({**trainer_state, "rng": rng_state()}, tmp / "trainer_state.pt")
     (tmp / "COMPLETE").write_text(json.dumps({"step": step}))
@@ -87,6 +107,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def master_weights_dir(path: Path) -> Path:
+    """Where a checkpoint keeps the weights to resume from: ``master/`` if present, else ``model/``."""
+    return path / "master" if (path / "master").is_dir() else path / "model"
 
 
 def load_trainer_state(path: Path) -> dict:

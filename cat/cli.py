@@ -170,11 +170,11 @@ def _eval(args) -> int:
     from cat.config import load_config
     from cat.data import encode_prompt, load_split
     from cat.evaluate import evaluate_config
-    from cat.generation import make_generator
+    from cat.generation import generator_from_config
     from cat.models import load_model, load_tokenizer, resolve_device
 
     config = load_config(args.config, args.overrides)
-    e, m, gen = config.eval, config.model, config.generation
+    e, m = config.eval, config.model
     if e.path is None:
         raise ConfigError("eval.path is not set: nothing to evaluate on")
     path = args.model or m.name_or_path
@@ -184,7 +184,7 @@ def _eval(args) -> int:
     tokenizer = load_tokenizer(path, trust_remote_code=m.trust_remote_code)
     model = load_model(path, dtype=m.dtype, device=resolve_device(m.device), trust_remote_code=m.trust_remote_code, frozen=True)
     ids = [encode_prompt(p, tokenizer, use_chat_template=m.chat_template, chat_template_kwargs=m.chat_template_kwargs) for p in prompts]
-    generator = make_generator(gen.backend, model, tokenizer, batch_size=gen.batch_size)
+    generator = generator_from_config(config, model, tokenizer)
     judge = None
     if config.data.format == "healthbench":
         from cat.judge import Judge

@@ -29,7 +29,9 @@ class ModelConfig(_Section):
     offline tiny world, built on first use). The frozen initial policy pi_0 (KL reference and
     anchor) is a second copy of this model."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Parameter dtype of the policy and pi_0."""
+    """Compute dtype. The trained policy always keeps fp32 master weights, gradients and AdamW
+    state, and runs its forward passes under autocast in this dtype; frozen models (pi_0, a local
+    judge or anchor) are held in it. Checkpoints export the model in it (see README, Precision)."""
     device: str = "auto"
     """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
     trust_remote_code: bool = False
@@ -62,9 +64,12 @@ class GenerationConfig(_Section):
     batch_size: int = Field(64, ge=1)
     """Sequences per generate call (hf backend)."""
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
-    """Fraction of GPU memory vLLM may take when colocated with training."""
+    """Fraction of GPU memory vLLM may take when colocated with training (ignored on CPU, where
+    ``VLLM_CPU_KVCACHE_SPACE`` in GiB bounds the KV cache)."""
     vllm_tensor_parallel_size: int = Field(1, ge=1)
     """vLLM tensor parallel size."""
+    vllm_max_model_len: int | None = None
+    """Longest sequence (prompt + completion) the vLLM engine serves; None: the model's context."""
 
 
 class GRPOConfig(_Section):
@@ -89,6 +94,18 @@ class GRPOConfig(_Section):
     """mu: optimiser passes over each generation batch (old log-probs are stored when > 1)."""
     mask_truncated_completions: bool = False
     """Completions that hit max_new_tokens contribute no loss (DAPO)."""
+    sampler_correction: bool | None = None
+    """Truncated importance sampling for the sampler/learner mismatch (TRL's
+    ``vllm_importance_sampling_correction``): each token's loss is multiplied by
+    min(exp(old_logp - sampler_logp), ``sampler_correction_cap``). None: on with the vLLM
+    backend, off with hf (which samples from the trained module itself)."""
+    sampler_correction_cap: float = Field(2.0, ge=1.0)
+    """Cap of the truncated importance ratio."""
+    old_logprobs: Literal["trainer", "sampler"] = "trainer"
+    """The log-probs the clipped ratio is taken against. ``trainer``: the policy's own before the
+    update (recomputed by a forward pass when num_iterations > 1). ``sampler``: the rollout
+    engine's, as sampled (no extra forward pass for any num_iterations; the ratio then also
+    absorbs the mismatch, so the sampler correction is not applied on top)."""
 
 
 class OptimConfig(_Section):
@@ -184,31 +201,36 @@ class RubricConfig(_Section):
     """Token budget of one rubric proposal."""
 
 
-class JudgeConfig(_Section):
-    backend: Literal["hf", "openai"] = "hf"
-    """``hf``: an in-process transformers model. ``openai``: any OpenAI-compatible endpoint (vLLM
-    server, ``transformers serve``, hosted APIs) through the openai client."""
-    model: str = "tiny:arith"
-    """Judge model: a local path / hub id (hf) or the served model name (openai). Keep it
-    independent of the policy for real runs."""
+class _Endpoint(_Section):
+    """Connection settings shared by every teacher that can live behind an OpenAI-compatible endpoint."""
+
     base_url: str | None = None
     """Endpoint for the openai backend, e.g. http://127.0.0.1:8000/v1 (None: the client's default)."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the API key (read at start, never logged)."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Per-request timeout (openai backend)."""
+    max_retries: int = Field(3, ge=0)
+    """Retries of a failed request (and, for the judge, of an unparsable verdict), with exponential backoff."""
+    backoff_s: float = Field(1.0, ge=0)
+    """First backoff; doubles each retry."""
+    max_concurrency: int = Field(8, ge=1)
+    """Requests in flight at once (openai backend)."""
+
+
+class JudgeConfig(_Endpoint):
+    backend: Literal["hf", "vllm", "openai"] = "hf"
+    """``hf`` / ``vllm``: an in-process model on that engine. ``openai``: any OpenAI-compatible
+    endpoint (vLLM server, ``transformers serve``, hosted APIs) through the openai client."""
+    model: str = "tiny:arith"
+    """Judge model: a local path / hub id (hf, vllm) or the served model name (openai). Keep it
+    independent of the policy for real runs."""
     mode: Literal["per_criterion", "all_criteria"] = "per_criterion"
     """One call per (rollout, criterion) as in the paper, or all criteria of a rollout in one call."""
     template: str | None = None
     """Judge template; default ``judge_criterion`` / ``judge_all_criteria`` by mode."""
     max_new_tokens: int = Field(256, ge=1)
     """Tokens per verdict (per_criterion: room to quote evidence first); all_criteria gets 8 per criterion."""
-    timeout_s: float = Field(60.0, gt=0)
-    """Per-request timeout (openai backend)."""
-    max_retries: int = Field(3, ge=0)
-    """Retries of a failed request or an unparsable verdict, with exponential backoff."""
-    backoff_s: float = Field(1.0, ge=0)
-    """First backoff; doubles each retry."""
-    max_concurrency: int = Field(8, ge=1)
-    """Requests in flight at once (openai backend)."""
     batch_size: int = Field(32, ge=1)
     """Prompts per generate call (hf backend)."""
 
@@ -221,7 +243,14 @@ class EstimatorConfig(_Section):
     ``@register_estimator`` decorators run."""
 
 
-class AnchorConfig(_Section):
+class AnchorConfig(_Endpoint):
+    backend: Literal["local", "openai"] = "local"
+    """``local``: a frozen model on the rollout engine's backend (``generation.backend``).
+    ``openai``: an OpenAI-compatible endpoint (base_url, api_key_env, ...) serving ``model``."""
+    model: str | None = None
+    """The teacher. None: pi_0, the policy's initial weights (the paper; with vLLM they are swapped
+    into the rollout engine for the anchor's calls). A local path / hub id: another frozen model
+    (a stronger or weaker teacher). With backend openai: the served model name (required)."""
     template: str = "math_synthesis"
     """Synthesis template: a name in anchors/ or a path."""
     include_question: bool = False
@@ -275,7 +304,17 @@ class Config(_Section):
     def _check(self) -> Config:
         if "{problem}" not in self.data.prompt_template:
             raise ValueError("data.prompt_template must contain {problem}")
+        if self.anchor.backend == "openai" and not self.anchor.model:
+            raise ValueError("anchor.backend is openai: anchor.model must name the served model")
         return self
+
+    @property
+    def sampler_correction(self) -> bool:
+        """Whether the truncated importance-sampling correction applies (resolving ``None``)."""
+        g = self.grpo
+        if g.old_logprobs == "sampler":
+            return False
+        return g.sampler_correction if g.sampler_correction is not None else self.generation.backend == "vllm"
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:

@@ -202,8 +202,8 @@ class MinPerplexity:
         pass
 
     def __call__(self, groups: list[Group], anchor) -> list[Reference]:
-        contexts = [list(g.prompt_ids) for g in groups for _ in g.completions]
-        conts = [list(c.token_ids) for g in groups for c in g.completions]
+        contexts = [anchor.prompt_ids(g) for g in groups for _ in g.completions]
+        conts = [anchor.completion_ids(c) for g in groups for c in g.completions]
         return lowest_nll(groups, anchor.mean_nll(contexts, conts), "min_perplexity")
 
 
@@ -226,7 +226,7 @@ class MutualPredictability:
         for g in groups:
             for i, c in enumerate(g.completions):
                 others = [t for j, t in enumerate(g.texts) if j != i]
-                ids, _ = anchor.render(self.template, others, g.prompt.text if anchor.include_question else None)
-                contexts.append(ids)
-                conts.append(list(c.token_ids))
+                user, _, _ = anchor.render(self.template, others, g.prompt.text if anchor.include_question else None)
+                contexts.append(anchor.ids(user))
+                conts.append(anchor.completion_ids(c))
         return lowest_nll(groups, anchor.mean_nll(contexts, conts), "mutual_predictability")

@@ -92,10 +92,13 @@ def token_losses(
     beta: float = 0.0,
     unbiased_kl: bool = False,
     importance_sampling_level: str = "token",
+    sampler_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Per-token clipped surrogate plus KL, before aggregation.
 
     logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B].
+    ``sampler_weights`` [B, T] (``truncated_is_weights``) multiply the clipped surrogate, as TRL's
+    vLLM importance-sampling correction does; the KL term is not reweighted.
     Returns (loss [B, T] with zeros off the mask, summed stats).
     """
     mask = mask.to(logprobs.dtype)
@@ -110,6 +113,8 @@ def token_losses(
     ratio = torch.exp(log_weight).expand_as(logprobs)  # [B, T]
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)  # [B, T]
     loss = -torch.min(ratio * adv, clipped * adv)  # [B, T]
+    if sampler_weights is not None:
+        loss = loss * sampler_weights.to(loss.dtype)
     kl = torch.zeros_like(loss)
     if beta != 0.0:
         if ref_logprobs is None:
@@ -130,6 +135,50 @@ def token_losses(
             ratio=(ratio * mask).sum().item(),
         )
     return loss, stats
+
+
+@dataclass(frozen=True)
+class MismatchStats:
+    """Sums over tokens of how far the rollout engine's log-probs are from the trainer's, for
+    ``means()``: ``mismatch/abs_logp_diff`` (mean |logp_sampler - logp_trainer|),
+    ``mismatch/kl`` (k3 estimate of KL(sampler || trainer) on the sampled tokens) and
+    ``mismatch/capped_frac`` (tokens whose importance ratio exceeded the cap)."""
+
+    tokens: float
+    abs_diff: float
+    kl: float
+    capped: float
+
+    def __add__(self, other: MismatchStats) -> MismatchStats:
+        return MismatchStats(self.tokens + other.tokens, self.abs_diff + other.abs_diff, self.kl + other.kl,
+                             self.capped + other.capped)
+
+    def means(self) -> dict[str, float]:
+        n = max(self.tokens, 1.0)
+        return {"mismatch/abs_logp_diff": self.abs_diff / n, "mismatch/kl": self.kl / n,
+                "mismatch/capped_frac": self.capped / n}
+
+
+def truncated_is_weights(
+    trainer_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor, *, cap: float
+) -> tuple[torch.Tensor, MismatchStats]:
+    """Truncated importance weights min(exp(logp_trainer - logp_sampler), cap) per token.
+
+    trainer_logprobs (the policy before the update), sampler_logprobs (the engine's, as
+    sampled), mask: [B, T] -> (weights [B, T], detached, 0 off the mask; mismatch sums).
+    """
+    with torch.no_grad():
+        mask = mask.to(torch.float32)
+        delta = (trainer_logprobs.float() - sampler_logprobs.float()) * mask  # [B, T] log(p_trainer / p_sampler)
+        ratio = torch.exp(delta)  # [B, T]
+        weights = torch.clamp(ratio, max=cap) * mask  # [B, T]
+        stats = MismatchStats(
+            tokens=mask.sum().item(),
+            abs_diff=(delta.abs() * mask).sum().item(),
+            kl=((ratio - delta - 1) * mask).sum().item(),  # k3 under tokens drawn from the sampler
+            capped=((ratio > cap).float() * mask).sum().item(),
+        )
+    return weights, stats
 
 
 def aggregate(
@@ -172,6 +221,7 @@ def policy_loss(
     max_completion_length: int | None = None,
     unbiased_kl: bool = False,
     importance_sampling_level: str = "token",
+    sampler_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The GRPO loss of one batch (single process, no accumulation).
 
@@ -197,6 +247,7 @@ def policy_loss(
         beta=beta,
         unbiased_kl=unbiased_kl,
         importance_sampling_level=importance_sampling_level,
+        sampler_weights=sampler_weights,
     )
     loss = aggregate(
         per_token,

@@ -1,8 +1,14 @@
-"""Loading the policy, the frozen initial policy pi_0 and their tokenizer.
+"""Loading the policy, the frozen initial policy pi_0 and their tokenizer; precision.
 
 pi_0 is loaded once, frozen, and serves as both the KL reference and the anchor. Dropout is
 switched off in both: RL computes log-probs that must match between sampling and scoring, and a
 dropout-on evaluation under-reads accuracy badly (see docs/design notes).
+
+Precision. ``model.dtype`` is the *compute* dtype. The trained policy always keeps fp32 master
+weights (and so fp32 gradients and AdamW state); its forward passes run under ``autocast`` in the
+compute dtype. Pure-bf16 training silently loses small updates: an AdamW step of lr 5e-7 is below
+half a bf16 ulp of almost every weight, so it rounds away. Frozen models (pi_0, a judge) hold their
+weights in the compute dtype, since they are never updated.
 """
 
 from __future__ import annotations
@@ -13,6 +19,17 @@ from cat import tiny
 from cat.errors import ConfigError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+def autocast(device: torch.device, dtype: str | torch.dtype | None):
+    """Forward passes in ``dtype`` over weights of any dtype (a no-op for float32 / None)."""
+    dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+    return torch.autocast(device.type, dtype=dtype or torch.float32,
+                          enabled=dtype is not None and dtype != torch.float32)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,6 +63,8 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
 
 
 def load_model(path: str, *, dtype: str, device: torch.device, trust_remote_code: bool = False, frozen: bool = False):
+    """A causal LM whose weights are stored in ``dtype``: float32 for the trained policy (master
+    weights), the compute dtype for frozen models."""
     from transformers import AutoModelForCausalLM
 
     resolved = tiny.resolve(path)
@@ -61,3 +80,11 @@ def load_model(path: str, *, dtype: str, device: torch.device, trust_remote_code
         model.eval()
         model.requires_grad_(False)
     return model
+
+
+def context_length(path: str, *, trust_remote_code: bool = False) -> int | None:
+    """The model's context window (``max_position_embeddings``), None where it does not say."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny.resolve(path), trust_remote_code=trust_remote_code)
+    return getattr(config.get_text_config(), "max_position_embeddings", None)

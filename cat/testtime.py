@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 
-from cat.anchor import Anchor
+from cat.anchor import build_anchor
 from cat.data import encode_prompt, load_split
 from cat.errors import ConfigError
 from cat.estimators import ESTIMATORS
 from cat.evaluate import is_correct
-from cat.generation import SamplingParams, make_generator
+from cat.generation import SamplingParams, generator_from_config
 from cat.models import load_model, load_tokenizer, resolve_device
 from cat.registry import import_plugin
 from cat.types import Group
@@ -38,8 +38,12 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
                        trust_remote_code=m.trust_remote_code, frozen=True)
     ids = [encode_prompt(p, tokenizer, use_chat_template=m.chat_template, chat_template_kwargs=m.chat_template_kwargs)
            for p in prompts]
-    generator = make_generator(gen.backend, model, tokenizer, batch_size=gen.batch_size)
-    anchor = Anchor.from_config(config, model, tokenizer) if any(getattr(x, "needs_anchor", False) for x in estimators.values()) else None
+    generator = generator_from_config(config, model, tokenizer)
+    anchor = None
+    if any(getattr(x, "needs_anchor", False) for x in estimators.values()):
+        # no training: pi_t = pi_0, so the rollout engine serves the default anchor too
+        anchor = build_anchor(config, tokenizer, device=model.device, pi0_generator=lambda: generator,
+                              make_generator=lambda teacher, tok: generator_from_config(config, teacher, tok))
     params = SamplingParams(n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
                             top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=config.run.seed + 23)
     completions = generator.generate(ids, params)

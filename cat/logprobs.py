@@ -1,0 +1,93 @@
+"""Token log-probs and entropy at real vocabulary sizes, without full-vocabulary fp32 copies.
+
+A policy's logits are [b, T, V] with V up to ~256k: at b=8, T=1536, V=152k that is 7.5 GB in
+fp32 (3.7 GB in bf16). The textbook ``log_softmax(logits.float() / t).gather(...)`` materialises
+two more full-size fp32 tensors and keeps one alive for backward. Here instead:
+
+* the model is asked only for the logits of completion positions (``logits_to_keep``);
+* ``selective_log_softmax`` gathers the target logit and subtracts a logsumexp computed over
+  position chunks in fp32, saving only the logits (already alive) and one float per position for
+  backward; its backward writes the gradient chunk by chunk into one tensor the size of the logits;
+* entropy is computed in the same chunked pass, without gradient.
+
+So scoring a micro-batch peaks at about twice its logits tensor (the logits and their gradient)
+plus one fp32 chunk, whatever the vocabulary (measured in tests/test_memory.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cat.models import autocast
+
+CHUNK_ELEMENTS = 1 << 24
+"""A chunk holds at most this many logits (64 MiB in fp32) and at most 1/16 of the positions, so
+its few fp32 temporaries stay small next to the logits tensor itself."""
+
+
+def _chunks(b: int, T: int, V: int):
+    step = max(1, min(CHUNK_ELEMENTS // max(1, b * V), -(-T // 16)))
+    for start in range(0, T, step):
+        yield start, min(T, start + step)
+
+
+class _SelectiveLogSoftmax(torch.autograd.Function):
+    """logits [b, L, V] (any float dtype), targets [b, T] with T <= L: the log-softmax of
+    ``logits[:, t] / temperature`` at ``targets[:, t]`` for t < T, in fp32 -> ([b, T], entropy
+    [b, T] or None). Positions T..L-1 get no gradient."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature: float, with_entropy: bool):
+        b, T = targets.shape
+        V = logits.shape[-1]
+        lse = torch.empty((b, T), dtype=torch.float32, device=logits.device)
+        picked = torch.empty_like(lse)
+        entropy = torch.empty_like(lse) if with_entropy else None
+        for s, e in _chunks(b, T, V):
+            x = logits[:, s:e].float() / temperature  # [b, c, V] fp32 chunk
+            lse[:, s:e] = torch.logsumexp(x, dim=-1)
+            picked[:, s:e] = x.gather(-1, targets[:, s:e].unsqueeze(-1)).squeeze(-1)
+            if with_entropy:
+                p = torch.softmax(x, dim=-1)
+                entropy[:, s:e] = lse[:, s:e] - (p * x).sum(-1)  # H = lse - E_p[x]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature = temperature
+        if entropy is not None:
+            ctx.mark_non_differentiable(entropy)
+        return picked - lse, entropy
+
+    @staticmethod
+    def backward(ctx, grad, _grad_entropy):
+        logits, targets, lse = ctx.saved_tensors
+        b, T = targets.shape
+        V = logits.shape[-1]
+        out = torch.zeros_like(logits)  # [b, L, V] in the logits' dtype
+        for s, e in _chunks(b, T, V):
+            g = grad[:, s:e].float().unsqueeze(-1)  # [b, c, 1]
+            p = torch.exp(logits[:, s:e].float() / ctx.temperature - lse[:, s:e].unsqueeze(-1))  # softmax
+            d = -p * g
+            d.scatter_add_(-1, targets[:, s:e].unsqueeze(-1), g)  # d logp_y / dx = onehot(y) - p
+            out[:, s:e] = (d / ctx.temperature).to(out.dtype)
+        return out, None, None, None
+
+
+def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                          *, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logits [b, L, V], targets [b, T] (T <= L) -> (log-probs [b, T] fp32, entropy [b, T] or None)."""
+    return _SelectiveLogSoftmax.apply(logits, targets, float(temperature), with_entropy)
+
+
+def token_logprobs(model, input_ids, attention_mask, completion_length: int, temperature: float, *,
+                   with_entropy: bool = False, compute_dtype: str | None = None):
+    """Log-probs of the completion tokens under ``model`` at ``temperature``.
+
+    input_ids, attention_mask: [b, P + T] -> logprobs [b, T] fp32 (and entropy [b, T] if asked).
+    The forward runs under autocast in ``compute_dtype`` (None: the weights' own dtype).
+    """
+    T = completion_length
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [b, P + T]
+    with autocast(input_ids.device, compute_dtype):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       logits_to_keep=T + 1).logits  # [b, T + 1, V]: position j predicts token j + 1
+    targets = input_ids[:, -T:]  # [b, T]
+    return selective_log_softmax(logits, targets, temperature, with_entropy=with_entropy)

