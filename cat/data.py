@@ -1,9 +1,24 @@
 """Datasets -> Prompts, and the seeded order in which training visits them.
 
-Sources: a local ``.jsonl`` (read line by line, so a bad row is reported by number), a local
-``.json`` / ``.parquet`` or a hub dataset id (through ``datasets``). Schemas are picked by field
-names in the config: MATH-500 (``problem`` / ``answer``), GSM8K (``question`` / ``answer`` with
-``answer_format: gsm8k``), the tiny world (``problem`` / ``answer``).
+Sources:
+* a local ``.jsonl`` file (JSON lines; a row's number is its line number, blank lines counted);
+* a local ``.json`` file (a JSON array of objects, or JSON lines under a .json name; a row's
+  number is its position in the array);
+* a local ``.parquet`` file (read with pyarrow);
+* a hub dataset id (through ``datasets``).
+
+Every way a file can be unreadable (missing, empty, compressed, binary, not UTF-8, UTF-16,
+broken or truncated JSON, a JSON array in a ``.jsonl``, not Parquet) and every malformed row
+(missing field, wrong type) is a ``DataError`` that names the file, the row and the field; the
+CLI prints it and exits 2.
+
+Schemas are picked by field names in the config: MATH-500 (``problem`` / ``answer``), GSM8K
+(``question`` / ``answer`` with ``answer_format: gsm8k``), the tiny world (``problem`` /
+``answer``), and HealthBench (``format: healthbench``: chat ``prompt``, ``rubrics`` of
+``criterion`` / ``points`` / ``tags``, ``example_tags``, ``prompt_id``; other fields of the real
+benchmark, such as ``ideal_completions_data`` or ``canary``, are accepted and ignored). A
+HealthBench criterion is kept exactly as written: any length, line breaks included (the
+500-character limit is for self-proposed rubrics only, ``cat.rubrics``).
 
 The gold answer is kept on each Prompt for the ``gold`` estimator and for diagnostics only.
 """
@@ -11,6 +26,7 @@ The gold answer is kept on each Prompt for the ``gold`` estimator and for diagno
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,43 +35,174 @@ from cat import tiny
 from cat.errors import DataError
 from cat.types import Prompt
 
+_SUFFIXES = (".jsonl", ".json", ".parquet")
+_ROLES = ("system", "user", "assistant")
 
-def _read_rows(path: str, name: str | None, split: str) -> tuple[list[dict], str]:
-    """Rows as dicts, and a label naming where they came from (for messages)."""
+
+def _what_bytes(data: bytes) -> str | None:
+    """Why ``data`` is not UTF-8 JSON text at all (None when it may be): compressed, a known
+    binary container, UTF-16 or binary."""
+    if data.startswith(b"\x1f\x8b"):
+        return "is gzip-compressed; decompress it first"
+    if data.startswith(b"PK\x03\x04"):
+        return "is a zip archive; extract it first"
+    if data.startswith(b"PAR1"):
+        return "is a Parquet file; give it the .parquet suffix"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8"
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        return f"holds binary data (a NUL byte on line {line}), not UTF-8 text"
+    return None
+
+
+def _read_bytes(local: Path, path: str) -> bytes:
+    try:
+        data = local.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not data.strip():
+        raise DataError(f"{path}: no rows (the file is empty)")
+    return data
+
+
+def _utf8(data: bytes, path: str, row: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: {row} is not UTF-8 text (byte 0x{data[exc.start]:02x} at column {exc.start + 1}); "
+                        "save the file as UTF-8") from None
+
+
+def _json_error(exc: json.JSONDecodeError) -> str:
+    return f"{exc.msg}: column {exc.colno}"
+
+
+def _read_jsonl(local: Path, path: str) -> list[tuple[int, dict]]:
+    data = _read_bytes(local, path)
+    why = _what_bytes(data)
+    if why:
+        raise DataError(f"{path} {why}")
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is harmless
+    if not data.strip():
+        raise DataError(f"{path}: no rows (the file is empty)")
+    lines = data.split(b"\n")
+    last = max(i for i, line in enumerate(lines) if line.strip()) + 1
+    rows = []
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        line = _utf8(raw, path, f"row {lineno}")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            hint = ""
+            if lineno == 1 and line.lstrip().startswith("["):
+                hint = "; the file looks like a JSON array: name it .json, or write one object per line"
+            elif line.strip() in ("{", "["):
+                hint = "; a .jsonl file holds one whole JSON object per line"
+            elif lineno == last and not line.rstrip().endswith("}"):
+                hint = "; the last line looks truncated"
+            raise DataError(f"{path}: row {lineno} is not valid JSON ({_json_error(exc)}){hint}") from None
+        except RecursionError:
+            raise DataError(f"{path}: row {lineno} is not valid JSON (nested too deeply)") from None
+        if not isinstance(row, dict):
+            hint = " (a JSON array: a .jsonl file holds one object per line)" if isinstance(row, list) else ""
+            raise DataError(f"{path}: row {lineno} must be a JSON object, got {type(row).__name__}{hint}")
+        rows.append((lineno, row))
+    return rows
+
+
+def _read_json(local: Path, path: str) -> list[tuple[int, dict]]:
+    data = _read_bytes(local, path)
+    why = _what_bytes(data)
+    if why:
+        raise DataError(f"{path} {why}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # several top-level values: JSON lines under a .json name
+            return _read_jsonl(local, path)
+        raise DataError(f"{path}: line {exc.lineno} is not valid JSON ({_json_error(exc)})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply") from None
+    if isinstance(doc, dict):
+        return [(1, doc)]
+    if not isinstance(doc, list):
+        raise DataError(f"{path} must hold a JSON array of objects (or JSON lines), got {_kind(doc)}")
+    for k, row in enumerate(doc, start=1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: row {k} must be a JSON object, got {type(row).__name__}")
+    return list(enumerate(doc, start=1))
+
+
+def _read_parquet(local: Path, path: str) -> list[tuple[int, dict]]:
+    data = _read_bytes(local, path)
+    if len(data) < 12 or not (data.startswith(b"PAR1") and data.endswith(b"PAR1")):
+        why = _what_bytes(data)
+        if why is None and data.lstrip()[:1] in (b"{", b"["):
+            why = "holds JSON; name it .jsonl or .json"
+        raise DataError(f"{path} is not a Parquet file" + (f": it {why}" if why else " (no Parquet magic bytes)"))
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(local)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+        raise DataError(f"cannot read {path} as Parquet: {_first_line(exc)}") from None
+    return list(enumerate(table.to_pylist(), start=1))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _kind(value) -> str:
+    """A value's JSON type name, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _read_rows(path: str, name: str | None, split: str) -> tuple[list[tuple[int, dict]], str]:
+    """(row number, row) pairs, and a label naming where they came from (for messages)."""
     path = tiny.resolve(path)
     local = Path(path)
-    if local.suffix in (".jsonl", ".json", ".parquet") or local.exists():
+    if local.suffix in _SUFFIXES or local.exists():
+        if local.is_dir():
+            raise DataError(f"dataset path {path} is a folder; give a .jsonl, .json or .parquet file")
         if not local.is_file():
             raise DataError(f"dataset file not found: {path}")
         if local.suffix == ".jsonl":
-            rows = []
-            with open(local, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{path}: row {lineno} is not valid JSON ({exc.msg})") from None
-                    if not isinstance(row, dict):
-                        raise DataError(f"{path}: row {lineno} must be a JSON object, got {type(row).__name__}")
-                    rows.append(row)
-            return rows, path
-        from datasets import load_dataset
-
-        kind = "parquet" if local.suffix == ".parquet" else "json"
-        try:
-            ds = load_dataset(kind, data_files=str(local), split="train")
-        except Exception as exc:  # datasets wraps parse errors in several types
-            raise DataError(f"cannot read {path}: {exc}") from None
-        return [dict(r) for r in ds], path
+            return _read_jsonl(local, path), path
+        if local.suffix == ".json":
+            return _read_json(local, path), path
+        if local.suffix == ".parquet":
+            return _read_parquet(local, path), path
+        raise DataError(f"{path}: unsupported file type '{local.suffix}'; use .jsonl, .json or .parquet")
     from datasets import load_dataset
 
     try:
         ds = load_dataset(path, name, split=split)
-    except Exception as exc:
-        raise DataError(f"cannot load dataset '{path}' (config {name!r}, split {split!r}): {exc}") from None
-    return [dict(r) for r in ds], f"{path}[{split}]"
+    except Exception as exc:  # datasets raises many types (not found, offline, bad config, parse errors)
+        raise DataError(f"cannot load dataset '{path}' (config {name!r}, split {split!r}): {_first_line(exc)}") from None
+    return [(i, dict(r)) for i, r in enumerate(ds, start=1)], f"{path}[{split}]"
 
 
 def _gold(value, fmt: str) -> str:
@@ -65,40 +212,64 @@ def _gold(value, fmt: str) -> str:
     return text
 
 
-def _healthbench_prompt(i: int, row: dict, label: str, system_prompt: str | None) -> Prompt:
-    from pydantic import ValidationError
+def _string_list(value, where: str) -> tuple[str, ...]:
+    """A list of distinct strings (tags); missing or null is empty."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        bad = value if not isinstance(value, list) else next(t for t in value if not isinstance(t, str))
+        raise DataError(f"{where} must be a list of strings, got {_kind(bad)} {bad!r:.60}")
+    seen = set()
+    for tag in value:
+        if tag in seen:
+            raise DataError(f"{where} lists {tag!r} twice")
+        seen.add(tag)
+    return tuple(value)
 
+
+def _conversation(value, label: str) -> tuple[dict[str, str], ...]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{label}: field 'prompt' must be a non-empty list of chat messages, got {_kind(value)} {value!r:.60}")
+    for k, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
+            raise DataError(f"{label}: prompt[{k}] must be {{'role': system|user|assistant, 'content': str}}, got {m!r:.80}")
+    return tuple({"role": m["role"], "content": m["content"]} for m in value)
+
+
+def _healthbench_prompt(i: int, row: dict, label: str, system_prompt: str | None) -> Prompt:
+    """One HealthBench row, validated as the benchmark's grader would need it: every criterion
+    kept verbatim (any length, line breaks included), numeric finite points, string tags, and at
+    least one positive-point criterion (without one the example's score is undefined)."""
     from cat.rubrics import Criterion
 
-    conversation = row.get("prompt")
-    if not isinstance(conversation, list) or not conversation:
-        raise DataError(f"{label}: field 'prompt' must be a non-empty list of chat messages")
-    for k, m in enumerate(conversation):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
-                or not isinstance(m.get("content"), str):
-            raise DataError(f"{label}: prompt[{k}] must be {{'role': system|user|assistant, 'content': str}}, got {m!r:.80}")
-    items = row.get("rubrics")
+    if "prompt" not in row:
+        raise DataError(f"{label}: missing field 'prompt' (fields: {sorted(row)})")
+    conversation = _conversation(row["prompt"], label)
+    if "rubrics" not in row:
+        raise DataError(f"{label}: missing field 'rubrics' (fields: {sorted(row)})")
+    items = row["rubrics"]
     if not isinstance(items, list) or not items:
-        raise DataError(f"{label}: field 'rubrics' must be a non-empty list")
+        raise DataError(f"{label}: field 'rubrics' must be a non-empty list, got {_kind(items)} {items!r:.60}")
     criteria = []
     for k, item in enumerate(items):
+        where = f"{label}: rubrics[{k}]"
         if not isinstance(item, dict):
-            raise DataError(f"{label}: rubrics[{k}] must be an object")
+            raise DataError(f"{where} must be an object with 'criterion', 'points' and 'tags', got {_kind(item)}")
+        text = item.get("criterion")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}.criterion must be a non-empty string, got {_kind(text)} {text!r:.60}")
         points = item.get("points")
-        if isinstance(points, bool) or not isinstance(points, int | float):
-            raise DataError(f"{label}: rubrics[{k}].points must be a number, got {points!r}")
-        try:
-            criteria.append(Criterion(text=item.get("criterion", ""), points=float(points),
-                                      tags=tuple(item.get("tags") or ())))
-        except ValidationError as exc:
-            raise DataError(f"{label}: rubrics[{k}]: {exc.errors()[0]['msg']}") from None
-    tags = row.get("example_tags") or []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise DataError(f"{label}: field 'example_tags' must be a list of strings")
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [dict(m) for m in conversation]
+        if isinstance(points, bool) or not isinstance(points, int | float) or not math.isfinite(points):
+            raise DataError(f"{where}.points must be a number, got {_kind(points)} {points!r:.40}")
+        criteria.append(Criterion(text=text, points=float(points), tags=_string_list(item.get("tags"), f"{where}.tags")))
+    if not any(c.points > 0 for c in criteria):
+        raise DataError(f"{label}: field 'rubrics' has no criterion with positive points, so the example's score is undefined")
+    tags = _string_list(row.get("example_tags"), f"{label}: field 'example_tags'")
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + list(conversation)
     text = "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
-    meta = {"prompt_id": row["prompt_id"]} if isinstance(row.get("prompt_id"), str) else {}
-    return Prompt(index=i, text=text, messages=tuple(messages), meta=meta, rubric=tuple(criteria), tags=tuple(tags))
+    prompt_id = row.get("prompt_id")
+    meta = {"prompt_id": str(prompt_id)} if isinstance(prompt_id, str | int) and not isinstance(prompt_id, bool) else {}
+    return Prompt(index=i, text=text, messages=tuple(messages), meta=meta, rubric=tuple(criteria), tags=tags)
 
 
 def load_prompts(
@@ -115,15 +286,16 @@ def load_prompts(
     limit: int | None = None,
     require_answer: bool = False,
 ) -> list[Prompt]:
-    """Validated prompts. Every malformed row is an error naming the source, the row and the field."""
+    """Validated prompts. Every unreadable file and malformed row is a ``DataError`` naming the
+    source, the row and the field."""
     rows, where = _read_rows(path, name, split)
     if limit is not None:
         rows = rows[:limit]
     if not rows:
         raise DataError(f"{where}: no rows")
     prompts = []
-    for i, row in enumerate(rows):
-        label = f"{where}: row {i + 1}"
+    for i, (number, row) in enumerate(rows):
+        label = f"{where}: row {number}"
         if format == "healthbench":
             prompts.append(_healthbench_prompt(i, row, label, system_prompt))
             continue
@@ -131,15 +303,15 @@ def load_prompts(
             raise DataError(f"{label}: missing field '{prompt_field}' (fields: {sorted(row)})")
         text = row[prompt_field]
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{label}: field '{prompt_field}' must be a non-empty string, got {text!r:.60}")
+            raise DataError(f"{label}: field '{prompt_field}' must be a non-empty string, got {_kind(text)} {text!r:.60}")
         gold = None
         if answer_field is not None:
             value = row.get(answer_field)
             if value is None and require_answer:
                 raise DataError(f"{label}: missing field '{answer_field}' (needed by the gold estimator / evaluation)")
             if value is not None:
-                if not isinstance(value, str | int | float):
-                    raise DataError(f"{label}: field '{answer_field}' must be a string or number, got {type(value).__name__}")
+                if isinstance(value, bool) or not isinstance(value, str | int | float):
+                    raise DataError(f"{label}: field '{answer_field}' must be a string or number, got {_kind(value)} {value!r:.60}")
                 gold = _gold(value, answer_format)
         messages = []
         if system_prompt:

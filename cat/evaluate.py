@@ -71,12 +71,19 @@ def evaluate_rubric(
     stop: tuple[str, ...] = (),
     seed: int = 0,
 ) -> dict:
-    """HealthBench-style evaluation: every sampled response graded on its example's own rubric.
+    """HealthBench evaluation: every sampled response graded on its example's own rubric, with
+    the judge shown the conversation (the prompt messages the policy answered), the response and
+    each criterion with its points, as HealthBench's grader is; then scored by
+    ``cat.healthbench.aggregate`` (each sample counts as one graded example, like the grader's
+    ``n_repeats``).
 
-    A criterion the judge failed on after its retries is left out for that response (counted in
-    ``judge_failures``); a response left with no positive criterion is not scored (``unscored``).
+    Departure from the grader, which retries a verdict until it parses: a criterion the judge
+    still failed on after its retries is left out for that response (counted in
+    ``judge_failures``), and a response left with no positive criterion is not scored
+    (``unscored``). With every verdict answered the score is the benchmark's exactly.
     """
     from cat.healthbench import aggregate
+    from cat.judge import JudgeItem
 
     sampled = generator.generate(
         prompt_ids,
@@ -86,7 +93,8 @@ def evaluate_rubric(
     items, owners = [], []
     for prompt, group in zip(prompts, sampled, strict=True):
         for c in group:
-            items.append((c.text, [cr.text for cr in prompt.rubric]))
+            items.append(JudgeItem(c.text, tuple(cr.text for cr in prompt.rubric), conversation=prompt.messages,
+                                   points=tuple(cr.points for cr in prompt.rubric)))
             owners.append(prompt)
     verdicts, stats = judge.judge(items)
     examples, unscored = [], 0

@@ -1,25 +1,39 @@
 """HealthBench scoring: per-example rubric scores, their clipped mean, a bootstrap standard error,
-and per-tag breakdowns, as the benchmark defines them.
+and per-tag breakdowns, as the benchmark's grader (openai/simple-evals ``healthbench_eval.py``)
+defines them. Not the judging itself: ``cat.judge`` (template ``rubrics/judge_healthbench.txt``)
+shows the judge the conversation, the response and one criterion with its points, as the
+grader does.
 
 * Per example: ``rubric_score`` (sum of the points of met criteria / sum of positive points;
-  can be negative).
-* Reported score: the mean over examples, clipped to [0, 1].
-* Standard error: the std of that clipped mean over 1000 bootstrap resamples of the examples.
-* Example tags (e.g. ``theme:emergency_referrals``): the clipped mean over the examples
-  carrying the tag.
-* Rubric tags (e.g. ``axis:accuracy``): each example is re-scored on its criteria with that
-  tag; the examples with no positive-point criterion under the tag are left out.
+  penalties count when met; can be negative; not rounded). The grader's ``calculate_score``.
+* Reported score: the mean over graded responses, clipped to [0, 1] (``np.clip(np.mean)``,
+  the same arithmetic as the grader);
+  several samples of one prompt count as several examples, like the grader's ``n_repeats``.
+* Standard error: the population std of that clipped mean over 1000 bootstrap resamples of the
+  examples (``np.std`` of the grader's bootstrap means; a different random stream).
+* Example tags (``theme:...``, ``physician_agreed_category:...``): the clipped mean of the
+  overall scores of the examples carrying the tag.
+* Rubric tags (``axis:...``, ``level:example`` / ``level:cluster``, ``cluster:...``): each
+  example is re-scored on its criteria with that tag, and the clipped mean is taken over the
+  examples where that sub-score exists, i.e. that have a positive-point criterion under the tag.
+
+One departure: the grader keeps example and rubric tags in one namespace; they are reported
+separately here (the benchmark's two tag sets never share a name, so the values are the same).
 """
 
 from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from cat.rewards.rubric import rubric_score
 
 
 def clipped_mean(values: list[float]) -> float:
-    return min(1.0, max(0.0, sum(values) / len(values)))
+    """np.clip(np.mean(values), 0, 1): numpy's pairwise summation, as in the grader, so scores
+    agree to the last bit."""
+    return float(np.clip(np.mean(values), 0.0, 1.0))
 
 
 def bootstrap_std(values: list[float], *, samples: int = 1000, seed: int = 0) -> float:

@@ -1,17 +1,30 @@
 """The judge: an independent model that answers yes/no for (response, criterion) pairs.
 
-Two backends behind one seam, ``complete(prompts, max_new_tokens, attempt) -> list[str | None]``:
-* ``HFBackend``: an in-process transformers model (greedy first, sampled on retries).
-* ``OpenAIBackend``: any OpenAI-compatible endpoint through the ``openai`` client, with a
-  per-request timeout, retries with exponential backoff, and a concurrency limit. The API key is
-  read from the environment variable named in the config and never logged.
+The judge's model sits behind one seam, ``complete(prompts, max_new_tokens, attempt) ->
+list[str | None]`` (``ChatBackend``), over the generation seam's ``ChatModel``:
+* ``judge.backend: hf`` or ``vllm``: an in-process model on that engine (greedy first, sampled
+  on retries);
+* ``openai``: any OpenAI-compatible endpoint through the ``openai`` client, with a per-request
+  timeout, retries with exponential backoff, and a concurrency limit
+  (``cat.generation.chat.OpenAIChat``). The API key is read from the environment variable named
+  in the config and never logged.
 
 ``Judge`` adds what both need:
-* a persistent verdict cache keyed by (judge model, criterion, response), so a resumed run does
-  not pay twice;
+* rendering: a ``JudgeItem`` is a response, its criteria and, for a dataset's own rubric
+  (HealthBench), the conversation the response answers and the criteria's points. Items with a
+  conversation are rendered with the judge's conversation template (``{{conversation}}``,
+  default ``rubrics/judge_healthbench.txt``), which shows the judge the whole chat as
+  HealthBench's grader does; items without one (self-proposed rubrics, model-as-judge) with the
+  plain template (``judge_criterion``). A template with ``{{criteria}}`` judges every criterion
+  of a response in one call, one with ``{{criterion}}`` one call per criterion;
+* verdict parsing: ``<verdict>yes|no</verdict>``, HealthBench's grader JSON
+  (``{"explanation": ..., "criteria_met": true|false}``, fenced or bare), or a leading yes/no;
+* a persistent verdict cache keyed by (judge model, criterion, conversation, response), so a
+  resumed run does not pay twice;
 * retries of unparsable verdicts;
 * exclusion of the verdicts that still fail. A failure is never read as "no": it is ``None``,
-  and the reward leaves that criterion out for that rollout.
+  and the reward leaves that criterion out for that rollout. (HealthBench's grader retries
+  until it parses; here the retries are bounded and the rest is counted in ``judge/failures``.)
 
 If every request of a batch fails, the judge is down: ``TeacherError`` stops the run with the
 endpoint's name rather than training on nothing.
@@ -21,14 +34,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
-from cat.errors import ConfigError, TeacherError
 from cat.templates import Template, load_template
 
 _YES_NO = re.compile(r"^\W*(yes|no)\b", re.I)
@@ -36,13 +47,36 @@ _TAGGED = re.compile(r"<verdict>\s*(yes|no)\s*</verdict>", re.I)
 _LINE = re.compile(r"^\s*(\d+)\s*[:.)\-]\s*\**\s*(yes|no)\b", re.I | re.M)
 
 
+def _json_verdicts(text: str) -> list[bool]:
+    """``criteria_met`` of every JSON object in ``text`` that has a boolean one (HealthBench's
+    grader format, bare or inside a ```json fence)."""
+    if "criteria_met" not in text:
+        return []
+    decoder, found = json.JSONDecoder(), []
+    start = text.find("{")
+    while start != -1:
+        try:
+            obj, end = decoder.raw_decode(text, start)
+        except ValueError:
+            start = text.find("{", start + 1)
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("criteria_met"), bool):
+            found.append(obj["criteria_met"])
+        start = text.find("{", end)
+    return found
+
+
 def parse_verdict(text: str | None) -> bool | None:
-    """yes -> True, no -> False, anything else (empty, both, hedged) -> None."""
+    """yes -> True, no -> False, anything else (empty, contradicting, hedged) -> None.
+
+    Read, in order: ``<verdict>`` tags and grader JSON objects (``"criteria_met": true|false``;
+    all of them must agree), else a reply that starts with yes or no. A ``criteria_met`` that is
+    not a JSON boolean does not count, as in HealthBench's grader."""
     if not text:
         return None
-    tagged = _TAGGED.findall(text)
-    if tagged:
-        return tagged[-1].lower() == "yes" if len({t.lower() for t in tagged}) == 1 else None
+    votes = [t.lower() == "yes" for t in _TAGGED.findall(text)] + _json_verdicts(text)
+    if votes:
+        return votes[0] if len(set(votes)) == 1 else None
     match = _YES_NO.match(text.strip())
     return None if match is None else match.group(1).lower() == "yes"
 
@@ -53,6 +87,30 @@ def parse_verdict_lines(text: str | None, n: int) -> list[bool | None]:
     for k, word in _LINE.findall(text or ""):
         found.setdefault(int(k), set()).add(word.lower() == "yes")
     return [next(iter(found[k])) if len(found.get(k, ())) == 1 else None for k in range(1, n + 1)]
+
+
+class JudgeItem(NamedTuple):
+    """One response to judge against its criteria.
+
+    ``conversation`` is the chat the response answers (the policy's prompt messages, system
+    prompt included), given for a dataset's own rubric so that criteria about the user's request
+    can be judged; ``points`` are the criteria's points, shown beside them. A plain
+    ``(response, criteria)`` tuple is an item without either.
+    """
+
+    response: str
+    criteria: tuple[str, ...] | list[str]
+    conversation: tuple[dict[str, str], ...] | None = None
+    points: tuple[float, ...] | None = None
+
+
+def render_conversation(messages) -> str:
+    """``role: content`` turns separated by blank lines, as HealthBench's grader shows them."""
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def _points(value: float) -> str:
+    return f"{value:g}"
 
 
 class VerdictCache:
@@ -89,111 +147,103 @@ class VerdictCache:
                         f.write(json.dumps({"key": key, "verdict": verdict}) + "\n")
 
 
-class HFBackend:
-    def __init__(self, model_path: str, *, batch_size: int = 32, device: str = "auto", dtype: str = "float32"):
-        from cat.generation.hf import HFGenerator
-        from cat.models import load_model, load_tokenizer, resolve_device
+class ChatBackend:
+    """The judge's seam, ``complete(prompts, max_new_tokens, attempt) -> list[str | None]``, over
+    any ``ChatModel``: a local model on the hf or vLLM engine, or an OpenAI-compatible endpoint.
+    The first attempt decodes greedily; retries of unparsable verdicts sample at temperature 0.7."""
 
-        self.name = model_path
-        self.tokenizer = load_tokenizer(model_path)
-        self.model = load_model(model_path, dtype=dtype, device=resolve_device(device), frozen=True)
-        self.generator = HFGenerator(self.model, self.tokenizer, batch_size=batch_size)
+    def __init__(self, chat):
+        self.chat = chat
+        self.name = chat.name
+
+    @property
+    def errors(self) -> int:
+        """Failed requests so far (endpoints only)."""
+        return getattr(self.chat, "errors", 0)
 
     def check(self) -> None:
-        pass
+        self.chat.check()
 
     def complete(self, prompts: list[str], max_new_tokens: int, attempt: int) -> list[str | None]:
-        from cat.data import chat_ids
         from cat.generation import SamplingParams
 
-        ids = [chat_ids(self.tokenizer, [{"role": "user", "content": p}]) for p in prompts]
         params = SamplingParams(max_new_tokens=max_new_tokens, greedy=attempt == 0, temperature=0.7, seed=attempt)
-        return [g[0].text for g in self.generator.generate(ids, params)]
+        outputs = self.chat.complete([[{"role": "user", "content": p}] for p in prompts], params)
+        return [None if o is None else o.text for o in outputs]
 
 
-class OpenAIBackend:
-    def __init__(self, model: str, *, base_url: str | None, api_key_env: str, timeout_s: float, max_retries: int,
-                 backoff_s: float, max_concurrency: int):
-        import openai
+def judge_chat(config):
+    """The judge model ``config.judge`` names, as a ``ChatModel``."""
+    from cat.generation.chat import LocalChat, OpenAIChat
 
-        self.name = model
-        self.api_key_env = api_key_env
-        self.base_url = base_url or "https://api.openai.com/v1"
-        self.max_retries, self.backoff_s, self.max_concurrency = max_retries, backoff_s, max_concurrency
-        key = os.environ.get(api_key_env) or ("EMPTY" if base_url else None)
-        if key is None:
-            raise ConfigError(f"judge.api_key_env: environment variable {api_key_env} is not set")
-        # retries are ours (with backoff and counting), not the client's
-        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=0)
-        self.errors = 0
+    j, m = config.judge, config.model
+    if j.backend == "openai":
+        return OpenAIChat(j.model, base_url=j.base_url, api_key_env=j.api_key_env, timeout_s=j.timeout_s,
+                          max_retries=j.max_retries, backoff_s=j.backoff_s, max_concurrency=j.max_concurrency,
+                          role="judge")
+    from cat.generation import generator_from_config
+    from cat.models import load_model, load_tokenizer, resolve_device
 
-    def check(self) -> None:
-        """Fail at start, naming the endpoint, if it cannot be reached or refuses the key.
-
-        Any other HTTP answer (some servers do not implement /models) proves it is reachable."""
-        import openai
-
-        try:
-            self.client.models.list()
-        except openai.APIConnectionError as exc:
-            raise TeacherError(f"judge endpoint {self.base_url} is unreachable ({type(exc).__name__}: {exc})") from None
-        except openai.AuthenticationError:
-            raise TeacherError(f"judge endpoint {self.base_url} rejected the API key in ${self.api_key_env}") from None
-        except openai.APIStatusError:
-            pass
-
-    def _one(self, prompt: str, max_new_tokens: int) -> str | None:
-        delay = self.backoff_s
-        for attempt in range(self.max_retries + 1):
-            try:
-                out = self.client.chat.completions.create(
-                    model=self.name, messages=[{"role": "user", "content": prompt}],
-                    max_tokens=max_new_tokens, temperature=0.0,
-                )
-                return out.choices[0].message.content or ""
-            except Exception:
-                self.errors += 1
-                if attempt == self.max_retries:
-                    return None
-                time.sleep(delay)
-                delay *= 2
-        return None
-
-    def complete(self, prompts: list[str], max_new_tokens: int, attempt: int) -> list[str | None]:
-        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            results = list(pool.map(lambda p: self._one(p, max_new_tokens), prompts))
-        if prompts and all(r is None for r in results):
-            raise TeacherError(f"judge endpoint {self.base_url}: all {len(prompts)} requests failed after "
-                               f"{self.max_retries} retries; stopping rather than training without rewards")
-        return results
+    tokenizer = load_tokenizer(j.model)
+    model = load_model(j.model, dtype=m.dtype, device=resolve_device(m.device), frozen=True)
+    generator = generator_from_config(config, model, tokenizer, backend=j.backend, batch_size=j.batch_size)
+    return LocalChat(generator, tokenizer, name=j.model)
 
 
 class Judge:
-    def __init__(self, backend, *, mode: str, template: Template, max_new_tokens: int, max_retries: int,
-                 cache: VerdictCache):
-        self.backend, self.mode, self.template = backend, mode, template
+    def __init__(self, backend, *, template: Template, max_new_tokens: int, max_retries: int, cache: VerdictCache,
+                 conversation_template: Template | None = None):
+        self.backend, self.template, self.conversation_template = backend, template, conversation_template
         self.max_new_tokens, self.max_retries, self.cache = max_new_tokens, max_retries, cache
 
     @classmethod
     def from_config(cls, config, cache_path: Path | None) -> Judge:
         j = config.judge
-        if j.backend == "openai":
-            backend = OpenAIBackend(j.model, base_url=j.base_url, api_key_env=j.api_key_env, timeout_s=j.timeout_s,
-                                    max_retries=j.max_retries, backoff_s=j.backoff_s, max_concurrency=j.max_concurrency)
-        else:
-            backend = HFBackend(j.model, batch_size=j.batch_size, device=config.model.device, dtype=config.model.dtype)
-        return cls(backend, mode=j.mode, template=judge_template(config), max_new_tokens=j.max_new_tokens,
-                   max_retries=j.max_retries, cache=VerdictCache(cache_path))
+        backend = ChatBackend(judge_chat(config))
+        return cls(backend, template=judge_template(config), conversation_template=judge_template(config, conversation=True),
+                   max_new_tokens=j.max_new_tokens, max_retries=j.max_retries, cache=VerdictCache(cache_path))
 
-    def judge(self, items: list[tuple[str, list[str]]]) -> tuple[list[list[bool | None]], dict]:
-        """For each (response, criteria): one verdict per criterion (None = judge failure)."""
+    def _template(self, item: JudgeItem) -> Template:
+        if item.conversation is None:
+            return self.template
+        if self.conversation_template is None:
+            raise ValueError("this judge has no conversation template, so it cannot judge an item with a conversation")
+        return self.conversation_template
+
+    def _key(self, item: JudgeItem, k: int) -> str:
+        response = item.response if item.conversation is None else \
+            f"{render_conversation(item.conversation)}\0{item.response}"
+        return self.cache.key(self.backend.name, item.criteria[k], response)
+
+    def _prompt(self, item: JudgeItem, k: int | None) -> str:
+        """The judge prompt for criterion ``k`` of ``item``, or for all of them (``k`` None)."""
+        values = {"response": item.response}
+        if item.conversation is not None:
+            values["conversation"] = render_conversation(item.conversation)
+        if k is None:
+            lines = []
+            for n, c in enumerate(item.criteria):
+                shown = c.replace("\n", "\n   ")  # continuation lines indented under their number
+                lines.append(f"{n + 1}. [{_points(item.points[n])}] {shown}" if item.points else f"{n + 1}. {shown}")
+            values["criteria"] = "\n".join(lines)
+        else:
+            values["criterion"] = values["reference"] = item.criteria[k]
+            if item.points is not None:
+                values["points"] = _points(item.points[k])
+        return self._template(item).render(**values)
+
+    def judge(self, items: list[JudgeItem | tuple[str, list[str]]]) -> tuple[list[list[bool | None]], dict]:
+        """For each item: one verdict per criterion (None = judge failure)."""
         start = time.perf_counter()
-        verdicts: list[list[bool | None]] = [[None] * len(criteria) for _, criteria in items]
+        items = [JudgeItem(*item) for item in items]
+        verdicts: list[list[bool | None]] = [[None] * len(item.criteria) for item in items]
         todo: list[tuple[int, int]] = []
         hits = 0
-        for i, (response, criteria) in enumerate(items):
-            for k, criterion in enumerate(criteria):
-                cached = self.cache.get(self.cache.key(self.backend.name, criterion, response))
+        for i, item in enumerate(items):
+            if item.points is not None and len(item.points) != len(item.criteria):
+                raise ValueError(f"{len(item.criteria)} criteria but {len(item.points)} points")
+            for k in range(len(item.criteria)):
+                cached = self.cache.get(self._key(item, k))
                 if cached is None:
                     todo.append((i, k))
                 else:
@@ -203,26 +253,24 @@ class Judge:
         for attempt in range(self.max_retries + 1):
             if not todo:
                 break
-            if self.mode == "all_criteria":
-                rows = sorted({i for i, _ in todo})
-                prompts = [self.template.render(response=items[i][0], criteria="\n".join(
-                    f"{k + 1}. {c}" for k, c in enumerate(items[i][1]))) for i in rows]
-                texts = self.backend.complete(prompts, 8 * max(len(items[i][1]) for i in rows), attempt)
-                for i, text in zip(rows, texts, strict=True):
-                    parsed = parse_verdict_lines(text, len(items[i][1]))
-                    for k, v in enumerate(parsed):
+            whole = [i for i in sorted({i for i, _ in todo}) if "criteria" in self._template(items[i]).placeholders]
+            single = [(i, k) for i, k in todo if "criteria" not in self._template(items[i]).placeholders]
+            if whole:
+                prompts = [self._prompt(items[i], None) for i in whole]
+                texts = self.backend.complete(prompts, 8 * max(len(items[i].criteria) for i in whole), attempt)
+                for i, text in zip(whole, texts, strict=True):
+                    for k, v in enumerate(parse_verdict_lines(text, len(items[i].criteria))):
                         if verdicts[i][k] is None and v is not None:
                             verdicts[i][k] = v
-            else:
-                prompts = [self.template.render(response=items[i][0], criterion=items[i][1][k], reference=items[i][1][k])
-                           for i, k in todo]
+                calls += len(prompts)
+            if single:
+                prompts = [self._prompt(items[i], k) for i, k in single]
                 texts = self.backend.complete(prompts, self.max_new_tokens, attempt)
-                for (i, k), text in zip(todo, texts, strict=True):
+                for (i, k), text in zip(single, texts, strict=True):
                     verdicts[i][k] = parse_verdict(text)
-            calls += len(prompts)
+                calls += len(prompts)
             fresh = [(i, k) for i, k in todo if verdicts[i][k] is not None]
-            self.cache.put_many([(self.cache.key(self.backend.name, items[i][1][k], items[i][0]), verdicts[i][k])
-                                 for i, k in fresh])
+            self.cache.put_many([(self._key(items[i], k), verdicts[i][k]) for i, k in fresh])
             todo = [(i, k) for i, k in todo if verdicts[i][k] is None]
         flat = [v for row in verdicts for v in row]
         judged = [v for v in flat if v is not None]
@@ -236,8 +284,32 @@ class Judge:
         return verdicts, stats
 
 
-def judge_template(config) -> Template:
+_DEFAULT_TEMPLATES = {
+    ("per_criterion", False): "judge_criterion",
+    ("all_criteria", False): "judge_all_criteria",
+    ("per_criterion", True): "judge_healthbench",
+    ("all_criteria", True): "judge_healthbench_all_criteria",
+}
+
+
+def judge_template(config, *, conversation: bool = False) -> Template:
+    """The judge's plain template (``conversation=False``: self-proposed rubrics, the
+    model-as-judge comparison) or its conversation template (``True``: a dataset's own rubric,
+    the HealthBench score), validated against ``judge.mode``.
+
+    ``judge.template`` replaces the default of its own kind: a template that uses
+    ``{{conversation}}`` is the conversation template, one that does not is the plain one. A
+    conversation template must show ``{{conversation}}``, ``{{response}}`` and ``{{criterion}}``
+    (``{{criteria}}`` in ``all_criteria`` mode) and may show ``{{points}}``."""
     j = config.judge
-    if j.mode == "all_criteria":
-        return load_template(j.template or "judge_all_criteria", kind="rubrics", required={"response", "criteria"}, allowed=set())
-    return load_template(j.template or "judge_criterion", kind="rubrics", required={"response", "criterion"}, allowed=set())
+    key = "criteria" if j.mode == "all_criteria" else "criterion"
+    name = _DEFAULT_TEMPLATES[(j.mode, conversation)]
+    if j.template is not None:
+        custom = load_template(j.template, kind="rubrics", required={"response", key},
+                               allowed={"conversation"} | ({"points"} if key == "criterion" else set()))
+        if ("conversation" in custom.placeholders) == conversation:
+            name = j.template
+    if conversation:
+        allowed = {"points"} if key == "criterion" else set()
+        return load_template(name, kind="rubrics", required={"response", key, "conversation"}, allowed=allowed)
+    return load_template(name, kind="rubrics", required={"response", key}, allowed=set())

@@ -4,14 +4,19 @@ Format (documented in README and in ``rubrics/rubric_proposal.txt``): the *last*
 ``<rubric> ... </rubric>`` block of the output, holding ``<criterion>text</criterion>`` elements,
 optionally ``<criterion weight="2">``. Parsing is strict:
 * no complete block is an error;
-* text between criteria is ignored, but a criterion with nested tags, an empty or oversized
-  criterion, or an unclosed criterion is an error;
+* text between criteria is ignored, but a criterion with nested tags, an empty criterion, one
+  over ``MAX_CRITERION_CHARS`` (500), or an unclosed criterion is an error;
+* whitespace inside a criterion (line wraps included) collapses to single spaces;
 * duplicates are dropped;
 * fewer than ``min_criteria`` is an error, and criteria beyond ``max_criteria`` are dropped and
   counted.
 
 A failed parse is retried (a new sample) up to ``rubric.max_attempts``; after that the group
 gets no rubric and is dropped from the update, counted, never scored 0.
+
+The 500-character limit and the whitespace folding belong to self-proposed rubrics only. A
+dataset's own criteria (HealthBench physician and consensus criteria, some several thousand
+characters over many lines) are ``Criterion`` records kept exactly as written.
 """
 
 from __future__ import annotations
@@ -33,17 +38,22 @@ class RubricParseError(ValueError):
 
 
 class Criterion(BaseModel):
-    """One binary, self-contained criterion. ``points`` is its weight (HealthBench: may be < 0)."""
+    """One binary criterion. ``points`` is its weight (HealthBench: may be < 0); ``tags`` are
+    the dataset's (``axis:accuracy``, ``level:cluster``, ``cluster:...``).
+
+    The text is kept as given, line breaks included; only leading and trailing whitespace is
+    removed. Length limits are the proposal parser's business (``parse_rubric``), not this record's.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    text: str = Field(min_length=1, max_length=MAX_CRITERION_CHARS)
+    text: str = Field(min_length=1)
     points: float = 1.0
     tags: tuple[str, ...] = ()
 
     @field_validator("text")
     @classmethod
     def _clean(cls, v: str) -> str:
-        v = " ".join(v.split())
+        v = v.strip()
         if not v:
             raise ValueError("empty criterion")
         return v
@@ -69,7 +79,7 @@ def parse_rubric(text: str, *, min_criteria: int = 5, max_criteria: int = 20) ->
     for weight, raw in _CRITERION.findall(body):
         if "<" in raw and re.search(r"</?\w", raw):
             raise RubricParseError(f"criterion contains markup: {raw[:80]!r}")
-        content = html.unescape(raw).strip()
+        content = " ".join(html.unescape(raw).split())
         if not content:
             raise RubricParseError("empty criterion")
         if len(content) > MAX_CRITERION_CHARS:
@@ -121,15 +131,17 @@ def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[l
             values = {"reference": references[i].text, "min_criteria": str(r.min_criteria)}
             if r.include_question:
                 values["question"] = groups[i].prompt.text
-            prompts.append(anchor.chat_ids(template.render(**values)))
+            prompts.append(template.render(**values))
         params = SamplingParams(n=1, max_new_tokens=r.max_new_tokens, temperature=max(config.anchor.temperature, 0.7),
                                 greedy=attempt == 0 and config.anchor.greedy, seed=seed + attempt)
-        outputs = anchor.generator.generate(prompts, params)
+        outputs = anchor.complete(prompts, params)
         attempts += len(pending)
         still = []
         for i, out in zip(pending, outputs, strict=True):
             try:
-                rubrics[i] = parse_rubric(out[0].text, min_criteria=r.min_criteria, max_criteria=r.max_criteria)
+                if out is None:
+                    raise RubricParseError("the anchor's request failed")
+                rubrics[i] = parse_rubric(out.text, min_criteria=r.min_criteria, max_criteria=r.max_criteria)
             except RubricParseError as exc:
                 errors[i] = str(exc)
                 still.append(i)

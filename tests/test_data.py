@@ -27,7 +27,7 @@ def test_gsm8k_schema(tmp_path):
     assert prompt.gold == "1234"
 
 
-def test_parquet_through_datasets(tmp_path):
+def test_parquet_file(tmp_path):
     from datasets import Dataset
 
     path = tmp_path / "d.parquet"

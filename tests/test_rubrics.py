@@ -5,11 +5,12 @@ import math
 
 import pytest
 
+from cat.config import load_config
+from cat.errors import ConfigError
 from cat.healthbench import aggregate, bootstrap_std, clipped_mean
-from cat.judge import Judge, VerdictCache, parse_verdict, parse_verdict_lines
+from cat.judge import Judge, JudgeItem, VerdictCache, judge_template, parse_verdict, parse_verdict_lines
 from cat.rewards.rubric import rubric_score, score_with_failures
-from cat.rubrics import Criterion, RubricParseError, parse_rubric
-from cat.templates import load_template
+from cat.rubrics import MAX_CRITERION_CHARS, Criterion, RubricParseError, parse_rubric
 
 GOOD = """Here is the rubric.
 <rubric>
@@ -99,10 +100,40 @@ def test_bootstrap_std_error():
     assert clipped_mean([2.0, 2.0]) == 1.0 and clipped_mean([-1.0]) == 0.0
 
 
+def test_self_proposed_criteria_fold_whitespace_and_keep_the_500_character_limit():
+    wrapped = GOOD.replace("Mentions hydration.", "Mentions\n   hydration\tand rest.")
+    assert parse_rubric(wrapped).criteria[2].text == "Mentions hydration and rest."
+    at_limit = "x" * MAX_CRITERION_CHARS
+    assert parse_rubric(GOOD.replace("Mentions hydration.", at_limit)).criteria[2].text == at_limit
+    with pytest.raises(RubricParseError, match="longer than 500"):
+        parse_rubric(GOOD.replace("Mentions hydration.", at_limit + "x"))
+
+
+def test_a_dataset_criterion_is_kept_as_written():
+    text = "To meet this criterion, the reply must:\n- name the dose;\n\n- say when to seek care.\n" + "y" * 4000
+    c = Criterion(text="  " + text + "\n", points=5, tags=("level:cluster",))
+    assert c.text == text  # any length, line breaks kept, only the ends trimmed
+    with pytest.raises(ValueError, match="empty criterion"):
+        Criterion(text=" \n ")
+
+
+GRADER_JSON = '```json\n{\n  "explanation": "It says {so} in the reply.",\n  "criteria_met": %s\n}\n```'
+
+
 @pytest.mark.parametrize("text,verdict", [
     ("yes", True), ("Yes.", True), ("NO", False), ("no, because", False), ("**Yes**", True),
     ("<verdict>no</verdict>", False), ("Answer: <verdict>yes</verdict>", True),
     ("", None), (None, None), ("maybe", None), ("I think yes", None), ("<verdict>yes</verdict><verdict>no</verdict>", None),
+    # HealthBench's grader format: JSON, bare or in a ```json fence, braces inside strings allowed
+    (GRADER_JSON % "true", True), (GRADER_JSON % "false", False),
+    ('{"explanation": "no mention", "criteria_met": false}', False),
+    ('Here you go: {"criteria_met": true, "explanation": "yes"}', True),
+    ('{"explanation": "x", "criteria_met": "true"}', None),  # not a JSON boolean: the grader rejects it too
+    ('{"explanation": "x", "criteria_met": true', None),  # truncated
+    ('{"criteria_met": true} {"criteria_met": false}', None),  # contradicting
+    ('{"criteria_met": true} <verdict>yes</verdict>', True),
+    ('{"criteria_met": false} <verdict>yes</verdict>', None),
+    ('no {"criteria_met": true}', True),  # a verdict object outranks a leading word
 ])
 def test_parse_verdict(text, verdict):
     assert parse_verdict(text) is verdict
@@ -132,10 +163,10 @@ class ScriptedBackend:
 
 
 def make_judge(backend, tmp_path, mode="per_criterion", retries=2):
-    name = "judge_all_criteria" if mode == "all_criteria" else "judge_criterion"
-    template = load_template(name, kind="rubrics", required=set(), allowed={"response", "criterion", "criteria"})
-    return Judge(backend, mode=mode, template=template, max_new_tokens=8, max_retries=retries,
-                 cache=VerdictCache(tmp_path / "verdicts.jsonl"))
+    """A Judge with the config's default templates for ``mode`` (plain and conversation)."""
+    config = load_config(None, [f"judge.mode={mode}"])
+    return Judge(backend, template=judge_template(config), conversation_template=judge_template(config, conversation=True),
+                 max_new_tokens=8, max_retries=retries, cache=VerdictCache(tmp_path / "verdicts.jsonl"))
 
 
 def test_unparsable_verdicts_are_retried_then_excluded(tmp_path):
@@ -171,3 +202,67 @@ def test_all_criteria_mode_one_call_per_rollout(tmp_path):
 def test_judge_nan_yes_rate_when_nothing_judged(tmp_path):
     verdicts, stats = make_judge(ScriptedBackend(["?"] * 3), tmp_path).judge([("r", ["c"])])
     assert verdicts == [[None]] and math.isnan(stats["judge/yes_rate"])
+
+
+CHAT = ({"role": "system", "content": "Be careful."}, {"role": "user", "content": "My head hurts.\nWhat can I take?"})
+
+
+def test_items_with_a_conversation_use_the_conversation_template(tmp_path):
+    """A dataset criterion is judged with the chat in view (HealthBench's grader shows it);
+    a self-proposed one with the plain template. One batch may hold both."""
+    backend = ScriptedBackend(["<verdict>yes</verdict>", '{"explanation": "e", "criteria_met": false}'])
+    judge = make_judge(backend, tmp_path)
+    verdicts, stats = judge.judge([("plain reply", ["States a dose."]),
+                                   JudgeItem("chat reply", ("Asks about\nallergies.",), conversation=CHAT, points=(-3.0,))])
+    assert verdicts == [[True], [False]] and stats["judge/calls"] == 2
+    plain, chat = backend.prompts
+    assert "Criterion: States a dose." in plain and "plain reply" in plain and "user:" not in plain
+    assert "system: Be careful.\n\nuser: My head hurts.\nWhat can I take?" in chat
+    assert "chat reply" in chat and "Asks about\nallergies." in chat and "worth -3 points" in chat
+
+
+def test_the_cache_tells_conversations_apart(tmp_path):
+    other = ({"role": "user", "content": "Something else entirely."},)
+    backend = ScriptedBackend(["yes", "no", "yes"])
+    judge = make_judge(backend, tmp_path)
+    first, _ = judge.judge([JudgeItem("r", ("c",), conversation=CHAT, points=(1.0,)), ("r", ["c"]),
+                            JudgeItem("r", ("c",), conversation=other, points=(1.0,))])
+    assert first == [[True], [False], [True]]
+    again, stats = make_judge(ScriptedBackend([]), tmp_path).judge(
+        [JudgeItem("r", ("c",), conversation=CHAT, points=(1.0,)), ("r", ["c"])])
+    assert again == [[True], [False]] and stats["judge/cache_hits"] == 2
+
+
+def test_all_criteria_mode_with_a_conversation(tmp_path):
+    backend = ScriptedBackend(["1: no\n2: yes"])
+    judge = make_judge(backend, tmp_path, mode="all_criteria")
+    verdicts, _ = judge.judge([JudgeItem("resp", ("Line one\nline two", "b"), conversation=CHAT, points=(5.0, -2.5))])
+    assert verdicts == [[False, True]]
+    assert "user: My head hurts." in backend.prompts[0]
+    assert "1. [5] Line one\n   line two" in backend.prompts[0] and "2. [-2.5] b" in backend.prompts[0]
+
+
+def test_judge_templates_are_chosen_and_validated_at_load(tmp_path):
+    config = load_config(None)
+    assert judge_template(config).source.endswith("judge_criterion.txt")
+    assert judge_template(config, conversation=True).source.endswith("judge_healthbench.txt")
+    all_criteria = load_config(None, ["judge.mode=all_criteria"])
+    assert judge_template(all_criteria, conversation=True).source.endswith("judge_healthbench_all_criteria.txt")
+    # a custom template replaces the default of its own kind, judged by whether it shows the chat
+    chat = tmp_path / "chat.txt"
+    chat.write_text("{{conversation}}\n---\n{{response}}\n---\n{{criterion}} ({{points}})")
+    custom = load_config(None, [f"judge.template={chat}"])
+    assert judge_template(custom, conversation=True).source == str(chat)
+    assert judge_template(custom).source.endswith("judge_criterion.txt")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("{{response}} / {{criterion}}")
+    custom = load_config(None, [f"judge.template={plain}"])
+    assert judge_template(custom).source == str(plain)
+    assert judge_template(custom, conversation=True).source.endswith("judge_healthbench.txt")
+    for text, why in [("{{conversation}} {{response}}", "criterion"), ("{{conversation}} {{response}} {{criterion}} {{convo}}", "convo"),
+                      ("{{response}} {{criterion}} {{points}}", "points")]:
+        plain.write_text(text)
+        with pytest.raises(ConfigError, match=why):
+            judge_template(load_config(None, [f"judge.template={plain}"]), conversation="conversation" in text)
+    with pytest.raises(ConfigError, match="criteria"):
+        judge_template(load_config(None, ["judge.mode=all_criteria", f"judge.template={chat}"]), conversation=True)

@@ -5,7 +5,10 @@
 * the example's own (``dataset``: e.g. HealthBench physician rubrics, the reference-based
   baseline).
 
-An independent judge then marks every (rollout, criterion) pair, and
+An independent judge then marks every (rollout, criterion) pair (a dataset criterion together
+with the conversation the rollout answers and the criterion's points, through the judge's
+conversation template, as HealthBench's grader shows them; a self-proposed one on the rollout
+alone, through ``judge_criterion``), and
 reward = sum(points of met criteria) / sum(positive points), over the criteria the judge
 actually answered (all points are 1 for self-proposed rubrics, so this is the fraction met).
 * A criterion whose verdict failed is left out for that rollout, never read as "no".
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cat.judge import JudgeItem
 from cat.rewards import register_reward
 from cat.rubrics import Criterion, Rubric, propose_rubrics
 from cat.templates import load_template
@@ -57,6 +61,7 @@ class _JudgedReward:
         from cat.rubrics import proposal_template
 
         judge_template(config)
+        judge_template(config, conversation=True)
         if config.reward.name == "rubric" and config.rubric.source == "self_proposed":
             proposal_template(config)
 
@@ -82,17 +87,20 @@ class RubricReward(_JudgedReward):
         if self.judge is None:
             self.open(None)
         stats: dict[str, float] = {}
-        if self.config.rubric.source == "self_proposed":
-            rubrics, stats = propose_rubrics(anchor, groups, references, self.config, seed=seed)
-        else:
+        dataset = self.config.rubric.source == "dataset"
+        if dataset:
             rubrics = [Rubric(criteria=g.prompt.rubric) if g.prompt.rubric else None for g in groups]
+        else:
+            rubrics, stats = propose_rubrics(anchor, groups, references, self.config, seed=seed)
         items, owners = [], []
         for gi, (group, rubric) in enumerate(zip(groups, rubrics, strict=True)):
             if rubric is None:
                 continue
-            texts = [c.text for c in rubric.criteria]
+            texts = tuple(c.text for c in rubric.criteria)
+            context = {"conversation": group.prompt.messages, "points": tuple(c.points for c in rubric.criteria)} \
+                if dataset else {}
             for ci, completion in enumerate(group.completions):
-                items.append((completion.text, texts))
+                items.append(JudgeItem(completion.text, texts, **context))
                 owners.append((gi, ci))
         verdicts, judge_stats = self.judge.judge(items) if items else ([], {})
         stats.update(judge_stats)
@@ -132,10 +140,11 @@ class JudgeEquivalence(_JudgedReward):
     needs_anchor = False
 
     def open(self, run_dir: Path | None) -> None:
+        """The judge's plain template becomes the equivalence question (one call per rollout);
+        its conversation template still grades HealthBench evaluations."""
         super().open(run_dir)
         self.judge.template = load_template("judge_equivalence", kind="rubrics", required={"response", "reference"},
                                             allowed=set())
-        self.judge.mode = "per_criterion"
 
     def score_batch(self, groups: list[Group], references: list[Reference], anchor, *, seed: int):
         if self.judge is None:
