@@ -228,7 +228,11 @@ class JudgeConfig(_Endpoint):
     mode: Literal["per_criterion", "all_criteria"] = "per_criterion"
     """One call per (rollout, criterion) as in the paper, or all criteria of a rollout in one call."""
     template: str | None = None
-    """Judge template; default ``judge_criterion`` / ``judge_all_criteria`` by mode."""
+    """Judge template. Defaults by mode: ``judge_criterion`` / ``judge_all_criteria`` for responses
+    judged alone (self-proposed rubrics, model-as-judge) and ``judge_healthbench`` /
+    ``judge_healthbench_all_criteria`` for responses judged with their conversation (a dataset's
+    own rubric, HealthBench). A custom template replaces the default of its own kind: one with
+    ``{{conversation}}`` the conversation default, one without it the plain default."""
     max_new_tokens: int = Field(256, ge=1)
     """Tokens per verdict (per_criterion: room to quote evidence first); all_criteria gets 8 per criterion."""
     batch_size: int = Field(32, ge=1)

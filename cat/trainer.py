@@ -299,16 +299,17 @@ class Trainer:
                     sampler_lp = mb.sampler_logprobs.to(self.device)
                     logp, entropy = token_logprobs(self.policy, ids, att, T, self.config.generation.temperature,
                                                    with_entropy=True, compute_dtype=m.dtype)
+                    if iteration == 0:
+                        # the policy before this batch's updates: what the sampler should have matched
+                        before = old[start:stop].to(self.device) if old is not None else logp.detach()
+                        is_weights[start], mb_mismatch = truncated_is_weights(before, sampler_lp, mask,
+                                                                              cap=g.sampler_correction_cap)
+                        mismatch = mismatch + mb_mismatch
+                    weights = is_weights[start] if correct else None
                     if use_sampler_old:
                         old_lp = sampler_lp
                     else:
                         old_lp = old[start:stop].to(self.device) if old is not None else logp.detach()
-                    if iteration == 0 and not use_sampler_old:
-                        # old_lp is the policy before this batch's updates: what the sampler should have matched
-                        is_weights[start], mb_mismatch = truncated_is_weights(old_lp, sampler_lp, mask,
-                                                                              cap=g.sampler_correction_cap)
-                        mismatch = mismatch + mb_mismatch
-                    weights = is_weights.get(start) if correct else None
                     ref_lp = ref[start:stop].to(self.device) if ref is not None else None
                     per_token, mb_stats = token_losses(
                         logp, old_lp, ref_lp, mb.advantages.to(self.device), mask,
@@ -325,8 +326,7 @@ class Trainer:
                 loss_value = float(loss_sum)
                 out = {"loss": loss_value, "entropy": float(entropy_sum) / max(total_tokens, 1.0), **stats.means()}
                 out.update(self._optimizer_step(loss_value))
-        if not use_sampler_old:
-            out.update(mismatch.means())
+        out.update(mismatch.means())
         return out
 
     def _optimizer_step(self, loss_value: float) -> dict:

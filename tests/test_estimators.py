@@ -177,3 +177,28 @@ def test_readme_plugin_example_runs_through_the_trainer(tmp_path, tiny_world):
     metrics = Trainer(config, tmp_path / "run", log=lambda *_: None).step(0).metrics
     assert metrics["groups/scored"] + metrics["groups/unscored"] == 2
     assert 0.0 <= metrics["diag/reference_accuracy"] <= 1.0
+
+
+def test_another_local_model_as_the_anchor(tiny_model, tiny_world):
+    """anchor.model names a teacher other than pi_0: it gets its own engine and tokenizer, and the
+    rollouts are re-encoded for it. With the same weights it must agree with the pi_0 anchor."""
+    model, tokenizer = tiny_model
+    base = load_config(ROOT / "experiments" / "tiny_arith_cat.yaml")
+    other = load_config(ROOT / "experiments" / "tiny_arith_cat.yaml", [f"anchor.model={tiny_world / 'model'}"])
+    pi0 = HFGenerator(model, tokenizer, batch_size=16)
+    built = []
+
+    def make_generator(teacher, tok):
+        built.append(teacher)
+        return HFGenerator(teacher, tok, batch_size=16)
+
+    a0 = build_anchor(base, tokenizer, device=model.device, pi0_generator=lambda: pi0, make_generator=None)
+    a1 = build_anchor(other, tokenizer, device=model.device, pi0_generator=None, make_generator=make_generator)
+    assert len(built) == 1 and built[0] is not model and not a1.shares_policy_tokenizer
+    groups = [tiny_group(tokenizer, wrong_everywhere(47, 38), "47+38", gold="85"),
+              tiny_group(tokenizer, wrong_everywhere(23, 51), "23+51", gold="74")]
+    assert [s.text for s in a1.synthesize(groups)] == [s.text for s in a0.synthesize(groups)]
+    nll0 = ESTIMATORS.get("min_perplexity")(base)(groups, a0)
+    nll1 = ESTIMATORS.get("min_perplexity")(other)(groups, a1)
+    assert [r.meta["index"] for r in nll1] == [r.meta["index"] for r in nll0]
+    assert [r.meta["nll"] for r in nll1] == pytest.approx([r.meta["nll"] for r in nll0], abs=1e-4)

@@ -80,7 +80,7 @@ def test_rl_on_physician_rubrics_through_the_trainer(tmp_path):
         f"data.path={FIXTURES / 'healthbench_sample.jsonl'}", "data.format=healthbench", "eval.path=null",
         "reward.name=rubric", "rubric.source=dataset", "estimator.name=gold",
         "run.prompts_per_step=3", "generation.num_generations=4", "generation.max_new_tokens=16",
-        "judge.max_new_tokens=40",
+        "judge.max_new_tokens=40", "judge.max_retries=0",  # the tiny judge never learnt the HealthBench template
     ])
     trainer = Trainer(config, tmp_path / "run", log=lambda *_: None)
     result = trainer.step(0)

@@ -194,3 +194,34 @@ def test_micro_batches_give_the_full_batch_gradient(loss_type, level):
         aggregate(per_token, mask[s:s + 3], loss_type=loss_type, total_sequences=B, total_tokens=total_tokens,
                   max_completion_length=T).backward()
     assert torch.allclose(full.grad, parts.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_truncated_is_weights_against_hand_derived_numbers():
+    """Three tokens: trainer - sampler log-probs of +0.5, -1.0 and 0; a fourth off the mask."""
+    from cat.grpo import truncated_is_weights
+
+    trainer = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
+    sampler = torch.tensor([[-1.5, -1.0, -0.5, -0.1]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    weights, stats = truncated_is_weights(trainer, sampler, mask, cap=1.5)
+    # exp(0.5) = 1.6487 -> capped at 1.5; exp(-1) = 0.36788; exp(0) = 1; off the mask: 0
+    torch.testing.assert_close(weights, torch.tensor([[1.5, math.exp(-1.0), 1.0, 0.0]]), rtol=0, atol=1e-6)
+    means = stats.means()
+    assert means["mismatch/abs_logp_diff"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    # k3 = r - log r - 1 per token: (e^0.5 - 1.5) + (e^-1 + 1 - 1) + 0
+    assert means["mismatch/kl"] == pytest.approx((math.exp(0.5) - 1.5 + math.exp(-1.0)) / 3, rel=1e-6)
+    assert means["mismatch/capped_frac"] == pytest.approx(1 / 3)
+
+
+def test_sampler_weights_multiply_the_surrogate_not_the_kl():
+    """At ratio 1 the surrogate is -A per token; the weights scale it, the beta * k3 term is added unscaled."""
+    from cat.grpo import token_losses
+
+    logp = torch.tensor([[-1.0, -2.0]])
+    ref = torch.tensor([[-1.5, -2.0]])
+    adv = torch.tensor([2.0])
+    mask = torch.ones(1, 2)
+    w = torch.tensor([[0.5, 2.0]])
+    loss, _ = token_losses(logp, logp, ref, adv, mask, beta=0.1, sampler_weights=w)
+    k3 = math.exp(-0.5) + 0.5 - 1  # exp(ref - logp) - (ref - logp) - 1 on the first token; 0 on the second
+    torch.testing.assert_close(loss, torch.tensor([[-2.0 * 0.5 + 0.1 * k3, -2.0 * 2.0]]), rtol=0, atol=1e-6)

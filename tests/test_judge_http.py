@@ -97,3 +97,27 @@ def test_unreachable_endpoint_fails_before_training(tmp_path, rubric_world):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"judge endpoint http://127.0.0.1:{port}/v1 is unreachable" in out.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_anchor_on_an_endpoint_synthesizes_and_refuses_token_scoring(server, rubric_world):
+    """anchor.backend: openai points the teacher at a served model (here the tiny rubric model)."""
+    from test_estimators import tiny_group
+
+    from cat.anchor import build_anchor
+    from cat.errors import ConfigError
+    from cat.estimators import ESTIMATORS
+    from cat.models import load_tokenizer
+
+    base_url, model = server
+    config = load_config(ROOT / "experiments" / "tiny_arith_cat.yaml", [
+        "anchor.backend=openai", f"anchor.base_url={base_url}", f"anchor.model={model}",
+        "anchor.max_context_tokens=400", "anchor.max_retries=1", "anchor.backoff_s=0.1"])
+    tokenizer = load_tokenizer(model)
+    anchor = build_anchor(config, tokenizer, device=None, pi0_generator=None, make_generator=None)
+    texts = ["ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"] * 3 + ["ones 7+8=14 tens 4+3+1=08 so \\boxed{84}"]
+    group = tiny_group(tokenizer, texts, "47+38", gold="85")
+    [synthesis] = anchor.synthesize([group])
+    assert synthesis.text.strip() and synthesis.finish_reason in ("stop", "length")
+    assert synthesis.prompt_tokens > 50 and synthesis.truncated_rollouts == 0
+    with pytest.raises(ConfigError, match="local anchor"):
+        ESTIMATORS.get("min_perplexity")(config)([group], anchor)
