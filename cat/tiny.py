@@ -322,8 +322,10 @@ def build_once(target: Path, build, what: str, log=print) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "spec.json").exists():
             return target
+        for debris in target.parent.glob(f".building-{target.name}-*"):  # left by builders that died holding this lock
+            shutil.rmtree(debris, ignore_errors=True)
         log(f"building {what} in {target} (once; a few CPU minutes)")
-        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".building-{target.name}-", dir=target.parent))
         try:
             build(tmp)
             os.rename(tmp, target)

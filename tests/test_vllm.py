@@ -86,30 +86,32 @@ def test_seeds_reproduce_and_duplicates_are_independent(engine, policy):
     assert_independent_copies(a)  # vLLM's seed + k children with seed + i prompts made copies collide
 
 
-def test_weight_sync_after_an_update_matches_hf_and_resets_the_prefix_cache(policy, tiny_world):
+def test_weight_sync_after_an_update_matches_hf_and_resets_the_prefix_cache(engine, policy, tiny_world):
     """After an optimizer step the engine generates greedily what transformers generates from the
     updated module, and scores a prompt it had cached before the update with the new weights."""
     from cat.models import load_model
 
-    _, tokenizer = policy
+    original, tokenizer = policy
     model = load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu"))
-    eng = make_generator("vllm", model, tokenizer, batch_size=64, compute_dtype="float32", seed=0, max_model_len=512)
     hf = make_generator("hf", model, tokenizer, batch_size=64)
     prompts = ids_for(tokenizer, ["17+95", "47+38", "99+99", "10+10"])
     greedy = SamplingParams(max_new_tokens=32, greedy=True)
     cont = tokenizer("ones 7+5=12 tens 1+9+1=11 so \\boxed{112}<|end|>", add_special_tokens=False)["input_ids"]
-    before = eng.score(prompts[:1], [cont])  # caches the prompt's blocks under the old weights
+    before = engine.score(prompts[:1], [cont])  # caches the prompt's blocks under the old weights
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     ids = torch.tensor([prompts[0] + cont])
     lp, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
     (-lp.sum()).backward()  # push up one (right) solution, strongly
     optimizer.step()
-    eng.sync_weights(model)
-    after = eng.score(prompts[:1], [cont])
-    lp_new, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
-    torch.testing.assert_close(torch.tensor(after[0]), lp_new[0].detach(), rtol=0, atol=1e-4)
-    assert max(abs(x - y) for x, y in zip(after[0], before[0], strict=True)) > 1e-2  # the update is visible
-    assert [g[0].text for g in eng.generate(prompts, greedy)] == [g[0].text for g in hf.generate(prompts, greedy)]
+    try:
+        engine.sync_weights(model)
+        after = engine.score(prompts[:1], [cont])
+        lp_new, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
+        torch.testing.assert_close(torch.tensor(after[0]), lp_new[0].detach(), rtol=0, atol=1e-4)
+        assert max(abs(x - y) for x, y in zip(after[0], before[0], strict=True)) > 1e-2  # the update is visible
+        assert [g[0].text for g in engine.generate(prompts, greedy)] == [g[0].text for g in hf.generate(prompts, greedy)]
+    finally:
+        engine.sync_weights(original)  # the module's engine serves the untouched model to later tests
 
 
 def tiny_overrides(tiny_world, *extra):
@@ -187,3 +189,23 @@ def test_kill_and_resume_on_vllm(tmp_path, cat_run):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming" in out.stderr
     assert stable(run_dir / "metrics.jsonl") == stable(ref / "metrics.jsonl")
+
+
+def test_judge_on_vllm_agrees_with_the_transformers_judge(tmp_path):
+    """judge.backend: vllm runs the judge model on the engine; greedy verdicts equal the hf judge's."""
+    from cat import tiny_rubric
+    from cat.config import load_config
+    from cat.judge import Judge
+
+    world = tiny_rubric.ensure_built()
+    reference = "ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"
+    items = [(reference, ["The ones column is 7+8=15.", "The final answer is 85."]),
+             ("ones 7+8=14 tens 4+3+1=08 so \\boxed{84}", ["The ones column is 7+8=15.", "The final answer is 85."])]
+    verdicts = {}
+    for backend in ("hf", "vllm"):
+        config = load_config(None, [f"judge.model={world / 'model'}", f"judge.backend={backend}",
+                                    "generation.vllm_max_model_len=512", "judge.max_new_tokens=48"])
+        judge = Judge.from_config(config, tmp_path / f"{backend}.jsonl")
+        verdicts[backend], stats = judge.judge(items)
+        assert stats["judge/calls"] >= 4
+    assert verdicts["vllm"] == verdicts["hf"]
