@@ -50,15 +50,21 @@ def test_sampling_logprobs_match_trainer_scoring(tiny_model):
     """At top-k/top-p off, the sampler's log-probs equal the trainer's recomputation (same
     temperature, left padding and position ids), so old_logp from either side agree."""
     model, tokenizer = tiny_model
-    gen = make_generator("hf", model, tokenizer, batch_size=16)
-    prompts = ids_for(tokenizer, ["7+95", "47+38", "99+99"])  # different prompt lengths -> left padding
+    assert_engine_logprobs_match_scoring(make_generator("hf", model, tokenizer, batch_size=16), model, tokenizer,
+                                         atol=2e-4)
+
+
+def assert_engine_logprobs_match_scoring(engine, model, tokenizer, *, atol: float):
+    """Sampled log-probs of ``engine`` against the trainer's recomputation with ``model``, at two
+    temperatures, over prompts of different lengths (left padding)."""
+    prompts = ids_for(tokenizer, ["7+95", "47+38", "99+99"])
     for temperature in (1.0, 0.7):
-        out = gen.generate(prompts, SamplingParams(n=2, max_new_tokens=32, temperature=temperature, seed=2))
+        out = engine.generate(prompts, SamplingParams(n=2, max_new_tokens=32, temperature=temperature, seed=2))
         for p, group in zip(prompts, out, strict=True):
             for c in group:
                 ids = torch.tensor([p + list(c.token_ids)])
                 lp, _ = token_logprobs(model, ids, torch.ones_like(ids), len(c.token_ids), temperature)
-                torch.testing.assert_close(lp[0], torch.tensor(c.logprobs), rtol=1e-4, atol=2e-4)
+                torch.testing.assert_close(torch.tensor(c.logprobs), lp[0], rtol=0, atol=atol)
 
 
 def test_greedy_is_batch_invariant(tiny_model):

@@ -13,7 +13,7 @@ import signal
 import pytest
 import torch
 from conftest import ROOT, run_cli
-from test_generation import assert_independent_copies, ids_for
+from test_generation import assert_engine_logprobs_match_scoring, assert_independent_copies, ids_for
 from test_resume import spawn_train, stable, wait_for_rows
 
 from cat.generation import SamplingParams, make_generator
@@ -56,14 +56,7 @@ def test_generation_shapes_and_finish_reasons(engine, policy):
 
 def test_engine_logprobs_agree_with_trainer_scoring(engine, policy):
     model, tokenizer = policy
-    prompts = ids_for(tokenizer, ["7+95", "47+38", "99+99"])
-    for temperature in (1.0, 0.7):
-        out = engine.generate(prompts, SamplingParams(n=2, max_new_tokens=32, temperature=temperature, seed=2))
-        for p, group in zip(prompts, out, strict=True):
-            for c in group:
-                ids = torch.tensor([p + list(c.token_ids)])
-                lp, _ = token_logprobs(model, ids, torch.ones_like(ids), len(c.token_ids), temperature)
-                torch.testing.assert_close(torch.tensor(c.logprobs), lp[0], rtol=0, atol=1e-4)
+    assert_engine_logprobs_match_scoring(engine, model, tokenizer, atol=1e-4)
 
 
 def test_score_matches_the_trainer(engine, policy):
