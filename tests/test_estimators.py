@@ -201,4 +201,5 @@ def test_another_local_model_as_the_anchor(tiny_model, tiny_world):
     nll0 = ESTIMATORS.get("min_perplexity")(base)(groups, a0)
     nll1 = ESTIMATORS.get("min_perplexity")(other)(groups, a1)
     assert [r.meta["index"] for r in nll1] == [r.meta["index"] for r in nll0]
-    assert [r.meta["nll"] for r in nll1] == pytest.approx([r.meta["nll"] for r in nll0], abs=1e-4)
+    # re-encoded text has no EOS token (pi_0 scores the sampled ids, EOS included): close, not equal
+    assert [r.meta["nll"] for r in nll1] == pytest.approx([r.meta["nll"] for r in nll0], abs=0.02)
