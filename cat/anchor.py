@@ -24,7 +24,8 @@ What it is not: a trainable model. Nothing here computes gradients.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 
 from cat.anchor_format import format_rollouts
 from cat.errors import ConfigError, TeacherError
@@ -113,6 +114,14 @@ class Anchor:
                    params=params, context_length=context_length, max_context_tokens=a.max_context_tokens,
                    scorer=scorer, shares_policy_tokenizer=shares_policy_tokenizer)
 
+    def at(self, *, seed: int, row_offset: int = 0) -> Anchor:
+        """This anchor sampling from the streams of ``seed``, its first group being group
+        ``row_offset`` of the step (a rank's shard starts there): a sampled anchor's references do
+        not depend on how a step is split across processes."""
+        view = copy.copy(self)
+        view.params = replace(self.params, seed=seed, row_offset=row_offset)
+        return view
+
     # ---- prompts -----------------------------------------------------------------------------
 
     @staticmethod
@@ -192,7 +201,7 @@ class Anchor:
         """One anchor completion per group from ``template`` (default: the synthesis template)."""
         template = template or self.template
         rendered = [self.render(template, g.texts, g.prompt.text if self.include_question else None) for g in groups]
-        params = self.params if seed is None else SamplingParams(**{**self.params.__dict__, "seed": seed})
+        params = self.params if seed is None else replace(self.params, seed=seed)
         outputs = self.complete([user for user, _, _ in rendered], params)
         return [
             Synthesis(text=o.text if o else "", prompt_tokens=n, completion_tokens=o.length if o else 0,

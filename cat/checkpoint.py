@@ -66,11 +66,16 @@ def export_model(model, path: Path, dtype: torch.dtype) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives once complete."""
+    return run_dir / "checkpoints" / f"{_PREFIX}{step:06d}"
+
+
 def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state: dict, keep_last: int,
                     export_dtype: torch.dtype = torch.float32) -> Path:
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{_PREFIX}{step:06d}"
+    final = checkpoint_dir(run_dir, step)
     tmp = root / f".tmp-{_PREFIX}{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     if export_dtype == torch.float32:

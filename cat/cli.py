@@ -7,6 +7,11 @@
 
 User errors (bad config, data, template, registry name, unwritable directory) print one message
 and exit 2 without a traceback; Ctrl-C saves a checkpoint and exits 130.
+
+Several processes: ``torchrun --nproc_per_node N -m cat.cli train CONFIG ...`` or ``accelerate
+launch --num_processes N -m cat.cli train CONFIG ...`` (same arguments). Rank 0 prepares and writes
+the run directory; a message from another rank starts with ``[rank r/N]``; a rank that fails exits
+non-zero and the launcher stops the others.
 """
 
 from __future__ import annotations
@@ -69,12 +74,35 @@ def main(argv: list[str] | None = None) -> int:
             print(tiny.ensure_built())
             return 0
     except CatError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{_rank_tag()}error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"{_rank_tag()}interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        if not _peer_gone(exc):
+            raise
+        print(f"{_rank_tag()}error: another rank stopped while this one was waiting for it (its message is above; "
+              f"{str(exc).splitlines()[0][:200]})", file=sys.stderr)
+        return 1
     return 1
+
+
+def _peer_gone(exc: RuntimeError) -> bool:
+    """A collective that failed because another rank of a multi-process run exited."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return False
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted"))
+
+
+def _rank_tag() -> str:
+    """``[rank r/N] `` under a multi-process launcher (torchrun and accelerate set RANK, WORLD_SIZE)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"[rank {os.environ.get('RANK', '0')}/{world}] " if world > 1 else ""
 
 
 def _check_writable(path: Path) -> None:
@@ -149,20 +177,37 @@ def _train(args) -> int:
     if args.resume and args.output_dir and Path(args.output_dir) != Path(args.resume):
         raise ConfigError("--resume and --output-dir name different directories")
     config.run.output_dir = str(run_dir)
+    from cat.models import resolve_device
+    from cat.parallel import Ranks
     from cat.trainer import preflight
 
     preflight(config)
-    resume_from = _prepare_run_dir(run_dir, config, resume_requested=bool(args.resume), allow_change=args.allow_config_change)
+    ranks = Ranks(cpu=resolve_device(config.model.device).type == "cpu")
+    outcome = None
+    if ranks.main:  # one rank decides fresh start vs resume; the others follow it
+        try:
+            outcome = ("ok", _prepare_run_dir(run_dir, config, resume_requested=bool(args.resume),
+                                              allow_change=args.allow_config_change))
+        except CatError as exc:
+            outcome = ("error", str(exc))
+    kind, value = ranks.broadcast(outcome)
+    if kind == "error":
+        if ranks.main:
+            raise ConfigError(value)
+        return 2  # rank 0 printed it
+    resume_from = value
 
     from cat.trainer import Trainer
 
     trainer = Trainer(config, run_dir)
     if resume_from is not None:
         trainer.restore(resume_from)
-        for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
-            _truncate_jsonl(run_dir / name, trainer.step_done)
+        if ranks.main:
+            for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
+                _truncate_jsonl(run_dir / name, trainer.step_done)
     trainer.train(progress=not args.no_progress)
-    print(f"run directory: {run_dir}")
+    if ranks.main:
+        print(f"run directory: {run_dir}")
     return 0
 
 

@@ -150,8 +150,10 @@ class MismatchStats:
     capped: float
 
     def __add__(self, other: MismatchStats) -> MismatchStats:
-        return MismatchStats(self.tokens + other.tokens, self.abs_diff + other.abs_diff, self.kl + other.kl,
-                             self.capped + other.capped)
+        return MismatchStats(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+
+    def as_tuple(self) -> tuple[float, ...]:
+        return (self.tokens, self.abs_diff, self.kl, self.capped)
 
     def means(self) -> dict[str, float]:
         n = max(self.tokens, 1.0)

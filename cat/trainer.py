@@ -1,8 +1,11 @@
 """The training loop: rollouts -> reference -> rewards -> advantages -> loss -> update.
 
-One ``Trainer`` owns the policy, the frozen pi_0 (KL reference and anchor, loaded only when
-something uses it), the rollout engine, the estimator, the reward, the optimizer and the run
-directory. ``train()`` runs steps, checkpoints, evaluates and resumes; ``step()`` is the algorithm.
+One ``Trainer`` owns the frozen pi_0 (KL reference and anchor, loaded only when something uses
+it), the rollout engine, the estimator, the reward and the run directory; the trained policy, its
+optimizer and their state live in a ``Learner`` (``cat.learner``). ``train()`` runs steps,
+checkpoints, evaluates and resumes; ``step()`` is the algorithm. Under torchrun or accelerate
+launch each rank generates, references and rewards its shard of the step's prompts and the whole
+step is gathered before advantages (``cat.parallel``): rank 0 alone writes the run directory.
 
 Departures from the paper's verl setup, stated here once:
 * Groups that cannot be scored (no answer in the reference, teacher failure) are dropped from the
@@ -41,8 +44,10 @@ from cat.estimators import ESTIMATORS
 from cat.evaluate import evaluate_config
 from cat.generation import SamplingParams, SharedEngine, generator_from_config
 from cat.grpo import LossStats, MismatchStats, aggregate, token_losses, truncated_is_weights
+from cat.learner import Learner
 from cat.logprobs import token_logprobs
 from cat.models import context_length, load_model, load_tokenizer, resolve_device, torch_dtype
+from cat.parallel import Ranks, ShardedGenerator, gather_lists
 from cat.registry import import_plugin
 from cat.rewards import REWARDS
 from cat.types import Group, GroupScore, Reference
@@ -97,7 +102,11 @@ class Trainer:
     def __init__(self, config: Config, run_dir: Path, *, log=print):
         self.config = config
         self.run_dir = Path(run_dir)
-        self.log = log
+        self.device = resolve_device(config.model.device)
+        self.ranks = Ranks(cpu=self.device.type == "cpu")
+        if self.ranks.world > 1 and self.device.type == "cuda":
+            self.device = self.ranks.device  # one GPU per rank
+        self.log = log if self.ranks.main else _quiet
         for plugin in config.estimator.plugins:
             import_plugin(plugin)
         self.estimator = ESTIMATORS.get(config.estimator.name)(config)
@@ -109,7 +118,6 @@ class Trainer:
         if hasattr(self.reward, "open"):
             self.reward.open(self.run_dir)  # builds the judge; an unreachable endpoint fails here
         torch.manual_seed(config.run.seed)
-        self.device = resolve_device(config.model.device)
         m = config.model
         self.tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
         self.prompts = load_split(config, "train")
@@ -119,11 +127,10 @@ class Trainer:
             raise ConfigError(f"every training prompt is longer than {self.prompt_limit} tokens "
                               "(data.max_prompt_tokens, or the model's context minus generation.max_new_tokens)")
         self.eval_prompts, self.eval_ids = self._load_eval()
-        # fp32 master weights; forward passes autocast to model.dtype (cat.models)
-        self.policy = load_model(m.name_or_path, dtype="float32", device=self.device, trust_remote_code=m.trust_remote_code)
-        if m.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
-        self.policy.train()
+        self.learner = Learner(m, config.optim, ranks=self.ranks, device=self.device,
+                               total_updates=config.run.steps * config.grpo.num_iterations,
+                               max_nonfinite_in_a_row=config.run.max_nonfinite_in_a_row, log=self.log)
+        self.policy = self.learner.policy
         self._initial = None
         self.engine = self._make_generator(self.policy, self.tokenizer)
         self.shared = None
@@ -133,16 +140,17 @@ class Trainer:
             self.generator = self.shared.view("policy")
         else:
             self.generator = self.engine
-        o = config.optim
-        self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
-        )
-        total = config.run.steps * config.grpo.num_iterations
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(o.schedule, o.warmup_steps, total))
         self.order = PromptOrder(len(self.prompt_ids), config.run.prompts_per_step, config.run.seed, config.data.shuffle)
         self.step_done = 0
-        self.nonfinite_in_a_row = 0
         self._anchor = None
+
+    @property
+    def optimizer(self):
+        return self.learner.optimizer
+
+    @property
+    def nonfinite_in_a_row(self) -> int:
+        return self.learner.nonfinite_in_a_row
 
     # ---- components loaded on first use -------------------------------------------------------
 
@@ -229,17 +237,28 @@ class Trainer:
     # ---- the algorithm -------------------------------------------------------------------------
 
     def step(self, step: int) -> StepResult:
+        """One step on the whole batch of prompts; in a multi-process run this rank generates,
+        references and rewards its shard, the shards are gathered, and it backpropagates its rows."""
         timer = _Timer()
+        shard = self.ranks.shard(len(self.order.batch(step)))
+        start = shard[0]
         with timer("generate"):
             groups = self.rollout(step)
         with timer("reference"):
-            references = self.estimator(groups, self.anchor)
+            anchor = self.anchor
+            if anchor is not None:  # sampled anchors draw fresh streams every step, the same on any number of ranks
+                anchor = anchor.at(seed=_step_seed(self.config.run.seed, step) + 2, row_offset=start)
+            references = self.estimator(groups, anchor)
         with timer("reward"):
             scores, reward_stats, audit = self.score(groups, references, step)
+        if self.ranks.world > 1:
+            counts = self.ranks.gather(len(groups))
+            groups, references, scores, audit = gather_lists(self.ranks, groups, references, scores, audit)
+            reward_stats = _combine_stats(self.ranks.gather(reward_stats), counts)
         g = self.config.grpo
         batch = build_batch(groups, scores, pad_id=self.tokenizer.pad_token_id, scale=g.scale_rewards,
                             eps=g.advantage_eps, mask_truncated=g.mask_truncated_completions)
-        update = self.update(batch, timer) if batch is not None else {}
+        update = self.update(batch, timer, shard) if batch is not None else {}
         with timer("weight_sync"):
             self.generator.sync_weights(self.policy)
         metrics = {"step": step + 1, **self._rollout_metrics(groups, scores), **update, **reward_stats}
@@ -260,11 +279,15 @@ class Trainer:
         return apply_length_penalty(groups, scores, self.config.reward), stats, audit
 
     def rollout(self, step: int) -> list[Group]:
+        """This rank's groups of step ``step`` (all of them in one process)."""
         indices = self.order.batch(step)
+        start, stop = self.ranks.shard(len(indices))
+        indices = indices[start:stop]
         gen = self.config.generation
         params = SamplingParams(
             n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
             top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=_step_seed(self.config.run.seed, step),
+            row_offset=start,
         )
         completions = self.generator.generate([self.prompt_ids[i] for i in indices], params)
         return [
@@ -272,14 +295,19 @@ class Trainer:
             for i, c in zip(indices, completions, strict=True)
         ]
 
-    def update(self, batch: Batch, timer: _Timer) -> dict:
-        """num_iterations optimiser steps on one generation batch, micro-batched exactly."""
-        g, run, m = self.config.grpo, self.config.run, self.config.model
+    def update(self, batch: Batch, timer: _Timer, shard: tuple[int, int] | None = None) -> dict:
+        """num_iterations optimiser steps on one generation batch (the whole step's), micro-batched
+        exactly. This rank backpropagates the rows of the groups in ``shard`` (its own; None: all);
+        the normalisers, the loss and every statistic are the whole batch's."""
+        g, run = self.config.grpo, self.config.run
         T = batch.completion_length
-        chunks = [(s, min(s + run.micro_batch_size, len(batch))) for s in range(0, len(batch), run.micro_batch_size)]
+        temperature = self.config.generation.temperature
+        lo, hi = _rows_of(batch, shard)
+        chunks = [(s, min(s + run.micro_batch_size, hi)) for s in range(lo, hi, run.micro_batch_size)]
         total_tokens = float(batch.completion_mask.sum().item())
         use_sampler_old = g.old_logprobs == "sampler"
         correct = self.config.sampler_correction
+        learner = self.learner
         with timer("logprobs"):
             old = self._score(self.policy, batch, chunks) if g.num_iterations > 1 and not use_sampler_old else None
             ref = self._score(self.initial_policy, batch, chunks) if g.beta > 0 else None
@@ -288,71 +316,60 @@ class Trainer:
         is_weights: dict[int, torch.Tensor] = {}  # micro-batch start -> [b, T], fixed by the first iteration
         with timer("update"):
             for iteration in range(g.num_iterations):
-                self.optimizer.zero_grad(set_to_none=True)
+                learner.zero_grad()
                 stats = LossStats(0, 0, 0, 0, 0)
                 loss_sum = torch.zeros((), device=self.device)
                 entropy_sum = torch.zeros((), device=self.device)
-                for start, stop in chunks:
+                if not chunks:  # every group of this rank went unscored; the all-reduce still needs it
+                    first = batch.rows(0, 1)
+                    learner.idle_backward(first.input_ids, first.attention_mask, T, temperature)
+                for k, (start, stop) in enumerate(chunks):
                     mb = batch.rows(start, stop)
-                    ids, att = mb.input_ids.to(self.device), mb.attention_mask.to(self.device)
                     mask = mb.completion_mask.to(self.device)
                     sampler_lp = mb.sampler_logprobs.to(self.device)
-                    logp, entropy = token_logprobs(self.policy, ids, att, T, self.config.generation.temperature,
-                                                   with_entropy=True, compute_dtype=m.dtype)
-                    if iteration == 0:
-                        # the policy before this batch's updates: what the sampler should have matched
-                        before = old[start:stop].to(self.device) if old is not None else logp.detach()
-                        is_weights[start], mb_mismatch = truncated_is_weights(before, sampler_lp, mask,
-                                                                              cap=g.sampler_correction_cap)
-                        mismatch = mismatch + mb_mismatch
-                    weights = is_weights[start] if correct else None
-                    if use_sampler_old:
-                        old_lp = sampler_lp
-                    else:
-                        old_lp = old[start:stop].to(self.device) if old is not None else logp.detach()
-                    ref_lp = ref[start:stop].to(self.device) if ref is not None else None
-                    per_token, mb_stats = token_losses(
-                        logp, old_lp, ref_lp, mb.advantages.to(self.device), mask,
-                        epsilon_low=g.epsilon, epsilon_high=g.epsilon_high if g.epsilon_high is not None else g.epsilon,
-                        beta=g.beta, unbiased_kl=g.unbiased_kl, importance_sampling_level=g.importance_sampling_level,
-                        sampler_weights=weights,
-                    )
-                    loss = aggregate(per_token, mask, loss_type=g.loss_type, total_sequences=len(batch),
-                                     total_tokens=total_tokens, max_completion_length=self.config.generation.max_new_tokens)
-                    loss.backward()
+                    offset = start - lo  # into old / ref, which hold this rank's rows
+                    with learner.micro_batch(last=k == len(chunks) - 1):
+                        logp, entropy = learner.logprobs(mb.input_ids, mb.attention_mask, T, temperature,
+                                                         with_entropy=True)
+                        if iteration == 0:
+                            # the policy before this batch's updates: what the sampler should have matched
+                            before = old[offset:offset + len(mb)].to(self.device) if old is not None else logp.detach()
+                            is_weights[start], mb_mismatch = truncated_is_weights(before, sampler_lp, mask,
+                                                                                  cap=g.sampler_correction_cap)
+                            mismatch = mismatch + mb_mismatch
+                        weights = is_weights[start] if correct else None
+                        if use_sampler_old:
+                            old_lp = sampler_lp
+                        else:
+                            old_lp = old[offset:offset + len(mb)].to(self.device) if old is not None else logp.detach()
+                        ref_lp = ref[offset:offset + len(mb)].to(self.device) if ref is not None else None
+                        per_token, mb_stats = token_losses(
+                            logp, old_lp, ref_lp, mb.advantages.to(self.device), mask,
+                            epsilon_low=g.epsilon,
+                            epsilon_high=g.epsilon_high if g.epsilon_high is not None else g.epsilon,
+                            beta=g.beta, unbiased_kl=g.unbiased_kl,
+                            importance_sampling_level=g.importance_sampling_level, sampler_weights=weights,
+                        )
+                        loss = aggregate(per_token, mask, loss_type=g.loss_type, total_sequences=len(batch),
+                                         total_tokens=total_tokens,
+                                         max_completion_length=self.config.generation.max_new_tokens)
+                        learner.backward(loss)
                     loss_sum += loss.detach()
                     entropy_sum += (entropy * mask).sum()
                     stats = stats + mb_stats
-                loss_value = float(loss_sum)
-                out = {"loss": loss_value, "entropy": float(entropy_sum) / max(total_tokens, 1.0), **stats.means()}
-                out.update(self._optimizer_step(loss_value))
+                loss_value, entropy_total, *sums = self.ranks.sum(
+                    [float(loss_sum), float(entropy_sum), *stats.as_tuple()])
+                stats = LossStats(*sums)
+                out = {"loss": loss_value, "entropy": entropy_total / max(total_tokens, 1.0), **stats.means()}
+                out.update(learner.step(loss_value))
+        if self.ranks.world > 1:
+            mismatch = MismatchStats(*self.ranks.sum(list(mismatch.as_tuple())))
         out.update(mismatch.means())
         return out
 
-    def _optimizer_step(self, loss_value: float) -> dict:
-        max_norm = self.config.optim.max_grad_norm
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
-        norm = float(norm)
-        if not (math.isfinite(loss_value) and math.isfinite(norm)):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_in_a_row += 1
-            self.log(f"non-finite loss or gradient (loss={loss_value}, grad_norm={norm}): update skipped "
-                     f"({self.nonfinite_in_a_row} in a row)")
-            if self.nonfinite_in_a_row >= self.config.run.max_nonfinite_in_a_row:
-                raise TrainingHalted(
-                    f"{self.nonfinite_in_a_row} non-finite updates in a row (run.max_nonfinite_in_a_row); "
-                    "lower optim.lr or check the rewards"
-                )
-            return {"grad_norm": norm, "skipped_update": 1, "lr": self.scheduler.get_last_lr()[0]}
-        self.nonfinite_in_a_row = 0
-        self.optimizer.step()
-        lr = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
-        return {"grad_norm": norm, "skipped_update": 0, "lr": lr}
-
     @torch.no_grad()
     def _score(self, model, batch: Batch, chunks) -> torch.Tensor:
+        """Log-probs of the rows in ``chunks`` under a model that is not being updated."""
         parts = []
         for start, stop in chunks:
             mb = batch.rows(start, stop)
@@ -360,7 +377,7 @@ class Trainer:
                                      batch.completion_length, self.config.generation.temperature,
                                      compute_dtype=self.config.model.dtype)
             parts.append(logp.cpu())
-        return torch.cat(parts)
+        return torch.cat(parts) if parts else torch.zeros((0, batch.completion_length))
 
     # ---- bookkeeping ---------------------------------------------------------------------------
 
@@ -415,34 +432,31 @@ class Trainer:
 
     def evaluate(self) -> dict:
         judge = self.eval_judge if self.config.data.format == "healthbench" else None
-        result = evaluate_config(self.config, self.generator, self.eval_prompts, self.eval_ids, judge)
+        generator = self.generator if self.ranks.world == 1 else ShardedGenerator(self.generator, self.ranks)
+        result = evaluate_config(self.config, generator, self.eval_prompts, self.eval_ids, judge)
         result.pop("examples", None)
         return result
 
     def state_dict(self) -> dict:
-        return {
-            "step": self.step_done,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "nonfinite_in_a_row": self.nonfinite_in_a_row,
-        }
+        return {"step": self.step_done, **self.learner.state_dict()}
 
     def save(self) -> Path:
-        path = ckpt.save_checkpoint(self.run_dir, self.step_done, model=self.policy, tokenizer=self.tokenizer,
-                                    trainer_state=self.state_dict(), keep_last=self.config.run.keep_last,
-                                    export_dtype=torch_dtype(self.config.model.dtype))
+        """A checkpoint of step ``step_done``. The state is the same on every rank (replicated
+        weights and optimizer), so rank 0 writes it and the others wait for it."""
+        path = ckpt.checkpoint_dir(self.run_dir, self.step_done)
+        if self.ranks.main:
+            path = ckpt.save_checkpoint(self.run_dir, self.step_done, model=self.policy, tokenizer=self.tokenizer,
+                                        trainer_state=self.state_dict(), keep_last=self.config.run.keep_last,
+                                        export_dtype=torch_dtype(self.config.model.dtype))
+        self.ranks.barrier()
         return path
 
     def restore(self, path: Path) -> None:
-        from transformers import AutoModelForCausalLM
-
+        """Continue from a checkpoint, on any number of ranks (its state is not sharded)."""
         state = ckpt.load_trainer_state(path)
-        weights = AutoModelForCausalLM.from_pretrained(ckpt.master_weights_dir(path), dtype=torch.float32).state_dict()
-        self.policy.load_state_dict(weights)
+        self.learner.load_master_weights(ckpt.master_weights_dir(path))
         self.generator.sync_weights(self.policy)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
+        self.learner.load_state_dict(state)
         self.step_done = state["step"]
         ckpt.set_rng_state(state["rng"])
 
@@ -450,14 +464,18 @@ class Trainer:
         """Run (or continue) to ``run.steps``; returns the eval summary {before, after}.
 
         The first Ctrl-C lets the current step finish, saves a checkpoint and raises
-        KeyboardInterrupt; a second one stops at once (the previous checkpoint stays valid).
+        KeyboardInterrupt; a second one stops at once (the previous checkpoint stays valid). In a
+        multi-process run every rank runs this loop and rank 0 alone writes; a Ctrl-C on any rank
+        (torchrun passes it to all) ends the step on all of them.
         """
         from tqdm import tqdm
 
         run = self.config.run
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        main = self.ranks.main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         eval_path = self.run_dir / "eval.json"
-        evals = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+        evals = self.ranks.broadcast(json.loads(eval_path.read_text()) if main and eval_path.exists() else {})
         evals["history"] = [h for h in evals.get("history", []) if h["step"] <= self.step_done]
         if self.step_done >= run.steps and ("after" in evals or not self.eval_prompts):
             self.log(f"{self.run_dir} already finished {run.steps} steps; nothing to do")
@@ -466,42 +484,47 @@ class Trainer:
         if self.eval_prompts and "before" not in evals:
             self.log("evaluating the initial policy ...")
             evals["before"] = self.evaluate()
-            _write_json_atomic(eval_path, evals)
+            if main:
+                _write_json_atomic(eval_path, evals)
             self.log(_eval_line("before", evals["before"]))
-        bar = tqdm(total=run.steps, initial=self.step_done, disable=not progress or not sys.stderr.isatty(),
-                   desc="train", unit="step", leave=False)
+        bar = tqdm(total=run.steps, initial=self.step_done,
+                   disable=not progress or not sys.stderr.isatty() or not main, desc="train", unit="step", leave=False)
         metrics_path = self.run_dir / "metrics.jsonl"
         samples_path = self.run_dir / "samples.jsonl"
         with _GracefulInterrupt() as interrupt:
             while self.step_done < run.steps:
                 result = self.step(self.step_done)
                 self.step_done += 1
-                _append_jsonl(metrics_path, [result.metrics])
-                _append_jsonl(samples_path, result.samples)
-                _append_jsonl(self.run_dir / "rubrics.jsonl", result.audit)
-                bar.update(1)
-                bar.write(_console_line(result.metrics))
-                if interrupt.requested:
+                if main:
+                    _append_jsonl(metrics_path, [result.metrics])
+                    _append_jsonl(samples_path, result.samples)
+                    _append_jsonl(self.run_dir / "rubrics.jsonl", result.audit)
+                    bar.update(1)
+                    bar.write(_console_line(result.metrics))
+                if self.ranks.any(interrupt.requested):
                     bar.close()
                     path = self.save()
-                    print(f"interrupted after step {self.step_done}: saved {path}\n"
-                          f"resume with: cat-rl train {self.run_dir / 'config.yaml'} --resume {self.run_dir}",
-                          file=sys.stderr, flush=True)
+                    if main:
+                        print(f"interrupted after step {self.step_done}: saved {path}\n"
+                              f"resume with: cat-rl train {self.run_dir / 'config.yaml'} --resume {self.run_dir}",
+                              file=sys.stderr, flush=True)
                     raise KeyboardInterrupt
                 if self.eval_prompts and self.config.eval.every and self.step_done % self.config.eval.every == 0 \
                         and self.step_done < run.steps:
                     evals["history"].append({"step": self.step_done, **self.evaluate()})
-                    _write_json_atomic(eval_path, evals)
+                    if main:
+                        _write_json_atomic(eval_path, evals)
                 if run.save_every and self.step_done % run.save_every == 0 and self.step_done < run.steps:
                     self.save()
         bar.close()
         self.save()
-        summary = teacher_summary(metrics_path)
+        summary = teacher_summary(metrics_path) if main else ""
         if summary:
             self.log(summary)
         if self.eval_prompts:
             evals["after"] = self.evaluate()
-            _write_json_atomic(eval_path, evals)
+            if main:
+                _write_json_atomic(eval_path, evals)
             self.log(_eval_line("before", evals["before"]))
             self.log(_eval_line("after", evals["after"]))
         return evals
@@ -555,18 +578,30 @@ class _Timer:
         return out
 
 
-def _schedule(kind: str, warmup: int, total: int):
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return 1.0
+def _rows_of(batch: Batch, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """The rows [lo, hi) of the groups with index in ``shard`` (rows are ordered by group)."""
+    if shard is None:
+        return 0, len(batch)
+    mine = ((batch.group_index >= shard[0]) & (batch.group_index < shard[1])).nonzero().flatten()
+    return (int(mine[0]), int(mine[-1]) + 1) if len(mine) else (0, 0)
 
-    return factor
+
+def _combine_stats(per_rank: list[dict], groups: list[int]) -> dict:
+    """A reward's per-step statistics from every rank: counts (ints) add up, rates are averaged
+    weighted by each rank's number of groups."""
+    out = {}
+    for key in dict.fromkeys(k for stats in per_rank for k in stats):
+        pairs = [(stats[key], n) for stats, n in zip(per_rank, groups, strict=True) if key in stats]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v, _ in pairs):
+            out[key] = sum(v for v, _ in pairs)
+        else:
+            weight = sum(n for _, n in pairs)
+            out[key] = sum(v * n for v, n in pairs) / weight if weight else float("nan")
+    return out
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The log of ranks other than 0 (rank 0 speaks for the run)."""
 
 
 def _append_jsonl(path: Path, rows: list[dict]) -> None:

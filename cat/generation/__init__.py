@@ -24,7 +24,10 @@ _MASK64 = (1 << 64) - 1
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample. ``greedy`` ignores temperature/top-p/top-k. ``seed`` makes a call
-    reproducible: sample k of prompt i draws from the stream ``row_seed(seed, i, k)``."""
+    reproducible: sample k of prompt i draws from the stream ``row_seed(seed, row_offset + i, k)``.
+
+    ``row_offset``: the index of this call's first prompt in a larger batch that was split (across
+    processes), so every prompt keeps the stream it has when the batch runs whole."""
 
     n: int = 1
     max_new_tokens: int = 32
@@ -34,6 +37,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     greedy: bool = False
     seed: int | None = None
+    row_offset: int = 0
 
 
 def _splitmix64(x: int) -> int:
@@ -96,7 +100,7 @@ def generator_from_config(config, model, tokenizer, *, backend: str | None = Non
         backend or gen.backend, model, tokenizer, batch_size=batch_size or gen.batch_size,
         compute_dtype=config.model.dtype,
         gpu_memory_utilization=gen.vllm_gpu_memory_utilization, tensor_parallel_size=gen.vllm_tensor_parallel_size,
-        seed=config.run.seed, max_model_len=gen.vllm_max_model_len,
+        seed=config.run.seed, max_model_len=gen.vllm_max_model_len, enforce_eager=gen.vllm_enforce_eager,
     )
 
 

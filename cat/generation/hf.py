@@ -78,7 +78,7 @@ class HFGenerator:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-        rows = [(ids, row_seed(seed, i, k)) for i, ids in enumerate(prompts) for k in range(params.n)]
+        rows = [(ids, row_seed(seed, params.row_offset + i, k)) for i, ids in enumerate(prompts) for k in range(params.n)]
         flat: list[Completion] = []
         was_training = self.model.training
         self.model.eval()

@@ -69,7 +69,8 @@ def to_completions(request_outputs) -> list[Completion]:
 
 class VLLMGenerator:
     def __init__(self, model, tokenizer, *, compute_dtype: str | None = None, gpu_memory_utilization: float = 0.3,
-                 tensor_parallel_size: int = 1, seed: int = 0, max_model_len: int | None = None):
+                 tensor_parallel_size: int = 1, seed: int = 0, max_model_len: int | None = None,
+                 enforce_eager: bool = False):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         gpu = _on_gpu()
         if not gpu:
@@ -99,6 +100,7 @@ class VLLMGenerator:
             seed=seed,
             max_model_len=max_model_len,
             enable_prefix_caching=True,
+            enforce_eager=enforce_eager,
             logprobs_mode="processed_logprobs",
             worker_extension_cls=f"{__name__}.WeightSyncExtension",
             **options,
@@ -116,6 +118,8 @@ class VLLMGenerator:
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         from vllm import SamplingParams as VLLMSamplingParams
 
+        if not prompts:
+            return []
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
         requests, sampling = [], []
         for i, ids in enumerate(prompts):
@@ -129,7 +133,7 @@ class VLLMGenerator:
                     top_k=-1 if params.greedy or params.top_k == 0 else params.top_k,
                     stop=list(params.stop) or None,
                     logprobs=0,
-                    seed=None if params.greedy else row_seed(seed, i, k),
+                    seed=None if params.greedy else row_seed(seed, params.row_offset + i, k),
                 ))
         flat = to_completions(self.llm.generate(requests, sampling, use_tqdm=False))
         return [flat[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]

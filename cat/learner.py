@@ -1,0 +1,135 @@
+"""The trained policy's side of a step: weights, forward, backward, optimizer step and their state.
+
+A ``Learner`` holds the policy as fp32 master weights (forward passes autocast to ``model.dtype``,
+see ``cat.models``), AdamW and the learning-rate schedule, on ``accelerate``. In one process the
+module is used as is. In several (``cat.parallel``) it is wrapped in DistributedDataParallel: each
+rank backpropagates its own rows and the gradients are all-reduced once per optimizer step, at the
+last micro-batch (``micro_batch(last=...)``). The trainer's losses are already normalised by the
+whole step's token and sequence counts, so the step's gradient is the *sum* of the ranks'
+gradients; DDP averages, so ``backward`` multiplies by the number of ranks.
+
+Every rank must join that all-reduce even when it holds no rows (its groups were all unscored):
+``idle_backward`` takes a zero-weighted backward through every parameter for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+
+from cat.config import ModelConfig, OptimConfig
+from cat.errors import TrainingHalted
+from cat.logprobs import token_logprobs
+from cat.models import load_model
+from cat.parallel import Ranks
+
+
+class Learner:
+    def __init__(self, model: ModelConfig, optim: OptimConfig, *, ranks: Ranks, device: torch.device,
+                 total_updates: int, max_nonfinite_in_a_row: int, log=print):
+        from accelerate import Accelerator
+
+        self.model_config, self.optim_config = model, optim
+        self.ranks, self.device, self.log = ranks, device, log
+        self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
+        # autocast is ours (cat.models.autocast), so accelerate's mixed precision stays off
+        self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
+        self.policy = load_model(model.name_or_path, dtype="float32", device=device,
+                                 trust_remote_code=model.trust_remote_code)
+        if model.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.policy.train()
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=optim.lr, betas=optim.betas,
+                                           weight_decay=optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _schedule(optim.schedule, optim.warmup_steps, total_updates))
+        self.module = self.accelerator.prepare_model(self.policy) if ranks.world > 1 else self.policy
+        self.nonfinite_in_a_row = 0
+
+    # ---- forward / backward ------------------------------------------------------------------
+
+    def logprobs(self, input_ids, attention_mask, completion_length: int, temperature: float, *,
+                 with_entropy: bool = False):
+        """The policy's log-probs (and entropy) of the completion tokens, with gradient."""
+        return token_logprobs(self.module, input_ids.to(self.device), attention_mask.to(self.device),
+                              completion_length, temperature, with_entropy=with_entropy,
+                              compute_dtype=self.model_config.dtype)
+
+    @contextlib.contextmanager
+    def micro_batch(self, *, last: bool):
+        """Wrap a micro-batch's forward and backward: gradients are all-reduced only at the last."""
+        if self.ranks.world > 1 and not last:
+            with self.module.no_sync():
+                yield
+        else:
+            yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss * self.ranks.world).backward()
+
+    def idle_backward(self, input_ids, attention_mask, completion_length: int, temperature: float) -> None:
+        """A backward that adds zero to every gradient: this rank's share of the all-reduce when it
+        has no rows of its own (any real row will do as input)."""
+        logp, _ = self.logprobs(input_ids, attention_mask, completion_length, temperature)
+        self.backward(logp.sum() * 0.0)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, loss_value: float) -> dict:
+        """Clip, then take the optimizer and schedule step; a non-finite loss or gradient norm skips
+        the update (``run.max_nonfinite_in_a_row`` in a row halt the run)."""
+        max_norm = self.optim_config.max_grad_norm
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf")))
+        if not (math.isfinite(loss_value) and math.isfinite(norm)):
+            self.zero_grad()
+            self.nonfinite_in_a_row += 1
+            self.log(f"non-finite loss or gradient (loss={loss_value}, grad_norm={norm}): update skipped "
+                     f"({self.nonfinite_in_a_row} in a row)")
+            if self.nonfinite_in_a_row >= self.max_nonfinite_in_a_row:
+                raise TrainingHalted(
+                    f"{self.nonfinite_in_a_row} non-finite updates in a row (run.max_nonfinite_in_a_row); "
+                    "lower optim.lr or check the rewards"
+                )
+            return {"grad_norm": norm, "skipped_update": 1, "lr": self.scheduler.get_last_lr()[0]}
+        self.nonfinite_in_a_row = 0
+        self.optimizer.step()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        return {"grad_norm": norm, "skipped_update": 0, "lr": lr}
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "nonfinite_in_a_row": self.nonfinite_in_a_row}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
+
+    def load_master_weights(self, path: Path) -> None:
+        """The fp32 master weights of a checkpoint (``cat.checkpoint.master_weights_dir``), bit for bit."""
+        from transformers import AutoModelForCausalLM
+
+        weights = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
+        self.policy.load_state_dict(weights)
+
+
+def _schedule(kind: str, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return factor

@@ -1,0 +1,104 @@
+"""Several processes, one run: which prompts each rank owns, and the few collectives a step needs.
+
+``torchrun --nproc_per_node N -m cat.cli train CONFIG`` and ``accelerate launch --num_processes N
+-m cat.cli train CONFIG`` start N copies of ``cat-rl train``; accelerate's ``PartialState`` joins
+them (gloo on CPU, NCCL on GPUs). Every rank reads the same config and data and visits the same
+prompts per step. Rank r owns a contiguous slice of the step's prompts (``shard``): it generates
+their groups with its own engine, builds their references and rewards, then the groups are
+gathered so every rank holds the whole step. Advantages, normalisers and metrics are computed
+from the whole step, exactly as one process computes them, and each rank takes the gradient of
+its own rows; the summed gradient is the one-process gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from cat.generation import SamplingParams
+
+
+class Ranks:
+    """This process's place in the run (a single process is rank 0 of 1)."""
+
+    def __init__(self, *, cpu: bool):
+        from accelerate import PartialState
+
+        self.state = PartialState(cpu=cpu)
+        self.rank = self.state.process_index
+        self.world = self.state.num_processes
+        self.main = self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.state.device
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """This rank's contiguous slice [start, stop) of n items: the first n % world ranks take one more."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (self.rank < extra)
+
+    def gather(self, obj) -> list:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks (float64, so the total does not depend on the split)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def any(self, flag: bool) -> bool:
+        return self.sum([float(flag)])[0] > 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def tag(self) -> str:
+        """``[rank r/N] `` in a multi-process run, else empty: for messages a user must place."""
+        return f"[rank {self.rank}/{self.world}] " if self.world > 1 else ""
+
+
+def gather_lists(ranks: Ranks, *lists: list) -> tuple[list, ...]:
+    """Each rank's lists concatenated in rank order (the whole step's, when each rank holds its shard)."""
+    parts = ranks.gather(lists)
+    return tuple([x for part in parts for x in part[i]] for i in range(len(lists)))
+
+
+class ShardedGenerator:
+    """A ``Generator`` whose calls are split across ranks and gathered: every rank gets every
+    prompt's completions, each rank generated its slice (with the streams the whole call would
+    give it, through ``row_offset``). Evaluation runs on it."""
+
+    def __init__(self, inner, ranks: Ranks):
+        self.inner, self.ranks = inner, ranks
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams):
+        start, stop = self.ranks.shard(len(prompts))
+        mine = self.inner.generate(prompts[start:stop], replace(params, row_offset=params.row_offset + start))
+        return [c for part in self.ranks.gather(mine) for c in part]
+
+    def score(self, prompts, continuations):
+        start, stop = self.ranks.shard(len(prompts))
+        mine = self.inner.score(prompts[start:stop], continuations[start:stop])
+        return [s for part in self.ranks.gather(mine) for s in part]
+
+    def sync_weights(self, model) -> None:
+        self.inner.sync_weights(model)

@@ -1,0 +1,77 @@
+"""Steps of the tiny gold and CaT trainers under every loss_type and scale_rewards option, for
+``test_parallel``: run plainly (one process) and under ``torchrun --nproc_per_node 2``; rank 0
+writes what the test compares.
+
+    python tests/parallel_steps.py OUT_DIR TINY_WORLD
+
+Each trainer takes one step per option pair, switching options between steps, then a step with
+the KL term and two iterations (pi_0 and old-policy scoring), one with the sampler correction, and
+(gold) one where the step's last group goes unscored: with 3 prompts per step split 2 + 1, rank 1
+then holds no rows and must still join the gradient all-reduce. Per step it records the metrics
+(times aside) and the gradient at the optimizer step; at the end, the weights.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from cat.config import load_config
+from cat.estimators import Gold
+from cat.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+OPTIONS = [(loss, scale) for loss in ("grpo", "bnpo", "dr_grpo", "dapo") for scale in ("group", "batch", "none")]
+
+
+class DropLast(Gold):
+    """The gold reference, except for the step's last prompt, which gets none (unscored)."""
+
+    dropped: set[int] = set()
+
+    def __call__(self, groups, anchor=None):
+        refs = super().__call__(groups, anchor)
+        return [r if g.prompt.index not in self.dropped else type(r)(text="", answer=None, source="gold")
+                for g, r in zip(groups, refs, strict=True)]
+
+
+def run(name: str, out: Path, world: Path) -> dict:
+    config = load_config(ROOT / "experiments" / f"{name}.yaml", [
+        f"model.name_or_path={world / 'model'}", f"data.path={world / 'train.jsonl'}", "data.limit=48",
+        "eval.path=null", "run.prompts_per_step=3", "run.micro_batch_size=5", "optim.lr=1e-4",
+    ])
+    t = Trainer(config, out / name, log=lambda *_: None)
+    grads: list[torch.Tensor] = []
+    t.optimizer.register_step_pre_hook(
+        lambda *_: grads.append(torch.cat([p.grad.detach().flatten().clone() for p in t.policy.parameters()])))
+    steps = [{"loss_type": loss, "scale_rewards": scale} for loss, scale in OPTIONS]
+    steps.append({"loss_type": "dapo", "scale_rewards": "group", "beta": 0.04, "num_iterations": 2})
+    steps.append({"loss_type": "grpo", "scale_rewards": "group", "beta": 0.0, "num_iterations": 1,
+                  "sampler_correction": True})
+    if name == "tiny_arith_gold":
+        steps.append({"sampler_correction": False, "drop_last": True})
+    rows = []
+    for step, options in enumerate(steps):
+        if options.pop("drop_last", False):
+            t.estimator = DropLast(config)
+            DropLast.dropped = {t.prompts[t.order.batch(step)[-1]].index}
+        for key, value in options.items():
+            setattr(t.config.grpo, key, value)
+        metrics = t.step(step).metrics
+        rows.append({k: v for k, v in metrics.items() if not k.startswith("time/") and k != "tokens_per_second"})
+    if t.ranks.main:
+        torch.save({"grads": torch.stack(grads), "weights": torch.cat([p.detach().flatten() for p in t.policy.parameters()])},
+                   out / f"{name}.pt")
+    return {"rows": rows, "steps": len(steps), "world": t.ranks.world, "updates": len(grads)}
+
+
+def main() -> None:
+    out, world = Path(sys.argv[1]), Path(sys.argv[2])
+    result = {name: run(name, out, world) for name in ("tiny_arith_gold", "tiny_arith_cat")}
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        (out / "result.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
