@@ -39,7 +39,7 @@ from cat.batch import Batch, build_batch
 from cat.config import Config
 from cat.data import PromptOrder, encode_prompt, load_split
 from cat.diagnostics import teacher_diagnostics
-from cat.errors import ConfigError, TrainingHalted
+from cat.errors import ConfigError
 from cat.estimators import ESTIMATORS
 from cat.evaluate import evaluate_config
 from cat.generation import SamplingParams, SharedEngine, generator_from_config

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 from conftest import ROOT, run_cli
 
