@@ -2,20 +2,23 @@
 
 Everything runs through vLLM's V1 engine on the tiny world's Llama: generation, the engine's
 log-probs against the trainer's scoring, weight sync after an optimizer step, prefix-cache reset,
-seeded sampling streams, the anchor on the shared engine, and ``cat-rl train`` end to end with
-kill-and-resume. The module's engine runs compiled (vLLM's default); the others start eagerly
+seeded sampling streams, the anchor on the shared engine, and ``cat-rl train`` end to end, on one
+process and on two (each rank with its own engine) killed and resumed. The module's engine runs compiled (vLLM's default); the others start eagerly
 (``generation.vllm_enforce_eager``), 9 s faster each. What only a GPU can show (bf16 kernels,
 tensor parallel, gpu_memory_utilization) is listed in the README.
 """
 
 import json
+import os
 import signal
+import subprocess
+import time
 
 import pytest
 import torch
 from conftest import ROOT, run_cli
 from test_generation import assert_engine_logprobs_match_scoring, assert_independent_copies, ids_for
-from test_resume import spawn_train, stable, wait_for_rows
+from test_parallel import assert_rows_match, env, launch, rows
 
 from cat.generation import SamplingParams, make_generator
 from cat.logprobs import token_logprobs
@@ -152,7 +155,7 @@ def cat_run(tmp_path_factory, tiny_world):
     args = tiny_overrides(tiny_world, "run.steps=4", "run.save_every=2")
     out = run_cli("train", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--output-dir", str(run_dir), *args)
     assert out.returncode == 0, out.stderr[-3000:]
-    return run_dir, [a for a in args if a != "--no-progress"]
+    return run_dir, args
 
 
 def test_train_cat_end_to_end_on_vllm(cat_run):
@@ -171,19 +174,28 @@ def test_train_gold_end_to_end_on_vllm(tmp_path, tiny_world):
     check_rows(run_dir, 2)
 
 
-def test_kill_and_resume_on_vllm(tmp_path, cat_run):
-    """kill -9 after step 3 (checkpoint at step 2), resume: the same rows as the uninterrupted run."""
+def test_two_processes_on_vllm_killed_and_resumed_equal_one(tmp_path, cat_run):
+    """The CaT run on 2 processes under torchrun, each rank with its own engine, killed with
+    SIGKILL after step 3 (checkpoint at 2) and resumed on 2: the same rows as the 1-process run."""
     ref, args = cat_run
     config = ROOT / "experiments" / "tiny_arith_cat.yaml"
     run_dir = tmp_path / "run"
-    proc = spawn_train(config, run_dir, args)
-    wait_for_rows(run_dir / "metrics.jsonl", 3, proc, timeout=600)
-    proc.send_signal(signal.SIGKILL)
+    log = open(tmp_path / "train.log", "w")
+    proc = subprocess.Popen(launch("-m", "cat.cli", "train", str(config), "--output-dir", str(run_dir), *args),
+                            cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 600
+    while not ((run_dir / "metrics.jsonl").exists() and len(rows(run_dir)) >= 3):
+        assert proc.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
+        assert time.time() < deadline, "timed out waiting for step 3"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    out = run_cli("train", str(config), "--resume", str(run_dir), "--no-progress", *args)
+    out = subprocess.run(launch("-m", "cat.cli", "train", str(config), "--resume", str(run_dir), *args),
+                         cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming" in out.stderr
-    assert stable(run_dir / "metrics.jsonl") == stable(ref / "metrics.jsonl")
+    assert [r["step"] for r in rows(run_dir)] == [1, 2, 3, 4]
+    assert_rows_match(rows(ref), rows(run_dir))
 
 
 def test_judge_on_vllm_agrees_with_the_transformers_judge(tmp_path):
