@@ -3,6 +3,7 @@
     cat-rl train CONFIG [--output-dir DIR] [--resume DIR] [--allow-config-change] [key=value ...]
     cat-rl eval CONFIG [--model PATH] [--output FILE] [key=value ...]
     cat-rl synthesize CONFIG [--estimators a,b,...] [--output FILE] [key=value ...]
+    cat-rl plan CONFIG [--processes N] [key=value ...]
     cat-rl tiny-world
 
 User errors (bad config, data, template, registry name, unwritable directory) print one message
@@ -50,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated estimator names to compare")
     s.add_argument("--group-sizes", help="comma-separated G values, e.g. 1,2,4,8 (default: generation.num_generations)")
     s.add_argument("--output", help="write the JSON result here")
+    pl = sub.add_parser("plan", help="memory per process for a config, computed from the model's architecture")
+    pl.add_argument("config")
+    pl.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run is split over")
     sub.add_parser("tiny-world", help="build (or locate) the offline tiny world and print its folder")
     return p
 
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(args)
         if args.command == "synthesize":
             return _synthesize(args)
+        if args.command == "plan":
+            return _plan(args)
         if args.command == "tiny-world":
             from cat import tiny
 
@@ -243,6 +249,25 @@ def _eval(args) -> int:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _plan(args) -> int:
+    from transformers import AutoConfig
+
+    from cat import tiny
+    from cat.config import load_config
+    from cat.plan import architecture, render
+
+    config = load_config(args.config, args.overrides)
+    if args.processes < 1:
+        raise ConfigError(f"--processes must be at least 1, got {args.processes}")
+    m = config.model
+    try:
+        model_config = AutoConfig.from_pretrained(tiny.resolve(m.name_or_path), trust_remote_code=m.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the architecture of '{m.name_or_path}' (its config.json): {exc}") from None
+    print(render(config, architecture(model_config), processes=args.processes))
     return 0
 
 

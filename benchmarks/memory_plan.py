@@ -1,0 +1,33 @@
+"""The memory plan of the paper configs (README, "Several processes and GPUs"), without the hub.
+
+    python benchmarks/memory_plan.py
+
+Hub configs cannot be fetched offline, so the architectures of Qwen3-4B and Llama-3.1-8B are
+written out here from their published config.json (dimensions only); ``cat-rl plan CONFIG`` reads
+the real config.json where the model is available.
+"""
+
+from pathlib import Path
+
+from transformers import LlamaConfig, Qwen3Config
+
+from cat.config import load_config
+from cat.plan import architecture, render
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {
+    "math500_qwen3_4b_cat.yaml": Qwen3Config(
+        hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
+    "math500_llama31_8b_cat.yaml": LlamaConfig(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+}
+
+for name, model_config in MODELS.items():
+    config = load_config(ROOT / "experiments" / name, [])
+    arch = architecture(model_config)
+    for processes in (1, 8):
+        print(f"## {name}, {processes} process(es)\n")
+        print(render(config, arch, processes=processes))
+        print()

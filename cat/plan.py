@@ -1,0 +1,92 @@
+"""``cat-rl plan CONFIG``: what a run holds in memory per process, before it starts.
+
+Computed from the model's architecture (its ``config.json``; no weights are loaded: the model is
+built on the meta device) and the run's config:
+
+* policy master weights, gradients, AdamW state: fp32 (4 + 4 + 8 bytes per trained parameter,
+  see ``cat.models``), replicated on every rank (DDP);
+* pi_0 (KL reference, anchor), held in the compute dtype, when the run uses it (``grpo.beta > 0``
+  or an anchor on the transformers backend);
+* the vLLM engine's own copy of the weights in the compute dtype, and the KV cache that holds all of
+  a step's sequences at once (``2 x layers x kv_heads x head_dim`` values per token); with less,
+  vLLM queues sequences and a step takes longer.
+
+Activations are left out: they depend on ``run.micro_batch_size`` and sequence length and are
+bounded by gradient checkpointing; the logits of a micro-batch are reported separately.
+``tests/test_plan.py`` checks the static parts against the tensors of a real Learner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GB = 1024**3
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    parameters: int
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+
+def architecture(model_config) -> Architecture:
+    """Parameter count (tied weights once) and attention shape of a transformers model config."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):  # shapes only; a tied output layer is the embedding, counted once
+        model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
+    text = model_config.get_text_config()
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return Architecture(
+        parameters=sum(p.numel() for p in model.parameters()),
+        layers=text.num_hidden_layers,
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        vocab=text.vocab_size,
+    )
+
+
+def plan(config, arch: Architecture, *, processes: int = 1) -> list[tuple[str, float]]:
+    """(component, bytes per process) for ``config`` on ``arch`` with the step split over ``processes``."""
+    P, compute = arch.parameters, _BYTES[config.model.dtype]
+    g, gen, run = config.grpo, config.generation, config.run
+    rows = [("policy master weights (fp32)", 4 * P), ("gradients (fp32)", 4 * P), ("AdamW state (fp32, 2 moments)", 8 * P)]
+    uses_pi0 = g.beta > 0 or (config.estimator.name in {"synthesis", "self_bon", "min_perplexity",
+                                                        "mutual_predictability"}
+                              and config.anchor.backend == "local" and config.anchor.model is None
+                              and gen.backend == "hf")
+    if uses_pi0:
+        rows.append((f"pi_0, frozen ({config.model.dtype})", compute * P))
+    if gen.backend == "vllm":
+        rows.append((f"vLLM engine weights ({config.model.dtype})", compute * P))
+        prompt = config.data.max_prompt_tokens or 512
+        prompts = -(-run.prompts_per_step // processes)
+        tokens = prompts * gen.num_generations * (gen.max_new_tokens + prompt)
+        rows.append((f"vLLM KV cache, a whole step at once ({prompts} prompts x {gen.num_generations} x "
+                     f"({prompt} prompt + {gen.max_new_tokens} new) tokens)",
+                     2 * arch.layers * arch.kv_heads * arch.head_dim * compute * tokens))
+    logits = run.micro_batch_size * (gen.max_new_tokens + 1) * arch.vocab * compute
+    rows.append(("logits of one micro-batch (activations not counted)", logits))
+    return rows
+
+
+def _size(n: float) -> str:
+    return f"{n / GB:9.2f} GiB" if n >= GB / 10 else f"{n / 1024**2:9.2f} MiB"
+
+
+def render(config, arch: Architecture, *, processes: int = 1) -> str:
+    rows = plan(config, arch, processes=processes)
+    width = max(len(name) for name, _ in rows)
+    lines = [f"model {config.model.name_or_path}: {arch.parameters / 1e9:.3f} B parameters, "
+             f"compute dtype {config.model.dtype}, {processes} process(es), full fine-tuning, per process:"]
+    lines += [f"  {name:<{width}}  {_size(size)}" for name, size in rows]
+    lines.append(f"  {'total':<{width}}  {_size(sum(s for _, s in rows))}")
+    lines.append("  (prompt length: data.max_prompt_tokens, else 512; data parallel: every process holds the "
+                 "weights and optimizer state whole, the KV cache for its share of the prompts)")
+    return "\n".join(lines)
