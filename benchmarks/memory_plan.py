@@ -15,19 +15,22 @@ from cat.config import load_config
 from cat.plan import architecture, render
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = {
-    "math500_qwen3_4b_cat.yaml": Qwen3Config(
-        hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True),
-    "math500_llama31_8b_cat.yaml": LlamaConfig(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
-}
+QWEN3_4B = Qwen3Config(
+    hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True)
+LLAMA31_8B = LlamaConfig(
+    hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False)
+RUNS = [  # (config, architecture, processes)
+    ("math500_qwen3_4b_cat.yaml", QWEN3_4B, 1),
+    ("math500_qwen3_4b_cat_8gpu.yaml", QWEN3_4B, 8),
+    ("math500_llama31_8b_cat.yaml", LLAMA31_8B, 1),
+    ("math500_llama31_8b_cat.yaml", LLAMA31_8B, 8),
+    ("math500_llama31_8b_cat_lora.yaml", LLAMA31_8B, 1),
+]
 
-for name, model_config in MODELS.items():
+for name, model_config, processes in RUNS:
     config = load_config(ROOT / "experiments" / name, [])
-    arch = architecture(model_config)
-    for processes in (1, 8):
-        print(f"## {name}, {processes} process(es)\n")
-        print(render(config, arch, processes=processes))
-        print()
+    print(f"## {name}, {processes} process(es)\n")
+    print(render(config, architecture(model_config), processes=processes))
+    print()

@@ -5,6 +5,8 @@ Layout: ``<run>/checkpoints/step-000010/`` holding
   and vLLM;
 * ``master/``: the fp32 master weights, only when the compute dtype is not fp32 (exact resume
   needs them: a bf16 copy would round away what the optimizer accumulated);
+* ``adapter/``: with LoRA, the adapter (peft ``save_pretrained``) that training resumes from;
+  ``model/`` is then the base with the adapter merged in;
 * ``trainer_state.pt`` (optimizer, scheduler, RNG states, counters) and ``COMPLETE`` (written last). A kill at any moment leaves either the old set of checkpoints or the
 old set plus a finished new one; folders starting with ``.tmp-`` are debris and are ignored.
 """
@@ -55,9 +57,12 @@ def set_rng_state(state: dict) -> None:
 
 
 def export_model(model, path: Path, dtype: torch.dtype) -> None:
-    """save_pretrained with every floating-point weight cast to ``dtype`` (the live model is untouched)."""
-    state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    model.save_pretrained(path, state_dict=state)
+    """save_pretrained with every floating-point weight cast to ``dtype`` (the live model is untouched);
+    a LoRA policy is saved as its base model with the adapter merged in."""
+    from cat.lora import export_weights, is_peft
+
+    state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in export_weights(model).items()}
+    (model.get_base_model() if is_peft(model) else model).save_pretrained(path, state_dict=state)
     # save_pretrained records the live parameters' dtype; the file holds ``dtype``
     config_path = path / "config.json"
     config = json.loads(config_path.read_text())
@@ -78,7 +83,12 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state
     final = checkpoint_dir(run_dir, step)
     tmp = root / f".tmp-{_PREFIX}{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    if export_dtype == torch.float32:
+    from cat.lora import is_peft
+
+    if is_peft(model):
+        model.save_pretrained(tmp / "adapter")  # what training resumes from
+        export_model(model, tmp / "model", export_dtype)  # the adapter merged in
+    elif export_dtype == torch.float32:
         model.save_pretrained(tmp / "model")
     else:
         model.save_pretrained(tmp / "master")
@@ -115,8 +125,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def master_weights_dir(path: Path) -> Path:
-    """Where a checkpoint keeps the weights to resume from: ``master/`` if present, else ``model/``."""
-    return path / "master" if (path / "master").is_dir() else path / "model"
+    """Where a checkpoint keeps the weights to resume from: ``adapter/`` (LoRA), ``master/`` (fp32
+    master weights of a run with a lower compute dtype), else ``model/``."""
+    for name in ("adapter", "master"):
+        if (path / name).is_dir():
+            return path / name
+    return path / "model"
 
 
 def load_trainer_state(path: Path) -> dict:

@@ -23,6 +23,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
+class LoraSettings(_Section):
+    """LoRA through peft: the policy is the base model plus an adapter, and pi_0 is the same module
+    with the adapter switched off (no second copy; see ``cat.lora``)."""
+
+    r: int = Field(16, ge=1)
+    """Adapter rank."""
+    alpha: float = Field(32.0, gt=0)
+    """Scaling numerator: the update is ``alpha / r * B @ A``."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter's input while training (0 keeps the sampler and trainer log-probs equal)."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names that get an adapter (e.g. ``[q_proj, v_proj]``); ``all-linear``: every linear
+    layer but the output layer."""
+
+
 class ModelConfig(_Section):
     name_or_path: str = "tiny:arith"
     """Policy to train: a hub id, a local folder in save_pretrained format, or ``tiny:arith`` (the
@@ -38,6 +53,10 @@ class ModelConfig(_Section):
     """Passed to from_pretrained."""
     gradient_checkpointing: bool = False
     """Trade compute for memory in the policy's backward pass."""
+    lora: LoraSettings | None = None
+    """Train a LoRA adapter instead of every weight (``{r, alpha, dropout, target_modules}``). The base
+    is held frozen in the compute dtype, the adapter in fp32; checkpoints save the adapter and an
+    export with it merged."""
     system_prompt: str | None = None
     """Optional system message prepended to every prompt (when the tokenizer has a chat template)."""
     chat_template: bool = True

@@ -37,12 +37,20 @@ class Learner:
         self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
         # autocast is ours (cat.models.autocast), so accelerate's mixed precision stays off
         self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
-        self.policy = load_model(model.name_or_path, dtype="float32", device=device,
+        # full fine-tuning: fp32 master weights; LoRA: the frozen base in the compute dtype, an fp32 adapter
+        self.lora = model.lora is not None
+        self.policy = load_model(model.name_or_path, dtype=model.dtype if self.lora else "float32", device=device,
                                  trust_remote_code=model.trust_remote_code)
         if model.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora:
+            from cat.lora import wrap
+
+            self.policy.requires_grad_(False)
+            self.policy = wrap(self.policy, model.lora)
         self.policy.train()
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=optim.lr, betas=optim.betas,
+        self.trained = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trained, lr=optim.lr, betas=optim.betas,
                                            weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _schedule(optim.schedule, optim.warmup_steps, total_updates))
@@ -83,7 +91,7 @@ class Learner:
         """Clip, then take the optimizer and schedule step; a non-finite loss or gradient norm skips
         the update (``run.max_nonfinite_in_a_row`` in a row halt the run)."""
         max_norm = self.optim_config.max_grad_norm
-        params = [p for p in self.policy.parameters() if p.grad is not None]
+        params = [p for p in self.trained if p.grad is not None]
         norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf")))
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
             self.zero_grad()
@@ -114,7 +122,13 @@ class Learner:
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
 
     def load_master_weights(self, path: Path) -> None:
-        """The fp32 master weights of a checkpoint (``cat.checkpoint.master_weights_dir``), bit for bit."""
+        """The trained weights of a checkpoint (``cat.checkpoint.master_weights_dir``), bit for bit:
+        the fp32 master weights, or the LoRA adapter."""
+        if self.lora:
+            from cat.lora import load_adapter
+
+            load_adapter(self.policy, path)
+            return
         from transformers import AutoModelForCausalLM
 
         weights = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()

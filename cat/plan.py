@@ -4,7 +4,8 @@ Computed from the model's architecture (its ``config.json``; no weights are load
 built on the meta device) and the run's config:
 
 * policy master weights, gradients, AdamW state: fp32 (4 + 4 + 8 bytes per trained parameter,
-  see ``cat.models``), replicated on every rank (DDP);
+  see ``cat.models``), replicated on every rank (DDP); with LoRA, the frozen base in the compute
+  dtype and 16 bytes per adapter parameter;
 * pi_0 (KL reference, anchor), held in the compute dtype, when the run uses it (``grpo.beta > 0``
   or an anchor on the transformers backend);
 * the vLLM engine's own copy of the weights in the compute dtype, and the KV cache that holds all of
@@ -31,6 +32,16 @@ class Architecture:
     kv_heads: int
     head_dim: int
     vocab: int
+    linears: tuple[tuple[str, int, int], ...] = ()
+    """(module name, in_features, out_features) of every linear layer but the output layer."""
+
+    def lora_parameters(self, settings) -> int:
+        """Adapter parameters of ``model.lora`` (r x (in + out) per adapted layer; peft's matching:
+        a target is a module name or its last components)."""
+        targets = settings.target_modules
+        chosen = [(i, o) for name, i, o in self.linears
+                  if targets == "all-linear" or any(name == t or name.endswith("." + t) for t in targets)]
+        return sum(settings.r * (i + o) for i, o in chosen)
 
 
 def architecture(model_config) -> Architecture:
@@ -40,6 +51,9 @@ def architecture(model_config) -> Architecture:
 
     with torch.device("meta"):  # shapes only; a tied output layer is the embedding, counted once
         model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
+    output = model.get_output_embeddings()
+    linears = tuple((name, m.in_features, m.out_features) for name, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and m is not output)
     text = model_config.get_text_config()
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
@@ -49,6 +63,7 @@ def architecture(model_config) -> Architecture:
         kv_heads=getattr(text, "num_key_value_heads", None) or heads,
         head_dim=head_dim,
         vocab=text.vocab_size,
+        linears=linears,
     )
 
 
@@ -56,11 +71,18 @@ def plan(config, arch: Architecture, *, processes: int = 1) -> list[tuple[str, f
     """(component, bytes per process) for ``config`` on ``arch`` with the step split over ``processes``."""
     P, compute = arch.parameters, _BYTES[config.model.dtype]
     g, gen, run = config.grpo, config.generation, config.run
-    rows = [("policy master weights (fp32)", 4 * P), ("gradients (fp32)", 4 * P), ("AdamW state (fp32, 2 moments)", 8 * P)]
-    uses_pi0 = g.beta > 0 or (config.estimator.name in {"synthesis", "self_bon", "min_perplexity",
-                                                        "mutual_predictability"}
-                              and config.anchor.backend == "local" and config.anchor.model is None
-                              and gen.backend == "hf")
+    lora = config.model.lora
+    if lora is None:
+        rows = [("policy master weights (fp32)", 4 * P), ("gradients (fp32)", 4 * P),
+                ("AdamW state (fp32, 2 moments)", 8 * P)]
+    else:
+        A = arch.lora_parameters(lora)
+        rows = [(f"base weights, frozen ({config.model.dtype}; pi_0 is the base with the adapter off)", compute * P),
+                (f"LoRA adapter (fp32, r={lora.r}, {A / 1e6:.1f} M parameters)", 4 * A),
+                ("adapter gradients (fp32)", 4 * A), ("AdamW state (fp32, 2 moments)", 8 * A)]
+    anchor_on_pi0 = (config.estimator.name in {"synthesis", "self_bon", "min_perplexity", "mutual_predictability"}
+                     and config.anchor.backend == "local" and config.anchor.model is None and gen.backend == "hf")
+    uses_pi0 = lora is None and (g.beta > 0 or anchor_on_pi0)  # a second copy; with LoRA, none
     if uses_pi0:
         rows.append((f"pi_0, frozen ({config.model.dtype})", compute * P))
     if gen.backend == "vllm":
@@ -83,8 +105,9 @@ def _size(n: float) -> str:
 def render(config, arch: Architecture, *, processes: int = 1) -> str:
     rows = plan(config, arch, processes=processes)
     width = max(len(name) for name, _ in rows)
+    how = "full fine-tuning" if config.model.lora is None else "LoRA"
     lines = [f"model {config.model.name_or_path}: {arch.parameters / 1e9:.3f} B parameters, "
-             f"compute dtype {config.model.dtype}, {processes} process(es), full fine-tuning, per process:"]
+             f"compute dtype {config.model.dtype}, {processes} process(es), {how}, per process:"]
     lines += [f"  {name:<{width}}  {_size(size)}" for name, size in rows]
     lines.append(f"  {'total':<{width}}  {_size(sum(s for _, s in rows))}")
     lines.append("  (prompt length: data.max_prompt_tokens, else 512; data parallel: every process holds the "

@@ -160,6 +160,10 @@ class Trainer:
     @property
     def initial_policy(self):
         """pi_0: loaded once, frozen, held in the compute dtype; the KL reference and the anchor."""
+        if self._initial is None and self.learner.lora:
+            from cat.lora import AdapterOff
+
+            self._initial = AdapterOff(self.policy)  # the base model: no second copy
         if self._initial is None:
             m = self.config.model
             self._initial = load_model(m.name_or_path, dtype=m.dtype, device=self.device,

@@ -4,10 +4,10 @@ writes what the test compares.
 
     python tests/parallel_steps.py OUT_DIR TINY_WORLD
 
-Each trainer takes one step per option pair, switching options between steps, then a step with
-the KL term and two iterations (pi_0 and old-policy scoring), one with the sampler correction, and
-(gold) one where the step's last group goes unscored: with 3 prompts per step split 2 + 1, rank 1
-then holds no rows and must still join the gradient all-reduce. Per step it records the metrics
+The gold trainer takes one step per option pair, switching options between steps (CaT: two
+pairs), then a step with the KL term and two iterations (pi_0 and old-policy scoring), one with
+the sampler correction, and (gold) one where the step's last group goes unscored: with 3 prompts
+per step split 2 + 1, rank 1 then holds no rows and must still join the gradient all-reduce. Per step it records the metrics
 (times aside) and the gradient at the optimizer step; at the end, the weights.
 """
 
@@ -45,7 +45,9 @@ def run(name: str, out: Path, world: Path) -> dict:
     grads: list[torch.Tensor] = []
     t.optimizer.register_step_pre_hook(
         lambda *_: grads.append(torch.cat([p.grad.detach().flatten().clone() for p in t.policy.parameters()])))
-    steps = [{"loss_type": loss, "scale_rewards": scale} for loss, scale in OPTIONS]
+    # every option on gold; on CaT (the same loss code, plus the anchor on each rank's shard) three
+    options = OPTIONS if name == "tiny_arith_gold" else [("dapo", "group"), ("grpo", "batch")]
+    steps = [{"loss_type": loss, "scale_rewards": scale} for loss, scale in options]
     steps.append({"loss_type": "dapo", "scale_rewards": "group", "beta": 0.04, "num_iterations": 2})
     steps.append({"loss_type": "grpo", "scale_rewards": "group", "beta": 0.0, "num_iterations": 1,
                   "sampler_correction": True})

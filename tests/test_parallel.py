@@ -57,10 +57,11 @@ def env():
 
 
 def test_two_processes_take_the_one_process_steps(tmp_path, tiny_world):
-    """Tiny gold and CaT, a step under every loss_type x scale_rewards pair, one with the KL term
-    and 2 iterations, one with the sampler correction, and one where rank 1's only group goes
-    unscored (it holds no rows and still joins the all-reduce): same metrics, same gradient at
-    every optimizer step, same weights at the end."""
+    """Tiny gold under every loss_type x scale_rewards pair and tiny CaT under two (the anchor
+    writing each rank's references), each with a step with the KL term and 2 iterations and one
+    with the sampler correction, and (gold) one where rank 1's only group goes unscored (it holds
+    no rows and still joins the all-reduce): same metrics, same gradient at every optimizer step,
+    same weights at the end."""
     script = str(ROOT / "tests" / "parallel_steps.py")
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()

@@ -26,6 +26,19 @@ def test_plan_matches_a_real_learner_after_an_update(tmp_path, tiny_world):
     assert rows["pi_0, frozen (float32)"] == nbytes(t.initial_policy.parameters())
 
 
+def test_lora_plan_matches_a_real_lora_learner(tmp_path, tiny_world):
+    t = make_trainer(tmp_path, tiny_world, "model.lora.r=8", "model.lora.target_modules=[q_proj,v_proj,down_proj]")
+    t.step(0)
+    arch = architecture(AutoConfig.from_pretrained(tiny_world / "model"))
+    rows = plan(t.config, arch)
+    adapter = [p for p in t.policy.parameters() if p.requires_grad]
+    base = [p for p in t.policy.parameters() if not p.requires_grad]
+    moments = [v for state in t.optimizer.state.values() for k, v in state.items() if k in ("exp_avg", "exp_avg_sq")]
+    assert [size for _, size in rows[:4]] == [nbytes(base), nbytes(adapter), nbytes(p.grad for p in adapter), nbytes(moments)]
+    assert not any(name.startswith("pi_0") for name, _ in rows)  # the base is pi_0
+    assert {n.split(".")[-4] for n, p in t.policy.named_parameters() if p.requires_grad} == {"q_proj", "v_proj", "down_proj"}
+
+
 def test_plan_cli_for_a_config_and_its_errors(tiny_world, capsys):
     config = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
     assert main(["plan", config, "--processes", "2", f"model.name_or_path={tiny_world / 'model'}",

@@ -111,6 +111,38 @@ def test_weight_sync_after_an_update_matches_hf_and_resets_the_prefix_cache(engi
         engine.sync_weights(original)  # the module's engine serves the untouched model to later tests
 
 
+def test_lora_policy_and_its_base_reach_the_engine_merged(engine, policy, tiny_world):
+    """A LoRA policy is loaded into the engine with its adapter merged (the engine's log-probs equal
+    the peft module's), and its AdapterOff view (pi_0) as the base weights."""
+    from cat.config import LoraSettings
+    from cat.lora import AdapterOff, wrap
+    from cat.models import load_model
+
+    original, tokenizer = policy
+    model = wrap(load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu")).requires_grad_(False),
+                 LoraSettings(r=8, alpha=16))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    [p] = ids_for(tokenizer, ["17+95"])
+    cont = tokenizer("ones 7+5=12 tens 1+9+1=11 so \\boxed{112}<|end|>", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p + cont])
+    for _ in range(3):
+        optimizer.zero_grad()
+        lp, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
+        (-lp.sum()).backward()
+        optimizer.step()
+    try:
+        with torch.no_grad():
+            mine, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
+            base, _ = token_logprobs(original, ids, torch.ones_like(ids), len(cont), 1.0)
+        assert (mine - base).abs().max() > 1e-2  # the adapter changed the model
+        engine.sync_weights(model)
+        torch.testing.assert_close(torch.tensor(engine.score([p], [cont])[0]), mine[0], rtol=0, atol=1e-4)
+        engine.sync_weights(AdapterOff(model))
+        torch.testing.assert_close(torch.tensor(engine.score([p], [cont])[0]), base[0], rtol=0, atol=1e-4)
+    finally:
+        engine.sync_weights(original)
+
+
 def tiny_overrides(tiny_world, *extra):
     return [f"model.name_or_path={tiny_world / 'model'}", f"data.path={tiny_world / 'train.jsonl'}", "data.limit=64",
             f"eval.path={tiny_world / 'test.jsonl'}", "eval.limit=16", "eval.num_samples=2", "run.prompts_per_step=4",

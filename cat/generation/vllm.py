@@ -111,7 +111,9 @@ class VLLMGenerator:
         import torch
 
         dtype = getattr(torch, self.dtype)
-        weights = [(name, param.detach().to(dtype)) for name, param in model.state_dict().items()]
+        from cat.lora import export_weights
+
+        weights = [(name, param.detach().to(dtype)) for name, param in export_weights(model).items()]
         self.llm.collective_rpc("cat_load_weights", args=(weights,))
         self.llm.reset_prefix_cache()
 

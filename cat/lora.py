@@ -1,0 +1,103 @@
+"""LoRA through peft, and why it matters more for CaT than the memory: the base model with the
+adapter switched off *is* pi_0, so the KL reference and the anchor cost no second copy.
+
+* ``wrap`` turns the loaded base (frozen, in the compute dtype) into a peft model whose adapter
+  weights are fp32 (peft's ``autocast_adapter_dtype``): the optimizer state is the adapter's only.
+* ``AdapterOff`` is pi_0: the same module, every call made with the adapter disabled. peft then
+  runs each wrapped layer's base layer alone, so its log-probs are the base model's bit for bit.
+* ``export_weights`` gives what an engine or an export loads under the base model's own names:
+  the adapter merged in (``W + alpha / r * B @ A``) for the policy, the base weights for pi_0.
+  vLLM gets the policy this way, merged; its own LoRA support is not used, so a step's weight sync
+  is the same for full and LoRA training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def wrap(model, settings):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=settings.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, config, autocast_adapter_dtype=True)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+class AdapterOff:
+    """pi_0 as a view of a peft policy: forward, generate and weights with the adapter disabled.
+    Everything else (device, config, train/eval) is the policy's."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __call__(self, *args, **kwargs):
+        with self.policy.disable_adapter():
+            return self.policy(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        with self.policy.disable_adapter():
+            return self.policy.generate(*args, **kwargs)
+
+    def parameters(self):
+        return (p for p in self.policy.parameters() if not p.requires_grad)
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+
+def export_weights(model) -> dict[str, torch.Tensor]:
+    """The weights to load into an engine or save as a plain model, by the base model's names:
+    merged for a peft policy, the base for ``AdapterOff``, ``state_dict()`` otherwise."""
+    if isinstance(model, AdapterOff):
+        return _base_weights(model.policy, merged=False)
+    if is_peft(model):
+        return _base_weights(model, merged=True)
+    return model.state_dict()
+
+
+def _base_weights(peft_model, *, merged: bool) -> dict[str, torch.Tensor]:
+    from peft.tuners.lora import LoraLayer
+
+    base = peft_model.get_base_model()
+    deltas = {}
+    if merged:
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                parts = [module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A]
+                if parts:
+                    deltas[name] = torch.stack(parts).sum(0)
+    out = {}
+    with torch.no_grad():
+        for name, tensor in base.state_dict().items():
+            if ".lora_" in name:
+                continue
+            clean = name.replace(".base_layer.", ".")
+            owner = clean.rsplit(".", 1)[0]
+            if clean.endswith(".weight") and owner in deltas:
+                tensor = (tensor.float() + deltas[owner].float()).to(tensor.dtype)
+            out[clean] = tensor.detach()
+    return out
+
+
+def adapter_state(model) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model)
+
+
+def load_adapter(model, path) -> None:
+    """The adapter weights saved by ``model.save_pretrained(path)``, bit for bit."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        from cat.errors import ConfigError
+
+        raise ConfigError(f"{path}: adapter weights do not fit this model's LoRA layers ({unexpected[:3]} ...)")

@@ -1,0 +1,86 @@
+"""LoRA through peft: pi_0 is the policy with its adapter off, only the adapter trains, checkpoints
+save the adapter and export it merged, and the tiny gold run learns with it."""
+
+import json
+
+import torch
+from conftest import ROOT, run_cli
+from test_trainer import make_trainer
+
+from cat import checkpoint as ckpt
+from cat.logprobs import token_logprobs
+from cat.lora import AdapterOff, export_weights
+from cat.models import load_model
+
+LORA = ["model.lora.r=8", "model.lora.alpha=16", "optim.lr=1e-3"]
+
+
+def rows_of(t, n=8):
+    """A few real training rows: prompt + sampled completion, padded as the trainer pads them."""
+    groups = t.rollout(0)
+    prompt, completion = groups[0].prompt_ids, groups[0].completions[0].token_ids
+    ids = torch.tensor([list(prompt) + list(completion)])
+    return ids, torch.ones_like(ids), len(completion)
+
+
+def test_pi0_is_the_base_model_bit_for_bit_and_only_the_adapter_trains(tmp_path, tiny_world):
+    t = make_trainer(tmp_path, tiny_world, *LORA, "grpo.beta=0.04")
+    assert isinstance(t.initial_policy, AdapterOff)
+    frozen = {n: p.detach().clone() for n, p in t.policy.named_parameters() if not p.requires_grad}
+    trained = {n: p.detach().clone() for n, p in t.policy.named_parameters() if p.requires_grad}
+    assert trained and all(".lora_" in n for n in trained)
+    assert sum(p.numel() for p in trained.values()) < 0.2 * sum(p.numel() for p in frozen.values())
+    for step in range(2):
+        t.step(step)
+    after = dict(t.policy.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in frozen.items())  # the base never moves
+    assert any(not torch.equal(after[n], p) for n, p in trained.items())  # the adapter did
+
+    base = load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu"), frozen=True)
+    ids, att, T = rows_of(t)
+    with torch.no_grad():
+        off, _ = token_logprobs(t.initial_policy, ids, att, T, 1.0)
+        ref, _ = token_logprobs(base, ids, att, T, 1.0)
+        on, _ = token_logprobs(t.policy, ids, att, T, 1.0)
+    assert torch.equal(off, ref)  # the KL reference and the anchor see the base model exactly
+    assert not torch.equal(on, ref)  # and the policy is not it
+    # the engines' view of the policy: the adapter merged into the base weights
+    merged = base.__class__.from_pretrained(tiny_world / "model", dtype=torch.float32)
+    merged.load_state_dict(export_weights(t.policy))
+    with torch.no_grad():
+        lp, _ = token_logprobs(merged.eval(), ids, att, T, 1.0)
+    torch.testing.assert_close(lp, on, rtol=0, atol=1e-5)
+    assert all(torch.equal(export_weights(t.initial_policy)[k], v) for k, v in base.state_dict().items())
+
+
+def test_checkpoint_saves_the_adapter_exports_it_merged_and_resumes_exactly(tmp_path, tiny_world):
+    t = make_trainer(tmp_path / "a", tiny_world, *LORA)
+    t.step(0)
+    t.step_done = 1
+    path = t.save()
+    assert (path / "adapter" / "adapter_model.safetensors").is_file() and not (path / "master").exists()
+    assert ckpt.master_weights_dir(path) == path / "adapter"
+    exported = load_model(str(path / "model"), dtype="float32", device=torch.device("cpu"), frozen=True)
+    ids, att, T = rows_of(t)
+    with torch.no_grad():
+        torch.testing.assert_close(token_logprobs(exported, ids, att, T, 1.0)[0],
+                                   token_logprobs(t.policy, ids, att, T, 1.0)[0], rtol=0, atol=1e-5)
+    fresh = make_trainer(tmp_path / "b", tiny_world, *LORA)
+    fresh.restore(path)
+    a = {n: p for n, p in t.policy.named_parameters() if p.requires_grad}
+    assert all(torch.equal(p, a[n]) for n, p in fresh.policy.named_parameters() if p.requires_grad)
+    ra, rb = t.step(1).metrics, fresh.step(1).metrics
+    assert ra["loss"] == rb["loss"] and ra["grad_norm"] == rb["grad_norm"]
+
+
+def test_tiny_gold_learns_with_lora(tmp_path, tiny_world):
+    """Measured: 0.367 -> 0.742 held-out accuracy in 8 steps (r 16, lr 3e-3; 0.372 -> 0.805 in 15
+    steps on 100 questions)."""
+    run_dir = tmp_path / "run"
+    out = run_cli("train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir", str(run_dir),
+                  "model.lora.r=16", "model.lora.alpha=32", "optim.lr=3e-3", "run.steps=8",
+                  "eval.limit=64", "eval.num_samples=2", "eval.greedy=false", "--no-progress")
+    assert out.returncode == 0, out.stderr[-3000:]
+    evals = json.loads((run_dir / "eval.json").read_text())
+    before, after = evals["before"]["accuracy"], evals["after"]["accuracy"]
+    assert after - before >= 0.10, (before, after)
