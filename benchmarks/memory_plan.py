@@ -26,6 +26,7 @@ RUNS = [  # (config, architecture, processes)
     ("math500_qwen3_4b_cat_8gpu.yaml", QWEN3_4B, 8),
     ("math500_llama31_8b_cat.yaml", LLAMA31_8B, 1),
     ("math500_llama31_8b_cat.yaml", LLAMA31_8B, 8),
+    ("math500_llama31_8b_cat_fsdp8.yaml", LLAMA31_8B, 8),
     ("math500_llama31_8b_cat_lora.yaml", LLAMA31_8B, 1),
 ]
 

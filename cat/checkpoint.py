@@ -56,12 +56,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def export_model(model, path: Path, dtype: torch.dtype) -> None:
+def export_model(model, path: Path, dtype: torch.dtype, *, weights: dict | None = None) -> None:
     """save_pretrained with every floating-point weight cast to ``dtype`` (the live model is untouched);
     a LoRA policy is saved as its base model with the adapter merged in."""
     from cat.lora import export_weights, is_peft
 
-    state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in export_weights(model).items()}
+    weights = export_weights(model) if weights is None else weights
+    state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
     (model.get_base_model() if is_peft(model) else model).save_pretrained(path, state_dict=state)
     # save_pretrained records the live parameters' dtype; the file holds ``dtype``
     config_path = path / "config.json"
@@ -77,7 +78,8 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state: dict, keep_last: int,
-                    export_dtype: torch.dtype = torch.float32) -> Path:
+                    export_dtype: torch.dtype = torch.float32, weights: dict | None = None) -> Path:
+    """``weights``: the model's full state when its own ``state_dict`` is sharded (FSDP)."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(run_dir, step)
@@ -89,10 +91,10 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state
         model.save_pretrained(tmp / "adapter")  # what training resumes from
         export_model(model, tmp / "model", export_dtype)  # the adapter merged in
     elif export_dtype == torch.float32:
-        model.save_pretrained(tmp / "model")
+        model.save_pretrained(tmp / "model", state_dict=weights)
     else:
-        model.save_pretrained(tmp / "master")
-        export_model(model, tmp / "model", export_dtype)
+        model.save_pretrained(tmp / "master", state_dict=weights)
+        export_model(model, tmp / "model", export_dtype, weights=weights)
     tokenizer.save_pretrained(tmp / "model")
     torch.save({**trainer_state, "rng": rng_state()}, tmp / "trainer_state.pt")
     (tmp / "COMPLETE").write_text(json.dumps({"step": step}))

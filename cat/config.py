@@ -292,6 +292,15 @@ class AnchorConfig(_Endpoint):
     """Anchor prompt budget; rollouts are truncated evenly to fit. None = the model's context."""
 
 
+class ParallelConfig(_Section):
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """How several processes hold the policy (one process ignores it). ``ddp``: every rank holds
+    the whole policy, gradients and AdamW state, and gradients are all-reduced. ``fsdp``: PyTorch
+    FSDP2 (``fully_shard``) shards them across ranks, one shard group per decoder layer; weights
+    are gathered layer by layer for each forward, and whole for hf-backend generation. pi_0 stays
+    whole on every rank. Not with LoRA (the adapter is small: use ddp)."""
+
+
 class RunConfig(_Section):
     seed: int = 0
     """Seeds data order, sampling and initialisation; same seed, same run on CPU."""
@@ -325,6 +334,7 @@ class Config(_Section):
     anchor: AnchorConfig = AnchorConfig()
     rubric: RubricConfig = RubricConfig()
     judge: JudgeConfig = JudgeConfig()
+    parallel: ParallelConfig = ParallelConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
@@ -333,6 +343,8 @@ class Config(_Section):
             raise ValueError("data.prompt_template must contain {problem}")
         if self.anchor.backend == "openai" and not self.anchor.model:
             raise ValueError("anchor.backend is openai: anchor.model must name the served model")
+        if self.parallel.strategy == "fsdp" and self.model.lora is not None:
+            raise ValueError("parallel.strategy fsdp with model.lora is not supported: the adapter is small, use ddp")
         return self
 
     @property

@@ -10,6 +10,14 @@ gradients; DDP averages, so ``backward`` multiplies by the number of ranks.
 
 Every rank must join that all-reduce even when it holds no rows (its groups were all unscored):
 ``idle_backward`` takes a zero-weighted backward through every parameter for it.
+
+With ``parallel.strategy: fsdp`` the policy is sharded with FSDP2 (``fully_shard`` per decoder
+layer, then the root). Every forward all-gathers a layer's weights, so every rank must run the
+same number of forward passes: the trainer pads a rank's micro-batches with idle ones
+(``forwards_in_step``). Gradients are reduce-scattered (averaged, hence the same factor as DDP).
+Generation on the hf backend runs inside ``whole_weights()``, which gathers every layer once and
+keeps it gathered until generation ends (a generate call makes a different number of forward
+passes on each rank). Checkpoints hold full (unsharded) state, written by rank 0.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from cat.parallel import Ranks
 
 class Learner:
     def __init__(self, model: ModelConfig, optim: OptimConfig, *, ranks: Ranks, device: torch.device,
-                 total_updates: int, max_nonfinite_in_a_row: int, log=print):
+                 total_updates: int, max_nonfinite_in_a_row: int, strategy: str = "ddp", log=print):
         from accelerate import Accelerator
 
         self.model_config, self.optim_config = model, optim
@@ -49,12 +57,18 @@ class Learner:
             self.policy.requires_grad_(False)
             self.policy = wrap(self.policy, model.lora)
         self.policy.train()
+        self.fsdp = ranks.world > 1 and strategy == "fsdp"
+        # fsdp checkpoints hold full optimizer state keyed by parameter name, whatever the process count
+        self.named_state = strategy == "fsdp"
+        if self.fsdp:
+            _fully_shard(self.policy)
         self.trained = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trained, lr=optim.lr, betas=optim.betas,
                                            weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _schedule(optim.schedule, optim.warmup_steps, total_updates))
-        self.module = self.accelerator.prepare_model(self.policy) if ranks.world > 1 else self.policy
+        ddp = ranks.world > 1 and not self.fsdp
+        self.module = self.accelerator.prepare_model(self.policy) if ddp else self.policy
         self.nonfinite_in_a_row = 0
 
     # ---- forward / backward ------------------------------------------------------------------
@@ -69,11 +83,37 @@ class Learner:
     @contextlib.contextmanager
     def micro_batch(self, *, last: bool):
         """Wrap a micro-batch's forward and backward: gradients are all-reduced only at the last."""
-        if self.ranks.world > 1 and not last:
+        if self.fsdp:
+            self.policy.set_requires_gradient_sync(last)
+            yield
+        elif self.ranks.world > 1 and not last:
             with self.module.no_sync():
                 yield
         else:
             yield
+
+    @contextlib.contextmanager
+    def whole_weights(self):
+        """The policy's weights gathered whole for the duration (FSDP; a no-op otherwise): for
+        generation, whose number of forward passes differs between ranks. Every rank must enter."""
+        if not self.fsdp:
+            yield
+            return
+        sharded = _fsdp_modules(self.policy)
+        for m in sharded:
+            m.set_reshard_after_forward(False)
+            m.unshard()
+        try:
+            yield
+        finally:
+            for m in sharded:
+                m.reshard()
+                m.set_reshard_after_forward(True)
+
+    def forwards_in_step(self, mine: int) -> int:
+        """How many forward passes every rank makes this step: its own count, or with FSDP the
+        largest over ranks (the others pad with idle passes)."""
+        return int(max(self.ranks.gather(mine))) if self.fsdp else mine
 
     def backward(self, loss: torch.Tensor) -> None:
         (loss * self.ranks.world).backward()
@@ -92,7 +132,8 @@ class Learner:
         the update (``run.max_nonfinite_in_a_row`` in a row halt the run)."""
         max_norm = self.optim_config.max_grad_norm
         params = [p for p in self.trained if p.grad is not None]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf")))
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
             self.zero_grad()
             self.nonfinite_in_a_row += 1
@@ -113,13 +154,43 @@ class Learner:
     # ---- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "nonfinite_in_a_row": self.nonfinite_in_a_row}
+        """Optimizer, schedule and counters; with FSDP the optimizer state is gathered whole
+        (every rank must call this; rank 0 saves it)."""
+        if self.named_state:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            optimizer = get_optimizer_state_dict(self.policy, self.optimizer,
+                                                 options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            optimizer = self.optimizer.state_dict()
+        return {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
+                "nonfinite_in_a_row": self.nonfinite_in_a_row, "strategy": "fsdp" if self.named_state else "ddp"}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved, mine = state.get("strategy", "ddp"), "fsdp" if self.named_state else "ddp"
+        if saved != mine:
+            from cat.errors import ConfigError
+
+            raise ConfigError(f"the checkpoint was saved with parallel.strategy={saved} and this run has {mine}: "
+                              f"resume with parallel.strategy={saved} (on any number of processes)")
+        if self.named_state:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.policy, self.optimizer, optim_state_dict=state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
+
+    def full_weights(self) -> dict[str, torch.Tensor] | None:
+        """The policy's weights whole, on CPU, for a checkpoint: every rank must call it with FSDP
+        (rank 0 gets them); None when the module's own ``state_dict`` already is whole."""
+        if not self.fsdp:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def load_master_weights(self, path: Path) -> None:
         """The trained weights of a checkpoint (``cat.checkpoint.master_weights_dir``), bit for bit:
@@ -132,7 +203,30 @@ class Learner:
         from transformers import AutoModelForCausalLM
 
         weights = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
-        self.policy.load_state_dict(weights)
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(self.policy, weights, options=StateDictOptions(full_state_dict=True))
+        else:
+            self.policy.load_state_dict(weights)
+
+
+def _fully_shard(model) -> None:
+    """FSDP2 over a transformers model: one shard group per block it must not split (its
+    ``_no_split_modules``, the decoder layers), then the root for the rest."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = set(getattr(model, "_no_split_modules", None) or [])
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+
+
+def _fsdp_modules(model) -> list:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
 def _schedule(kind: str, warmup: int, total: int):

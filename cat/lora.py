@@ -57,7 +57,8 @@ def export_weights(model) -> dict[str, torch.Tensor]:
         return _base_weights(model.policy, merged=False)
     if is_peft(model):
         return _base_weights(model, merged=True)
-    return model.state_dict()
+    # an FSDP-sharded module's entries are DTensors: gathered whole (every rank must call this)
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
 
 
 def _base_weights(peft_model, *, merged: bool) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ Computed from the model's architecture (its ``config.json``; no weights are load
 built on the meta device) and the run's config:
 
 * policy master weights, gradients, AdamW state: fp32 (4 + 4 + 8 bytes per trained parameter,
-  see ``cat.models``), replicated on every rank (DDP); with LoRA, the frozen base in the compute
+  see ``cat.models``), whole on every rank with DDP, 1/N of them with FSDP; with LoRA, the frozen base in the compute
   dtype and 16 bytes per adapter parameter;
 * pi_0 (KL reference, anchor), held in the compute dtype, when the run uses it (``grpo.beta > 0``
   or an anchor on the transformers backend);
@@ -72,9 +72,11 @@ def plan(config, arch: Architecture, *, processes: int = 1) -> list[tuple[str, f
     P, compute = arch.parameters, _BYTES[config.model.dtype]
     g, gen, run = config.grpo, config.generation, config.run
     lora = config.model.lora
+    shards = processes if config.parallel.strategy == "fsdp" and processes > 1 else 1
     if lora is None:
-        rows = [("policy master weights (fp32)", 4 * P), ("gradients (fp32)", 4 * P),
-                ("AdamW state (fp32, 2 moments)", 8 * P)]
+        part = f", 1/{shards} (FSDP)" if shards > 1 else ""
+        rows = [(f"policy master weights (fp32{part})", -(-4 * P // shards)), (f"gradients (fp32{part})", -(-4 * P // shards)),
+                (f"AdamW state (fp32, 2 moments{part})", -(-8 * P // shards))]
     else:
         A = arch.lora_parameters(lora)
         rows = [(f"base weights, frozen ({config.model.dtype}; pi_0 is the base with the adapter off)", compute * P),
@@ -110,6 +112,6 @@ def render(config, arch: Architecture, *, processes: int = 1) -> str:
              f"compute dtype {config.model.dtype}, {processes} process(es), {how}, per process:"]
     lines += [f"  {name:<{width}}  {_size(size)}" for name, size in rows]
     lines.append(f"  {'total':<{width}}  {_size(sum(s for _, s in rows))}")
-    lines.append("  (prompt length: data.max_prompt_tokens, else 512; data parallel: every process holds the "
-                 "weights and optimizer state whole, the KV cache for its share of the prompts)")
+    lines.append("  (prompt length: data.max_prompt_tokens, else 512; each process holds the KV cache for its share "
+                 "of the step's prompts; FSDP gathers one layer's weights at a time on top of its shard)")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ Departures from the paper's verl setup, stated here once:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -129,7 +130,8 @@ class Trainer:
         self.eval_prompts, self.eval_ids = self._load_eval()
         self.learner = Learner(m, config.optim, ranks=self.ranks, device=self.device,
                                total_updates=config.run.steps * config.grpo.num_iterations,
-                               max_nonfinite_in_a_row=config.run.max_nonfinite_in_a_row, log=self.log)
+                               max_nonfinite_in_a_row=config.run.max_nonfinite_in_a_row,
+                               strategy=config.parallel.strategy, log=self.log)
         self.policy = self.learner.policy
         self._initial = None
         self.engine = self._make_generator(self.policy, self.tokenizer)
@@ -293,7 +295,8 @@ class Trainer:
             top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=_step_seed(self.config.run.seed, step),
             row_offset=start,
         )
-        completions = self.generator.generate([self.prompt_ids[i] for i in indices], params)
+        with self._generating():
+            completions = self.generator.generate([self.prompt_ids[i] for i in indices], params)
         return [
             Group(prompt=self.prompts[i], prompt_ids=tuple(self.prompt_ids[i]), completions=tuple(c))
             for i, c in zip(indices, completions, strict=True)
@@ -312,8 +315,9 @@ class Trainer:
         use_sampler_old = g.old_logprobs == "sampler"
         correct = self.config.sampler_correction
         learner = self.learner
+        passes = learner.forwards_in_step(max(len(chunks), 1))  # FSDP: the same on every rank
         with timer("logprobs"):
-            old = self._score(self.policy, batch, chunks) if g.num_iterations > 1 and not use_sampler_old else None
+            old = self._score(self.policy, batch, chunks, passes) if g.num_iterations > 1 and not use_sampler_old else None
             ref = self._score(self.initial_policy, batch, chunks) if g.beta > 0 else None
         out: dict = {}
         mismatch = MismatchStats(0, 0, 0, 0)
@@ -324,15 +328,18 @@ class Trainer:
                 stats = LossStats(0, 0, 0, 0, 0)
                 loss_sum = torch.zeros((), device=self.device)
                 entropy_sum = torch.zeros((), device=self.device)
-                if not chunks:  # every group of this rank went unscored; the all-reduce still needs it
-                    first = batch.rows(0, 1)
-                    learner.idle_backward(first.input_ids, first.attention_mask, T, temperature)
-                for k, (start, stop) in enumerate(chunks):
+                for k in range(passes):
+                    if k >= len(chunks):  # this rank ran out of rows (or had none): the collectives still need it
+                        with learner.micro_batch(last=k == passes - 1):
+                            first = batch.rows(0, 1)
+                            learner.idle_backward(first.input_ids, first.attention_mask, T, temperature)
+                        continue
+                    start, stop = chunks[k]
                     mb = batch.rows(start, stop)
                     mask = mb.completion_mask.to(self.device)
                     sampler_lp = mb.sampler_logprobs.to(self.device)
                     offset = start - lo  # into old / ref, which hold this rank's rows
-                    with learner.micro_batch(last=k == len(chunks) - 1):
+                    with learner.micro_batch(last=k == passes - 1):
                         logp, entropy = learner.logprobs(mb.input_ids, mb.attention_mask, T, temperature,
                                                          with_entropy=True)
                         if iteration == 0:
@@ -372,16 +379,25 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def _score(self, model, batch: Batch, chunks) -> torch.Tensor:
-        """Log-probs of the rows in ``chunks`` under a model that is not being updated."""
+    def _score(self, model, batch: Batch, chunks, passes: int | None = None) -> torch.Tensor:
+        """Log-probs of the rows in ``chunks`` under a model that is not being updated (``passes``:
+        forward passes to make in all, idle ones after the chunks, for a sharded policy)."""
         parts = []
-        for start, stop in chunks:
+        idle = [(0, 1)] * max(0, (passes or 0) - len(chunks))
+        for k, (start, stop) in enumerate(chunks + idle):
             mb = batch.rows(start, stop)
             logp, _ = token_logprobs(model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
                                      batch.completion_length, self.config.generation.temperature,
                                      compute_dtype=self.config.model.dtype)
-            parts.append(logp.cpu())
+            if k < len(chunks):
+                parts.append(logp.cpu())
         return torch.cat(parts) if parts else torch.zeros((0, batch.completion_length))
+
+    def _generating(self):
+        """Around the policy's generation: its weights whole when FSDP shards them (hf backend)."""
+        if self.config.generation.backend == "hf":
+            return self.learner.whole_weights()
+        return contextlib.nullcontext()
 
     # ---- bookkeeping ---------------------------------------------------------------------------
 
@@ -437,7 +453,8 @@ class Trainer:
     def evaluate(self) -> dict:
         judge = self.eval_judge if self.config.data.format == "healthbench" else None
         generator = self.generator if self.ranks.world == 1 else ShardedGenerator(self.generator, self.ranks)
-        result = evaluate_config(self.config, generator, self.eval_prompts, self.eval_ids, judge)
+        with self._generating():
+            result = evaluate_config(self.config, generator, self.eval_prompts, self.eval_ids, judge)
         result.pop("examples", None)
         return result
 
@@ -448,10 +465,11 @@ class Trainer:
         """A checkpoint of step ``step_done``. The state is the same on every rank (replicated
         weights and optimizer), so rank 0 writes it and the others wait for it."""
         path = ckpt.checkpoint_dir(self.run_dir, self.step_done)
+        weights, state = self.learner.full_weights(), self.state_dict()  # FSDP: gathered by all ranks
         if self.ranks.main:
             path = ckpt.save_checkpoint(self.run_dir, self.step_done, model=self.policy, tokenizer=self.tokenizer,
-                                        trainer_state=self.state_dict(), keep_last=self.config.run.keep_last,
-                                        export_dtype=torch_dtype(self.config.model.dtype))
+                                        trainer_state=state, keep_last=self.config.run.keep_last,
+                                        export_dtype=torch_dtype(self.config.model.dtype), weights=weights)
         self.ranks.barrier()
         return path
 

@@ -2,7 +2,7 @@
 ``test_parallel``: run plainly (one process) and under ``torchrun --nproc_per_node 2``; rank 0
 writes what the test compares.
 
-    python tests/parallel_steps.py OUT_DIR TINY_WORLD
+    python tests/parallel_steps.py OUT_DIR TINY_WORLD [ddp|fsdp]
 
 The gold trainer takes one step per option pair, switching options between steps (CaT: two
 pairs), then a step with the KL term and two iterations (pi_0 and old-policy scoring), one with
@@ -36,15 +36,20 @@ class DropLast(Gold):
                 for g, r in zip(groups, refs, strict=True)]
 
 
-def run(name: str, out: Path, world: Path) -> dict:
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """A tensor whole: an FSDP shard (DTensor) is gathered (a collective: every rank calls it)."""
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().flatten().clone()
+
+
+def run(name: str, out: Path, world: Path, strategy: str) -> dict:
     config = load_config(ROOT / "experiments" / f"{name}.yaml", [
         f"model.name_or_path={world / 'model'}", f"data.path={world / 'train.jsonl'}", "data.limit=48",
         "eval.path=null", "run.prompts_per_step=3", "run.micro_batch_size=5", "optim.lr=1e-4",
+        f"parallel.strategy={strategy}",
     ])
     t = Trainer(config, out / name, log=lambda *_: None)
     grads: list[torch.Tensor] = []
-    t.optimizer.register_step_pre_hook(
-        lambda *_: grads.append(torch.cat([p.grad.detach().flatten().clone() for p in t.policy.parameters()])))
+    t.optimizer.register_step_pre_hook(lambda *_: grads.append(torch.cat([whole(p.grad) for p in t.policy.parameters()])))
     # every option on gold; on CaT (the same loss code, plus the anchor on each rank's shard) three
     options = OPTIONS if name == "tiny_arith_gold" else [("dapo", "group"), ("grpo", "batch")]
     steps = [{"loss_type": loss, "scale_rewards": scale} for loss, scale in options]
@@ -62,15 +67,17 @@ def run(name: str, out: Path, world: Path) -> dict:
             setattr(t.config.grpo, key, value)
         metrics = t.step(step).metrics
         rows.append({k: v for k, v in metrics.items() if not k.startswith("time/") and k != "tokens_per_second"})
+    weights = torch.cat([whole(p) for p in t.policy.parameters()])
     if t.ranks.main:
-        torch.save({"grads": torch.stack(grads), "weights": torch.cat([p.detach().flatten() for p in t.policy.parameters()])},
-                   out / f"{name}.pt")
-    return {"rows": rows, "steps": len(steps), "world": t.ranks.world, "updates": len(grads)}
+        torch.save({"grads": torch.stack(grads), "weights": weights}, out / f"{name}.pt")
+    return {"rows": rows, "steps": len(steps), "world": t.ranks.world, "updates": len(grads),
+            "sharded": t.learner.fsdp}
 
 
 def main() -> None:
     out, world = Path(sys.argv[1]), Path(sys.argv[2])
-    result = {name: run(name, out, world) for name in ("tiny_arith_gold", "tiny_arith_cat")}
+    strategy = sys.argv[3] if len(sys.argv) > 3 else "ddp"
+    result = {name: run(name, out, world, strategy) for name in ("tiny_arith_gold", "tiny_arith_cat")}
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         (out / "result.json").write_text(json.dumps(result))
 

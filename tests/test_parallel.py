@@ -43,12 +43,12 @@ def assert_rows_match(one: list[dict], two: list[dict]) -> None:
         assert not bad, f"row {i} (step {a.get('step')}) differs: {bad}"
 
 
-def launch(*args, nproc=2, launcher="torchrun", **popen) -> list[str]:
+def launch(*args, nproc=2, launcher="torchrun") -> list[str]:
     if launcher == "torchrun":
         head = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    else:
-        head = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", f"--num_processes={nproc}",
-                "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"]
+    else:  # accelerate's --cpu runs one process whatever --num_processes says; --multi_gpu launches N (gloo on CPU)
+        head = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu" if nproc > 1 else "--cpu",
+                f"--num_processes={nproc}", "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"]
     return [*head, *args]
 
 
@@ -56,32 +56,34 @@ def env():
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def test_two_processes_take_the_one_process_steps(tmp_path, tiny_world):
+def test_two_processes_take_the_one_process_steps_with_ddp_and_fsdp(tmp_path, tiny_world):
     """Tiny gold under every loss_type x scale_rewards pair and tiny CaT under two (the anchor
     writing each rank's references), each with a step with the KL term and 2 iterations and one
     with the sampler correction, and (gold) one where rank 1's only group goes unscored (it holds
     no rows and still joins the all-reduce): same metrics, same gradient at every optimizer step,
-    same weights at the end."""
+    same weights at the end. DDP (every rank holds the policy) and FSDP2 (sharded per layer, on
+    CPU over gloo as on GPUs over NCCL) both."""
     script = str(ROOT / "tests" / "parallel_steps.py")
-    one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir()
-    two.mkdir()
-    a = subprocess.run([sys.executable, script, str(one), str(tiny_world)], cwd=ROOT, env=env(),
-                       capture_output=True, text=True, timeout=600)
-    assert a.returncode == 0, a.stderr[-3000:]
-    b = subprocess.run(launch(script, str(two), str(tiny_world)), cwd=ROOT, env=env(),
-                       capture_output=True, text=True, timeout=600)
-    assert b.returncode == 0, b.stderr[-3000:]
-    ra, rb = json.loads((one / "result.json").read_text()), json.loads((two / "result.json").read_text())
-    for name in ("tiny_arith_gold", "tiny_arith_cat"):
-        assert (ra[name]["world"], rb[name]["world"]) == (1, 2)
-        assert ra[name]["updates"] == rb[name]["updates"] == ra[name]["steps"] + 1  # one step ran 2 iterations
-        assert_rows_match(ra[name]["rows"], rb[name]["rows"])
-        ta, tb = torch.load(one / f"{name}.pt"), torch.load(two / f"{name}.pt")
-        scale = ta["grads"].abs().amax(dim=1, keepdim=True)
-        assert ((ta["grads"] - tb["grads"]).abs() / scale).max() < 1e-4
-        assert (ta["weights"] - tb["weights"]).abs().max() < 1e-5  # lr 1e-4: a lost update would move ~1e-4
-        assert ta["grads"].abs().amax(dim=1).min() > 0  # every step learned something
+    results = {}
+    for label, command in (("one", [sys.executable, script]), ("ddp", launch(script)), ("fsdp", launch(script))):
+        out = tmp_path / label
+        out.mkdir()
+        done = subprocess.run([*command, str(out), str(tiny_world), "fsdp" if label == "fsdp" else "ddp"], cwd=ROOT,
+                              env=env(), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[label] = json.loads((out / "result.json").read_text())
+    ra = results["one"]
+    for label in ("ddp", "fsdp"):
+        rb = results[label]
+        for name in ("tiny_arith_gold", "tiny_arith_cat"):
+            assert (ra[name]["world"], rb[name]["world"], rb[name]["sharded"]) == (1, 2, label == "fsdp")
+            assert ra[name]["updates"] == rb[name]["updates"] == ra[name]["steps"] + 1  # one step ran 2 iterations
+            assert_rows_match(ra[name]["rows"], rb[name]["rows"])
+            ta, tb = torch.load(tmp_path / "one" / f"{name}.pt"), torch.load(tmp_path / label / f"{name}.pt")
+            scale = ta["grads"].abs().amax(dim=1, keepdim=True)
+            assert ((ta["grads"] - tb["grads"]).abs() / scale).max() < 1e-4, label
+            assert (ta["weights"] - tb["weights"]).abs().max() < 1e-5, label  # lr 1e-4: a lost update moves ~1e-4
+            assert ta["grads"].abs().amax(dim=1).min() > 0  # every step learned something
     gold = ra["tiny_arith_gold"]["rows"]
     assert all(r["groups/scored"] == 3 for r in gold[:-1])
     assert (gold[-1]["groups/scored"], gold[-1]["groups/unscored"]) == (2, 1)  # rank 1 had nothing to backprop
@@ -98,10 +100,11 @@ def rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_cli_on_two_processes_killed_and_resumed_equals_one_process(tmp_path, tiny_world):
-    """``cat-rl train`` of the tiny gold config on 1 process, and on 2 under torchrun killed with
-    SIGKILL after step 3 (checkpoint at 2) then resumed under ``accelerate launch``: the same
-    metrics rows, written once, and the same sharded evaluation before and after."""
+def test_cli_fsdp_on_two_processes_killed_and_resumed_on_one_equals_one_process(tmp_path, tiny_world):
+    """``cat-rl train`` of the tiny gold config on 1 process; and with FSDP on 2 under torchrun,
+    killed with SIGKILL after step 3 (its checkpoint at step 2 gathered whole by rank 0), then
+    resumed on 1 process under ``accelerate launch``: the same metrics rows, written once, and the
+    same evaluation (sharded before, whole after)."""
     config = str(ROOT / "experiments" / "tiny_arith_gold.yaml")
     ref = tmp_path / "one"
     out = run_cli("train", config, "--output-dir", str(ref), *tiny_args(tiny_world))
@@ -109,7 +112,8 @@ def test_cli_on_two_processes_killed_and_resumed_equals_one_process(tmp_path, ti
 
     run_dir = tmp_path / "two"
     log = open(tmp_path / "two.log", "w")
-    proc = subprocess.Popen(launch("-m", "cat.cli", "train", config, "--output-dir", str(run_dir), *tiny_args(tiny_world)),
+    fsdp = tiny_args(tiny_world, "parallel.strategy=fsdp")
+    proc = subprocess.Popen(launch("-m", "cat.cli", "train", config, "--output-dir", str(run_dir), *fsdp),
                             cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
     while not ((run_dir / "metrics.jsonl").exists() and len(rows(run_dir)) >= 3):
@@ -118,13 +122,15 @@ def test_cli_on_two_processes_killed_and_resumed_equals_one_process(tmp_path, ti
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
     proc.wait()
-    resumed = subprocess.run(launch("-m", "cat.cli", "train", config, "--resume", str(run_dir), *tiny_args(tiny_world),
-                                    launcher="accelerate"),
+    resumed = subprocess.run(launch("-m", "cat.cli", "train", config, "--resume", str(run_dir), *fsdp,
+                                    launcher="accelerate", nproc=1),
                              cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stderr and resumed.stdout.count("run directory:") == 1  # rank 0 speaks
     assert [r["step"] for r in rows(run_dir)] == [1, 2, 3, 4]
     assert_rows_match(rows(ref), rows(run_dir))
+    saved = torch.load(run_dir / "checkpoints" / "step-000004" / "trainer_state.pt", weights_only=False)
+    assert saved["strategy"] == "fsdp"
     ea, eb = json.loads((ref / "eval.json").read_text()), json.loads((run_dir / "eval.json").read_text())
     for when in ("before", "after"):
         assert ea[when]["n"] == eb[when]["n"] == 16
@@ -132,11 +138,12 @@ def test_cli_on_two_processes_killed_and_resumed_equals_one_process(tmp_path, ti
 
 
 def test_a_failing_rank_stops_the_run_with_its_message(tmp_path, tiny_world):
+    """Under ``accelerate launch`` on 2 processes, rank 1 fails at step 2."""
     run_dir = tmp_path / "run"
     out = subprocess.run(
         launch("-m", "cat.cli", "train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir", str(run_dir),
                *tiny_args(tiny_world, "eval.path=null", "estimator.name=fails_on_rank_1",
-                          f"estimator.plugins=[{ROOT / 'tests' / 'fixtures' / 'rank_fault.py'}]")),
+                          f"estimator.plugins=[{ROOT / 'tests' / 'fixtures' / 'rank_fault.py'}]"), launcher="accelerate"),
         cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "[rank 1/2] error: the reference service went away" in out.stderr

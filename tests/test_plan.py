@@ -24,6 +24,10 @@ def test_plan_matches_a_real_learner_after_an_update(tmp_path, tiny_world):
     assert rows["gradients (fp32)"] == nbytes(grads) and len(grads) == len(list(t.policy.parameters()))
     assert rows["AdamW state (fp32, 2 moments)"] == nbytes(moments)
     assert rows["pi_0, frozen (float32)"] == nbytes(t.initial_policy.parameters())
+    t.config.parallel.strategy = "fsdp"  # the trained state sharded over 2 processes, pi_0 whole
+    sharded = dict(plan(t.config, arch, processes=2))
+    assert sharded["AdamW state (fp32, 2 moments, 1/2 (FSDP))"] == nbytes(moments) / 2
+    assert sharded["pi_0, frozen (float32)"] == rows["pi_0, frozen (float32)"]
 
 
 def test_lora_plan_matches_a_real_lora_learner(tmp_path, tiny_world):
