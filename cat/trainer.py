@@ -1,11 +1,14 @@
 """The training loop: rollouts -> reference -> rewards -> advantages -> loss -> update.
 
-One ``Trainer`` owns the frozen pi_0 (KL reference and anchor, loaded only when something uses
-it), the rollout engine, the estimator, the reward and the run directory; the trained policy, its
-optimizer and their state live in a ``Learner`` (``cat.learner``). ``train()`` runs steps,
-checkpoints, evaluates and resumes; ``step()`` is the algorithm. Under torchrun or accelerate
-launch each rank generates, references and rewards its shard of the step's prompts and the whole
-step is gathered before advantages (``cat.parallel``): rank 0 alone writes the run directory.
+The ``Trainer`` is the algorithm: ``step()`` takes one step, and it owns what a step uses: the
+rollout engine, the estimator, the reward, the frozen pi_0 (KL reference and anchor, loaded only
+when something uses it). Around it:
+* the ``Learner`` (``cat.learner``): the trained policy, its optimizer and their state;
+* the ``Task`` (``cat.task``): the prompts, their length limit and the evaluation;
+* the ``RunLoop`` (``cat.loop``): cadence, evaluation, checkpoints, signals, recording
+  (``Trainer.train`` / ``save`` / ``restore``).
+Under torchrun or accelerate launch each rank generates, references and rewards its shard of
+the step's prompts and the whole step is gathered before advantages (``cat.parallel``).
 
 Departures from the paper's verl setup, stated here once:
 * Groups that cannot be scored (no answer in the reference, teacher failure) are dropped from the
@@ -23,34 +26,28 @@ Departures from the paper's verl setup, stated here once:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from cat import checkpoint as ckpt
 from cat.batch import Batch, build_batch
 from cat.config import Config
-from cat.data import PromptOrder, encode_prompt, load_split
+from cat.data import PromptOrder, load_split
 from cat.diagnostics import teacher_diagnostics
-from cat.errors import ConfigError
 from cat.estimators import ESTIMATORS
-from cat.evaluate import evaluate_config
 from cat.generation import SamplingParams, SharedEngine, generator_from_config
 from cat.grpo import LossStats, MismatchStats, aggregate, token_losses, truncated_is_weights
 from cat.learner import Learner
 from cat.logprobs import token_logprobs
-from cat.models import context_length, load_model, load_tokenizer, resolve_device, torch_dtype
+from cat.loop import RunLoop
+from cat.models import load_model, load_tokenizer, resolve_device
 from cat.parallel import Ranks, ShardedGenerator, gather_lists
 from cat.registry import import_plugin
 from cat.rewards import REWARDS
+from cat.task import Task
 from cat.types import Group, GroupScore, Reference
 
 
@@ -121,13 +118,9 @@ class Trainer:
         torch.manual_seed(config.run.seed)
         m = config.model
         self.tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
-        self.prompts = load_split(config, "train")
-        self.prompt_limit = self._prompt_limit()
-        self.prompt_ids, self.skipped_long = self._encode(self.prompts, self.prompt_limit)
-        if not self.prompt_ids:
-            raise ConfigError(f"every training prompt is longer than {self.prompt_limit} tokens "
-                              "(data.max_prompt_tokens, or the model's context minus generation.max_new_tokens)")
-        self.eval_prompts, self.eval_ids = self._load_eval()
+        self.task = Task(config, self.tokenizer, log=self.log)
+        self.prompts, self.prompt_ids = self.task.prompts, self.task.prompt_ids
+        self.eval_prompts = self.task.eval_prompts
         self.learner = Learner(m, config.optim, ranks=self.ranks, device=self.device,
                                total_updates=config.run.steps * config.grpo.num_iterations,
                                max_nonfinite_in_a_row=config.run.max_nonfinite_in_a_row,
@@ -205,40 +198,6 @@ class Trainer:
             judge.backend.check()
             self.reward.judge = judge
         return judge
-
-    def _prompt_limit(self) -> int | None:
-        """Longest prompt kept: data.max_prompt_tokens, else the model's context minus the
-        completion budget. Longer prompts are skipped (never truncated: a cut question is a
-        different question) and counted in the log."""
-        if self.config.data.max_prompt_tokens is not None:
-            return self.config.data.max_prompt_tokens
-        m = self.config.model
-        context = context_length(m.name_or_path, trust_remote_code=m.trust_remote_code)
-        return None if context is None else context - self.config.generation.max_new_tokens
-
-    def _encode(self, prompts, limit):
-        kept_ids, skipped = [], 0
-        m = self.config.model
-        kept = []
-        for p in prompts:
-            ids = encode_prompt(p, self.tokenizer, use_chat_template=m.chat_template, chat_template_kwargs=m.chat_template_kwargs)
-            if limit is not None and len(ids) > limit:
-                skipped += 1
-                continue
-            kept.append(p)
-            kept_ids.append(ids)
-        if skipped:
-            self.log(f"skipped {skipped} of {skipped + len(kept)} prompt(s) longer than {limit} tokens")
-        prompts[:] = kept
-        return kept_ids, skipped
-
-    def _load_eval(self):
-        e = self.config.eval
-        if e.path is None:
-            return [], []
-        prompts = load_split(self.config, "eval")
-        ids, _ = self._encode(prompts, self.prompt_limit)
-        return prompts, ids
 
     # ---- the algorithm -------------------------------------------------------------------------
 
@@ -451,126 +410,24 @@ class Trainer:
         return out
 
     def evaluate(self) -> dict:
-        judge = self.eval_judge if self.config.data.format == "healthbench" else None
+        """The task's evaluation of the current policy (sharded across ranks and gathered)."""
+        judge = self.eval_judge if self.task.needs_judge else None
         generator = self.generator if self.ranks.world == 1 else ShardedGenerator(self.generator, self.ranks)
         with self._generating():
-            result = evaluate_config(self.config, generator, self.eval_prompts, self.eval_ids, judge)
-        result.pop("examples", None)
-        return result
+            return self.task.evaluate(generator, judge)
 
     def state_dict(self) -> dict:
-        return {"step": self.step_done, **self.learner.state_dict()}
+        return RunLoop(self).state_dict()
 
     def save(self) -> Path:
-        """A checkpoint of step ``step_done``. The state is the same on every rank (replicated
-        weights and optimizer), so rank 0 writes it and the others wait for it."""
-        path = ckpt.checkpoint_dir(self.run_dir, self.step_done)
-        weights, state = self.learner.full_weights(), self.state_dict()  # FSDP: gathered by all ranks
-        if self.ranks.main:
-            path = ckpt.save_checkpoint(self.run_dir, self.step_done, model=self.policy, tokenizer=self.tokenizer,
-                                        trainer_state=state, keep_last=self.config.run.keep_last,
-                                        export_dtype=torch_dtype(self.config.model.dtype), weights=weights)
-        self.ranks.barrier()
-        return path
+        return RunLoop(self).save()
 
     def restore(self, path: Path) -> None:
-        """Continue from a checkpoint, on any number of ranks (its state is not sharded)."""
-        state = ckpt.load_trainer_state(path)
-        self.learner.load_master_weights(ckpt.master_weights_dir(path))
-        self.generator.sync_weights(self.policy)
-        self.learner.load_state_dict(state)
-        self.step_done = state["step"]
-        ckpt.set_rng_state(state["rng"])
+        RunLoop(self).restore(path)
 
     def train(self, *, progress: bool = True) -> dict:
-        """Run (or continue) to ``run.steps``; returns the eval summary {before, after}.
-
-        The first Ctrl-C lets the current step finish, saves a checkpoint and raises
-        KeyboardInterrupt; a second one stops at once (the previous checkpoint stays valid). In a
-        multi-process run every rank runs this loop and rank 0 alone writes; a Ctrl-C on any rank
-        (torchrun passes it to all) ends the step on all of them.
-        """
-        from tqdm import tqdm
-
-        run = self.config.run
-        main = self.ranks.main
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        eval_path = self.run_dir / "eval.json"
-        evals = self.ranks.broadcast(json.loads(eval_path.read_text()) if main and eval_path.exists() else {})
-        evals["history"] = [h for h in evals.get("history", []) if h["step"] <= self.step_done]
-        if self.step_done >= run.steps and ("after" in evals or not self.eval_prompts):
-            self.log(f"{self.run_dir} already finished {run.steps} steps; nothing to do")
-            return evals
-        evals.pop("after", None)
-        if self.eval_prompts and "before" not in evals:
-            self.log("evaluating the initial policy ...")
-            evals["before"] = self.evaluate()
-            if main:
-                _write_json_atomic(eval_path, evals)
-            self.log(_eval_line("before", evals["before"]))
-        bar = tqdm(total=run.steps, initial=self.step_done,
-                   disable=not progress or not sys.stderr.isatty() or not main, desc="train", unit="step", leave=False)
-        metrics_path = self.run_dir / "metrics.jsonl"
-        samples_path = self.run_dir / "samples.jsonl"
-        with _GracefulInterrupt() as interrupt:
-            while self.step_done < run.steps:
-                result = self.step(self.step_done)
-                self.step_done += 1
-                if main:
-                    _append_jsonl(metrics_path, [result.metrics])
-                    _append_jsonl(samples_path, result.samples)
-                    _append_jsonl(self.run_dir / "rubrics.jsonl", result.audit)
-                    bar.update(1)
-                    bar.write(_console_line(result.metrics))
-                if self.ranks.any(interrupt.requested):
-                    bar.close()
-                    path = self.save()
-                    if main:
-                        print(f"interrupted after step {self.step_done}: saved {path}\n"
-                              f"resume with: cat-rl train {self.run_dir / 'config.yaml'} --resume {self.run_dir}",
-                              file=sys.stderr, flush=True)
-                    raise KeyboardInterrupt
-                if self.eval_prompts and self.config.eval.every and self.step_done % self.config.eval.every == 0 \
-                        and self.step_done < run.steps:
-                    evals["history"].append({"step": self.step_done, **self.evaluate()})
-                    if main:
-                        _write_json_atomic(eval_path, evals)
-                if run.save_every and self.step_done % run.save_every == 0 and self.step_done < run.steps:
-                    self.save()
-        bar.close()
-        self.save()
-        summary = teacher_summary(metrics_path) if main else ""
-        if summary:
-            self.log(summary)
-        if self.eval_prompts:
-            evals["after"] = self.evaluate()
-            if main:
-                _write_json_atomic(eval_path, evals)
-            self.log(_eval_line("before", evals["before"]))
-            self.log(_eval_line("after", evals["after"]))
-        return evals
-
-
-class _GracefulInterrupt:
-    """SIGINT once: set ``requested`` (the loop saves after the current step). Twice: stop now."""
-
-    def __enter__(self):
-        self.requested = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to stop now)", flush=True)
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        """Run (or continue) to ``run.steps`` (``cat.loop.RunLoop``); returns the eval summary."""
+        return RunLoop(self).train(progress=progress)
 
 
 class _Timer:
@@ -626,63 +483,3 @@ def _quiet(*args, **kwargs) -> None:
     """The log of ranks other than 0 (rank 0 speaks for the run)."""
 
 
-def _append_jsonl(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def _eval_line(label: str, result: dict) -> str:
-    if "score" in result:
-        return (f"{label:>6}: rubric score {result['score']:.3f} ± {result.get('std_error', float('nan')):.3f} "
-                f"(n={result['n']}, unscored {result.get('unscored', 0)})")
-    line = f"{label:>6}: accuracy {result['accuracy']:.3f} (pass@1 over {result['num_samples']} samples, n={result['n']})"
-    if "greedy_accuracy" in result:
-        line += f"  greedy {result['greedy_accuracy']:.3f}"
-    return line
-
-
-def teacher_summary(metrics_path: Path) -> str:
-    """One paragraph on the teacher over the whole run, from metrics.jsonl (gold: measured only)."""
-    if not metrics_path.exists():
-        return ""
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    if not rows or "diag/reference_accuracy" not in rows[0]:
-        return ""
-
-    def mean(key):
-        values = [r[key] for r in rows if key in r and r[key] == r[key]]
-        return sum(values) / len(values) if values else float("nan")
-
-    return (
-        f"teacher over {len(rows)} steps (vs gold, never used in training): "
-        f"reference accuracy {mean('diag/reference_accuracy'):.3f}, majority {mean('diag/majority_accuracy'):.3f}, "
-        f"single rollout {mean('diag/rollout_accuracy'):.3f}; reference disagrees with majority "
-        f"{mean('diag/disagree_rate'):.1%} of groups and is right {mean('diag/disagree_accuracy'):.1%} of those; "
-        f"right when every rollout was wrong: {sum(r.get('diag/correct_all_wrong', 0) for r in rows):.0f} groups; "
-        f"reward accuracy {mean('diag/reward_accuracy'):.3f}; unparsable references "
-        f"{mean('diag/reference_unparsable'):.1%}; unscored groups {sum(r.get('groups/unscored', 0) for r in rows)}"
-    )
-
-
-def _console_line(m: dict) -> str:
-    parts = [f"step {m['step']:4d}", f"reward {m['reward/mean']:.3f}"]
-    for key, label in (("diag/reference_accuracy", "ref_acc"), ("diag/majority_accuracy", "maj_acc"),
-                       ("diag/rollout_accuracy", "roll_acc"), ("kl", "kl"), ("entropy", "ent"),
-                       ("frac_reward_zero_std", "zero_std")):
-        if key in m and m[key] == m[key]:
-            parts.append(f"{label} {m[key]:.3f}")
-    if m.get("groups/unscored"):
-        parts.append(f"unscored {m['groups/unscored']}")
-    parts.append(f"{m['time/step']:.1f}s")
-    return "  ".join(parts)

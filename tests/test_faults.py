@@ -61,7 +61,7 @@ def test_overlong_prompts_are_skipped_and_counted(tmp_path, tiny_world):
     logs = []
     config = load_config(None, [f"model.name_or_path={tiny_world / 'model'}", f"data.path={data}", "eval.path=null"])
     trainer = Trainer(config, tmp_path / "run", log=logs.append)
-    assert trainer.prompt_limit == 512 - config.generation.max_new_tokens  # the model's context rule
+    assert trainer.task.prompt_limit == 512 - config.generation.max_new_tokens  # the model's context rule
     assert [p.text for p in trainer.prompts] == ["12+13", "20+21"]
     assert any("skipped 1 of 3" in line for line in logs)
     with pytest.raises(ConfigError, match="every training prompt is longer than 3 tokens"):

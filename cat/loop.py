@@ -1,0 +1,205 @@
+"""The run loop: cadence, evaluation, checkpoints, signals and recording around the algorithm.
+
+``RunLoop(trainer).train()`` runs (or continues) a run to ``run.steps``: it evaluates before and
+after (and every ``eval.every`` steps), appends each step's metrics, samples and rubric audit to
+the run directory, checkpoints every ``run.save_every`` steps and at the end, and turns the first
+Ctrl-C into "finish this step, save, stop". In a multi-process run every rank runs the loop and
+rank 0 alone writes. ``Trainer.train`` / ``save`` / ``restore`` are this loop's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from cat import checkpoint as ckpt
+from cat.models import torch_dtype
+
+
+class RunLoop:
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def state_dict(self) -> dict:
+        t = self.trainer
+        return {"step": t.step_done, **t.learner.state_dict()}
+
+    def save(self) -> Path:
+        """A checkpoint of step ``step_done``. The state is the same on every rank (replicated
+        weights and optimizer), so rank 0 writes it and the others wait for it."""
+        t = self.trainer
+        path = ckpt.checkpoint_dir(t.run_dir, t.step_done)
+        weights, state = t.learner.full_weights(), self.state_dict()  # FSDP: gathered by all ranks
+        if t.ranks.main:
+            path = ckpt.save_checkpoint(t.run_dir, t.step_done, model=t.policy, tokenizer=t.tokenizer,
+                                        trainer_state=state, keep_last=t.config.run.keep_last,
+                                        export_dtype=torch_dtype(t.config.model.dtype), weights=weights)
+        t.ranks.barrier()
+        return path
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint, on any number of ranks (its state is not sharded)."""
+        t = self.trainer
+        state = ckpt.load_trainer_state(path)
+        t.learner.load_master_weights(ckpt.master_weights_dir(path))
+        t.generator.sync_weights(t.policy)
+        t.learner.load_state_dict(state)
+        t.step_done = state["step"]
+        ckpt.set_rng_state(state["rng"])
+
+    def train(self, *, progress: bool = True) -> dict:
+        """Run (or continue) to ``run.steps``; returns the eval summary {before, after}.
+
+        The first Ctrl-C lets the current step finish, saves a checkpoint and raises
+        KeyboardInterrupt; a second one stops at once (the previous checkpoint stays valid). In a
+        multi-process run every rank runs this loop and rank 0 alone writes; a Ctrl-C on any rank
+        (torchrun passes it to all) ends the step on all of them.
+        """
+        t = self.trainer
+        from tqdm import tqdm
+
+        run = t.config.run
+        main = t.ranks.main
+        if main:
+            t.run_dir.mkdir(parents=True, exist_ok=True)
+        eval_path = t.run_dir / "eval.json"
+        evals = t.ranks.broadcast(json.loads(eval_path.read_text()) if main and eval_path.exists() else {})
+        evals["history"] = [h for h in evals.get("history", []) if h["step"] <= t.step_done]
+        if t.step_done >= run.steps and ("after" in evals or not t.eval_prompts):
+            t.log(f"{t.run_dir} already finished {run.steps} steps; nothing to do")
+            return evals
+        evals.pop("after", None)
+        if t.eval_prompts and "before" not in evals:
+            t.log("evaluating the initial policy ...")
+            evals["before"] = t.evaluate()
+            if main:
+                _write_json_atomic(eval_path, evals)
+            t.log(_eval_line("before", evals["before"]))
+        bar = tqdm(total=run.steps, initial=t.step_done,
+                   disable=not progress or not sys.stderr.isatty() or not main, desc="train", unit="step", leave=False)
+        metrics_path = t.run_dir / "metrics.jsonl"
+        samples_path = t.run_dir / "samples.jsonl"
+        with _GracefulInterrupt() as interrupt:
+            while t.step_done < run.steps:
+                result = t.step(t.step_done)
+                t.step_done += 1
+                if main:
+                    _append_jsonl(metrics_path, [result.metrics])
+                    _append_jsonl(samples_path, result.samples)
+                    _append_jsonl(t.run_dir / "rubrics.jsonl", result.audit)
+                    bar.update(1)
+                    bar.write(_console_line(result.metrics))
+                if t.ranks.any(interrupt.requested):
+                    bar.close()
+                    path = self.save()
+                    if main:
+                        print(f"interrupted after step {t.step_done}: saved {path}\n"
+                              f"resume with: cat-rl train {t.run_dir / 'config.yaml'} --resume {t.run_dir}",
+                              file=sys.stderr, flush=True)
+                    raise KeyboardInterrupt
+                if t.eval_prompts and t.config.eval.every and t.step_done % t.config.eval.every == 0 \
+                        and t.step_done < run.steps:
+                    evals["history"].append({"step": t.step_done, **t.evaluate()})
+                    if main:
+                        _write_json_atomic(eval_path, evals)
+                if run.save_every and t.step_done % run.save_every == 0 and t.step_done < run.steps:
+                    self.save()
+        bar.close()
+        self.save()
+        summary = teacher_summary(metrics_path) if main else ""
+        if summary:
+            t.log(summary)
+        if t.eval_prompts:
+            evals["after"] = t.evaluate()
+            if main:
+                _write_json_atomic(eval_path, evals)
+            t.log(_eval_line("before", evals["before"]))
+            t.log(_eval_line("after", evals["after"]))
+        return evals
+
+
+class _GracefulInterrupt:
+    """SIGINT once: set ``requested`` (the loop saves after the current step). Twice: stop now."""
+
+    def __enter__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to stop now)", flush=True)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _append_jsonl(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _eval_line(label: str, result: dict) -> str:
+    if "score" in result:
+        return (f"{label:>6}: rubric score {result['score']:.3f} ± {result.get('std_error', float('nan')):.3f} "
+                f"(n={result['n']}, unscored {result.get('unscored', 0)})")
+    line = f"{label:>6}: accuracy {result['accuracy']:.3f} (pass@1 over {result['num_samples']} samples, n={result['n']})"
+    if "greedy_accuracy" in result:
+        line += f"  greedy {result['greedy_accuracy']:.3f}"
+    return line
+
+
+def teacher_summary(metrics_path: Path) -> str:
+    """One paragraph on the teacher over the whole run, from metrics.jsonl (gold: measured only)."""
+    if not metrics_path.exists():
+        return ""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not rows or "diag/reference_accuracy" not in rows[0]:
+        return ""
+
+    def mean(key):
+        values = [r[key] for r in rows if key in r and r[key] == r[key]]
+        return sum(values) / len(values) if values else float("nan")
+
+    return (
+        f"teacher over {len(rows)} steps (vs gold, never used in training): "
+        f"reference accuracy {mean('diag/reference_accuracy'):.3f}, majority {mean('diag/majority_accuracy'):.3f}, "
+        f"single rollout {mean('diag/rollout_accuracy'):.3f}; reference disagrees with majority "
+        f"{mean('diag/disagree_rate'):.1%} of groups and is right {mean('diag/disagree_accuracy'):.1%} of those; "
+        f"right when every rollout was wrong: {sum(r.get('diag/correct_all_wrong', 0) for r in rows):.0f} groups; "
+        f"reward accuracy {mean('diag/reward_accuracy'):.3f}; unparsable references "
+        f"{mean('diag/reference_unparsable'):.1%}; unscored groups {sum(r.get('groups/unscored', 0) for r in rows)}"
+    )
+
+
+def _console_line(m: dict) -> str:
+    parts = [f"step {m['step']:4d}", f"reward {m['reward/mean']:.3f}"]
+    for key, label in (("diag/reference_accuracy", "ref_acc"), ("diag/majority_accuracy", "maj_acc"),
+                       ("diag/rollout_accuracy", "roll_acc"), ("kl", "kl"), ("entropy", "ent"),
+                       ("frac_reward_zero_std", "zero_std")):
+        if key in m and m[key] == m[key]:
+            parts.append(f"{label} {m[key]:.3f}")
+    if m.get("groups/unscored"):
+        parts.append(f"unscored {m['groups/unscored']}")
+    parts.append(f"{m['time/step']:.1f}s")
+    return "  ".join(parts)
