@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -114,14 +115,25 @@ def _points(value: float) -> str:
 
 
 class VerdictCache:
-    """Append-only JSONL of verdicts; safe to share between a run and its resumption."""
+    """Append-only JSONL of verdicts; safe to share between a run and its resumption.
+
+    In a multi-process run (``RANK`` set by the launcher) rank r > 0 appends to its own file,
+    ``verdicts-rank{r}.jsonl`` beside ``verdicts.jsonl``, so no two processes write one file; every
+    rank reads all of them, so a resumed run on any number of processes finds every verdict."""
 
     def __init__(self, path: Path | None):
-        self.path = path
         self.data: dict[str, bool] = {}
         self._lock = threading.Lock()
-        if path is not None and path.exists():
-            for line in path.read_text().splitlines():
+        self.path = path
+        if path is None:
+            return
+        rank = int(os.environ.get("RANK", "0"))
+        if rank > 0:
+            self.path = path.with_name(f"{path.stem}-rank{rank}{path.suffix}")
+        for file in [path, *sorted(path.parent.glob(f"{path.stem}-rank*{path.suffix}"))]:
+            if not file.exists():
+                continue
+            for line in file.read_text().splitlines():
                 try:
                     row = json.loads(line)
                     self.data[row["key"]] = bool(row["verdict"])

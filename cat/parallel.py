@@ -102,3 +102,31 @@ class ShardedGenerator:
 
     def sync_weights(self, model) -> None:
         self.inner.sync_weights(model)
+
+
+class ShardedJudge:
+    """A judge whose items are split across ranks and whose verdicts are gathered: each response
+    of a sharded evaluation is graded once, not once per rank."""
+
+    def __init__(self, inner, ranks: Ranks):
+        self.inner, self.ranks = inner, ranks
+
+    def judge(self, items: list):
+        start, stop = self.ranks.shard(len(items))
+        verdicts, stats = self.inner.judge(items[start:stop]) if stop > start else ([], {})
+        parts = self.ranks.gather((verdicts, stats, stop - start))
+        return [v for part in parts for v in part[0]], combine_stats([p[1] for p in parts], [p[2] for p in parts])
+
+
+def combine_stats(per_rank: list[dict], weights: list[int]) -> dict:
+    """Per-rank statistics as one: counts (ints) add up, rates are averaged weighted by each
+    rank's share (its groups, its items)."""
+    out = {}
+    for key in dict.fromkeys(k for stats in per_rank for k in stats):
+        pairs = [(stats[key], n) for stats, n in zip(per_rank, weights, strict=True) if key in stats]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v, _ in pairs):
+            out[key] = sum(v for v, _ in pairs)
+        else:
+            total = sum(n for _, n in pairs)
+            out[key] = sum(v * n for v, n in pairs) / total if total else float("nan")
+    return out

@@ -44,7 +44,7 @@ from cat.learner import Learner
 from cat.logprobs import token_logprobs
 from cat.loop import RunLoop
 from cat.models import load_model, load_tokenizer, resolve_device
-from cat.parallel import Ranks, ShardedGenerator, gather_lists
+from cat.parallel import Ranks, ShardedGenerator, ShardedJudge, combine_stats, gather_lists
 from cat.registry import import_plugin
 from cat.rewards import REWARDS
 from cat.task import Task
@@ -219,7 +219,7 @@ class Trainer:
         if self.ranks.world > 1:
             counts = self.ranks.gather(len(groups))
             groups, references, scores, audit = gather_lists(self.ranks, groups, references, scores, audit)
-            reward_stats = _combine_stats(self.ranks.gather(reward_stats), counts)
+            reward_stats = combine_stats(self.ranks.gather(reward_stats), counts)
         g = self.config.grpo
         batch = build_batch(groups, scores, pad_id=self.tokenizer.pad_token_id, scale=g.scale_rewards,
                             eps=g.advantage_eps, mask_truncated=g.mask_truncated_completions)
@@ -412,7 +412,11 @@ class Trainer:
     def evaluate(self) -> dict:
         """The task's evaluation of the current policy (sharded across ranks and gathered)."""
         judge = self.eval_judge if self.task.needs_judge else None
-        generator = self.generator if self.ranks.world == 1 else ShardedGenerator(self.generator, self.ranks)
+        generator = self.generator
+        if self.ranks.world > 1:
+            generator = ShardedGenerator(self.generator, self.ranks)
+            if judge is not None:
+                judge = ShardedJudge(judge, self.ranks)
         with self._generating():
             return self.task.evaluate(generator, judge)
 
@@ -463,20 +467,6 @@ def _rows_of(batch: Batch, shard: tuple[int, int] | None) -> tuple[int, int]:
         return 0, len(batch)
     mine = ((batch.group_index >= shard[0]) & (batch.group_index < shard[1])).nonzero().flatten()
     return (int(mine[0]), int(mine[-1]) + 1) if len(mine) else (0, 0)
-
-
-def _combine_stats(per_rank: list[dict], groups: list[int]) -> dict:
-    """A reward's per-step statistics from every rank: counts (ints) add up, rates are averaged
-    weighted by each rank's number of groups."""
-    out = {}
-    for key in dict.fromkeys(k for stats in per_rank for k in stats):
-        pairs = [(stats[key], n) for stats, n in zip(per_rank, groups, strict=True) if key in stats]
-        if all(isinstance(v, int) and not isinstance(v, bool) for v, _ in pairs):
-            out[key] = sum(v for v, _ in pairs)
-        else:
-            weight = sum(n for _, n in pairs)
-            out[key] = sum(v * n for v, n in pairs) / weight if weight else float("nan")
-    return out
 
 
 def _quiet(*args, **kwargs) -> None:

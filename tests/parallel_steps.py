@@ -2,13 +2,14 @@
 ``test_parallel``: run plainly (one process) and under ``torchrun --nproc_per_node 2``; rank 0
 writes what the test compares.
 
-    python tests/parallel_steps.py OUT_DIR TINY_WORLD [ddp|fsdp]
+    python tests/parallel_steps.py OUT_DIR TINY_WORLD STRATEGY [key=value ...]
 
-The gold trainer takes one step per option pair, switching options between steps (CaT: two
-pairs), then a step with the KL term and two iterations (pi_0 and old-policy scoring), one with
-the sampler correction, and (gold) one where the step's last group goes unscored: with 3 prompts
-per step split 2 + 1, rank 1 then holds no rows and must still join the gradient all-reduce. Per step it records the metrics
-(times aside) and the gradient at the optimizer step; at the end, the weights.
+Each trainer takes one step per option pair, switching options between steps, then a step with
+the KL term and two iterations (pi_0 and old-policy scoring), one with the sampler correction,
+and (gold) one where the step's last group goes unscored: with 3 prompts per step split 2 + 1,
+rank 1 then holds no rows and must still join the gradient all-reduce. Per step it records the
+metrics (times aside) and the gradient at the optimizer step; at the end, the weights. Groups of
+4 rollouts keep it quick.
 """
 
 import json
@@ -41,18 +42,17 @@ def whole(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().flatten().clone()
 
 
-def run(name: str, out: Path, world: Path, strategy: str) -> dict:
+def run(name: str, out: Path, world: Path, strategy: str, extra: list[str]) -> dict:
     config = load_config(ROOT / "experiments" / f"{name}.yaml", [
         f"model.name_or_path={world / 'model'}", f"data.path={world / 'train.jsonl'}", "data.limit=48",
         "eval.path=null", "run.prompts_per_step=3", "run.micro_batch_size=5", "optim.lr=1e-4",
-        f"parallel.strategy={strategy}",
+        "generation.num_generations=4",
+        f"parallel.strategy={strategy}", *extra,
     ])
     t = Trainer(config, out / name, log=lambda *_: None)
     grads: list[torch.Tensor] = []
     t.optimizer.register_step_pre_hook(lambda *_: grads.append(torch.cat([whole(p.grad) for p in t.policy.parameters()])))
-    # every option on gold; on CaT (the same loss code, plus the anchor on each rank's shard) three
-    options = OPTIONS if name == "tiny_arith_gold" else [("dapo", "group"), ("grpo", "batch")]
-    steps = [{"loss_type": loss, "scale_rewards": scale} for loss, scale in options]
+    steps = [{"loss_type": loss, "scale_rewards": scale} for loss, scale in OPTIONS]
     steps.append({"loss_type": "dapo", "scale_rewards": "group", "beta": 0.04, "num_iterations": 2})
     steps.append({"loss_type": "grpo", "scale_rewards": "group", "beta": 0.0, "num_iterations": 1,
                   "sampler_correction": True})
@@ -76,8 +76,8 @@ def run(name: str, out: Path, world: Path, strategy: str) -> dict:
 
 def main() -> None:
     out, world = Path(sys.argv[1]), Path(sys.argv[2])
-    strategy = sys.argv[3] if len(sys.argv) > 3 else "ddp"
-    result = {name: run(name, out, world, strategy) for name in ("tiny_arith_gold", "tiny_arith_cat")}
+    strategy, extra = sys.argv[3], sys.argv[4:]
+    result = {name: run(name, out, world, strategy, extra) for name in ("tiny_arith_gold", "tiny_arith_cat")}
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         (out / "result.json").write_text(json.dumps(result))
 

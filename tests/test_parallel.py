@@ -57,18 +57,21 @@ def env():
 
 
 def test_two_processes_take_the_one_process_steps_with_ddp_and_fsdp(tmp_path, tiny_world):
-    """Tiny gold under every loss_type x scale_rewards pair and tiny CaT under two (the anchor
-    writing each rank's references), each with a step with the KL term and 2 iterations and one
-    with the sampler correction, and (gold) one where rank 1's only group goes unscored (it holds
-    no rows and still joins the all-reduce): same metrics, same gradient at every optimizer step,
-    same weights at the end. DDP (every rank holds the policy) and FSDP2 (sharded per layer, on
-    CPU over gloo as on GPUs over NCCL) both."""
+    """Tiny gold and tiny CaT (the anchor writing each rank's references), a step under every
+    loss_type x scale_rewards pair, one with the KL term and 2 iterations, one with the sampler
+    correction, and (gold) one where rank 1's only group goes unscored (it holds no rows and still
+    joins the all-reduce): same metrics, same gradient at every optimizer step, same weights at
+    the end. DDP (every rank holds the policy) and FSDP2 (sharded per layer, on CPU over gloo as
+    on GPUs over NCCL; with gradient checkpointing, which recomputes each layer's activations in
+    the backward pass and so gathers each layer again)."""
     script = str(ROOT / "tests" / "parallel_steps.py")
     results = {}
-    for label, command in (("one", [sys.executable, script]), ("ddp", launch(script)), ("fsdp", launch(script))):
+    runs = {"one": ([sys.executable, script], "ddp"), "ddp": (launch(script), "ddp"),
+            "fsdp": (launch(script), "fsdp", "model.gradient_checkpointing=true")}
+    for label, (command, *args) in runs.items():
         out = tmp_path / label
         out.mkdir()
-        done = subprocess.run([*command, str(out), str(tiny_world), "fsdp" if label == "fsdp" else "ddp"], cwd=ROOT,
+        done = subprocess.run([*command, str(out), str(tiny_world), *args], cwd=ROOT,
                               env=env(), capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         results[label] = json.loads((out / "result.json").read_text())
@@ -96,6 +99,22 @@ def tiny_args(tiny_world, *extra):
             "run.prompts_per_step=4", "run.steps=4", "run.save_every=2", "--no-progress", *extra]
 
 
+def kill_after_rows(command: list[str], run_dir, n: int, timeout: float = 600) -> None:
+    """Start a (multi-process) training command and SIGKILL the launcher and every rank once
+    ``run_dir`` has ``n`` metrics rows."""
+    log = run_dir.parent / f"{run_dir.name}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.time() + timeout
+        while not ((run_dir / "metrics.jsonl").exists() and len(rows(run_dir)) >= n):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, f"timed out waiting for step {n}"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -111,17 +130,8 @@ def test_cli_fsdp_on_two_processes_killed_and_resumed_on_one_equals_one_process(
     assert out.returncode == 0, out.stderr[-3000:]
 
     run_dir = tmp_path / "two"
-    log = open(tmp_path / "two.log", "w")
     fsdp = tiny_args(tiny_world, "parallel.strategy=fsdp")
-    proc = subprocess.Popen(launch("-m", "cat.cli", "train", config, "--output-dir", str(run_dir), *fsdp),
-                            cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 300
-    while not ((run_dir / "metrics.jsonl").exists() and len(rows(run_dir)) >= 3):
-        assert proc.poll() is None, (tmp_path / "two.log").read_text()[-3000:]
-        assert time.time() < deadline, "timed out waiting for step 3"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
-    proc.wait()
+    kill_after_rows(launch("-m", "cat.cli", "train", config, "--output-dir", str(run_dir), *fsdp), run_dir, 3)
     resumed = subprocess.run(launch("-m", "cat.cli", "train", config, "--resume", str(run_dir), *fsdp,
                                     launcher="accelerate", nproc=1),
                              cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
@@ -149,3 +159,26 @@ def test_a_failing_rank_stops_the_run_with_its_message(tmp_path, tiny_world):
     assert "[rank 1/2] error: the reference service went away" in out.stderr
     assert "[rank 0/2] error: another rank stopped while this one was waiting for it" in out.stderr
     assert len(rows(run_dir)) == 1  # step 1 was written, nothing after the failure
+
+
+def test_sharded_judge_and_generator_split_the_work_and_gather_it(tmp_path, tiny_world):
+    """Evaluation on 2 processes: the judge grades each response once (rank 0 the first 3 of 5,
+    rank 1 the last 2), every rank gets all verdicts in order with summed counts and a weighted
+    rate; sharded generation gives what one process generates with the same seed."""
+    from cat.generation import SamplingParams, make_generator
+    from cat.models import load_model, load_tokenizer
+
+    done = subprocess.run(launch(str(ROOT / "tests" / "parallel_shards.py"), str(tmp_path), str(tiny_world)),
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    expected = [[n > k for k in range(3)] for n in range(5)]
+    assert r0["verdicts"] == r1["verdicts"] == expected
+    assert r0["seen"] == ["", "x", "xx"] and r1["seen"] == ["xxx", "xxxx"]
+    assert r0["stats"] == r1["stats"]
+    assert r0["stats"]["judge/calls"] == 15 and abs(r0["stats"]["judge/yes_rate"] - 9 / 15) < 1e-12
+    model = load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu"))
+    tokenizer = load_tokenizer(str(tiny_world / "model"))
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in ["47+38", "12+9", "99+1"]]
+    whole = make_generator("hf", model, tokenizer, batch_size=64).generate(prompts, SamplingParams(n=2, max_new_tokens=24, seed=5))
+    assert r0["texts"] == r1["texts"] == [[c.text for c in group] for group in whole]

@@ -266,3 +266,17 @@ def test_judge_templates_are_chosen_and_validated_at_load(tmp_path):
             judge_template(load_config(None, [f"judge.template={plain}"]), conversation="conversation" in text)
     with pytest.raises(ConfigError, match="criteria"):
         judge_template(load_config(None, ["judge.mode=all_criteria", f"judge.template={chat}"]), conversation=True)
+
+
+def test_verdict_caches_of_several_ranks_never_share_a_file_and_are_all_read(tmp_path, monkeypatch):
+    """Rank 1 of a multi-process run appends to verdicts-rank1.jsonl; a cache opened later on any
+    rank (a resumed run, on any number of processes) reads every rank's verdicts."""
+    path = tmp_path / "verdicts.jsonl"
+    VerdictCache(path).put_many([("a", True)])
+    monkeypatch.setenv("RANK", "1")
+    rank1 = VerdictCache(path)
+    rank1.put_many([("b", False)])
+    assert rank1.path == tmp_path / "verdicts-rank1.jsonl" and rank1.data == {"a": True, "b": False}
+    assert path.read_text().count("\n") == 1  # rank 0's file untouched by rank 1
+    monkeypatch.setenv("RANK", "0")
+    assert VerdictCache(path).data == {"a": True, "b": False}

@@ -9,16 +9,13 @@ tensor parallel, gpu_memory_utilization) is listed in the README.
 """
 
 import json
-import os
-import signal
 import subprocess
-import time
 
 import pytest
 import torch
 from conftest import ROOT, run_cli
 from test_generation import assert_engine_logprobs_match_scoring, assert_independent_copies, ids_for
-from test_parallel import assert_rows_match, env, launch, rows
+from test_parallel import assert_rows_match, env, kill_after_rows, launch, rows
 
 from cat.generation import SamplingParams, make_generator
 from cat.logprobs import token_logprobs
@@ -212,16 +209,7 @@ def test_two_processes_on_vllm_killed_and_resumed_equal_one(tmp_path, cat_run):
     ref, args = cat_run
     config = ROOT / "experiments" / "tiny_arith_cat.yaml"
     run_dir = tmp_path / "run"
-    log = open(tmp_path / "train.log", "w")
-    proc = subprocess.Popen(launch("-m", "cat.cli", "train", str(config), "--output-dir", str(run_dir), *args),
-                            cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 600
-    while not ((run_dir / "metrics.jsonl").exists() and len(rows(run_dir)) >= 3):
-        assert proc.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
-        assert time.time() < deadline, "timed out waiting for step 3"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_rows(launch("-m", "cat.cli", "train", str(config), "--output-dir", str(run_dir), *args), run_dir, 3)
     out = subprocess.run(launch("-m", "cat.cli", "train", str(config), "--resume", str(run_dir), *args),
                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
