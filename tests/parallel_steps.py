@@ -6,7 +6,7 @@ writes what the test compares.
 
 Each trainer takes one step per option pair, switching options between steps, then a step with
 the KL term and two iterations (pi_0 and old-policy scoring), one with the sampler correction,
-and (gold) one where the step's last group goes unscored: with 3 prompts per step split 2 + 1,
+and (gold) one where the step's last group goes unscored: with 2 prompts per step, one per rank,
 rank 1 then holds no rows and must still join the gradient all-reduce. Per step it records the
 metrics (times aside) and the gradient at the optimizer step; at the end, the weights. Groups of
 4 rollouts keep it quick.
@@ -45,7 +45,7 @@ def whole(t: torch.Tensor) -> torch.Tensor:
 def run(name: str, out: Path, world: Path, strategy: str, extra: list[str]) -> dict:
     config = load_config(ROOT / "experiments" / f"{name}.yaml", [
         f"model.name_or_path={world / 'model'}", f"data.path={world / 'train.jsonl'}", "data.limit=48",
-        "eval.path=null", "run.prompts_per_step=3", "run.micro_batch_size=5", "optim.lr=1e-4",
+        "eval.path=null", "run.prompts_per_step=2", "run.micro_batch_size=3", "optim.lr=1e-4",
         "generation.num_generations=4",
         f"parallel.strategy={strategy}", *extra,
     ])

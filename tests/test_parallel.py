@@ -68,13 +68,15 @@ def test_two_processes_take_the_one_process_steps_with_ddp_and_fsdp(tmp_path, ti
     results = {}
     runs = {"one": ([sys.executable, script], "ddp"), "ddp": (launch(script), "ddp"),
             "fsdp": (launch(script), "fsdp", "model.gradient_checkpointing=true")}
-    for label, (command, *args) in runs.items():
-        out = tmp_path / label
-        out.mkdir()
-        done = subprocess.run([*command, str(out), str(tiny_world), *args], cwd=ROOT,
-                              env=env(), capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        results[label] = json.loads((out / "result.json").read_text())
+    procs = {}
+    for label, (command, *args) in runs.items():  # side by side: the ranks spend much of a step waiting
+        (tmp_path / label).mkdir()
+        procs[label] = subprocess.Popen([*command, str(tmp_path / label), str(tiny_world), *args], cwd=ROOT, env=env(),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for label, proc in procs.items():
+        _, stderr = proc.communicate(timeout=900)
+        assert proc.returncode == 0, stderr[-3000:]
+        results[label] = json.loads((tmp_path / label / "result.json").read_text())
     ra = results["one"]
     for label in ("ddp", "fsdp"):
         rb = results[label]
@@ -83,13 +85,16 @@ def test_two_processes_take_the_one_process_steps_with_ddp_and_fsdp(tmp_path, ti
             assert ra[name]["updates"] == rb[name]["updates"] == ra[name]["steps"] + 1  # one step ran 2 iterations
             assert_rows_match(ra[name]["rows"], rb[name]["rows"])
             ta, tb = torch.load(tmp_path / "one" / f"{name}.pt"), torch.load(tmp_path / label / f"{name}.pt")
-            scale = ta["grads"].abs().amax(dim=1, keepdim=True)
-            assert ((ta["grads"] - tb["grads"]).abs() / scale).max() < 1e-4, label
+            scale = ta["grads"].abs().amax(dim=1, keepdim=True)  # 0 where every group had one reward
+            assert ((ta["grads"] - tb["grads"]).abs() <= 1e-4 * scale).all(), label
+            worst = ((ta["grads"] - tb["grads"]).abs() / scale.clamp_min(1e-30)).max()
+            print(f"{label} {name}: gradients {worst:.1e} of the largest entry, "
+                  f"weights {(ta['weights'] - tb['weights']).abs().max():.1e}")  # shown with pytest -s
             assert (ta["weights"] - tb["weights"]).abs().max() < 1e-5, label  # lr 1e-4: a lost update moves ~1e-4
-            assert ta["grads"].abs().amax(dim=1).min() > 0  # every step learned something
+            assert (scale > 0).float().mean() > 0.75  # most steps had a learning signal
     gold = ra["tiny_arith_gold"]["rows"]
-    assert all(r["groups/scored"] == 3 for r in gold[:-1])
-    assert (gold[-1]["groups/scored"], gold[-1]["groups/unscored"]) == (2, 1)  # rank 1 had nothing to backprop
+    assert all(r["groups/scored"] == 2 for r in gold[:-1])
+    assert (gold[-1]["groups/scored"], gold[-1]["groups/unscored"]) == (1, 1)  # rank 1 had nothing to backprop
     assert ra["tiny_arith_cat"]["rows"][0]["anchor/completion_tokens"] > 0
 
 

@@ -203,14 +203,14 @@ def test_train_gold_end_to_end_on_vllm(tmp_path, tiny_world):
     check_rows(run_dir, 2)
 
 
-def test_two_processes_on_vllm_killed_and_resumed_equal_one(tmp_path, cat_run):
+def test_two_processes_on_vllm_killed_and_resumed_on_one_equal_one(tmp_path, cat_run):
     """The CaT run on 2 processes under torchrun, each rank with its own engine, killed with
-    SIGKILL after step 3 (checkpoint at 2) and resumed on 2: the same rows as the 1-process run."""
+    SIGKILL after step 3 (checkpoint at 2) and resumed on 1: the same rows as the 1-process run."""
     ref, args = cat_run
     config = ROOT / "experiments" / "tiny_arith_cat.yaml"
     run_dir = tmp_path / "run"
     kill_after_rows(launch("-m", "cat.cli", "train", str(config), "--output-dir", str(run_dir), *args), run_dir, 3)
-    out = subprocess.run(launch("-m", "cat.cli", "train", str(config), "--resume", str(run_dir), *args),
+    out = subprocess.run(launch("-m", "cat.cli", "train", str(config), "--resume", str(run_dir), *args, nproc=1),
                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming" in out.stderr
