@@ -29,8 +29,8 @@ class RunLoop:
         return {"step": t.step_done, **t.learner.state_dict()}
 
     def save(self) -> Path:
-        """A checkpoint of step ``step_done``. The state is the same on every rank (replicated
-        weights and optimizer), so rank 0 writes it and the others wait for it."""
+        """A checkpoint of step ``step_done``, holding whole state: every rank takes part in
+        gathering it (FSDP shards), rank 0 writes it and the others wait for it."""
         t = self.trainer
         path = ckpt.checkpoint_dir(t.run_dir, t.step_done)
         weights, state = t.learner.full_weights(), self.state_dict()  # FSDP: gathered by all ranks

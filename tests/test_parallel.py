@@ -21,7 +21,7 @@ import sys
 import time
 
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT
 
 TIMING = ("time/", "tokens_per_second", "anchor/seconds")
 
@@ -131,12 +131,14 @@ def test_cli_fsdp_on_two_processes_killed_and_resumed_on_one_equals_one_process(
     same evaluation (sharded before, whole after)."""
     config = str(ROOT / "experiments" / "tiny_arith_gold.yaml")
     ref = tmp_path / "one"
-    out = run_cli("train", config, "--output-dir", str(ref), *tiny_args(tiny_world))
-    assert out.returncode == 0, out.stderr[-3000:]
-
+    one = subprocess.Popen([sys.executable, "-m", "cat.cli", "train", config, "--output-dir", str(ref),
+                            *tiny_args(tiny_world)], cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)  # the reference, side by side with the 2 ranks
     run_dir = tmp_path / "two"
     fsdp = tiny_args(tiny_world, "parallel.strategy=fsdp")
     kill_after_rows(launch("-m", "cat.cli", "train", config, "--output-dir", str(run_dir), *fsdp), run_dir, 3)
+    _, stderr = one.communicate(timeout=600)
+    assert one.returncode == 0, stderr[-3000:]
     resumed = subprocess.run(launch("-m", "cat.cli", "train", config, "--resume", str(run_dir), *fsdp,
                                     launcher="accelerate", nproc=1),
                              cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)

@@ -10,10 +10,11 @@ tensor parallel, gpu_memory_utilization) is listed in the README.
 
 import json
 import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT
 from test_generation import assert_engine_logprobs_match_scoring, assert_independent_copies, ids_for
 from test_parallel import assert_rows_match, env, kill_after_rows, launch, rows
 
@@ -178,13 +179,25 @@ def check_rows(run_dir, steps):
 
 
 @pytest.fixture(scope="module")
-def cat_run(tmp_path_factory, tiny_world):
-    """``cat-rl train experiments/tiny_arith_cat.yaml generation.backend=vllm``, 4 steps."""
-    run_dir = tmp_path_factory.mktemp("vllm-cat") / "run"
-    args = tiny_overrides(tiny_world, "run.steps=4", "run.save_every=2")
-    out = run_cli("train", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--output-dir", str(run_dir), *args)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return run_dir, args
+def e2e_runs(tmp_path_factory, tiny_world):
+    """``cat-rl train`` with generation.backend=vllm: tiny CaT for 4 steps and tiny gold for 2, side
+    by side (one thread and one engine each). {name: (run_dir, args)}."""
+    root = tmp_path_factory.mktemp("vllm-e2e")
+    runs = {"tiny_arith_cat": tiny_overrides(tiny_world, "run.steps=4", "run.save_every=2"),
+            "tiny_arith_gold": tiny_overrides(tiny_world, "run.steps=2", "eval.path=null")}
+    procs = {name: subprocess.Popen([sys.executable, "-m", "cat.cli", "train", str(ROOT / "experiments" / f"{name}.yaml"),
+                                     "--output-dir", str(root / name), *args], cwd=ROOT, env=env(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for name, args in runs.items()}
+    for proc in procs.values():
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+    return {name: (root / name, args) for name, args in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def cat_run(e2e_runs):
+    return e2e_runs["tiny_arith_cat"]
 
 
 def test_train_cat_end_to_end_on_vllm(cat_run):
@@ -195,11 +208,8 @@ def test_train_cat_end_to_end_on_vllm(cat_run):
     assert 0 <= evals["before"]["accuracy"] <= 1 and 0 <= evals["after"]["accuracy"] <= 1
 
 
-def test_train_gold_end_to_end_on_vllm(tmp_path, tiny_world):
-    run_dir = tmp_path / "run"
-    out = run_cli("train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir", str(run_dir),
-                  *tiny_overrides(tiny_world, "run.steps=2", "eval.path=null"))
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_train_gold_end_to_end_on_vllm(e2e_runs):
+    run_dir, _ = e2e_runs["tiny_arith_gold"]
     check_rows(run_dir, 2)
 
 
