@@ -21,7 +21,14 @@ def wrap(model, settings):
 
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=settings.target_modules, task_type="CAUSAL_LM")
-    return get_peft_model(model, config, autocast_adapter_dtype=True)
+    try:
+        return get_peft_model(model, config, autocast_adapter_dtype=True)
+    except ValueError as exc:  # peft's "target modules not found" (NoMatchingPeftModuleError)
+        from cat.errors import ConfigError
+
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(f"model.lora.target_modules {settings.target_modules}: {exc}; this model's linear "
+                          f"layers are named {linear}") from None
 
 
 def is_peft(model) -> bool:

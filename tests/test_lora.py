@@ -84,3 +84,10 @@ def test_tiny_gold_learns_with_lora(tmp_path, tiny_world):
     evals = json.loads((run_dir / "eval.json").read_text())
     before, after = evals["before"]["accuracy"], evals["after"]["accuracy"]
     assert after - before >= 0.10, (before, after)
+
+
+def test_target_modules_the_model_lacks_are_a_clear_error(tmp_path, tiny_world):
+    out = run_cli("train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir", str(tmp_path / "run"),
+                  "model.lora.target_modules=[qq_proj]", "eval.path=null", "run.steps=1", "--no-progress")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "model.lora.target_modules ['qq_proj']" in out.stderr and "q_proj" in out.stderr
