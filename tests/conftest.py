@@ -1,9 +1,12 @@
 """Shared fixtures. The tiny world is built once per machine (cached under $CAT_CACHE or
 ~/.cache/cat) and reused by every test that needs a real model."""
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,22 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
         [sys.executable, "-m", "cat.cli", *args], cwd=cwd or ROOT, env=env,
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """``cat-rl`` in this process: ``cat.cli.main`` with its output captured and its exit status
+    as the interpreter would report it (argparse's SystemExit, 1 and a traceback for an uncaught
+    exception). For runs that fail early or train a step or two, spared an interpreter start and
+    the imports; :func:`run_cli` keeps the real process for what only a process shows."""
+    from cat.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception:  # noqa: BLE001 - reported the way the interpreter would
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(["cat-rl", *args], code, stdout.getvalue(), stderr.getvalue())

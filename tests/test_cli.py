@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli, run_cli
 
 CAT = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
 
@@ -23,35 +23,35 @@ def test_unknown_config_key(tmp_path):
 
 
 def test_unknown_override_and_bad_value():
-    assert_clean_failure(run_cli("train", CAT, "run.stepz=3"), "run.stepz", "steps")
-    assert_clean_failure(run_cli("train", CAT, "grpo.loss_type=ppo"), "grpo.loss_type", "dapo")
+    assert_clean_failure(cli("train", CAT, "run.stepz=3"), "run.stepz", "steps")
+    assert_clean_failure(cli("train", CAT, "grpo.loss_type=ppo"), "grpo.loss_type", "dapo")
 
 
 def test_missing_config_file(tmp_path):
-    assert_clean_failure(run_cli("train", str(tmp_path / "nope.yaml")), "config file not found")
+    assert_clean_failure(cli("train", str(tmp_path / "nope.yaml")), "config file not found")
 
 
 def test_malformed_dataset_row(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"problem": "1+1", "answer": "2"}) + "\n" + json.dumps({"problem": 5}) + "\n")
-    out = run_cli("train", CAT, f"data.path={data}", "--output-dir", str(tmp_path / "r"))
+    out = cli("train", CAT, f"data.path={data}", "--output-dir", str(tmp_path / "r"))
     assert_clean_failure(out, "d.jsonl: row 2", "'problem'")
 
 
 def test_unknown_estimator_lists_registered(tmp_path):
-    out = run_cli("train", CAT, "estimator.name=synthesys", "--output-dir", str(tmp_path / "r"))
+    out = cli("train", CAT, "estimator.name=synthesys", "--output-dir", str(tmp_path / "r"))
     assert_clean_failure(out, "synthesys", "synthesis", "majority_vote")
 
 
 def test_missing_plugin(tmp_path):
-    out = run_cli("train", CAT, "estimator.plugins=['no_such_module_xyz']", "--output-dir", str(tmp_path / "r"))
+    out = cli("train", CAT, "estimator.plugins=['no_such_module_xyz']", "--output-dir", str(tmp_path / "r"))
     assert_clean_failure(out, "no_such_module_xyz")
 
 
 def test_template_with_unknown_placeholder(tmp_path):
     t = tmp_path / "t.txt"
     t.write_text("Merge these: {{rollouts}} for {{questoin}}")
-    out = run_cli("train", CAT, f"anchor.template={t}", "--output-dir", str(tmp_path / "r"))
+    out = cli("train", CAT, f"anchor.template={t}", "--output-dir", str(tmp_path / "r"))
     assert_clean_failure(out, "questoin", str(t))
 
 
@@ -59,13 +59,13 @@ def test_template_with_unknown_placeholder(tmp_path):
 def test_unwritable_output_dir(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    assert_clean_failure(run_cli("train", CAT, "--output-dir", str(locked / "run")), "not writable")
+    assert_clean_failure(cli("train", CAT, "--output-dir", str(locked / "run")), "not writable")
 
 
 def test_output_dir_that_is_a_file(tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")
-    assert_clean_failure(run_cli("train", CAT, "--output-dir", str(f / "run")), "not writable")
+    assert_clean_failure(cli("train", CAT, "--output-dir", str(f / "run")), "not writable")
 
 
 def test_bad_cli_argument():
@@ -75,7 +75,7 @@ def test_bad_cli_argument():
 
 def test_eval_reports_pass_at_1_and_greedy(tmp_path, tiny_world):
     out_file = tmp_path / "eval.json"
-    out = run_cli("eval", CAT, "--model", str(tiny_world / "model"), "--output", str(out_file),
+    out = cli("eval", CAT, "--model", str(tiny_world / "model"), "--output", str(out_file),
                   "eval.limit=24", "eval.num_samples=2")
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out_file.read_text())
@@ -86,5 +86,5 @@ def test_eval_reports_pass_at_1_and_greedy(tmp_path, tiny_world):
 
 
 def test_eval_without_eval_path(tmp_path):
-    out = run_cli("eval", CAT, "eval.path=null")
+    out = cli("eval", CAT, "eval.path=null")
     assert_clean_failure(out, "eval.path is not set")

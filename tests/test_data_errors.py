@@ -7,7 +7,7 @@ import json
 import random
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli
 
 from cat.data import load_prompts
 from cat.errors import DataError
@@ -196,23 +196,23 @@ def assert_clean_failure(out, *needles):
 
 def test_cli_latin1_and_gzip_training_data(tmp_path):
     bad = write(tmp_path, lines(GOOD).encode() + b'{"problem": "caf\xe9", "answer": "1"}\n', "latin.jsonl")
-    out = run_cli("train", CAT, f"data.path={bad}", "--output-dir", str(tmp_path / "r"))
+    out = cli("train", CAT, f"data.path={bad}", "--output-dir", str(tmp_path / "r"))
     assert_clean_failure(out, str(bad), "row 2 is not UTF-8 text")
     packed = write(tmp_path, gzip.compress(lines(GOOD).encode()), "packed.jsonl")
-    out = run_cli("train", CAT, f"data.path={packed}", "--output-dir", str(tmp_path / "r"))
+    out = cli("train", CAT, f"data.path={packed}", "--output-dir", str(tmp_path / "r"))
     assert_clean_failure(out, str(packed), "gzip-compressed")
 
 
 def test_cli_truncated_eval_file_and_bad_healthbench_points(tmp_path):
     cut = write(tmp_path, lines(GOOD) + '{"problem": "2+2?", "ans', "cut.jsonl")
-    out = run_cli("eval", CAT, f"eval.path={cut}")
+    out = cli("eval", CAT, f"eval.path={cut}")
     assert_clean_failure(out, str(cut), "row 2 is not valid JSON", "truncated")
     hb = write(tmp_path, lines(HB, {**HB, "rubrics": [{"criterion": "x", "points": "five", "tags": []}]}), "hb.jsonl")
-    out = run_cli("eval", CAT, "data.format=healthbench", f"eval.path={hb}")
+    out = cli("eval", CAT, "data.format=healthbench", f"eval.path={hb}")
     assert_clean_failure(out, str(hb), "row 2: rubrics[0].points must be a number")
 
 
 def test_cli_parquet_that_is_not_parquet(tmp_path):
     fake = write(tmp_path, lines(GOOD), "fake.parquet")
-    out = run_cli("train", CAT, f"data.path={fake}", "--output-dir", str(tmp_path / "r"))
+    out = cli("train", CAT, f"data.path={fake}", "--output-dir", str(tmp_path / "r"))
     assert_clean_failure(out, str(fake), "is not a Parquet file")

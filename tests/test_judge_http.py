@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli
 
 from cat.config import load_config
 from cat.errors import TeacherError
@@ -92,7 +92,7 @@ def test_timeouts_are_retried_then_stop_with_the_endpoint_named(server, monkeypa
 
 def test_unreachable_endpoint_fails_before_training(tmp_path, rubric_world):
     port = free_port()  # nothing listens here
-    out = run_cli("train", str(ROOT / "experiments" / "tiny_rubric_cat.yaml"), "--output-dir", str(tmp_path / "run"),
+    out = cli("train", str(ROOT / "experiments" / "tiny_rubric_cat.yaml"), "--output-dir", str(tmp_path / "run"),
                   "judge.backend=openai", f"judge.base_url=http://127.0.0.1:{port}/v1", "judge.model=tiny")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"judge endpoint http://127.0.0.1:{port}/v1 is unreachable" in out.stderr

@@ -4,7 +4,7 @@ save the adapter and export it merged, and the tiny gold run learns with it."""
 import json
 
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli
 from test_trainer import make_trainer
 
 from cat import checkpoint as ckpt
@@ -77,7 +77,7 @@ def test_tiny_gold_learns_with_lora(tmp_path, tiny_world):
     """Measured: 0.367 -> 0.742 held-out accuracy in 8 steps (r 16, lr 3e-3; 0.372 -> 0.805 in 15
     steps on 100 questions)."""
     run_dir = tmp_path / "run"
-    out = run_cli("train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir", str(run_dir),
+    out = cli("train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir", str(run_dir),
                   "model.lora.r=16", "model.lora.alpha=32", "optim.lr=3e-3", "run.steps=8",
                   "eval.limit=64", "eval.num_samples=2", "eval.greedy=false", "--no-progress")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -87,7 +87,7 @@ def test_tiny_gold_learns_with_lora(tmp_path, tiny_world):
 
 
 def test_target_modules_the_model_lacks_are_a_clear_error(tmp_path, tiny_world):
-    out = run_cli("train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir", str(tmp_path / "run"),
+    out = cli("train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir", str(tmp_path / "run"),
                   "model.lora.target_modules=[qq_proj]", "eval.path=null", "run.steps=1", "--no-progress")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "model.lora.target_modules ['qq_proj']" in out.stderr and "q_proj" in out.stderr

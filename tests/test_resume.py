@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli, run_cli
 
 VOLATILE = ("time/", "tokens_per_second", "anchor/seconds")
 
@@ -155,10 +155,10 @@ def test_non_finite_gradients_are_skipped_then_stop_the_run(tmp_path, tiny_world
 def test_changed_config_is_refused_with_a_diff(tmp_path, tiny_world):
     config = str(ROOT / "experiments" / "tiny_arith_gold.yaml")
     run_dir = str(tmp_path / "run")
-    first = run_cli("train", config, "--output-dir", run_dir, "--no-progress", *overrides(tiny_world, 2))
+    first = cli("train", config, "--output-dir", run_dir, "--no-progress", *overrides(tiny_world, 2))
     assert first.returncode == 0, first.stderr[-2000:]
-    changed = run_cli("train", config, "--output-dir", run_dir, *overrides(tiny_world, 2, "optim.lr=0.5"))
+    changed = cli("train", config, "--output-dir", run_dir, *overrides(tiny_world, 2, "optim.lr=0.5"))
     assert changed.returncode == 2 and "different config" in changed.stderr
     assert "-  lr: 0.0001" in changed.stderr and "+  lr: 0.5" in changed.stderr
-    again = run_cli("train", config, "--output-dir", run_dir, "--no-progress", *overrides(tiny_world, 2))
+    again = cli("train", config, "--output-dir", run_dir, "--no-progress", *overrides(tiny_world, 2))
     assert again.returncode == 0 and "nothing to do" in again.stderr + again.stdout

@@ -4,7 +4,7 @@ sparing a restarted run its judge calls."""
 import json
 import shutil
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli
 
 CONFIG = str(ROOT / "experiments" / "tiny_rubric_cat.yaml")
 FAST = ["run.steps=1", "eval.path=null", "run.prompts_per_step=4", "--no-progress"]
@@ -16,7 +16,7 @@ def rows(path):
 
 def test_rubric_run_writes_rubrics_verdicts_and_metrics(tmp_path):
     run_dir = tmp_path / "run"
-    out = run_cli("train", CONFIG, "--output-dir", str(run_dir), *FAST)
+    out = cli("train", CONFIG, "--output-dir", str(run_dir), *FAST)
     assert out.returncode == 0, out.stderr[-3000:]
     [m] = rows(run_dir / "metrics.jsonl")
     for key in ("rubric/length", "rubric/failures", "judge/yes_rate", "judge/failures", "judge/calls", "judge/seconds"):
@@ -36,7 +36,7 @@ def test_rubric_run_writes_rubrics_verdicts_and_metrics(tmp_path):
 
     # the run dies before its first checkpoint: the restart replays step 1 from the verdict cache
     shutil.rmtree(run_dir / "checkpoints")
-    again = run_cli("train", CONFIG, "--output-dir", str(run_dir), *FAST)
+    again = cli("train", CONFIG, "--output-dir", str(run_dir), *FAST)
     assert again.returncode == 0, again.stderr[-3000:]
     [m2] = rows(run_dir / "metrics.jsonl")
     assert m2["judge/calls"] == 0 and m2["judge/cache_hits"] == m["judge/calls"] - m["judge/failures"]
@@ -46,5 +46,5 @@ def test_rubric_run_writes_rubrics_verdicts_and_metrics(tmp_path):
 def test_bad_judge_template_fails_before_loading_models(tmp_path):
     t = tmp_path / "judge.txt"
     t.write_text("Is {{respons}} ok?")
-    out = run_cli("train", CONFIG, "--output-dir", str(tmp_path / "r"), f"judge.template={t}")
+    out = cli("train", CONFIG, "--output-dir", str(tmp_path / "r"), f"judge.template={t}")
     assert out.returncode == 2 and "respons" in out.stderr and "Traceback" not in out.stderr

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli, run_cli
 
 
 def test_synthesize_compares_estimators_on_shared_rollouts(tmp_path, tiny_world):
@@ -23,7 +23,7 @@ def test_synthesize_compares_estimators_on_shared_rollouts(tmp_path, tiny_world)
 
 
 def test_synthesize_rejects_bad_group_sizes(tiny_world):
-    out = run_cli("synthesize", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--group-sizes", "1,16")
+    out = cli("synthesize", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--group-sizes", "1,16")
     assert out.returncode == 2 and "num_generations" in out.stderr and "Traceback" not in out.stderr
-    out = run_cli("synthesize", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--group-sizes", "a")
+    out = cli("synthesize", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--group-sizes", "a")
     assert out.returncode == 2 and "--group-sizes" in out.stderr
