@@ -345,6 +345,16 @@ class Config(_Section):
             raise ValueError("anchor.backend is openai: anchor.model must name the served model")
         if self.parallel.strategy == "fsdp" and self.model.lora is not None:
             raise ValueError("parallel.strategy fsdp with model.lora is not supported: the adapter is small, use ddp")
+        if self.rubric.min_criteria > self.rubric.max_criteria:
+            raise ValueError(f"rubric.min_criteria ({self.rubric.min_criteria}) is above rubric.max_criteria "
+                             f"({self.rubric.max_criteria}): no rubric could pass")
+        if self.generation.num_generations < 2:
+            raise ValueError("generation.num_generations is 1: a group of one rollout has a zero advantage "
+                             "(its own mean is the baseline), so nothing would be learned; use 2 or more")
+        high = self.grpo.epsilon_high
+        if high is not None and high < self.grpo.epsilon:
+            raise ValueError(f"grpo.epsilon_high ({high}) is below grpo.epsilon ({self.grpo.epsilon}): "
+                             "clip-higher widens the upper bound, it does not narrow it")
         return self
 
     @property
@@ -398,22 +408,45 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _read_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """One YAML file as a tree, with its ``base:`` (a path or a list of paths, relative to the
+    file) merged underneath: bases in order, then the file's own keys on top. Sections merge key
+    by key; any other value (lists included) replaces the base's."""
+    if not path.is_file():
+        where = f" (base of {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file not found: {path}{where}")
+    if path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path.resolve()))
+        raise ConfigError(f"config {path}: its bases form a cycle: {cycle}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+    bases = loaded.pop("base", None)
+    if bases is None:
+        return loaded
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"config {path}: base must be a path or a list of paths (relative to the file), "
+                          f"got {bases!r}")
+    tree: dict = {}
+    for base in bases:
+        tree = _merge(tree, _read_tree(path.parent / base, (*chain, path.resolve())))
+    return _merge(tree, loaded)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply ``section.key=value`` overrides, validate the whole tree."""
+    """Read a YAML config (composed over its ``base:`` configs), apply ``section.key=value``
+    overrides, validate the whole tree."""
     tree: dict = {}
     source = "defaults"
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
-        tree = loaded
+        tree = _read_tree(path)
     if overrides:
         tree = _merge(tree, parse_overrides(overrides))
     try:
@@ -428,6 +461,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
                 msg = f"unknown key; valid keys here: {valid}"
             elif err["type"] == "literal_error":
                 msg = f"{msg} (got {err.get('input')!r})"
+            elif err["type"] == "value_error":
+                msg = msg.removeprefix("Value error, ")
             lines.append(f"  {loc}: {msg}")
         raise ConfigError("\n".join(lines)) from None
 
