@@ -320,6 +320,14 @@ class RunConfig(_Section):
     """Completions per step written to samples.jsonl."""
     max_nonfinite_in_a_row: int = Field(3, ge=1)
     """Stop the run after this many consecutive non-finite losses or gradients."""
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive",
+                            "swanlab"]] = []
+    """Experiment trackers that mirror each step's metrics and each evaluation (accelerate's
+    trackers; ``tensorboard`` writes to RUN_DIR/tensorboard). metrics.jsonl stays the record."""
+    tracker_project: str = "cat"
+    """Project name for trackers that group runs (wandb, trackio, mlflow, ...); the run is named after its directory."""
+    tracker_kwargs: dict[str, dict[str, Any]] = {}
+    """Per-tracker arguments for its init, e.g. ``{wandb: {mode: offline, entity: my-team}}``."""
 
 
 class Config(_Section):

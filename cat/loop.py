@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cat import checkpoint as ckpt
 from cat.models import torch_dtype
+from cat.tracking import Trackers
 
 
 class RunLoop:
@@ -60,8 +61,6 @@ class RunLoop:
         (torchrun passes it to all) ends the step on all of them.
         """
         t = self.trainer
-        from tqdm import tqdm
-
         run = t.config.run
         main = t.ranks.main
         if main:
@@ -79,6 +78,19 @@ class RunLoop:
             if main:
                 _write_json_atomic(eval_path, evals)
             t.log(_eval_line("before", evals["before"]))
+        with Trackers(run.report_to, t.run_dir, t.config, main=main) as trackers:
+            if "before" in evals and t.step_done == 0:
+                trackers.log_eval(evals["before"], 0)
+            self._steps(evals, trackers, progress)
+        return evals
+
+    def _steps(self, evals: dict, trackers: Trackers, progress: bool) -> None:
+        t = self.trainer
+        from tqdm import tqdm
+
+        run = t.config.run
+        main = t.ranks.main
+        eval_path = t.run_dir / "eval.json"
         bar = tqdm(total=run.steps, initial=t.step_done,
                    disable=not progress or not sys.stderr.isatty() or not main, desc="train", unit="step", leave=False)
         metrics_path = t.run_dir / "metrics.jsonl"
@@ -91,6 +103,7 @@ class RunLoop:
                     _append_jsonl(metrics_path, [result.metrics])
                     _append_jsonl(samples_path, result.samples)
                     _append_jsonl(t.run_dir / "rubrics.jsonl", result.audit)
+                    trackers.log(result.metrics, t.step_done)
                     bar.update(1)
                     bar.write(_console_line(result.metrics))
                 if t.ranks.any(interrupt.requested):
@@ -106,6 +119,7 @@ class RunLoop:
                     evals["history"].append({"step": t.step_done, **t.evaluate()})
                     if main:
                         _write_json_atomic(eval_path, evals)
+                        trackers.log_eval(evals["history"][-1], t.step_done)
                 if run.save_every and t.step_done % run.save_every == 0 and t.step_done < run.steps:
                     self.save()
         bar.close()
@@ -117,9 +131,9 @@ class RunLoop:
             evals["after"] = t.evaluate()
             if main:
                 _write_json_atomic(eval_path, evals)
+                trackers.log_eval(evals["after"], t.step_done)
             t.log(_eval_line("before", evals["before"]))
             t.log(_eval_line("after", evals["after"]))
-        return evals
 
 
 class _GracefulInterrupt:

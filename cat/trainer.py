@@ -48,6 +48,7 @@ from cat.parallel import Ranks, ShardedGenerator, ShardedJudge, combine_stats, g
 from cat.registry import import_plugin
 from cat.rewards import REWARDS
 from cat.task import Task
+from cat.tracking import check_available
 from cat.types import Group, GroupScore, Reference
 
 
@@ -94,6 +95,7 @@ def preflight(config: Config) -> None:
     load_split(config, "train")
     if config.eval.path is not None:
         load_split(config, "eval")
+    check_available(config.run.report_to)
 
 
 class Trainer:
