@@ -67,6 +67,8 @@ class Trackers:
             else:
                 if name == "wandb":
                     kwargs = {"name": run_dir.name, "dir": str(run_dir), **kwargs}
+                elif name == "trackio":
+                    kwargs = {"name": run_dir.name, **kwargs}
                 tracker = LOGGER_TYPE_TO_CLASS[name](run.tracker_project, **kwargs)
             tracker.main_process_only = False  # this class decides which rank reports
             try:
