@@ -4,6 +4,8 @@
     cat-rl eval CONFIG [--model PATH] [--output FILE] [key=value ...]
     cat-rl synthesize CONFIG [--estimators a,b,...] [--output FILE] [key=value ...]
     cat-rl plan CONFIG [--processes N] [key=value ...]
+    cat-rl compare CONFIG --arms a,b,... [--arm LABEL "k=v ..."] [--seeds 0,1,2] --output-dir DIR [key=value ...]
+    cat-rl report RUN_DIR|RESULT.json ... [--output DIR]
     cat-rl tiny-world
 
 User errors (bad config, data, template, registry name, unwritable directory) print one message
@@ -54,6 +56,19 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="memory per process for a config, computed from the model's architecture")
     pl.add_argument("config")
     pl.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run is split over")
+    c = sub.add_parser("compare", help="run arms of one config over several seeds and compare their gains")
+    c.add_argument("config")
+    c.add_argument("--arms", help="comma-separated estimator names, one arm each (e.g. synthesis,majority_vote,gold)")
+    c.add_argument("--arm", nargs=2, action="append", metavar=("LABEL", "OVERRIDES"),
+                   help='an arm with its own overrides, e.g. --arm long "anchor.max_new_tokens=128" (repeatable)')
+    c.add_argument("--seeds", default="0,1,2", help="comma-separated run.seed values (default 0,1,2)")
+    c.add_argument("--output-dir", help="folder for the runs (ARM/seedS), the table and the report "
+                   "(default: runs/compare-CONFIG_NAME)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r = sub.add_parser("report", help="figures (PNG) and an HTML page for run directories and synthesize results")
+    r.add_argument("inputs", nargs="+", metavar="RUN_DIR", help="run directories and/or cat-rl synthesize .json results")
+    r.add_argument("--output", help="folder for the PNGs and index.html (default: RUN_DIR/report for one input)")
+    r.add_argument("--title", default="cat report", help="the page's title")
     sub.add_parser("tiny-world", help="build (or locate) the offline tiny world and print its folder")
     return p
 
@@ -74,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             return _synthesize(args)
         if args.command == "plan":
             return _plan(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "compare":
+            return _compare(args)
         if args.command == "tiny-world":
             from cat import tiny
 
@@ -92,6 +111,25 @@ def main(argv: list[str] | None = None) -> int:
               f"{str(exc).splitlines()[0][:200]})", file=sys.stderr)
         return 1
     return 1
+
+
+def _report(args) -> int:
+    from cat.report import write_report
+
+    overrides = args.overrides + [a for a in args.inputs if "=" in a and not Path(a).exists()]
+    if overrides:
+        raise ConfigError(f"cat-rl report takes no config overrides (got {' '.join(overrides)})")
+    inputs = [Path(p) for p in args.inputs]
+    if args.output:
+        output = Path(args.output)
+    elif len(inputs) == 1:
+        output = inputs[0] / "report" if inputs[0].is_dir() else inputs[0].with_name(inputs[0].stem + "-report")
+    else:
+        raise ConfigError(f"{len(inputs)} inputs: name the folder for their report with --output DIR")
+    _check_writable(output)
+    index = write_report(inputs, output, title=args.title)
+    print(index)
+    return 0
 
 
 def _peer_gone(exc: RuntimeError) -> bool:
@@ -182,6 +220,14 @@ def _train(args) -> int:
     run_dir = Path(args.resume or args.output_dir or config.run.output_dir)
     if args.resume and args.output_dir and Path(args.output_dir) != Path(args.resume):
         raise ConfigError("--resume and --output-dir name different directories")
+    train_run(config, run_dir, progress=not args.no_progress, resume_requested=bool(args.resume),
+              allow_change=args.allow_config_change)
+    return 0
+
+
+def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested: bool = False,
+              allow_change: bool = False) -> None:
+    """Start, continue or finish the run of ``config`` in ``run_dir`` (what ``cat-rl train`` does)."""
     config.run.output_dir = str(run_dir)
     from cat.models import resolve_device
     from cat.parallel import Ranks
@@ -192,15 +238,15 @@ def _train(args) -> int:
     outcome = None
     if ranks.main:  # one rank decides fresh start vs resume; the others follow it
         try:
-            outcome = ("ok", _prepare_run_dir(run_dir, config, resume_requested=bool(args.resume),
-                                              allow_change=args.allow_config_change))
+            outcome = ("ok", _prepare_run_dir(run_dir, config, resume_requested=resume_requested,
+                                              allow_change=allow_change))
         except CatError as exc:
             outcome = ("error", str(exc))
     kind, value = ranks.broadcast(outcome)
     if kind == "error":
         if ranks.main:
             raise ConfigError(value)
-        return 2  # rank 0 printed it
+        raise SystemExit(2)  # rank 0 printed it
     resume_from = value
 
     from cat.trainer import Trainer
@@ -211,9 +257,23 @@ def _train(args) -> int:
         if ranks.main:
             for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
                 _truncate_jsonl(run_dir / name, trainer.step_done)
-    trainer.train(progress=not args.no_progress)
+    trainer.train(progress=progress)
     if ranks.main:
         print(f"run directory: {run_dir}")
+
+
+def _compare(args) -> int:
+    from cat.compare import parse_arms, parse_seeds, run_all, table
+
+    arms = parse_arms(args.arms, args.arm)
+    seeds = parse_seeds(args.seeds)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("cat-rl compare runs in one process; launch cat-rl train per run for several processes")
+    output = Path(args.output_dir or Path("runs") / f"compare-{Path(args.config).stem}")
+    summary = run_all(args.config, args.overrides, arms, seeds, output, progress=not args.no_progress,
+                      log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(table(summary))
+    print(f"\nwritten: {output / 'compare.md'}, compare.json, report/index.html")
     return 0
 
 

@@ -187,7 +187,11 @@ def teacher_summary(metrics_path: Path) -> str:
     """One paragraph on the teacher over the whole run, from metrics.jsonl (gold: measured only)."""
     if not metrics_path.exists():
         return ""
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    return teacher_summary_of([json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()])
+
+
+def teacher_summary_of(rows: list[dict]) -> str:
+    """:func:`teacher_summary` of metrics rows."""
     if not rows or "diag/reference_accuracy" not in rows[0]:
         return ""
 

@@ -1,0 +1,250 @@
+"""``cat-rl compare``: arms of one base config over several seeds, and whether they differ.
+
+    cat-rl compare experiments/tiny_arith_cat.yaml --arms synthesis,majority_vote,gold --seeds 0,1,2
+    cat-rl compare CONFIG --arm long "anchor.max_new_tokens=128" --arm short "anchor.max_new_tokens=32" ...
+
+An arm is an estimator name (``--arms``: shorthand for ``estimator.name=NAME``) or a label with its
+own overrides (``--arm LABEL "key=value key=value"``). Every arm runs with every seed
+(``run.seed``) into ``OUTPUT_DIR/ARM/seedS``, an ordinary run directory, one after another in this
+process. Running the command again continues: finished runs are kept, interrupted ones resume from
+their newest checkpoint (``cat-rl train --resume`` on one of them works too).
+
+It writes ``compare.md`` (the table printed at the end), ``compare.json`` (the same numbers) and
+``report/`` (``cat-rl report`` of every run, the table on top). Per arm: held-out accuracy before
+and after and the gain, with 95% t-intervals over seeds; the teacher's diagnostics; training time.
+Between arms: the difference of their gains paired by seed (the same seed gives the same prompts,
+initial evaluation and sampling streams) with its interval, and in words whether it is within noise.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+from cat.errors import ConfigError
+from cat.stats import Interval, mean_ci
+
+
+@dataclass(frozen=True)
+class Arm:
+    label: str
+    overrides: tuple[str, ...]
+
+
+def parse_arms(names: str | None, labelled: list[list[str]] | None) -> list[Arm]:
+    arms: list[Arm] = []
+    for name in (names or "").split(","):
+        if name.strip():
+            arms.append(Arm(name.strip(), (f"estimator.name={name.strip()}",)))
+    for label, text in labelled or []:
+        overrides = tuple(shlex.split(text))
+        bad = [o for o in overrides if "=" not in o or o.startswith("-")]
+        if bad:
+            raise ConfigError(f"--arm {label}: {' '.join(bad)} is not of the form section.key=value")
+        arms.append(Arm(label, overrides))
+    if not arms:
+        raise ConfigError("no arms: give --arms NAME,NAME,... (estimator names) and/or --arm LABEL \"key=value ...\"")
+    labels = [a.label for a in arms]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ConfigError(f"arm labels must differ: {', '.join(dupes)} given twice")
+    for a in arms:
+        if not a.label.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ConfigError(f"arm label {a.label!r}: use letters, digits, '-', '_' or '.' (it names a folder)")
+    return arms
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: give distinct comma-separated integers, e.g. 0,1,2")
+    return seeds
+
+
+def run_dir_of(output: Path, arm: Arm, seed: int) -> Path:
+    return output / arm.label / f"seed{seed}"
+
+
+def check_configs(config_path: str, overrides: list[str], arms: list[Arm], seeds: list[int], output: Path):
+    """Every run's config, loaded and preflighted before the first one trains (a typo in the last
+    arm costs seconds, not hours)."""
+    from cat.config import load_config
+    from cat.trainer import preflight
+
+    configs = {}
+    for arm in arms:
+        for seed in seeds:
+            run_dir = run_dir_of(output, arm, seed)
+            try:
+                config = load_config(config_path, [*overrides, *arm.overrides, f"run.seed={seed}",
+                                                   f"run.output_dir={run_dir}"])
+            except ConfigError as exc:
+                raise ConfigError(f"arm {arm.label}: {exc}") from None
+            if config.eval.path is None:
+                raise ConfigError(f"arm {arm.label}: eval.path is not set; compare ranks arms by held-out accuracy")
+            configs[arm.label, seed] = config
+        try:
+            preflight(configs[arm.label, seeds[0]])
+        except ConfigError as exc:
+            raise ConfigError(f"arm {arm.label}: {exc}") from None
+    return configs
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    try:
+        evals = json.loads((run_dir / "eval.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return "after" in evals and (run_dir / "metrics.jsonl").exists() and \
+        len((run_dir / "metrics.jsonl").read_text().splitlines()) >= steps
+
+
+def run_all(config_path: str, overrides: list[str], arms: list[Arm], seeds: list[int], output: Path, *,
+            progress: bool, log=print) -> dict:
+    """Train every (arm, seed) not yet finished; returns the summary (also written to OUTPUT_DIR)."""
+    from cat.cli import train_run
+
+    configs = check_configs(config_path, overrides, arms, seeds, output)
+    output.mkdir(parents=True, exist_ok=True)
+    total = len(arms) * len(seeds)
+    for i, (arm, seed) in enumerate(((a, s) for a in arms for s in seeds), 1):
+        run_dir = run_dir_of(output, arm, seed)
+        config = configs[arm.label, seed]
+        if finished(run_dir, config.run.steps):
+            log(f"[{i}/{total}] {arm.label} seed {seed}: finished earlier ({run_dir})")
+            continue
+        log(f"[{i}/{total}] {arm.label} seed {seed}: training into {run_dir}")
+        start = time.perf_counter()
+        train_run(config, run_dir, progress=progress)
+        _add_wall(run_dir, time.perf_counter() - start)
+    summary = summarize(output, arms, seeds)
+    write_outputs(output, summary, arms, seeds, config_path, overrides)
+    return summary
+
+
+def _add_wall(run_dir: Path, seconds: float) -> None:
+    """Wall time spent on a run by compare, summed over invocations (a resumed run adds its part)."""
+    path = run_dir / "compare-wall.json"
+    before = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"seconds": before + seconds}))
+    tmp.replace(path)
+
+
+def _metric_rows(run_dir: Path) -> list[dict]:
+    from cat.report import read_jsonl
+
+    return read_jsonl(run_dir / "metrics.jsonl")[0]
+
+
+TEACHER = ("diag/reference_accuracy", "diag/majority_accuracy", "diag/rollout_accuracy", "diag/disagree_rate",
+           "diag/disagree_accuracy")
+
+
+def summarize(output: Path, arms: list[Arm], seeds: list[int]) -> dict:
+    def score(evals: dict, key: str) -> float:
+        part = evals.get(key, {})
+        return float(part.get("accuracy", part.get("score", float("nan"))))
+
+    per_arm: dict[str, dict] = {}
+    for arm in arms:
+        before, after, gain, teacher, wall = [], [], [], {k: [] for k in TEACHER}, []
+        correct_all_wrong = []
+        for seed in seeds:
+            run_dir = run_dir_of(output, arm, seed)
+            evals = json.loads((run_dir / "eval.json").read_text())
+            b, a = score(evals, "before"), score(evals, "after")
+            before.append(b)
+            after.append(a)
+            gain.append(a - b)
+            rows = _metric_rows(run_dir)
+            for k in TEACHER:
+                values = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and r[k] == r[k]]
+                if values:
+                    teacher[k].append(sum(values) / len(values))
+            if any("diag/correct_all_wrong" in r for r in rows):
+                correct_all_wrong.append(sum(r.get("diag/correct_all_wrong", 0) for r in rows))
+            wall_file = run_dir / "compare-wall.json"
+            wall.append(json.loads(wall_file.read_text())["seconds"] if wall_file.exists()
+                        else sum(r.get("time/step", 0.0) for r in rows))
+        per_arm[arm.label] = {
+            "before": _iv(mean_ci(before)), "after": _iv(mean_ci(after)), "gain": _iv(mean_ci(gain)),
+            "per_seed": {"before": before, "after": after, "gain": gain},
+            "teacher": {k: sum(v) / len(v) for k, v in teacher.items() if v},
+            "correct_all_wrong": sum(correct_all_wrong) / len(correct_all_wrong) if correct_all_wrong else None,
+            "wall_seconds": sum(wall) / len(wall),
+        }
+    pairs = []
+    for a, b in combinations([arm.label for arm in arms], 2):
+        diffs = [x - y for x, y in zip(per_arm[a]["per_seed"]["gain"], per_arm[b]["per_seed"]["gain"], strict=True)]
+        iv = mean_ci(diffs)
+        pairs.append({"a": a, "b": b, "difference": _iv(iv), "per_seed": diffs, "verdict": _verdict(a, b, iv)})
+    return {"seeds": seeds, "arms": per_arm, "pairs": pairs}
+
+
+def _iv(iv: Interval) -> dict:
+    return {"mean": iv.mean, "half_width": iv.half_width, "n": iv.n}
+
+
+def _verdict(a: str, b: str, iv: Interval) -> str:
+    if iv.n < 2:
+        return f"one seed: no interval, so no claim that {a} and {b} differ"
+    if iv.excludes_zero:
+        better, worse = (a, b) if iv.mean > 0 else (b, a)
+        return f"{better} gains more than {worse} by {abs(iv.mean):.3f} (the 95% interval excludes 0)"
+    return (f"within noise: the 95% interval of the difference ({iv.low:+.3f} to {iv.high:+.3f}) includes 0 "
+            f"over {iv.n} seeds")
+
+
+def _cell(d: dict, spec: str = ".3f") -> str:
+    return Interval(d["mean"], d["half_width"], d["n"]).text(spec).replace(" (one seed: no interval)", "")
+
+
+def table(summary: dict) -> str:
+    """The summary as Markdown (also what the console shows)."""
+    n = len(summary["seeds"])
+    lines = [f"Held-out accuracy over {n} seed(s) ({', '.join(map(str, summary['seeds']))}); "
+             "brackets: 95% t-interval over seeds.", "",
+             "| arm | before | after | gain | reference acc | majority acc | rollout acc | disagree | right when "
+             "disagreeing | right when all wrong | train+eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, arm in summary["arms"].items():
+        t = arm["teacher"]
+        g = {k: f"{t[k]:.3f}" if k in t else "–" for k in TEACHER}.get
+        caw = f"{arm['correct_all_wrong']:.1f}" if arm["correct_all_wrong"] is not None else "–"
+        lines.append(f"| {label} | {_cell(arm['before'])} | {_cell(arm['after'])} | {_cell(arm['gain'], '+.3f')} | "
+                     f"{g('diag/reference_accuracy')} | {g('diag/majority_accuracy')} | {g('diag/rollout_accuracy')} | "
+                     f"{g('diag/disagree_rate')} | {g('diag/disagree_accuracy')} | {caw} | {arm['wall_seconds']:.0f} |")
+    if summary["pairs"]:
+        lines += ["", "Paired by seed (gain of the first minus gain of the second):", "",
+                  "| arms | difference | verdict |", "|---|---|---|"]
+        for p in summary["pairs"]:
+            lines.append(f"| {p['a']} − {p['b']} | {_cell(p['difference'], '+.3f')} | {p['verdict']} |")
+    lines += ["", "Teacher columns: means over steps and seeds, measured against gold labels that training never "
+              "reads (absent for arms without them); right when all wrong: groups per run."]
+    return "\n".join(lines)
+
+
+def write_outputs(output: Path, summary: dict, arms: list[Arm], seeds: list[int], config_path: str,
+                  overrides: list[str]) -> None:
+    import html
+
+    from cat.report import write_report
+
+    record = {"config": str(config_path), "overrides": overrides,
+              "arms": {a.label: list(a.overrides) for a in arms}, **summary}
+    for name, text in (("compare.json", json.dumps(record, indent=2)), ("compare.md", table(summary) + "\n")):
+        tmp = output / f"{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(output / name)
+    runs = [run_dir_of(output, a, s) for a in arms for s in seeds]
+    extra = f"<h2>Comparison</h2><pre>{html.escape(table(summary))}</pre>"
+    write_report(runs, output / "report", title=f"cat compare: {Path(config_path).name}", extra_html=extra,
+                 labels=[f"{a.label}/seed{s}" for a in arms for s in seeds], groups=[a.label for a in arms for _ in seeds])

@@ -1,0 +1,103 @@
+"""``cat-rl compare``: two arms x two seeds of a short tiny config, the table with intervals, the
+paired difference in words, the report; a second invocation finishes an interrupted compare."""
+
+import json
+import math
+import shutil
+
+import pytest
+from conftest import ROOT, cli
+
+from cat.compare import parse_arms
+from cat.errors import ConfigError
+from cat.stats import mean_ci, t975
+
+CAT = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
+
+
+def short(tiny_world):
+    return [f"model.name_or_path={tiny_world / 'model'}", f"data.path={tiny_world / 'train.jsonl'}", "data.limit=32",
+            f"eval.path={tiny_world / 'test.jsonl'}", "eval.limit=8", "eval.num_samples=1", "eval.greedy=false",
+            "run.prompts_per_step=2", "run.steps=2", "generation.num_generations=4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, tiny_world):
+    out_dir = tmp_path_factory.mktemp("compare") / "cmp"
+    out = cli("compare", CAT, "--arms", "majority_vote", "--arm", "gold", "estimator.name=gold", "--seeds", "0,1",
+              "--output-dir", str(out_dir), *short(tiny_world))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out_dir, out
+
+
+def test_compare_writes_runs_table_intervals_and_report(compared):
+    out_dir, out = compared
+    summary = json.loads((out_dir / "compare.json").read_text())
+    assert summary["seeds"] == [0, 1] and list(summary["arms"]) == ["majority_vote", "gold"]
+    for arm in ("majority_vote", "gold"):
+        gains = []
+        for seed in (0, 1):
+            run_dir = out_dir / arm / f"seed{seed}"
+            evals = json.loads((run_dir / "eval.json").read_text())
+            gains.append(evals["after"]["accuracy"] - evals["before"]["accuracy"])
+            assert f"seed: {seed}" in (run_dir / "config.yaml").read_text()  # an ordinary run directory
+        iv = summary["arms"][arm]["gain"]
+        assert iv["mean"] == pytest.approx(sum(gains) / 2)
+        spread = abs(gains[0] - gains[1]) / 2  # the sample std / sqrt(2) for two values
+        assert iv["half_width"] == pytest.approx(t975(1) * spread)
+    [pair] = summary["pairs"]
+    diffs = [a - b for a, b in zip(summary["arms"]["majority_vote"]["per_seed"]["gain"],
+                                   summary["arms"]["gold"]["per_seed"]["gain"], strict=True)]
+    assert pair["difference"]["mean"] == pytest.approx(sum(diffs) / 2)
+    assert "95% interval" in pair["verdict"]  # within noise, or which arm gains more
+    # the majority arm's teacher is measured against gold; the gold arm's reference is gold itself
+    assert summary["arms"]["gold"]["teacher"]["diag/reference_accuracy"] == 1.0
+    assert 0 <= summary["arms"]["majority_vote"]["teacher"]["diag/majority_accuracy"] <= 1
+    table = (out_dir / "compare.md").read_text()
+    assert "| majority_vote |" in table and "| gold |" in table and "majority_vote − gold" in table
+    assert table.strip() in out.stdout
+    page = (out_dir / "report" / "index.html").read_text()
+    for name in ("reward", "heldout", "teacher"):
+        assert (out_dir / "report" / f"{name}.png").stat().st_size > 10_000 and f'href="{name}.png"' in page
+    assert "majority_vote/seed1" in page and "Paired by seed" in page
+
+
+def test_compare_again_keeps_finished_runs_and_finishes_the_rest(compared, tmp_path, tiny_world):
+    out_dir, _ = compared
+    again = tmp_path / "cmp"
+    shutil.copytree(out_dir, again)
+    shutil.rmtree(again / "gold" / "seed1")  # as if stopped before this run
+    (again / "gold" / "seed0" / "eval.json").write_text(
+        json.dumps({k: v for k, v in json.loads((out_dir / "gold" / "seed0" / "eval.json").read_text()).items()
+                    if k != "after"}))  # and this one killed before its final evaluation
+    saved = again / "gold" / "seed0" / "config.yaml"
+    saved.write_text(saved.read_text().replace(str(out_dir), str(again)))  # the run moved with the folder
+    out = cli("compare", CAT, "--arms", "majority_vote", "--arm", "gold", "estimator.name=gold", "--seeds", "0,1",
+              "--output-dir", str(again), *short(tiny_world))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr.count("finished earlier") == 2
+    assert "[3/4] gold seed 0: training" in out.stderr and "[4/4] gold seed 1: training" in out.stderr
+    first, second = (json.loads((d / "compare.json").read_text()) for d in (out_dir, again))
+    assert second["arms"]["gold"]["per_seed"] == first["arms"]["gold"]["per_seed"]  # same seeds, same runs
+
+
+def test_bad_arms_and_seeds_are_named(tmp_path, tiny_world):
+    out = cli("compare", CAT, "--arms", "synthesys", "--seeds", "0", "--output-dir", str(tmp_path / "c"),
+              *short(tiny_world))
+    assert out.returncode == 2 and "arm synthesys" in out.stderr and "majority_vote" in out.stderr
+    assert not (tmp_path / "c").exists()  # refused before any run
+    out = cli("compare", CAT, "--arms", "gold", "--seeds", "0,x", "--output-dir", str(tmp_path / "c"))
+    assert out.returncode == 2 and "--seeds '0,x'" in out.stderr
+    out = cli("compare", CAT, "--seeds", "0", "--output-dir", str(tmp_path / "c"))
+    assert out.returncode == 2 and "no arms" in out.stderr
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_arms("gold,gold", None)
+    with pytest.raises(ConfigError, match="not of the form"):
+        parse_arms(None, [["x", "anchor.max_new_tokens"]])
+
+
+def test_intervals():
+    iv = mean_ci([0.5, 0.7, 0.6])
+    assert iv.mean == pytest.approx(0.6) and iv.half_width == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert math.isnan(mean_ci([0.4]).half_width) and "one seed" in mean_ci([0.4]).text()
+    assert mean_ci([0.30, 0.32, 0.31]).excludes_zero and not mean_ci([-0.1, 0.3, 0.1]).excludes_zero
