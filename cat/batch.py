@@ -7,12 +7,14 @@ the trainer scores tokens at the positions they were sampled at.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
+from cat.anchor_format import response_part
 from cat.grpo import advantages as group_advantages
-from cat.types import Group, GroupScore
+from cat.types import Completion, Group, GroupScore, Reference
 
 
 @dataclass(frozen=True)
@@ -101,3 +103,45 @@ def build_batch(
         group_index=group_index,
         sampler_logprobs=sampler_logprobs,
     )
+
+
+def sft_target(group: Group, ref: Reference, score: GroupScore, tokenizer, *, target: str,
+               max_new_tokens: int) -> Completion | None:
+    """What ``algorithm: sft`` fine-tunes one group on, or None (the group is left out).
+
+    ``agreeing_rollout``: the first rollout with the group's best reward, if above 0.
+    ``reference``: the rollout the reference is (majority_vote, self_bon: same tokens), or the
+    response a synthesis stands for (after ``UNIFIED RESPONSE:``), tokenized, cut to
+    ``max_new_tokens`` and ended with EOS; None without an extracted answer.
+    """
+    if target == "agreeing_rollout":
+        if score.rewards is None or max(score.rewards) <= 0:
+            return None
+        return group.completions[score.rewards.index(max(score.rewards))]
+    if ref.answer is None or not ref.text.strip():
+        return None
+    index = ref.meta.get("index")
+    if isinstance(index, int) and 0 <= index < len(group.completions) and group.completions[index].text == ref.text:
+        return group.completions[index]
+    text = response_part(ref.text)
+    if not text:
+        return None
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_new_tokens - 1] + [tokenizer.eos_token_id]
+    return Completion(text, tuple(ids), (), "stop")
+
+
+def build_sft_batch(groups: list[Group], references: list[Reference], scores: list[GroupScore], tokenizer, *,
+                    target: str, max_new_tokens: int) -> tuple[Batch | None, int]:
+    """One row per group that has a target (:func:`sft_target`), with advantage 1: the GRPO
+    update's gradient on it (ratio 1, dapo) is then exactly the token-mean NLL's. ``group_index``
+    keeps each row's position in ``groups``. Returns (batch or None, groups with a target)."""
+    rows = []
+    for group, ref, score in zip(groups, references, scores, strict=True):
+        t = sft_target(group, ref, score, tokenizer, target=target, max_new_tokens=max_new_tokens)
+        rows.append((Group(group.prompt, group.prompt_ids, (t,) if t else group.completions[:1]),
+                     GroupScore((1.0,) if t else None)))
+    batch = build_batch([g for g, _ in rows], [s for _, s in rows], pad_id=tokenizer.pad_token_id,
+                        scale="none", eps=0.0, mask_truncated=False)
+    if batch is not None:
+        batch = dataclasses.replace(batch, advantages=torch.ones(len(batch)))
+    return batch, sum(s.rewards is not None for _, s in rows)

@@ -204,6 +204,28 @@ class RewardConfig(_Section):
     """Added to the reward of a completion longer than ``length_penalty_tokens`` (paper: -1)."""
     length_penalty_tokens: int = Field(750, ge=1)
     """Completion length (tokens) above which ``length_penalty`` applies."""
+    functions: list[str] | None = None
+    """Several reward functions (registry ``cat.rewards``, plug-ins included), combined per rollout
+    as sum(weight x reward) over those that return a value; each is logged as ``reward/NAME/mean``.
+    None: ``name`` alone. ``length_penalty`` is added when ``length_penalty`` is set and not listed."""
+    weights: list[float] | None = None
+    """One weight per entry of ``functions`` (TRL's reward_weights); None: all 1."""
+
+    @model_validator(mode="after")
+    def _check_functions(self) -> RewardConfig:
+        if self.functions is not None:
+            if not self.functions:
+                raise ValueError("reward.functions is empty: name at least one reward, or leave it out for reward.name")
+            if len(set(self.functions)) != len(self.functions):
+                raise ValueError(f"reward.functions names a function twice: {self.functions}")
+            if "name" in self.model_fields_set and self.name not in self.functions:
+                raise ValueError(f"reward.name {self.name!r} is not among reward.functions {self.functions}: "
+                                 "give one or the other")
+        if self.weights is not None:
+            n = len(self.functions) if self.functions is not None else 1
+            if len(self.weights) != n:
+                raise ValueError(f"reward.weights has {len(self.weights)} entries for {n} reward function(s)")
+        return self
 
 
 class RubricConfig(_Section):
@@ -265,9 +287,6 @@ class JudgeConfig(_Endpoint):
 class EstimatorConfig(_Section):
     name: str = "gold"
     """Reference estimator (registry ``cat.estimators``): ``gold`` is reference-based GRPO."""
-    plugins: list[str] = []
-    """Modules to import before the run (``pkg.module`` or a path to a .py file) so that their
-    ``@register_estimator`` decorators run."""
 
 
 class AnchorConfig(_Endpoint):
@@ -301,6 +320,17 @@ class ParallelConfig(_Section):
     whole on every rank. Not with LoRA (the adapter is small: use ddp)."""
 
 
+class SFTConfig(_Section):
+    """``algorithm: sft``: fine-tune on the step's references instead of reinforcing rollouts
+    (CaT-SFT in the paper; label-free with any estimator but gold)."""
+
+    target: Literal["reference", "agreeing_rollout"] = "reference"
+    """What each group is fine-tuned on. ``reference``: the estimator's reference text (for
+    synthesis the anchor's synthesized answer, for majority_vote the majority's rollout).
+    ``agreeing_rollout``: the first rollout with the group's best reward, when above 0
+    (rejection-sampling fine-tuning against the reference; works with gold)."""
+
+
 class RunConfig(_Section):
     seed: int = 0
     """Seeds data order, sampling and initialisation; same seed, same run on CPU."""
@@ -331,6 +361,14 @@ class RunConfig(_Section):
 
 
 class Config(_Section):
+    algorithm: Literal["grpo", "sft"] = "grpo"
+    """``grpo``: reinforce rollouts by their rewards against the reference (CaT-RL, TTRL,
+    reference-based GRPO). ``sft``: maximise the likelihood of each group's reference instead
+    (CaT-SFT, majority-SFT; ``sft.target``), on the same prompts, steps and optimiser; the
+    rewards are still computed and logged. The ``grpo`` section's KL term (beta) applies to both."""
+    plugins: list[str] = []
+    """Modules to import before the run (``pkg.module`` or a path to a .py file, relative to the
+    working directory) so that their ``@register_estimator`` / ``@register_reward`` run."""
     model: ModelConfig = ModelConfig()
     generation: GenerationConfig = GenerationConfig()
     grpo: GRPOConfig = GRPOConfig()
@@ -343,7 +381,17 @@ class Config(_Section):
     rubric: RubricConfig = RubricConfig()
     judge: JudgeConfig = JudgeConfig()
     parallel: ParallelConfig = ParallelConfig()
+    sft: SFTConfig = SFTConfig()
     run: RunConfig = RunConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        estimator = data.get("estimator") if isinstance(data, dict) else None
+        if isinstance(estimator, dict) and "plugins" in estimator:
+            raise ValueError(f"estimator.plugins has moved to the top level (it loads rewards too): write "
+                             f"plugins: {estimator['plugins']} outside the estimator section")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -359,6 +407,11 @@ class Config(_Section):
         if self.generation.num_generations < 2:
             raise ValueError("generation.num_generations is 1: a group of one rollout has a zero advantage "
                              "(its own mean is the baseline), so nothing would be learned; use 2 or more")
+        if self.algorithm == "sft" and self.grpo.num_iterations != 1:
+            raise ValueError("algorithm sft takes one pass over each step's references: set grpo.num_iterations to 1")
+        if self.algorithm == "sft" and self.sft.target == "reference" and self.estimator.name == "gold":
+            raise ValueError("algorithm sft with the gold estimator: gold references are bare answers, not responses "
+                             "to imitate; use sft.target=agreeing_rollout (rejection-sampling fine-tuning)")
         high = self.grpo.epsilon_high
         if high is not None and high < self.grpo.epsilon:
             raise ValueError(f"grpo.epsilon_high ({high}) is below grpo.epsilon ({self.grpo.epsilon}): "
@@ -455,6 +508,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         source = str(path)
         tree = _read_tree(path)
+    return config_from_tree(tree, overrides, source=source)
+
+
+def config_from_tree(tree: dict, overrides: list[str] | None = None, *, source: str = "a dict") -> Config:
+    """Validate a config tree (sections as dicts, as in YAML) with ``section.key=value`` overrides applied."""
     if overrides:
         tree = _merge(tree, parse_overrides(overrides))
     try:

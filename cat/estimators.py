@@ -10,7 +10,7 @@ None gives its group no learning signal (the math reward refuses to score it).
 
 Built in: ``synthesis`` (CaT), ``majority_vote`` (TTRL), ``self_bon``, ``min_perplexity``,
 ``mutual_predictability``, ``single``, ``gold`` (reference-based GRPO: the only one that reads
-labels). Write your own in any module and name it in ``estimator.plugins``; see README.
+labels). Write your own in any module and name it in the config's ``plugins``; see README.
 """
 
 from __future__ import annotations
@@ -18,13 +18,37 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 from cat.registry import Registry
 from cat.rewards.math import answers_match, extract_answer
 from cat.templates import load_template
 from cat.types import Group, Reference
 
-ESTIMATORS: Registry[type] = Registry("reference estimator")
+
+@runtime_checkable
+class Estimator(Protocol):
+    """The contract of a reference estimator (a class registered with ``@register_estimator``).
+
+    ``needs_anchor``: True to be called with the frozen pi_0 :class:`~cat.anchor.Anchor` (None
+    otherwise). Built once per run as ``cls(config)``; called once per step on the step's groups
+    (in a multi-process run, this rank's), it returns one Reference per group, in order."""
+
+    needs_anchor: bool
+
+    def __call__(self, groups: list[Group], anchor) -> list[Reference]: ...
+
+
+def _check_estimator(name: str, obj) -> None:
+    if not (isinstance(obj, type) and any("__call__" in vars(k) for k in obj.__mro__[:-1])):
+        raise TypeError(f"reference estimator '{name}' must be a class built as cls(config) and called as "
+                        "estimator(groups, anchor) -> list[Reference]")
+    if not isinstance(getattr(obj, "needs_anchor", None), bool):
+        raise TypeError(f"reference estimator '{name}' must declare needs_anchor = True or False "
+                        "(True: it is called with the frozen pi_0 anchor)")
+
+
+ESTIMATORS: Registry[type] = Registry("reference estimator", check=_check_estimator)
 register_estimator = ESTIMATORS.register
 
 

@@ -18,14 +18,19 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, check: Callable[[str, T], None] | None = None):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._check = check
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, *, replace: bool = False) -> Callable[[T], T]:
+        """Decorator registering ``obj`` under ``name``; ``check`` (the registry's contract) runs
+        first. ``replace``: a new definition takes the name over (a notebook cell run again)."""
         def decorator(obj: T) -> T:
-            if name in self._items:
+            if name in self._items and self._items[name] is not obj and not replace:
                 raise ValueError(f"{self.kind} '{name}' is already registered")
+            if self._check is not None:
+                self._check(name, obj)
             self._items[name] = obj
             return obj
 

@@ -26,7 +26,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     e, m, gen = config.eval, config.model, config.generation
     if e.path is None:
         raise ConfigError("eval.path is not set: test-time CaT needs prompts with gold answers to grade")
-    for plugin in config.estimator.plugins:
+    for plugin in config.plugins:
         import_plugin(plugin)
     estimators = {name: ESTIMATORS.get(name)(config) for name in estimator_names}
     sizes = sorted(set(group_sizes or [gen.num_generations]))
@@ -40,7 +40,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
            for p in prompts]
     generator = generator_from_config(config, model, tokenizer)
     anchor = None
-    if any(getattr(x, "needs_anchor", False) for x in estimators.values()):
+    if any(x.needs_anchor for x in estimators.values()):
         # no training: pi_t = pi_0, so the rollout engine serves the default anchor too
         anchor = build_anchor(config, tokenizer, device=model.device, pi0_generator=lambda: generator,
                               make_generator=lambda teacher, tok: generator_from_config(config, teacher, tok))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from cat.batch import Batch, build_batch
+from cat.batch import Batch, build_batch, build_sft_batch
 from cat.config import Config
 from cat.data import PromptOrder, load_split
 from cat.diagnostics import teacher_diagnostics
@@ -46,7 +46,7 @@ from cat.loop import RunLoop
 from cat.models import load_model, load_tokenizer, resolve_device
 from cat.parallel import Ranks, ShardedGenerator, ShardedJudge, combine_stats, gather_lists
 from cat.registry import import_plugin
-from cat.rewards import REWARDS
+from cat.rewards import RewardContext, build_rewards, preflight_rewards
 from cat.task import Task
 from cat.tracking import check_available
 from cat.types import Group, GroupScore, Reference
@@ -59,22 +59,6 @@ class StepResult:
     audit: list[dict] = field(default_factory=list)
 
 
-def apply_length_penalty(groups: list[Group], scores: list[GroupScore], reward_config) -> list[GroupScore]:
-    """Add ``length_penalty`` to the reward of every completion over ``length_penalty_tokens``."""
-    if reward_config.length_penalty == 0:
-        return scores
-    out = []
-    for group, score in zip(groups, scores, strict=True):
-        if score.rewards is None:
-            out.append(score)
-            continue
-        over = [len(c.token_ids) > reward_config.length_penalty_tokens for c in group.completions]
-        rewards = tuple(r + reward_config.length_penalty * o for r, o in zip(score.rewards, over, strict=True))
-        out.append(GroupScore(rewards=rewards, info={**score.info, "length_penalized": sum(over) / len(over)},
-                              reason=score.reason))
-    return out
-
-
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919) % (2**31 - 1)
 
@@ -82,13 +66,11 @@ def _step_seed(seed: int, step: int) -> int:
 def preflight(config: Config) -> None:
     """Everything that can be checked without loading a model: plugins, registry names, templates
     and dataset rows. Runs before the run directory is touched, so a typo costs seconds."""
-    for plugin in config.estimator.plugins:
+    for plugin in config.plugins:
         import_plugin(plugin)
     estimator = ESTIMATORS.get(config.estimator.name)
-    reward = REWARDS.get(config.reward.name)
-    if hasattr(reward, "preflight"):
-        reward.preflight(config)
-    if getattr(estimator, "needs_anchor", False):
+    preflight_rewards(config)
+    if estimator.needs_anchor:
         from cat.anchor import anchor_template
 
         anchor_template(config)
@@ -107,16 +89,16 @@ class Trainer:
         if self.ranks.world > 1 and self.device.type == "cuda":
             self.device = self.ranks.device  # one GPU per rank
         self.log = log if self.ranks.main else _quiet
-        for plugin in config.estimator.plugins:
+        for plugin in config.plugins:
             import_plugin(plugin)
         self.estimator = ESTIMATORS.get(config.estimator.name)(config)
-        self.reward = REWARDS.get(config.reward.name)(config)
+        self.reward = build_rewards(config)
         if self._needs_anchor():
             from cat.anchor import anchor_template
 
             anchor_template(config)
-        if hasattr(self.reward, "open"):
-            self.reward.open(self.run_dir)  # builds the judge; an unreachable endpoint fails here
+        self.reward.open(self.run_dir)  # a judge is built here: an unreachable endpoint fails before any model loads
+        self._eval_judge = None
         torch.manual_seed(config.run.seed)
         m = config.model
         self.tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
@@ -168,7 +150,7 @@ class Trainer:
         return self._initial
 
     def _needs_anchor(self) -> bool:
-        return getattr(self.estimator, "needs_anchor", False) or getattr(self.reward, "needs_anchor", False)
+        return self.estimator.needs_anchor or "anchor" in self.reward.needs
 
     @property
     def anchor(self):
@@ -192,14 +174,14 @@ class Trainer:
     @property
     def eval_judge(self):
         """The judge that grades HealthBench evaluations (the reward's own when it has one)."""
-        judge = getattr(self.reward, "judge", None)
-        if judge is None:
+        if self.reward.judge is not None:
+            return self.reward.judge
+        if self._eval_judge is None:
             from cat.judge import Judge
 
-            judge = Judge.from_config(self.config, self.run_dir / "verdicts.jsonl")
-            judge.backend.check()
-            self.reward.judge = judge
-        return judge
+            self._eval_judge = Judge.from_config(self.config, self.run_dir / "verdicts.jsonl")
+            self._eval_judge.backend.check()
+        return self._eval_judge
 
     # ---- the algorithm -------------------------------------------------------------------------
 
@@ -223,9 +205,15 @@ class Trainer:
             groups, references, scores, audit = gather_lists(self.ranks, groups, references, scores, audit)
             reward_stats = combine_stats(self.ranks.gather(reward_stats), counts)
         g = self.config.grpo
-        batch = build_batch(groups, scores, pad_id=self.tokenizer.pad_token_id, scale=g.scale_rewards,
-                            eps=g.advantage_eps, mask_truncated=g.mask_truncated_completions)
-        update = self.update(batch, timer, shard) if batch is not None else {}
+        sft = self.config.algorithm == "sft"
+        if sft:
+            batch, targets = self.sft_batch(groups, references, scores)
+        else:
+            batch = build_batch(groups, scores, pad_id=self.tokenizer.pad_token_id, scale=g.scale_rewards,
+                                eps=g.advantage_eps, mask_truncated=g.mask_truncated_completions)
+        update = self.update(batch, timer, shard, sft=sft) if batch is not None else {}
+        if sft:
+            update["sft/groups"] = targets
         with timer("weight_sync"):
             self.generator.sync_weights(self.policy)
         metrics = {"step": step + 1, **self._rollout_metrics(groups, scores), **update, **reward_stats}
@@ -237,13 +225,16 @@ class Trainer:
                           [{"step": step + 1, **row} for row in audit])
 
     def score(self, groups: list[Group], references: list[Reference], step: int):
-        """Rewards for every group, then the length penalty: (scores, stats, audit rows)."""
-        if getattr(self.reward, "batched", False):
-            scores, stats, audit = self.reward.score_batch(groups, references, self.anchor,
-                                                           seed=_step_seed(self.config.run.seed, step) + 1)
-        else:
-            scores, stats, audit = [self.reward(g, r) for g, r in zip(groups, references, strict=True)], {}, []
-        return apply_length_penalty(groups, scores, self.config.reward), stats, audit
+        """The run's rewards for every group: (scores, step metrics, audit rows)."""
+        ctx = RewardContext(anchor=self.anchor if "anchor" in self.reward.needs else None,
+                            seed=_step_seed(self.config.run.seed, step) + 1, step=step)
+        out = self.reward.score(groups, references, ctx)
+        return out.scores, out.metrics, out.audit
+
+    def sft_batch(self, groups: list[Group], references: list[Reference], scores: list[GroupScore]):
+        """``algorithm: sft``: the batch of the step's targets (:func:`cat.batch.build_sft_batch`)."""
+        return build_sft_batch(groups, references, scores, self.tokenizer, target=self.config.sft.target,
+                               max_new_tokens=self.config.generation.max_new_tokens)
 
     def rollout(self, step: int) -> list[Group]:
         """This rank's groups of step ``step`` (all of them in one process)."""
@@ -263,18 +254,24 @@ class Trainer:
             for i, c in zip(indices, completions, strict=True)
         ]
 
-    def update(self, batch: Batch, timer: _Timer, shard: tuple[int, int] | None = None) -> dict:
+    def update(self, batch: Batch, timer: _Timer, shard: tuple[int, int] | None = None, *, sft: bool = False) -> dict:
         """num_iterations optimiser steps on one generation batch (the whole step's), micro-batched
         exactly. This rank backpropagates the rows of the groups in ``shard`` (its own; None: all);
-        the normalisers, the loss and every statistic are the whole batch's."""
+        the normalisers, the loss and every statistic are the whole batch's.
+
+        ``sft``: the batch's completions are targets with advantage 1, scored at temperature 1 and
+        averaged over all their tokens (dapo): at ratio 1 the surrogate's gradient is the NLL's,
+        logged as ``sft/nll``. No sampler correction (targets were not all sampled)."""
         g, run = self.config.grpo, self.config.run
         T = batch.completion_length
-        temperature = self.config.generation.temperature
+        temperature = 1.0 if sft else self.config.generation.temperature
         lo, hi = _rows_of(batch, shard)
         chunks = [(s, min(s + run.micro_batch_size, hi)) for s in range(lo, hi, run.micro_batch_size)]
         total_tokens = float(batch.completion_mask.sum().item())
-        use_sampler_old = g.old_logprobs == "sampler"
-        correct = self.config.sampler_correction
+        use_sampler_old = g.old_logprobs == "sampler" and not sft
+        correct = self.config.sampler_correction and not sft
+        loss_type = "dapo" if sft else g.loss_type
+        nll_sum = torch.zeros((), device=self.device)
         learner = self.learner
         passes = learner.forwards_in_step(max(len(chunks), 1))  # FSDP: the same on every rank
         with timer("logprobs"):
@@ -322,7 +319,9 @@ class Trainer:
                             beta=g.beta, unbiased_kl=g.unbiased_kl,
                             importance_sampling_level=g.importance_sampling_level, sampler_weights=weights,
                         )
-                        loss = aggregate(per_token, mask, loss_type=g.loss_type, total_sequences=len(batch),
+                        if sft:
+                            nll_sum += -(logp.detach() * mask).sum()
+                        loss = aggregate(per_token, mask, loss_type=loss_type, total_sequences=len(batch),
                                          total_tokens=total_tokens,
                                          max_completion_length=self.config.generation.max_new_tokens)
                         learner.backward(loss)
@@ -333,10 +332,13 @@ class Trainer:
                     [float(loss_sum), float(entropy_sum), *stats.as_tuple()])
                 stats = LossStats(*sums)
                 out = {"loss": loss_value, "entropy": entropy_total / max(total_tokens, 1.0), **stats.means()}
+                if sft:  # the surrogate's value is -1 at ratio 1; the NLL is what is minimised
+                    out["loss"] = out["sft/nll"] = self.ranks.sum([float(nll_sum)])[0] / max(total_tokens, 1.0)
                 out.update(learner.step(loss_value))
         if self.ranks.world > 1:
             mismatch = MismatchStats(*self.ranks.sum(list(mismatch.as_tuple())))
-        out.update(mismatch.means())
+        if not sft:
+            out.update(mismatch.means())
         return out
 
     @torch.no_grad()
@@ -404,7 +406,7 @@ class Trainer:
                     "completion": c.text,
                     "finish_reason": c.finish_reason,
                     "reward": score.rewards[ci] if score.rewards is not None else None,
-                    "advantage": adv_by_group[gi][ci] if gi in adv_by_group else None,
+                    "advantage": adv_by_group[gi][ci] if ci < len(adv_by_group.get(gi, ())) else None,
                     "reference": ref.text,
                     "reference_answer": ref.answer,
                     "gold": group.prompt.gold,

@@ -44,7 +44,7 @@ def test_unknown_estimator_lists_registered(tmp_path):
 
 
 def test_missing_plugin(tmp_path):
-    out = cli("train", CAT, "estimator.plugins=['no_such_module_xyz']", "--output-dir", str(tmp_path / "r"))
+    out = cli("train", CAT, "plugins=['no_such_module_xyz']", "--output-dir", str(tmp_path / "r"))
     assert_clean_failure(out, "no_such_module_xyz")
 
 

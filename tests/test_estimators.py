@@ -172,7 +172,7 @@ def test_readme_plugin_example_runs_through_the_trainer(tmp_path, tiny_world):
     config = load_config(None, [
         f"model.name_or_path={tiny_world / 'model'}", f"data.path={tiny_world / 'train.jsonl'}",
         "data.limit=16", "eval.path=null", "run.prompts_per_step=2", "generation.max_new_tokens=32",
-        "estimator.name=longest_majority", f"estimator.plugins=['{plugin}']",
+        "estimator.name=longest_majority", f"plugins=['{plugin}']",
     ])
     metrics = Trainer(config, tmp_path / "run", log=lambda *_: None).step(0).metrics
     assert metrics["groups/scored"] + metrics["groups/unscored"] == 2

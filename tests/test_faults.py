@@ -9,9 +9,9 @@ from test_rubrics import ScriptedBackend, make_judge
 
 from cat.config import load_config
 from cat.errors import ConfigError
-from cat.rewards import REWARDS
-from cat.trainer import Trainer, apply_length_penalty
-from cat.types import Completion, Group, GroupScore, Prompt, Reference
+from cat.rewards import REWARDS, RewardContext, build_rewards
+from cat.trainer import Trainer
+from cat.types import Completion, Group, Prompt, Reference
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -32,12 +32,17 @@ def test_empty_and_answerless_completions_score_zero_and_are_counted():
 
 
 def test_length_penalty_is_added_above_the_threshold():
+    """reward.length_penalty makes length_penalty one of the run's reward functions (weight 1)."""
     config = load_config(None, ["reward.length_penalty=-1", "reward.length_penalty_tokens=3"])
-    g = group(["a", "b", "c"], lengths=[2, 3, 4])
-    [out] = apply_length_penalty([g], [GroupScore(rewards=(1.0, 0.5, 1.0))], config.reward)
-    assert out.rewards == (1.0, 0.5, 0.0) and out.info["length_penalized"] == pytest.approx(1 / 3)
-    [kept] = apply_length_penalty([g], [GroupScore(rewards=None, reason="x")], config.reward)
-    assert kept.rewards is None
+    reward = build_rewards(config)
+    assert [(n, w) for n, w, _ in reward.functions] == [("math_equivalence", 1.0), ("length_penalty", 1.0)]
+    g = group(["\\boxed{4}", "\\boxed{5}", "\\boxed{4}"], lengths=[2, 3, 4])
+    out = reward.score([g, g], [Reference(text="", answer="4", source="x"), Reference(text="", answer=None, source="x")],
+                       RewardContext())
+    assert out.scores[0].rewards == (1.0, 0.0, 0.0) and out.scores[0].info["length_penalized"] == pytest.approx(1 / 3)
+    assert out.scores[1].rewards is None  # no reference answer: not scored, whatever the length
+    assert out.metrics["reward/length_penalty/mean"] == pytest.approx(-1 / 3)
+    assert out.metrics["reward/math_equivalence/mean"] == pytest.approx(2 / 3)
 
 
 def test_model_as_judge_reward(tmp_path):
@@ -49,7 +54,7 @@ def test_model_as_judge_reward(tmp_path):
 
     reward.judge.template = load_template("judge_equivalence", kind="rubrics", required={"response", "reference"}, allowed=set())
     g1, g2 = group(["r1", "r2", "r3"]), group(["s1"])
-    scores, stats, audit = reward.score_batch([g1, g2], [Reference(text="ref", answer=None, source="s")] * 2, None, seed=0)
+    scores = reward.score([g1, g2], [Reference(text="ref", answer=None, source="s")] * 2, RewardContext()).scores
     assert scores[0].rewards == (1.0, 0.0, 1.0)
     assert scores[1].rewards is None  # the verdict failed after retries: no signal, not 0
     assert "ref" in reward.judge.backend.prompts[0] and "r1" in reward.judge.backend.prompts[0]

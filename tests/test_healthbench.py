@@ -12,7 +12,7 @@ from cat.config import load_config
 from cat.data import load_prompts
 from cat.errors import DataError
 from cat.evaluate import evaluate_rubric
-from cat.rewards import REWARDS
+from cat.rewards import REWARDS, RewardContext
 from cat.types import Completion, Group, Reference
 
 FIXTURE = Path(__file__).parent / "fixtures" / "healthbench_sample.jsonl"
@@ -172,7 +172,8 @@ def test_physician_rubric_rewards_show_the_judge_the_conversation(tmp_path):
     reward.judge = make_judge(backend, tmp_path)
     group = Group(prompt=prompt, prompt_ids=(1,), completions=tuple(
         Completion(text=t, token_ids=(1,), logprobs=(0.0,), finish_reason="stop") for t in ("one", "two")))
-    [score], _, [audit] = reward.score_batch([group], [Reference(text="", answer=None, source="gold")], None, seed=0)
+    out = reward.score([group], [Reference(text="", answer=None, source="gold")], RewardContext())
+    [score], [audit] = out.scores, out.audit
     assert score.rewards == pytest.approx(((7 + 6 + 2) / 15, -6 / 15))
     # the judge sees the chat the policy answered: the run's system prompt, then the row's turns
     assert all("system: Answer briefly.\n\nsystem: You are a careful medical assistant.\n\nuser: My son is 4" in p

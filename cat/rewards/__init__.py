@@ -1,44 +1,146 @@
-"""Rewards: group-level callables ``(group, reference) -> GroupScore``.
+"""Rewards: how each rollout of a group is scored against the group's reference.
 
-A reward sees the whole group and the group's reference (the anchor's synthesis, a majority
-answer, the gold label ... whatever the estimator produced) and returns one score per rollout,
-or ``rewards=None`` when the group cannot be scored: the trainer then drops the group from the
-update and counts it, it never becomes reward 0.
+The contract (:class:`Reward`) is one batch-level call per step::
 
-Register your own with ``@register_reward("name")`` on a class taking the run's Config; a
-per-completion function in TRL's style plugs in through ``from_completion_fn``.
+    reward.score(groups, references, ctx) -> Scored(scores, metrics, audit)
+
+with one :class:`~cat.types.GroupScore` per group. Its ``rewards`` hold one value per rollout:
+a float, or ``None`` for "this function does not apply to this rollout" (TRL's meaning: it adds
+nothing to the rollout's weighted sum). ``rewards=None`` for the whole group means the group
+cannot be scored (no usable reference, a teacher failure): the trainer drops it from the update
+and counts it; it never becomes 0. A reward declares what it needs (``needs``: ``"anchor"``,
+``"run_dir"``) and gets it in ``ctx`` and ``open``; ``preflight(config)`` checks its templates
+and settings before any model is loaded.
+
+Write one by subclassing :class:`RewardFunction` (batch-level) or :class:`GroupReward`
+(``score_group(group, reference) -> GroupScore``), register it with ``@register_reward(name)``
+and list it in ``reward.functions`` (with ``reward.weights``); a TRL-style per-completion
+function ``f(prompts, completions, **columns) -> list[float | None]`` plugs in through
+``from_completion_fn``. Several functions combine as ``sum(weight * reward)`` per rollout over
+those that returned a value, each logged as ``reward/NAME/mean``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass, field
+from math import isnan
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+from cat.errors import CatError, ConfigError
 from cat.registry import Registry
 from cat.rewards.math import answers_match, extract_answer
 from cat.types import Group, GroupScore, Reference
 
+NEEDS = frozenset({"anchor", "run_dir"})
 
+
+class RewardError(CatError):
+    """A reward broke its contract (wrong number of scores, a non-numeric value)."""
+
+
+@dataclass(frozen=True)
+class RewardContext:
+    """What a reward may use while scoring one step: the frozen anchor (only for rewards that
+    need it, else None), a seed for anything it samples, and the step (0-based)."""
+
+    anchor: Any = None
+    seed: int = 0
+    step: int = 0
+
+
+@dataclass
+class Scored:
+    """A reward's output for one step: one GroupScore per group, step metrics (logged as given:
+    name them ``judge/...``, ``rubric/...``), and audit rows for ``rubrics.jsonl``."""
+
+    scores: list[GroupScore]
+    metrics: dict[str, float] = field(default_factory=dict)
+    audit: list[dict] = field(default_factory=list)
+
+
+@runtime_checkable
 class Reward(Protocol):
-    def __call__(self, group: Group, reference: Reference) -> GroupScore: ...
+    """What the trainer calls. :class:`RewardFunction` gives every member but ``score`` a default."""
+
+    needs: frozenset[str]
+    judge: Any
+
+    def open(self, run_dir: Path | None) -> None: ...
+
+    def score(self, groups: list[Group], references: list[Reference], ctx: RewardContext) -> Scored: ...
+
+    def close(self) -> None: ...
 
 
-REWARDS: Registry[Callable[..., Reward]] = Registry("reward")
+class RewardFunction:
+    """Base of every reward: built once per run from the Config, opened with the run directory,
+    called once per step on the step's groups (a multi-process run: this rank's groups).
+
+    ``needs`` (class or instance attribute): ``"anchor"`` to receive the frozen pi_0 anchor in
+    ``ctx.anchor``; ``"run_dir"`` to be opened with the run directory (caches). ``judge``: a
+    reward that owns a judge exposes it here (it also grades HealthBench evaluations)."""
+
+    needs: frozenset[str] = frozenset()
+    judge: Any = None
+
+    def __init__(self, config):
+        self.config = config
+
+    @classmethod
+    def preflight(cls, config) -> None:
+        """Check templates and settings before any model is loaded (raise ConfigError)."""
+
+    def open(self, run_dir: Path | None) -> None:
+        """Acquire what the reward holds for the run (a judge, a cache file); fail fast here."""
+
+    def score(self, groups: list[Group], references: list[Reference], ctx: RewardContext) -> Scored:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what ``open`` acquired."""
+
+
+class GroupReward(RewardFunction):
+    """A reward that scores each group on its own: implement ``score_group``."""
+
+    def score_group(self, group: Group, reference: Reference) -> GroupScore:
+        raise NotImplementedError
+
+    def score(self, groups: list[Group], references: list[Reference], ctx: RewardContext) -> Scored:
+        return Scored([self.score_group(g, r) for g, r in zip(groups, references, strict=True)])
+
+
+def _check_reward(name: str, obj) -> None:
+    if not (isinstance(obj, type) and callable(getattr(obj, "score", None))):
+        raise TypeError(f"reward '{name}' must be a class with score(groups, references, ctx) -> Scored "
+                        "(subclass cat.rewards.RewardFunction or GroupReward)")
+    needs = getattr(obj, "needs", frozenset())
+    if not isinstance(needs, (frozenset, set, property)) or (isinstance(needs, (set, frozenset)) and needs - NEEDS):
+        raise TypeError(f"reward '{name}': needs must be a set drawn from {sorted(NEEDS)}, got {needs!r}")
+
+
+REWARDS: Registry[type] = Registry("reward", check=_check_reward)
 register_reward = REWARDS.register
 
 
 @register_reward("math_equivalence")
-class MathEquivalence:
+class MathEquivalence(GroupReward):
     """1 when a rollout's last boxed answer is equivalent to the reference's answer, else 0.
 
     No reference answer -> the group is not scored (no signal), never all zeros.
     """
 
     def __init__(self, config):
+        super().__init__(config)
         self.mode = config.reward.mode
         self.timeout_s = config.reward.timeout_s
 
     def __call__(self, group: Group, reference: Reference) -> GroupScore:
+        return self.score_group(group, reference)
+
+    def score_group(self, group: Group, reference: Reference) -> GroupScore:
         if reference.answer is None:
             return GroupScore(rewards=None, reason="reference has no final answer")
         answers = [extract_answer(c.text) for c in group.completions]
@@ -50,32 +152,153 @@ class MathEquivalence:
         return GroupScore(rewards=rewards, info={"answer_rate": answered})
 
 
+@register_reward("length_penalty")
+class LengthPenalty(GroupReward):
+    """``reward.length_penalty`` (paper: -1) for a completion longer than
+    ``reward.length_penalty_tokens`` tokens, else 0. Added automatically (weight 1) when
+    ``reward.length_penalty`` is not 0 and ``reward.functions`` does not list it."""
+
+    def score_group(self, group: Group, reference: Reference) -> GroupScore:
+        r = self.config.reward
+        over = [c.length > r.length_penalty_tokens for c in group.completions]
+        return GroupScore(rewards=tuple(r.length_penalty * o for o in over),
+                          info={"length_penalized": sum(over) / max(len(over), 1)})
+
+
 def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
     """Adapt a TRL-style ``f(prompts, completions, **columns) -> list[float | None]``.
 
-    ``None`` for any rollout marks the whole group unscored (a group needs all G rewards for its
-    baseline). The reference text is passed as the ``reference`` column.
+    Columns: ``reference`` (the reference text), ``reference_answer``, and the prompt's dataset
+    fields. ``None`` follows TRL: that rollout gets nothing from this function (the other
+    functions' weighted rewards still count); a rollout no function scored gets 0.
     """
 
-    class _Adapted:
-        def __init__(self, config):
-            self.config = config
-
-        def __call__(self, group: Group, reference: Reference) -> GroupScore:
-            prompts = [group.prompt.text] * len(group.completions)
-            scores = fn(prompts, group.texts, reference=[reference.text] * len(prompts), **{
-                k: [v] * len(prompts) for k, v in group.prompt.meta.items()
-            })
-            if len(scores) != len(prompts):
-                raise ValueError(f"reward function {fn.__name__} returned {len(scores)} scores for {len(prompts)} completions")
-            if any(s is None for s in scores):
-                return GroupScore(rewards=None, reason=f"{fn.__name__} returned None")
-            return GroupScore(rewards=tuple(float(s) for s in scores))
+    class _Adapted(GroupReward):
+        def score_group(self, group: Group, reference: Reference) -> GroupScore:
+            n = len(group.completions)
+            columns = {k: [v] * n for k, v in group.prompt.meta.items()}
+            scores = fn([group.prompt.text] * n, group.texts, reference=[reference.text] * n,
+                        reference_answer=[reference.answer] * n, **columns)
+            if not isinstance(scores, (list, tuple)) or len(scores) != n:
+                got = len(scores) if isinstance(scores, (list, tuple)) else type(scores).__name__
+                raise RewardError(f"reward function {fn.__name__} returned {got} scores for {n} completions")
+            bad = [s for s in scores if s is not None and not isinstance(s, (int, float))]
+            if bad:
+                raise RewardError(f"reward function {fn.__name__} returned {bad[0]!r}: give a number or None")
+            return GroupScore(rewards=tuple(None if s is None else float(s) for s in scores))
 
     _Adapted.__name__ = f"Adapted_{fn.__name__}"
+    _Adapted.__doc__ = fn.__doc__
     return _Adapted
+
+
+class WeightedRewards(RewardFunction):
+    """The run's reward: ``sum(weight_i * reward_i)`` per rollout over the functions that returned a
+    value for it (TRL's nansum; a rollout none scored gets 0 and is counted in ``reward/none``).
+    A group any function could not score is not scored. Each function's mean is logged as
+    ``reward/NAME/mean``; their per-group ``info`` as ``reward/KEY``."""
+
+    def __init__(self, functions: list[tuple[str, float, RewardFunction]]):
+        self.functions = functions
+        self.needs = frozenset().union(*(f.needs for _, _, f in functions))
+
+    @property
+    def judge(self):
+        return next((f.judge for _, _, f in self.functions if f.judge is not None), None)
+
+    def open(self, run_dir: Path | None) -> None:
+        for _, _, f in self.functions:
+            f.open(run_dir)
+
+    def close(self) -> None:
+        for _, _, f in self.functions:
+            f.close()
+
+    def score(self, groups: list[Group], references: list[Reference], ctx: RewardContext) -> Scored:
+        parts = []
+        metrics: dict[str, float] = {}
+        audit: list[dict] = []
+        for name, _, f in self.functions:
+            ctx_f = ctx if "anchor" in f.needs else RewardContext(None, ctx.seed, ctx.step)
+            out = f.score(groups, references, ctx_f)
+            _check_scored(name, out, groups)
+            parts.append(out.scores)
+            metrics.update(out.metrics)
+            audit.extend(out.audit)
+        combined, none = [], 0
+        for gi, group in enumerate(groups):
+            per_fn = [p[gi] for p in parts]
+            failed = next((s for s in per_fn if s.rewards is None), None)
+            info = {k: v for s in per_fn for k, v in s.info.items()}
+            if failed is not None:
+                combined.append(GroupScore(rewards=None, info=info, reason=failed.reason))
+                continue
+            totals = []
+            for ri in range(len(group.completions)):
+                values = [(w, s.rewards[ri]) for (_, w, _), s in zip(self.functions, per_fn, strict=True)
+                          if s.rewards[ri] is not None]
+                none += not values
+                totals.append(sum(w * v for w, v in values))
+            combined.append(GroupScore(rewards=tuple(totals), info=info))
+        for (name, _, _), p in zip(self.functions, parts, strict=True):
+            values = [v for s in p if s.rewards is not None for v in s.rewards if v is not None]
+            metrics[f"reward/{name}/mean"] = sum(values) / len(values) if values else float("nan")
+        if len(self.functions) > 1 or none:
+            metrics["reward/none"] = float(none)
+        return Scored(combined, metrics, audit)
+
+
+def _check_scored(name: str, out, groups: list[Group]) -> None:
+    if not isinstance(out, Scored):
+        raise RewardError(f"reward {name}: score() returned {type(out).__name__}, expected cat.rewards.Scored")
+    if len(out.scores) != len(groups):
+        raise RewardError(f"reward {name}: {len(out.scores)} group scores for {len(groups)} groups")
+    for group, s in zip(groups, out.scores, strict=True):
+        if s.rewards is None:
+            continue
+        if len(s.rewards) != len(group.completions):
+            raise RewardError(f"reward {name}: {len(s.rewards)} rewards for a group of {len(group.completions)} "
+                              f"rollouts (prompt {group.prompt.text[:60]!r})")
+        for v in s.rewards:
+            if v is not None and (not isinstance(v, (int, float)) or isnan(v)):
+                raise RewardError(f"reward {name}: reward {v!r} for a rollout of prompt {group.prompt.text[:60]!r}; "
+                                  "give a number, or None where it does not apply")
+
+
+def reward_names(config) -> list[tuple[str, float]]:
+    """(name, weight) of the run's reward functions: ``reward.functions`` / ``reward.weights``, or
+    ``reward.name`` alone; plus ``length_penalty`` when ``reward.length_penalty`` is set."""
+    r = config.reward
+    names = list(r.functions) if r.functions is not None else [r.name]
+    weights = list(r.weights) if r.weights is not None else [1.0] * len(names)
+    pairs = list(zip(names, weights, strict=True))
+    if r.length_penalty != 0 and "length_penalty" not in names:
+        pairs.append(("length_penalty", 1.0))
+    return pairs
+
+
+def preflight_rewards(config) -> None:
+    """Every reward function named by the config exists and passes its own preflight."""
+    for name, _ in reward_names(config):
+        REWARDS.get(name).preflight(config)
+
+
+def build_rewards(config) -> WeightedRewards:
+    """The run's reward functions, built from the config and combined."""
+    functions = []
+    for name, weight in reward_names(config):
+        try:
+            fn = REWARDS.get(name)(config)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plug-in's constructor, named
+            raise ConfigError(f"reward {name} could not be built: {type(exc).__name__}: {exc}") from None
+        functions.append((name, weight, fn))
+    return WeightedRewards(functions)
 
 
 from cat.rewards import rubric as _rubric  # noqa: E402,F401  (registers rubric rewards)
 
-__all__ = ["REWARDS", "Reward", "register_reward", "from_completion_fn", "answers_match", "extract_answer"]
+__all__ = ["REWARDS", "Reward", "RewardFunction", "GroupReward", "RewardContext", "Scored", "RewardError",
+           "WeightedRewards", "register_reward", "from_completion_fn", "build_rewards", "preflight_rewards",
+           "reward_names", "answers_match", "extract_answer"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cat.judge import JudgeItem
-from cat.rewards import register_reward
+from cat.rewards import RewardContext, RewardFunction, Scored, register_reward
 from cat.rubrics import Criterion, Rubric, propose_rubrics
 from cat.templates import load_template
 from cat.types import Group, GroupScore, Reference
@@ -51,22 +51,24 @@ def score_with_failures(criteria: tuple[Criterion, ...], verdicts: list[bool | N
     return rubric_score([p for p, _ in kept], [v for _, v in kept])
 
 
-class _JudgedReward:
-    batched = True
+class _JudgedReward(RewardFunction):
+    """A reward marked by a judge model; its verdict cache lives in the run directory."""
 
-    @staticmethod
-    def preflight(config) -> None:
+    needs = frozenset({"run_dir"})
+
+    @classmethod
+    def preflight(cls, config) -> None:
         """Validate the templates before any model is loaded."""
         from cat.judge import judge_template
         from cat.rubrics import proposal_template
 
         judge_template(config)
         judge_template(config, conversation=True)
-        if config.reward.name == "rubric" and config.rubric.source == "self_proposed":
+        if cls is RubricReward and config.rubric.source == "self_proposed":
             proposal_template(config)
 
     def __init__(self, config):
-        self.config = config
+        super().__init__(config)
         self.judge = None
 
     def open(self, run_dir: Path | None) -> None:
@@ -81,9 +83,11 @@ class _JudgedReward:
 class RubricReward(_JudgedReward):
     def __init__(self, config):
         super().__init__(config)
-        self.needs_anchor = config.rubric.source == "self_proposed"
+        if config.rubric.source == "self_proposed":  # the anchor writes each group's rubric
+            self.needs = frozenset({"run_dir", "anchor"})
 
-    def score_batch(self, groups: list[Group], references: list[Reference], anchor, *, seed: int):
+    def score(self, groups: list[Group], references: list[Reference], ctx: RewardContext) -> Scored:
+        anchor, seed = ctx.anchor, ctx.seed
         if self.judge is None:
             self.open(None)
         stats: dict[str, float] = {}
@@ -130,14 +134,12 @@ class RubricReward(_JudgedReward):
                 "rollouts": [{"completion": c.text, "verdicts": v, "reward": r}
                              for c, v, r in zip(group.completions, per_group[gi], values, strict=True)],
             })
-        return scores, stats, audit
+        return Scored(scores, stats, audit)
 
 
 @register_reward("judge_equivalence")
 class JudgeEquivalence(_JudgedReward):
     """Model-as-judge: does the rollout reach the same answer as the reference?"""
-
-    needs_anchor = False
 
     def open(self, run_dir: Path | None) -> None:
         """The judge's plain template becomes the equivalence question (one call per rollout);
@@ -146,7 +148,7 @@ class JudgeEquivalence(_JudgedReward):
         self.judge.template = load_template("judge_equivalence", kind="rubrics", required={"response", "reference"},
                                             allowed=set())
 
-    def score_batch(self, groups: list[Group], references: list[Reference], anchor, *, seed: int):
+    def score(self, groups: list[Group], references: list[Reference], ctx: RewardContext) -> Scored:
         if self.judge is None:
             self.open(None)
         items = [(c.text, [ref.text]) for g, ref in zip(groups, references, strict=True) if ref.text.strip()
@@ -165,4 +167,4 @@ class JudgeEquivalence(_JudgedReward):
                 scores.append(GroupScore(rewards=tuple(float(v) for v in vs)))
             audit.append({"prompt": group.prompt.text, "reference": ref.text,
                           "rollouts": [{"completion": c.text, "verdict": v} for c, v in zip(group.completions, vs, strict=True)]})
-        return scores, stats, audit
+        return Scored(scores, stats, audit)

@@ -1,0 +1,95 @@
+"""CaT-SFT (``algorithm: sft``): what each group is fine-tuned on, the update's gradient equal to
+the token-mean NLL's, and a label-free tiny run that learns."""
+
+import json
+
+import pytest
+import torch
+from conftest import ROOT, cli
+from test_estimators import tiny_group
+
+from cat.batch import build_sft_batch, sft_target
+from cat.config import load_config
+from cat.errors import ConfigError
+from cat.grpo import aggregate, token_losses
+from cat.logprobs import token_logprobs
+from cat.types import GroupScore, Reference
+
+RIGHT = "ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"
+WRONG = "ones 7+8=14 tens 4+3+1=08 so \\boxed{84}"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_world):
+    from cat.models import load_tokenizer
+
+    return load_tokenizer(str(tiny_world / "model"))
+
+
+def test_targets(tokenizer):
+    group = tiny_group(tokenizer, [WRONG, RIGHT, RIGHT], "47+38", gold="85")
+    score = GroupScore((0.0, 1.0, 1.0))
+    synthesis = Reference(f"SUMMARY: two of three agree.\nUNIFIED RESPONSE: {RIGHT}", "85", "synthesis")
+    t = sft_target(group, synthesis, score, tokenizer, target="reference", max_new_tokens=64)
+    assert t.text == RIGHT and t.token_ids[-1] == tokenizer.eos_token_id  # the response, not the summary
+    assert tokenizer.decode(t.token_ids[:-1]) .replace(" ", "") == RIGHT.replace(" ", "")
+    majority = Reference(RIGHT, "85", "majority_vote", meta={"index": 1})
+    assert sft_target(group, majority, score, tokenizer, target="reference", max_new_tokens=64) is group.completions[1]
+    unparsable = Reference("no answer here", None, "synthesis")
+    assert sft_target(group, unparsable, score, tokenizer, target="reference", max_new_tokens=64) is None
+    assert sft_target(group, synthesis, score, tokenizer, target="agreeing_rollout", max_new_tokens=64) \
+        is group.completions[1]  # the first with the best reward
+    assert sft_target(group, synthesis, GroupScore((0.0, 0.0, 0.0)), tokenizer, target="agreeing_rollout",
+                      max_new_tokens=64) is None
+    cut = sft_target(group, synthesis, score, tokenizer, target="reference", max_new_tokens=5)
+    assert len(cut.token_ids) == 5 and cut.token_ids[-1] == tokenizer.eos_token_id
+    batch, kept = build_sft_batch([group, group], [synthesis, unparsable], [score, score], tokenizer,
+                                  target="reference", max_new_tokens=64)
+    assert kept == 1 and len(batch) == 1 and batch.group_index.tolist() == [0] and batch.advantages.tolist() == [1.0]
+
+
+def test_the_sft_update_gradient_is_the_token_mean_nll_gradient(tiny_model):
+    model, tokenizer = tiny_model
+    model = type(model).from_pretrained(model.name_or_path).train()  # a trainable copy
+    groups = [tiny_group(tokenizer, [RIGHT, WRONG], "47+38", gold="85"), tiny_group(tokenizer, [WRONG], "47+38")]
+    refs = [Reference(f"UNIFIED RESPONSE: {RIGHT}", "85", "synthesis"), Reference(WRONG, "84", "majority_vote",
+                                                                                     meta={"index": 0})]
+    batch, kept = build_sft_batch(groups, refs, [GroupScore((1.0, 0.0)), GroupScore((1.0,))], tokenizer,
+                                  target="reference", max_new_tokens=64)
+    assert kept == 2
+    T, mask = batch.completion_length, batch.completion_mask
+
+    def grads(loss_fn):
+        model.zero_grad()
+        logp, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, T, 1.0)
+        loss_fn(logp).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    def surrogate(logp):
+        per_token, _ = token_losses(logp, logp.detach(), None, batch.advantages, mask)
+        return aggregate(per_token, mask, loss_type="dapo", total_sequences=len(batch),
+                         total_tokens=float(mask.sum()), max_completion_length=64)
+
+    nll = grads(lambda logp: -(logp * mask).sum() / mask.sum())
+    torch.testing.assert_close(grads(surrogate), nll, rtol=1e-5, atol=1e-8)
+    assert nll.abs().max() > 1e-3
+
+
+def test_config_checks():
+    with pytest.raises(ConfigError, match="gold references are bare answers"):
+        load_config(None, ["algorithm=sft", "estimator.name=gold"])
+    load_config(None, ["algorithm=sft", "estimator.name=gold", "sft.target=agreeing_rollout"])
+    with pytest.raises(ConfigError, match="grpo.num_iterations to 1"):
+        load_config(None, ["algorithm=sft", "estimator.name=synthesis", "grpo.num_iterations=2"])
+
+
+def test_cat_sft_learns_without_labels(tmp_path):
+    """The shipped CaT-SFT config (anchor references, no labels) for 10 steps on 64 held-out questions."""
+    run_dir = tmp_path / "run"
+    out = cli("train", str(ROOT / "experiments" / "tiny_arith_cat_sft.yaml"), "--output-dir", str(run_dir),
+              "run.steps=10", "eval.limit=64", "--no-progress")
+    assert out.returncode == 0, out.stderr[-3000:]
+    evals = json.loads((run_dir / "eval.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["sft/groups"] > 0 and r["sft/nll"] > 0 for r in rows)
+    assert evals["after"]["accuracy"] - evals["before"]["accuracy"] >= 0.05, evals
