@@ -94,9 +94,12 @@ def train(config: Config | dict | str | Path | None = None, *, train_dataset=Non
     ``reward_weights``. ``overrides``: ``section.key=value`` strings applied last.
     """
     from cat.cli import train_run
+    from cat.registry import import_plugin
 
     overrides = list(overrides)
     base = _config(config, overrides)
+    for plugin in base.plugins:  # reward names below may be a plug-in's
+        import_plugin(plugin)
     run_dir = Path(output_dir or base.run.output_dir)
     extra = []
     if train_dataset is not None:

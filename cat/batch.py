@@ -106,19 +106,21 @@ def build_batch(
 
 
 def sft_target(group: Group, ref: Reference, score: GroupScore, tokenizer, *, target: str,
-               max_new_tokens: int) -> Completion | None:
+               max_new_tokens: int, require_answer: bool = True) -> Completion | None:
     """What ``algorithm: sft`` fine-tunes one group on, or None (the group is left out).
 
     ``agreeing_rollout``: the first rollout with the group's best reward, if above 0.
     ``reference``: the rollout the reference is (majority_vote, self_bon: same tokens), or the
-    response a synthesis stands for (after ``UNIFIED RESPONSE:``), tokenized, cut to
-    ``max_new_tokens`` and ended with EOS; None without an extracted answer.
+    response a synthesis stands for (after ``UNIFIED RESPONSE:``), tokenized and ended with EOS;
+    None when it is longer than ``max_new_tokens`` (a cut answer would teach stopping mid-way) or,
+    with ``require_answer`` (verifiable tasks), when no final answer was extracted from it.
     """
     if target == "agreeing_rollout":
-        if score.rewards is None or max(score.rewards) <= 0:
+        rewards = [r for r in score.rewards or () if r is not None]
+        if not rewards or max(rewards) <= 0:
             return None
-        return group.completions[score.rewards.index(max(score.rewards))]
-    if ref.answer is None or not ref.text.strip():
+        return group.completions[score.rewards.index(max(rewards))]
+    if (require_answer and ref.answer is None) or not ref.text.strip():
         return None
     index = ref.meta.get("index")
     if isinstance(index, int) and 0 <= index < len(group.completions) and group.completions[index].text == ref.text:
@@ -126,18 +128,19 @@ def sft_target(group: Group, ref: Reference, score: GroupScore, tokenizer, *, ta
     text = response_part(ref.text)
     if not text:
         return None
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_new_tokens - 1] + [tokenizer.eos_token_id]
-    return Completion(text, tuple(ids), (), "stop")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return Completion(text, tuple(ids), (), "stop") if len(ids) <= max_new_tokens else None
 
 
 def build_sft_batch(groups: list[Group], references: list[Reference], scores: list[GroupScore], tokenizer, *,
-                    target: str, max_new_tokens: int) -> tuple[Batch | None, int]:
+                    target: str, max_new_tokens: int, require_answer: bool = True) -> tuple[Batch | None, int]:
     """One row per group that has a target (:func:`sft_target`), with advantage 1: the GRPO
     update's gradient on it (ratio 1, dapo) is then exactly the token-mean NLL's. ``group_index``
     keeps each row's position in ``groups``. Returns (batch or None, groups with a target)."""
     rows = []
     for group, ref, score in zip(groups, references, scores, strict=True):
-        t = sft_target(group, ref, score, tokenizer, target=target, max_new_tokens=max_new_tokens)
+        t = sft_target(group, ref, score, tokenizer, target=target, max_new_tokens=max_new_tokens,
+                       require_answer=require_answer)
         rows.append((Group(group.prompt, group.prompt_ids, (t,) if t else group.completions[:1]),
                      GroupScore((1.0,) if t else None)))
     batch = build_batch([g for g, _ in rows], [s for _, s in rows], pad_id=tokenizer.pad_token_id,

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like section.key=value)")
     args.overrides = [a for a in extra if a not in unknown]
+    _quiet_libraries()
     try:
         if args.command == "train":
             return _train(args)
@@ -111,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{str(exc).splitlines()[0][:200]})", file=sys.stderr)
         return 1
     return 1
+
+
+def _quiet_libraries() -> None:
+    """No progress bars from transformers and the hub (checkpoint shards, weight loading): the
+    console carries one line per step. Their warnings still show."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _report(args) -> int:
@@ -257,7 +267,10 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
         if ranks.main:
             for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
                 _truncate_jsonl(run_dir / name, trainer.step_done)
-    trainer.train(progress=progress)
+    try:
+        trainer.train(progress=progress)
+    finally:
+        trainer.reward.close()
     if ranks.main:
         print(f"run directory: {run_dir}")
 

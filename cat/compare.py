@@ -110,6 +110,7 @@ def run_all(config_path: str, overrides: list[str], arms: list[Arm], seeds: list
             progress: bool, log=print) -> dict:
     """Train every (arm, seed) not yet finished; returns the summary (also written to OUTPUT_DIR)."""
     from cat.cli import train_run
+    from cat.config import dump_config
 
     configs = check_configs(config_path, overrides, arms, seeds, output)
     output.mkdir(parents=True, exist_ok=True)
@@ -118,6 +119,9 @@ def run_all(config_path: str, overrides: list[str], arms: list[Arm], seeds: list
         run_dir = run_dir_of(output, arm, seed)
         config = configs[arm.label, seed]
         if finished(run_dir, config.run.steps):
+            if (run_dir / "config.yaml").read_text() != dump_config(config):
+                raise ConfigError(f"{run_dir} finished under a different config than arm {arm.label} seed {seed} has "
+                                  "now; give compare another --output-dir (or remove that run)")
             log(f"[{i}/{total}] {arm.label} seed {seed}: finished earlier ({run_dir})")
             continue
         log(f"[{i}/{total}] {arm.label} seed {seed}: training into {run_dir}")
@@ -234,7 +238,6 @@ def table(summary: dict) -> str:
 
 def write_outputs(output: Path, summary: dict, arms: list[Arm], seeds: list[int], config_path: str,
                   overrides: list[str]) -> None:
-    import html
 
     from cat.report import write_report
 
@@ -245,6 +248,32 @@ def write_outputs(output: Path, summary: dict, arms: list[Arm], seeds: list[int]
         tmp.write_text(text)
         tmp.replace(output / name)
     runs = [run_dir_of(output, a, s) for a in arms for s in seeds]
-    extra = f"<h2>Comparison</h2><pre>{html.escape(table(summary))}</pre>"
+    extra = f"<h2>Comparison</h2>{markdown_to_html(table(summary))}"
     write_report(runs, output / "report", title=f"cat compare: {Path(config_path).name}", extra_html=extra,
                  labels=[f"{a.label}/seed{s}" for a in arms for s in seeds], groups=[a.label for a in arms for _ in seeds])
+
+
+def markdown_to_html(text: str) -> str:
+    """The table's Markdown (pipe tables and paragraphs) as HTML for the report page."""
+    import html
+
+    out, rows = [], []
+
+    def flush():
+        if rows:
+            head, *body = [r for r in rows if not set(r.replace("|", "").strip()) <= {"-"}]
+            cells = [c.strip() for c in head.strip("|").split("|")]
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>" + "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r.strip("|").split("|")) + "</tr>"
+                for r in body) + "</table>")
+            rows.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            rows.append(line)
+            continue
+        flush()
+        if line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    return "\n".join(out)

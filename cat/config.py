@@ -211,6 +211,15 @@ class RewardConfig(_Section):
     weights: list[float] | None = None
     """One weight per entry of ``functions`` (TRL's reward_weights); None: all 1."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _name_from_functions(cls, data: Any) -> Any:
+        """With ``functions`` and no ``name``, ``name`` is the first function (so a saved config loads again)."""
+        if isinstance(data, dict) and isinstance(data.get("functions"), list) and data["functions"] \
+                and "name" not in data:
+            data = {**data, "name": data["functions"][0]}
+        return data
+
     @model_validator(mode="after")
     def _check_functions(self) -> RewardConfig:
         if self.functions is not None:
@@ -218,7 +227,7 @@ class RewardConfig(_Section):
                 raise ValueError("reward.functions is empty: name at least one reward, or leave it out for reward.name")
             if len(set(self.functions)) != len(self.functions):
                 raise ValueError(f"reward.functions names a function twice: {self.functions}")
-            if "name" in self.model_fields_set and self.name not in self.functions:
+            if self.name not in self.functions:
                 raise ValueError(f"reward.name {self.name!r} is not among reward.functions {self.functions}: "
                                  "give one or the other")
         if self.weights is not None:
@@ -404,7 +413,7 @@ class Config(_Section):
         if self.rubric.min_criteria > self.rubric.max_criteria:
             raise ValueError(f"rubric.min_criteria ({self.rubric.min_criteria}) is above rubric.max_criteria "
                              f"({self.rubric.max_criteria}): no rubric could pass")
-        if self.generation.num_generations < 2:
+        if self.generation.num_generations < 2 and self.algorithm == "grpo":
             raise ValueError("generation.num_generations is 1: a group of one rollout has a zero advantage "
                              "(its own mean is the baseline), so nothing would be learned; use 2 or more")
         if self.algorithm == "sft" and self.grpo.num_iterations != 1:

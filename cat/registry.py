@@ -50,13 +50,15 @@ class Registry(Generic[T]):
 
 
 def import_plugin(spec: str) -> None:
-    """Import a user module (dotted name or path to a .py file) so its registrations run."""
+    """Import a user module (dotted name or path to a .py file) so its registrations run. Any
+    failure (a missing module, an error in it, a registration refused) is a ConfigError naming
+    the plugin; a module that failed is forgotten, so a corrected one imports on the next try."""
     path = Path(spec)
+    name = f"cat_plugin_{path.stem}" if spec.endswith(".py") else spec
     try:
         if spec.endswith(".py"):
             if not path.is_file():
                 raise ConfigError(f"plugin file not found: {spec}")
-            name = f"cat_plugin_{path.stem}"
             if name in sys.modules:
                 return
             module_spec = importlib.util.spec_from_file_location(name, path)
@@ -67,5 +69,7 @@ def import_plugin(spec: str) -> None:
             importlib.import_module(spec)
     except ConfigError:
         raise
-    except ImportError as exc:
-        raise ConfigError(f"cannot import plugin '{spec}': {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the plugin raised, named
+        sys.modules.pop(name, None)
+        kind = "cannot import" if isinstance(exc, ImportError) else "error while importing"
+        raise ConfigError(f"{kind} plugin '{spec}': {type(exc).__name__}: {exc}") from None

@@ -331,7 +331,8 @@ def _run_table(runs: list[Run]) -> str:
         gain = after - before if isinstance(before, (int, float)) and isinstance(after, (int, float)) else None
         steps = f"{len(run.rows)} / {run.config.get('run', {}).get('steps', '?')}"
         cells = [f'<span class="swatch" style="background:{_hex(_colour(run.colour))}"></span>{html.escape(run.label)}',
-                 html.escape(str(run.config.get("estimator", {}).get("name", "?"))),
+                 html.escape(str(run.config.get("estimator", {}).get("name", "?"))
+                             + (" (sft)" if run.config.get("algorithm") == "sft" else "")),
                  html.escape(str(run.config.get("reward", {}).get("name", "?"))), steps,
                  _fmt(before), _fmt(after), _fmt(gain, "+.3f"), html.escape(teacher_summary_of(run.rows) or "–")]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

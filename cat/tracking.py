@@ -3,7 +3,8 @@
 ``metrics.jsonl`` and ``eval.json`` in the run directory stay the record; trackers are a view of
 them. The trackers are accelerate's (``accelerate.tracking``): ``tensorboard`` writes event files
 under ``RUN_DIR/tensorboard``; ``wandb``, ``trackio``, ``mlflow``, ``comet_ml``, ``aim``,
-``clearml``, ``dvclive`` and ``swanlab`` log to a project named ``run.tracker_project``, with
+``clearml``, ``dvclive`` and ``swanlab`` log to a project named ``run.tracker_project`` (wandb and
+trackio name the run PARENT/DIR after its directory), with
 ``run.tracker_kwargs[name]`` passed to that library's init (``{wandb: {mode: offline}}`` needs no
 network). Only rank 0 of a multi-process run reports.
 
@@ -30,9 +31,19 @@ def check_available(names: list[str]) -> None:
     from accelerate.utils import imports
 
     for name in names:
-        if not getattr(imports, f"is_{name}_available")():
+        available = getattr(imports, f"is_{name}_available", None)
+        if available is None:
+            raise ConfigError(f"run.report_to names {name}, which this accelerate ({_version()}) has no tracker "
+                              "for: pip install -U accelerate")
+        if not available():
             raise ConfigError(f"run.report_to names {name}, which is not installed here: "
                               f"pip install {_PACKAGE.get(name, name)}")
+
+
+def _version() -> str:
+    from accelerate import __version__
+
+    return __version__
 
 
 def flat_config(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -65,16 +76,18 @@ class Trackers:
             if name == "tensorboard":
                 tracker = LOGGER_TYPE_TO_CLASS[name]("tensorboard", run_dir, **kwargs)
             else:
+                label = f"{run_dir.parent.name}/{run_dir.name}"  # compare's ARM/seedS stay apart
                 if name == "wandb":
-                    kwargs = {"name": run_dir.name, "dir": str(run_dir), **kwargs}
+                    kwargs = {"name": label, "dir": str(run_dir), **kwargs}
                 elif name == "trackio":
-                    kwargs = {"name": run_dir.name, **kwargs}
+                    kwargs = {"name": label, **kwargs}
                 tracker = LOGGER_TYPE_TO_CLASS[name](run.tracker_project, **kwargs)
             tracker.main_process_only = False  # this class decides which rank reports
             try:
                 tracker.start()
                 tracker.store_init_configuration(flat_config(config.model_dump(mode="json")))
             except Exception as exc:  # noqa: BLE001 - any library's failure to start, named
+                self.close()  # the ones already started
                 raise ConfigError(f"run.report_to: the {name} tracker could not start: "
                                   f"{type(exc).__name__}: {exc}") from None
             self.active.append(tracker)

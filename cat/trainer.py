@@ -46,7 +46,7 @@ from cat.loop import RunLoop
 from cat.models import load_model, load_tokenizer, resolve_device
 from cat.parallel import Ranks, ShardedGenerator, ShardedJudge, combine_stats, gather_lists
 from cat.registry import import_plugin
-from cat.rewards import RewardContext, build_rewards, preflight_rewards
+from cat.rewards import RewardContext, build_rewards, preflight_rewards, reward_names
 from cat.task import Task
 from cat.tracking import check_available
 from cat.types import Group, GroupScore, Reference
@@ -221,7 +221,7 @@ class Trainer:
         metrics.update(timer.metrics())
         tokens = sum(len(c.token_ids) for grp in groups for c in grp.completions)
         metrics["tokens_per_second"] = tokens / max(timer.total, 1e-9)
-        return StepResult(metrics, self._samples(step, groups, references, scores, batch),
+        return StepResult(metrics, self._samples(step, groups, references, scores, None if sft else batch),
                           [{"step": step + 1, **row} for row in audit])
 
     def score(self, groups: list[Group], references: list[Reference], step: int):
@@ -233,8 +233,9 @@ class Trainer:
 
     def sft_batch(self, groups: list[Group], references: list[Reference], scores: list[GroupScore]):
         """``algorithm: sft``: the batch of the step's targets (:func:`cat.batch.build_sft_batch`)."""
+        verifiable = "math_equivalence" in [name for name, _ in reward_names(self.config)]
         return build_sft_batch(groups, references, scores, self.tokenizer, target=self.config.sft.target,
-                               max_new_tokens=self.config.generation.max_new_tokens)
+                               max_new_tokens=self.config.generation.max_new_tokens, require_answer=verifiable)
 
     def rollout(self, step: int) -> list[Group]:
         """This rank's groups of step ``step`` (all of them in one process)."""
@@ -275,8 +276,9 @@ class Trainer:
         learner = self.learner
         passes = learner.forwards_in_step(max(len(chunks), 1))  # FSDP: the same on every rank
         with timer("logprobs"):
-            old = self._score(self.policy, batch, chunks, passes) if g.num_iterations > 1 and not use_sampler_old else None
-            ref = self._score(self.initial_policy, batch, chunks) if g.beta > 0 else None
+            old = self._score(self.policy, batch, chunks, temperature, passes) \
+                if g.num_iterations > 1 and not use_sampler_old else None
+            ref = self._score(self.initial_policy, batch, chunks, temperature) if g.beta > 0 else None
         out: dict = {}
         mismatch = MismatchStats(0, 0, 0, 0)
         is_weights: dict[int, torch.Tensor] = {}  # micro-batch start -> [b, T], fixed by the first iteration
@@ -342,16 +344,16 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def _score(self, model, batch: Batch, chunks, passes: int | None = None) -> torch.Tensor:
-        """Log-probs of the rows in ``chunks`` under a model that is not being updated (``passes``:
-        forward passes to make in all, idle ones after the chunks, for a sharded policy)."""
+    def _score(self, model, batch: Batch, chunks, temperature: float, passes: int | None = None) -> torch.Tensor:
+        """Log-probs of the rows in ``chunks`` under a model that is not being updated, at the
+        update's ``temperature`` (``passes``: forward passes to make in all, idle ones after the
+        chunks, for a sharded policy)."""
         parts = []
         idle = [(0, 1)] * max(0, (passes or 0) - len(chunks))
         for k, (start, stop) in enumerate(chunks + idle):
             mb = batch.rows(start, stop)
             logp, _ = token_logprobs(model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
-                                     batch.completion_length, self.config.generation.temperature,
-                                     compute_dtype=self.config.model.dtype)
+                                     batch.completion_length, temperature, compute_dtype=self.config.model.dtype)
             if k < len(chunks):
                 parts.append(logp.cpu())
         return torch.cat(parts) if parts else torch.zeros((0, batch.completion_length))

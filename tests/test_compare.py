@@ -70,8 +70,8 @@ def test_compare_again_keeps_finished_runs_and_finishes_the_rest(compared, tmp_p
     (again / "gold" / "seed0" / "eval.json").write_text(
         json.dumps({k: v for k, v in json.loads((out_dir / "gold" / "seed0" / "eval.json").read_text()).items()
                     if k != "after"}))  # and this one killed before its final evaluation
-    saved = again / "gold" / "seed0" / "config.yaml"
-    saved.write_text(saved.read_text().replace(str(out_dir), str(again)))  # the run moved with the folder
+    for saved in again.glob("*/seed*/config.yaml"):  # the runs moved with the folder
+        saved.write_text(saved.read_text().replace(str(out_dir), str(again)))
     out = cli("compare", CAT, "--arms", "majority_vote", "--arm", "gold", "estimator.name=gold", "--seeds", "0,1",
               "--output-dir", str(again), *short(tiny_world))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -79,6 +79,9 @@ def test_compare_again_keeps_finished_runs_and_finishes_the_rest(compared, tmp_p
     assert "[3/4] gold seed 0: training" in out.stderr and "[4/4] gold seed 1: training" in out.stderr
     first, second = (json.loads((d / "compare.json").read_text()) for d in (out_dir, again))
     assert second["arms"]["gold"]["per_seed"] == first["arms"]["gold"]["per_seed"]  # same seeds, same runs
+    out = cli("compare", CAT, "--arms", "majority_vote", "--seeds", "0", "--output-dir", str(again),
+              *short(tiny_world), "optim.lr=0.5")
+    assert out.returncode == 2 and "finished under a different config" in out.stderr  # not reused silently
 
 
 def test_bad_arms_and_seeds_are_named(tmp_path, tiny_world):

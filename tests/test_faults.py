@@ -41,8 +41,8 @@ def test_length_penalty_is_added_above_the_threshold():
                        RewardContext())
     assert out.scores[0].rewards == (1.0, 0.0, 0.0) and out.scores[0].info["length_penalized"] == pytest.approx(1 / 3)
     assert out.scores[1].rewards is None  # no reference answer: not scored, whatever the length
-    assert out.metrics["reward/length_penalty/mean"] == pytest.approx(-1 / 3)
-    assert out.metrics["reward/math_equivalence/mean"] == pytest.approx(2 / 3)
+    assert out.scores[0].info["length_penalty/mean"] == pytest.approx(-1 / 3)  # logged as reward/length_penalty/mean
+    assert out.scores[0].info["math_equivalence/mean"] == pytest.approx(2 / 3)
 
 
 def test_model_as_judge_reward(tmp_path):

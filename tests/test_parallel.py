@@ -61,9 +61,9 @@ def test_two_processes_take_the_one_process_steps_with_ddp_and_fsdp(tmp_path, ti
     loss_type x scale_rewards pair, one with the KL term and 2 iterations, one with the sampler
     correction, and (gold) one where rank 1's only group goes unscored (it holds no rows and still
     joins the all-reduce): same metrics, same gradient at every optimizer step, same weights at
-    the end. DDP (every rank holds the policy) and FSDP2 (sharded per layer, on CPU over gloo as
-    on GPUs over NCCL; with gradient checkpointing, which recomputes each layer's activations in
-    the backward pass and so gathers each layer again)."""
+    the end. DDP (every rank holds the policy; gold and CaT) and FSDP2 (gold: sharded per layer,
+    on CPU over gloo as on GPUs over NCCL; with gradient checkpointing, which recomputes each
+    layer's activations in the backward pass and so gathers each layer again)."""
     script = str(ROOT / "tests" / "parallel_steps.py")
     results = {}
     runs = {"one": ([sys.executable, script], "ddp"), "ddp": (launch(script), "ddp"),
@@ -78,9 +78,10 @@ def test_two_processes_take_the_one_process_steps_with_ddp_and_fsdp(tmp_path, ti
         assert proc.returncode == 0, stderr[-3000:]
         results[label] = json.loads((tmp_path / label / "result.json").read_text())
     ra = results["one"]
+    assert set(results["ddp"]) == {"tiny_arith_gold", "tiny_arith_cat"} and set(results["fsdp"]) == {"tiny_arith_gold"}
     for label in ("ddp", "fsdp"):
         rb = results[label]
-        for name in ("tiny_arith_gold", "tiny_arith_cat"):
+        for name in rb:  # fsdp: the gold trainer (parallel_steps.py)
             assert (ra[name]["world"], rb[name]["world"], rb[name]["sharded"]) == (1, 2, label == "fsdp")
             assert ra[name]["updates"] == rb[name]["updates"] == ra[name]["steps"] + 1  # one step ran 2 iterations
             assert_rows_match(ra[name]["rows"], rb[name]["rows"])

@@ -62,10 +62,11 @@ def test_trl_none_means_not_applicable():
     g = group(["\\boxed{4}", "ab", "\\boxed{5}"])
     out = both.score([g], [Reference(text="r", answer="4", source="x")], RewardContext())
     assert out.scores[0].rewards == (1.0, 0.0 + 0.5, 0.0)  # None adds nothing; 'ab' gets 0 + 0.5 * 1
-    assert out.metrics["reward/only_short/mean"] == 1.0 and out.metrics["reward/none"] == 0
+    info = out.scores[0].info
+    assert info["only_short/mean"] == 1.0 and info["math_equivalence/mean"] == 1 / 3 and info["none_rate"] == 0
     alone = WeightedRewards([("only_short", 1.0, adapted)])
     out = alone.score([g], [Reference(text="r", answer="4", source="x")], RewardContext())
-    assert out.scores[0].rewards == (0.0, 1.0, 0.0) and out.metrics["reward/none"] == 2  # no function scored them
+    assert out.scores[0].rewards == (0.0, 1.0, 0.0) and out.scores[0].info["none_rate"] == 2 / 3  # none scored them
 
 
 def test_a_reward_that_breaks_the_contract_stops_the_run_with_its_name(tmp_path, tiny_world):

@@ -41,8 +41,11 @@ def test_targets(tokenizer):
         is group.completions[1]  # the first with the best reward
     assert sft_target(group, synthesis, GroupScore((0.0, 0.0, 0.0)), tokenizer, target="agreeing_rollout",
                       max_new_tokens=64) is None
-    cut = sft_target(group, synthesis, score, tokenizer, target="reference", max_new_tokens=5)
-    assert len(cut.token_ids) == 5 and cut.token_ids[-1] == tokenizer.eos_token_id
+    assert sft_target(group, synthesis, score, tokenizer, target="reference", max_new_tokens=5) is None  # too long
+    free = Reference("UNIFIED RESPONSE: a kind, plain answer", None, "synthesis")  # open-ended: no boxed answer
+    assert sft_target(group, free, score, tokenizer, target="reference", max_new_tokens=64) is None
+    assert sft_target(group, free, score, tokenizer, target="reference", max_new_tokens=64,
+                      require_answer=False).text == "a kind, plain answer"
     batch, kept = build_sft_batch([group, group], [synthesis, unparsable], [score, score], tokenizer,
                                   target="reference", max_new_tokens=64)
     assert kept == 1 and len(batch) == 1 and batch.group_index.tolist() == [0] and batch.advantages.tolist() == [1.0]
@@ -84,10 +87,11 @@ def test_config_checks():
 
 
 def test_cat_sft_learns_without_labels(tmp_path):
-    """The shipped CaT-SFT config (anchor references, no labels) for 10 steps on 64 held-out questions."""
+    """The shipped CaT-SFT config (anchor references, no labels) for 8 steps on 48 held-out questions
+    (measured: 0.383 -> 0.766 over its full 40 steps, 3 seeds; README, Results)."""
     run_dir = tmp_path / "run"
     out = cli("train", str(ROOT / "experiments" / "tiny_arith_cat_sft.yaml"), "--output-dir", str(run_dir),
-              "run.steps=10", "eval.limit=64", "--no-progress")
+              "run.steps=8", "eval.limit=48", "--no-progress")
     assert out.returncode == 0, out.stderr[-3000:]
     evals = json.loads((run_dir / "eval.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -169,14 +169,15 @@ def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
     """Adapt a TRL-style ``f(prompts, completions, **columns) -> list[float | None]``.
 
     Columns: ``reference`` (the reference text), ``reference_answer``, and the prompt's dataset
-    fields. ``None`` follows TRL: that rollout gets nothing from this function (the other
+    fields (a field with one of those names, or ``prompts`` / ``completions``, is not passed). ``None`` follows TRL: that rollout gets nothing from this function (the other
     functions' weighted rewards still count); a rollout no function scored gets 0.
     """
 
     class _Adapted(GroupReward):
         def score_group(self, group: Group, reference: Reference) -> GroupScore:
             n = len(group.completions)
-            columns = {k: [v] * n for k, v in group.prompt.meta.items()}
+            taken = {"prompts", "completions", "reference", "reference_answer"}
+            columns = {k: [v] * n for k, v in group.prompt.meta.items() if k not in taken}
             scores = fn([group.prompt.text] * n, group.texts, reference=[reference.text] * n,
                         reference_answer=[reference.answer] * n, **columns)
             if not isinstance(scores, (list, tuple)) or len(scores) != n:
@@ -194,9 +195,10 @@ def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
 
 class WeightedRewards(RewardFunction):
     """The run's reward: ``sum(weight_i * reward_i)`` per rollout over the functions that returned a
-    value for it (TRL's nansum; a rollout none scored gets 0 and is counted in ``reward/none``).
-    A group any function could not score is not scored. Each function's mean is logged as
-    ``reward/NAME/mean``; their per-group ``info`` as ``reward/KEY``."""
+    value for it (TRL's nansum: a rollout none scored gets 0; their share is ``reward/none_rate``).
+    A group any function could not score is not scored. Per scored group, each function's mean
+    goes into the group's info as ``NAME/mean``, beside the functions' own info keys; the trainer
+    logs the mean of each over the step's groups as ``reward/KEY`` (so ``reward/NAME/mean``)."""
 
     def __init__(self, functions: list[tuple[str, float, RewardFunction]]):
         self.functions = functions
@@ -225,26 +227,34 @@ class WeightedRewards(RewardFunction):
             parts.append(out.scores)
             metrics.update(out.metrics)
             audit.extend(out.audit)
-        combined, none = [], 0
+        reserved = {"mean", "std", "none_rate", *(f"{name}/mean" for name, _, _ in self.functions)}
+        combined = []
         for gi, group in enumerate(groups):
             per_fn = [p[gi] for p in parts]
+            info: dict[str, float] = {}
+            for (name, _, _), s in zip(self.functions, per_fn, strict=True):
+                for key, value in s.info.items():
+                    if key in reserved or key in info:
+                        raise RewardError(f"reward {name}: info key {key!r} is taken (by the trainer's own "
+                                          "reward/ metrics or another reward function); rename it")
+                    info[key] = value
             failed = next((s for s in per_fn if s.rewards is None), None)
-            info = {k: v for s in per_fn for k, v in s.info.items()}
             if failed is not None:
                 combined.append(GroupScore(rewards=None, info=info, reason=failed.reason))
                 continue
-            totals = []
+            totals, none = [], 0
             for ri in range(len(group.completions)):
                 values = [(w, s.rewards[ri]) for (_, w, _), s in zip(self.functions, per_fn, strict=True)
                           if s.rewards[ri] is not None]
                 none += not values
                 totals.append(sum(w * v for w, v in values))
+            # per group, so that the trainer's averages over groups (after gathering every rank's) give the step's
+            for (name, _, _), s in zip(self.functions, per_fn, strict=True):
+                values = [v for v in s.rewards if v is not None]
+                if values:
+                    info[f"{name}/mean"] = sum(values) / len(values)
+            info["none_rate"] = none / max(len(group.completions), 1)
             combined.append(GroupScore(rewards=tuple(totals), info=info))
-        for (name, _, _), p in zip(self.functions, parts, strict=True):
-            values = [v for s in p if s.rewards is not None for v in s.rewards if v is not None]
-            metrics[f"reward/{name}/mean"] = sum(values) / len(values) if values else float("nan")
-        if len(self.functions) > 1 or none:
-            metrics["reward/none"] = float(none)
         return Scored(combined, metrics, audit)
 
 
