@@ -273,6 +273,7 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
         trainer.reward.close()
     if ranks.main:
         print(f"run directory: {run_dir}")
+    ranks.close()
 
 
 def _compare(args) -> int:

@@ -35,6 +35,13 @@ class Ranks:
     def device(self) -> torch.device:
         return self.state.device
 
+    def close(self) -> None:
+        """Leave the process group together: a rank that exits while another's gloo threads still
+        talk to it can make that rank abort ("terminate called without an active exception")."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
     def shard(self, n: int) -> tuple[int, int]:
         """This rank's contiguous slice [start, stop) of n items: the first n % world ranks take one more."""
         base, extra = divmod(n, self.world)

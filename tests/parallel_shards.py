@@ -42,6 +42,7 @@ def main() -> None:
     texts = [[c.text for c in group] for group in sharded.generate(prompts, SamplingParams(n=2, max_new_tokens=24, seed=5))]
     (out / f"rank{ranks.rank}.json").write_text(json.dumps(
         {"verdicts": verdicts, "stats": stats, "seen": inner.seen, "texts": texts}))
+    ranks.close()
 
 
 if __name__ == "__main__":

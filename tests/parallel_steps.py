@@ -23,6 +23,7 @@ import torch
 
 from cat.config import load_config
 from cat.estimators import Gold
+from cat.parallel import Ranks
 from cat.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +85,7 @@ def main() -> None:
     result = {name: run(name, out, world, strategy, extra) for name in names}
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         (out / "result.json").write_text(json.dumps(result))
+    Ranks(cpu=True).close()
 
 
 if __name__ == "__main__":
