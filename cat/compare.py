@@ -102,8 +102,7 @@ def finished(run_dir: Path, steps: int) -> bool:
         evals = json.loads((run_dir / "eval.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return "after" in evals and (run_dir / "metrics.jsonl").exists() and \
-        len((run_dir / "metrics.jsonl").read_text().splitlines()) >= steps
+    return "after" in evals and (run_dir / "metrics.jsonl").exists() and len(_metric_rows(run_dir)) >= steps
 
 
 def run_all(config_path: str, overrides: list[str], arms: list[Arm], seeds: list[int], output: Path, *,

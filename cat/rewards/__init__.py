@@ -117,7 +117,7 @@ def _check_reward(name: str, obj) -> None:
         raise TypeError(f"reward '{name}' must be a class with score(groups, references, ctx) -> Scored "
                         "(subclass cat.rewards.RewardFunction or GroupReward)")
     needs = getattr(obj, "needs", frozenset())
-    if not isinstance(needs, (frozenset, set, property)) or (isinstance(needs, (set, frozenset)) and needs - NEEDS):
+    if not isinstance(needs, (frozenset, set)) or needs - NEEDS:
         raise TypeError(f"reward '{name}': needs must be a set drawn from {sorted(NEEDS)}, got {needs!r}")
 
 
