@@ -31,6 +31,7 @@ from typing import Any
 
 from cat.config import Config, config_from_tree, load_config
 from cat.errors import ConfigError
+from cat.logs import console
 
 
 @dataclass
@@ -92,10 +93,14 @@ def train(config: Config | dict | str | Path | None = None, *, train_dataset=Non
     ``data.path`` / ``eval.path``. ``reward_funcs``: registered reward names, RewardFunction
     subclasses, or TRL-style functions; they replace the config's reward functions, weighted by
     ``reward_weights``. ``overrides``: ``section.key=value`` strings applied last.
+
+    Progress is logged under the ``cat`` logger; unless the application gave it a handler, one
+    line per step shows on stdout (:func:`cat.logs.console`).
     """
     from cat.cli import train_run
     from cat.registry import import_plugin
 
+    console()
     overrides = list(overrides)
     base = _config(config, overrides)
     for plugin in base.plugins:  # reward names below may be a plug-in's

@@ -6,7 +6,7 @@
     cat-rl plan CONFIG [--processes N] [key=value ...]
     cat-rl compare CONFIG --arms a,b,... [--arm LABEL "k=v ..."] [--seeds 0,1,2] --output-dir DIR [key=value ...]
     cat-rl report RUN_DIR|RESULT.json ... [--output DIR]
-    cat-rl tiny-world
+    cat-rl tiny-world [arith|arith-hard|rubric] [--build] [--check] [--output DIR]
 
 User errors (bad config, data, template, registry name, unwritable directory) print one message
 and exit 2 without a traceback; Ctrl-C saves a checkpoint and exits 130.
@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 
 from cat.errors import CatError, ConfigError
+from cat.logs import console
+from cat.logs import rank_tag as _rank_tag
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,7 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+", metavar="RUN_DIR", help="run directories and/or cat-rl synthesize .json results")
     r.add_argument("--output", help="folder for the PNGs and index.html (default: RUN_DIR/report for one input)")
     r.add_argument("--title", default="cat report", help="the page's title")
-    sub.add_parser("tiny-world", help="build (or locate) the offline tiny world and print its folder")
+    w = sub.add_parser("tiny-world", help="print the folder of an offline tiny world (shipped in worlds/); "
+                       "rebuild one, or check that rebuilding reproduces the shipped one")
+    w.add_argument("world", nargs="?", default="arith", choices=["arith", "arith-hard", "rubric"])
+    w.add_argument("--build", action="store_true",
+                   help="build it from cat/tiny*.py and the current templates into the cache, even when one ships "
+                        "(after editing a template the tiny model was trained on; a few CPU minutes)")
+    w.add_argument("--output", help="with --build: build into this folder instead (it must not exist)")
+    w.add_argument("--check", action="store_true",
+                   help="rebuild it in a temporary folder and compare with the shipped one, file by file")
     return p
 
 
@@ -81,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like section.key=value)")
     args.overrides = [a for a in extra if a not in unknown]
     _quiet_libraries()
+    console()
     try:
         if args.command == "train":
             return _train(args)
@@ -95,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             return _compare(args)
         if args.command == "tiny-world":
-            from cat import tiny
-
-            print(tiny.ensure_built())
-            return 0
+            return _tiny_world(args)
     except CatError as exc:
         print(f"{_rank_tag()}error: {exc}", file=sys.stderr)
         return 2
@@ -153,10 +161,50 @@ def _peer_gone(exc: RuntimeError) -> bool:
         s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted"))
 
 
-def _rank_tag() -> str:
-    """``[rank r/N] `` under a multi-process launcher (torchrun and accelerate set RANK, WORLD_SIZE)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return f"[rank {os.environ.get('RANK', '0')}/{world}] " if world > 1 else ""
+def _tiny_world(args) -> int:
+    import tempfile
+
+    from cat import tiny, tiny_hard, tiny_rubric
+
+    def build(out: Path) -> None:
+        if args.world == "arith":
+            tiny.pretrain(tiny.TinySpec(), out)
+        elif args.world == "rubric":
+            tiny_rubric.finetune(tiny.ensure_built(), tiny_rubric.RubricSpec(), out)
+        else:
+            tiny_hard.finetune(tiny.ensure_built(), tiny_hard.HardSpec(), out)
+
+    if args.output and not args.build:
+        raise ConfigError("--output goes with --build")
+    if args.build and args.check:
+        raise ConfigError("--build and --check: choose one")
+    name = f"tiny-{args.world}"
+    if args.check:
+        reference = tiny.shipped(name)
+        if tiny.read_record(reference) is None:
+            raise ConfigError(f"no built {name} world ships in {reference}: nothing to check against")
+        with tempfile.TemporaryDirectory(prefix=f"check-{name}-") as tmp:
+            out = Path(tmp) / name
+            out.mkdir()
+            print(f"rebuilding {name} in {out} to compare with {reference} (a few CPU minutes)", flush=True)
+            build(out)
+            differences = tiny.compare_worlds(out, reference)
+        for line in differences:
+            print(f"  {line}")
+        print(f"{name}: " + ("the rebuild differs from the shipped world" if differences else
+                             "the rebuild is bitwise identical to the shipped world, file by file"))
+        return 1 if differences else 0
+    if args.output:
+        out = Path(args.output)
+        if out.exists():
+            raise ConfigError(f"--output {out} exists; name a new folder")
+        out.mkdir(parents=True)
+        build(out)
+        print(out)
+        return 0
+    module = {"arith": tiny, "rubric": tiny_rubric, "arith-hard": tiny_hard}[args.world]
+    print(module.ensure_built(force_build=args.build))
+    return 0
 
 
 def _check_writable(path: Path) -> None:
@@ -284,8 +332,7 @@ def _compare(args) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("cat-rl compare runs in one process; launch cat-rl train per run for several processes")
     output = Path(args.output_dir or Path("runs") / f"compare-{Path(args.config).stem}")
-    summary = run_all(args.config, args.overrides, arms, seeds, output, progress=not args.no_progress,
-                      log=lambda m: print(m, file=sys.stderr, flush=True))
+    summary = run_all(args.config, args.overrides, arms, seeds, output, progress=not args.no_progress)
     print(table(summary))
     print(f"\nwritten: {output / 'compare.md'}, compare.json, report/index.html")
     return 0

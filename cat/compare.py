@@ -19,6 +19,7 @@ initial evaluation and sampling streams) with its interval, and in words whether
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import time
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from pathlib import Path
 
 from cat.errors import ConfigError
 from cat.stats import Interval, mean_ci
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,11 +109,12 @@ def finished(run_dir: Path, steps: int) -> bool:
 
 
 def run_all(config_path: str, overrides: list[str], arms: list[Arm], seeds: list[int], output: Path, *,
-            progress: bool, log=print) -> dict:
+            progress: bool, log=None) -> dict:
     """Train every (arm, seed) not yet finished; returns the summary (also written to OUTPUT_DIR)."""
     from cat.cli import train_run
     from cat.config import dump_config
 
+    log = log or logger.info
     configs = check_configs(config_path, overrides, arms, seeds, output)
     output.mkdir(parents=True, exist_ok=True)
     total = len(arms) * len(seeds)

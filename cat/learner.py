@@ -23,6 +23,7 @@ passes on each rank). Checkpoints hold full (unsharded) state, written by rank 0
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from pathlib import Path
 
@@ -34,14 +35,16 @@ from cat.logprobs import token_logprobs
 from cat.models import load_model
 from cat.parallel import Ranks
 
+logger = logging.getLogger(__name__)
+
 
 class Learner:
     def __init__(self, model: ModelConfig, optim: OptimConfig, *, ranks: Ranks, device: torch.device,
-                 total_updates: int, max_nonfinite_in_a_row: int, strategy: str = "ddp", log=print):
+                 total_updates: int, max_nonfinite_in_a_row: int, strategy: str = "ddp", log=None):
         from accelerate import Accelerator
 
         self.model_config, self.optim_config = model, optim
-        self.ranks, self.device, self.log = ranks, device, log
+        self.ranks, self.device, self.log = ranks, device, log or logger.info
         self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
         # autocast is ours (cat.models.autocast), so accelerate's mixed precision stays off
         self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")

@@ -10,6 +10,7 @@ rank 0 alone writes. ``Trainer.train`` / ``save`` / ``restore`` are this loop's.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -19,6 +20,8 @@ from pathlib import Path
 from cat import checkpoint as ckpt
 from cat.models import torch_dtype
 from cat.tracking import Trackers
+
+logger = logging.getLogger(__name__)
 
 
 class RunLoop:
@@ -110,9 +113,8 @@ class RunLoop:
                     bar.close()
                     path = self.save()
                     if main:
-                        print(f"interrupted after step {t.step_done}: saved {path}\n"
-                              f"resume with: cat-rl train {t.run_dir / 'config.yaml'} --resume {t.run_dir}",
-                              file=sys.stderr, flush=True)
+                        logger.warning(f"interrupted after step {t.step_done}: saved {path}\n"
+                                       f"resume with: cat-rl train {t.run_dir / 'config.yaml'} --resume {t.run_dir}")
                     raise KeyboardInterrupt
                 if t.eval_prompts and t.config.eval.every and t.step_done % t.config.eval.every == 0 \
                         and t.step_done < run.steps:
@@ -150,6 +152,7 @@ class _GracefulInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        # print, not logging: a signal handler must not take the logging module's locks
         print("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to stop now)", flush=True)
 
     def __exit__(self, *exc):

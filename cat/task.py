@@ -9,6 +9,8 @@ HealthBench data, the rubric score from a judge. The data format's branches live
 
 from __future__ import annotations
 
+import logging
+
 from cat.config import Config
 from cat.data import encode_prompt, load_split
 from cat.errors import ConfigError
@@ -16,10 +18,12 @@ from cat.evaluate import evaluate_config
 from cat.models import context_length
 from cat.types import Prompt
 
+logger = logging.getLogger(__name__)
+
 
 class Task:
-    def __init__(self, config: Config, tokenizer, *, log=print):
-        self.config, self.tokenizer, self.log = config, tokenizer, log
+    def __init__(self, config: Config, tokenizer, *, log=None):
+        self.config, self.tokenizer, self.log = config, tokenizer, log or logger.info
         self.prompt_limit = self._prompt_limit()
         self.prompts = load_split(config, "train")
         self.prompt_ids, self.skipped_long = self._encode(self.prompts)

@@ -22,6 +22,18 @@ as the target one reconciled solution with every column re-checked. Because ever
 its checkable steps, an anchor that does not see the question can still resolve disagreements by
 checking the work rather than by counting votes, which is what the template asks of it.
 
+Where the built world comes from. The repository ships both built worlds in ``worlds/`` (a few
+MB; a wheel carries them in ``cat/_data/worlds``), so a first run starts at once. Each carries a
+``build.json``: the spec, the torch version and thread count it was built with, the hash of every
+file, the hash of the anchor template it was trained on, and a trail of weight hashes during
+pretraining. ``cat-rl tiny-world --check`` rebuilds a world from this module and compares it to the
+shipped one file by file; the test suite replays the start of both builds against the trail. The
+build pins its thread count (``TinySpec.threads``) because CPU kernels sum in a different order
+with a different number of threads. A world is rebuilt (into ``~/.cache/cat`` or ``$CAT_CACHE``)
+only when the spec in this module no longer matches the shipped one; editing the anchor template
+does not rebuild anything: the run warns that the tiny anchor was trained on another text and
+names the command that rebuilds it for the new one.
+
 What this world does and does not show. The anchor here beats majority vote because it checks
 steps and decodes greedily, not because it learned to vote: a 1M-parameter model trained for a
 few CPU minutes did not learn to reconcile by voting (an earlier answer-only format left the anchor
@@ -32,8 +44,10 @@ they are not evidence about CaT on real models.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -44,7 +58,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cat.anchor_format import format_rollouts
-from cat.templates import load_template
+from cat.templates import data_dir, load_template
+
+logger = logging.getLogger(__name__)
 
 SCHEME = "tiny:"
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -76,11 +92,20 @@ class TinySpec:
     anchor_every: int = 2
     lr: float = 3e-3
     template: str = "math_synthesis"
+    threads: int = 2  # CPU threads of the build: kernels sum in another order with another count
 
-    def digest(self) -> str:
-        template = load_template(self.template, kind="anchors", required={"rollouts"}, allowed={"num_rollouts"})
-        blob = json.dumps(asdict(self), sort_keys=True) + template.text
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    def templates(self) -> dict[str, str]:
+        """The templates this world is trained on: ``{kind/name: sha256 of the text}``."""
+        return _template_hashes("anchors", [self.template])
+
+
+def _template_hashes(kind: str, names: list[str]) -> dict[str, str]:
+    out = {}
+    for name in names:
+        template = load_template(name, kind=kind, required=set(),
+                                 allowed={"rollouts", "num_rollouts", "reference", "min_criteria", "response", "criterion"})
+        out[f"{kind}/{name}"] = hashlib.sha256(template.text.encode()).hexdigest()
+    return out
 
 
 def all_pairs() -> list[tuple[int, int]]:
@@ -216,7 +241,19 @@ def build_model(spec: TinySpec, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    # Our own initialisation, in name order from a seeded generator (transformers' init code
+    # differs between its versions, and the shipped world must rebuild the same on any of them).
+    import torch
+
+    gen = torch.Generator().manual_seed(spec.seed)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.dim() == 1:
+                p.fill_(1.0)  # RMSNorm scales
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    return model
 
 
 def _batch(examples: list[tuple[str, str]], tokenizer):
@@ -239,6 +276,58 @@ def _batch(examples: list[tuple[str, str]], tokenizer):
     return ids, labels, attention
 
 
+def weights_hash(model) -> str:
+    """sha256 of every parameter's bytes, in state-dict order: equal iff the weights are bitwise equal."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+TRAIL_EVERY = 100
+TRAIL_FIRST = 10  # the suite replays this many steps of each build against the shipped trail
+
+
+def weight_norms(model) -> dict[str, float]:
+    """Each parameter's L2 norm: the trail's probe, comparable with a tolerance where the bitwise
+    hash cannot be (another torch or transformers version sums in another order)."""
+    return {name: float(p.detach().double().norm()) for name, p in sorted(model.named_parameters())}
+
+
+def trail_step(step: int, total: int) -> bool:
+    """Whether the weights after ``step`` updates go into the build's trail."""
+    return step in (0, TRAIL_FIRST, total) or step % TRAIL_EVERY == 0
+
+
+@contextlib.contextmanager
+def pinned_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def write_build_record(out_dir: Path, world: str, spec, templates: dict[str, str], trail: dict[str, str],
+                       extra: dict | None = None) -> None:
+    """``build.json``: what built this world and the hash of every file in it. Written last: a
+    folder without it is not a complete world."""
+    import tokenizers
+    import torch
+    import transformers
+
+    files = {str(p.relative_to(out_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name != "build.json"}
+    record = {"world": world, "spec": asdict(spec), "templates": templates, "torch": torch.__version__,
+              "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+              "threads": spec.threads, "trail": trail, "files": files, **(extra or {})}
+    (out_dir / "build.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
 def train_step(model, optimizer, scheduler, examples: list[tuple[str, str]], tokenizer) -> float:
     """One supervised step on (prompt, completion) pairs, loss on the completions only."""
     import torch
@@ -253,65 +342,135 @@ def train_step(model, optimizer, scheduler, examples: list[tuple[str, str]], tok
     return loss.item()
 
 
-def pretrain(spec: TinySpec, out_dir: Path, log=print) -> None:
-    """Build the tokenizer, pretrain the model on the noisy-teacher corpus, save both to ``out_dir``."""
+def pretrain(spec: TinySpec, out_dir: Path | None, stop_after: int | None = None) -> dict[str, str]:
+    """Build the tokenizer, pretrain the model on the noisy-teacher corpus, save both to ``out_dir``.
+
+    Returns the trail: the weights' hash after each of :func:`trail_step`'s steps. With
+    ``stop_after`` the build stops there and saves only the tokenizer (the suite's replay).
+    """
     import torch
 
-    torch.manual_seed(spec.seed)
-    rng = random.Random(spec.seed)
-    train_pairs, held_out = split_pairs(spec)
-    corpus = [" ".join(_policy_example(rng.choice(train_pairs), rng, spec)) for _ in range(2000)]
-    corpus += [" ".join(_anchor_example(rng.choice(train_pairs), rng, spec)) for _ in range(300)]
-    tokenizer = build_tokenizer(spec, corpus)
-    model = build_model(spec, tokenizer)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = 100
+    with pinned_threads(spec.threads):
+        torch.manual_seed(spec.seed)
+        rng = random.Random(spec.seed)
+        train_pairs, held_out = split_pairs(spec)
+        corpus = [" ".join(_policy_example(rng.choice(train_pairs), rng, spec)) for _ in range(2000)]
+        corpus += [" ".join(_anchor_example(rng.choice(train_pairs), rng, spec)) for _ in range(300)]
+        tokenizer = build_tokenizer(spec, corpus)
+        model = build_model(spec, tokenizer)
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
+        warmup = 100
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (spec.steps - warmup)))
+        def lr_at(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (spec.steps - warmup)))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    start = time.time()
-    for step in range(spec.steps):
-        if step % spec.anchor_every == 0:
-            examples = [_anchor_example(rng.choice(train_pairs), rng, spec) for _ in range(spec.anchor_batch)]
-        else:
-            examples = [_policy_example(rng.choice(train_pairs), rng, spec) for _ in range(spec.policy_batch)]
-        loss = train_step(model, optimizer, scheduler, examples, tokenizer)
-        if step % 100 == 0 or step == spec.steps - 1:
-            log(f"  pretrain step {step:5d}/{spec.steps}  loss {loss:.3f}  {time.time() - start:6.1f}s")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+        trail = {"0": weights_hash(model)}
+        start = time.time()
+        for step in range(spec.steps):
+            if step % spec.anchor_every == 0:
+                examples = [_anchor_example(rng.choice(train_pairs), rng, spec) for _ in range(spec.anchor_batch)]
+            else:
+                examples = [_policy_example(rng.choice(train_pairs), rng, spec) for _ in range(spec.policy_batch)]
+            loss = train_step(model, optimizer, scheduler, examples, tokenizer)
+            if trail_step(step + 1, spec.steps):
+                trail[str(step + 1)] = weights_hash(model)
+            if step + 1 == TRAIL_FIRST:
+                trail["norms"] = weight_norms(model)
+            if step % 100 == 0 or step == spec.steps - 1:
+                logger.info(f"  pretrain step {step:5d}/{spec.steps}  loss {loss:.3f}  {time.time() - start:6.1f}s")
+            if stop_after is not None and step + 1 >= stop_after:
+                break
+    if out_dir is None:
+        return trail
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")
+    if stop_after is not None:
+        return trail
+    model.save_pretrained(out_dir / "model")
     for name, pairs in (("train", train_pairs), ("test", held_out)):
         with open(out_dir / f"{name}.jsonl", "w") as f:
             for a, b in pairs:
                 f.write(json.dumps({"problem": f"{a}+{b}", "answer": str(a + b)}) + "\n")
     (out_dir / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    write_build_record(out_dir, "tiny-arith", spec, spec.templates(), trail)
+    return trail
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("CAT_CACHE", Path.home() / ".cache" / "cat"))
 
 
-def ensure_built(spec: TinySpec | None = None, log=print) -> Path:
-    """The folder of the built world, building it (a few CPU minutes) on first use.
+def shipped(world: str) -> Path:
+    """Where the repository (or the wheel) keeps the built ``world`` ("tiny-arith", "tiny-rubric")."""
+    try:
+        return data_dir("worlds") / world
+    except Exception:  # noqa: BLE001 - a checkout without worlds/: nothing shipped
+        return Path("/nonexistent") / world
 
-    Built in a temporary folder and renamed into place, so an interrupted build never leaves a
-    half-written world that later runs would trust.
+
+def read_record(folder: Path) -> dict | None:
+    """The folder's build record, or None when it is not a complete world."""
+    try:
+        return json.loads((folder / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def final_weights(folder: Path) -> str:
+    """The hash of a built world's final weights (the last entry of its trail): what a world
+    built on top of it records as its base."""
+    trail = {k: v for k, v in (read_record(folder) or {}).get("trail", {}).items() if k.isdigit()}
+    return trail[max(trail, key=int)] if trail else folder.name
+
+
+_warned: set[str] = set()
+
+
+def locate(world: str, identity: dict, templates: dict[str, str], build, *, force_build: bool = False) -> Path:
+    """The folder of a built ``world`` whose build record carries ``identity`` (its spec, and the
+    weights it started from), in this order:
+
+    1. a world built for this identity and the current templates, in the cache;
+    2. the shipped world, when its identity matches; if it was trained on other template text a
+       warning says so and how to rebuild (nothing is rebuilt behind the user's back);
+    3. else ``build(folder)`` into the cache, once (a few CPU minutes).
     """
+    blob = json.dumps(identity, sort_keys=True) + json.dumps(templates, sort_keys=True)
+    cache = cache_root() / f"{world}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    if read_record(cache) is not None:
+        return cache
+    ship = shipped(world)
+    record = read_record(ship)
+    if not force_build and record is not None and all(record.get(k) == v for k, v in identity.items()):
+        changed = sorted(k for k, v in templates.items() if record.get("templates", {}).get(k) != v)
+        if changed and world not in _warned:
+            _warned.add(world)
+            logger.warning(
+                f"warning: {', '.join(changed)} changed since the shipped {world} world was trained on it; its "
+                f"model still answers the old text and may do worse. `cat-rl tiny-world {world.split('-')[1]} "
+                f"--build` trains it on the new text (a few CPU minutes, cached in {cache_root()}).")
+        return ship
+    why = "as asked" if force_build else (f"the shipped world in {ship} was built from another spec or base"
+                                           if record is not None else f"no built world ships in {ship}")
+    logger.info(f"{world}: {why}")
+    return build_once(cache, build, f"the {world} world")
+
+
+def ensure_built(spec: TinySpec | None = None, *, force_build: bool = False) -> Path:
+    """The folder of the tiny arithmetic world: shipped, cached, or built on first use."""
     spec = spec or TinySpec()
-    return build_once(cache_root() / f"tiny-arith-{spec.digest()}", lambda out: pretrain(spec, out, log=log),
-                      "the tiny arithmetic world", log)
+    return locate("tiny-arith", {"spec": asdict(spec)}, spec.templates(), lambda out: pretrain(spec, out),
+                  force_build=force_build)
 
 
-def build_once(target: Path, build, what: str, log=print) -> Path:
+def build_once(target: Path, build, what: str) -> Path:
     """``target`` if it is complete, else ``build(tmp)`` into a temporary folder renamed into place
     (an interrupted build leaves nothing that a later run would trust)."""
-    if (target / "spec.json").exists():
+    if read_record(target) is not None:
         return target
     import fcntl
 
@@ -320,11 +479,13 @@ def build_once(target: Path, build, what: str, log=print) -> Path:
     # instead of each paying the build. The OS drops the lock if the builder dies.
     with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "spec.json").exists():
+        if read_record(target) is not None:
             return target
         for debris in target.parent.glob(f".building-{target.name}-*"):  # left by builders that died holding this lock
             shutil.rmtree(debris, ignore_errors=True)
-        log(f"building {what} in {target} (once; a few CPU minutes)")
+        if target.exists():  # an incomplete world (an older layout without build.json)
+            shutil.rmtree(target)
+        logger.info(f"building {what} in {target} (once; a few CPU minutes)")
         tmp = Path(tempfile.mkdtemp(prefix=f".building-{target.name}-", dir=target.parent))
         try:
             build(tmp)
@@ -332,6 +493,21 @@ def build_once(target: Path, build, what: str, log=print) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def compare_worlds(built: Path, reference: Path) -> list[str]:
+    """Files whose bytes differ between two built worlds (by their build records), as lines."""
+    a, b = read_record(built), read_record(reference)
+    if a is None or b is None:
+        return [f"{p}: no build.json" for p, r in ((built, a), (reference, b)) if r is None]
+    out = []
+    for name in sorted(set(a["files"]) | set(b["files"])):
+        if a["files"].get(name) != b["files"].get(name):
+            out.append(f"{name}: differs" if name in a["files"] and name in b["files"] else f"{name}: only in one")
+    for key in ("torch", "threads"):
+        if a.get(key) != b.get(key) and out:
+            out.append(f"(built with {key} {a.get(key)}; the reference with {b.get(key)})")
+    return out
 
 
 def resolve(path: str) -> str:
@@ -346,8 +522,12 @@ def resolve(path: str) -> str:
         root = tiny_rubric.ensure_built()
     elif world == "arith":
         root = ensure_built()
+    elif world == "arith-hard":
+        from cat import tiny_hard
+
+        root = tiny_hard.ensure_built()
     else:
         from cat.errors import ConfigError
 
-        raise ConfigError(f"unknown tiny world '{world}' in '{path}'; known: ['arith', 'rubric']")
+        raise ConfigError(f"unknown tiny world '{world}' in '{path}'; known: ['arith', 'arith-hard', 'rubric']")
     return str(root / (inner or "model"))

@@ -16,8 +16,8 @@ frozen in-process copy) judge. A real run uses an independent judge model.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import math
 import random
 import re
@@ -27,6 +27,8 @@ from pathlib import Path
 
 from cat import tiny
 from cat.templates import load_template
+
+logger = logging.getLogger(__name__)
 
 _FIELDS = re.compile(r"ones (\d)\+(\d)=(\d\d)|tens (\d)\+(\d)\+(\d)=(\d\d)|\\boxed\{(\d+)\}")
 _QUOTE = {"ones": re.compile(r"ones \d\+\d=\d\d"), "tens": re.compile(r"tens \d\+\d\+\d=\d\d"),
@@ -41,12 +43,10 @@ class RubricSpec:
     steps: int = 720
     lr: float = 1e-3
     batch: int = 48
+    threads: int = 2  # CPU threads of the build (see tiny.TinySpec.threads)
 
-    def digest(self, base: Path) -> str:
-        texts = "".join(load_template(n, kind="rubrics", required=set(), allowed={"reference", "min_criteria", "response", "criterion"}).text
-                        for n in ("rubric_proposal", "judge_criterion"))
-        blob = json.dumps(asdict(self), sort_keys=True) + base.name + texts
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    def templates(self) -> dict[str, str]:
+        return tiny._template_hashes("rubrics", ["rubric_proposal", "judge_criterion"])
 
 
 def criteria_of(text: str) -> dict[str, str]:
@@ -100,37 +100,50 @@ def _judge_example(pair, rng, spec) -> tuple[str, str]:
     return tiny._chat(template.render(response=response, criterion=criterion)), target + "<|end|>"
 
 
-def finetune(base: Path, spec: RubricSpec, out_dir: Path, log=print) -> None:
+def finetune(base: Path, spec: RubricSpec, out_dir: Path | None, stop_after: int | None = None) -> dict[str, str]:
+    """Continue training the arithmetic world in ``base``; save to ``out_dir``; return the trail
+    (see :func:`cat.tiny.pretrain`; ``stop_after`` stops early and saves nothing)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(spec.seed)
-    rng = random.Random(spec.seed)
-    arith = tiny.TinySpec()
-    train_pairs, _ = tiny.split_pairs(arith)
-    tokenizer = AutoTokenizer.from_pretrained(base / "model")
-    model = AutoModelForCausalLM.from_pretrained(base / "model")
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / spec.steps)))
-    makers = [(_rubric_example, 12), (_judge_example, spec.batch), (_rubric_example, 12), (_judge_example, spec.batch),
-              (tiny._anchor_example, 12), (tiny._policy_example, 64)]
-    for step in range(spec.steps):
-        make, size = makers[step % len(makers)]
-        examples = [make(rng.choice(train_pairs), rng, arith) for _ in range(size)]
-        loss = tiny.train_step(model, optimizer, scheduler, examples, tokenizer)
-        if step % 100 == 0 or step == spec.steps - 1:
-            log(f"  rubric fine-tune step {step:4d}/{spec.steps}  loss {loss:.3f}")
+    with tiny.pinned_threads(spec.threads):
+        torch.manual_seed(spec.seed)
+        rng = random.Random(spec.seed)
+        arith = tiny.TinySpec()
+        train_pairs, _ = tiny.split_pairs(arith)
+        tokenizer = AutoTokenizer.from_pretrained(base / "model")
+        model = AutoModelForCausalLM.from_pretrained(base / "model")
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / spec.steps)))
+        makers = [(_rubric_example, 12), (_judge_example, spec.batch), (_rubric_example, 12), (_judge_example, spec.batch),
+                  (tiny._anchor_example, 12), (tiny._policy_example, 64)]
+        trail = {"0": tiny.weights_hash(model)}
+        for step in range(spec.steps):
+            make, size = makers[step % len(makers)]
+            examples = [make(rng.choice(train_pairs), rng, arith) for _ in range(size)]
+            loss = tiny.train_step(model, optimizer, scheduler, examples, tokenizer)
+            if tiny.trail_step(step + 1, spec.steps):
+                trail[str(step + 1)] = tiny.weights_hash(model)
+            if step + 1 == tiny.TRAIL_FIRST:
+                trail["norms"] = tiny.weight_norms(model)
+            if step % 100 == 0 or step == spec.steps - 1:
+                logger.info(f"  rubric fine-tune step {step:4d}/{spec.steps}  loss {loss:.3f}")
+            if stop_after is not None and step + 1 >= stop_after:
+                return trail
     model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")
     for name in ("train.jsonl", "test.jsonl"):
         shutil.copy(base / name, out_dir / name)
     (out_dir / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    tiny.write_build_record(out_dir, "tiny-rubric", spec, spec.templates(), trail, extra={"base": tiny.final_weights(base)})
+    return trail
 
 
-def ensure_built(spec: RubricSpec | None = None, log=print) -> Path:
+def ensure_built(spec: RubricSpec | None = None, *, force_build: bool = False) -> Path:
+    """The folder of the tiny rubric world: shipped, cached, or built on first use."""
     spec = spec or RubricSpec()
-    base = tiny.ensure_built(log=log)
-    return tiny.build_once(tiny.cache_root() / f"tiny-rubric-{spec.digest(base)}",
-                           lambda out: finetune(base, spec, out, log=log), "the tiny rubric world", log)
+    base = tiny.ensure_built()
+    return tiny.locate("tiny-rubric", {"spec": asdict(spec), "base": tiny.final_weights(base)}, spec.templates(),
+                       lambda out: finetune(base, spec, out), force_build=force_build)

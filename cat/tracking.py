@@ -15,12 +15,14 @@ JSONL files regardless.
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 from cat.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
 _PACKAGE = {"comet_ml": "comet-ml"}
@@ -99,8 +101,8 @@ class Trackers:
             try:
                 tracker.log(numbers, step=step)
             except Exception as exc:  # noqa: BLE001 - the JSONL files keep the record
-                print(f"warning: the {tracker.name} tracker failed and is dropped for the rest of the run "
-                      f"({type(exc).__name__}: {exc}); metrics.jsonl has every row", file=sys.stderr)
+                logger.warning(f"warning: the {tracker.name} tracker failed and is dropped for the rest of the run "
+                               f"({type(exc).__name__}: {exc}); metrics.jsonl has every row")
                 self.active.remove(tracker)
 
     def log_eval(self, result: dict, step: int) -> None:
@@ -112,7 +114,7 @@ class Trackers:
             try:
                 tracker.finish()
             except Exception as exc:  # noqa: BLE001
-                print(f"warning: the {tracker.name} tracker did not close cleanly: {exc}", file=sys.stderr)
+                logger.warning(f"warning: the {tracker.name} tracker did not close cleanly: {exc}")
         self.active = []
 
     def __enter__(self) -> Trackers:

@@ -1,5 +1,5 @@
-"""Shared fixtures. The tiny world is built once per machine (cached under $CAT_CACHE or
-~/.cache/cat) and reused by every test that needs a real model."""
+"""Shared fixtures. The tiny worlds ship built (worlds/); every test that needs a real model
+loads one from there."""
 
 import contextlib
 import io

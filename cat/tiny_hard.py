@@ -1,0 +1,133 @@
+"""The hard tier of the tiny arithmetic world: ``tiny:arith-hard``, where majority vote is wrong.
+
+Its problems are the two-digit additions whose ones column carries (``47+38``: 7+8=15), and its
+policy has a systematic slip: in most samples it drops that carry (``tens 4+3+0=07 so
+\\boxed{75}``), on top of ``tiny:arith``'s random errors. A wrong answer is then the mode of the
+policy's samples, so majority vote (TTRL) usually picks it and reinforces it. The anchor was
+taught, as in ``tiny:arith``, to re-check every column of the candidates it reads, so it writes
+the carry back (``4+3+1=08``) without seeing the question. This is the situation CaT is for: the
+teacher is right where the crowd is wrong (the paper's "right when all wrong"), and the three
+teachers (synthesis, majority, gold) separate in training.
+
+Built by continuing the training of ``tiny:arith`` (same tokenizer) on the slipping teacher's
+policy examples and on anchor examples whose candidates come from that teacher and whose target
+is the reconciled, correct solution; ``tiny:arith``'s own policy data is not replayed, so on the
+easy problems this model is not the easy world's policy. Measured on its held-out problems
+(README, Results): single sample, majority of 8 and the anchor's synthesis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cat import tiny
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HardSpec:
+    version: int = 1
+    seed: int = 2
+    slip: float = 0.6  # probability that a sample drops the ones column's carry
+    steps: int = 360
+    lr: float = 1e-3
+    policy_batch: int = 64
+    anchor_batch: int = 12
+    threads: int = 2  # CPU threads of the build (see tiny.TinySpec.threads)
+
+    def templates(self) -> dict[str, str]:
+        return tiny.TinySpec().templates()
+
+
+def carries(a: int, b: int) -> bool:
+    return a % 10 + b % 10 >= 10
+
+
+def hard_pairs() -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(train, held_out): ``tiny:arith``'s split, kept to the problems whose ones column carries."""
+    train, held_out = tiny.split_pairs(tiny.TinySpec())
+    return [p for p in train if carries(*p)], [p for p in held_out if carries(*p)]
+
+
+def solution(a: int, b: int, rng: random.Random, spec: HardSpec) -> str:
+    """A sample of the slipping teacher: ``tiny:arith``'s noisy solution, and with probability
+    ``slip`` the carry into the tens column dropped (the tens sum and answer follow from that)."""
+    arith = tiny.TinySpec()
+    s = tiny.steps(a, b, rng, arith)
+    if s.ones < 10 or rng.random() >= spec.slip:
+        return s.text()
+    (a1, a0), (b1, b0) = s.a_digits, s.b_digits
+    tens = a1 + b1
+    if rng.random() < arith.field_error:
+        tens = tiny._perturb(tens, 1, 19, rng)
+    answer = tens * 10 + s.ones % 10
+    return f"ones {a0}+{b0}={s.ones:02d} tens {a1}+{b1}+0={tens:02d} so \\boxed{{{answer}}}"
+
+
+def _policy_example(pair, rng, spec: HardSpec) -> tuple[str, str]:
+    a, b = pair
+    return tiny._chat(f"{a}+{b}"), solution(a, b, rng, spec) + "<|end|>"
+
+
+def _anchor_example(pair, rng, spec: HardSpec) -> tuple[str, str]:
+    a, b = pair
+    k = rng.choice([4, 6, 8, 8, 8, 8])
+    candidates = [solution(a, b, rng, spec) for _ in range(k)]
+    return tiny._chat(tiny.anchor_prompt(candidates, tiny.TinySpec())), tiny.anchor_target(a, b) + "<|end|>"
+
+
+def finetune(base: Path, spec: HardSpec, out_dir: Path | None, stop_after: int | None = None) -> dict[str, str]:
+    """Continue training the arithmetic world in ``base`` into the hard tier; save to ``out_dir``;
+    return the trail (see :func:`cat.tiny.pretrain`)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    train, held_out = hard_pairs()
+    with tiny.pinned_threads(spec.threads):
+        torch.manual_seed(spec.seed)
+        rng = random.Random(spec.seed)
+        tokenizer = AutoTokenizer.from_pretrained(base / "model")
+        model = AutoModelForCausalLM.from_pretrained(base / "model")
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / spec.steps)))
+        trail = {"0": tiny.weights_hash(model)}
+        for step in range(spec.steps):
+            if step % 2 == 0:
+                examples = [_anchor_example(rng.choice(train), rng, spec) for _ in range(spec.anchor_batch)]
+            else:
+                examples = [_policy_example(rng.choice(train), rng, spec) for _ in range(spec.policy_batch)]
+            loss = tiny.train_step(model, optimizer, scheduler, examples, tokenizer)
+            if tiny.trail_step(step + 1, spec.steps):
+                trail[str(step + 1)] = tiny.weights_hash(model)
+            if step + 1 == tiny.TRAIL_FIRST:
+                trail["norms"] = tiny.weight_norms(model)
+            if step % 100 == 0 or step == spec.steps - 1:
+                logger.info(f"  hard-tier fine-tune step {step:4d}/{spec.steps}  loss {loss:.3f}")
+            if stop_after is not None and step + 1 >= stop_after:
+                return trail
+    model.save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")
+    for name, pairs in (("train", train), ("test", held_out)):
+        with open(out_dir / f"{name}.jsonl", "w") as f:
+            for a, b in pairs:
+                f.write(json.dumps({"problem": f"{a}+{b}", "answer": str(a + b)}) + "\n")
+    (out_dir / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    tiny.write_build_record(out_dir, "tiny-arith-hard", spec, spec.templates(), trail,
+                            extra={"base": tiny.final_weights(base)})
+    return trail
+
+
+def ensure_built(spec: HardSpec | None = None, *, force_build: bool = False) -> Path:
+    """The folder of the hard tier: shipped, cached, or built on first use (a few CPU minutes)."""
+    spec = spec or HardSpec()
+    base = tiny.ensure_built()
+    return tiny.locate("tiny-arith-hard", {"spec": asdict(spec), "base": tiny.final_weights(base)}, spec.templates(),
+                       lambda out: finetune(base, spec, out), force_build=force_build)
