@@ -44,10 +44,15 @@ class Batch:
         return self.input_ids.shape[0]
 
     def rows(self, start: int, stop: int) -> Batch:
-        return Batch(*(t[start:stop] for t in (
-            self.input_ids, self.attention_mask, self.completion_mask, self.advantages,
-            self.rewards, self.truncated, self.group_index, self.sampler_logprobs,
-        )))
+        return Batch(*(t[start:stop] for t in self._fields()))
+
+    def select(self, index: torch.Tensor) -> Batch:
+        """The rows at ``index`` (a 1-D long tensor), in that order."""
+        return Batch(*(t[index] for t in self._fields()))
+
+    def _fields(self) -> tuple[torch.Tensor, ...]:
+        return (self.input_ids, self.attention_mask, self.completion_mask, self.advantages,
+                self.rewards, self.truncated, self.group_index, self.sampler_logprobs)
 
 
 def build_batch(

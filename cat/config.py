@@ -129,6 +129,11 @@ class GRPOConfig(_Section):
     update (recomputed by a forward pass when num_iterations > 1). ``sampler``: the rollout
     engine's, as sampled (no extra forward pass for any num_iterations; the ratio then also
     absorbs the mismatch, so the sampler correction is not applied on top)."""
+    skip_zero_advantage: bool = True
+    """Leave rows whose advantage is exactly 0 (every row of a zero-spread group) out of the
+    update's forward and backward when beta is 0: their loss and gradient are exactly 0, and the
+    normalisers still count their tokens, so the gradient is the same. The update's token
+    statistics (entropy, clip ratios, ratio) are then over the rows it computed."""
 
 
 class OptimConfig(_Section):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cat import tiny
@@ -343,17 +343,25 @@ def encode_prompt(prompt: Prompt, tokenizer, *, use_chat_template: bool = True, 
 @dataclass
 class PromptOrder:
     """Which prompts each step uses: a seeded permutation per epoch, so step s's batch is a pure
-    function of (seed, s). Resuming at step s therefore needs no saved cursor beyond s itself."""
+    function of (seed, s). Resuming at step s therefore needs no saved cursor beyond s itself.
+    An epoch's permutation is drawn once and kept (the two latest), so a step costs O(prompts
+    per step), not O(dataset)."""
 
     size: int
     per_step: int
     seed: int
     shuffle: bool = True
+    _epochs: dict = field(default_factory=dict, repr=False, compare=False)
 
     def _epoch(self, epoch: int) -> list[int]:
-        order = list(range(self.size))
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        order = self._epochs.get(epoch)
+        if order is None:
+            order = list(range(self.size))
+            if self.shuffle:
+                random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            if len(self._epochs) >= 2:
+                self._epochs.pop(min(self._epochs))
+            self._epochs[epoch] = order
         return order
 
     def batch(self, step: int) -> list[int]:

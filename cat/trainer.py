@@ -26,6 +26,7 @@ Departures from the paper's verl setup, stated here once:
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ from cat.rewards import RewardContext, build_rewards, preflight_rewards, reward_
 from cat.task import Task
 from cat.tracking import check_available
 from cat.types import Group, GroupScore, Reference
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,14 +84,14 @@ def preflight(config: Config) -> None:
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir: Path, *, log=print):
+    def __init__(self, config: Config, run_dir: Path, *, log=None):
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.model.device)
         self.ranks = Ranks(cpu=self.device.type == "cpu")
         if self.ranks.world > 1 and self.device.type == "cuda":
             self.device = self.ranks.device  # one GPU per rank
-        self.log = log if self.ranks.main else _quiet
+        self.log = (log or logger.info) if self.ranks.main else _quiet
         for plugin in config.plugins:
             import_plugin(plugin)
         self.estimator = ESTIMATORS.get(config.estimator.name)(config)
@@ -166,7 +169,7 @@ class Trainer:
             if self.shared is not None:
                 return self.shared.view("pi_0")
             return HFGenerator(self.initial_policy, self.tokenizer, batch_size=self.config.generation.batch_size,
-                               compute_dtype=self.config.model.dtype)
+                               compute_dtype=self.config.model.dtype, cache="static")
 
         return build_anchor(self.config, self.tokenizer, device=self.device, pi0_generator=pi0_generator,
                             make_generator=self._make_generator)
@@ -266,9 +269,13 @@ class Trainer:
         g, run = self.config.grpo, self.config.run
         T = batch.completion_length
         temperature = 1.0 if sft else self.config.generation.temperature
+        total_tokens = float(batch.completion_mask.sum().item())  # the normaliser: every row's tokens
         lo, hi = _rows_of(batch, shard)
-        chunks = [(s, min(s + run.micro_batch_size, hi)) for s in range(lo, hi, run.micro_batch_size)]
-        total_tokens = float(batch.completion_mask.sum().item())
+        full, batch = batch, batch.rows(lo, hi)  # from here on: this rank's rows
+        if g.skip_zero_advantage and g.beta == 0 and not sft:
+            # a zero advantage makes a row's surrogate (and its gradient) exactly 0
+            batch = batch.select((batch.advantages != 0).nonzero().flatten())
+        chunks = [(s, min(s + run.micro_batch_size, len(batch))) for s in range(0, len(batch), run.micro_batch_size)]
         use_sampler_old = g.old_logprobs == "sampler" and not sft
         correct = self.config.sampler_correction and not sft
         loss_type = "dapo" if sft else g.loss_type
@@ -276,7 +283,7 @@ class Trainer:
         learner = self.learner
         passes = learner.forwards_in_step(max(len(chunks), 1))  # FSDP: the same on every rank
         with timer("logprobs"):
-            old = self._score(self.policy, batch, chunks, temperature, passes) \
+            old = self._score(self.policy, batch, chunks, temperature, passes, idle=full) \
                 if g.num_iterations > 1 and not use_sampler_old else None
             ref = self._score(self.initial_policy, batch, chunks, temperature) if g.beta > 0 else None
         out: dict = {}
@@ -291,14 +298,14 @@ class Trainer:
                 for k in range(passes):
                     if k >= len(chunks):  # this rank ran out of rows (or had none): the collectives still need it
                         with learner.micro_batch(last=k == passes - 1):
-                            first = batch.rows(0, 1)
+                            first = full.rows(0, 1)
                             learner.idle_backward(first.input_ids, first.attention_mask, T, temperature)
                         continue
                     start, stop = chunks[k]
                     mb = batch.rows(start, stop)
                     mask = mb.completion_mask.to(self.device)
                     sampler_lp = mb.sampler_logprobs.to(self.device)
-                    offset = start - lo  # into old / ref, which hold this rank's rows
+                    offset = start  # into old / ref, which hold the same rows
                     with learner.micro_batch(last=k == passes - 1):
                         logp, entropy = learner.logprobs(mb.input_ids, mb.attention_mask, T, temperature,
                                                          with_entropy=True)
@@ -323,17 +330,18 @@ class Trainer:
                         )
                         if sft:
                             nll_sum += -(logp.detach() * mask).sum()
-                        loss = aggregate(per_token, mask, loss_type=loss_type, total_sequences=len(batch),
+                        loss = aggregate(per_token, mask, loss_type=loss_type, total_sequences=len(full),
                                          total_tokens=total_tokens,
                                          max_completion_length=self.config.generation.max_new_tokens)
                         learner.backward(loss)
                     loss_sum += loss.detach()
                     entropy_sum += (entropy * mask).sum()
                     stats = stats + mb_stats
-                loss_value, entropy_total, *sums = self.ranks.sum(
-                    [float(loss_sum), float(entropy_sum), *stats.as_tuple()])
+                loss_value, entropy_total, skipped, *sums = self.ranks.sum(
+                    [float(loss_sum), float(entropy_sum), float(hi - lo - len(batch)), *stats.as_tuple()])
                 stats = LossStats(*sums)
-                out = {"loss": loss_value, "entropy": entropy_total / max(total_tokens, 1.0), **stats.means()}
+                out = {"loss": loss_value, "entropy": entropy_total / max(stats.tokens, 1.0), **stats.means(),
+                       "update/skipped_rows": skipped}
                 if sft:  # the surrogate's value is -1 at ratio 1; the NLL is what is minimised
                     out["loss"] = out["sft/nll"] = self.ranks.sum([float(nll_sum)])[0] / max(total_tokens, 1.0)
                 out.update(learner.step(loss_value))
@@ -344,14 +352,15 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def _score(self, model, batch: Batch, chunks, temperature: float, passes: int | None = None) -> torch.Tensor:
+    def _score(self, model, batch: Batch, chunks, temperature: float, passes: int | None = None, *,
+               idle: Batch | None = None) -> torch.Tensor:
         """Log-probs of the rows in ``chunks`` under a model that is not being updated, at the
-        update's ``temperature`` (``passes``: forward passes to make in all, idle ones after the
-        chunks, for a sharded policy)."""
+        update's ``temperature`` (``passes``: forward passes to make in all, idle ones on the first
+        row of ``idle`` after the chunks, for a sharded policy)."""
         parts = []
-        idle = [(0, 1)] * max(0, (passes or 0) - len(chunks))
-        for k, (start, stop) in enumerate(chunks + idle):
-            mb = batch.rows(start, stop)
+        extra = max(0, (passes or 0) - len(chunks))
+        for k, (start, stop) in enumerate(chunks + [(0, 1)] * extra):
+            mb = batch.rows(start, stop) if k < len(chunks) else (idle if idle is not None else batch).rows(0, 1)
             logp, _ = token_logprobs(model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
                                      batch.completion_length, temperature, compute_dtype=self.config.model.dtype)
             if k < len(chunks):

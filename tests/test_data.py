@@ -93,3 +93,23 @@ def test_math500_fixture_and_its_own_solutions_grade_correct():
     for prompt, row in zip(prompts, rows, strict=True):
         assert is_correct(row["solution"], prompt.gold), row["unique_id"]
         assert prompt.messages[-1]["content"].endswith("within \\boxed{}.")
+
+
+def test_prompt_order_is_the_seeded_permutation_in_any_access_order():
+    """Kept epochs change nothing: every batch is still the seed's permutation (resume stays exact),
+    whichever steps were asked for before."""
+    import random
+
+    def reference(size, per_step, seed, step):
+        out = []
+        for position in range(step * per_step, (step + 1) * per_step):
+            epoch, offset = divmod(position, size)
+            order = list(range(size))
+            random.Random(seed * 1_000_003 + epoch).shuffle(order)
+            out.append(order[offset])
+        return out
+
+    order = PromptOrder(37, 16, 5)
+    for step in [*range(12), 3, 0, 40, 7, 41, 2]:
+        assert order.batch(step) == reference(37, 16, 5, step)
+    assert len(order._epochs) <= 2

@@ -150,3 +150,28 @@ def test_the_row_sampler_draws_from_the_processed_distribution(params, expected)
     torch.testing.assert_close(freq, torch.tensor(expected), rtol=0, atol=0.01)
     target = torch.tensor(expected)
     torch.testing.assert_close(sampler.logprobs[0], target[chosen].log(), rtol=0, atol=1e-4)
+
+
+def test_a_static_cache_generates_what_the_dynamic_one_does(tiny_model):
+    """The anchor's engine preallocates its KV cache (long prompts, short answers); the
+    completions and their log-probs are those of the default, growing cache, greedy and sampled."""
+    import random
+
+    from cat import tiny
+    from cat.generation.hf import HFGenerator
+
+    model, tokenizer = tiny_model
+    spec, rng = tiny.TinySpec(), random.Random(0)
+    anchor_prompts = ids_for(tokenizer, [tiny.anchor_prompt([tiny.solution(a, b, rng, spec) for _ in range(k)], spec)
+                                         for a, b, k in ((47, 38, 8), (12, 19, 3), (90, 99, 5))])
+    dynamic = HFGenerator(model, tokenizer)
+    static = HFGenerator(model, tokenizer, cache="static")
+    for params in (SamplingParams(n=1, max_new_tokens=48, greedy=True, seed=0),
+                   SamplingParams(n=2, max_new_tokens=24, temperature=1.0, seed=3)):
+        a, b = dynamic.generate(anchor_prompts, params), static.generate(anchor_prompts, params)
+        assert [[c.token_ids for c in g] for g in a] == [[c.token_ids for c in g] for g in b]
+        for ga, gb in zip(a, b, strict=True):
+            for ca, cb in zip(ga, gb, strict=True):
+                assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-5)
+    assert static.cache == "static"  # it did not fall back
+    assert "UNIFIED RESPONSE" in static.generate(anchor_prompts[:1], SamplingParams(n=1, max_new_tokens=48, greedy=True))[0][0].text
