@@ -306,6 +306,10 @@ def pinned_threads(n: int):
 
     before = torch.get_num_threads()
     torch.set_num_threads(n)
+    if torch.get_num_threads() != n:  # a thread pool some library fixed earlier in this process
+        logger.warning(f"warning: torch runs {torch.get_num_threads()} threads here, not the build's {n}; "
+                       "the world will not match its shipped build bit for bit (build in a fresh process: "
+                       "cat-rl tiny-world)")
     try:
         yield
     finally:

@@ -75,8 +75,8 @@ def test_compare_again_keeps_finished_runs_and_finishes_the_rest(compared, tmp_p
     out = cli("compare", CAT, "--arms", "majority_vote", "--arm", "gold", "estimator.name=gold", "--seeds", "0,1",
               "--output-dir", str(again), *short(tiny_world))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stderr.count("finished earlier") == 2
-    assert "[3/4] gold seed 0: training" in out.stderr and "[4/4] gold seed 1: training" in out.stderr
+    assert out.stdout.count("finished earlier") == 2  # progress is logged (cat.logs: stdout)
+    assert "[3/4] gold seed 0: training" in out.stdout and "[4/4] gold seed 1: training" in out.stdout
     first, second = (json.loads((d / "compare.json").read_text()) for d in (out_dir, again))
     assert second["arms"]["gold"]["per_seed"] == first["arms"]["gold"]["per_seed"]  # same seeds, same runs
     out = cli("compare", CAT, "--arms", "majority_vote", "--seeds", "0", "--output-dir", str(again),
