@@ -300,6 +300,42 @@ def trail_step(step: int, total: int) -> bool:
     return step in (0, TRAIL_FIRST, total) or step % TRAIL_EVERY == 0
 
 
+def record_trail(trail: dict, model, done: int, total: int) -> None:
+    """After ``done`` of ``total`` updates: the weights' hash at trail steps, the norms after the
+    replayed steps."""
+    if trail_step(done, total):
+        trail[str(done)] = weights_hash(model)
+    if done == TRAIL_FIRST:
+        trail["norms"] = weight_norms(model)
+
+
+def continue_training(base: Path, spec, next_examples, what: str, stop_after: int | None = None):
+    """Train the world in ``base`` further (the rubric world, the hard tier): AdamW on a cosine
+    schedule over ``spec.steps``, on ``next_examples(step, rng)`` each step. Returns (model,
+    tokenizer, trail, finished); ``stop_after`` stops early (the suite's replay)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with pinned_threads(spec.threads):
+        torch.manual_seed(spec.seed)
+        rng = random.Random(spec.seed)
+        tokenizer = AutoTokenizer.from_pretrained(base / "model")
+        model = AutoModelForCausalLM.from_pretrained(base / "model")
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / spec.steps)))
+        trail = {"0": weights_hash(model)}
+        for step in range(spec.steps):
+            loss = train_step(model, optimizer, scheduler, next_examples(step, rng), tokenizer)
+            record_trail(trail, model, step + 1, spec.steps)
+            if step % 100 == 0 or step == spec.steps - 1:
+                logger.info(f"  {what} step {step:4d}/{spec.steps}  loss {loss:.3f}")
+            if stop_after is not None and step + 1 >= stop_after:
+                return model, tokenizer, trail, False
+    return model, tokenizer, trail, True
+
+
 @contextlib.contextmanager
 def pinned_threads(n: int):
     import torch
@@ -380,10 +416,7 @@ def pretrain(spec: TinySpec, out_dir: Path | None, stop_after: int | None = None
             else:
                 examples = [_policy_example(rng.choice(train_pairs), rng, spec) for _ in range(spec.policy_batch)]
             loss = train_step(model, optimizer, scheduler, examples, tokenizer)
-            if trail_step(step + 1, spec.steps):
-                trail[str(step + 1)] = weights_hash(model)
-            if step + 1 == TRAIL_FIRST:
-                trail["norms"] = weight_norms(model)
+            record_trail(trail, model, step + 1, spec.steps)
             if step % 100 == 0 or step == spec.steps - 1:
                 logger.info(f"  pretrain step {step:5d}/{spec.steps}  loss {loss:.3f}  {time.time() - start:6.1f}s")
             if stop_after is not None and step + 1 >= stop_after:

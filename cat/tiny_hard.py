@@ -19,15 +19,11 @@ easy problems this model is not the easy world's policy. Measured on its held-ou
 from __future__ import annotations
 
 import json
-import logging
-import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cat import tiny
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,34 +81,17 @@ def _anchor_example(pair, rng, spec: HardSpec) -> tuple[str, str]:
 def finetune(base: Path, spec: HardSpec, out_dir: Path | None, stop_after: int | None = None) -> dict[str, str]:
     """Continue training the arithmetic world in ``base`` into the hard tier; save to ``out_dir``;
     return the trail (see :func:`cat.tiny.pretrain`)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     train, held_out = hard_pairs()
-    with tiny.pinned_threads(spec.threads):
-        torch.manual_seed(spec.seed)
-        rng = random.Random(spec.seed)
-        tokenizer = AutoTokenizer.from_pretrained(base / "model")
-        model = AutoModelForCausalLM.from_pretrained(base / "model")
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / spec.steps)))
-        trail = {"0": tiny.weights_hash(model)}
-        for step in range(spec.steps):
-            if step % 2 == 0:
-                examples = [_anchor_example(rng.choice(train), rng, spec) for _ in range(spec.anchor_batch)]
-            else:
-                examples = [_policy_example(rng.choice(train), rng, spec) for _ in range(spec.policy_batch)]
-            loss = tiny.train_step(model, optimizer, scheduler, examples, tokenizer)
-            if tiny.trail_step(step + 1, spec.steps):
-                trail[str(step + 1)] = tiny.weights_hash(model)
-            if step + 1 == tiny.TRAIL_FIRST:
-                trail["norms"] = tiny.weight_norms(model)
-            if step % 100 == 0 or step == spec.steps - 1:
-                logger.info(f"  hard-tier fine-tune step {step:4d}/{spec.steps}  loss {loss:.3f}")
-            if stop_after is not None and step + 1 >= stop_after:
-                return trail
+
+    def next_examples(step: int, rng: random.Random) -> list[tuple[str, str]]:
+        if step % 2 == 0:
+            return [_anchor_example(rng.choice(train), rng, spec) for _ in range(spec.anchor_batch)]
+        return [_policy_example(rng.choice(train), rng, spec) for _ in range(spec.policy_batch)]
+
+    model, tokenizer, trail, finished = tiny.continue_training(base, spec, next_examples, "hard-tier fine-tune",
+                                                               stop_after)
+    if not finished:
+        return trail
     model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")
     for name, pairs in (("train", train), ("test", held_out)):

@@ -17,8 +17,6 @@ frozen in-process copy) judge. A real run uses an independent judge model.
 from __future__ import annotations
 
 import json
-import logging
-import math
 import random
 import re
 import shutil
@@ -27,8 +25,6 @@ from pathlib import Path
 
 from cat import tiny
 from cat.templates import load_template
-
-logger = logging.getLogger(__name__)
 
 _FIELDS = re.compile(r"ones (\d)\+(\d)=(\d\d)|tens (\d)\+(\d)\+(\d)=(\d\d)|\\boxed\{(\d+)\}")
 _QUOTE = {"ones": re.compile(r"ones \d\+\d=\d\d"), "tens": re.compile(r"tens \d\+\d\+\d=\d\d"),
@@ -103,35 +99,18 @@ def _judge_example(pair, rng, spec) -> tuple[str, str]:
 def finetune(base: Path, spec: RubricSpec, out_dir: Path | None, stop_after: int | None = None) -> dict[str, str]:
     """Continue training the arithmetic world in ``base``; save to ``out_dir``; return the trail
     (see :func:`cat.tiny.pretrain`; ``stop_after`` stops early and saves nothing)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    arith = tiny.TinySpec()
+    train_pairs, _ = tiny.split_pairs(arith)
+    makers = [(_rubric_example, 12), (_judge_example, spec.batch), (_rubric_example, 12), (_judge_example, spec.batch),
+              (tiny._anchor_example, 12), (tiny._policy_example, 64)]
 
-    with tiny.pinned_threads(spec.threads):
-        torch.manual_seed(spec.seed)
-        rng = random.Random(spec.seed)
-        arith = tiny.TinySpec()
-        train_pairs, _ = tiny.split_pairs(arith)
-        tokenizer = AutoTokenizer.from_pretrained(base / "model")
-        model = AutoModelForCausalLM.from_pretrained(base / "model")
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / spec.steps)))
-        makers = [(_rubric_example, 12), (_judge_example, spec.batch), (_rubric_example, 12), (_judge_example, spec.batch),
-                  (tiny._anchor_example, 12), (tiny._policy_example, 64)]
-        trail = {"0": tiny.weights_hash(model)}
-        for step in range(spec.steps):
-            make, size = makers[step % len(makers)]
-            examples = [make(rng.choice(train_pairs), rng, arith) for _ in range(size)]
-            loss = tiny.train_step(model, optimizer, scheduler, examples, tokenizer)
-            if tiny.trail_step(step + 1, spec.steps):
-                trail[str(step + 1)] = tiny.weights_hash(model)
-            if step + 1 == tiny.TRAIL_FIRST:
-                trail["norms"] = tiny.weight_norms(model)
-            if step % 100 == 0 or step == spec.steps - 1:
-                logger.info(f"  rubric fine-tune step {step:4d}/{spec.steps}  loss {loss:.3f}")
-            if stop_after is not None and step + 1 >= stop_after:
-                return trail
+    def next_examples(step: int, rng: random.Random) -> list[tuple[str, str]]:
+        make, size = makers[step % len(makers)]
+        return [make(rng.choice(train_pairs), rng, arith) for _ in range(size)]
+
+    model, tokenizer, trail, finished = tiny.continue_training(base, spec, next_examples, "rubric fine-tune", stop_after)
+    if not finished:
+        return trail
     model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")
     for name in ("train.jsonl", "test.jsonl"):
