@@ -428,13 +428,18 @@ def pretrain(spec: TinySpec, out_dir: Path | None, stop_after: int | None = None
     if stop_after is not None:
         return trail
     model.save_pretrained(out_dir / "model")
-    for name, pairs in (("train", train_pairs), ("test", held_out)):
-        with open(out_dir / f"{name}.jsonl", "w") as f:
-            for a, b in pairs:
-                f.write(json.dumps({"problem": f"{a}+{b}", "answer": str(a + b)}) + "\n")
+    write_splits(out_dir, train_pairs, held_out)
     (out_dir / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
     write_build_record(out_dir, "tiny-arith", spec, spec.templates(), trail)
     return trail
+
+
+def write_splits(out_dir: Path, train: list[tuple[int, int]], test: list[tuple[int, int]]) -> None:
+    """``train.jsonl`` and ``test.jsonl``: one ``{"problem": "a+b", "answer": "sum"}`` per pair."""
+    for name, pairs in (("train", train), ("test", test)):
+        with open(out_dir / f"{name}.jsonl", "w") as f:
+            for a, b in pairs:
+                f.write(json.dumps({"problem": f"{a}+{b}", "answer": str(a + b)}) + "\n")
 
 
 def cache_root() -> Path:

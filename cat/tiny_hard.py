@@ -94,10 +94,7 @@ def finetune(base: Path, spec: HardSpec, out_dir: Path | None, stop_after: int |
         return trail
     model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")
-    for name, pairs in (("train", train), ("test", held_out)):
-        with open(out_dir / f"{name}.jsonl", "w") as f:
-            for a, b in pairs:
-                f.write(json.dumps({"problem": f"{a}+{b}", "answer": str(a + b)}) + "\n")
+    tiny.write_splits(out_dir, train, held_out)
     (out_dir / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
     tiny.write_build_record(out_dir, "tiny-arith-hard", spec, spec.templates(), trail,
                             extra={"base": tiny.final_weights(base)})
