@@ -108,7 +108,10 @@ class RunLoop:
                     _append_jsonl(t.run_dir / "rubrics.jsonl", result.audit)
                     trackers.log(result.metrics, t.step_done)
                     bar.update(1)
-                    bar.write(_console_line(result.metrics))
+                    if bar.disable:
+                        t.log(_console_line(result.metrics))
+                    else:  # above the live bar, which a plain write to the terminal would tear
+                        bar.write(_console_line(result.metrics))
                 if t.ranks.any(interrupt.requested):
                     bar.close()
                     path = self.save()
