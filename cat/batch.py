@@ -50,6 +50,34 @@ class Batch:
         """The rows at ``index`` (a 1-D long tensor), in that order."""
         return Batch(*(t[index] for t in self._fields()))
 
+    def longest_first(self) -> torch.Tensor:
+        """A row order [B] that puts the groups with the longest rows (prompt + completion) first,
+        keeping each group's rows together and in order: micro-batches cut from it hold rows of
+        similar length, so :meth:`trimmed` removes most of their padding."""
+        lengths = self.attention_mask.sum(1).tolist()
+        groups = self.group_index.tolist()
+        longest: dict[int, int] = {}
+        for g, n in zip(groups, lengths, strict=True):
+            longest[g] = max(longest.get(g, 0), n)
+        return torch.tensor(sorted(range(len(groups)), key=lambda r: (-longest[groups[r]], groups[r], r)),
+                            dtype=torch.long)
+
+    def trimmed(self) -> Batch:
+        """The same rows without the columns that are padding in every row: the prompt columns
+        left of the longest prompt and the completion columns right of the longest completion."""
+        T = self.completion_length
+        P = self.input_ids.shape[1] - T
+        attention = self.attention_mask
+        if len(self) == 0:
+            return self
+        lead = int(attention[:, :P].cumsum(1).eq(0).sum(1).min())  # pad columns every prompt has
+        width = max(1, int(attention[:, P:].sum(1).max()))  # the longest completion
+        if lead == 0 and width == T:
+            return self
+        return dataclasses.replace(
+            self, input_ids=self.input_ids[:, lead:P + width], attention_mask=attention[:, lead:P + width],
+            completion_mask=self.completion_mask[:, :width], sampler_logprobs=self.sampler_logprobs[:, :width])
+
     def _fields(self) -> tuple[torch.Tensor, ...]:
         return (self.input_ids, self.attention_mask, self.completion_mask, self.advantages,
                 self.rewards, self.truncated, self.group_index, self.sampler_logprobs)

@@ -353,7 +353,15 @@ class RunConfig(_Section):
     prompts_per_step: int = Field(16, ge=1)
     """Prompts per generation batch; the batch holds prompts_per_step x G rollouts."""
     micro_batch_size: int = Field(32, ge=1)
-    """Sequences per forward/backward pass; gradients accumulate exactly across micro-batches."""
+    """Sequences per forward/backward pass; gradients accumulate exactly across micro-batches.
+    The update orders its groups by length (longest first) before cutting micro-batches, and each
+    micro-batch is cut to its own widest prompt and longest completion, so little padding is
+    computed."""
+    share_prompt_forward: bool = True
+    """In the update and in scoring, run each group's prompt once and reuse its keys and values
+    for the group's G completions (``cat.logprobs``): the gradient is the same, the prompt's
+    tokens are forwarded and backpropagated once instead of G times. Off with gradient
+    checkpointing (transformers turns the cache off there) and with parallel.strategy fsdp."""
     output_dir: str = "runs/default"
     """Run directory (config, metrics, samples, checkpoints, eval)."""
     save_every: int = Field(0, ge=0)

@@ -54,6 +54,9 @@ class LossStats:
 
     Divide by ``tokens`` for means: ``clip_low / tokens`` is the fraction of active tokens whose
     ratio fell below 1 - epsilon_low with a negative advantage, and so on.
+
+    Fields are floats or 0-d tensors on the loss's device: ``token_losses`` returns tensors, so
+    that adding up micro-batches never waits on the device; ``floats()`` reads them all at once.
     """
 
     tokens: float
@@ -68,15 +71,19 @@ class LossStats:
     def as_tuple(self) -> tuple[float, ...]:
         return (self.tokens, self.clip_low, self.clip_high, self.kl, self.ratio)
 
+    def floats(self) -> tuple[float, ...]:
+        return to_floats(self.as_tuple())
+
     def means(self) -> dict[str, float]:
-        n = max(self.tokens, 1.0)
-        low, high = self.clip_low / n, self.clip_high / n
+        tokens, clip_low, clip_high, kl, ratio = self.floats()
+        n = max(tokens, 1.0)
+        low, high = clip_low / n, clip_high / n
         return {
             "clip_ratio/low": low,
             "clip_ratio/high": high,
             "clip_ratio/region": low + high,
-            "kl": self.kl / n,
-            "ratio": self.ratio / n,
+            "kl": kl / n,
+            "ratio": ratio / n,
         }
 
 
@@ -127,14 +134,20 @@ def token_losses(
     with torch.no_grad():
         low = ((ratio < 1 - epsilon_low) & (adv < 0)).to(mask.dtype) * mask
         high = ((ratio > 1 + epsilon_high) & (adv > 0)).to(mask.dtype) * mask
-        stats = LossStats(
-            tokens=mask.sum().item(),
-            clip_low=low.sum().item(),
-            clip_high=high.sum().item(),
-            kl=(kl * mask).sum().item(),
-            ratio=(ratio * mask).sum().item(),
-        )
+        stats = LossStats(tokens=mask.sum(), clip_low=low.sum(), clip_high=high.sum(), kl=(kl * mask).sum(),
+                          ratio=(ratio * mask).sum())  # 0-d tensors: no wait on the device here
     return loss, stats
+
+
+def to_floats(values) -> tuple[float, ...]:
+    """Floats and 0-d tensors -> floats, reading the tensors from their device in one transfer."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return tuple(float(v) for v in values)
+    device = tensors[0].device
+    stacked = torch.stack([v.detach().to(device, torch.float64) if isinstance(v, torch.Tensor)
+                           else torch.tensor(float(v), dtype=torch.float64, device=device) for v in values])
+    return tuple(stacked.tolist())
 
 
 @dataclass(frozen=True)
@@ -155,10 +168,13 @@ class MismatchStats:
     def as_tuple(self) -> tuple[float, ...]:
         return (self.tokens, self.abs_diff, self.kl, self.capped)
 
+    def floats(self) -> tuple[float, ...]:
+        return to_floats(self.as_tuple())
+
     def means(self) -> dict[str, float]:
-        n = max(self.tokens, 1.0)
-        return {"mismatch/abs_logp_diff": self.abs_diff / n, "mismatch/kl": self.kl / n,
-                "mismatch/capped_frac": self.capped / n}
+        tokens, abs_diff, kl, capped = self.floats()
+        n = max(tokens, 1.0)
+        return {"mismatch/abs_logp_diff": abs_diff / n, "mismatch/kl": kl / n, "mismatch/capped_frac": capped / n}
 
 
 def truncated_is_weights(
@@ -175,11 +191,11 @@ def truncated_is_weights(
         ratio = torch.exp(delta)  # [B, T]
         weights = torch.clamp(ratio, max=cap) * mask  # [B, T]
         stats = MismatchStats(
-            tokens=mask.sum().item(),
-            abs_diff=(delta.abs() * mask).sum().item(),
-            kl=((ratio - delta - 1) * mask).sum().item(),  # k3 under tokens drawn from the sampler
-            capped=((ratio > cap).float() * mask).sum().item(),
-        )
+            tokens=mask.sum(),
+            abs_diff=(delta.abs() * mask).sum(),
+            kl=((ratio - delta - 1) * mask).sum(),  # k3 under tokens drawn from the sampler
+            capped=((ratio > cap).float() * mask).sum(),
+        )  # 0-d tensors, as LossStats
     return weights, stats
 
 

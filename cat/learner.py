@@ -76,12 +76,22 @@ class Learner:
 
     # ---- forward / backward ------------------------------------------------------------------
 
+    @property
+    def shares_prompts(self) -> bool:
+        """Whether a group's prompt may be forwarded once for its rows (``run.share_prompt_forward``):
+        not with gradient checkpointing (transformers drops the cache there) nor FSDP (every rank
+        must make the same number of forward passes)."""
+        return not (self.model_config.gradient_checkpointing or self.fsdp)
+
     def logprobs(self, input_ids, attention_mask, completion_length: int, temperature: float, *,
-                 with_entropy: bool = False):
-        """The policy's log-probs (and entropy) of the completion tokens, with gradient."""
+                 with_entropy: bool = False, prompt_groups: torch.Tensor | None = None):
+        """The policy's log-probs (and entropy) of the completion tokens, with gradient; rows with
+        the same ``prompt_groups`` value share one prompt forward (see ``cat.logprobs``)."""
         return token_logprobs(self.module, input_ids.to(self.device), attention_mask.to(self.device),
                               completion_length, temperature, with_entropy=with_entropy,
-                              compute_dtype=self.model_config.dtype)
+                              compute_dtype=self.model_config.dtype,
+                              prompt_groups=prompt_groups if self.shares_prompts else None,
+                              prompt_model=self.policy)
 
     @contextlib.contextmanager
     def micro_batch(self, *, last: bool):

@@ -12,6 +12,13 @@ two more full-size fp32 tensors and keeps one alive for backward. Here instead:
 
 So scoring a micro-batch peaks at about twice its logits tensor (the logits and their gradient)
 plus one fp32 chunk, whatever the vocabulary (measured in tests/test_memory.py).
+
+**Shared prompts.** The G rows of a group repeat one prompt. Given each row's group
+(``prompt_groups``), the prompt is run once per group and its keys and values are indexed out to
+the group's rows (``Cache.reorder_cache``, differentiable), then the completions run on that cache.
+A micro-batch of 8 rows per 300-token prompt and 200-token answers then forwards 500 + 8 x 200
+tokens instead of 8 x 500, and backpropagates as many. The gradient is the same sum: each prompt
+position's keys and values get the gradient of every row that attended to them.
 """
 
 from __future__ import annotations
@@ -78,16 +85,58 @@ def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor, temperatu
 
 
 def token_logprobs(model, input_ids, attention_mask, completion_length: int, temperature: float, *,
-                   with_entropy: bool = False, compute_dtype: str | None = None):
+                   with_entropy: bool = False, compute_dtype: str | None = None,
+                   prompt_groups: torch.Tensor | None = None, prompt_model=None):
     """Log-probs of the completion tokens under ``model`` at ``temperature``.
 
     input_ids, attention_mask: [b, P + T] -> logprobs [b, T] fp32 (and entropy [b, T] if asked).
     The forward runs under autocast in ``compute_dtype`` (None: the weights' own dtype).
+    ``prompt_groups`` [b]: rows with the same value have the same first P columns, which are
+    then run once (see the module's docstring); ``prompt_model`` runs that pass (default
+    ``model``: a DistributedDataParallel wrapper passes its module, so that DDP sees one forward).
     """
     T = completion_length
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [b, P + T]
-    with autocast(input_ids.device, compute_dtype):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       logits_to_keep=T + 1).logits  # [b, T + 1, V]: position j predicts token j + 1
     targets = input_ids[:, -T:]  # [b, T]
-    return selective_log_softmax(logits, targets, temperature, with_entropy=with_entropy)
+    first, rows = _prompt_owners(prompt_groups)
+    if first is None or input_ids.shape[1] == T:
+        with autocast(input_ids.device, compute_dtype):
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           logits_to_keep=T + 1).logits  # [b, T + 1, V]: position j predicts token j + 1
+        return selective_log_softmax(logits, targets, temperature, with_entropy=with_entropy)
+    P = input_ids.shape[1] - T
+    first, rows = first.to(input_ids.device), rows.to(input_ids.device)
+    with autocast(input_ids.device, compute_dtype):
+        head = (prompt_model or model)(input_ids=input_ids[first, :P], attention_mask=attention_mask[first, :P],
+                                       position_ids=position_ids[first, :P], use_cache=True, logits_to_keep=1)
+    # the last prompt position predicts the first completion token, for every row of its group
+    logp0, entropy0 = selective_log_softmax(head.logits[rows], targets[:, :1], temperature,
+                                            with_entropy=with_entropy)  # [b, 1]
+    if T == 1:
+        return logp0, entropy0
+    cache = head.past_key_values
+    cache.reorder_cache(rows)  # [U, ..., P, d] -> [b, ..., P, d], gradient summed back per prompt
+    with autocast(input_ids.device, compute_dtype):
+        logits = model(input_ids=input_ids[:, P:], attention_mask=attention_mask, position_ids=position_ids[:, P:],
+                       past_key_values=cache, use_cache=True).logits  # [b, T, V]: completion j predicts j + 1
+    logp, entropy = selective_log_softmax(logits, targets[:, 1:], temperature, with_entropy=with_entropy)
+    return (torch.cat([logp0, logp], dim=1),
+            torch.cat([entropy0, entropy], dim=1) if with_entropy else None)
+
+
+def _prompt_owners(groups: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """For rows labelled by group: the first row of each group [U] and each row's group number
+    [b] (into those U); (None, None) when no two rows share a group (nothing to save)."""
+    if groups is None:
+        return None, None
+    labels = groups.tolist()
+    number: dict = {}
+    first, rows = [], []
+    for i, label in enumerate(labels):
+        if label not in number:
+            number[label] = len(first)
+            first.append(i)
+        rows.append(number[label])
+    if len(first) == len(labels):
+        return None, None
+    return torch.tensor(first), torch.tensor(rows)

@@ -40,7 +40,7 @@ from cat.data import PromptOrder, load_split
 from cat.diagnostics import teacher_diagnostics
 from cat.estimators import ESTIMATORS
 from cat.generation import SamplingParams, SharedEngine, generator_from_config
-from cat.grpo import LossStats, MismatchStats, aggregate, token_losses, truncated_is_weights
+from cat.grpo import LossStats, MismatchStats, aggregate, to_floats, token_losses, truncated_is_weights
 from cat.learner import Learner
 from cat.logprobs import token_logprobs
 from cat.loop import RunLoop
@@ -275,6 +275,8 @@ class Trainer:
         if g.skip_zero_advantage and g.beta == 0 and not sft:
             # a zero advantage makes a row's surrogate (and its gradient) exactly 0
             batch = batch.select((batch.advantages != 0).nonzero().flatten())
+        batch = batch.select(batch.longest_first())  # micro-batches of like lengths, each trimmed below
+        share = self.config.run.share_prompt_forward
         chunks = [(s, min(s + run.micro_batch_size, len(batch))) for s in range(0, len(batch), run.micro_batch_size)]
         use_sampler_old = g.old_logprobs == "sampler" and not sft
         correct = self.config.sampler_correction and not sft
@@ -302,16 +304,19 @@ class Trainer:
                             learner.idle_backward(first.input_ids, first.attention_mask, T, temperature)
                         continue
                     start, stop = chunks[k]
-                    mb = batch.rows(start, stop)
+                    mb = batch.rows(start, stop).trimmed()
+                    Tm = mb.completion_length  # old, ref and is_weights[start] hold T columns; this has Tm
                     mask = mb.completion_mask.to(self.device)
                     sampler_lp = mb.sampler_logprobs.to(self.device)
                     offset = start  # into old / ref, which hold the same rows
                     with learner.micro_batch(last=k == passes - 1):
-                        logp, entropy = learner.logprobs(mb.input_ids, mb.attention_mask, T, temperature,
-                                                         with_entropy=True)
+                        logp, entropy = learner.logprobs(mb.input_ids, mb.attention_mask, Tm, temperature,
+                                                         with_entropy=True,
+                                                         prompt_groups=mb.group_index if share else None)
                         if iteration == 0:
                             # the policy before this batch's updates: what the sampler should have matched
-                            before = old[offset:offset + len(mb)].to(self.device) if old is not None else logp.detach()
+                            before = old[offset:offset + len(mb), :Tm].to(self.device) if old is not None \
+                                else logp.detach()
                             is_weights[start], mb_mismatch = truncated_is_weights(before, sampler_lp, mask,
                                                                                   cap=g.sampler_correction_cap)
                             mismatch = mismatch + mb_mismatch
@@ -319,8 +324,9 @@ class Trainer:
                         if use_sampler_old:
                             old_lp = sampler_lp
                         else:
-                            old_lp = old[offset:offset + len(mb)].to(self.device) if old is not None else logp.detach()
-                        ref_lp = ref[offset:offset + len(mb)].to(self.device) if ref is not None else None
+                            old_lp = old[offset:offset + len(mb), :Tm].to(self.device) if old is not None \
+                                else logp.detach()
+                        ref_lp = ref[offset:offset + len(mb), :Tm].to(self.device) if ref is not None else None
                         per_token, mb_stats = token_losses(
                             logp, old_lp, ref_lp, mb.advantages.to(self.device), mask,
                             epsilon_low=g.epsilon,
@@ -337,8 +343,9 @@ class Trainer:
                     loss_sum += loss.detach()
                     entropy_sum += (entropy * mask).sum()
                     stats = stats + mb_stats
+                values = to_floats([loss_sum, entropy_sum, *stats.as_tuple()])  # the step's one read from the device
                 loss_value, entropy_total, skipped, *sums = self.ranks.sum(
-                    [float(loss_sum), float(entropy_sum), float(hi - lo - len(batch)), *stats.as_tuple()])
+                    [values[0], values[1], float(hi - lo - len(batch)), *values[2:]])
                 stats = LossStats(*sums)
                 out = {"loss": loss_value, "entropy": entropy_total / max(stats.tokens, 1.0), **stats.means(),
                        "update/skipped_rows": skipped}
@@ -346,7 +353,7 @@ class Trainer:
                     out["loss"] = out["sft/nll"] = self.ranks.sum([float(nll_sum)])[0] / max(total_tokens, 1.0)
                 out.update(learner.step(loss_value))
         if self.ranks.world > 1:
-            mismatch = MismatchStats(*self.ranks.sum(list(mismatch.as_tuple())))
+            mismatch = MismatchStats(*self.ranks.sum(list(mismatch.floats())))
         if not sft:
             out.update(mismatch.means())
         return out
@@ -358,14 +365,20 @@ class Trainer:
         update's ``temperature`` (``passes``: forward passes to make in all, idle ones on the first
         row of ``idle`` after the chunks, for a sharded policy)."""
         parts = []
+        T = batch.completion_length
         extra = max(0, (passes or 0) - len(chunks))
+        share = self.config.run.share_prompt_forward and self.learner.shares_prompts
         for k, (start, stop) in enumerate(chunks + [(0, 1)] * extra):
-            mb = batch.rows(start, stop) if k < len(chunks) else (idle if idle is not None else batch).rows(0, 1)
-            logp, _ = token_logprobs(model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
-                                     batch.completion_length, temperature, compute_dtype=self.config.model.dtype)
             if k < len(chunks):
-                parts.append(logp.cpu())
-        return torch.cat(parts) if parts else torch.zeros((0, batch.completion_length))
+                mb = batch.rows(start, stop).trimmed()  # as the update cuts it
+            else:
+                mb = (idle if idle is not None else batch).rows(0, 1)
+            logp, _ = token_logprobs(model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
+                                     mb.completion_length, temperature, compute_dtype=self.config.model.dtype,
+                                     prompt_groups=mb.group_index if share else None)
+            if k < len(chunks):
+                parts.append(torch.nn.functional.pad(logp.cpu(), (0, T - mb.completion_length)))  # [b, T]
+        return torch.cat(parts) if parts else torch.zeros((0, T))
 
     def _generating(self):
         """Around the policy's generation: its weights whole when FSDP shards them (hf backend)."""

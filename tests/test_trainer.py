@@ -68,7 +68,8 @@ def test_skipping_zero_advantage_rows_leaves_the_gradient(tmp_path, tiny_world):
         assert abs(a["loss"] - b["loss"]) < 1e-6
         for k in range(iterations):
             assert g_kept[k].abs().max() > 0
-            torch.testing.assert_close(g_skipped[k], g_kept[k], rtol=1e-5, atol=1e-9,
+            # the kept and skipped runs cut different micro-batches: float sums in another order
+            torch.testing.assert_close(g_skipped[k], g_kept[k], rtol=1e-5, atol=1e-6 * g_kept[k].abs().max().item(),
                                        msg=f"{loss_type}, iteration {k + 1}")
 
 
