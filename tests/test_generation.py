@@ -153,8 +153,9 @@ def test_the_row_sampler_draws_from_the_processed_distribution(params, expected)
 
 
 def test_a_static_cache_generates_what_the_dynamic_one_does(tiny_model):
-    """The anchor's engine preallocates its KV cache (long prompts, short answers); the
-    completions and their log-probs are those of the default, growing cache, greedy and sampled."""
+    """The anchor's engine preallocates its KV cache (long prompts, short answers), the rollouts'
+    grows into room allocated once; the completions and their log-probs are those of
+    transformers' default cache, greedy and sampled."""
     import random
 
     from cat import tiny
@@ -164,14 +165,48 @@ def test_a_static_cache_generates_what_the_dynamic_one_does(tiny_model):
     spec, rng = tiny.TinySpec(), random.Random(0)
     anchor_prompts = ids_for(tokenizer, [tiny.anchor_prompt([tiny.solution(a, b, rng, spec) for _ in range(k)], spec)
                                          for a, b, k in ((47, 38, 8), (12, 19, 3), (90, 99, 5))])
+    default = HFGenerator(model, tokenizer, cache="default")
     dynamic = HFGenerator(model, tokenizer)
     static = HFGenerator(model, tokenizer, cache="static")
     for params in (SamplingParams(n=1, max_new_tokens=48, greedy=True, seed=0),
                    SamplingParams(n=2, max_new_tokens=24, temperature=1.0, seed=3)):
-        a, b = dynamic.generate(anchor_prompts, params), static.generate(anchor_prompts, params)
-        assert [[c.token_ids for c in g] for g in a] == [[c.token_ids for c in g] for g in b]
-        for ga, gb in zip(a, b, strict=True):
-            for ca, cb in zip(ga, gb, strict=True):
-                assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-5)
+        a = default.generate(anchor_prompts, params)
+        for other in (dynamic, static):
+            b = other.generate(anchor_prompts, params)
+            assert [[c.token_ids for c in g] for g in a] == [[c.token_ids for c in g] for g in b]
+            for ga, gb in zip(a, b, strict=True):
+                for ca, cb in zip(ga, gb, strict=True):
+                    assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-5)
     assert static.cache == "static"  # it did not fall back
     assert "UNIFIED RESPONSE" in static.generate(anchor_prompts[:1], SamplingParams(n=1, max_new_tokens=48, greedy=True))[0][0].text
+
+
+def test_the_roomy_cache_layer_keeps_what_the_default_one_keeps(tiny_model):
+    """Prefill, decode, a reorder of the rows (as beam search or a shared prompt does) and more
+    decoding: the roomy cache gives the default cache's logits at every step and never copies
+    itself while it has room."""
+    from transformers import DynamicCache
+
+    from cat.generation.hf import _roomy_cache
+
+    model, _ = tiny_model
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (3, 12), generator=g)
+    default, roomy = DynamicCache(config=model.config), _roomy_cache(model, room=20)
+    rows = torch.tensor([0, 0, 2, 1])
+
+    def step(cache, x, start):
+        positions = torch.arange(start, start + x.shape[1]).expand(x.shape[0], -1)
+        return model(input_ids=x, position_ids=positions, past_key_values=cache, use_cache=True).logits
+
+    with torch.no_grad():
+        for cache in (default, roomy):
+            cache.logits = [step(cache, ids[:, :6], 0), step(cache, ids[:, 6:7], 6)]
+            cache.reorder_cache(rows)
+            x = ids[rows]
+            cache.logits += [step(cache, x[:, 7:8], 7), step(cache, x[:, 8:10], 8), step(cache, x[:, 10:11], 10)]
+        for a, b in zip(default.logits, roomy.logits, strict=True):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    layer = roomy.layers[0]
+    assert layer.keys.shape == (4, model.config.num_key_value_heads, 11, model.config.head_dim)
+    assert layer.buffers[0].shape[2] == 20 and layer.keys.data_ptr() == layer.buffers[0].data_ptr()
