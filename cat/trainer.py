@@ -169,7 +169,7 @@ class Trainer:
             if self.shared is not None:
                 return self.shared.view("pi_0")
             return HFGenerator(self.initial_policy, self.tokenizer, batch_size=self.config.generation.batch_size,
-                               compute_dtype=self.config.model.dtype, cache="static")
+                               compute_dtype=self.config.model.dtype)
 
         return build_anchor(self.config, self.tokenizer, device=self.device, pi0_generator=pi0_generator,
                             make_generator=self._make_generator)

@@ -210,3 +210,31 @@ def test_the_roomy_cache_layer_keeps_what_the_default_one_keeps(tiny_model):
     layer = roomy.layers[0]
     assert layer.keys.shape == (4, model.config.num_key_value_heads, 11, model.config.head_dim)
     assert layer.buffers[0].shape[2] == 20 and layer.keys.data_ptr() == layer.buffers[0].data_ptr()
+
+
+def test_a_shared_prefill_records_the_logprobs_the_trainer_scores_in_fp32_and_bf16(tiny_model):
+    """The anchor's prompts share their first 111 tokens and a sampled group repeats its prompt:
+    the generator prefills those once. The log-probs it records for what it sampled are the
+    trainer's (a misplaced position or mask would be off by far more than rounding), in fp32 and
+    in bf16 compute."""
+    import random
+
+    from cat import tiny
+    from cat.generation.hf import HFGenerator, _SharedPrefill
+
+    model, tokenizer = tiny_model
+    spec, rng = tiny.TinySpec(), random.Random(1)
+    prompts = ids_for(tokenizer, [tiny.anchor_prompt([tiny.solution(a, b, rng, spec) for _ in range(8)], spec)
+                                  for a, b in ((47, 38), (12, 19), (90, 99))])
+    plan = _SharedPrefill.plan([p for p in prompts for _ in range(2)])
+    assert len(plan.common) >= 100 and len(plan.rests) == 3
+    for dtype, atol in ((None, 1e-5), ("bfloat16", 0.02)):  # measured: 0 and 0.0013
+        gen = HFGenerator(model, tokenizer, compute_dtype=dtype)
+        out = gen.generate(prompts, SamplingParams(n=2, max_new_tokens=24, temperature=1.0, seed=5))
+        worst = 0.0
+        for p, group in zip(prompts, out, strict=True):
+            for c in group:
+                ids = torch.tensor([p + list(c.token_ids)])
+                lp, _ = token_logprobs(model, ids, torch.ones_like(ids), len(c.token_ids), 1.0, compute_dtype=dtype)
+                worst = max(worst, (torch.tensor(c.logprobs) - lp[0]).abs().max().item())
+        assert worst < atol, (dtype, worst)

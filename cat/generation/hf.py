@@ -14,6 +14,8 @@ it shares, and only one step's [rows, V] scores exist at a time.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import DynamicLayer
@@ -113,14 +115,75 @@ def _roomy_cache(model, room: int):
     return cache
 
 
+class _SharedPrefill:
+    """Prefill that computes what rows share once. A batch's rows often repeat one prompt (the G
+    samples of a group) and begin with the same tokens (a chat template's system part, the
+    anchor's instructions before the rollouts: 111 of ~365 tokens on the tiny world). The common
+    prefix is run once, each distinct prompt's rest once, and the cache's rows are then indexed
+    out to the batch (``Cache.reorder_cache``); ``generate`` continues from that cache with the
+    last prompt token. Rows are laid out ``[common prefix | padding | rest]``: positions follow
+    the attention mask, so every token sits at the position it has in its own prompt."""
+
+    MIN_PREFIX = 16
+    """A common prefix shorter than this is not worth a forward pass of its own."""
+
+    def __init__(self, common: list[int], rests: list[list[int]], owner: list[int]):
+        self.common, self.rests, self.owner = common, rests, owner
+
+    @classmethod
+    def plan(cls, prompts: list[list[int]]) -> _SharedPrefill | None:
+        if len(prompts) < 2:
+            return None
+        common = os.path.commonprefix(prompts)[: min(len(p) for p in prompts) - 1]  # every row keeps a token
+        if len(common) < cls.MIN_PREFIX:
+            common = []
+        index: dict[tuple[int, ...], int] = {}
+        owner = [index.setdefault(tuple(p[len(common):]), len(index)) for p in prompts]
+        if not common and len(index) == len(prompts):
+            return None  # nothing shared
+        rests = [list(rest) for rest in index]  # in order of first use
+        return cls(common, rests, owner)
+
+    @torch.no_grad()
+    def prefill(self, model, pad: int, max_new_tokens: int, compute_dtype: str | None):
+        """-> (input_ids [N, W], attention [N, W], a cache holding all but the last column), or
+        None when the model's cache cannot be built for it."""
+        C, S = len(self.common), max(len(r) for r in self.rests)
+        width = C + S
+        cache = _roomy_cache(model, width + max_new_tokens)
+        if cache is None:
+            return None
+        device = model.device
+        ids = torch.full((len(self.rests), width), pad, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        ids[:, :C], att[:, :C] = torch.tensor(self.common, dtype=torch.long), 1
+        for u, rest in enumerate(self.rests):
+            ids[u, width - len(rest):], att[u, width - len(rest):] = torch.tensor(rest, dtype=torch.long), 1
+        positions = (att.cumsum(1) - 1).clamp(min=0)
+        with autocast(device, compute_dtype):
+            if C:
+                model(input_ids=ids[:1, :C].to(device), position_ids=positions[:1, :C].to(device),
+                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+                cache.reorder_cache(torch.zeros(len(self.rests), dtype=torch.long, device=device))
+            if width - 1 > C:
+                model(input_ids=ids[:, C:width - 1].to(device), attention_mask=att[:, :width - 1].to(device),
+                      position_ids=positions[:, C:width - 1].to(device), past_key_values=cache, use_cache=True,
+                      logits_to_keep=1)
+        owner = torch.tensor(self.owner, dtype=torch.long)
+        cache.reorder_cache(owner.to(device))
+        return ids[owner], att[owner], cache
+
+
 class HFGenerator:
     """transformers' ``generate`` behind the Generator seam.
 
-    ``cache="dynamic"``: a cache that grows without copying itself every token (``_RoomyLayer``).
-    ``cache="static"`` preallocates transformers' static cache, whose attention spans all of its
-    room: for long prompts and short answers (the anchor reading G rollouts) the two cost about
-    the same. ``cache="default"``: whatever transformers builds. Models whose cache cannot be built
-    the first two ways get the default one. Outputs are the same in every case.
+    ``cache="dynamic"``: a cache that grows without copying itself every token (``_RoomyLayer``),
+    prefilled with what the rows share computed once (``_SharedPrefill``). ``cache="static"``:
+    transformers' static cache, whose attention spans all of its room. ``cache="default"``: whatever
+    transformers builds. Models whose cache cannot be built the first two ways get the default one.
+    Outputs are the same in every case (to float rounding). Measured on the tiny world (one
+    thread, interleaved): 128 rollouts of 32 tokens 10-15% faster than static, and the anchor's 16
+    syntheses over ~365-token prompts sharing 111 tokens 6-10% faster.
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 64, compute_dtype: str | None = None,
@@ -180,13 +243,20 @@ class HFGenerator:
 
     def _generate_batch(self, rows: list[tuple[list[int], int]], params: SamplingParams) -> list[Completion]:
         pad = self.tokenizer.pad_token_id
-        width = max(len(ids) for ids, _ in rows)
         device = self.model.device
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (ids, _) in enumerate(rows):
-            input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention[i, width - len(ids) :] = 1
+        plan = _SharedPrefill.plan([ids for ids, _ in rows]) if self.cache == "dynamic" else None
+        shared = plan.prefill(self.model, pad, params.max_new_tokens, self.compute_dtype) if plan else None
+        if shared is not None:
+            input_ids, attention, cache = shared
+            width = input_ids.shape[1]
+        else:
+            width = max(len(ids) for ids, _ in rows)
+            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, (ids, _) in enumerate(rows):
+                input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                attention[i, width - len(ids) :] = 1
+            cache = _roomy_cache(self.model, width + params.max_new_tokens) if self.cache == "dynamic" else None
         sampler = _RowSampler(params, [s for _, s in rows], width)
         # Greedy over the sampler's one-hot choice; every knob that would change the distribution
         # is pinned neutral so a model's generation_config.json cannot leak into sampling.
@@ -198,7 +268,6 @@ class HFGenerator:
             # new batch shape
             **({"cache_implementation": "static", "disable_compile": True} if self.cache == "static" else {}),
         )
-        cache = _roomy_cache(self.model, width + params.max_new_tokens) if self.cache == "dynamic" else None
         try:
             with autocast(device, self.compute_dtype):
                 out = self.model.generate(
