@@ -196,8 +196,11 @@ def world() -> Path:
 
 # ---- cat ----------------------------------------------------------------------------------------
 
-def cat_overrides(folder: Path, skip_zero_advantage: bool) -> list[str]:
-    """Everything the comparison depends on, stated even where it is cat's default."""
+def cat_overrides(folder: Path, skip_zero_advantage: bool, as_shipped: bool = False) -> list[str]:
+    """Everything the comparison depends on, stated even where it is cat's default. ``as_shipped``:
+    cat's own reward (math_equivalence: a numeric fast path, then math-verify) instead of the
+    benchmark's exact match."""
+    reward = ["reward.name=math_equivalence"] if as_shipped else ["reward.name=exact_match"]
     return [
         f"model.name_or_path={folder / 'model'}", "model.device=cpu", "model.dtype=float32",
         "model.gradient_checkpointing=false",
@@ -205,7 +208,7 @@ def cat_overrides(folder: Path, skip_zero_advantage: bool) -> list[str]:
         f"generation.num_generations={NUM_GENERATIONS}", f"generation.max_new_tokens={MAX_NEW_TOKENS}",
         f"generation.temperature={TEMPERATURE}", f"generation.top_p={TOP_P}", "generation.top_k=0",
         f"generation.batch_size={BATCH}", "generation.backend=hf",
-        "reward.name=exact_match", "reward.length_penalty=0.0",
+        *reward, "reward.length_penalty=0.0",
         "grpo.loss_type=dapo", "grpo.beta=0.0", "grpo.scale_rewards=group", f"grpo.epsilon={EPSILON}",
         "grpo.epsilon_high=null", "grpo.num_iterations=1", "grpo.importance_sampling_level=token",
         "grpo.mask_truncated_completions=false", f"grpo.skip_zero_advantage={str(skip_zero_advantage).lower()}",
@@ -244,7 +247,7 @@ def cat_settings(trainer) -> dict:
     }
 
 
-def cat_worker(conn, estimator: str, skip_zero_advantage: bool) -> None:
+def cat_worker(conn, estimator: str, skip_zero_advantage: bool, as_shipped: bool = False) -> None:
     """Holds a cat Trainer (gold or synthesis estimator) and takes one step per request."""
     started = time.perf_counter()
     pin_threads()
@@ -255,7 +258,7 @@ def cat_worker(conn, estimator: str, skip_zero_advantage: bool) -> None:
     register_reward("exact_match", replace=True)(from_completion_fn(exact_match))
     yaml = "tiny_arith_gold.yaml" if estimator == "gold" else "tiny_arith_cat.yaml"
     config = load_config(ROOT / "experiments" / yaml,
-                         [*cat_overrides(world(), skip_zero_advantage), f"estimator.name={estimator}"])
+                         [*cat_overrides(world(), skip_zero_advantage, as_shipped), f"estimator.name={estimator}"])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, Path(tmp) / "run", log=lambda *_: None)
         pin_threads()
@@ -490,9 +493,9 @@ def run_benchmark(args) -> dict[str, dict]:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no torch state inherited
-    targets = {"cat": (cat_worker, ("gold", args.cat_skip_zero_advantage)),
+    targets = {"cat": (cat_worker, ("gold", args.cat_skip_zero_advantage, args.as_shipped)),
                "trl": (trl_worker, (args.warmup + args.pairs,)),
-               "cat_synthesis": (cat_worker, ("synthesis", args.cat_skip_zero_advantage))}
+               "cat_synthesis": (cat_worker, ("synthesis", args.cat_skip_zero_advantage, args.as_shipped))}
     sides: dict[str, dict] = {}
     try:
         for name in SIDES:
@@ -595,7 +598,10 @@ def print_settings(args, sides: dict[str, dict], rows: dict[str, list]) -> None:
     print("  " + json.dumps(sides["trl"]["ready"]["config"], default=str))
     print("TRL generation config: " + json.dumps(sides["trl"]["ready"]["generation_config"], default=str))
     print("cat overrides (on experiments/tiny_arith_gold.yaml; the CaT arm on tiny_arith_cat.yaml):")
-    print("  " + " ".join(cat_overrides(world(), args.cat_skip_zero_advantage)))
+    print("  " + " ".join(cat_overrides(world(), args.cat_skip_zero_advantage, args.as_shipped)))
+    if args.as_shipped:
+        print("  --as-shipped: cat rewards with its own math_equivalence (math-verify), TRL with the exact-match "
+              "function; compare cat's non-model share, not the two sides' step times")
     anchor = sides["cat_synthesis"]["ready"]["config"]["anchor"]
     print(f"CaT arm anchor: pi_0 on the hf backend, template {anchor['template']}, {anchor['max_new_tokens']} new "
           f"tokens, greedy {anchor['greedy']}, question shown {anchor['include_question']}")
@@ -655,6 +661,10 @@ def main() -> int:
     parser.add_argument("--cat-skip-zero-advantage", action="store_true",
                         help="let cat leave zero-advantage rows out of the update, as it does by default "
                              "(TRL computes them); off: identical work")
+    parser.add_argument("--as-shipped", action="store_true",
+                        help="cat rewards with its shipped math_equivalence (numeric fast path, then math-verify) "
+                             "instead of the shared exact-match function: measures cat's non-model overhead as "
+                             "shipped (the reward then differs between the sides)")
     args = parser.parse_args()
     if importlib.util.find_spec("trl") is None or importlib.util.find_spec("cat") is None:
         missing = "trl" if importlib.util.find_spec("trl") is None else "cat"
