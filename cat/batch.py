@@ -104,26 +104,19 @@ def build_batch(
     rows = [(i, c) for i in kept for c in groups[i].completions]
     P = max(len(groups[i].prompt_ids) for i in kept)
     T = max(1, max(len(c.token_ids) for _, c in rows))
-    B = len(rows)
-    input_ids = torch.full((B, P + T), pad_id, dtype=torch.long)
-    attention = torch.zeros((B, P + T), dtype=torch.long)
-    completion_mask = torch.zeros((B, T), dtype=torch.float32)
-    sampler_logprobs = torch.zeros((B, T), dtype=torch.float32)
-    truncated = torch.zeros(B, dtype=torch.bool)
-    group_index = torch.zeros(B, dtype=torch.long)
-    for r, (gi, completion) in enumerate(rows):
-        prompt = groups[gi].prompt_ids
-        input_ids[r, P - len(prompt) : P] = torch.tensor(prompt)
-        attention[r, P - len(prompt) : P] = 1
-        n = len(completion.token_ids)
-        if n:
-            input_ids[r, P : P + n] = torch.tensor(completion.token_ids)
-            attention[r, P : P + n] = 1
-            completion_mask[r, :n] = 1.0
-            if len(completion.logprobs) == n:
-                sampler_logprobs[r, :n] = torch.tensor(completion.logprobs)
-        truncated[r] = completion.finish_reason == "length"
-        group_index[r] = gi
+    ids, attn, logprobs = [], [], []  # rows as lists, made tensors once
+    for gi, completion in rows:
+        prompt, tokens = groups[gi].prompt_ids, completion.token_ids
+        n, left, right = len(tokens), P - len(groups[gi].prompt_ids), T - len(tokens)
+        ids.append([pad_id] * left + list(prompt) + list(tokens) + [pad_id] * right)
+        attn.append([0] * left + [1] * (len(prompt) + n) + [0] * right)
+        logprobs.append((list(completion.logprobs) if len(completion.logprobs) == n else [0.0] * n) + [0.0] * right)
+    input_ids = torch.tensor(ids, dtype=torch.long)
+    attention = torch.tensor(attn, dtype=torch.long)
+    completion_mask = attention[:, P:].float()
+    sampler_logprobs = torch.tensor(logprobs, dtype=torch.float32)
+    truncated = torch.tensor([c.finish_reason == "length" for _, c in rows], dtype=torch.bool)
+    group_index = torch.tensor([gi for gi, _ in rows], dtype=torch.long)
     if mask_truncated:
         completion_mask[truncated] = 0.0
     return Batch(

@@ -108,6 +108,7 @@ def _joins(gap: str) -> bool:
     return not words or (len(words) <= _MAX_GAP_WORDS and "conn" in kinds)
 
 
+@lru_cache(maxsize=1 << 14)  # the reward, the estimators and the diagnostics all ask for the same rollouts' answers
 def extract_answer(text: str) -> str | None:
     """The final answer in ``text``: the content of its last ``\\boxed{...}`` (or ``\\fbox{...}``).
 
@@ -204,6 +205,7 @@ def _numeric_verdict(a: str, b: str) -> bool | None:
     return None
 
 
+@lru_cache(maxsize=1 << 16)  # a step compares the same pairs in its reward, majority vote and diagnostics
 def answers_match(
     predicted: str | None, reference: str | None, *, mode: str = "equivalence", timeout_s: float = 3
 ) -> bool:
