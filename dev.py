@@ -144,8 +144,11 @@ def main() -> int:
                "--output-dir", str(ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")), *rest]
     else:
         # two workers: much of the suite waits on process starts, engine starts and collectives,
-        # so two share two cores well (measured: 7:50 against 9:37 serial)
-        workers = [] if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest) else ["-n", "2", "--dist", "worksteal"]
+        # so two share two cores well (measured: 7:50 against 9:37 serial). Whole files go to the
+        # next free worker, longest first (tests/conftest.py): module fixtures (a vLLM engine, a
+        # world's replay) are then set up once, not once per worker
+        serial = any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest)
+        workers = [] if serial else ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
         cmd = [str(BIN / "python"), "-m", "pytest", "-q", *workers, str(ROOT / "tests"), *rest]
     print("+", " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=ROOT).returncode

@@ -62,3 +62,23 @@ def cli(*args: str) -> subprocess.CompletedProcess:
             traceback.print_exc()
             code = 1
     return subprocess.CompletedProcess(["cat-rl", *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+# Rough seconds each file takes on the project's 2-core machine (pytest --durations=0, summed).
+# The suite runs with ``--dist loadfile --no-loadscope-reorder`` (dev.py): a file goes whole to the next free worker,
+# so its module fixtures (engines, built worlds) are set up once, and files are handed out
+# longest first, so the long ones start at once and the short ones fill in around them.
+FILE_SECONDS = {
+    "test_parallel.py": 162, "test_vllm.py": 159, "test_learning.py": 79, "test_worlds.py": 75,
+    "test_resume.py": 66, "test_sft.py": 59, "test_trainer.py": 53, "test_lora.py": 34, "test_report.py": 34,
+    "test_compare.py": 32, "test_math.py": 25, "test_testtime.py": 20, "test_shared_prompt.py": 17,
+    "test_generation.py": 16, "test_rubric_train.py": 16, "test_plugins.py": 15, "test_precision.py": 13,
+    "test_judge_http.py": 12, "test_templates.py": 11, "test_memory.py": 10, "test_faults.py": 7,
+}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    first = {}
+    for i, item in enumerate(items):
+        first.setdefault(item.path.name, i)
+    items.sort(key=lambda item: (-FILE_SECONDS.get(item.path.name, 0), first[item.path.name]))
