@@ -238,3 +238,20 @@ def test_a_shared_prefill_records_the_logprobs_the_trainer_scores_in_fp32_and_bf
                 lp, _ = token_logprobs(model, ids, torch.ones_like(ids), len(c.token_ids), 1.0, compute_dtype=dtype)
                 worst = max(worst, (torch.tensor(c.logprobs) - lp[0]).abs().max().item())
         assert worst < atol, (dtype, worst)
+
+
+def test_local_chat_keeps_recent_ids_and_hands_out_copies(tiny_model):
+    """The anchor encodes each prompt to count its tokens, then again to send it: the second time
+    comes from the kept ids, equal to a fresh encoding and safe to modify."""
+    from cat.data import chat_ids
+    from cat.generation.chat import LocalChat
+
+    model, tokenizer = tiny_model
+    chat = LocalChat(make_generator("hf", model, tokenizer), tokenizer, name="pi_0")
+    messages = [{"role": "user", "content": "47+38"}]
+    first = chat.ids(messages)
+    first.append(-1)
+    assert chat.ids(messages) == chat_ids(tokenizer, messages) == first[:-1]
+    for i in range(LocalChat.RECENT + 5):
+        chat.ids([{"role": "user", "content": f"{i}+1"}])
+    assert len(chat._recent) == LocalChat.RECENT
