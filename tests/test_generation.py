@@ -247,7 +247,7 @@ def test_local_chat_keeps_recent_ids_and_hands_out_copies(tiny_model):
     from cat.generation.chat import LocalChat
 
     model, tokenizer = tiny_model
-    chat = LocalChat(make_generator("hf", model, tokenizer), tokenizer, name="pi_0")
+    chat = LocalChat(make_generator("hf", model, tokenizer, batch_size=4), tokenizer, name="pi_0")
     messages = [{"role": "user", "content": "47+38"}]
     first = chat.ids(messages)
     first.append(-1)
