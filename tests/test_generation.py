@@ -255,3 +255,22 @@ def test_local_chat_keeps_recent_ids_and_hands_out_copies(tiny_model):
     for i in range(LocalChat.RECENT + 5):
         chat.ids([{"role": "user", "content": f"{i}+1"}])
     assert len(chat._recent) == LocalChat.RECENT
+
+
+def test_score_batches_rows_by_length_and_returns_them_in_order(tiny_model):
+    """Rows of different lengths, two per batch: every continuation's log-probs are those of the
+    row scored alone, in the order asked."""
+    from cat.generation.hf import HFGenerator
+
+    model, tokenizer = tiny_model
+    prompts = ids_for(tokenizer, ["7+95", "47+38+1", "9+9", "12+19"])
+    continuations = [tokenizer("ones 2", add_special_tokens=False)["input_ids"], [],
+                     tokenizer("ones 8+9=17 tens 1", add_special_tokens=False)["input_ids"],
+                     tokenizer("3", add_special_tokens=False)["input_ids"]]
+    got = HFGenerator(model, tokenizer, batch_size=2).score(prompts, continuations)
+    assert [len(g) for g in got] == [len(c) for c in continuations]
+    for p, c, g in zip(prompts, continuations, got, strict=True):
+        if c:
+            ids = torch.tensor([p + c])
+            alone, _ = token_logprobs(model, ids, torch.ones_like(ids), len(c), 1.0)
+            assert g == pytest.approx(alone[0].tolist(), abs=1e-5)

@@ -215,14 +215,18 @@ class HFGenerator:
 
     @torch.no_grad()
     def score(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
-        out: list[list[float]] = []
+        """Log-probs of each continuation after its prompt, in batches of rows of like length
+        (longest first), each padded only to its own widest prompt and longest continuation."""
+        out: dict[int, list[float]] = {}
         pad = self.tokenizer.pad_token_id
         device = self.model.device
+        order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(continuations[i])))
         was_training = self.model.training
         self.model.eval()
         try:
-            for s in range(0, len(prompts), self.batch_size):
-                ctx, cont = prompts[s : s + self.batch_size], continuations[s : s + self.batch_size]
+            for s in range(0, len(order), self.batch_size):
+                rows = order[s : s + self.batch_size]
+                ctx, cont = [prompts[i] for i in rows], [continuations[i] for i in rows]
                 P = max(len(c) for c in ctx)
                 T = max(1, max(len(c) for c in cont))
                 ids = torch.full((len(ctx), P + T), pad, dtype=torch.long)
@@ -236,10 +240,10 @@ class HFGenerator:
                 logp, _ = token_logprobs(self.model, ids.to(device), att.to(device), T, 1.0,
                                          compute_dtype=self.compute_dtype)
                 logp = logp.cpu()
-                out.extend(logp[i, : len(x)].tolist() for i, x in enumerate(cont))
+                out.update((r, logp[i, : len(x)].tolist()) for i, (r, x) in enumerate(zip(rows, cont, strict=True)))
         finally:
             self.model.train(was_training)
-        return out
+        return [out[i] for i in range(len(prompts))]
 
     def _generate_batch(self, rows: list[tuple[list[int], int]], params: SamplingParams) -> list[Completion]:
         pad = self.tokenizer.pad_token_id
