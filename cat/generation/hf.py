@@ -134,7 +134,8 @@ class _SharedPrefill:
     def plan(cls, prompts: list[list[int]]) -> _SharedPrefill | None:
         if len(prompts) < 2:
             return None
-        common = os.path.commonprefix(prompts)[: min(len(p) for p in prompts) - 1]  # every row keeps a token
+        shortest = min(len(p) for p in prompts)
+        common = os.path.commonprefix(prompts)[: max(shortest - 1, 0)]  # every row keeps a token to feed generate
         if len(common) < cls.MIN_PREFIX:
             common = []
         index: dict[tuple[int, ...], int] = {}
