@@ -16,7 +16,7 @@ plus one fp32 chunk, whatever the vocabulary (measured in tests/test_memory.py).
 **Shared prompts.** The G rows of a group repeat one prompt. Given each row's group
 (``prompt_groups``), the prompt is run once per group and its keys and values are indexed out to
 the group's rows (``Cache.reorder_cache``, differentiable), then the completions run on that cache.
-A micro-batch of 8 rows per 300-token prompt and 200-token answers then forwards 500 + 8 x 200
+A micro-batch of 8 rows per 300-token prompt and 200-token answers then forwards 300 + 8 x 200
 tokens instead of 8 x 500, and backpropagates as many. The gradient is the same sum: each prompt
 position's keys and values get the gradient of every row that attended to them.
 """
