@@ -229,8 +229,18 @@ def _children():
     """Live child processes of this process (Linux)."""
     pids = set()
     for task in Path("/proc/self/task").iterdir():
-        pids |= {int(p) for p in (task / "children").read_text().split()}
-    return {p for p in pids if Path(f"/proc/{p}/stat").read_text().split()[2] != "Z"}
+        try:
+            pids |= {int(p) for p in (task / "children").read_text().split()}
+        except FileNotFoundError:  # a thread (a pool's, just done) exited while we looked
+            continue
+    alive = set()
+    for p in pids:
+        try:
+            if Path(f"/proc/{p}/stat").read_text().split()[2] != "Z":
+                alive.add(p)
+        except FileNotFoundError:  # reaped meanwhile
+            continue
+    return alive
 
 
 def forget_verdicts():
