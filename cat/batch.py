@@ -65,11 +65,11 @@ class Batch:
     def trimmed(self) -> Batch:
         """The same rows without the columns that are padding in every row: the prompt columns
         left of the longest prompt and the completion columns right of the longest completion."""
+        if len(self) == 0:
+            return self
         T = self.completion_length
         P = self.input_ids.shape[1] - T
         attention = self.attention_mask
-        if len(self) == 0:
-            return self
         lead = int(attention[:, :P].cumsum(1).eq(0).sum(1).min())  # pad columns every prompt has
         width = max(1, int(attention[:, P:].sum(1).max()))  # the longest completion
         if lead == 0 and width == T:

@@ -124,19 +124,25 @@ def token_logprobs(model, input_ids, attention_mask, completion_length: int, tem
             torch.cat([entropy0, entropy], dim=1) if with_entropy else None)
 
 
+def first_and_owner(keys: list) -> tuple[list[int], list[int]]:
+    """Distinct keys in order of first use: the index of each one's first row [U], and each row's
+    number among them [b]. Rows with equal keys share one computation (a prompt's forward)."""
+    number: dict = {}
+    first, owner = [], []
+    for i, key in enumerate(keys):
+        if key not in number:
+            number[key] = len(first)
+            first.append(i)
+        owner.append(number[key])
+    return first, owner
+
+
 def _prompt_owners(groups: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """For rows labelled by group: the first row of each group [U] and each row's group number
-    [b] (into those U); (None, None) when no two rows share a group (nothing to save)."""
+    """``first_and_owner`` of rows labelled by group, as tensors; (None, None) when no two rows
+    share a group (nothing to save)."""
     if groups is None:
         return None, None
-    labels = groups.tolist()
-    number: dict = {}
-    first, rows = [], []
-    for i, label in enumerate(labels):
-        if label not in number:
-            number[label] = len(first)
-            first.append(i)
-        rows.append(number[label])
-    if len(first) == len(labels):
+    first, owner = first_and_owner(groups.tolist())
+    if len(first) == len(owner):
         return None, None
-    return torch.tensor(first), torch.tensor(rows)
+    return torch.tensor(first), torch.tensor(owner)

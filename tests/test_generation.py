@@ -178,6 +178,8 @@ def test_a_static_cache_generates_what_the_dynamic_one_does(tiny_model):
                 for ca, cb in zip(ga, gb, strict=True):
                     assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-5)
     assert static.cache == "static"  # it did not fall back
+    with pytest.raises(ValueError, match="'dynamic', 'static' or 'default', got 'statc'"):
+        HFGenerator(model, tokenizer, cache="statc")
     assert "UNIFIED RESPONSE" in static.generate(anchor_prompts[:1], SamplingParams(n=1, max_new_tokens=48, greedy=True))[0][0].text
 
 

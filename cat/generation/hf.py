@@ -22,7 +22,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from cat.generation import SamplingParams, row_seed
-from cat.logprobs import token_logprobs
+from cat.logprobs import first_and_owner, token_logprobs
 from cat.models import autocast
 from cat.types import Completion
 
@@ -138,12 +138,10 @@ class _SharedPrefill:
         common = os.path.commonprefix(prompts)[: max(shortest - 1, 0)]  # every row keeps a token to feed generate
         if len(common) < cls.MIN_PREFIX:
             common = []
-        index: dict[tuple[int, ...], int] = {}
-        owner = [index.setdefault(tuple(p[len(common):]), len(index)) for p in prompts]
-        if not common and len(index) == len(prompts):
+        first, owner = first_and_owner([tuple(p[len(common):]) for p in prompts])
+        if not common and len(first) == len(prompts):
             return None  # nothing shared
-        rests = [list(rest) for rest in index]  # in order of first use
-        return cls(common, rests, owner)
+        return cls(common, [list(prompts[i][len(common):]) for i in first], owner)
 
     @torch.no_grad()
     def prefill(self, model, pad: int, max_new_tokens: int, compute_dtype: str | None):
@@ -193,6 +191,8 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.compute_dtype = compute_dtype
+        if cache not in ("dynamic", "static", "default"):
+            raise ValueError(f"HFGenerator cache must be 'dynamic', 'static' or 'default', got {cache!r}")
         self.cache = cache
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
