@@ -31,8 +31,10 @@ clipped at 1.0, fp32 on CPU. The effective settings are read back from both live
 printed side by side. Rows of zero-spread groups are forwarded and backpropagated on both sides
 (cat skips them by default; ``--cat-skip-zero-advantage`` times that).
 
-Model time (both sides, by the same hooks): wall time inside ``model.generate`` calls, inside
-top-level forward passes outside generate, and inside ``torch.autograd.backward``. The non-model
+Model time (both sides, by the same hooks): wall time inside generation (TRL's
+``model.generate`` calls; cat's shared prefill and its own decoding loop, which replace
+``generate`` on its hf backend), inside top-level forward passes outside generation, and inside
+``torch.autograd.backward``. The non-model
 overhead is the step minus those three.
 
 A benchmark, not a test: on a shared 2-core machine numbers move by 10-20% between runs; read the
@@ -141,18 +143,29 @@ class ModelClock:
     def watch(self, model) -> None:
         model.register_forward_pre_hook(lambda *_: self._starts.append(time.perf_counter()))
         model.register_forward_hook(self._forward_done)
-        real_generate = model.generate
+        model.generate = self.generating(model.generate)
 
-        def generate(*args, **kwargs):
+    def watch_decoding(self) -> None:
+        """cat's hf backend decodes in its own loop (``_Decoder.run``) after a shared prefill
+        (``_SharedPrefill.prefill``), not in ``model.generate``: both count as generation, the
+        side's equivalent of TRL's ``generate`` call (which prefills and decodes)."""
+        from cat.generation import hf
+
+        hf._Decoder.run = self.generating(hf._Decoder.run)
+        hf._SharedPrefill.prefill = self.generating(hf._SharedPrefill.prefill)
+
+    def generating(self, fn):
+        """``fn`` timed as generation: its forward passes count as generation's."""
+        def wrapper(*args, **kwargs):
             start = time.perf_counter()
             self._generating += 1
             try:
-                return real_generate(*args, **kwargs)
+                return fn(*args, **kwargs)
             finally:
                 self._generating -= 1
-                self.totals["generate"] += time.perf_counter() - start
-
-        model.generate = generate
+                if not self._generating:
+                    self.totals["generate"] += time.perf_counter() - start
+        return wrapper
 
     def _forward_done(self, *_):
         seconds = time.perf_counter() - self._starts.pop()
@@ -264,6 +277,7 @@ def cat_worker(conn, estimator: str, skip_zero_advantage: bool, as_shipped: bool
         pin_threads()
         clock = ModelClock()
         clock.watch(trainer.policy)
+        clock.watch_decoding()
         if trainer.estimator.needs_anchor:
             clock.watch(trainer.initial_policy)  # pi_0: the anchor's model
         conn.send({"ready": time.perf_counter() - started, "settings": cat_settings(trainer),
@@ -625,7 +639,7 @@ def print_times(rows: dict[str, list]) -> None:
     line("step", lambda r: r["step"])
     print(f"{'step, min':<46}" + "".join(f"{min(r['step'] for r in rows[n]):>12.3f}" for n in SIDES))
     print()
-    line("inside model.generate", lambda r: r["model"]["generate"])
+    line("inside generate (cat: prefill + own loop)", lambda r: r["model"]["generate"])
     line("  of which model forward passes", lambda r: r["model"]["generate_forward"])
     line("model forward outside generate", lambda r: r["model"]["forward"])
     line("autograd backward", lambda r: r["model"]["backward"])
