@@ -24,12 +24,12 @@ checking the work rather than by counting votes, which is what the template asks
 
 Where the built world comes from. The repository ships both built worlds in ``worlds/`` (a few
 MB; a wheel carries them in ``cat/_data/worlds``), so a first run starts at once. Each carries a
-``build.json``: the spec, the torch version and thread count it was built with, the hash of every
+``build.json``: the spec, the torch version, thread count and CPU it was built with, the hash of every
 file, the hash of the anchor template it was trained on, and a trail of weight hashes during
 pretraining. ``cat-rl tiny-world --check`` rebuilds a world from this module and compares it to the
 shipped one file by file; the test suite replays the start of both builds against the trail. The
 build pins its thread count (``TinySpec.threads``) because CPU kernels sum in a different order
-with a different number of threads. A world is rebuilt (into ``~/.cache/cat`` or ``$CAT_CACHE``)
+with a different number of threads (and on another CPU: ``cpu_fingerprint``). A world is rebuilt (into ``~/.cache/cat`` or ``$CAT_CACHE``)
 only when the spec in this module no longer matches the shipped one; editing the anchor template
 does not rebuild anything: the run warns that the tiny anchor was trained on another text and
 names the command that rebuilds it for the new one.
@@ -50,6 +50,7 @@ import json
 import logging
 import math
 import os
+import platform
 import random
 import shutil
 import tempfile
@@ -352,6 +353,22 @@ def pinned_threads(n: int):
         torch.set_num_threads(before)
 
 
+def cpu_fingerprint() -> str:
+    """The CPU model and the vector ISA torch's kernels dispatch to ("AMD EPYC (AVX2)"): the same
+    build on another CPU sums in another order, so a build replays bit for bit only on its own."""
+    import torch
+
+    name = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def write_build_record(out_dir: Path, world: str, spec, templates: dict[str, str], trail: dict[str, str],
                        extra: dict | None = None) -> None:
     """``build.json``: what built this world and the hash of every file in it. Written last: a
@@ -364,7 +381,7 @@ def write_build_record(out_dir: Path, world: str, spec, templates: dict[str, str
              for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name != "build.json"}
     record = {"world": world, "spec": asdict(spec), "templates": templates, "torch": torch.__version__,
               "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-              "threads": spec.threads, "trail": trail, "files": files, **(extra or {})}
+              "threads": spec.threads, "cpu": cpu_fingerprint(), "trail": trail, "files": files, **(extra or {})}
     (out_dir / "build.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -546,7 +563,7 @@ def compare_worlds(built: Path, reference: Path) -> list[str]:
     for name in sorted(set(a["files"]) | set(b["files"])):
         if a["files"].get(name) != b["files"].get(name):
             out.append(f"{name}: differs" if name in a["files"] and name in b["files"] else f"{name}: only in one")
-    for key in ("torch", "threads"):
+    for key in ("torch", "threads", "cpu"):
         if a.get(key) != b.get(key) and out:
             out.append(f"(built with {key} {a.get(key)}; the reference with {b.get(key)})")
     return out

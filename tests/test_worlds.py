@@ -66,7 +66,7 @@ import tokenizers, torch, transformers
 from cat import tiny, tiny_hard, tiny_rubric
 
 out = {"versions": [torch.__version__, transformers.__version__, tokenizers.__version__],
-       "threads_before": torch.get_num_threads()}
+       "cpu": tiny.cpu_fingerprint(), "threads_before": torch.get_num_threads()}
 with tempfile.TemporaryDirectory() as tmp:
     out["tiny-arith"] = tiny.pretrain(tiny.TinySpec(), Path(tmp), stop_after=tiny.TRAIL_FIRST)
     out["tokenizer"] = hashlib.sha256((Path(tmp) / "model" / "tokenizer.json").read_bytes()).hexdigest()
@@ -93,12 +93,17 @@ def replay():
 
 
 def _check_replay(world: str, replay: dict) -> None:
-    """Bitwise on the versions that built the world (dev.py pins them); elsewhere every weight
-    norm after the replayed steps within 1e-4 relative (summation order differs between versions)."""
+    """Bitwise on the versions and the CPU that built the world (dev.py pins the versions); elsewhere
+    every weight norm after the replayed steps within 1e-4 relative (summation order differs
+    between versions and between CPUs: the same torch build on an AVX2 and an AVX-512 machine
+    differs in the last bits after a few steps). The shipped worlds' records predate the CPU field
+    (built on an earlier machine), so they get the second check until they are rebuilt."""
     record = tiny.read_record(tiny.shipped(world))
     shipped, trail = record["trail"], replay[world]
     if replay["versions"] == [record["torch"], record["transformers"], record["tokenizers"]]:
         assert trail["0"] == shipped["0"], f"{world}: the initial weights differ"
+    if (replay["versions"] == [record["torch"], record["transformers"], record["tokenizers"]]
+            and replay["cpu"] == record.get("cpu")):
         assert trail[str(tiny.TRAIL_FIRST)] == shipped[str(tiny.TRAIL_FIRST)], (
             f"{world}: {tiny.TRAIL_FIRST} build steps no longer reproduce the shipped world bitwise "
             f"(built with torch {record['torch']}, transformers {record['transformers']}, {record['threads']} threads)")
@@ -221,3 +226,4 @@ def test_build_record_lists_every_file(tmp_path):
     record = json.loads((tmp_path / "build.json").read_text())
     assert record["files"] == {"model/a.txt": hashlib.sha256(b"a").hexdigest()}
     assert record["threads"] == tiny.TinySpec().threads and record["trail"] == {"0": "w"}
+    assert record["cpu"] == tiny.cpu_fingerprint() and record["cpu"].endswith(")")
