@@ -223,8 +223,9 @@ class _Decoder:
 
     Greedy rows may also carry ``lookup`` draft tokens each pass (``_Lookup``). The pass then
     feeds ``[last token, draft...]``, takes the model's greedy token at every position and keeps
-    the draft's longest agreeing prefix plus the model's next token: exactly the tokens plain
-    greedy decoding writes, in fewer passes. A rejected draft token's cache column is masked out
+    the draft's longest agreeing prefix plus the model's next token: the tokens plain greedy
+    decoding writes, in fewer passes (to float rounding: a pass over several positions sums in
+    another order, so a near-tie may break the other way, as a different batch size can). A rejected draft token's cache column is masked out
     of attention; columns no row kept are cropped from the cache."""
 
     def __init__(self, model, cache, eos_ids: list[int], pad: int, compute_dtype: str | None):
