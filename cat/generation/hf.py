@@ -225,8 +225,9 @@ class _Decoder:
     feeds ``[last token, draft...]``, takes the model's greedy token at every position and keeps
     the draft's longest agreeing prefix plus the model's next token: the tokens plain greedy
     decoding writes, in fewer passes (to float rounding: a pass over several positions sums in
-    another order, so a near-tie may break the other way, as a different batch size can). A rejected draft token's cache column is masked out
-    of attention; columns no row kept are cropped from the cache."""
+    another order, so a near-tie may break the other way, as a different batch size can). A
+    rejected draft token's cache column is masked out of attention; columns no row kept are
+    cropped from the cache."""
 
     def __init__(self, model, cache, eos_ids: list[int], pad: int, compute_dtype: str | None):
         self.model, self.cache, self.pad, self.compute_dtype = model, cache, pad, compute_dtype
