@@ -24,15 +24,15 @@ checking the work rather than by counting votes, which is what the template asks
 
 Where the built world comes from. The repository ships both built worlds in ``worlds/`` (a few
 MB; a wheel carries them in ``cat/_data/worlds``), so a first run starts at once. Each carries a
-``build.json``: the spec, the torch version, thread count and CPU it was built with, the hash of every
-file, the hash of the anchor template it was trained on, and a trail of weight hashes during
+``build.json``: the spec, the torch version, thread count and CPU it was built with, the hash of
+every file, the hash of the anchor template it was trained on, and a trail of weight hashes during
 pretraining. ``cat-rl tiny-world --check`` rebuilds a world from this module and compares it to the
 shipped one file by file; the test suite replays the start of both builds against the trail. The
 build pins its thread count (``TinySpec.threads``) because CPU kernels sum in a different order
-with a different number of threads (and on another CPU: ``cpu_fingerprint``). A world is rebuilt (into ``~/.cache/cat`` or ``$CAT_CACHE``)
-only when the spec in this module no longer matches the shipped one; editing the anchor template
-does not rebuild anything: the run warns that the tiny anchor was trained on another text and
-names the command that rebuilds it for the new one.
+with a different number of threads (and on another CPU: ``cpu_fingerprint``). A world is rebuilt
+(into ``~/.cache/cat`` or ``$CAT_CACHE``) only when the spec in this module no longer matches the
+shipped one; editing the anchor template does not rebuild anything: the run warns that the tiny
+anchor was trained on another text and names the command that rebuilds it for the new one.
 
 What this world does and does not show. The anchor here beats majority vote because it checks
 steps and decodes greedily, not because it learned to vote: a 1M-parameter model trained for a

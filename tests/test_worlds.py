@@ -100,10 +100,10 @@ def _check_replay(world: str, replay: dict) -> None:
     (built on an earlier machine), so they get the second check until they are rebuilt."""
     record = tiny.read_record(tiny.shipped(world))
     shipped, trail = record["trail"], replay[world]
-    if replay["versions"] == [record["torch"], record["transformers"], record["tokenizers"]]:
+    same_versions = replay["versions"] == [record["torch"], record["transformers"], record["tokenizers"]]
+    if same_versions:
         assert trail["0"] == shipped["0"], f"{world}: the initial weights differ"
-    if (replay["versions"] == [record["torch"], record["transformers"], record["tokenizers"]]
-            and replay["cpu"] == record.get("cpu")):
+    if same_versions and replay["cpu"] == record.get("cpu"):
         assert trail[str(tiny.TRAIL_FIRST)] == shipped[str(tiny.TRAIL_FIRST)], (
             f"{world}: {tiny.TRAIL_FIRST} build steps no longer reproduce the shipped world bitwise "
             f"(built with torch {record['torch']}, transformers {record['transformers']}, {record['threads']} threads)")
