@@ -90,7 +90,7 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state
     if is_peft(model):
         model.save_pretrained(tmp / "adapter")  # what training resumes from
         export_model(model, tmp / "model", export_dtype)  # the adapter merged in
-    elif export_dtype == torch.float32:
+    elif export_dtype == next(model.parameters()).dtype:  # fp32 (or fp64) compute: the export is the master
         model.save_pretrained(tmp / "model", state_dict=weights)
     else:
         model.save_pretrained(tmp / "master", state_dict=weights)

@@ -43,10 +43,13 @@ class ModelConfig(_Section):
     """Policy to train: a hub id, a local folder in save_pretrained format, or ``tiny:arith`` (the
     offline tiny world, built on first use). The frozen initial policy pi_0 (KL reference and
     anchor) is a second copy of this model."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     """Compute dtype. The trained policy always keeps fp32 master weights, gradients and AdamW
     state, and runs its forward passes under autocast in this dtype; frozen models (pi_0, a local
-    judge or anchor) are held in it. Checkpoints export the model in it (see README, Precision)."""
+    judge or anchor) are held in it. Checkpoints export the model in it (see README, Precision).
+    ``float64`` holds and runs every model, master weights included, in fp64 (hf backend only): for
+    checking that two code paths compute the same maths, where fp32 rounding would hide a real
+    difference or fake one (the test suite's numerical checks use it)."""
     device: str = "auto"
     """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
     trust_remote_code: bool = False
@@ -434,6 +437,9 @@ class Config(_Section):
         if self.algorithm == "sft" and self.sft.target == "reference" and self.estimator.name == "gold":
             raise ValueError("algorithm sft with the gold estimator: gold references are bare answers, not responses "
                              "to imitate; use sft.target=agreeing_rollout (rejection-sampling fine-tuning)")
+        if self.model.dtype == "float64" and "vllm" in (self.generation.backend, self.judge.backend):
+            raise ValueError("model.dtype float64 runs on the hf backend only (vLLM computes in 16 or 32 bits): "
+                             "set generation.backend and judge.backend to hf, or model.dtype to float32")
         high = self.grpo.epsilon_high
         if high is not None and high < self.grpo.epsilon:
             raise ValueError(f"grpo.epsilon_high ({high}) is below grpo.epsilon ({self.grpo.epsilon}): "

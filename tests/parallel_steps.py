@@ -50,7 +50,7 @@ def run(name: str, out: Path, world: Path, strategy: str, extra: list[str]) -> d
     config = load_config(ROOT / "experiments" / f"{name}.yaml", [
         f"model.name_or_path={world / 'model'}", f"data.path={world / 'train.jsonl'}", "data.limit=48",
         "eval.path=null", "run.prompts_per_step=2", "run.micro_batch_size=3", "optim.lr=1e-4",
-        "generation.num_generations=4",
+        "generation.num_generations=4", "model.dtype=float64",  # float64: rounding cannot hide a difference
         f"parallel.strategy={strategy}", *extra,
     ])
     t = Trainer(config, out / name, log=lambda *_: None)

@@ -3,8 +3,9 @@ save the adapter and export it merged, and the tiny gold run learns with it."""
 
 import json
 
+import pytest
 import torch
-from conftest import ROOT, cli
+from conftest import ROOT, assert_same_maths, cli
 from test_trainer import make_trainer
 
 from cat import checkpoint as ckpt
@@ -23,8 +24,10 @@ def rows_of(t, n=8):
     return ids, torch.ones_like(ids), len(completion)
 
 
+@pytest.mark.numerical
 def test_pi0_is_the_base_model_bit_for_bit_and_only_the_adapter_trains(tmp_path, tiny_world):
-    t = make_trainer(tmp_path, tiny_world, *LORA, "grpo.beta=0.04")
+    """In float64, so that the merged weights' rounding cannot hide or fake a difference."""
+    t = make_trainer(tmp_path, tiny_world, *LORA, "grpo.beta=0.04", "model.dtype=float64")
     assert isinstance(t.initial_policy, AdapterOff)
     frozen = {n: p.detach().clone() for n, p in t.policy.named_parameters() if not p.requires_grad}
     trained = {n: p.detach().clone() for n, p in t.policy.named_parameters() if p.requires_grad}
@@ -36,7 +39,7 @@ def test_pi0_is_the_base_model_bit_for_bit_and_only_the_adapter_trains(tmp_path,
     assert all(torch.equal(after[n], p) for n, p in frozen.items())  # the base never moves
     assert any(not torch.equal(after[n], p) for n, p in trained.items())  # the adapter did
 
-    base = load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu"), frozen=True)
+    base = load_model(str(tiny_world / "model"), dtype="float64", device=torch.device("cpu"), frozen=True)
     ids, att, T = rows_of(t)
     with torch.no_grad():
         off, _ = token_logprobs(t.initial_policy, ids, att, T, 1.0)
@@ -45,27 +48,27 @@ def test_pi0_is_the_base_model_bit_for_bit_and_only_the_adapter_trains(tmp_path,
     assert torch.equal(off, ref)  # the KL reference and the anchor see the base model exactly
     assert not torch.equal(on, ref)  # and the policy is not it
     # the engines' view of the policy: the adapter merged into the base weights
-    merged = base.__class__.from_pretrained(tiny_world / "model", dtype=torch.float32)
+    merged = load_model(str(tiny_world / "model"), dtype="float64", device=torch.device("cpu"))
     merged.load_state_dict(export_weights(t.policy))
     with torch.no_grad():
         lp, _ = token_logprobs(merged.eval(), ids, att, T, 1.0)
-    torch.testing.assert_close(lp, on, rtol=0, atol=1e-5)
+    assert_same_maths(lp, on)
     assert all(torch.equal(export_weights(t.initial_policy)[k], v) for k, v in base.state_dict().items())
 
 
+@pytest.mark.numerical
 def test_checkpoint_saves_the_adapter_exports_it_merged_and_resumes_exactly(tmp_path, tiny_world):
-    t = make_trainer(tmp_path / "a", tiny_world, *LORA)
+    t = make_trainer(tmp_path / "a", tiny_world, *LORA, "model.dtype=float64")
     t.step(0)
     t.step_done = 1
     path = t.save()
     assert (path / "adapter" / "adapter_model.safetensors").is_file() and not (path / "master").exists()
     assert ckpt.master_weights_dir(path) == path / "adapter"
-    exported = load_model(str(path / "model"), dtype="float32", device=torch.device("cpu"), frozen=True)
+    exported = load_model(str(path / "model"), dtype="float64", device=torch.device("cpu"), frozen=True)
     ids, att, T = rows_of(t)
     with torch.no_grad():
-        torch.testing.assert_close(token_logprobs(exported, ids, att, T, 1.0)[0],
-                                   token_logprobs(t.policy, ids, att, T, 1.0)[0], rtol=0, atol=1e-5)
-    fresh = make_trainer(tmp_path / "b", tiny_world, *LORA)
+        assert_same_maths(token_logprobs(exported, ids, att, T, 1.0)[0], token_logprobs(t.policy, ids, att, T, 1.0)[0])
+    fresh = make_trainer(tmp_path / "b", tiny_world, *LORA, "model.dtype=float64")
     fresh.restore(path)
     a = {n: p for n, p in t.policy.named_parameters() if p.requires_grad}
     assert all(torch.equal(p, a[n]) for n, p in fresh.policy.named_parameters() if p.requires_grad)

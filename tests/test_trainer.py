@@ -2,7 +2,9 @@
 
 import json
 
+import pytest
 import torch
+from conftest import assert_same_maths
 
 from cat.config import load_config
 from cat.trainer import Trainer
@@ -31,21 +33,23 @@ def grads_at_optimizer_step(trainer):
     return seen
 
 
+@pytest.mark.numerical
 def test_micro_batches_give_the_full_batch_gradient(tmp_path, tiny_world):
     """One batch of 32 sequences in micro-batches of 5 gives the gradient of the whole batch,
-    for every loss_type (the normaliser is the whole batch's)."""
+    for every loss_type (the normaliser is the whole batch's). In float64: the two sum in another
+    order, which float32 rounding would blur on some kernel sets."""
     for loss_type in ("grpo", "bnpo", "dr_grpo", "dapo"):
-        common = (f"grpo.loss_type={loss_type}", "grpo.beta=0.05", "optim.max_grad_norm=null")
+        common = ("model.dtype=float64", f"grpo.loss_type={loss_type}", "grpo.beta=0.05", "optim.max_grad_norm=null")
         whole = make_trainer(tmp_path, tiny_world, "run.micro_batch_size=32", *common)
         split = make_trainer(tmp_path, tiny_world, "run.micro_batch_size=5", *common)
         g_whole, g_split = grads_at_optimizer_step(whole), grads_at_optimizer_step(split)
         a, b = whole.step(0).metrics, split.step(0).metrics
         assert a["reward/mean"] == b["reward/mean"]
         assert abs(a["loss"] - b["loss"]) < 1e-6
-        assert g_whole[0].abs().max() > 0
-        torch.testing.assert_close(g_split[0], g_whole[0], rtol=1e-4, atol=1e-8, msg=loss_type)
+        assert_same_maths(g_split[0], g_whole[0], msg=loss_type)
 
 
+@pytest.mark.numerical
 def test_skipping_zero_advantage_rows_leaves_the_gradient(tmp_path, tiny_world):
     """Rows of zero-spread groups are left out of the forward/backward; the gradient, loss and
     clip statistics' numerators are the same as computing them: every loss_type over one iteration,
@@ -56,7 +60,8 @@ def test_skipping_zero_advantage_rows_leaves_the_gradient(tmp_path, tiny_world):
     data = tmp_path / "half_unreachable.jsonl"
     data.write_text("".join(json.dumps({**r, "answer": r["answer"] if i % 2 else "-1"}) + "\n" for i, r in enumerate(rows)))
     for loss_type, iterations in (("grpo", 1), ("bnpo", 1), ("dr_grpo", 1), ("dapo", 1), ("grpo", 2), ("dapo", 2)):
-        common = (f"grpo.loss_type={loss_type}", f"grpo.num_iterations={iterations}", "run.prompts_per_step=8",
+        common = ("model.dtype=float64", f"grpo.loss_type={loss_type}", f"grpo.num_iterations={iterations}",
+                  "run.prompts_per_step=8",
                   "run.micro_batch_size=5", "optim.max_grad_norm=null", "estimator.name=gold", "data.limit=8",
                   f"optim.lr={1e-4 if iterations == 1 else 1e-10}")
         kept = make_trainer(tmp_path, tiny_world, "grpo.skip_zero_advantage=false", *common, data=data)
@@ -67,10 +72,8 @@ def test_skipping_zero_advantage_rows_leaves_the_gradient(tmp_path, tiny_world):
         assert b["update/skipped_rows"] == 8 * b["frac_reward_zero_std"] * 8
         assert abs(a["loss"] - b["loss"]) < 1e-6
         for k in range(iterations):
-            assert g_kept[k].abs().max() > 0
             # the kept and skipped runs cut different micro-batches: float sums in another order
-            torch.testing.assert_close(g_skipped[k], g_kept[k], rtol=1e-5, atol=1e-6 * g_kept[k].abs().max().item(),
-                                       msg=f"{loss_type}, iteration {k + 1}")
+            assert_same_maths(g_skipped[k], g_kept[k], msg=f"{loss_type}, iteration {k + 1}")
 
 
 def test_rows_are_not_skipped_under_a_kl_term(tmp_path, tiny_world):

@@ -24,7 +24,7 @@ from test_parallel import assert_rows_match, env, kill_after_rows, launch, rows
 from cat.generation import SamplingParams, make_generator
 from cat.logprobs import token_logprobs
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.vllm, pytest.mark.filterwarnings("ignore")]
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,8 @@ def test_two_processes_on_vllm_killed_and_resumed_on_one_equal_one(tmp_path, cat
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming" in out.stderr
     assert [r["step"] for r in rows(run_dir)] == [1, 2, 3, 4]
-    assert_rows_match(rows(ref), rows(run_dir))
+    # float32 (vLLM has no float64): a relative 1e-4, about 1000 float32 ulps, for sums in another order
+    assert_rows_match(rows(ref), rows(run_dir), rel=1e-4, abs_=1e-6)
 
 
 def test_judge_on_vllm_agrees_with_the_transformers_judge(tmp_path):

@@ -92,6 +92,14 @@ def replay():
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _vectorised_normal(cpu: str) -> bool:
+    """Whether torch draws normal samples with the vectorised kernel that drew the shipped worlds'
+    initial weights: AVX2 and AVX-512 share it (the shipped records were checked on both); other
+    kernel sets (``default``, Arm's) use the scalar code, whose log, sin and cos round differently
+    in the last bit, so there the initial weights are checked through the norms after the replay."""
+    return cpu.endswith(("(AVX2)", "(AVX512)"))
+
+
 def _check_replay(world: str, replay: dict) -> None:
     """Bitwise on the versions and the CPU that built the world (dev.py pins the versions); elsewhere
     every weight norm after the replayed steps within 1e-4 relative (summation order differs
@@ -101,7 +109,7 @@ def _check_replay(world: str, replay: dict) -> None:
     record = tiny.read_record(tiny.shipped(world))
     shipped, trail = record["trail"], replay[world]
     same_versions = replay["versions"] == [record["torch"], record["transformers"], record["tokenizers"]]
-    if same_versions:
+    if same_versions and _vectorised_normal(replay["cpu"]):
         assert trail["0"] == shipped["0"], f"{world}: the initial weights differ"
     if same_versions and replay["cpu"] == record.get("cpu"):
         assert trail[str(tiny.TRAIL_FIRST)] == shipped[str(tiny.TRAIL_FIRST)], (
@@ -112,12 +120,14 @@ def _check_replay(world: str, replay: dict) -> None:
         assert trail["norms"][name] == pytest.approx(norm, rel=1e-4), f"{world}: {name}"
 
 
+@pytest.mark.numerical
 def test_arith_build_replays_the_shipped_trail(replay):
     record = tiny.read_record(tiny.shipped("tiny-arith"))
     assert replay["tokenizer"] == record["files"]["model/tokenizer.json"]
     _check_replay("tiny-arith", replay)
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("world", ["tiny-rubric", "tiny-arith-hard"])
 def test_finetuned_builds_replay_the_shipped_trail(world, replay):
     assert replay[world]["0"] == tiny.final_weights(tiny.shipped("tiny-arith"))

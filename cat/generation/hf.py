@@ -31,6 +31,11 @@ from cat.models import autocast
 from cat.types import Completion
 
 
+def _logprob_dtype(model) -> torch.dtype:
+    """Recorded log-probs are fp32, fp64 for a fp64 model (kept exact for the numerical checks)."""
+    return torch.promote_types(next(model.parameters()).dtype, torch.float32)
+
+
 class _RowSampler(LogitsProcessor):
     """Picks every row's next token and records its log-prob; returns a one-hot score row."""
 
@@ -54,9 +59,10 @@ class _RowSampler(LogitsProcessor):
         self.logprobs: list[torch.Tensor] = []  # one [N] per generated position
 
     def choose(self, scores: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each row's token at generated position ``t`` and its log-prob: ([N] long, [N] float32).
-        Greedy choice ignores ``t``, so a greedy call may pass rows of several positions at once."""
-        x = scores.float()  # [N, V]
+        """Each row's token at generated position ``t`` and its log-prob: ([N] long, [N] float32, or
+        float64 for a float64 model). Greedy choice ignores ``t``, so a greedy call may pass rows of
+        several positions at once."""
+        x = scores.to(torch.promote_types(scores.dtype, torch.float32))  # [N, V]
         for warp in self.warpers:
             x = warp(None, x)
         lse = torch.logsumexp(x, dim=-1, keepdim=True)  # [N, 1]
@@ -253,7 +259,7 @@ class _Decoder:
         mask[:, :W] = attention.to(device)
         positions = (mask[:, :W].cumsum(1) - 1).clamp(min=0)
         tokens = torch.full((N, max_new_tokens), self.pad, dtype=torch.long, device=device)
-        logprobs = torch.zeros((N, max_new_tokens), dtype=torch.float32, device=device)
+        logprobs = torch.zeros((N, max_new_tokens), dtype=_logprob_dtype(self.model), device=device)
         length = torch.full((N,), max_new_tokens, dtype=torch.long, device=device)
         done = torch.zeros(N, dtype=torch.bool, device=device)
         eos = torch.tensor(self.eos_ids, dtype=torch.long, device=device)
