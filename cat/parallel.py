@@ -13,6 +13,7 @@ its own rows; the summed gradient is the one-process gradient.
 
 from __future__ import annotations
 
+import atexit
 from dataclasses import replace
 
 import torch
@@ -30,6 +31,8 @@ class Ranks:
         self.rank = self.state.process_index
         self.world = self.state.num_processes
         self.main = self.rank == 0
+        if self.world > 1:
+            atexit.register(_release_process_group)
 
     @property
     def device(self) -> torch.device:
@@ -40,7 +43,7 @@ class Ranks:
         talk to it can make that rank abort ("terminate called without an active exception")."""
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
+            _release_process_group()
 
     def shard(self, n: int) -> tuple[int, int]:
         """This rank's contiguous slice [start, stop) of n items: the first n % world ranks take one more."""
@@ -82,6 +85,19 @@ class Ranks:
     def tag(self) -> str:
         """``[rank r/N] `` in a multi-process run, else empty: for messages a user must place."""
         return f"[rank {self.rank}/{self.world}] " if self.world > 1 else ""
+
+
+def _release_process_group() -> None:
+    """Destroy the process group while the interpreter is whole: at every exit (atexit), also one
+    through an error or ``SystemExit`` that skipped ``Ranks.close``. Left to interpreter shutdown,
+    gloo's worker threads and the collectives' work objects are torn down after Python's own
+    state, which can abort the process ("terminate called without an active exception"). No
+    barrier here: on an error path another rank may be gone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    import gc
+
+    gc.collect()  # finished collectives' work objects, while their destructors can still run
 
 
 def gather_lists(ranks: Ranks, *lists: list) -> tuple[list, ...]:

@@ -147,6 +147,15 @@ FILE_SECONDS = {
 VLLM_MISSING = importlib.util.find_spec("vllm") is None
 
 
+def pytest_sessionstart(session):
+    """The shuffled order's seed, printed even under -q (which hides pytest-randomly's header line):
+    ``--randomly-seed=N`` reruns that order, ``-p no:randomly`` runs the files' own order."""
+    seed = getattr(session.config.option, "randomly_seed", None)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if seed is not None and reporter is not None and not hasattr(session.config, "workerinput"):
+        reporter.write_line(f"random order: --randomly-seed={seed}")
+
+
 @pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle: whole files stay together, longest first
 def pytest_collection_modifyitems(session, config, items):
     if VLLM_MISSING:

@@ -35,7 +35,7 @@ def policy(tiny_world):
     return load_model(path, dtype="float32", device=torch.device("cpu")), load_tokenizer(path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def engine(policy):
     model, tokenizer = policy
     return make_generator("vllm", model, tokenizer, batch_size=64, compute_dtype="float32", seed=0,
@@ -48,100 +48,106 @@ def hf(policy):
     return make_generator("hf", model, tokenizer, batch_size=64)
 
 
-def test_generation_shapes_and_finish_reasons(engine, policy):
-    _, tokenizer = policy
-    out = engine.generate(ids_for(tokenizer, ["47+38", "12+9"]), SamplingParams(n=3, max_new_tokens=32, seed=0))
-    assert [len(g) for g in out] == [3, 3]
-    for c in out[0] + out[1]:
-        assert len(c.token_ids) == len(c.logprobs) > 0 and all(lp <= 0 for lp in c.logprobs)
-        assert c.finish_reason == "stop" and c.token_ids[-1] == tokenizer.eos_token_id and "\\boxed{" in c.text
-    short = engine.generate(ids_for(tokenizer, ["47+38"]), SamplingParams(n=2, max_new_tokens=4, seed=0))[0]
-    assert all(c.finish_reason == "length" and len(c.token_ids) == 4 for c in short)
+class TestOnOneEngine:
+    """The tests that share one engine, kept together: vLLM keeps its parallel state per process,
+    and another in-process engine shutting down (the anchor's, the judge's) tears that state down
+    under a live engine. In a class, a shuffled order (pytest-randomly) still runs these in a row,
+    and their engine lives only as long as they do."""
+
+    def test_generation_shapes_and_finish_reasons(self, engine, policy):
+        _, tokenizer = policy
+        out = engine.generate(ids_for(tokenizer, ["47+38", "12+9"]), SamplingParams(n=3, max_new_tokens=32, seed=0))
+        assert [len(g) for g in out] == [3, 3]
+        for c in out[0] + out[1]:
+            assert len(c.token_ids) == len(c.logprobs) > 0 and all(lp <= 0 for lp in c.logprobs)
+            assert c.finish_reason == "stop" and c.token_ids[-1] == tokenizer.eos_token_id and "\\boxed{" in c.text
+        short = engine.generate(ids_for(tokenizer, ["47+38"]), SamplingParams(n=2, max_new_tokens=4, seed=0))[0]
+        assert all(c.finish_reason == "length" and len(c.token_ids) == 4 for c in short)
 
 
-def test_engine_logprobs_agree_with_trainer_scoring(engine, policy):
-    model, tokenizer = policy
-    assert_engine_logprobs_match_scoring(engine, model, tokenizer, atol=1e-4)
+    def test_engine_logprobs_agree_with_trainer_scoring(self, engine, policy):
+        model, tokenizer = policy
+        assert_engine_logprobs_match_scoring(engine, model, tokenizer, atol=1e-4)
 
 
-def test_score_matches_the_trainer(engine, policy):
-    model, tokenizer = policy
-    [p] = ids_for(tokenizer, ["47+38"])
-    cont = tokenizer("ones 7+8=15 tens 4+3+1=08 so \\boxed{85}<|end|>", add_special_tokens=False)["input_ids"]
-    [mine] = engine.score([p], [cont])
-    ids = torch.tensor([p + cont])
-    ref, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
-    torch.testing.assert_close(torch.tensor(mine), ref[0], rtol=0, atol=1e-4)
+    def test_score_matches_the_trainer(self, engine, policy):
+        model, tokenizer = policy
+        [p] = ids_for(tokenizer, ["47+38"])
+        cont = tokenizer("ones 7+8=15 tens 4+3+1=08 so \\boxed{85}<|end|>", add_special_tokens=False)["input_ids"]
+        [mine] = engine.score([p], [cont])
+        ids = torch.tensor([p + cont])
+        ref, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
+        torch.testing.assert_close(torch.tensor(mine), ref[0], rtol=0, atol=1e-4)
 
 
-def test_seeds_reproduce_and_duplicates_are_independent(engine, policy):
-    _, tokenizer = policy
-    [p] = ids_for(tokenizer, ["47+38"])
-    params = SamplingParams(n=8, max_new_tokens=32, seed=3)
-    a = engine.generate([p] * 4, params)
-    b = engine.generate([p] * 4, params)
-    assert a == b
-    assert_independent_copies(a)  # vLLM's seed + k children with seed + i prompts made copies collide
+    def test_seeds_reproduce_and_duplicates_are_independent(self, engine, policy):
+        _, tokenizer = policy
+        [p] = ids_for(tokenizer, ["47+38"])
+        params = SamplingParams(n=8, max_new_tokens=32, seed=3)
+        a = engine.generate([p] * 4, params)
+        b = engine.generate([p] * 4, params)
+        assert a == b
+        assert_independent_copies(a)  # vLLM's seed + k children with seed + i prompts made copies collide
 
 
-def test_weight_sync_after_an_update_matches_hf_and_resets_the_prefix_cache(engine, policy, tiny_world):
-    """After an optimizer step the engine generates greedily what transformers generates from the
-    updated module, and scores a prompt it had cached before the update with the new weights."""
-    from cat.models import load_model
+    def test_weight_sync_after_an_update_matches_hf_and_resets_the_prefix_cache(self, engine, policy, tiny_world):
+        """After an optimizer step the engine generates greedily what transformers generates from the
+        updated module, and scores a prompt it had cached before the update with the new weights."""
+        from cat.models import load_model
 
-    original, tokenizer = policy
-    model = load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu"))
-    hf = make_generator("hf", model, tokenizer, batch_size=64)
-    prompts = ids_for(tokenizer, ["17+95", "47+38", "99+99", "10+10"])
-    greedy = SamplingParams(max_new_tokens=32, greedy=True)
-    cont = tokenizer("ones 7+5=12 tens 1+9+1=11 so \\boxed{112}<|end|>", add_special_tokens=False)["input_ids"]
-    before = engine.score(prompts[:1], [cont])  # caches the prompt's blocks under the old weights
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    ids = torch.tensor([prompts[0] + cont])
-    lp, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
-    (-lp.sum()).backward()  # push up one (right) solution, strongly
-    optimizer.step()
-    try:
-        engine.sync_weights(model)
-        after = engine.score(prompts[:1], [cont])
-        lp_new, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
-        torch.testing.assert_close(torch.tensor(after[0]), lp_new[0].detach(), rtol=0, atol=1e-4)
-        assert max(abs(x - y) for x, y in zip(after[0], before[0], strict=True)) > 1e-2  # the update is visible
-        assert [g[0].text for g in engine.generate(prompts, greedy)] == [g[0].text for g in hf.generate(prompts, greedy)]
-    finally:
-        engine.sync_weights(original)  # the module's engine serves the untouched model to later tests
-
-
-def test_lora_policy_and_its_base_reach_the_engine_merged(engine, policy, tiny_world):
-    """A LoRA policy is loaded into the engine with its adapter merged (the engine's log-probs equal
-    the peft module's), and its AdapterOff view (pi_0) as the base weights."""
-    from cat.config import LoraSettings
-    from cat.lora import AdapterOff, wrap
-    from cat.models import load_model
-
-    original, tokenizer = policy
-    model = wrap(load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu")).requires_grad_(False),
-                 LoraSettings(r=8, alpha=16))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    [p] = ids_for(tokenizer, ["17+95"])
-    cont = tokenizer("ones 7+5=12 tens 1+9+1=11 so \\boxed{112}<|end|>", add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([p + cont])
-    for _ in range(3):
-        optimizer.zero_grad()
+        original, tokenizer = policy
+        model = load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu"))
+        hf = make_generator("hf", model, tokenizer, batch_size=64)
+        prompts = ids_for(tokenizer, ["17+95", "47+38", "99+99", "10+10"])
+        greedy = SamplingParams(max_new_tokens=32, greedy=True)
+        cont = tokenizer("ones 7+5=12 tens 1+9+1=11 so \\boxed{112}<|end|>", add_special_tokens=False)["input_ids"]
+        before = engine.score(prompts[:1], [cont])  # caches the prompt's blocks under the old weights
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        ids = torch.tensor([prompts[0] + cont])
         lp, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
-        (-lp.sum()).backward()
+        (-lp.sum()).backward()  # push up one (right) solution, strongly
         optimizer.step()
-    try:
-        with torch.no_grad():
-            mine, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
-            base, _ = token_logprobs(original, ids, torch.ones_like(ids), len(cont), 1.0)
-        assert (mine - base).abs().max() > 1e-2  # the adapter changed the model
-        engine.sync_weights(model)
-        torch.testing.assert_close(torch.tensor(engine.score([p], [cont])[0]), mine[0], rtol=0, atol=1e-4)
-        engine.sync_weights(AdapterOff(model))
-        torch.testing.assert_close(torch.tensor(engine.score([p], [cont])[0]), base[0], rtol=0, atol=1e-4)
-    finally:
-        engine.sync_weights(original)
+        try:
+            engine.sync_weights(model)
+            after = engine.score(prompts[:1], [cont])
+            lp_new, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
+            torch.testing.assert_close(torch.tensor(after[0]), lp_new[0].detach(), rtol=0, atol=1e-4)
+            assert max(abs(x - y) for x, y in zip(after[0], before[0], strict=True)) > 1e-2  # the update is visible
+            assert [g[0].text for g in engine.generate(prompts, greedy)] == [g[0].text for g in hf.generate(prompts, greedy)]
+        finally:
+            engine.sync_weights(original)  # the module's engine serves the untouched model to later tests
+
+
+    def test_lora_policy_and_its_base_reach_the_engine_merged(self, engine, policy, tiny_world):
+        """A LoRA policy is loaded into the engine with its adapter merged (the engine's log-probs equal
+        the peft module's), and its AdapterOff view (pi_0) as the base weights."""
+        from cat.config import LoraSettings
+        from cat.lora import AdapterOff, wrap
+        from cat.models import load_model
+
+        original, tokenizer = policy
+        model = wrap(load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu")).requires_grad_(False),
+                     LoraSettings(r=8, alpha=16))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        [p] = ids_for(tokenizer, ["17+95"])
+        cont = tokenizer("ones 7+5=12 tens 1+9+1=11 so \\boxed{112}<|end|>", add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p + cont])
+        for _ in range(3):
+            optimizer.zero_grad()
+            lp, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
+            (-lp.sum()).backward()
+            optimizer.step()
+        try:
+            with torch.no_grad():
+                mine, _ = token_logprobs(model, ids, torch.ones_like(ids), len(cont), 1.0)
+                base, _ = token_logprobs(original, ids, torch.ones_like(ids), len(cont), 1.0)
+            assert (mine - base).abs().max() > 1e-2  # the adapter changed the model
+            engine.sync_weights(model)
+            torch.testing.assert_close(torch.tensor(engine.score([p], [cont])[0]), mine[0], rtol=0, atol=1e-4)
+            engine.sync_weights(AdapterOff(model))
+            torch.testing.assert_close(torch.tensor(engine.score([p], [cont])[0]), base[0], rtol=0, atol=1e-4)
+        finally:
+            engine.sync_weights(original)
 
 
 def tiny_overrides(tiny_world, *extra):
