@@ -40,9 +40,10 @@ class LoraSettings(_Section):
 
 class ModelConfig(_Section):
     name_or_path: str = "tiny:arith"
-    """Policy to train: a hub id, a local folder in save_pretrained format, or ``tiny:arith`` (the
-    offline tiny world, built on first use). The frozen initial policy pi_0 (KL reference and
-    anchor) is a second copy of this model."""
+    """Policy to train: a hub id, a local folder in save_pretrained format, a local ``.gguf`` file
+    (converted once into ``FILE.gguf.hf/`` beside it), or ``tiny:arith`` (the offline tiny world,
+    built on first use). The frozen initial policy pi_0 (KL reference and anchor) is a second copy
+    of this model."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Compute dtype. The trained policy always keeps fp32 master weights, gradients and AdamW
     state, and runs its forward passes under autocast in this dtype; frozen models (pi_0, a local
