@@ -206,8 +206,9 @@ class AnswerConfig(_Section):
     rules: list[str] = ["boxed", "answer_phrase", "equals_end", "last_number"]
     """Extraction rules, tried in order; the first that finds an answer gives it. Built in:
     ``boxed`` (the last \\boxed{}), ``answer_phrase`` ("the answer is X", "Answer: X"),
-    ``equals_end`` ("= X" ending the reply), ``last_number``, and ``regex`` (``answer.regex``);
-    plug-ins add theirs with ``@register_answer_rule``. ``[boxed]`` reads answers as the paper."""
+    ``equals_end`` ("= X" ending a sentence or a line), ``last_number``, and ``regex``
+    (``answer.regex``); plug-ins add theirs with ``@register_answer_rule``. ``[boxed]`` reads
+    answers as the paper does."""
     regex: str | None = None
     """A Python regular expression for the ``regex`` rule: its last match in the reply (group 1
     when it has a group), e.g. ``'ANSWER: (\\S+)'``. List ``regex`` in ``rules`` where it is tried."""

@@ -11,11 +11,13 @@ Rules (registry ``ANSWER_RULES``; each a pure function ``text -> answer or None`
 
 * ``boxed``: the last ``\\boxed{...}``, with boxes joined by connectors read as one list
   (:func:`cat.rewards.math.boxed_answer`).
-* ``answer_phrase``: the last explicit answer phrase, "the answer is X", "final answer: X",
-  "Answer: X" (markdown bold and LaTeX delimiters around it are dropped). X is the number it
-  starts with, the right-hand side of an equation it holds (``Answer: 14 + 27 = 41``), or a short
-  expression.
-* ``equals_end``: ``= X`` closing the reply, X a number (``... so 14 + 27 = 41.``).
+* ``answer_phrase``: the last explicit answer phrase, "the answer is X", "the answer to ... is
+  X", "final answer: X", "Answer: X" (markdown bold, quotes and LaTeX delimiters around X are
+  dropped). X is the number it starts with (``41 apples``), the right-hand side of an equation it
+  holds (``Answer: 14 + 27 = 41``), or a short expression (``\\frac{1}{2}``, ``Monday``); a verdict
+  ("your answer is correct") or prose is no answer.
+* ``equals_end``: X in the last ``= X`` (or "equals X") that ends a sentence, a clause or a line,
+  X a number (``14 + 27 = 41.``, ``51 + 99 = 150, which ...``; not ``= 2 * 4``).
 * ``last_number``: the last number in the reply (integers, decimals, ``1,000``, ``3/4``).
 * ``regex``: ``answer.regex``, its last match (group 1 when the pattern has a group).
 
@@ -23,10 +25,12 @@ Plug-ins add rules with ``@register_answer_rule("name")`` and list them in ``ans
 
 Departure from the paper: CaT reads only ``\\boxed{}`` answers, so a rollout or an anchor output
 without a box has no answer (a group without a reference answer gets no signal). The default
-chain reads a reply without a box through the fallbacks, which small chat models need (on
-SmolLM2-135M-Instruct arithmetic the box alone reads a minority of replies, see
-``tests/test_answers.py``). ``answer.rules: [boxed]`` reads answers as the paper does. Models that
-box their answers (the tiny worlds) are read the same either way, since ``boxed`` comes first.
+chain reads a reply without a box through the fallbacks, which small chat models need: on
+SmolLM2-135M-Instruct arithmetic the box alone reads 6 of 320 rollouts (though half were asked for
+a box) and none of 80 anchor references; the chain reads 315 and 73 (``tests/test_answers.py``).
+``answer.rules: [boxed]`` reads answers as the paper does. A reply with a box is read the same
+either way, since ``boxed`` comes first; only replies without one read differently (the tiny
+arith world's policy boxed 512 of 512 rollouts sampled at temperature 1).
 """
 
 from __future__ import annotations
@@ -60,14 +64,21 @@ register_answer_rule = ANSWER_RULES.register
 # commas or plain, an optional decimal part or denominator; not part of a word ("41st", "x2").
 _NUMBER = r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+|/\d+)?(?![\w])"
 _NUMBER_RE = re.compile(_NUMBER)
-# "the answer is", "final answer:", "**Answer:**", "answer =": the value follows on its line (or the next)
-_PHRASE = re.compile(r"\b(?:final\s+answer|answer)\b\s*(?:\*\*)?\s*(?:is\b\s*:?|:|=)\s*(?:\*\*)?\s*(?=(?P<rest>[^\n]*))",
-                     re.IGNORECASE)
-# Around an answer: markdown bold, LaTeX math delimiters, spaces, a closing full stop.
-_WRAPPING = re.compile(r"^(?:\*\*|\$\$?|\\\(|\\\[|\s)+|(?:\*\*|\$\$?|\\\)|\\\]|\s|[.,;!?])+$")
-_SENTENCE_END = re.compile(r"[.,;!?](?:\s|$)|\s(?:which|because|since|as|so|and)\s")
+# "the answer is", "final answer:", "**Answer:**", "the answer to 2 + 3 is": the value follows on
+# its line (or the next)
+_PHRASE = re.compile(r"\b(?:final\s+answer|answer)\b(?:\s+(?:to|of|for)\s+[^\n]{1,60}?)?"
+                     r"\s*(?:\*\*)?(?:\s*\bis\b\s*:?|\s*:|\s*=)\s*(?:\*\*)?\s*(?=(?P<rest>[^\n]*))", re.IGNORECASE)
+# Around an answer: markdown bold, LaTeX math delimiters, quotes, spaces, a closing full stop.
+_WRAPPING = re.compile(r"^(?:\*\*|\$\$?|\\\(|\\\[|[\s\"'“]|(?:exactly|approximately|about|simply|just)\b)+"
+                       r"|(?:\*\*|\$\$?|\\\)|\\\]|[\s\"'”.,;!?])+$", re.IGNORECASE)
+# What follows "the answer is" without being an answer: a verdict on another answer, or prose.
+_NOT_ANSWERS = frozenset("correct incorrect wrong right unclear clear simple obvious not that this it as".split())
+_SENTENCE_END = re.compile(r"[.,;!?](?:\s|$)|\s(?:which|because|since|as|so|and|but)\s")
 _MAX_EXPRESSION_CHARS = 40
-_EQUALS_END = re.compile(rf"=\s*(?:\$|\*\*|\\\(|\\\[)?\s*(?P<x>{_NUMBER})\s*(?:\*\*|\$\$?|\\\)|\\\]|[.!])*\s*$")
+# "= 41" (or "equals 41", "is equal to 41") ending a sentence, a clause or a line: not "= 2 * 4",
+# not "= 92 (the absolute value ...)"
+_EQUALS = re.compile(rf"(?:=|\bequals\b|\bis\s+equal\s+to\b)\s*(?:\$|\*\*|\\\(|\\\[)?\s*(?P<x>{_NUMBER})"
+                     r"(?=(?:\s*(?:\*\*|\$\$?|\\\)|\\\]))*[ \t]*(?:[.,;!?](?:\s|$)|\n|$))")
 
 
 def _strip(span: str) -> str:
@@ -82,17 +93,17 @@ def boxed(text: str) -> str | None:
 
 def _phrase_value(rest: str) -> str | None:
     """The answer a phrase introduces, from what follows it on its line."""
-    if re.match(r"\s*\\(?:boxed|fbox)", rest):
+    if re.match(r"\\(?:boxed|fbox)", _strip(rest)):
         return boxed_answer(rest)
     end = _SENTENCE_END.search(rest)
     span = _strip(rest[: end.start()] if end else rest)
     if "=" in span:
         span = _strip(span.rsplit("=", 1)[1])
     number = _NUMBER_RE.match(span)
-    if number:
+    if number and not re.match(r"\s*[-+*/^×÷(]", span[number.end():]):  # "41 apples", not "2 * 4"
         return number.group()
     words = re.findall(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", span))
-    if not span or len(span) > _MAX_EXPRESSION_CHARS or len(words) > 1:
+    if not span or len(span) > _MAX_EXPRESSION_CHARS or len(words) > 1 or span.lower() in _NOT_ANSWERS:
         return None  # prose ("the answer is not obvious"), not an answer ("Monday", "\\frac{1}{2}", "B")
     return span
 
@@ -109,9 +120,9 @@ def answer_phrase(text: str) -> str | None:
 
 @register_answer_rule("equals_end")
 def equals_end(text: str) -> str | None:
-    """X in ``= X`` closing the reply (X a number; bold, ``$``, a full stop may follow)."""
-    match = _EQUALS_END.search(text)
-    return match.group("x") if match else None
+    """X in the last ``= X`` (or "equals X") that ends a sentence, a clause or a line (X a number)."""
+    matches = _EQUALS.findall(text)
+    return matches[-1] if matches else None
 
 
 @register_answer_rule("last_number")
