@@ -20,6 +20,8 @@ reach.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -80,19 +82,45 @@ def check_gguf(path: Path) -> None:
 
 def hf_folder(path: Path) -> Path:
     """The Hugging Face folder of the GGUF file ``path``: ``<path>.hf`` beside it, converted now
-    when it is missing or was converted from another version of the file."""
+    when it is missing or was converted from another version of the file. Processes that ask at
+    once (the ranks of a multi-process run) convert it once: the others wait on a lock file
+    beside it, then load what the first wrote."""
     check_gguf(path)
     target = path.with_name(path.name + ".hf")
-    if target.exists():
-        record = read_record(target)
-        if record is None:
-            raise ConfigError(f"{target} exists but was not written by cat (no {RECORD}): move it away so that "
-                              f"{path.name} can be converted there")
-        if _stamp(path) == {k: record.get(k) for k in ("size", "mtime_ns")}:
-            return target
-        logger.info("%s changed since it was converted: converting it again", path)
-    convert(path, target)
+    if _converted_from(target, path):
+        return target
+    with _lock(target.with_name(f".{target.name}.lock"), path):
+        if not _converted_from(target, path):
+            if target.exists():
+                logger.info("%s changed since it was converted: converting it again", path)
+            convert(path, target)
     return target
+
+
+def _converted_from(target: Path, path: Path) -> bool:
+    """Whether ``target`` holds the conversion of ``path`` as it is now (same size and mtime)."""
+    if not target.exists():
+        return False
+    record = read_record(target)
+    if record is None:
+        raise ConfigError(f"{target} exists but was not written by cat (no {RECORD}): move it away so that "
+                          f"{path.name} can be converted there")
+    return _stamp(path) == {k: record.get(k) for k in ("size", "mtime_ns")}
+
+
+@contextlib.contextmanager
+def _lock(lock: Path, path: Path):
+    try:
+        handle = lock.open("a")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the converted model of {path} into {lock.parent}: "
+                          f"{exc.strerror or exc}; copy the .gguf file to a writable folder") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def convert(path: Path, target: Path, *, origin: str | None = None) -> float:
@@ -153,17 +181,12 @@ def _save_dequantized(path: Path, out: Path) -> None:
 
 
 def _move_into_place(work: Path, target: Path) -> None:
-    """Rename ``work`` to ``target``; an older conversion there is replaced, one that another
-    process finished meanwhile is kept."""
+    """Rename ``work`` to ``target``, replacing an older conversion there."""
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.rename(target, old)
         shutil.rmtree(old, ignore_errors=True)
-    try:
-        os.rename(work, target)
-    except OSError:
-        if read_record(target) is None:
-            raise
+    os.rename(work, target)
 
 
 def read_record(folder: Path) -> dict | None:

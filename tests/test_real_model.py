@@ -107,7 +107,7 @@ def test_a_gguf_path_is_converted_once_beside_the_file(tmp_path, stub_dequantize
         assert resolve_path(str(gguf)) == first
     assert len(stub_dequantize) == 1 and "converting" not in caplog.text
     assert (Path(first) / "config.json").stat().st_mtime_ns == made
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "m.gguf.hf"]  # no temporary folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.gguf.hf.lock", "m.gguf", "m.gguf.hf"]  # no temporary folder
 
 
 def test_a_changed_gguf_file_is_converted_again(tmp_path, stub_dequantize):
@@ -117,7 +117,7 @@ def test_a_changed_gguf_file_is_converted_again(tmp_path, stub_dequantize):
     os.utime(gguf, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert hf_folder(gguf) == folder and len(stub_dequantize) == 2
     assert json.loads((folder / "config.json").read_text())["bytes"] == gguf.stat().st_size
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "m.gguf.hf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.gguf.hf.lock", "m.gguf", "m.gguf.hf"]
 
 
 def test_a_folder_cat_did_not_write_is_not_replaced(tmp_path, stub_dequantize):
@@ -139,7 +139,7 @@ def test_a_failed_conversion_leaves_no_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(gguf_models, "_save_dequantized", interrupted)
     with pytest.raises(KeyboardInterrupt):
         hf_folder(gguf)
-    assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.gguf.hf.lock", "m.gguf"]
 
 
 def test_a_killed_conversion_leaves_no_cache(tmp_path, stub_dequantize):
@@ -167,6 +167,31 @@ def test_a_killed_conversion_leaves_no_cache(tmp_path, stub_dequantize):
         child.stdout.close()
     assert not (tmp_path / "m.gguf.hf").exists()
     assert hf_folder(gguf) == tmp_path / "m.gguf.hf" and len(stub_dequantize) == 1
+
+
+def test_processes_that_ask_at_once_convert_once(tmp_path):
+    """Two processes (as the ranks of a torchrun launch) load the same new GGUF path at once: one
+    converts, the other waits for it and loads the same folder."""
+    gguf = _fake_gguf(tmp_path / "m.gguf")
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from cat import gguf_models\n"
+        "def slow(path, out):\n"
+        "    with open(sys.argv[2], 'a') as log:\n"
+        "        log.write('converted\\n')\n"
+        "    time.sleep(2)\n"
+        "    (out / 'config.json').write_text('{}')\n"
+        "gguf_models._save_dequantized = slow\n"
+        "print(gguf_models.hf_folder(Path(sys.argv[1])))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = tmp_path / "log.txt"
+    children = [subprocess.Popen([sys.executable, "-c", script, str(gguf), str(log)], stdout=subprocess.PIPE,
+                                 text=True, env=env) for _ in range(2)]
+    outputs = [child.communicate(timeout=120)[0].strip() for child in children]
+    assert [child.returncode for child in children] == [0, 0]
+    assert outputs == [str(tmp_path / "m.gguf.hf")] * 2 and log.read_text() == "converted\n"
 
 
 def test_bad_gguf_inputs_name_the_path(tmp_path, monkeypatch):
@@ -211,7 +236,8 @@ def test_a_truncated_or_garbage_gguf_gives_a_clear_error(tmp_path, smollm2_gguf)
         with pytest.raises(ConfigError, match=f"cannot read the GGUF model {bad}"):
             hf_folder(bad)
         assert not bad.with_name(bad.name + ".hf").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.gguf", "truncated.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["garbage.gguf",
+                                                                                          "truncated.gguf"]
 
 
 def test_fetch_model_command(tmp_path):
