@@ -7,7 +7,8 @@ slow dequantization (about a minute for a 135M model on a CPU) happens once, not
 ``model.name_or_path: path/to/model.gguf`` is converted into ``path/to/model.gguf.hf/`` beside
 the file, and reconverted when the file changes (size or modification time). A conversion is
 written to a temporary folder and renamed into place, so a killed conversion never leaves a
-half-written cache.
+half-written cache; processes converting the same file at once (a multi-process run's ranks)
+take turns on a lock file beside it, so it is converted once.
 
 What is not here: quantized inference. The converted model holds the dequantized float32
 weights (for SmolLM2-135M-Instruct Q4_1: 540 MB); the quantization error stays in them.
@@ -143,10 +144,9 @@ def convert(path: Path, target: Path, *, origin: str | None = None) -> float:
     try:
         _save_dequantized(path, work)
         seconds = time.perf_counter() - start
-        (work / RECORD).write_text(json.dumps({
-            "source": origin or str(path.resolve()), **_stamp(path), "sha256": _sha256(path), "seconds": round(seconds, 1),
-            "transformers": _version("transformers"), "gguf": _version("gguf"),
-        }, indent=2) + "\n")
+        record = {"source": origin or str(path.resolve()), **_stamp(path), "sha256": _sha256(path),
+                  "seconds": round(seconds, 1), "transformers": _version("transformers"), "gguf": _version("gguf")}
+        (work / RECORD).write_text(json.dumps(record, indent=2) + "\n")
         _move_into_place(work, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -167,8 +167,8 @@ def _save_dequantized(path: Path, out: Path) -> None:
     settings = loaded.config.to_dict()
     for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
         settings.pop(key, None)
-    # a plain float32 model of the same architecture: without quantization_config, transformers
-    # would save it as a GGUF-quantized model again
+    # a plain float32 model of the same architecture: the loaded one carries a quantization_config
+    # (quant_method gguf), which would be saved with it and make the folder read as a GGUF model
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**settings), dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
