@@ -104,8 +104,8 @@ def _phrase_value(rest: str) -> str | None:
         return number.group()
     words = re.findall(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", span))
     if not span or len(span) > _MAX_EXPRESSION_CHARS or len(words) > 1 or span.lower() in _NOT_ANSWERS:
-        return None  # prose ("the answer is not obvious"), not an answer ("Monday", "\\frac{1}{2}", "B")
-    return span
+        return None  # prose ("the answer is not obvious") or a verdict ("correct")
+    return span  # a short expression: "\\frac{1}{2}", "Monday", "B"
 
 
 @register_answer_rule("answer_phrase")
