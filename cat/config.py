@@ -10,6 +10,7 @@ Not here: what the values mean at run time (each consumer documents that) and re
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,9 +41,10 @@ class LoraSettings(_Section):
 
 class ModelConfig(_Section):
     name_or_path: str = "tiny:arith"
-    """Policy to train: a hub id, a local folder in save_pretrained format, or ``tiny:arith`` (the
-    offline tiny world, built on first use). The frozen initial policy pi_0 (KL reference and
-    anchor) is a second copy of this model."""
+    """Policy to train: a hub id, a local folder in save_pretrained format, a local ``.gguf`` file
+    (converted once into ``FILE.gguf.hf/`` beside it), or ``tiny:arith`` (the offline tiny world,
+    built on first use). The frozen initial policy pi_0 (KL reference and anchor) is a second copy
+    of this model."""
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     """Compute dtype. The trained policy always keeps fp32 master weights, gradients and AdamW
     state, and runs its forward passes under autocast in this dtype; frozen models (pi_0, a local
@@ -198,6 +200,39 @@ class EvalConfig(_Section):
     """Also report greedy accuracy."""
     every: int = Field(0, ge=0)
     """Evaluate every N training steps (0 = only before and after)."""
+
+
+class AnswerConfig(_Section):
+    """How a reply's final answer is read (``cat.rewards.answers``): one chain for the rollouts,
+    the references, majority vote and evaluation against gold."""
+
+    rules: list[str] = ["boxed", "answer_phrase", "equals_end", "last_number"]
+    """Extraction rules, tried in order; the first that finds an answer gives it. Built in:
+    ``boxed`` (the last \\boxed{}), ``answer_phrase`` ("the answer is X", "Answer: X"),
+    ``equals_end`` ("= X" ending a sentence or a line), ``last_number``, and ``regex``
+    (``answer.regex``); plug-ins add theirs with ``@register_answer_rule``. ``[boxed]`` reads
+    answers as the paper does."""
+    regex: str | None = None
+    """A Python regular expression for the ``regex`` rule: its last match in the reply (group 1
+    when it has a group), e.g. ``'ANSWER: (\\S+)'``. List ``regex`` in ``rules`` where it is tried."""
+
+    @model_validator(mode="after")
+    def _check_chain(self) -> AnswerConfig:
+        """Everything but the rule names, which plug-ins may register later (checked at preflight)."""
+        if not self.rules:
+            raise ValueError("answer.rules is empty: list at least one rule, e.g. [boxed]")
+        if len(set(self.rules)) != len(self.rules):
+            raise ValueError(f"answer.rules names a rule twice: {self.rules}")
+        if ("regex" in self.rules) != (self.regex is not None):
+            raise ValueError("answer.rules lists 'regex' but answer.regex is not set" if self.regex is None else
+                             f"answer.regex is set but answer.rules {self.rules} does not list 'regex': add it "
+                             "where it should be tried (e.g. first)")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"answer.regex {self.regex!r} is not a valid regular expression: {exc}") from None
+        return self
 
 
 class RewardConfig(_Section):
@@ -400,6 +435,7 @@ class Config(_Section):
     optim: OptimConfig = OptimConfig()
     data: DataConfig = DataConfig()
     eval: EvalConfig = EvalConfig()
+    answer: AnswerConfig = AnswerConfig()
     reward: RewardConfig = RewardConfig()
     estimator: EstimatorConfig = EstimatorConfig()
     anchor: AnchorConfig = AnchorConfig()

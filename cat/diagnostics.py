@@ -16,29 +16,41 @@ Keys (means over the step's groups unless stated):
   diag/reference_unparsable    references with no extractable answer
   diag/reference_in_rollouts   reference answer equals at least one rollout's answer
   anchor/*                     summed token and time counts reported by the estimator
+
+Answer extraction (label-free; the run's answer chain, ``cat.rewards.answers``):
+  answer/rollout_rate              rollouts with an answer
+  answer/rollout_rule/RULE         rollouts whose answer RULE read (one key per rule of the chain)
+  answer/reference_rate            references with an answer
+  answer/reference_rule/RULE       references whose answer RULE read (a gold label counts in the rate only)
 """
 
 from __future__ import annotations
 
 from cat.estimators import majority_answer
-from cat.rewards.math import answers_match, extract_answer
+from cat.rewards.answers import AnswerChain, Extraction, extraction_metrics
+from cat.rewards.math import answers_match
 from cat.types import Group, GroupScore, Reference
 
 
 def teacher_diagnostics(groups: list[Group], references: list[Reference], scores: list[GroupScore], config) -> dict:
     mode, timeout = config.reward.mode, config.reward.timeout_s
+    answer_of = AnswerChain.from_config(config.answer)
 
     def same(a, b) -> bool:
         return answers_match(a, b, mode=mode, timeout_s=timeout)
 
-    out: dict[str, float] = {}
+    read = [[answer_of.extract(t) for t in group.texts] for group in groups]
+    out: dict[str, float] = {
+        **extraction_metrics("rollout", [e for group in read for e in group], answer_of.rules),
+        **extraction_metrics("reference", [Extraction(r.answer, r.answer_rule) for r in references], answer_of.rules),
+    }
     n_unparsable = sum(r.answer is None for r in references)
     out["diag/reference_unparsable"] = n_unparsable / max(len(references), 1)
     in_rollouts = disagree = 0
     labelled = rollout_hits = rollouts = ref_hits = maj_hits = all_wrong_right = 0
     disagree_labelled = disagree_hits = reward_agree = reward_total = 0
-    for group, ref, score in zip(groups, references, scores, strict=True):
-        answers = [extract_answer(t) for t in group.texts]
+    for group, group_read, ref, score in zip(groups, read, references, scores, strict=True):
+        answers = [e.answer for e in group_read]
         majority, _, _ = majority_answer(answers, mode=mode, timeout_s=timeout)
         if ref.answer is not None and any(same(a, ref.answer) for a in answers):
             in_rollouts += 1

@@ -6,7 +6,8 @@ from the Config and called on a batch of groups (so anchor calls batch across pr
     estimator(groups: list[Group], anchor: Anchor | None) -> list[Reference]
 
 ``needs_anchor = True`` asks the trainer for the frozen pi_0 anchor. A reference whose ``answer`` is
-None gives its group no learning signal (the math reward refuses to score it).
+None gives its group no learning signal (the math reward refuses to score it). Answers are read
+with the run's answer chain (config ``answer``, ``cat.rewards.answers``), as the reward reads them.
 
 Built in: ``synthesis`` (CaT), ``majority_vote`` (TTRL), ``self_bon``, ``min_perplexity``,
 ``mutual_predictability``, ``single``, ``gold`` (reference-based GRPO: the only one that reads
@@ -21,7 +22,8 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from cat.registry import Registry
-from cat.rewards.math import answers_match, extract_answer
+from cat.rewards.answers import AnswerChain
+from cat.rewards.math import answers_match
 from cat.templates import load_template
 from cat.types import Group, Reference
 
@@ -75,6 +77,13 @@ def majority_answer(answers: Sequence[str | None], *, mode: str = "equivalence",
     return answers[best[0]], best[0], len(best)
 
 
+def read_reference(text: str, answer_of: AnswerChain, source: str, meta: dict | None = None) -> Reference:
+    """A reference whose answer the run's answer chain reads from ``text``."""
+    extraction = answer_of.extract(text)
+    return Reference(text=text, answer=extraction.answer, source=source, meta=meta or {},
+                     answer_rule=extraction.rule)
+
+
 @register_estimator("gold")
 class Gold:
     """The dataset's gold answer: ordinary reference-based GRPO (the baseline CaT must beat)."""
@@ -101,14 +110,16 @@ class MajorityVote:
     def __init__(self, config):
         self.mode = config.reward.mode
         self.timeout_s = config.reward.timeout_s
+        self.answer_of = AnswerChain.from_config(config.answer)
 
     def __call__(self, groups: list[Group], anchor=None) -> list[Reference]:
         out = []
         for group in groups:
-            answers = [extract_answer(t) for t in group.texts]
-            answer, index, votes = majority_answer(answers, mode=self.mode, timeout_s=self.timeout_s)
+            read = [self.answer_of.extract(t) for t in group.texts]
+            answer, index, votes = majority_answer([r.answer for r in read], mode=self.mode, timeout_s=self.timeout_s)
             text = group.texts[index] if index >= 0 else ""
-            out.append(Reference(text=text, answer=answer, source="majority_vote", meta={"index": index, "votes": votes}))
+            out.append(Reference(text=text, answer=answer, source="majority_vote", meta={"index": index, "votes": votes},
+                                 answer_rule=read[index].rule if index >= 0 else None))
         return out
 
 
@@ -119,13 +130,10 @@ class Single:
     needs_anchor = False
 
     def __init__(self, config):
-        pass
+        self.answer_of = AnswerChain.from_config(config.answer)
 
     def __call__(self, groups: list[Group], anchor=None) -> list[Reference]:
-        return [
-            Reference(text=g.texts[0], answer=extract_answer(g.texts[0]), source="single", meta={"index": 0})
-            for g in groups
-        ]
+        return [read_reference(g.texts[0], self.answer_of, "single", {"index": 0}) for g in groups]
 
 
 def _anchor_meta(synthesis, seconds: float) -> dict:
@@ -142,14 +150,15 @@ def _anchor_meta(synthesis, seconds: float) -> dict:
 class Synthesis:
     """CaT: the frozen anchor reconciles the G rollouts into one new reference (Eq. 1).
 
-    The reference may disagree with every rollout. Its answer is the last boxed answer of the
-    anchor's output; an output with none leaves the group without a reference (no signal).
+    The reference may disagree with every rollout. Its answer is what the run's answer chain
+    reads from the anchor's output; an output with none leaves the group without a reference (no
+    signal).
     """
 
     needs_anchor = True
 
     def __init__(self, config):
-        pass
+        self.answer_of = AnswerChain.from_config(config.answer)
 
     def __call__(self, groups: list[Group], anchor) -> list[Reference]:
         if not groups:
@@ -157,10 +166,7 @@ class Synthesis:
         start = time.perf_counter()
         outputs = anchor.synthesize(groups)
         seconds = (time.perf_counter() - start) / len(groups)
-        return [
-            Reference(text=o.text, answer=extract_answer(o.text), source="synthesis", meta=_anchor_meta(o, seconds))
-            for o in outputs
-        ]
+        return [read_reference(o.text, self.answer_of, "synthesis", _anchor_meta(o, seconds)) for o in outputs]
 
 
 @register_estimator("self_bon")
@@ -174,6 +180,7 @@ class SelfBestOfN:
 
     def __init__(self, config):
         self.template = load_template("self_bon", kind="anchors", required={"rollouts"}, allowed={"num_rollouts", "question"})
+        self.answer_of = AnswerChain.from_config(config.answer)
 
     def __call__(self, groups: list[Group], anchor) -> list[Reference]:
         if not groups:
@@ -188,8 +195,7 @@ class SelfBestOfN:
             if index is None:
                 out.append(Reference(text="", answer=None, source="self_bon", meta=meta))
             else:
-                text = group.texts[index]
-                out.append(Reference(text=text, answer=extract_answer(text), source="self_bon", meta=meta))
+                out.append(read_reference(group.texts[index], self.answer_of, "self_bon", meta))
         return out
 
 
@@ -203,16 +209,14 @@ def parse_choice(text: str, n: int) -> int | None:
     return k - 1 if 1 <= k <= n else None
 
 
-def lowest_nll(groups: list[Group], nll: list[float], source: str) -> list[Reference]:
+def lowest_nll(groups: list[Group], nll: list[float], source: str, answer_of: AnswerChain) -> list[Reference]:
     """Per group, the rollout with the lowest NLL (``nll`` is flat, G per group; ties: first)."""
     out, k = [], 0
     for group in groups:
         scores = nll[k : k + len(group.completions)]
         k += len(group.completions)
         index = min(range(len(scores)), key=lambda i: (scores[i], i))
-        text = group.texts[index]
-        out.append(Reference(text=text, answer=extract_answer(text), source=source,
-                             meta={"index": index, "nll": scores[index]}))
+        out.append(read_reference(group.texts[index], answer_of, source, {"index": index, "nll": scores[index]}))
     return out
 
 
@@ -223,12 +227,12 @@ class MinPerplexity:
     needs_anchor = True
 
     def __init__(self, config):
-        pass
+        self.answer_of = AnswerChain.from_config(config.answer)
 
     def __call__(self, groups: list[Group], anchor) -> list[Reference]:
         contexts = [anchor.prompt_ids(g) for g in groups for _ in g.completions]
         conts = [anchor.completion_ids(c) for g in groups for c in g.completions]
-        return lowest_nll(groups, anchor.mean_nll(contexts, conts), "min_perplexity")
+        return lowest_nll(groups, anchor.mean_nll(contexts, conts), "min_perplexity", self.answer_of)
 
 
 @register_estimator("mutual_predictability")
@@ -244,6 +248,7 @@ class MutualPredictability:
     def __init__(self, config):
         self.template = load_template("mutual_predictability", kind="anchors", required={"rollouts"},
                                       allowed={"num_rollouts", "question"})
+        self.answer_of = AnswerChain.from_config(config.answer)
 
     def __call__(self, groups: list[Group], anchor) -> list[Reference]:
         contexts, conts = [], []
@@ -253,4 +258,4 @@ class MutualPredictability:
                 user, _, _ = anchor.render(self.template, others, g.prompt.text if anchor.include_question else None)
                 contexts.append(anchor.ids(user))
                 conts.append(anchor.completion_ids(c))
-        return lowest_nll(groups, anchor.mean_nll(contexts, conts), "mutual_predictability")
+        return lowest_nll(groups, anchor.mean_nll(contexts, conts), "mutual_predictability", self.answer_of)

@@ -7,12 +7,15 @@ reference instead of one sample) lives in ``cat.testtime``.
 from __future__ import annotations
 
 from cat.generation import Generator, SamplingParams
-from cat.rewards.math import answers_match, extract_answer
+from cat.rewards.answers import AnswerChain
+from cat.rewards.math import answers_match
 from cat.types import Prompt
 
 
-def is_correct(text: str, gold: str | None, *, mode: str = "equivalence", timeout_s: int = 3) -> bool:
-    return gold is not None and answers_match(extract_answer(text), gold, mode=mode, timeout_s=timeout_s)
+def is_correct(text: str, gold: str | None, answer_of: AnswerChain, *, mode: str = "equivalence",
+               timeout_s: int = 3) -> bool:
+    """Whether the answer ``answer_of`` reads from ``text`` is equivalent to the gold label (as given)."""
+    return gold is not None and answers_match(answer_of(text), gold, mode=mode, timeout_s=timeout_s)
 
 
 def evaluate_policy(
@@ -20,6 +23,7 @@ def evaluate_policy(
     prompts: list[Prompt],
     prompt_ids: list[list[int]],
     *,
+    answer_of: AnswerChain,
     num_samples: int,
     temperature: float,
     max_new_tokens: int,
@@ -31,7 +35,8 @@ def evaluate_policy(
     mode: str = "equivalence",
     timeout_s: int = 3,
 ) -> dict:
-    """{"accuracy": mean pass@1 over k samples, "greedy_accuracy", "n", "num_samples", "examples"}."""
+    """{"accuracy": mean pass@1 over k samples, "greedy_accuracy", "answer_rate" (samples whose
+    answer ``answer_of`` read), "n", "num_samples", "examples"}."""
     sampled = generator.generate(
         prompt_ids,
         SamplingParams(n=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -39,16 +44,20 @@ def evaluate_policy(
     )
     examples = []
     total = 0.0
+    answered = 0
     for prompt, group in zip(prompts, sampled, strict=True):
-        correct = [is_correct(c.text, prompt.gold, mode=mode, timeout_s=timeout_s) for c in group]
+        correct = [is_correct(c.text, prompt.gold, answer_of, mode=mode, timeout_s=timeout_s) for c in group]
         total += sum(correct) / len(correct)
+        answered += sum(answer_of(c.text) is not None for c in group)
         examples.append({"index": prompt.index, "gold": prompt.gold, "correct": correct, "sample": group[0].text})
-    result = {"accuracy": total / len(prompts), "n": len(prompts), "num_samples": num_samples}
+    result = {"accuracy": total / len(prompts), "answer_rate": answered / (len(prompts) * num_samples),
+              "n": len(prompts), "num_samples": num_samples}
     if greedy:
         greedy_out = generator.generate(
             prompt_ids, SamplingParams(n=1, max_new_tokens=max_new_tokens, stop=stop, greedy=True)
         )
-        hits = [is_correct(g[0].text, p.gold, mode=mode, timeout_s=timeout_s) for p, g in zip(prompts, greedy_out, strict=True)]
+        hits = [is_correct(g[0].text, p.gold, answer_of, mode=mode, timeout_s=timeout_s)
+                for p, g in zip(prompts, greedy_out, strict=True)]
         result["greedy_accuracy"] = sum(hits) / len(hits)
         for example, hit, g in zip(examples, hits, greedy_out, strict=True):
             example["greedy_correct"] = hit
@@ -120,5 +129,5 @@ def evaluate_config(config, generator: Generator, prompts: list[Prompt], prompt_
                 "top_p": gen.top_p, "top_k": gen.top_k, "stop": tuple(gen.stop), "seed": config.run.seed + 17}
     if config.data.format == "healthbench":
         return evaluate_rubric(generator, prompts, prompt_ids, judge, **sampling)
-    return evaluate_policy(generator, prompts, prompt_ids, greedy=e.greedy, mode=config.reward.mode,
-                           timeout_s=config.reward.timeout_s, **sampling)
+    return evaluate_policy(generator, prompts, prompt_ids, answer_of=AnswerChain.from_config(config.answer),
+                           greedy=e.greedy, mode=config.reward.mode, timeout_s=config.reward.timeout_s, **sampling)

@@ -1,5 +1,9 @@
 """Loading the policy, the frozen initial policy pi_0 and their tokenizer; precision.
 
+Every model path goes through :func:`resolve_path`: ``tiny:...`` names a tiny world's folder
+(built if needed), a ``.gguf`` file is read from its Hugging Face conversion (``cat.gguf_models``,
+made once beside it), anything else is a local folder or a hub id.
+
 pi_0 is loaded once, frozen, and serves as both the KL reference and the anchor. Dropout is
 switched off in both: RL computes log-probs that must match between sampling and scoring, and a
 dropout-on evaluation under-reads accuracy badly (see docs/design notes).
@@ -13,10 +17,13 @@ weights in the compute dtype, since they are never updated.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from cat import tiny
 from cat.errors import ConfigError
+from cat.gguf_models import hf_folder, is_gguf_path
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -81,10 +88,18 @@ def exact_float64_norms(model: torch.nn.Module) -> int:
     return swapped
 
 
+def resolve_path(path: str) -> str:
+    """Where the model ``path`` is loaded from (a folder, or a hub id)."""
+    resolved = tiny.resolve(path)
+    if is_gguf_path(resolved):
+        return str(hf_folder(Path(resolved)))
+    return resolved
+
+
 def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    resolved = tiny.resolve(path)
+    resolved = resolve_path(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
     except OSError as exc:
@@ -99,7 +114,7 @@ def load_model(path: str, *, dtype: str, device: torch.device, trust_remote_code
     weights), the compute dtype for frozen models."""
     from transformers import AutoModelForCausalLM
 
-    resolved = tiny.resolve(path)
+    resolved = resolve_path(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             resolved, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
@@ -120,5 +135,5 @@ def context_length(path: str, *, trust_remote_code: bool = False) -> int | None:
     """The model's context window (``max_position_embeddings``), None where it does not say."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(tiny.resolve(path), trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(resolve_path(path), trust_remote_code=trust_remote_code)
     return getattr(config.get_text_config(), "max_position_embeddings", None)

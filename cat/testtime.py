@@ -19,6 +19,8 @@ from cat.evaluate import is_correct
 from cat.generation import SamplingParams, generator_from_config
 from cat.models import load_model, load_tokenizer, resolve_device
 from cat.registry import import_plugin
+from cat.rewards.answers import AnswerChain
+from cat.rewards.math import answers_match
 from cat.types import Group
 
 
@@ -48,8 +50,10 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
                             top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=config.run.seed + 23)
     completions = generator.generate(ids, params)
     grade = {"mode": config.reward.mode, "timeout_s": config.reward.timeout_s}
+    answer_of = AnswerChain.from_config(config.answer)
     results: dict = {"n": len(prompts), "group_sizes": sizes, "accuracy": {}, "seconds": {}}
-    single = [sum(is_correct(c.text, p.gold, **grade) for c in cs) / len(cs) for p, cs in zip(prompts, completions, strict=True)]
+    single = [sum(is_correct(c.text, p.gold, answer_of, **grade) for c in cs) / len(cs)
+              for p, cs in zip(prompts, completions, strict=True)]
     results["single_sample_accuracy"] = sum(single) / len(single)
     examples = [{"index": p.index, "gold": p.gold, "references": {}} for p in prompts]
     for g in sizes:
@@ -58,7 +62,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
         for name, estimator in estimators.items():
             start = time.perf_counter()
             refs = estimator(groups, anchor)
-            hits = [is_correct(r.text if r.answer is None else f"\\boxed{{{r.answer}}}", p.gold, **grade)
+            hits = [p.gold is not None and answers_match(r.answer, p.gold, **grade)
                     for r, p in zip(refs, prompts, strict=True)]
             key = f"{name}@{g}"
             results["accuracy"][key] = sum(hits) / len(hits)

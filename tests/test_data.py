@@ -86,12 +86,13 @@ FIXTURE = __import__("pathlib").Path(__file__).parent / "fixtures" / "math500_sa
 def test_math500_fixture_and_its_own_solutions_grade_correct():
     """The MATH-500 schema end to end: each row's worked solution extracts to its gold answer."""
     from cat.evaluate import is_correct
+    from cat.rewards.answers import AnswerChain
 
     prompts = load_prompts(str(FIXTURE), prompt_template="{problem}\nPlease reason step by step, and put your final answer within \\boxed{}.")
     rows = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
     assert len(prompts) == 6 and prompts[0].meta["subject"] == "Prealgebra"
     for prompt, row in zip(prompts, rows, strict=True):
-        assert is_correct(row["solution"], prompt.gold), row["unique_id"]
+        assert is_correct(row["solution"], prompt.gold, AnswerChain()), row["unique_id"]
         assert prompt.messages[-1]["content"].endswith("within \\boxed{}.")
 
 

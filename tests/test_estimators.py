@@ -177,6 +177,9 @@ def test_readme_plugin_example_runs_through_the_trainer(tmp_path, tiny_world):
     metrics = Trainer(config, tmp_path / "run", log=lambda *_: None).step(0).metrics
     assert metrics["groups/scored"] + metrics["groups/unscored"] == 2
     assert 0.0 <= metrics["diag/reference_accuracy"] <= 1.0
+    rules = ["boxed", "answer_phrase", "equals_end", "last_number"]  # the default chain, logged rule by rule
+    assert metrics["answer/rollout_rate"] == pytest.approx(sum(metrics[f"answer/rollout_rule/{r}"] for r in rules))
+    assert 0.0 <= metrics["answer/reference_rate"] <= 1.0  # the plug-in's references name no rule
 
 
 def test_another_local_model_as_the_anchor(tiny_model, tiny_world):

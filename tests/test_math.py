@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import cat.rewards.math as math_answers
-from cat.rewards.math import answers_match, extract_answer
+from cat.rewards.math import answers_match, boxed_answer
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -26,8 +26,8 @@ from cat.rewards.math import answers_match, extract_answer
     ("\\boxed{}", None),
     ("", None),
 ])
-def test_extract_answer(text, expected):
-    assert extract_answer(text) == expected
+def test_boxed_answer(text, expected):
+    assert boxed_answer(text) == expected
 
 
 EQUIVALENT = [
@@ -110,7 +110,7 @@ def test_pathological_expression_returns():
     ("**Final Answer** \\boxed{7} \\quad \\boxed{7}", "7"),
 ])
 def test_boxes_joined_by_connectors_form_one_answer(text, expected):
-    assert extract_answer(text) == expected
+    assert boxed_answer(text) == expected
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -127,15 +127,15 @@ def test_boxes_joined_by_connectors_form_one_answer(text, expected):
     ("\\boxed{} and \\boxed{2}", "2"),
 ])
 def test_an_earlier_box_in_the_reasoning_is_not_part_of_the_answer(text, expected):
-    assert extract_answer(text) == expected
+    assert boxed_answer(text) == expected
 
 
 def test_a_split_answer_compares_as_the_set_it_forms():
-    both = extract_answer("solutions: \\boxed{(2, 2)} \\quad\\text{and}\\quad \\boxed{(6, 2)}")
+    both = boxed_answer("solutions: \\boxed{(2, 2)} \\quad\\text{and}\\quad \\boxed{(6, 2)}")
     assert answers_match(both, "(2, 2), (6, 2)") and answers_match(both, "(6, 2), (2, 2)")
     assert not answers_match(both, "(2, 2)") and not answers_match(both, "(2, 2), (6, 3)")
-    assert not answers_match("2", extract_answer("\\boxed{1} or \\boxed{2}"))  # hedging earns nothing
-    assert answers_match(extract_answer("\\boxed{k = 45} \\quad \\text{and} \\quad \\boxed{n = 2}"), "k = 45, n = 2")
+    assert not answers_match("2", boxed_answer("\\boxed{1} or \\boxed{2}"))  # hedging earns nothing
+    assert answers_match(boxed_answer("\\boxed{k = 45} \\quad \\text{and} \\quad \\boxed{n = 2}"), "k = 45, n = 2")
 
 
 @pytest.mark.parametrize("a,b,same", [
@@ -170,7 +170,7 @@ def test_numeric_fast_path_agrees_with_math_verify():
 
 # Every parametrized case of Math-Verify's own tests (huggingface/Math-Verify@5d148cf, tests/
 # test_all.py, test_numina_cases.py, test_open_thoughts.py, test_boxed.py, test_strict.py; Apache-2.0),
-# as data: (pred text, gold text, expected verdict). A side with a box goes through extract_answer;
+# as data: (pred text, gold text, expected verdict). A side with a box goes through boxed_answer;
 # a side without one is itself the answer (its $...$ dropped), as a dataset's gold label is.
 MATH_VERIFY_CASES = [json.loads(line) for line in
                      (Path(__file__).parent / "fixtures" / "math_verify_cases.jsonl").read_text().splitlines()]
@@ -200,7 +200,7 @@ DECIMAL_COMMAS = {"test_all.py::test_number_extraction#5", "test_all.py::test_nu
 
 def _answer_of(text):
     if re.search(r"\\(?:boxed|fbox)", text):
-        return extract_answer(text)
+        return boxed_answer(text)
     text = text.strip()
     for opening, closing in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if text.startswith(opening) and text.endswith(closing) and len(text) >= len(opening) + len(closing):

@@ -30,7 +30,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from cat.errors import CatError, ConfigError
 from cat.registry import Registry
-from cat.rewards.math import answers_match, extract_answer
+from cat.rewards.answers import ANSWER_RULES, AnswerChain, Extraction, register_answer_rule
+from cat.rewards.math import answers_match
 from cat.types import Group, GroupScore, Reference
 
 NEEDS = frozenset({"anchor", "run_dir"})
@@ -127,7 +128,8 @@ register_reward = REWARDS.register
 
 @register_reward("math_equivalence")
 class MathEquivalence(GroupReward):
-    """1 when a rollout's last boxed answer is equivalent to the reference's answer, else 0.
+    """1 when a rollout's final answer (the run's answer chain, ``answer``) is equivalent to the
+    reference's answer, else 0.
 
     No reference answer -> the group is not scored (no signal), never all zeros.
     """
@@ -136,6 +138,7 @@ class MathEquivalence(GroupReward):
         super().__init__(config)
         self.mode = config.reward.mode
         self.timeout_s = config.reward.timeout_s
+        self.answer_of = AnswerChain.from_config(config.answer)
 
     def __call__(self, group: Group, reference: Reference) -> GroupScore:
         return self.score_group(group, reference)
@@ -143,7 +146,7 @@ class MathEquivalence(GroupReward):
     def score_group(self, group: Group, reference: Reference) -> GroupScore:
         if reference.answer is None:
             return GroupScore(rewards=None, reason="reference has no final answer")
-        answers = [extract_answer(c.text) for c in group.completions]
+        answers = [self.answer_of(c.text) for c in group.completions]
         rewards = tuple(
             1.0 if answers_match(a, reference.answer, mode=self.mode, timeout_s=self.timeout_s) else 0.0
             for a in answers
@@ -311,4 +314,4 @@ from cat.rewards import rubric as _rubric  # noqa: E402,F401  (registers rubric 
 
 __all__ = ["REWARDS", "Reward", "RewardFunction", "GroupReward", "RewardContext", "Scored", "RewardError",
            "WeightedRewards", "register_reward", "from_completion_fn", "build_rewards", "preflight_rewards",
-           "reward_names", "answers_match", "extract_answer"]
+           "reward_names", "answers_match", "AnswerChain", "Extraction", "ANSWER_RULES", "register_answer_rule"]

