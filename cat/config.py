@@ -410,6 +410,15 @@ class RunConfig(_Section):
     """Completions per step written to samples.jsonl."""
     max_nonfinite_in_a_row: int = Field(3, ge=1)
     """Stop the run after this many consecutive non-finite losses or gradients."""
+    preflight_prompts: int = Field(4, ge=0)
+    """Before the first step of a fresh run, sample this many training prompts, build their
+    references and score them, and print the rollout and reference answer rates and the share of
+    groups whose rewards differ; stop with the cause and the fix when nothing can be scored. 0 skips it."""
+    max_unscored_share: float = Field(0.9, ge=0, le=1)
+    """A step whose share of unscored groups (no usable reference, a teacher failure) is above this
+    counts towards ``max_unscored_steps``."""
+    max_unscored_steps: int = Field(3, ge=1)
+    """Stop the run (non-zero exit) after this many such steps in a row: it would train on nothing."""
     report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive",
                             "swanlab"]] = []
     """Experiment trackers that mirror each step's metrics and each evaluation (accelerate's

@@ -20,6 +20,7 @@ from pathlib import Path
 from cat import checkpoint as ckpt
 from cat.models import torch_dtype
 from cat.tracking import Trackers
+from cat.watch import UnscoredWatch, preflight_report
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ class RunLoop:
             if main:
                 _write_json_atomic(eval_path, evals)
             t.log(_eval_line("before", evals["before"]))
+        if t.step_done == 0 and run.preflight_prompts:
+            t.log("preflight: sampling, referencing and scoring a few prompts before training ...")
+            t.log(preflight_report(*t.probe(run.preflight_prompts), t.config))
         with Trackers(run.report_to, t.run_dir, t.config, main=main) as trackers:
             if "before" in evals and t.step_done == 0:
                 trackers.log_eval(evals["before"], 0)
@@ -98,6 +102,7 @@ class RunLoop:
                    disable=not progress or not sys.stderr.isatty() or not main, desc="train", unit="step", leave=False)
         metrics_path = t.run_dir / "metrics.jsonl"
         samples_path = t.run_dir / "samples.jsonl"
+        watch = UnscoredWatch(run)
         with _GracefulInterrupt() as interrupt:
             while t.step_done < run.steps:
                 result = t.step(t.step_done)
@@ -112,6 +117,7 @@ class RunLoop:
                         t.log(_console_line(result.metrics))
                     else:  # above the live bar, which a plain write to the terminal would tear
                         bar.write(_console_line(result.metrics))
+                watch.observe(result.metrics)  # after the step is recorded: samples.jsonl shows why
                 if t.ranks.any(interrupt.requested):
                     bar.close()
                     path = self.save()
@@ -129,6 +135,8 @@ class RunLoop:
                     self.save()
         bar.close()
         self.save()
+        if t.config.algorithm == "grpo":  # sft learns from every scored reference, whatever the spread
+            watch.finish()
         summary = teacher_summary(metrics_path) if main else ""
         if summary:
             t.log(summary)

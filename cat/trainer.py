@@ -228,6 +228,33 @@ class Trainer:
         return StepResult(metrics, self._samples(step, groups, references, scores, None if sft else batch),
                           [{"step": step + 1, **row} for row in audit])
 
+    def probe(self, n: int) -> tuple[dict, list[Group], list[Reference]]:
+        """The first ``n`` prompts of step 1 through rollouts, references and rewards, with no
+        update and no record: (metrics as a step reports them, groups, references). On other
+        sampling streams than the steps' and with the random state restored after, so the run
+        that follows is the one it would have been. Every rank probes the same prompts."""
+        from cat.checkpoint import rng_state, set_rng_state
+
+        saved = rng_state()
+        indices = self.order.batch(0)[:n]
+        gen = self.config.generation
+        params = SamplingParams(n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                                top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop),
+                                seed=_step_seed(self.config.run.seed, 0) + 3)
+        with self._generating():
+            completions = self.generator.generate([self.prompt_ids[i] for i in indices], params)
+        groups = [Group(prompt=self.prompts[i], prompt_ids=tuple(self.prompt_ids[i]), completions=tuple(c))
+                  for i, c in zip(indices, completions, strict=True)]
+        anchor = self.anchor
+        if anchor is not None:
+            anchor = anchor.at(seed=_step_seed(self.config.run.seed, 0) + 5, row_offset=0)
+        references = self.estimator(groups, anchor)
+        scores, reward_stats, _ = self.score(groups, references, 0)
+        set_rng_state(saved)
+        metrics = {"step": 0, **self._rollout_metrics(groups, scores), **reward_stats,
+                   **teacher_diagnostics(groups, references, scores, self.config)}
+        return metrics, groups, references
+
     def score(self, groups: list[Group], references: list[Reference], step: int):
         """The run's rewards for every group: (scores, step metrics, audit rows)."""
         ctx = RewardContext(anchor=self.anchor if "anchor" in self.reward.needs else None,

@@ -1,0 +1,101 @@
+"""Never a silent no-op: the checks that stop a run which would train on nothing.
+
+* ``preflight_report`` reads a probe of a few prompts, taken before the first step (rollouts,
+  references and rewards, no update), and says what a user must see before spending compute:
+  how many rollouts and references have an answer the run's answer chain reads, how many groups
+  could be scored, and how many have rewards that differ (the only ones GRPO learns from). When
+  no group can be scored it names the cause and the fix instead.
+* ``UnscoredWatch`` follows the steps: ``run.max_unscored_steps`` steps in a row with more than
+  ``run.max_unscored_share`` of their groups unscored stop the run, and a run none of whose steps
+  had a group with differing rewards ends with an error, not exit 0.
+
+Both raise :class:`~cat.errors.TrainingHalted` (the CLI prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+from cat.errors import TrainingHalted
+from cat.types import Group, Reference
+
+
+def _clip(text: str, n: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def preflight_report(metrics: dict, groups: list[Group], references: list[Reference], config) -> str:
+    """One line for the log, or TrainingHalted with the cause and the fix when nothing is scored."""
+    rollout_rate = metrics.get("answer/rollout_rate")
+    reference_rate = metrics.get("answer/reference_rate")
+    scored, unscored = metrics["groups/scored"], metrics["groups/unscored"]
+    spread = scored * (1 - metrics["frac_reward_zero_std"]) if scored else 0
+    clipped = metrics["completion/clipped_ratio"]
+    parts = [f"preflight on {len(groups)} prompt(s) x {config.generation.num_generations} rollouts:"]
+    if rollout_rate is not None:
+        parts.append(f"rollouts with an answer {rollout_rate:.0%},")
+    if reference_rate is not None:
+        parts.append(f"references with an answer {reference_rate:.0%},")
+    parts.append(f"groups scored {scored}/{scored + unscored}, with differing rewards {spread:.0f},")
+    parts.append(f"rollouts cut at max_new_tokens {clipped:.0%}")
+    line = " ".join(parts)
+    if scored:
+        return line
+    chain = f"answer.rules={list(config.answer.rules)}"
+    causes = []
+    if rollout_rate is not None and rollout_rate == 0:
+        causes.append(f"no rollout has an answer that {chain} reads")
+    if reference_rate is not None and reference_rate == 0:
+        causes.append(f"no reference has an answer that {chain} reads")
+    if not causes:
+        causes.append("the reward scored no group (see its warnings above)")
+    fixes = []
+    if clipped > 0.5:
+        fixes.append(f"raise generation.max_new_tokens ({config.generation.max_new_tokens}): "
+                     f"{clipped:.0%} of rollouts were cut off before an answer")
+    if reference_rate == 0 and config.estimator.name == "synthesis":
+        fixes.append(f"raise anchor.max_new_tokens ({config.anchor.max_new_tokens}) or change anchor.template "
+                     f"({config.anchor.template}) so the anchor ends with an answer the chain reads")
+    fixes.append("ask for the answer format in data.prompt_template (for example '... put your final answer "
+                 "within \\boxed{}'), or add a rule to answer.rules (answer_phrase, equals_end, last_number, "
+                 "regex with answer.regex)")
+    example = groups[0].completions[0].text if groups and groups[0].completions else ""
+    reference = references[0].text if references else ""
+    raise TrainingHalted(
+        f"{line}\nnothing can be scored, so training would learn nothing: {'; '.join(causes)}.\n"
+        f"fix: " + "; or ".join(fixes) + ".\n"
+        f"a rollout: {_clip(example)!r}\na reference: {_clip(reference)!r}\n"
+        f"(run.preflight_prompts=0 skips this check)")
+
+
+class UnscoredWatch:
+    """Follows the step metrics of one process's steps (the same on every rank)."""
+
+    def __init__(self, run_config):
+        self.share, self.limit = run_config.max_unscored_share, run_config.max_unscored_steps
+        self.in_a_row = 0
+        self.steps = 0
+        self.learning_steps = 0
+
+    def observe(self, metrics: dict) -> None:
+        scored, unscored = metrics["groups/scored"], metrics["groups/unscored"]
+        total = scored + unscored
+        self.steps += 1
+        if scored and metrics["frac_reward_zero_std"] < 1:
+            self.learning_steps += 1
+        self.in_a_row = self.in_a_row + 1 if total and unscored / total > self.share else 0
+        if self.in_a_row >= self.limit:
+            rate = metrics.get("answer/reference_rate")
+            read = f"; references with an answer {rate:.0%}" if rate is not None else ""
+            raise TrainingHalted(
+                f"step {metrics['step']}: {self.in_a_row} steps in a row left more than {self.share:.0%} of their "
+                f"groups unscored (this step {unscored} of {total}{read}): the run is training on almost "
+                f"nothing. Look at samples.jsonl for what the model and the anchor write, then fix the answer "
+                f"format (data.prompt_template, answer.rules) or the anchor (anchor.max_new_tokens, anchor.template); "
+                f"run.max_unscored_share and run.max_unscored_steps set this limit")
+
+    def finish(self) -> None:
+        if self.steps and not self.learning_steps:
+            raise TrainingHalted(
+                f"none of the {self.steps} step(s) had a group whose rewards differ, so every advantage was 0 "
+                f"and the policy learned nothing (only a KL term, if any, moved it). Rewards that never differ "
+                f"mean the reference is unreadable or the task is all solved or all failed: see samples.jsonl")

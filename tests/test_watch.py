@@ -1,0 +1,66 @@
+"""Never a silent no-op: the preflight probe before the first step, the stop when steps keep
+leaving their groups unscored, and the error for a run whose rewards never differed. On the
+tiny world, through ``cat-rl train`` as a user runs it; the teacher is made unreadable by an
+answer chain that reads nothing the tiny model writes."""
+
+import json
+
+import pytest
+from conftest import ROOT, cli
+
+from cat.errors import TrainingHalted
+from cat.watch import UnscoredWatch
+
+CAT = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
+UNREADABLE = ["answer.rules=[regex]", "answer.regex=NEVER-WRITTEN (\\d+)"]
+
+
+def tiny(tiny_world, tmp_path, *extra):
+    return [CAT, f"model.name_or_path={tiny_world / 'model'}", f"data.path={tiny_world / 'train.jsonl'}",
+            "data.limit=16", "eval.path=null", "run.prompts_per_step=4",
+            "--output-dir", str(tmp_path / "run"), "--no-progress", *extra]
+
+
+def test_a_readable_run_prints_the_preflight_and_trains(tmp_path, tiny_world):
+    out = cli("train", *tiny(tiny_world, tmp_path, "run.steps=1", "run.preflight_prompts=2"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("preflight on 2 prompt(s) x 8 rollouts"))
+    assert "rollouts with an answer 100%" in line and "references with an answer 100%" in line
+    assert "groups scored 2/2" in line
+
+
+def test_the_preflight_stops_a_run_that_cannot_score_anything(tmp_path, tiny_world):
+    out = cli("train", *tiny(tiny_world, tmp_path, "run.steps=3", *UNREADABLE))
+    assert out.returncode == 2
+    err = out.stderr
+    assert "nothing can be scored, so training would learn nothing" in err
+    assert "no rollout has an answer that answer.rules=['regex'] reads" in err
+    assert "no reference has an answer" in err and "data.prompt_template" in err
+    assert "a rollout: '" in err and "\\\\boxed{" in err  # shows what the model writes
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # stopped before any step
+
+
+def test_steps_that_stay_unscored_stop_the_run(tmp_path, tiny_world):
+    out = cli("train", *tiny(tiny_world, tmp_path, "run.steps=6", "run.preflight_prompts=0",
+                            "run.max_unscored_steps=2", *UNREADABLE))
+    assert out.returncode == 2
+    assert "2 steps in a row left more than 90% of their groups unscored (this step 4 of 4" in out.stderr
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["groups/scored"] == 0 for r in rows)
+    assert all(r["answer/reference_rate"] == 0 for r in rows)
+
+
+def test_a_run_whose_rewards_never_differ_ends_with_an_error():
+    class Run:
+        max_unscored_share, max_unscored_steps = 0.9, 3
+
+    watch = UnscoredWatch(Run())
+    for step in (1, 2):
+        watch.observe({"step": step, "groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 1.0})
+    with pytest.raises(TrainingHalted, match="none of the 2 step\\(s\\) had a group whose rewards differ"):
+        watch.finish()
+    watch.observe({"step": 3, "groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 0.5})
+    watch.finish()  # one step with a learning signal is enough
+    watch.observe({"step": 4, "groups/scored": 1, "groups/unscored": 9, "frac_reward_zero_std": 0.0})
+    watch.observe({"step": 5, "groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 0.0})
+    assert watch.in_a_row == 0  # a scored step resets the count
