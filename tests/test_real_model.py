@@ -269,3 +269,35 @@ def test_vllm_loads_the_converted_folder(smollm2):
     vllm = engine.generate(ids, params)[0][0]
     assert vllm.token_ids == hf.token_ids and hf.text.startswith("14 + 27 =")
     assert max(abs(a - b) for a, b in zip(vllm.logprobs, hf.logprobs, strict=True)) < 1e-3
+
+
+SMOKE = ["data.prompt_template=What is {problem}?", "generation.num_generations=4", "generation.max_new_tokens=48",
+         "generation.temperature=0.7", "anchor.max_new_tokens=64", "run.prompts_per_step=2", "run.steps=2",
+         "run.preflight_prompts=2", "eval.path=null", "optim.lr=1e-5", "--no-progress"]
+
+
+@pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_cat_learns_on_smollm2_for_two_steps(tmp_path, tiny_world, smollm2, backend):
+    """CaT on the real model, as a user runs it (label-free: the anchor is pi_0 reading the 4
+    rollouts without the question): the preflight passes, both steps score groups with finite
+    rewards, and the weights move."""
+    extra = ["generation.backend=vllm", "generation.vllm_max_model_len=1024", "generation.vllm_enforce_eager=true"] \
+        if backend == "vllm" else []
+    run_dir = tmp_path / "run"
+    out = cli("train", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), f"model.name_or_path={smollm2}",
+              f"data.path={tiny_world / 'train.jsonl'}", "data.limit=8", "--output-dir", str(run_dir), *SMOKE, *extra)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "preflight on 2 prompt(s) x 4 rollouts" in out.stdout
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["groups/scored"] >= 1 and torch.isfinite(torch.tensor(r["reward/mean"]))
+        assert r["answer/rollout_rate"] >= 0.75 and r["answer/reference_rate"] >= 0.5
+    assert any(r["frac_reward_zero_std"] < 1 and r["grad_norm"] > 0 for r in rows)  # a real update
+    before = load_model(str(smollm2), dtype="float32", device=torch.device("cpu")).state_dict()
+    from safetensors.torch import load_file
+
+    after = load_file(run_dir / "checkpoints" / "step-000002" / "model" / "model.safetensors")
+    assert any(not torch.equal(after[k], before[k]) for k in after if k in before)
+    samples = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["completion"] for s in samples)  # what the model wrote, for a person to read
