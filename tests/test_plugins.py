@@ -113,7 +113,8 @@ def test_the_python_api_trains_from_a_dataset_and_reward_callables(tmp_path, tin
                        reward_weights=[1.0, 0.1], output_dir=tmp_path / "run",
                        overrides=[f"model.name_or_path={tiny_world / 'model'}", "eval.path=null", "run.steps=2",
                                   "run.prompts_per_step=2"])
-    assert [r["step"] for r in result.metrics] == [1, 2] and calls == [8] * 4
+    # the preflight scores step 1's two prompts first, then each step scores its two
+    assert [r["step"] for r in result.metrics] == [1, 2] and calls == [8] * 6
     assert "reward/brevity/mean" in result.metrics[0] and result.metrics[0]["diag/reference_accuracy"] >= 0
     saved = (result.run_dir / "config.yaml").read_text()
     assert "data/train-" in saved and "- brevity" in saved  # the run directory holds its data and names its rewards
@@ -121,7 +122,7 @@ def test_the_python_api_trains_from_a_dataset_and_reward_callables(tmp_path, tin
                       reward_weights=[1.0, 0.1], output_dir=tmp_path / "run",
                       overrides=[f"model.name_or_path={tiny_world / 'model'}", "eval.path=null", "run.steps=2",
                                  "run.prompts_per_step=2"])
-    assert again.metrics == result.metrics and calls == [8] * 4  # finished: nothing ran again
+    assert again.metrics == result.metrics and calls == [8] * 6  # finished: nothing ran again
     with pytest.raises(ConfigError, match="different config"):
         cat.train(config, train_dataset=Dataset.from_list(rows_[:12]), output_dir=tmp_path / "run",
                   overrides=[f"model.name_or_path={tiny_world / 'model'}", "eval.path=null", "run.steps=2"])

@@ -7,7 +7,8 @@ import shutil
 from conftest import ROOT, cli
 
 CONFIG = str(ROOT / "experiments" / "tiny_rubric_cat.yaml")
-FAST = ["run.steps=1", "eval.path=null", "run.prompts_per_step=4", "--no-progress"]
+# no preflight: the replay below checks the judge's exact accounting of step 1 against its cache
+FAST = ["run.steps=1", "eval.path=null", "run.prompts_per_step=4", "run.preflight_prompts=0", "--no-progress"]
 
 
 def rows(path):
