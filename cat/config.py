@@ -516,7 +516,7 @@ class Config(_Section):
         from cat.reasoning_gym import is_gym, sources
 
         for where, section in (("data", self.data), ("eval", self.eval)):
-            if not is_gym(section.path):
+            if section.path is not None and not is_gym(section.path):
                 # compared with the defaults, not model_fields_set: a saved config lists every field
                 default = type(section)()
                 given = [k for k in ("task_config", "seed") if getattr(section, k) != getattr(default, k)]

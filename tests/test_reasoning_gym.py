@@ -85,6 +85,7 @@ def test_other_tasks_and_saved_configs_load(tmp_path):
     assert load_config(tmp_path / "c.yaml") == gym()
     (tmp_path / "d.yaml").write_text(dump_config(config_from_tree({})))  # a saved non-gym config still loads
     load_config(tmp_path / "d.yaml")
+    gym(evaluation={"path": None, "seed": 7})  # evaluation turned off by an override: its seed is left unused
 
 
 def test_missing_package_names_the_install(monkeypatch):
