@@ -179,3 +179,18 @@ def test_label_free_training_never_calls_the_scorer(tiny_world, tmp_path, monkey
     # the control: the gold baseline reaches the scorer through the reasoning_gym reward, with the label
     [row] = tiny_step(tiny_world, tmp_path, "gold", "reasoning_gym")
     assert len(calls) == 2 * 4 and "reward/reasoning_gym/mean" in row
+
+
+def test_the_chain_sum_arms_differ_only_in_estimator_and_reward():
+    def tree(name):
+        d = load_config(ROOT / "experiments" / name).model_dump()
+        d["run"].pop("output_dir")
+        return d
+
+    cat_, gold, ttrl = (tree(f"smollm2_chain_sum_{arm}.yaml") for arm in ("cat", "gold", "ttrl"))
+    assert [(d["estimator"]["name"], d["reward"]["name"]) for d in (cat_, gold, ttrl)] == [
+        ("synthesis", "math_equivalence"), ("gold", "reasoning_gym"), ("majority_vote", "math_equivalence")]
+    for d in (cat_, gold, ttrl):
+        d.pop("estimator"), d.pop("reward")
+    assert cat_ == gold == ttrl
+    REWARDS.get("reasoning_gym").preflight(load_config(ROOT / "experiments" / "smollm2_chain_sum_gold.yaml"))
