@@ -158,7 +158,15 @@ class OptimConfig(_Section):
 
 class DataConfig(_Section):
     path: str = "tiny:arith/train.jsonl"
-    """Training prompts: a hub dataset id, or a local .jsonl / .json / .parquet file."""
+    """Training prompts: a hub dataset id, a local .jsonl / .json / .parquet file, or
+    ``reasoning-gym:TASK`` (a procedural task of the reasoning-gym package, e.g.
+    ``reasoning-gym:chain_sum``, generated from ``task_config``, ``seed`` and ``limit``)."""
+    task_config: dict[str, Any] = {}
+    """A reasoning-gym task's generator settings (its config dataclass without seed and size), e.g.
+    ``{min_terms: 2, max_terms: 3}`` for chain_sum. Only with a ``reasoning-gym:`` path."""
+    seed: int = Field(0, ge=0)
+    """A reasoning-gym task's seed: row i is generated from seed + i. Only with a ``reasoning-gym:`` path
+    (``run.seed`` orders the prompts)."""
     format: Literal["qa", "healthbench"] = "qa"
     """``qa``: a prompt field and an optional answer field. ``healthbench``: a chat ``prompt`` (list
     of messages) with physician ``rubrics`` (criterion, points, tags) and ``example_tags``."""
@@ -177,7 +185,7 @@ class DataConfig(_Section):
     max_prompt_tokens: int | None = None
     """Prompts longer than this (in tokens, after formatting) are skipped and counted."""
     limit: int | None = None
-    """Use only the first N rows."""
+    """Use only the first N rows (a reasoning-gym task: generate N rows; None: its default, 500)."""
     shuffle: bool = True
     """Shuffle prompts each epoch (seeded)."""
 
@@ -185,13 +193,22 @@ class DataConfig(_Section):
 class EvalConfig(_Section):
     path: str | None = "tiny:arith/test.jsonl"
     """Held-out prompts with gold answers (same formats as data.path). None disables evaluation.
-    For the test-time RL protocol point it at the training prompts."""
+    For the test-time RL protocol point it at the training prompts. A ``reasoning-gym:TASK`` is
+    graded by the task's own scorer; its questions that also occur among the training rows are
+    dropped (and counted in the log)."""
     name: str | None = None
     """Hub dataset configuration name."""
     split: str = "test"
     """Split of a hub dataset."""
     limit: int | None = 200
-    """Evaluate on the first N rows (None = all)."""
+    """Evaluate on the first N rows (None = all; a reasoning-gym task: generate N rows)."""
+    task_config: dict[str, Any] | None = None
+    """A reasoning-gym task's generator settings; None: ``data.task_config`` when it is the training
+    task, else the generator's defaults."""
+    seed: int | None = Field(None, ge=0)
+    """A reasoning-gym task's seed: row i is generated from seed + i, and the seeds must not overlap
+    the training rows' (``data.seed`` .. ``data.seed + data.limit - 1``). None: the first seed after
+    the training rows when it is the training task, else 0."""
     num_samples: int = Field(4, ge=1)
     """k: samples per prompt; accuracy is pass@1 averaged over them."""
     temperature: float = Field(1.0, gt=0)
@@ -237,7 +254,8 @@ class AnswerConfig(_Section):
 
 class RewardConfig(_Section):
     name: str = "math_equivalence"
-    """Reward function (registry ``cat.rewards``): ``math_equivalence`` (verifiable), ``rubric``
+    """Reward function (registry ``cat.rewards``): ``math_equivalence`` (verifiable), ``reasoning_gym``
+    (a reasoning-gym task's own scorer, gold estimator only), ``rubric``
     (criteria + judge), ``judge_equivalence`` (model-as-judge against the reference)."""
     mode: Literal["equivalence", "strict"] = "equivalence"
     """``equivalence`` (math-verify) or ``strict`` (normalised string match, as in the paper)."""
@@ -467,6 +485,7 @@ class Config(_Section):
     def _check(self) -> Config:
         if "{problem}" not in self.data.prompt_template:
             raise ValueError("data.prompt_template must contain {problem}")
+        self._check_reasoning_gym()
         if self.anchor.backend == "openai" and not self.anchor.model:
             raise ValueError("anchor.backend is openai: anchor.model must name the served model")
         if self.parallel.strategy == "fsdp" and self.model.lora is not None:
@@ -490,6 +509,27 @@ class Config(_Section):
             raise ValueError(f"grpo.epsilon_high ({high}) is below grpo.epsilon ({self.grpo.epsilon}): "
                              "clip-higher widens the upper bound, it does not narrow it")
         return self
+
+    def _check_reasoning_gym(self) -> None:
+        """A ``reasoning-gym:`` source names a task, settings its generator accepts and, for
+        evaluation, seeds apart from the training rows'; its fields are refused elsewhere."""
+        from cat.reasoning_gym import is_gym, sources
+
+        for where, section in (("data", self.data), ("eval", self.eval)):
+            if section.path is not None and not is_gym(section.path):
+                # compared with the defaults, not model_fields_set: a saved config lists every field
+                default = type(section)()
+                given = [k for k in ("task_config", "seed") if getattr(section, k) != getattr(default, k)]
+                if given:
+                    raise ValueError(f"{where}.{given[0]} is set but {where}.path {section.path!r} is not a "
+                                     "reasoning-gym source (reasoning-gym:TASK)")
+            elif self.data.format != "qa":
+                raise ValueError(f"{where}.path {section.path!r} is a reasoning-gym source: data.format must be qa")
+        if is_gym(self.data.path) or is_gym(self.eval.path):
+            try:
+                sources(self.data, self.eval)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
 
     @property
     def sampler_correction(self) -> bool:

@@ -5,7 +5,8 @@ Sources:
 * a local ``.json`` file (a JSON array of objects, or JSON lines under a .json name; a row's
   number is its position in the array);
 * a local ``.parquet`` file (read with pyarrow);
-* a hub dataset id (through ``datasets``).
+* a hub dataset id (through ``datasets``);
+* ``reasoning-gym:TASK``, a procedural task generated on the fly (``cat.reasoning_gym``).
 
 Every way a file can be unreadable (missing, empty, compressed, binary, not UTF-8, UTF-16,
 broken or truncated JSON, a JSON array in a ``.jsonl``, not Parquet) and every malformed row
@@ -377,9 +378,20 @@ def load_split(config, which: str) -> list[Prompt]:
     """The training (``"train"``) or evaluation (``"eval"``) prompts a config names.
 
     Evaluation needs a gold answer (or, for HealthBench, the physician rubric) on every row;
-    training needs one only for the ``gold`` estimator.
+    training needs one only for the ``gold`` estimator. Evaluation rows of a reasoning-gym task
+    whose question is also a training row's are dropped (``cat.reasoning_gym.held_out``).
     """
     d = config.data
+    from cat import reasoning_gym
+
+    train_source, test_source = reasoning_gym.sources(d, config.eval)
+    gym_source = train_source if which == "train" else test_source
+    if gym_source is not None:
+        prompts = reasoning_gym.load_gym_prompts(gym_source, prompt_template=d.prompt_template,
+                                                 system_prompt=config.model.system_prompt)
+        if which == "eval":
+            prompts = reasoning_gym.held_out(prompts, load_split(config, "train"))
+        return prompts
     if which == "train":
         path, name, split, limit = d.path, d.name, d.split, d.limit
         require = config.estimator.name == "gold"

@@ -1,6 +1,9 @@
 """Measuring a policy against gold answers: pass@1 averaged over k samples, and greedy.
 
-Gold labels are read here and in diagnostics only. Test-time CaT (answering with an estimator's
+An answer is right when it is equivalent to the gold label or, for a row that carries its task's
+own scorer (reasoning-gym), when that scorer gives it full credit: a partial credit (chain_sum
+scores ``1-103`` for ``-103`` at 0.8) counts as wrong here, though the ``reasoning_gym`` reward pays it.
+Gold labels and scorers are read here and in diagnostics only. Test-time CaT (answering with an estimator's
 reference instead of one sample) lives in ``cat.testtime``.
 """
 
@@ -16,6 +19,14 @@ def is_correct(text: str, gold: str | None, answer_of: AnswerChain, *, mode: str
                timeout_s: int = 3) -> bool:
     """Whether the answer ``answer_of`` reads from ``text`` is equivalent to the gold label (as given)."""
     return gold is not None and answers_match(answer_of(text), gold, mode=mode, timeout_s=timeout_s)
+
+
+def grade(answer: str | None, prompt: Prompt, *, mode: str = "equivalence", timeout_s: int = 3) -> bool:
+    """Whether a final answer (already read from a reply) is right for ``prompt``: full credit from
+    the row's own scorer when it has one, else equivalence to the gold label."""
+    if prompt.scorer is not None:
+        return prompt.scorer.score(answer) >= 1.0
+    return prompt.gold is not None and answers_match(answer, prompt.gold, mode=mode, timeout_s=timeout_s)
 
 
 def evaluate_policy(
@@ -46,7 +57,7 @@ def evaluate_policy(
     total = 0.0
     answered = 0
     for prompt, group in zip(prompts, sampled, strict=True):
-        correct = [is_correct(c.text, prompt.gold, answer_of, mode=mode, timeout_s=timeout_s) for c in group]
+        correct = [grade(answer_of(c.text), prompt, mode=mode, timeout_s=timeout_s) for c in group]
         total += sum(correct) / len(correct)
         answered += sum(answer_of(c.text) is not None for c in group)
         examples.append({"index": prompt.index, "gold": prompt.gold, "correct": correct, "sample": group[0].text})
@@ -56,7 +67,7 @@ def evaluate_policy(
         greedy_out = generator.generate(
             prompt_ids, SamplingParams(n=1, max_new_tokens=max_new_tokens, stop=stop, greedy=True)
         )
-        hits = [is_correct(g[0].text, p.gold, answer_of, mode=mode, timeout_s=timeout_s)
+        hits = [grade(answer_of(g[0].text), p, mode=mode, timeout_s=timeout_s)
                 for p, g in zip(prompts, greedy_out, strict=True)]
         result["greedy_accuracy"] = sum(hits) / len(hits)
         for example, hit, g in zip(examples, hits, greedy_out, strict=True):

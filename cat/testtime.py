@@ -15,12 +15,11 @@ from cat.anchor import build_anchor
 from cat.data import encode_prompt, load_split
 from cat.errors import ConfigError
 from cat.estimators import ESTIMATORS
-from cat.evaluate import is_correct
+from cat.evaluate import grade
 from cat.generation import SamplingParams, generator_from_config
 from cat.models import load_model, load_tokenizer, resolve_device
 from cat.registry import import_plugin
 from cat.rewards.answers import AnswerChain
-from cat.rewards.math import answers_match
 from cat.types import Group
 
 
@@ -49,10 +48,10 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     params = SamplingParams(n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
                             top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=config.run.seed + 23)
     completions = generator.generate(ids, params)
-    grade = {"mode": config.reward.mode, "timeout_s": config.reward.timeout_s}
+    grading = {"mode": config.reward.mode, "timeout_s": config.reward.timeout_s}
     answer_of = AnswerChain.from_config(config.answer)
     results: dict = {"n": len(prompts), "group_sizes": sizes, "accuracy": {}, "seconds": {}}
-    single = [sum(is_correct(c.text, p.gold, answer_of, **grade) for c in cs) / len(cs)
+    single = [sum(grade(answer_of(c.text), p, **grading) for c in cs) / len(cs)
               for p, cs in zip(prompts, completions, strict=True)]
     results["single_sample_accuracy"] = sum(single) / len(single)
     examples = [{"index": p.index, "gold": p.gold, "references": {}} for p in prompts]
@@ -62,7 +61,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
         for name, estimator in estimators.items():
             start = time.perf_counter()
             refs = estimator(groups, anchor)
-            hits = [p.gold is not None and answers_match(r.answer, p.gold, **grade)
+            hits = [grade(r.answer, p, **grading)
                     for r, p in zip(refs, prompts, strict=True)]
             key = f"{name}@{g}"
             results["accuracy"][key] = sum(hits) / len(hits)

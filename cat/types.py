@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+
+class Scorer(Protocol):
+    """A dataset's own grader of one row (a reasoning-gym task's ``score_answer`` bound to its
+    entry, ``cat.reasoning_gym.GymEntry``). It knows the gold answer."""
+
+    def score(self, answer: str | None) -> float:
+        """The score in [0, 1] of a final answer already read from a reply (None: no answer)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,10 @@ class Prompt:
     """The dataset's own rubric (HealthBench physician criteria, ``cat.rubrics.Criterion``): read only
     by ``rubric.source: dataset`` (the reference-based baseline) and by evaluation."""
     tags: tuple[str, ...] = ()
+    scorer: Scorer | None = None
+    """The dataset's own answer scorer for this row (reasoning-gym): it holds the gold answer, so like
+    ``gold`` it is read only by evaluation and by the ``reasoning_gym`` reward, which refuses every
+    estimator but ``gold``."""
 
 
 @dataclass(frozen=True)

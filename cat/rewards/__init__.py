@@ -310,6 +310,7 @@ def build_rewards(config) -> WeightedRewards:
     return WeightedRewards(functions)
 
 
+from cat.rewards import reasoning_gym as _reasoning_gym  # noqa: E402,F401  (registers the reasoning_gym reward)
 from cat.rewards import rubric as _rubric  # noqa: E402,F401  (registers rubric rewards)
 
 __all__ = ["REWARDS", "Reward", "RewardFunction", "GroupReward", "RewardContext", "Scored", "RewardError",
