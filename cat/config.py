@@ -523,7 +523,7 @@ class Config(_Section):
                 if given:
                     raise ValueError(f"{where}.{given[0]} is set but {where}.path {section.path!r} is not a "
                                      "reasoning-gym source (reasoning-gym:TASK)")
-            elif self.data.format != "qa":
+            elif section.path is not None and self.data.format != "qa":
                 raise ValueError(f"{where}.path {section.path!r} is a reasoning-gym source: data.format must be qa")
         if is_gym(self.data.path) or is_gym(self.eval.path):
             try:
