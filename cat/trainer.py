@@ -237,10 +237,7 @@ class Trainer:
 
         saved = rng_state()
         indices = self.order.batch(0)[:n]
-        gen = self.config.generation
-        params = SamplingParams(n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
-                                top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop),
-                                seed=_step_seed(self.config.run.seed, 0) + 3)
+        params = self._sampling(seed=_step_seed(self.config.run.seed, 0) + 3, row_offset=0)
         with self._generating():
             completions = self.generator.generate([self.prompt_ids[i] for i in indices], params)
         groups = [Group(prompt=self.prompts[i], prompt_ids=tuple(self.prompt_ids[i]), completions=tuple(c))
@@ -273,18 +270,19 @@ class Trainer:
         indices = self.order.batch(step)
         start, stop = self.ranks.shard(len(indices))
         indices = indices[start:stop]
-        gen = self.config.generation
-        params = SamplingParams(
-            n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
-            top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=_step_seed(self.config.run.seed, step),
-            row_offset=start,
-        )
+        params = self._sampling(seed=_step_seed(self.config.run.seed, step), row_offset=start)
         with self._generating():
             completions = self.generator.generate([self.prompt_ids[i] for i in indices], params)
         return [
             Group(prompt=self.prompts[i], prompt_ids=tuple(self.prompt_ids[i]), completions=tuple(c))
             for i, c in zip(indices, completions, strict=True)
         ]
+
+    def _sampling(self, *, seed: int, row_offset: int) -> SamplingParams:
+        """The rollouts' sampling settings (``generation``) with these streams."""
+        gen = self.config.generation
+        return SamplingParams(n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                              top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=seed, row_offset=row_offset)
 
     def update(self, batch: Batch, timer: _Timer, shard: tuple[int, int] | None = None, *, sft: bool = False) -> dict:
         """num_iterations optimiser steps on one generation batch (the whole step's), micro-batched
