@@ -103,6 +103,10 @@ class RunLoop:
         metrics_path = t.run_dir / "metrics.jsonl"
         samples_path = t.run_dir / "samples.jsonl"
         watch = UnscoredWatch(run)
+        if t.step_done:  # resumed: the steps already taken count towards "learned something"
+            earlier = [json.loads(x) for x in metrics_path.read_text().splitlines()] \
+                if main and metrics_path.exists() else []
+            watch.count(t.ranks.broadcast(earlier))
         with _GracefulInterrupt() as interrupt:
             while t.step_done < run.steps:
                 result = t.step(t.step_done)
@@ -135,8 +139,7 @@ class RunLoop:
                     self.save()
         bar.close()
         self.save()
-        if t.config.algorithm == "grpo":  # sft learns from every scored reference, whatever the spread
-            watch.finish()
+        watch.finish(needs_spread=t.config.algorithm == "grpo")  # sft learns from any scored reference
         summary = teacher_summary(metrics_path) if main else ""
         if summary:
             t.log(summary)

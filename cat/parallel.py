@@ -14,6 +14,7 @@ its own rows; the summed gradient is the one-process gradient.
 from __future__ import annotations
 
 import atexit
+import gc
 from dataclasses import replace
 
 import torch
@@ -95,8 +96,6 @@ def _release_process_group() -> None:
     barrier here: on an error path another rank may be gone."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    import gc
-
     gc.collect()  # finished collectives' work objects, while their destructors can still run
 
 

@@ -7,7 +7,8 @@
   no group can be scored it names the cause and the fix instead.
 * ``UnscoredWatch`` follows the steps: ``run.max_unscored_steps`` steps in a row with more than
   ``run.max_unscored_share`` of their groups unscored stop the run, and a run none of whose steps
-  had a group with differing rewards ends with an error, not exit 0.
+  scored a group (GRPO: had a group with differing rewards) ends with an error, not exit 0. The
+  steps before a resume count too.
 
 Both raise :class:`~cat.errors.TrainingHalted` (the CLI prints it and exits 2).
 """
@@ -74,14 +75,23 @@ class UnscoredWatch:
         self.share, self.limit = run_config.max_unscored_share, run_config.max_unscored_steps
         self.in_a_row = 0
         self.steps = 0
+        self.scored_steps = 0
         self.learning_steps = 0
+
+    def count(self, rows: list[dict]) -> None:
+        """Steps taken before a resume: they count towards ``finish``, not towards a stop."""
+        for metrics in rows:
+            self._tally(metrics)
+
+    def _tally(self, metrics: dict) -> None:
+        self.steps += 1
+        self.scored_steps += metrics["groups/scored"] > 0
+        self.learning_steps += metrics["groups/scored"] > 0 and metrics["frac_reward_zero_std"] < 1
 
     def observe(self, metrics: dict) -> None:
         scored, unscored = metrics["groups/scored"], metrics["groups/unscored"]
         total = scored + unscored
-        self.steps += 1
-        if scored and metrics["frac_reward_zero_std"] < 1:
-            self.learning_steps += 1
+        self._tally(metrics)
         self.in_a_row = self.in_a_row + 1 if total and unscored / total > self.share else 0
         if self.in_a_row >= self.limit:
             rate = metrics.get("answer/reference_rate")
@@ -93,8 +103,13 @@ class UnscoredWatch:
                 f"format (data.prompt_template, answer.rules) or the anchor (anchor.max_new_tokens, anchor.template); "
                 f"run.max_unscored_share and run.max_unscored_steps set this limit")
 
-    def finish(self) -> None:
-        if self.steps and not self.learning_steps:
+    def finish(self, *, needs_spread: bool = True) -> None:
+        """At the end of the run: TrainingHalted when no step scored a group, or (GRPO,
+        ``needs_spread``) when no step had a group whose rewards differ."""
+        if self.steps and not self.scored_steps:
+            raise TrainingHalted(f"none of the {self.steps} step(s) scored a group: the run trained on nothing. "
+                                 f"See samples.jsonl for what the model and the teacher wrote")
+        if needs_spread and self.steps and not self.learning_steps:
             raise TrainingHalted(
                 f"none of the {self.steps} step(s) had a group whose rewards differ, so every advantage was 0 "
                 f"and the policy learned nothing (only a KL term, if any, moved it). Rewards that never differ "

@@ -61,6 +61,14 @@ def test_a_run_whose_rewards_never_differ_ends_with_an_error():
         watch.finish()
     watch.observe({"step": 3, "groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 0.5})
     watch.finish()  # one step with a learning signal is enough
+    fresh = UnscoredWatch(Run())
+    fresh.observe({"step": 1, "groups/scored": 0, "groups/unscored": 4, "frac_reward_zero_std": float("nan")})
+    with pytest.raises(TrainingHalted, match="none of the 1 step\\(s\\) scored a group"):
+        fresh.finish(needs_spread=False)  # sft too: nothing scored is nothing learned
+    resumed = UnscoredWatch(Run())
+    resumed.count([{"step": 1, "groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 0.5}])
+    resumed.observe({"step": 2, "groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 1.0})
+    resumed.finish()  # the step before the resume learned
     watch.observe({"step": 4, "groups/scored": 1, "groups/unscored": 9, "frac_reward_zero_std": 0.0})
     watch.observe({"step": 5, "groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 0.0})
     assert watch.in_a_row == 0  # a scored step resets the count
