@@ -1,6 +1,13 @@
-"""cat's reference-GRPO step against TRL's GRPOTrainer on identical work (tiny world, CPU, fp32).
+"""cat's reference-GRPO step against TRL's GRPOTrainer on identical work (CPU, fp32).
 
     /tmp/trlvenv/bin/python benchmarks/trl_side_by_side.py --pairs 12
+    /tmp/trlvenv/bin/python benchmarks/trl_side_by_side.py --model smollm2 --pairs 4 --warmup 1
+
+``--model tiny`` (default): the tiny arith world's 0.9M-parameter model. ``--model smollm2``:
+SmolLM2-135M-Instruct (real vocabulary of 49,152, real chat template; ``cat-rl fetch-model
+smollm2`` puts it in models/), on 4 prompts x 8 rollouts per step, its answers read by cat's
+answer chain (a small chat model rarely writes ``\\boxed{}``) on both sides, and the CaT arm's
+anchor as in experiments/smollm2_addition_cat.yaml (the short synthesis template, 64 greedy tokens).
 
 TRL is not a dependency of cat, so this runs from a virtualenv that holds both (tested with
 trl 1.16.0, transformers 5.19.0, torch 2.13.0+cpu). From the repository root::
@@ -21,9 +28,9 @@ discarded, and every step is timed inside its worker (no IPC in the numbers). Ea
 with ``OMP_NUM_THREADS=1`` and ``torch.set_num_threads(1)``, so the two sides never compete for
 a core within a step and share no RNG or thread state.
 
-Identical work: the same shipped model files and tokenizer, the same prompts in the same order
-(chat template, user message = problem; checked token for token every step), 16 prompts x 8
-rollouts sampled at temperature 1 (top_p 1, top_k 0) up to 32 new tokens, one generate call of
+Identical work: the same model files and tokenizer, the same prompts in the same order (the tiny
+world's problems; chat template, user message = problem; checked token for token every step),
+16 prompts x 8 (SmolLM2: 4 x 8) rollouts sampled at temperature 1 (top_p 1, top_k 0) up to 32 new tokens, one generate call of
 128 rows, the same exact-match reward function, group-scaled advantages, the dapo loss with
 beta 0, epsilon 0.2, one iteration, one micro-batch of 128 sequences, plain ``torch.optim.AdamW``
 (lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0) at a constant rate, gradient norm
@@ -66,7 +73,10 @@ python3 -m venv /tmp/trlvenv
     torch==2.13.0 transformers==5.19.0 tokenizers==0.23.3 trl==1.16.0 -e .
 /tmp/trlvenv/bin/python benchmarks/trl_side_by_side.py --pairs 12"""
 
-# The work both sides do, in one place.
+# The work both sides do, in one place (configure() sets the model's).
+WORK = {"tiny": {"prompts": 16, "generations": 8, "tokens": 32},
+        "smollm2": {"prompts": 4, "generations": 8, "tokens": 32}}
+MODEL = "tiny"
 PROMPTS_PER_STEP = 16
 NUM_GENERATIONS = 8
 MAX_NEW_TOKENS = 32
@@ -78,6 +88,14 @@ MAX_GRAD_NORM = 1.0
 EPSILON = 0.2
 SEED = 0
 BATCH = PROMPTS_PER_STEP * NUM_GENERATIONS  # sequences per optimizer step, one micro-batch
+
+
+def configure(model: str) -> None:
+    """The model and the work per step, in the parent and in every (spawned) worker."""
+    global MODEL, PROMPTS_PER_STEP, NUM_GENERATIONS, MAX_NEW_TOKENS, BATCH
+    MODEL = model
+    PROMPTS_PER_STEP, NUM_GENERATIONS, MAX_NEW_TOKENS = (WORK[model][k] for k in ("prompts", "generations", "tokens"))
+    BATCH = PROMPTS_PER_STEP * NUM_GENERATIONS
 
 SIDES = ("cat", "trl", "cat_synthesis")
 TITLES = {"cat": "cat gold", "trl": "TRL", "cat_synthesis": "cat CaT"}
@@ -98,8 +116,28 @@ def boxed(text: str) -> str | None:
     return None
 
 
+def read_answer(text: str) -> str | None:
+    """The tiny world's answer is its box; a real chat model's is what cat's answer chain reads."""
+    if MODEL == "tiny":
+        return boxed(text)
+    return _answer_chain()(text)
+
+
+_CHAIN = []
+
+
+def _answer_chain():
+    if not _CHAIN:
+        from cat.config import AnswerConfig
+        from cat.rewards.answers import AnswerChain
+
+        _CHAIN.append(AnswerChain.from_config(AnswerConfig()))
+    return _CHAIN[0]
+
+
 def exact_match(prompts, completions, answer=None, reference_answer=None, **_):
-    """1.0 when the boxed answer equals the reference answer after strip, else 0.0.
+    """1.0 when the answer read (the box on the tiny world, cat's answer chain on a real model)
+    equals the reference answer after strip, else 0.0.
 
     TRL passes conversational completions (lists of messages) and the dataset's ``answer``
     column; cat passes completion texts and ``reference_answer`` (the gold answer under the gold
@@ -108,7 +146,7 @@ def exact_match(prompts, completions, answer=None, reference_answer=None, **_):
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
     out = []
     for text, gold in zip(texts, golds, strict=True):
-        got = boxed(text)
+        got = read_answer(text)
         out.append(1.0 if got is not None and gold is not None and got.strip() == str(gold).strip() else 0.0)
     return out
 
@@ -207,6 +245,15 @@ def world() -> Path:
     return folder
 
 
+def model_folder() -> Path:
+    if MODEL == "tiny":
+        return world() / "model"
+    from cat.gguf_models import KNOWN, fetch
+
+    known = KNOWN["smollm2"]
+    return fetch(known, ROOT / "models" / known.folder)  # the folder cat-rl fetch-model made, else made now
+
+
 # ---- cat ----------------------------------------------------------------------------------------
 
 def cat_overrides(folder: Path, skip_zero_advantage: bool, as_shipped: bool = False) -> list[str]:
@@ -214,8 +261,9 @@ def cat_overrides(folder: Path, skip_zero_advantage: bool, as_shipped: bool = Fa
     cat's own reward (math_equivalence: a numeric fast path, then math-verify) instead of the
     benchmark's exact match."""
     reward = ["reward.name=math_equivalence"] if as_shipped else ["reward.name=exact_match"]
+    anchor = [] if MODEL == "tiny" else ["anchor.template=math_synthesis_brief", "anchor.max_new_tokens=64"]
     return [
-        f"model.name_or_path={folder / 'model'}", "model.device=cpu", "model.dtype=float32",
+        f"model.name_or_path={model_folder()}", "model.device=cpu", "model.dtype=float32",
         "model.gradient_checkpointing=false",
         f"data.path={folder / 'train.jsonl'}", "data.shuffle=false", "eval.path=null",
         f"generation.num_generations={NUM_GENERATIONS}", f"generation.max_new_tokens={MAX_NEW_TOKENS}",
@@ -228,6 +276,7 @@ def cat_overrides(folder: Path, skip_zero_advantage: bool, as_shipped: bool = Fa
         f"optim.lr={LR}", f"optim.betas=[{BETAS[0]}, {BETAS[1]}]", "optim.weight_decay=0.0",
         "optim.schedule=constant", "optim.warmup_steps=0", f"optim.max_grad_norm={MAX_GRAD_NORM}",
         f"run.prompts_per_step={PROMPTS_PER_STEP}", f"run.micro_batch_size={BATCH}", f"run.seed={SEED}",
+        "run.preflight_prompts=0", *anchor,
     ]
 
 
@@ -260,9 +309,10 @@ def cat_settings(trainer) -> dict:
     }
 
 
-def cat_worker(conn, estimator: str, skip_zero_advantage: bool, as_shipped: bool = False) -> None:
+def cat_worker(conn, model: str, estimator: str, skip_zero_advantage: bool, as_shipped: bool = False) -> None:
     """Holds a cat Trainer (gold or synthesis estimator) and takes one step per request."""
     started = time.perf_counter()
+    configure(model)
     pin_threads()
     from cat.config import load_config
     from cat.rewards import from_completion_fn, register_reward
@@ -427,9 +477,10 @@ def make_gate(conn, probe: TrlProbe, ready):
     return Gate()
 
 
-def trl_worker(conn, max_steps: int) -> None:
+def trl_worker(conn, model: str, max_steps: int) -> None:
     """Holds a TRL GRPOTrainer inside ``train()`` (see make_gate), ``max_steps`` steps."""
     started = time.perf_counter()
+    configure(model)
     pin_threads()
     import torch
     from datasets import Dataset
@@ -441,8 +492,8 @@ def trl_worker(conn, max_steps: int) -> None:
     rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines() if line.strip()]
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["problem"]}], "answer": r["answer"]}
                                  for r in rows])
-    tokenizer = AutoTokenizer.from_pretrained(folder / "model")
-    model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_folder())
+    model = AutoModelForCausalLM.from_pretrained(model_folder(), dtype=torch.float32)
     with tempfile.TemporaryDirectory() as out:
         config_kwargs = trl_config_kwargs(out, max_steps)
         trainer = GRPOTrainer(model=model, reward_funcs=[exact_match], args=GRPOConfig(**config_kwargs),
@@ -507,9 +558,9 @@ def run_benchmark(args) -> dict[str, dict]:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no torch state inherited
-    targets = {"cat": (cat_worker, ("gold", args.cat_skip_zero_advantage, args.as_shipped)),
-               "trl": (trl_worker, (args.warmup + args.pairs,)),
-               "cat_synthesis": (cat_worker, ("synthesis", args.cat_skip_zero_advantage, args.as_shipped))}
+    targets = {"cat": (cat_worker, (args.model, "gold", args.cat_skip_zero_advantage, args.as_shipped)),
+               "trl": (trl_worker, (args.model, args.warmup + args.pairs)),
+               "cat_synthesis": (cat_worker, (args.model, "synthesis", args.cat_skip_zero_advantage, args.as_shipped))}
     sides: dict[str, dict] = {}
     try:
         for name in SIDES:
@@ -584,7 +635,8 @@ def report(args, sides: dict[str, dict], host: str) -> None:
     params = sides["cat"]["ready"]["settings"]["parameters"]
     print()
     print(f"machine: {host}")
-    print(f"tiny-arith world (Llama, {params:,} parameters), {PROMPTS_PER_STEP} prompts x {NUM_GENERATIONS} "
+    name = "tiny-arith world" if MODEL == "tiny" else "SmolLM2-135M-Instruct on the tiny world's problems"
+    print(f"{name} (Llama, {params:,} parameters), {PROMPTS_PER_STEP} prompts x {NUM_GENERATIONS} "
           f"rollouts, <= {MAX_NEW_TOKENS} new tokens, fp32 CPU, 1 thread per side; {args.warmup} warm-up "
           f"round(s), then {args.pairs} interleaved round(s)")
     print()
@@ -679,7 +731,10 @@ def main() -> int:
                         help="cat rewards with its shipped math_equivalence (numeric fast path, then math-verify) "
                              "instead of the shared exact-match function: measures cat's non-model overhead as "
                              "shipped (the reward then differs between the sides)")
+    parser.add_argument("--model", choices=sorted(WORK), default="tiny",
+                        help="tiny: the tiny arith world's model; smollm2: SmolLM2-135M-Instruct (4 prompts a step)")
     args = parser.parse_args()
+    configure(args.model)
     if importlib.util.find_spec("trl") is None or importlib.util.find_spec("cat") is None:
         missing = "trl" if importlib.util.find_spec("trl") is None else "cat"
         print(f"{missing} is not importable from {sys.executable}. Set up a virtualenv with cat and TRL "

@@ -2,7 +2,8 @@
 
     cat-rl train CONFIG [--output-dir DIR] [--resume DIR] [--allow-config-change] [key=value ...]
     cat-rl eval CONFIG [--model PATH] [--output FILE] [key=value ...]
-    cat-rl synthesize CONFIG [--estimators a,b,...] [--output FILE] [key=value ...]
+    cat-rl synthesize CONFIG [--estimators a,b,...] [--group-sizes 4,8] [--anchor-decoding greedy,sampled]
+                      [--output FILE] [--json] [key=value ...]
     cat-rl plan CONFIG [--processes N] [key=value ...]
     cat-rl compare CONFIG --arms a,b,... [--arm LABEL "k=v ..."] [--seeds 0,1,2] --output-dir DIR [key=value ...]
     cat-rl report RUN_DIR|RESULT.json ... [--output DIR]
@@ -56,7 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--estimators", default="single,majority_vote,synthesis",
                    help="comma-separated estimator names to compare")
     s.add_argument("--group-sizes", help="comma-separated G values, e.g. 1,2,4,8 (default: generation.num_generations)")
-    s.add_argument("--output", help="write the JSON result here")
+    s.add_argument("--output", help="write the JSON result here (with every prompt's rollouts and references)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    s.add_argument("--anchor-decoding", help="greedy,sampled: run the anchor's estimators with each decoding on the "
+                                             "same rollouts (default: as anchor.greedy says)")
     pl = sub.add_parser("plan", help="memory per process for a config, computed from the model's architecture")
     pl.add_argument("config")
     pl.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run is split over")
@@ -414,7 +418,7 @@ def _plan(args) -> int:
 
 def _synthesize(args) -> int:
     from cat.config import load_config
-    from cat.testtime import run_test_time
+    from cat.testtime import run_test_time, table
 
     config = load_config(args.config, args.overrides)
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
@@ -422,8 +426,12 @@ def _synthesize(args) -> int:
         sizes = [int(x) for x in args.group_sizes.split(",")] if args.group_sizes else None
     except ValueError:
         raise ConfigError(f"--group-sizes must be comma-separated integers, got {args.group_sizes!r}") from None
-    result = run_test_time(config, names, sizes)
-    print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
+    decodings = [d.strip() for d in args.anchor_decoding.split(",") if d.strip()] if args.anchor_decoding else None
+    result = run_test_time(config, names, sizes, decodings)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
+    else:
+        print(table(result))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2))

@@ -14,6 +14,9 @@ It writes ``compare.md`` (the table printed at the end), ``compare.json`` (the s
 and after and the gain, with 95% t-intervals over seeds; the teacher's diagnostics; training time.
 Between arms: the difference of their gains paired by seed (the same seed gives the same prompts,
 initial evaluation and sampling streams) with its interval, and in words whether it is within noise.
+The initial policy is evaluated once per seed: a run whose evaluation settings equal an earlier
+arm's (everything but the estimator, anchor, GRPO, optimiser and step settings) starts from that
+arm's initial evaluation (``before_from`` in its ``eval.json``).
 """
 
 from __future__ import annotations
@@ -128,12 +131,56 @@ def run_all(config_path: str, overrides: list[str], arms: list[Arm], seeds: list
             log(f"[{i}/{total}] {arm.label} seed {seed}: finished earlier ({run_dir})")
             continue
         log(f"[{i}/{total}] {arm.label} seed {seed}: training into {run_dir}")
+        source = reuse_initial_eval(output, seed, config, run_dir)
+        if source is not None:
+            log(f"  the initial policy's evaluation is {source}'s: the same model, seed and evaluation settings")
         start = time.perf_counter()
         train_run(config, run_dir, progress=progress)
         _add_wall(run_dir, time.perf_counter() - start)
     summary = summarize(output, arms, seeds)
     write_outputs(output, summary, arms, seeds, config_path, overrides)
     return summary
+
+
+# Settings that cannot change the initial policy's evaluation: how it then trains, and bookkeeping.
+_NOT_EVALUATION = {"estimator", "anchor", "grpo", "optim", "algorithm", "sft"}
+_NOT_EVALUATION_RUN = {"steps", "output_dir", "prompts_per_step", "micro_batch_size", "save_every", "keep_last",
+                       "log_samples", "max_nonfinite_in_a_row", "preflight_prompts", "max_unscored_share",
+                       "max_unscored_steps", "report_to", "tracker_project", "tracker_kwargs"}
+
+
+def evaluation_settings(config_text: str) -> dict:
+    """A dumped config without the settings that cannot change the initial evaluation."""
+    import yaml
+
+    tree = yaml.safe_load(config_text)
+    tree = {k: v for k, v in tree.items() if k not in _NOT_EVALUATION}
+    tree["run"] = {k: v for k, v in tree.get("run", {}).items() if k not in _NOT_EVALUATION_RUN}
+    return tree
+
+
+def reuse_initial_eval(output: Path, seed: int, config, run_dir: Path) -> Path | None:
+    """Start a fresh run with the initial evaluation of another arm's run of the same seed whose
+    evaluation settings are the same (it would compute the same numbers: the same model, prompts
+    and sampling streams). Returns that run's directory, or None (the run evaluates for itself)."""
+    from cat.config import dump_config
+
+    if (run_dir / "config.yaml").exists() or (run_dir / "eval.json").exists():
+        return None
+    mine = evaluation_settings(dump_config(config))
+    for other in sorted(output.glob(f"*/seed{seed}")):
+        try:
+            before = json.loads((other / "eval.json").read_text()).get("before")
+            theirs = evaluation_settings((other / "config.yaml").read_text())
+        except (OSError, ValueError, AttributeError):
+            continue
+        if other != run_dir and before is not None and theirs == mine:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = run_dir / "eval.json.tmp"
+            tmp.write_text(json.dumps({"before": before, "before_from": str(other)}))
+            tmp.replace(run_dir / "eval.json")
+            return other
+    return None
 
 
 def _add_wall(run_dir: Path, seconds: float) -> None:

@@ -34,7 +34,9 @@ class Estimator(Protocol):
 
     ``needs_anchor``: True to be called with the frozen pi_0 :class:`~cat.anchor.Anchor` (None
     otherwise). Built once per run as ``cls(config)``; called once per step on the step's groups
-    (in a multi-process run, this rank's), it returns one Reference per group, in order."""
+    (in a multi-process run, this rank's), it returns one Reference per group, in order.
+    Optional ``decodes_with_anchor = False``: the estimator only scores with the anchor, so
+    ``cat-rl synthesize --anchor-decoding greedy,sampled`` runs it once, not once per decoding."""
 
     needs_anchor: bool
 
@@ -225,6 +227,7 @@ class MinPerplexity:
     """The rollout with the lowest mean token NLL under the anchor, given the prompt."""
 
     needs_anchor = True
+    decodes_with_anchor = False  # it scores with the anchor: greedy or sampled makes no difference
 
     def __init__(self, config):
         self.answer_of = AnswerChain.from_config(config.answer)
@@ -244,6 +247,7 @@ class MutualPredictability:
     """
 
     needs_anchor = True
+    decodes_with_anchor = False  # it scores with the anchor: greedy or sampled makes no difference
 
     def __init__(self, config):
         self.template = load_template("mutual_predictability", kind="anchors", required={"rollouts"},

@@ -4,11 +4,19 @@ No training: pi_t = pi_0. For every evaluation prompt the policy samples G rollo
 estimator named (single, majority_vote, self_bon, min_perplexity, mutual_predictability,
 synthesis, or a plug-in) turns the *same* rollouts into a reference, and the reference's answer
 is graded against gold. With several G values the first g rollouts of each group are used, so
-the comparison across G is paired too.
+the comparison across G is paired too. The rollouts depend only on ``run.seed``: two invocations
+that differ in the anchor alone (``anchor.greedy=false``, another template) read the same rollouts.
+
+Per estimator and G the result holds the accuracy, its 95% interval over prompts
+(``interval``), and, when ``majority_vote`` is among the estimators, the paper's comparison
+with the vote (``versus_majority``): how often the two answers differ, and of those prompts how
+often each one is right. ``examples`` keep, per prompt, every rollout's text and answer and every
+reference's text and answer, to read what the model and the anchor actually wrote.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 
 from cat.anchor import build_anchor
@@ -20,11 +28,22 @@ from cat.generation import SamplingParams, generator_from_config
 from cat.models import load_model, load_tokenizer, resolve_device
 from cat.registry import import_plugin
 from cat.rewards.answers import AnswerChain
+from cat.stats import mean_ci
 from cat.types import Group
 
 
-def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | None = None) -> dict:
+ANCHOR_DECODINGS = ("greedy", "sampled")
+
+
+def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | None = None,
+                  anchor_decodings: list[str] | None = None) -> dict:
+    """``anchor_decodings``: run the estimators that use the anchor once per decoding named
+    (``greedy``, ``sampled`` at ``anchor.temperature``), on the same rollouts, keyed
+    ``NAME[DECODING]@G``; None: as ``anchor.greedy`` says, keyed ``NAME@G``."""
     e, m, gen = config.eval, config.model, config.generation
+    for d in anchor_decodings or ():
+        if d not in ANCHOR_DECODINGS:
+            raise ConfigError(f"anchor decoding {d!r}: choose from {', '.join(ANCHOR_DECODINGS)}")
     if e.path is None:
         raise ConfigError("eval.path is not set: test-time CaT needs prompts with gold answers to grade")
     for plugin in config.plugins:
@@ -50,23 +69,93 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     completions = generator.generate(ids, params)
     grading = {"mode": config.reward.mode, "timeout_s": config.reward.timeout_s}
     answer_of = AnswerChain.from_config(config.answer)
-    results: dict = {"n": len(prompts), "group_sizes": sizes, "accuracy": {}, "seconds": {}}
-    single = [sum(grade(answer_of(c.text), p, **grading) for c in cs) / len(cs)
-              for p, cs in zip(prompts, completions, strict=True)]
+    results: dict = {"n": len(prompts), "group_sizes": sizes, "accuracy": {}, "interval": {}, "versus_majority": {},
+                     "seconds": {}}
+    examples = [{"index": p.index, "question": p.text, "gold": p.gold, "references": {},
+                 "rollouts": [{"text": c.text, "answer": answer_of(c.text)} for c in cs]}
+                for p, cs in zip(prompts, completions, strict=True)]
+    single = [sum(grade(r["answer"], p, **grading) for r in ex["rollouts"]) / len(cs)
+              for p, cs, ex in zip(prompts, completions, examples, strict=True)]
     results["single_sample_accuracy"] = sum(single) / len(single)
-    examples = [{"index": p.index, "gold": p.gold, "references": {}} for p in prompts]
+    results["single_sample_interval"] = mean_ci(single).half_width
     for g in sizes:
         groups = [Group(prompt=p, prompt_ids=tuple(i), completions=tuple(cs[:g]))
                   for p, i, cs in zip(prompts, ids, completions, strict=True)]
-        for name, estimator in estimators.items():
+        for name, estimator, view in _variants(estimators, anchor, anchor_decodings):
             start = time.perf_counter()
-            refs = estimator(groups, anchor)
+            refs = estimator(groups, view)
             hits = [grade(r.answer, p, **grading)
                     for r, p in zip(refs, prompts, strict=True)]
             key = f"{name}@{g}"
             results["accuracy"][key] = sum(hits) / len(hits)
+            results["interval"][key] = mean_ci([float(h) for h in hits]).half_width
             results["seconds"][key] = time.perf_counter() - start
             for ex, r, hit in zip(examples, refs, hits, strict=True):
-                ex["references"][key] = {"answer": r.answer, "correct": hit}
+                ex["references"][key] = {"answer": r.answer, "correct": bool(hit), "text": r.text}
+        if "majority_vote" in estimators:
+            for name, _, _ in _variants(estimators, anchor, anchor_decodings):
+                if name != "majority_vote":
+                    results["versus_majority"][f"{name}@{g}"] = versus_majority(examples, f"{name}@{g}",
+                                                                                 f"majority_vote@{g}")
     results["examples"] = examples
     return results
+
+
+def _variants(estimators: dict, anchor, decodings: list[str] | None):
+    """(key name, estimator, anchor) per run: one per estimator, or one per anchor decoding for an
+    estimator that writes with the anchor (not those that only score with it:
+    ``decodes_with_anchor = False``)."""
+    from dataclasses import replace
+
+    out = []
+    for name, estimator in estimators.items():
+        if anchor is None or not decodings or not getattr(estimator, "decodes_with_anchor", estimator.needs_anchor):
+            out.append((name, estimator, anchor))
+            continue
+        for d in decodings:
+            view = copy.copy(anchor)
+            view.params = replace(anchor.params, greedy=d == "greedy")
+            out.append((f"{name}[{d}]", estimator, view))
+    return out
+
+
+def versus_majority(examples: list[dict], key: str, vote_key: str) -> dict:
+    """How often ``key``'s answer differs from the majority vote's on the same rollouts, and on
+    those prompts how often each is right (the paper's analysis of synthesis against the vote).
+    Two answers differ unless both are right or both read the same."""
+    def differ(a: dict, b: dict) -> bool:
+        return not (a["correct"] and b["correct"]) and (a["correct"] != b["correct"] or a["answer"] != b["answer"])
+
+    differing = [ex for ex in examples if differ(ex["references"][key], ex["references"][vote_key])]
+    n = len(differing)
+    return {
+        "disagree_rate": n / len(examples) if examples else float("nan"),
+        "disagreements": n,
+        "right_when_disagree": sum(ex["references"][key]["correct"] for ex in differing) / n if n else float("nan"),
+        "majority_right_when_disagree": sum(ex["references"][vote_key]["correct"] for ex in differing) / n if n else float("nan"),
+    }
+
+
+def table(result: dict) -> str:
+    """The result as a text table: accuracy with its interval per estimator and G, and the
+    comparison with the majority vote."""
+    sizes = result["group_sizes"]
+    names = list(dict.fromkeys(k.rpartition("@")[0] for k in result["accuracy"]))
+    lines = [f"{result['n']} prompts; one sample: {result['single_sample_accuracy']:.3f} "
+             f"(+/- {result.get('single_sample_interval', float('nan')):.3f})", ""]
+    lines.append("| estimator | " + " | ".join(f"G = {g}" for g in sizes) + " |")
+    lines.append("|---|" + "---|" * len(sizes))
+    for name in names:
+        cells = []
+        for g in sizes:
+            key = f"{name}@{g}"
+            cells.append(f"{result['accuracy'][key]:.3f} +/- {result.get('interval', {}).get(key, float('nan')):.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    versus = result.get("versus_majority") or {}
+    if versus:
+        lines += ["", "| against the majority vote | differs | right when they differ | vote right then |", "|---|---|---|---|"]
+        for key, v in versus.items():
+            right = "n/a" if v["disagreements"] == 0 else f"{v['right_when_disagree']:.2f}"
+            vote = "n/a" if v["disagreements"] == 0 else f"{v['majority_right_when_disagree']:.2f}"
+            lines.append(f"| {key} | {v['disagree_rate']:.3f} ({v['disagreements']}) | {right} | {vote} |")
+    return "\n".join(lines)

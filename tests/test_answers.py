@@ -67,6 +67,7 @@ def test_boxed(text, expected):
     ("14 + 27 = 41", None),
     ("The answer to this classic math problem is 144.", "144"),
     ("Your final answer is exactly 31.", "31"),
+    ("So the answer is indeed 0.", "0"),  # SmolLM2, 'Calculate 0 + 0.'
     ('The answer is "0.1"', "0.1"),
     ("The solution is: 78 + 51 = 139.", None),  # only "answer" phrases
     ("The answer is 2 * 4.", "2 * 4"),  # an expression, not its first number

@@ -41,6 +41,10 @@ def test_compare_writes_runs_table_intervals_and_report(compared):
             evals = json.loads((run_dir / "eval.json").read_text())
             gains.append(evals["after"]["accuracy"] - evals["before"]["accuracy"])
             assert f"seed: {seed}" in (run_dir / "config.yaml").read_text()  # an ordinary run directory
+            if arm == "gold":  # the base model is evaluated once per seed: gold only changes the estimator
+                first = out_dir / "majority_vote" / f"seed{seed}"
+                assert evals["before_from"] == str(first)
+                assert evals["before"] == json.loads((first / "eval.json").read_text())["before"]
         iv = summary["arms"][arm]["gain"]
         assert iv["mean"] == pytest.approx(sum(gains) / 2)
         spread = abs(gains[0] - gains[1]) / 2  # the sample std / sqrt(2) for two values
@@ -60,6 +64,7 @@ def test_compare_writes_runs_table_intervals_and_report(compared):
     for name in ("reward", "heldout", "teacher"):
         assert (out_dir / "report" / f"{name}.png").stat().st_size > 10_000 and f'href="{name}.png"' in page
     assert "majority_vote/seed1" in page and "Paired by seed" in page
+    assert out.stdout.count("the initial policy's evaluation is") == 2
 
 
 def test_compare_again_keeps_finished_runs_and_finishes_the_rest(compared, tmp_path, tiny_world):
@@ -67,6 +72,7 @@ def test_compare_again_keeps_finished_runs_and_finishes_the_rest(compared, tmp_p
     again = tmp_path / "cmp"
     shutil.copytree(out_dir, again)
     shutil.rmtree(again / "gold" / "seed1")  # as if stopped before this run
+    shutil.rmtree(again / "majority_vote" / "seed1")  # evaluates the base model again, for gold seed 1 too
     (again / "gold" / "seed0" / "eval.json").write_text(
         json.dumps({k: v for k, v in json.loads((out_dir / "gold" / "seed0" / "eval.json").read_text()).items()
                     if k != "after"}))  # and this one killed before its final evaluation
@@ -75,10 +81,13 @@ def test_compare_again_keeps_finished_runs_and_finishes_the_rest(compared, tmp_p
     out = cli("compare", CAT, "--arms", "majority_vote", "--arm", "gold", "estimator.name=gold", "--seeds", "0,1",
               "--output-dir", str(again), *short(tiny_world))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("finished earlier") == 2  # progress is logged (cat.logs: stdout)
+    assert out.stdout.count("finished earlier") == 1  # progress is logged (cat.logs: stdout)
+    assert "[2/4] majority_vote seed 1: training" in out.stdout
     assert "[3/4] gold seed 0: training" in out.stdout and "[4/4] gold seed 1: training" in out.stdout
     first, second = (json.loads((d / "compare.json").read_text()) for d in (out_dir, again))
-    assert second["arms"]["gold"]["per_seed"] == first["arms"]["gold"]["per_seed"]  # same seeds, same runs
+    for arm in ("majority_vote", "gold"):  # same seeds, same runs; the base evaluated again gives the same
+        assert second["arms"][arm]["per_seed"] == first["arms"][arm]["per_seed"]
+    assert "before_from" not in json.loads((again / "majority_vote" / "seed1" / "eval.json").read_text())
     out = cli("compare", CAT, "--arms", "majority_vote", "--seeds", "0", "--output-dir", str(again),
               *short(tiny_world), "optim.lr=0.5")
     assert out.returncode == 2 and "finished under a different config" in out.stderr  # not reused silently

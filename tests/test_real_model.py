@@ -301,3 +301,57 @@ def test_cat_learns_on_smollm2_for_two_steps(tmp_path, tiny_world, smollm2, back
     assert any(not torch.equal(after[k], before[k]) for k in after if k in before)
     samples = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert samples and all(s["completion"] for s in samples)  # what the model wrote, for a person to read
+
+
+def _groups_from_fixture(tokenizer, n_groups: int, size: int):
+    """Groups of real SmolLM2 rollouts (sampled at T = 0.7, saved in the fixture) to its questions."""
+    from cat.data import chat_ids
+    from cat.types import Completion, Group, Prompt
+
+    rows = [json.loads(x) for x in (ROOT / "tests" / "fixtures" / "smollm2_replies.jsonl").read_text().splitlines()]
+    by_question: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["kind"] == "rollout" and r["decoding"] == "T=0.7" and not r["boxed_instruction"]:
+            by_question.setdefault(r["question"], []).append(r)
+    groups = []
+    for i, (question, replies) in enumerate(list(by_question.items())[:n_groups]):
+        prompt = Prompt(index=i, text=question, messages=({"role": "user", "content": question},),
+                        gold=replies[0]["gold"])
+        ids = tuple(chat_ids(tokenizer, prompt.messages))
+        completions = tuple(Completion(token_ids=tuple(tokenizer(r["text"], add_special_tokens=False)["input_ids"]),
+                                       logprobs=(), text=r["text"], finish_reason=r["finish_reason"])
+                            for r in replies[:size])
+        groups.append(Group(prompt=prompt, prompt_ids=ids, completions=completions))
+    return groups
+
+
+@pytest.mark.parametrize("greedy", [True, False], ids=["greedy", "sampled"])
+def test_smollm2_synthesizes_references_from_real_rollouts(smollm2, greedy):
+    """pi_0 = SmolLM2 as the anchor, on 3 of its own groups of 3 rollouts: the synthesis prompt is
+    a user message in SmolLM2's chat template (without the question unless asked), and the
+    references it writes are read by the answer chain. Sampled synthesis is reproducible from its
+    seed and differs across seeds; greedy synthesis does not depend on the seed."""
+    from cat.anchor import build_anchor
+    from cat.config import load_config
+    from cat.estimators import ESTIMATORS
+    from cat.generation.hf import HFGenerator
+
+    model = load_model(str(smollm2), dtype="float32", device=torch.device("cpu"), frozen=True)
+    tokenizer = load_tokenizer(str(smollm2))
+    config = load_config(ROOT / "experiments" / "smollm2_addition_cat.yaml",
+                         [f"model.name_or_path={smollm2}", f"anchor.greedy={str(greedy).lower()}",
+                          "anchor.max_new_tokens=32", "anchor.temperature=0.7"])
+    generator = HFGenerator(model, tokenizer, batch_size=8)
+    anchor = build_anchor(config, tokenizer, device=model.device, pi0_generator=lambda: generator, make_generator=None)
+    groups = _groups_from_fixture(tokenizer, 3, 3)
+    user, _, _ = anchor.render(anchor.template, groups[0].texts, None)
+    prompt = tokenizer.decode(anchor.ids(user))
+    assert prompt.startswith("<|im_start|>system\n") and "<|im_start|>user\nHere are 3 answers" in prompt
+    assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n") and "### Response 3\n" in prompt
+    assert groups[0].prompt.text not in prompt  # the question is not shown by default
+    synthesis = ESTIMATORS.get("synthesis")(config)
+    first = synthesis(groups, anchor.at(seed=1))
+    assert sum(r.answer is not None for r in first) >= 2, [r.text for r in first]
+    assert [r.text for r in synthesis(groups, anchor.at(seed=1))] == [r.text for r in first]
+    other = synthesis(groups, anchor.at(seed=2))
+    assert ([r.text for r in other] == [r.text for r in first]) == greedy, [(r.text, s.text) for r, s in zip(first, other)]

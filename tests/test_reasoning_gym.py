@@ -181,16 +181,17 @@ def test_label_free_training_never_calls_the_scorer(tiny_world, tmp_path, monkey
     assert len(calls) == 2 * 4 and "reward/reasoning_gym/mean" in row
 
 
-def test_the_chain_sum_arms_differ_only_in_estimator_and_reward():
+def test_the_smollm2_arms_differ_only_in_estimator_reward_and_algorithm():
     def tree(name):
         d = load_config(ROOT / "experiments" / name).model_dump()
         d["run"].pop("output_dir")
         return d
 
-    cat_, gold, ttrl = (tree(f"smollm2_chain_sum_{arm}.yaml") for arm in ("cat", "gold", "ttrl"))
+    cat_, gold, ttrl, sft = (tree(f"smollm2_addition_{arm}.yaml") for arm in ("cat", "gold", "ttrl", "cat_sft"))
     assert [(d["estimator"]["name"], d["reward"]["name"]) for d in (cat_, gold, ttrl)] == [
         ("synthesis", "math_equivalence"), ("gold", "reasoning_gym"), ("majority_vote", "math_equivalence")]
-    for d in (cat_, gold, ttrl):
-        d.pop("estimator"), d.pop("reward")
-    assert cat_ == gold == ttrl
-    REWARDS.get("reasoning_gym").preflight(load_config(ROOT / "experiments" / "smollm2_chain_sum_gold.yaml"))
+    assert (sft["algorithm"], sft["sft"]["target"], sft["estimator"]["name"]) == ("sft", "reference", "synthesis")
+    for d in (cat_, gold, ttrl, sft):
+        d.pop("estimator"), d.pop("reward"), d.pop("algorithm"), d.pop("sft")
+    assert cat_ == gold == ttrl == sft
+    REWARDS.get("reasoning_gym").preflight(load_config(ROOT / "experiments" / "smollm2_addition_gold.yaml"))

@@ -9,17 +9,28 @@ def test_synthesize_compares_estimators_on_shared_rollouts(tmp_path, tiny_world)
     out_file = tmp_path / "tt.json"
     out = run_cli("synthesize", str(ROOT / "experiments" / "tiny_arith_cat.yaml"),
                   "--estimators", "single,majority_vote,synthesis,min_perplexity", "--group-sizes", "1,8",
-                  "--output", str(out_file), "eval.limit=32")
+                  "--anchor-decoding", "greedy,sampled", "--output", str(out_file), "eval.limit=32")
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out_file.read_text())
     acc = result["accuracy"]
-    assert set(acc) == {f"{n}@{g}" for n in ("single", "majority_vote", "synthesis", "min_perplexity") for g in (1, 8)}
+    names = ("single", "majority_vote", "synthesis[greedy]", "synthesis[sampled]", "min_perplexity")
+    assert set(acc) == {f"{n}@{g}" for n in names for g in (1, 8)}  # min_perplexity only scores: one decoding
     assert result["n"] == 32 and len(result["examples"]) == 32
     # majority of one rollout is that rollout: the pairing across estimators is exact
     assert acc["majority_vote@1"] == acc["single@1"]
     # on this world 8 rollouts reconciled beat one sample (measured: ~0.8 vs ~0.4)
-    assert acc["synthesis@8"] > result["single_sample_accuracy"] + 0.15
+    assert acc["synthesis[greedy]@8"] > result["single_sample_accuracy"] + 0.15
+    assert acc["synthesis[sampled]@8"] > result["single_sample_accuracy"]
     assert acc["majority_vote@8"] > result["single_sample_accuracy"]
+    assert set(result["versus_majority"]) == {f"{n}@{g}" for n in names if n != "majority_vote" for g in (1, 8)}
+    assert result["versus_majority"]["single@1"]["disagreements"] == 0  # one rollout: the vote is that rollout
+    assert 0 < result["interval"]["synthesis[greedy]@8"] < 0.5
+    first = result["examples"][0]
+    assert len(first["rollouts"]) == 8 and {"text", "answer"} <= set(first["rollouts"][0])
+    assert first["references"]["synthesis[sampled]@8"]["text"]  # what the anchor wrote, to read
+    sampled = [ex["references"]["synthesis[sampled]@8"]["text"] for ex in result["examples"]]
+    assert sampled != [ex["references"]["synthesis[greedy]@8"]["text"] for ex in result["examples"]]
+    assert "| synthesis[sampled] |" in out.stdout and "against the majority vote" in out.stdout  # a table, not JSON
 
 
 def test_synthesize_rejects_bad_group_sizes(tiny_world):
@@ -27,3 +38,31 @@ def test_synthesize_rejects_bad_group_sizes(tiny_world):
     assert out.returncode == 2 and "num_generations" in out.stderr and "Traceback" not in out.stderr
     out = cli("synthesize", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--group-sizes", "a")
     assert out.returncode == 2 and "--group-sizes" in out.stderr
+    out = cli("synthesize", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--anchor-decoding", "greedy,hot")
+    assert out.returncode == 2 and "anchor decoding 'hot': choose from greedy, sampled" in out.stderr
+
+
+def test_versus_majority_counts_disagreements_and_who_is_right():
+    from cat.testtime import table, versus_majority
+
+    def ex(synth, vote):
+        return {"references": {"synthesis@4": {"answer": synth[0], "correct": synth[1]},
+                               "majority_vote@4": {"answer": vote[0], "correct": vote[1]}}}
+
+    examples = [ex(("41", True), ("41", True)),      # agree, right
+                ex(("41", True), ("41.0", True)),    # both right: not a disagreement
+                ex(("7", False), ("7", False)),      # agree, wrong
+                ex(("41", True), ("40", False)),     # synthesis right where the vote is wrong
+                ex(("40", False), ("41", True)),     # the vote right
+                ex(("39", False), ("40", False)),    # both wrong, different answers
+                ex((None, False), ("40", False))]    # no answer against a wrong vote
+    v = versus_majority(examples, "synthesis@4", "majority_vote@4")
+    assert v["disagreements"] == 4 and v["disagree_rate"] == 4 / 7
+    assert v["right_when_disagree"] == 1 / 4 and v["majority_right_when_disagree"] == 1 / 4
+    result = {"n": 7, "group_sizes": [4], "single_sample_accuracy": 0.25, "single_sample_interval": 0.1,
+              "accuracy": {"majority_vote@4": 3 / 7, "synthesis@4": 3 / 7},
+              "interval": {"majority_vote@4": 0.4, "synthesis@4": 0.4}, "versus_majority": {"synthesis@4": v}}
+    text = table(result)
+    assert "| synthesis | 0.429 +/- 0.400 |" in text and "| synthesis@4 | 0.571 (4) | 0.25 | 0.25 |" in text
+    none = versus_majority(examples[:3], "synthesis@4", "majority_vote@4")
+    assert none["disagreements"] == 0 and none["right_when_disagree"] != none["right_when_disagree"]  # nan

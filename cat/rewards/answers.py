@@ -69,7 +69,7 @@ _NUMBER_RE = re.compile(_NUMBER)
 _PHRASE = re.compile(r"\b(?:final\s+answer|answer)\b(?:\s+(?:to|of|for)\s+[^\n]{1,60}?)?"
                      r"\s*(?:\*\*)?(?:\s*\bis\b\s*:?|\s*:|\s*=)\s*(?:\*\*)?\s*(?=(?P<rest>[^\n]*))", re.IGNORECASE)
 # Around an answer: markdown bold, LaTeX math delimiters, quotes, spaces, a closing full stop.
-_WRAPPING = re.compile(r"^(?:\*\*|\$\$?|\\\(|\\\[|[\s\"'“]|(?:exactly|approximately|about|simply|just)\b)+"
+_WRAPPING = re.compile(r"^(?:\*\*|\$\$?|\\\(|\\\[|[\s\"'“]|(?:exactly|approximately|about|simply|just|indeed|also|actually|clearly|still)\b)+"
                        r"|(?:\*\*|\$\$?|\\\)|\\\]|[\s\"'”.,;!?])+$", re.IGNORECASE)
 # What follows "the answer is" without being an answer: a verdict on another answer, or prose.
 _NOT_ANSWERS = frozenset("correct incorrect wrong right unclear clear simple obvious not that this it as".split())
