@@ -118,8 +118,12 @@ class Anchor:
         """This anchor sampling from the streams of ``seed``, its first group being group
         ``row_offset`` of the step (a rank's shard starts there): a sampled anchor's references do
         not depend on how a step is split across processes."""
+        return self.with_params(seed=seed, row_offset=row_offset)
+
+    def with_params(self, **changes) -> Anchor:
+        """This anchor with its sampling settings changed (``greedy=False``, a seed, ...)."""
         view = copy.copy(self)
-        view.params = replace(self.params, seed=seed, row_offset=row_offset)
+        view.params = replace(self.params, **changes)
         return view
 
     # ---- prompts -----------------------------------------------------------------------------

@@ -16,7 +16,6 @@ reference's text and answer, to read what the model and the anchor actually wrot
 
 from __future__ import annotations
 
-import copy
 import time
 
 from cat.anchor import build_anchor
@@ -30,7 +29,6 @@ from cat.registry import import_plugin
 from cat.rewards.answers import AnswerChain
 from cat.stats import mean_ci
 from cat.types import Group
-
 
 ANCHOR_DECODINGS = ("greedy", "sampled")
 
@@ -78,10 +76,11 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
               for p, cs, ex in zip(prompts, completions, examples, strict=True)]
     results["single_sample_accuracy"] = sum(single) / len(single)
     results["single_sample_interval"] = mean_ci(single).half_width
+    variants = _variants(estimators, anchor, anchor_decodings)
     for g in sizes:
         groups = [Group(prompt=p, prompt_ids=tuple(i), completions=tuple(cs[:g]))
                   for p, i, cs in zip(prompts, ids, completions, strict=True)]
-        for name, estimator, view in _variants(estimators, anchor, anchor_decodings):
+        for name, estimator, view in variants:
             start = time.perf_counter()
             refs = estimator(groups, view)
             hits = [grade(r.answer, p, **grading)
@@ -93,7 +92,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
             for ex, r, hit in zip(examples, refs, hits, strict=True):
                 ex["references"][key] = {"answer": r.answer, "correct": bool(hit), "text": r.text}
         if "majority_vote" in estimators:
-            for name, _, _ in _variants(estimators, anchor, anchor_decodings):
+            for name, _, _ in variants:
                 if name != "majority_vote":
                     results["versus_majority"][f"{name}@{g}"] = versus_majority(examples, f"{name}@{g}",
                                                                                  f"majority_vote@{g}")
@@ -105,17 +104,13 @@ def _variants(estimators: dict, anchor, decodings: list[str] | None):
     """(key name, estimator, anchor) per run: one per estimator, or one per anchor decoding for an
     estimator that writes with the anchor (not those that only score with it:
     ``decodes_with_anchor = False``)."""
-    from dataclasses import replace
-
     out = []
     for name, estimator in estimators.items():
         if anchor is None or not decodings or not getattr(estimator, "decodes_with_anchor", estimator.needs_anchor):
             out.append((name, estimator, anchor))
             continue
         for d in decodings:
-            view = copy.copy(anchor)
-            view.params = replace(anchor.params, greedy=d == "greedy")
-            out.append((f"{name}[{d}]", estimator, view))
+            out.append((f"{name}[{d}]", estimator, anchor.with_params(greedy=d == "greedy")))
     return out
 
 

@@ -354,4 +354,5 @@ def test_smollm2_synthesizes_references_from_real_rollouts(smollm2, greedy):
     assert sum(r.answer is not None for r in first) >= 2, [r.text for r in first]
     assert [r.text for r in synthesis(groups, anchor.at(seed=1))] == [r.text for r in first]
     other = synthesis(groups, anchor.at(seed=2))
-    assert ([r.text for r in other] == [r.text for r in first]) == greedy, [(r.text, s.text) for r, s in zip(first, other)]
+    texts, other_texts = [r.text for r in first], [r.text for r in other]
+    assert (other_texts == texts) == greedy, list(zip(texts, other_texts, strict=True))
