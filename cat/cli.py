@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import json
 import os
 import sys
@@ -126,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{_rank_tag()}interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRORS:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"{_rank_tag()}error{where}: {exc.strerror}. The run directory's newest checkpoint is intact: "
+              f"free space and run the same command again to continue", file=sys.stderr)
+        return 2
     except RuntimeError as exc:
         if not _peer_gone(exc):
             raise
@@ -133,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{str(exc).splitlines()[0][:200]})", file=sys.stderr)
         return 1
     return 1
+
+
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def _quiet_libraries() -> None:
@@ -257,8 +268,8 @@ def _prepare_run_dir(run_dir: Path, config, *, resume_requested: bool, allow_cha
     _check_writable(run_dir)
     old = saved.read_text()
     progress = (run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(run_dir) is not None
-    if old != text and not progress:
-        saved.write_text(text)  # a run that never made progress: nothing to protect
+    if old != text and (not progress or _same_run(old, text)):
+        _write_text_atomic(saved, text)  # nothing to protect, or the same run spelled another way (moved, say)
     elif old != text:
         diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True), "saved config.yaml", "this config"))
         if not allow_change:
@@ -267,8 +278,8 @@ def _prepare_run_dir(run_dir: Path, config, *, resume_requested: bool, allow_cha
                 f"anyway, or choose another --output-dir.\n{diff}"
             )
         print(f"continuing {run_dir} with a changed config:\n{diff}", file=sys.stderr)
-        saved.write_text(text)
-    latest = ckpt.latest_checkpoint(run_dir)
+        _write_text_atomic(saved, text)
+    latest = ckpt.newest_verified(run_dir, log=lambda line: print(line, file=sys.stderr))
     if latest is None:
         if (run_dir / "metrics.jsonl").exists():
             print(f"{run_dir} has no complete checkpoint: starting it from step 0", file=sys.stderr)
@@ -277,6 +288,51 @@ def _prepare_run_dir(run_dir: Path, config, *, resume_requested: bool, allow_cha
         return None
     print(f"resuming {run_dir} from {latest.name}", file=sys.stderr)
     return latest
+
+
+def _same_run(old: str, new: str) -> bool:
+    """Whether two dumped configs describe the same run: equal but for ``run.output_dir`` (where the
+    run lives, not what it is: a moved run directory is the same run) and for paths spelled
+    differently that name the same file (same bytes) or the same folder."""
+    import yaml
+
+    try:
+        trees = [yaml.safe_load(text) for text in (old, new)]
+    except yaml.YAMLError:
+        return False
+    if not all(isinstance(tree, dict) for tree in trees):
+        return False
+    for tree in trees:
+        if isinstance(tree.get("run"), dict):
+            tree["run"].pop("output_dir", None)
+    return _by_content(trees[0]) == _by_content(trees[1])
+
+
+def _by_content(value):
+    """``value`` with every string naming an existing file replaced by its contents' hash and every
+    string naming an existing folder by its real path."""
+    import hashlib
+
+    if isinstance(value, dict):
+        return {k: _by_content(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_content(v) for v in value]
+    if isinstance(value, str) and value and "\n" not in value and len(value) < 4096:
+        path = Path(value).expanduser()
+        try:
+            if path.is_file():
+                return "file sha256 " + hashlib.sha256(path.read_bytes()).hexdigest()
+            if path.is_dir():
+                return "folder " + str(path.resolve())
+        except OSError:
+            pass
+    return value
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _truncate_jsonl(path: Path, last_step: int) -> None:

@@ -19,3 +19,7 @@ class TeacherError(CatError):
 
 class TrainingHalted(CatError):
     """Training stopped on purpose (for example too many non-finite updates in a row)."""
+
+
+class CheckpointError(CatError):
+    """A checkpoint could not be written, or one on disk is damaged or holds non-finite numbers."""

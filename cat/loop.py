@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from cat import checkpoint as ckpt
+from cat.errors import CheckpointError
 from cat.models import torch_dtype
 from cat.tracking import Trackers
 from cat.watch import UnscoredWatch, preflight_report
@@ -51,6 +52,10 @@ class RunLoop:
         t = self.trainer
         state = ckpt.load_trainer_state(path)
         t.learner.load_master_weights(ckpt.master_weights_dir(path))
+        bad = ckpt.first_nonfinite(dict(t.policy.named_parameters())) or ckpt.first_nonfinite(state.get("optimizer"), "optimizer")
+        if bad:  # verified files that hold NaN: written by something other than save_checkpoint
+            raise CheckpointError(f"checkpoint {path}: {bad} holds NaN or inf; refusing to resume from it "
+                                  f"(move it aside and resume again to use the one before it)")
         t.generator.sync_weights(t.policy)
         t.learner.load_state_dict(state)
         t.step_done = state["step"]
