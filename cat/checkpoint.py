@@ -170,6 +170,13 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state
             raise
         kept = latest_checkpoint(run_dir)
         cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1][:200]
+        try:
+            free = shutil.disk_usage(root).free / 2**20
+            need = sum(f.stat().st_size for f in kept.rglob("*") if f.is_file()) / 2**20 if kept else 0.0
+            cause += (f" (the disk is full: a checkpoint takes {need:.1f} MiB, {free:.1f} MiB are free; the old "
+                      f"ones go only once a new one is whole)" if need > free else f" ({free:.1f} MiB free)")
+        except OSError:
+            pass
         raise CheckpointError(
             f"could not write the checkpoint of step {step} in {root}: {cause}. Nothing of it was left behind; "
             + (f"the newest checkpoint, {kept.name}, is intact: free space and resume with --resume {run_dir}"
@@ -199,7 +206,7 @@ def _is_write_failure(exc: Exception) -> bool:
         return True
     text = str(exc)
     return type(exc).__name__ in ("SafetensorError", "RuntimeError") and any(
-        s in text for s in ("I/O error", "os error", "write failed", "failed writing"))
+        s in text for s in ("I/O error", "os error", "write failed", "failed writing", "inline_container"))
 
 
 def _repair(root: Path) -> None:
