@@ -135,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
               f"free space and run the same command again to continue", file=sys.stderr)
         return 2
     except RuntimeError as exc:
+        from cat.parallel import stalled_message
+
+        stalled = stalled_message(exc)
+        if stalled:
+            print(f"{_rank_tag()}error: {stalled}", file=sys.stderr)
+            return 1
         if not _peer_gone(exc):
             raise
         print(f"{_rank_tag()}error: another rank stopped while this one was waiting for it (its message is above; "
@@ -372,7 +378,7 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
     from cat.trainer import preflight
 
     preflight(config)
-    ranks = Ranks(cpu=resolve_device(config.model.device).type == "cpu")
+    ranks = Ranks(cpu=resolve_device(config.model.device).type == "cpu", timeout_s=config.parallel.timeout_s)
     outcome = None
     if ranks.main:  # one rank decides fresh start vs resume; the others follow it
         try:

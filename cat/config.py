@@ -388,6 +388,11 @@ class ParallelConfig(_Section):
     FSDP2 (``fully_shard``) shards them across ranks, one shard group per decoder layer; weights
     are gathered layer by layer for each forward, and whole for hf-backend generation. pi_0 stays
     whole on every rank. Not with LoRA (the adapter is small: use ddp)."""
+    timeout_s: float = Field(1800.0, gt=0)
+    """Seconds a rank waits in a collective (a gather, an all-reduce, the checkpoint barrier) for
+    the others before the run stops with an error naming the ranks that stopped answering (each
+    rank beats a heartbeat once a second). Ranks wait for the slowest one's work between
+    collectives (its generation, the checkpoint rank 0 writes), so keep it above that."""
 
 
 class SFTConfig(_Section):

@@ -9,13 +9,22 @@ their groups with its own engine, builds their references and rewards, then the 
 gathered so every rank holds the whole step. Advantages, normalisers and metrics are computed
 from the whole step, exactly as one process computes them, and each rank takes the gradient of
 its own rows; the summed gradient is the one-process gradient.
+
+A rank that stops answering (stopped, swapped out, stuck in a driver) does not hang the others:
+every collective gives up after ``parallel.timeout_s``, and each rank beats a heartbeat into the
+launcher's rendezvous store once a second, so the rank that gave up can name the ranks whose
+heartbeat went quiet (:func:`stalled_message`).
 """
 
 from __future__ import annotations
 
 import atexit
 import gc
+import os
+import threading
+import time
 from dataclasses import replace
+from datetime import timedelta
 
 import torch
 
@@ -25,15 +34,21 @@ from cat.generation import SamplingParams
 class Ranks:
     """This process's place in the run (a single process is rank 0 of 1)."""
 
-    def __init__(self, *, cpu: bool):
+    def __init__(self, *, cpu: bool, timeout_s: float | None = None):
+        """``timeout_s``: how long a collective waits for the other ranks (``parallel.timeout_s``;
+        None: torch's default). Only the first ``Ranks`` of a process sets it: the process group
+        is joined once."""
         from accelerate import PartialState
 
-        self.state = PartialState(cpu=cpu)
+        joined = torch.distributed.is_available() and torch.distributed.is_initialized()
+        kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s and not joined else {}
+        self.state = PartialState(cpu=cpu, **kwargs)
         self.rank = self.state.process_index
         self.world = self.state.num_processes
         self.main = self.rank == 0
         if self.world > 1:
             atexit.register(_release_process_group)
+            _Heartbeat.start(self.rank, self.world)
 
     @property
     def device(self) -> torch.device:
@@ -42,6 +57,8 @@ class Ranks:
     def close(self) -> None:
         """Leave the process group together: a rank that exits while another's gloo threads still
         talk to it can make that rank abort ("terminate called without an active exception")."""
+        if _Heartbeat.current is not None:
+            _Heartbeat.current.stop.set()
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
             _release_process_group()
@@ -86,6 +103,78 @@ class Ranks:
     def tag(self) -> str:
         """``[rank r/N] `` in a multi-process run, else empty: for messages a user must place."""
         return f"[rank {self.rank}/{self.world}] " if self.world > 1 else ""
+
+
+class _Heartbeat:
+    """Once a second, this rank writes the time into the rendezvous store (``MASTER_ADDR``:
+    ``MASTER_PORT``, which torchrun's agent or rank 0 serves) from a daemon thread; a stopped
+    process stops beating. One per process."""
+
+    INTERVAL_S = 1.0
+    current: _Heartbeat | None = None
+
+    def __init__(self, rank: int, world: int):
+        self.rank, self.world = rank, world
+        self.store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                                is_master=False, timeout=timedelta(seconds=5),
+                                                wait_for_workers=False)
+        self.stop = threading.Event()
+        self.beat()
+        threading.Thread(target=self._run, name="cat-heartbeat", daemon=True).start()
+
+    @classmethod
+    def start(cls, rank: int, world: int) -> None:
+        if cls.current is None and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+            try:
+                cls.current = cls(rank, world)
+            except (RuntimeError, ValueError, OSError):  # no store to reach: messages just name no rank
+                cls.current = None
+
+    def beat(self) -> None:
+        self.store.set(f"cat/heartbeat/{self.rank}", repr(time.time()))
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.INTERVAL_S):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - the store's host is gone or stopped: nothing to report to
+                pass
+
+    def quiet(self) -> dict[int, float | None]:
+        """Seconds since each other rank's last beat (None: the store did not answer for it)."""
+        ages = {}
+        for rank in range(self.world):
+            if rank == self.rank:
+                continue
+            try:
+                ages[rank] = time.time() - float(self.store.get(f"cat/heartbeat/{rank}").decode())
+            except Exception:  # noqa: BLE001 - unreachable store or no beat yet
+                ages[rank] = None
+        return ages
+
+
+def stalled_message(exc: BaseException, timeout_s: float | None = None) -> str | None:
+    """For a collective that timed out: which ranks stopped answering, from their heartbeats
+    (None when ``exc`` is not a collective's timeout)."""
+    text = str(exc)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or not any(
+            s in text for s in ("Timed out", "timed out", "Timeout", "timeout")):
+        return None
+    heart = _Heartbeat.current
+    ages = heart.quiet() if heart else {}
+    limit = 3 * _Heartbeat.INTERVAL_S
+    quiet = [f"rank {r} (last heartbeat {age:.0f} s ago)" for r, age in ages.items() if age is not None and age > limit]
+    unknown = [r for r, age in ages.items() if age is None]
+    if quiet:
+        who = ", ".join(quiet) + " stopped answering"
+    elif unknown:
+        who = (f"rank(s) {', '.join(map(str, unknown))} could not be asked (the rendezvous store, which rank 0 or "
+               f"the launcher serves, did not answer either)")
+    else:
+        who = "every other rank is still alive but did not reach the same collective (a rank took a different path)"
+    waited = f" for {timeout_s:g} s" if timeout_s else ""
+    return (f"a collective waited{waited} and gave up: {who}. parallel.timeout_s sets how long ranks wait for each "
+            f"other ({text.splitlines()[0][:160]})")
 
 
 def _release_process_group() -> None:

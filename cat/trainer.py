@@ -89,7 +89,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.model.device)
-        self.ranks = Ranks(cpu=self.device.type == "cpu")
+        self.ranks = Ranks(cpu=self.device.type == "cpu", timeout_s=config.parallel.timeout_s)
         if self.ranks.world > 1 and self.device.type == "cuda":
             self.device = self.ranks.device  # one GPU per rank
         self.log = (log or logger.info) if self.ranks.main else _quiet

@@ -13,6 +13,7 @@ bound (plus 1e-12 absolute for values that are zero up to rounding, such as a da
 zero-mean advantages). A real difference (a missing rank's rows) changes the loss by ~50%.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,3 +198,53 @@ def test_sharded_judge_and_generator_split_the_work_and_gather_it(tmp_path, tiny
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in ["47+38", "12+9", "99+1"]]
     whole = make_generator("hf", model, tokenizer, batch_size=64).generate(prompts, SamplingParams(n=2, max_new_tokens=24, seed=5))
     assert r0["texts"] == r1["texts"] == [[c.text for c in group] for group in whole]
+
+
+def rank_pids(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of a launcher's worker processes, from their environment."""
+    found = {}
+    for child in Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split():
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        rank = [e for e in environ if e.startswith(b"RANK=")]
+        if rank:
+            found[int(rank[0].split(b"=")[1])] = int(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_a_stopped_rank_is_named_after_the_collective_timeout(tmp_path, tiny_world):
+    """SIGSTOP on rank 1 after step 1: rank 0 waits parallel.timeout_s in its next collective, then
+    stops the run naming rank 1 from the heartbeats, instead of hanging for ever."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        launch("-m", "cat.cli", "train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir",
+               str(run_dir), *tiny_args(tiny_world, "eval.path=null", "run.steps=50", "parallel.timeout_s=6")),
+        cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not ((run_dir / "metrics.jsonl").exists() and rows(run_dir)):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.05)
+        pids = rank_pids(proc.pid)
+        os.kill(pids[1], signal.SIGSTOP)
+        started = time.time()
+        while running(pids[0]):  # rank 0 gives up after the timeout ...
+            assert time.time() - started < 120, "rank 0 is still waiting"
+            time.sleep(0.1)
+        waited = time.time() - started
+        os.kill(pids[1], signal.SIGKILL)  # ... and torchrun would wait 30 s to take the stopped one down
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # torchrun took its workers down with it
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode != 0
+    assert "[rank 0/2] error: a collective waited and gave up: rank 1 (last heartbeat" in stderr, stderr[-3000:]
+    assert "stopped answering" in stderr and "parallel.timeout_s" in stderr
+    assert 6 <= waited < 60
