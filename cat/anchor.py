@@ -126,6 +126,15 @@ class Anchor:
         view.params = replace(self.params, **changes)
         return view
 
+    def with_question(self, template: str) -> Anchor:
+        """This anchor shown the question, through ``template`` (a name in anchors/ or a path,
+        with ``{{question}}``): the paper's synthesis with the question, beside the default without."""
+        view = copy.copy(self)
+        view.template = load_template(template, kind="anchors", required={"rollouts", "question"},
+                                      allowed={"num_rollouts"})
+        view.include_question = True
+        return view
+
     # ---- prompts -----------------------------------------------------------------------------
 
     @staticmethod

@@ -2,7 +2,8 @@
 
     cat-rl train CONFIG [--output-dir DIR] [--resume DIR] [--allow-config-change] [key=value ...]
     cat-rl eval CONFIG [--model PATH] [--output FILE] [key=value ...]
-    cat-rl synthesize CONFIG [--estimators a,b,...] [--group-sizes 4,8] [--anchor-decoding greedy,sampled]
+    cat-rl synthesize|testtime CONFIG [--estimators a,b,...] [--group-sizes 4,8]
+                      [--anchor-decoding greedy,sampled] [--anchor-question without,with]
                       [--output FILE] [--json] [key=value ...]
     cat-rl plan CONFIG [--processes N] [key=value ...]
     cat-rl compare CONFIG --arms a,b,... [--arm LABEL "k=v ..."] [--seeds 0,1,2] --output-dir DIR [key=value ...]
@@ -53,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("config")
     e.add_argument("--model", help="policy to evaluate (default: model.name_or_path); a run's checkpoint folder works")
     e.add_argument("--output", help="write the JSON result here")
-    s = sub.add_parser("synthesize", help="test-time CaT: answer with each estimator's reference, no training")
+    s = sub.add_parser("synthesize", aliases=["testtime"],
+                       help="test-time CaT: answer with each estimator's reference, no training")
     s.add_argument("config")
     s.add_argument("--estimators", default="single,majority_vote,synthesis",
                    help="comma-separated estimator names to compare")
@@ -62,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     s.add_argument("--anchor-decoding", help="greedy,sampled: run the anchor's estimators with each decoding on the "
                                              "same rollouts (default: as anchor.greedy says)")
+    s.add_argument("--anchor-question", help="without,with: run the anchor's estimators without the question "
+                                             "(anchor.template) and/or with it (--question-template) on the same "
+                                             "rollouts (default: as anchor.include_question says)")
+    s.add_argument("--question-template", default="math_synthesis_with_question",
+                   help="the synthesis template with {{question}} that --anchor-question with uses")
     pl = sub.add_parser("plan", help="memory per process for a config, computed from the model's architecture")
     pl.add_argument("config")
     pl.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run is split over")
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "eval":
             return _eval(args)
-        if args.command == "synthesize":
+        if args.command in ("synthesize", "testtime"):
             return _synthesize(args)
         if args.command == "plan":
             return _plan(args)
@@ -491,7 +498,8 @@ def _synthesize(args) -> int:
     except ValueError:
         raise ConfigError(f"--group-sizes must be comma-separated integers, got {args.group_sizes!r}") from None
     decodings = [d.strip() for d in args.anchor_decoding.split(",") if d.strip()] if args.anchor_decoding else None
-    result = run_test_time(config, names, sizes, decodings)
+    questions = [q.strip() for q in args.anchor_question.split(",") if q.strip()] if args.anchor_question else None
+    result = run_test_time(config, names, sizes, decodings, questions, args.question_template)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
     else:

@@ -8,9 +8,13 @@ the comparison across G is paired too. The rollouts depend only on ``run.seed``:
 that differ in the anchor alone (``anchor.greedy=false``, another template) read the same rollouts.
 
 Per estimator and G the result holds the accuracy, its 95% interval over prompts
-(``interval``), and, when ``majority_vote`` is among the estimators, the paper's comparison
-with the vote (``versus_majority``): how often the two answers differ, and of those prompts how
-often each one is right. ``examples`` keep, per prompt, every rollout's text and answer and every
+(``interval``), the paired difference from one sample and from the vote with its interval and
+verdict (``paired``), and, when ``majority_vote`` is among the estimators, the paper's
+comparison with the vote (``versus_majority``): how often the two answers differ, and of those
+prompts how often each one is right. ``oracle_pass@G`` is pass@G: some rollout of the first G is
+right (the ceiling of any selection). The anchor's estimators run once per decoding
+(``anchor_decodings``) and per question setting (``anchor_questions``: without the question, as
+the paper's default, and with it through ``question_template``). ``examples`` keep, per prompt, every rollout's text and answer and every
 reference's text and answer, to read what the model and the anchor actually wrote.
 """
 
@@ -31,17 +35,28 @@ from cat.stats import mean_ci
 from cat.types import Group
 
 ANCHOR_DECODINGS = ("greedy", "sampled")
+ANCHOR_QUESTIONS = ("without", "with")
 
 
 def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | None = None,
-                  anchor_decodings: list[str] | None = None) -> dict:
-    """``anchor_decodings``: run the estimators that use the anchor once per decoding named
+                  anchor_decodings: list[str] | None = None, anchor_questions: list[str] | None = None,
+                  question_template: str = "math_synthesis_with_question") -> dict:
+    """``anchor_decodings``: run the estimators that write with the anchor once per decoding named
     (``greedy``, ``sampled`` at ``anchor.temperature``), on the same rollouts, keyed
-    ``NAME[DECODING]@G``; None: as ``anchor.greedy`` says, keyed ``NAME@G``."""
+    ``NAME[DECODING]@G``; ``anchor_questions``: once without the question (``anchor.template``)
+    and/or once with it (``question_template``), keyed ``NAME[...,question]@G``; None: as
+    ``anchor.greedy`` and ``anchor.include_question`` say, keyed ``NAME@G``."""
     e, m, gen = config.eval, config.model, config.generation
     for d in anchor_decodings or ():
         if d not in ANCHOR_DECODINGS:
             raise ConfigError(f"anchor decoding {d!r}: choose from {', '.join(ANCHOR_DECODINGS)}")
+    for q in anchor_questions or ():
+        if q not in ANCHOR_QUESTIONS:
+            raise ConfigError(f"anchor question setting {q!r}: choose from {', '.join(ANCHOR_QUESTIONS)}")
+    if "with" in (anchor_questions or ()):
+        from cat.templates import load_template
+
+        load_template(question_template, kind="anchors", required={"rollouts", "question"}, allowed={"num_rollouts"})
     if e.path is None:
         raise ConfigError("eval.path is not set: test-time CaT needs prompts with gold answers to grade")
     for plugin in config.plugins:
@@ -68,7 +83,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     grading = {"mode": config.reward.mode, "timeout_s": config.reward.timeout_s}
     answer_of = AnswerChain.from_config(config.answer)
     results: dict = {"n": len(prompts), "group_sizes": sizes, "accuracy": {}, "interval": {}, "versus_majority": {},
-                     "seconds": {}}
+                     "paired": {}, "seconds": {}}
     examples = [{"index": p.index, "question": p.text, "gold": p.gold, "references": {},
                  "rollouts": [{"text": c.text, "answer": answer_of(c.text)} for c in cs]}
                 for p, cs in zip(prompts, completions, strict=True)]
@@ -76,10 +91,16 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
               for p, cs, ex in zip(prompts, completions, examples, strict=True)]
     results["single_sample_accuracy"] = sum(single) / len(single)
     results["single_sample_interval"] = mean_ci(single).half_width
-    variants = _variants(estimators, anchor, anchor_decodings)
+    right = [[grade(r["answer"], p, **grading) for r in ex["rollouts"]] for p, ex in zip(prompts, examples, strict=True)]
+    variants = _variants(estimators, anchor, anchor_decodings, anchor_questions, question_template)
     for g in sizes:
         groups = [Group(prompt=p, prompt_ids=tuple(i), completions=tuple(cs[:g]))
                   for p, i, cs in zip(prompts, ids, completions, strict=True)]
+        one = [sum(r[:g]) / g for r in right]  # the expected accuracy of one of the first g samples
+        oracle = [float(any(r[:g])) for r in right]
+        results["accuracy"][f"oracle_pass@{g}"] = sum(oracle) / len(oracle)
+        results["interval"][f"oracle_pass@{g}"] = mean_ci(oracle).half_width
+        per_prompt = {}
         for name, estimator, view in variants:
             start = time.perf_counter()
             refs = estimator(groups, view)
@@ -91,6 +112,11 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
             results["seconds"][key] = time.perf_counter() - start
             for ex, r, hit in zip(examples, refs, hits, strict=True):
                 ex["references"][key] = {"answer": r.answer, "correct": bool(hit), "text": r.text}
+            per_prompt[name] = [float(h) for h in hits]
+        for name, hits in per_prompt.items():
+            results["paired"][f"{name}@{g}"] = {"one_sample": paired(hits, one)}
+            if "majority_vote" in per_prompt and name != "majority_vote":
+                results["paired"][f"{name}@{g}"]["majority_vote"] = paired(hits, per_prompt["majority_vote"])
         if "majority_vote" in estimators:
             for name, _, _ in variants:
                 if name != "majority_vote":
@@ -100,18 +126,32 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     return results
 
 
-def _variants(estimators: dict, anchor, decodings: list[str] | None):
-    """(key name, estimator, anchor) per run: one per estimator, or one per anchor decoding for an
-    estimator that writes with the anchor (not those that only score with it:
-    ``decodes_with_anchor = False``)."""
+def _variants(estimators: dict, anchor, decodings: list[str] | None, questions: list[str] | None = None,
+              question_template: str = "math_synthesis_with_question"):
+    """(key name, estimator, anchor) per run: one per estimator, or, for an estimator that writes
+    with the anchor (not those that only score with it: ``decodes_with_anchor = False``), one per
+    anchor decoding and question setting named."""
     out = []
     for name, estimator in estimators.items():
-        if anchor is None or not decodings or not getattr(estimator, "decodes_with_anchor", estimator.needs_anchor):
+        if anchor is None or not (decodings or questions) or \
+                not getattr(estimator, "decodes_with_anchor", estimator.needs_anchor):
             out.append((name, estimator, anchor))
             continue
-        for d in decodings:
-            out.append((f"{name}[{d}]", estimator, anchor.with_params(greedy=d == "greedy")))
+        for d in decodings or [None]:
+            for q in questions or [None]:
+                view = anchor if d is None else anchor.with_params(greedy=d == "greedy")
+                view = view.with_question(question_template) if q == "with" else view
+                tags = [t for t in (d, "question" if q == "with" else None) if t]
+                out.append((f"{name}[{','.join(tags)}]" if tags else name, estimator, view))
     return out
+
+
+def paired(hits: list[float], baseline: list[float]) -> dict:
+    """The mean per-prompt difference ``hits - baseline``, its 95% interval, and the verdict:
+    ``better`` / ``worse`` when the interval excludes 0, else ``no clear difference``."""
+    ci = mean_ci([a - b for a, b in zip(hits, baseline, strict=True)])
+    verdict = "no clear difference" if not ci.excludes_zero else ("better" if ci.mean > 0 else "worse")
+    return {"difference": ci.mean, "interval": ci.half_width, "verdict": verdict}
 
 
 def versus_majority(examples: list[dict], key: str, vote_key: str) -> dict:
@@ -146,6 +186,13 @@ def table(result: dict) -> str:
             key = f"{name}@{g}"
             cells.append(f"{result['accuracy'][key]:.3f} +/- {result.get('interval', {}).get(key, float('nan')):.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    pairs = result.get("paired") or {}
+    if pairs:
+        lines += ["", "| paired, per prompt | against one sample | against the vote |", "|---|---|---|"]
+        for key, against in pairs.items():
+            cells = [f"{v['difference']:+.3f} +/- {v['interval']:.3f} ({v['verdict']})" if v else "" for v in
+                     (against.get("one_sample"), against.get("majority_vote"))]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
     versus = result.get("versus_majority") or {}
     if versus:
         lines += ["", "| against the majority vote | differs | right when they differ | vote right then |", "|---|---|---|---|"]

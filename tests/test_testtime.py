@@ -7,14 +7,21 @@ from conftest import ROOT, cli, run_cli
 
 def test_synthesize_compares_estimators_on_shared_rollouts(tmp_path, tiny_world):
     out_file = tmp_path / "tt.json"
-    out = run_cli("synthesize", str(ROOT / "experiments" / "tiny_arith_cat.yaml"),
+    out = run_cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"),
                   "--estimators", "single,majority_vote,synthesis,min_perplexity", "--group-sizes", "1,8",
-                  "--anchor-decoding", "greedy,sampled", "--output", str(out_file), "eval.limit=32")
+                  "--anchor-decoding", "greedy,sampled", "--anchor-question", "without,with",
+                  "--output", str(out_file), "eval.limit=32")
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out_file.read_text())
     acc = result["accuracy"]
-    names = ("single", "majority_vote", "synthesis[greedy]", "synthesis[sampled]", "min_perplexity")
+    names = ("single", "majority_vote", "synthesis[greedy]", "synthesis[sampled]", "synthesis[greedy,question]",
+             "synthesis[sampled,question]", "min_perplexity", "oracle_pass")
     assert set(acc) == {f"{n}@{g}" for n in names for g in (1, 8)}  # min_perplexity only scores: one decoding
+    assert acc["oracle_pass@1"] == acc["single@1"] and all(acc["oracle_pass@8"] >= v for v in acc.values())
+    paired = result["paired"]["majority_vote@8"]["one_sample"]  # the vote of 8 against one sample, prompt by prompt
+    assert paired["verdict"] == "better" and paired["difference"] - paired["interval"] > 0
+    assert result["paired"]["synthesis[greedy]@8"]["majority_vote"]["verdict"] in ("better", "worse", "no clear difference")
+    assert "| paired, per prompt |" in out.stdout
     assert result["n"] == 32 and len(result["examples"]) == 32
     # majority of one rollout is that rollout: the pairing across estimators is exact
     assert acc["majority_vote@1"] == acc["single@1"]
@@ -22,7 +29,8 @@ def test_synthesize_compares_estimators_on_shared_rollouts(tmp_path, tiny_world)
     assert acc["synthesis[greedy]@8"] > result["single_sample_accuracy"] + 0.15
     assert acc["synthesis[sampled]@8"] > result["single_sample_accuracy"]
     assert acc["majority_vote@8"] > result["single_sample_accuracy"]
-    assert set(result["versus_majority"]) == {f"{n}@{g}" for n in names if n != "majority_vote" for g in (1, 8)}
+    assert set(result["versus_majority"]) == {f"{n}@{g}" for n in names if n not in ("majority_vote", "oracle_pass")
+                                              for g in (1, 8)}
     assert result["versus_majority"]["single@1"]["disagreements"] == 0  # one rollout: the vote is that rollout
     assert 0 < result["interval"]["synthesis[greedy]@8"] < 0.5
     first = result["examples"][0]
@@ -40,6 +48,9 @@ def test_synthesize_rejects_bad_group_sizes(tiny_world):
     assert out.returncode == 2 and "--group-sizes" in out.stderr
     out = cli("synthesize", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--anchor-decoding", "greedy,hot")
     assert out.returncode == 2 and "anchor decoding 'hot': choose from greedy, sampled" in out.stderr
+    out = cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--anchor-question", "with",
+              "--question-template", "math_synthesis_brief")
+    assert out.returncode == 2 and "question" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_versus_majority_counts_disagreements_and_who_is_right():
