@@ -250,6 +250,22 @@ def test_a_banana_judge_stops_the_run_before_evaluation(scripted, tmp_path, rubr
     assert not (run_dir / "eval.json").exists() and not (run_dir / "metrics.jsonl").exists()
 
 
+def test_a_judge_that_fails_on_every_item_stops_at_preflight_naming_the_judge(scripted, tmp_path, rubric_world):
+    """A judge that passes the check, then gives no usable verdict: the preflight stops the run
+    (exit 2) and names the judge as the cause, not the answer format."""
+    server = scripted(lambda n, prompt: reply("<verdict>yes</verdict>" if PROBE.criteria[0] in prompt else "banana"))
+    out = cli("train", str(ROOT / "experiments" / "tiny_rubric_cat.yaml"), "--output-dir", str(tmp_path / "run"),
+              "--no-progress", "eval.path=null", "data.limit=8", "run.preflight_prompts=1", "generation.num_generations=2",
+              "judge.backend=openai",
+              f"judge.base_url={server.base_url}", "judge.model=tiny", "judge.api_key_env=CAT_TEST_JUDGE_KEY",
+              "judge.max_retries=0")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "the judge gave no usable verdict" in out.stderr and "judge.template" in out.stderr
+    assert "'banana'" in out.stderr  # the judge's warning quotes its reply
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert len(server.chat) <= 1 + 2 * 5  # the check, then one request per (rollout, criterion) of one prompt
+
+
 def test_an_anchor_endpoint_that_cannot_chat_stops_the_trainer_before_evaluation(scripted, tmp_path, rubric_world):
     from cat.trainer import Trainer
 
