@@ -61,7 +61,8 @@ def build_anchor(config, policy_tokenizer, *, device, pi0_generator, make_genera
 
     ``pi0_generator()``: the engine serving pi_0 (the default anchor; on vLLM a view of the shared
     rollout engine). ``make_generator(model, tokenizer)``: an engine on the rollout backend for
-    another local teacher (``anchor.model``). ``anchor.backend: openai``: an endpoint, checked now.
+    another local teacher (``anchor.model``). ``anchor.backend: openai``: an endpoint, checked now
+    with one real chat request (the trainer builds it before the initial evaluation).
     """
     from cat.generation.chat import OpenAIChat
     from cat.models import context_length, load_model, load_tokenizer
@@ -69,9 +70,9 @@ def build_anchor(config, policy_tokenizer, *, device, pi0_generator, make_genera
     a, m = config.anchor, config.model
     if a.backend == "openai":
         chat = OpenAIChat(a.model, base_url=a.base_url, api_key_env=a.api_key_env, timeout_s=a.timeout_s,
-                          max_retries=a.max_retries, backoff_s=a.backoff_s, max_concurrency=a.max_concurrency,
-                          role="anchor")
-        chat.check()
+                          max_retries=a.max_retries, backoff_s=a.backoff_s, max_wait_s=a.max_wait_s,
+                          max_concurrency=a.max_concurrency, role="anchor")
+        chat.check()  # one real request: an endpoint that cannot chat stops the run here, with its answer quoted
         return Anchor.from_config(config, chat, policy_tokenizer, context_length=None, shares_policy_tokenizer=False)
     if a.model is None:
         name, tokenizer, generator = f"pi_0 ({m.name_or_path})", policy_tokenizer, pi0_generator()

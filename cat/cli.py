@@ -457,7 +457,7 @@ def _eval(args) -> int:
         from cat.judge import Judge
 
         judge = Judge.from_config(config, None)
-        judge.backend.check()
+        judge.check()
     result = evaluate_config(config, generator, prompts, ids, judge)
     result["model"] = path
     summary = {k: v for k, v in result.items() if k != "examples"}

@@ -326,9 +326,18 @@ class _Endpoint(_Section):
     timeout_s: float = Field(60.0, gt=0)
     """Per-request timeout (openai backend)."""
     max_retries: int = Field(3, ge=0)
-    """Retries of a failed request (and, for the judge, of an unparsable verdict), with exponential backoff."""
+    """Requests beyond the first that one request may make, every layer together: one judge verdict
+    (or one anchor synthesis) gets at most ``max_retries + 1`` requests, whether they go to re-asking
+    an unparsable verdict or to repeating a transient failure (no connection, a timeout, a 5xx, a
+    408/409/429). Any other 4xx is not repeated: the request is wrong, and the error quotes the
+    status and the body."""
     backoff_s: float = Field(1.0, ge=0)
-    """First backoff; doubles each retry."""
+    """First wait before repeating a transient failure; doubles each time. A server's Retry-After
+    (seconds or an HTTP date) replaces it."""
+    max_wait_s: float = Field(60.0, ge=0)
+    """Seconds one request may spend waiting between its attempts, backoff and Retry-After
+    together. A Retry-After beyond what is left ends that request at once (the error says so)
+    rather than asking again too early."""
     max_concurrency: int = Field(8, ge=1)
     """Requests in flight at once (openai backend)."""
 

@@ -1,11 +1,11 @@
 """The judge: an independent model that answers yes/no for (response, criterion) pairs.
 
-The judge's model sits behind one seam, ``complete(prompts, max_new_tokens, attempt) ->
+The judge's model sits behind one seam, ``complete(prompts, max_new_tokens, attempt, budgets) ->
 list[str | None]`` (``ChatBackend``), over the generation seam's ``ChatModel``:
 * ``judge.backend: hf`` or ``vllm``: an in-process model on that engine (greedy first, sampled
   on retries);
 * ``openai``: any OpenAI-compatible endpoint through the ``openai`` client, with a per-request
-  timeout, retries with exponential backoff, and a concurrency limit
+  timeout, retries of transient failures (Retry-After honoured), and a concurrency limit
   (``cat.generation.chat.OpenAIChat``). The API key is read from the environment variable named
   in the config and never logged.
 
@@ -21,19 +21,25 @@ list[str | None]`` (``ChatBackend``), over the generation seam's ``ChatModel``:
   (``{"explanation": ..., "criteria_met": true|false}``, fenced or bare), or a leading yes/no;
 * a persistent verdict cache keyed by (judge model, criterion, conversation, response), so a
   resumed run does not pay twice;
-* retries of unparsable verdicts;
+* re-asks of unparsable verdicts, within one budget per verdict (``RequestBudget``) that the
+  endpoint's own retries share: ``judge.max_retries + 1`` requests per verdict in all;
 * exclusion of the verdicts that still fail. A failure is never read as "no": it is ``None``,
   and the reward leaves that criterion out for that rollout. (HealthBench's grader retries
-  until it parses; here the retries are bounded and the rest is counted in ``judge/failures``.)
+  until it parses; here the retries are bounded, the rest is counted in ``judge/failures``, and a
+  warning quotes a reply that did not parse.)
 
-If every request of a batch fails, the judge is down: ``TeacherError`` stops the run with the
-endpoint's name rather than training on nothing.
+``check()``, at the start of a run, asks an endpoint for one verdict on a trivial criterion: an
+endpoint that cannot chat, or whose reply is not a verdict this judge reads (a model that does
+not follow the template), stops the run before any evaluation or training. If every request of
+a batch fails, the judge is down: ``TeacherError`` stops the run with the endpoint's name rather
+than training on nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
@@ -41,7 +47,11 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from cat.errors import TeacherError
+from cat.generation.chat import RequestBudget
 from cat.templates import Template, load_template
+
+logger = logging.getLogger(__name__)
 
 _YES_NO = re.compile(r"^\W*(yes|no)\b", re.I)
 _TAGGED = re.compile(r"<verdict>\s*(yes|no)\s*</verdict>", re.I)
@@ -160,27 +170,31 @@ class VerdictCache:
 
 
 class ChatBackend:
-    """The judge's seam, ``complete(prompts, max_new_tokens, attempt) -> list[str | None]``, over
-    any ``ChatModel``: a local model on the hf or vLLM engine, or an OpenAI-compatible endpoint.
-    The first attempt decodes greedily; retries of unparsable verdicts sample at temperature 0.7."""
+    """The judge's seam, ``complete(prompts, max_new_tokens, attempt, budgets) -> list[str | None]``,
+    over any ``ChatModel``: a local model on the hf or vLLM engine, or an OpenAI-compatible
+    endpoint. The first attempt decodes greedily; retries of unparsable verdicts sample at
+    temperature 0.7. ``check(prompt, max_new_tokens)``: the model's reply to ``prompt`` now (None
+    for a local model, which is not asked), or TeacherError when it cannot answer."""
 
     def __init__(self, chat):
         self.chat = chat
         self.name = chat.name
+        self.label = chat.label
 
     @property
     def errors(self) -> int:
         """Failed requests so far (endpoints only)."""
         return getattr(self.chat, "errors", 0)
 
-    def check(self) -> None:
-        self.chat.check()
+    def check(self, prompt: str, max_new_tokens: int) -> str | None:
+        return self.chat.check([{"role": "user", "content": prompt}], max_new_tokens)
 
-    def complete(self, prompts: list[str], max_new_tokens: int, attempt: int) -> list[str | None]:
+    def complete(self, prompts: list[str], max_new_tokens: int, attempt: int,
+                 budgets: list[RequestBudget] | None = None) -> list[str | None]:
         from cat.generation import SamplingParams
 
         params = SamplingParams(max_new_tokens=max_new_tokens, greedy=attempt == 0, temperature=0.7, seed=attempt)
-        outputs = self.chat.complete([[{"role": "user", "content": p}] for p in prompts], params)
+        outputs = self.chat.complete([[{"role": "user", "content": p}] for p in prompts], params, budgets)
         return [None if o is None else o.text for o in outputs]
 
 
@@ -191,8 +205,8 @@ def judge_chat(config):
     j, m = config.judge, config.model
     if j.backend == "openai":
         return OpenAIChat(j.model, base_url=j.base_url, api_key_env=j.api_key_env, timeout_s=j.timeout_s,
-                          max_retries=j.max_retries, backoff_s=j.backoff_s, max_concurrency=j.max_concurrency,
-                          role="judge")
+                          max_retries=j.max_retries, backoff_s=j.backoff_s, max_wait_s=j.max_wait_s,
+                          max_concurrency=j.max_concurrency, role="judge")
     from cat.generation import generator_from_config
     from cat.models import load_model, load_tokenizer, resolve_device
 
@@ -200,6 +214,16 @@ def judge_chat(config):
     model = load_model(j.model, dtype=m.dtype, device=resolve_device(m.device), frozen=True)
     generator = generator_from_config(config, model, tokenizer, backend=j.backend, batch_size=j.batch_size)
     return LocalChat(generator, tokenizer, name=j.model)
+
+
+PROBE = JudgeItem("2 + 2 = 4, so the final answer is \\boxed{4}.", ("The final answer is 4.",))
+"""The trivial item ``Judge.check`` asks an endpoint about: any model that follows the judge
+template gives a verdict on it (which verdict does not matter)."""
+
+
+def _clip(text: str, n: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 class Judge:
@@ -214,6 +238,25 @@ class Judge:
         backend = ChatBackend(judge_chat(config))
         return cls(backend, template=judge_template(config), conversation_template=judge_template(config, conversation=True),
                    max_new_tokens=j.max_new_tokens, max_retries=j.max_retries, cache=VerdictCache(cache_path))
+
+    def check(self) -> None:
+        """Raise TeacherError now, before any evaluation or training, if this judge cannot give a
+        verdict: its endpoint cannot answer a request (the backend's check names the status and the
+        body), or its reply to ``PROBE`` is not a verdict this judge reads. A local model is not
+        asked (it answers whatever its weights answer; ``judge/failures`` counts that)."""
+        whole = "criteria" in self.template.placeholders
+        reply = self.backend.check(self._prompt(PROBE, None if whole else 0),
+                                   8 * len(PROBE.criteria) if whole else self.max_new_tokens)
+        if reply is None:
+            return
+        verdict = parse_verdict_lines(reply, 1)[0] if whole else parse_verdict(reply)
+        if verdict is None:
+            form = '"1: yes" or "1: no"' if whole else "<verdict>yes</verdict> or <verdict>no</verdict>, or a leading yes/no"
+            raise TeacherError(
+                f"{self.backend.label} does not answer as a judge: asked whether \"{PROBE.response}\" meets "
+                f"\"{PROBE.criteria[0]}\", it replied {_clip(reply)!r}, which is not a verdict ({form}). Every verdict "
+                f"would fail and no group would be scored. Fix: serve a model that follows the judge template "
+                f"(judge.model), or give judge.template one it follows; stopping before evaluation and training")
 
     def _template(self, item: JudgeItem) -> Template:
         if item.conversation is None:
@@ -261,29 +304,49 @@ class Judge:
                 else:
                     verdicts[i][k] = cached
                     hits += 1
+        asked = len(todo)
+        # one budget per request (an item in all_criteria mode, k None; else a criterion), shared with
+        # the endpoint's retries of transient failures: max_retries + 1 requests in all
+        budgets: dict[tuple[int, int | None], RequestBudget] = {}
+
+        def budget(i: int, k: int | None) -> RequestBudget:
+            return budgets.setdefault((i, k), RequestBudget(self.max_retries + 1))
+
         calls = 0
+        unread = ""  # a reply that did not parse, quoted in the warning
         for attempt in range(self.max_retries + 1):
-            if not todo:
+            whole = [i for i in sorted({i for i, _ in todo})
+                     if "criteria" in self._template(items[i]).placeholders and budget(i, None).left]
+            single = [(i, k) for i, k in todo
+                      if "criteria" not in self._template(items[i]).placeholders and budget(i, k).left]
+            if not whole and not single:
                 break
-            whole = [i for i in sorted({i for i, _ in todo}) if "criteria" in self._template(items[i]).placeholders]
-            single = [(i, k) for i, k in todo if "criteria" not in self._template(items[i]).placeholders]
             if whole:
                 prompts = [self._prompt(items[i], None) for i in whole]
-                texts = self.backend.complete(prompts, 8 * max(len(items[i].criteria) for i in whole), attempt)
+                texts = self.backend.complete(prompts, 8 * max(len(items[i].criteria) for i in whole), attempt,
+                                              [budget(i, None) for i in whole])
                 for i, text in zip(whole, texts, strict=True):
                     for k, v in enumerate(parse_verdict_lines(text, len(items[i].criteria))):
                         if verdicts[i][k] is None and v is not None:
                             verdicts[i][k] = v
+                    if text and None in verdicts[i]:
+                        unread = text
                 calls += len(prompts)
             if single:
                 prompts = [self._prompt(items[i], k) for i, k in single]
-                texts = self.backend.complete(prompts, self.max_new_tokens, attempt)
+                texts = self.backend.complete(prompts, self.max_new_tokens, attempt, [budget(i, k) for i, k in single])
                 for (i, k), text in zip(single, texts, strict=True):
                     verdicts[i][k] = parse_verdict(text)
+                    if text and verdicts[i][k] is None:
+                        unread = text
                 calls += len(prompts)
             fresh = [(i, k) for i, k in todo if verdicts[i][k] is not None]
             self.cache.put_many([(self._key(items[i], k), verdicts[i][k]) for i, k in fresh])
             todo = [(i, k) for i, k in todo if verdicts[i][k] is None]
+        if todo:
+            quoted = f"; a reply that did not parse: {_clip(unread)!r}" if unread else ""
+            logger.warning(f"{self.backend.label}: {len(todo)} of {asked} verdicts failed after up to "
+                           f"{self.max_retries + 1} requests each (left out, never read as 'no'){quoted}")
         flat = [v for row in verdicts for v in row]
         judged = [v for v in flat if v is not None]
         stats = {

@@ -101,12 +101,21 @@ class Trainer:
             from cat.anchor import anchor_template
 
             anchor_template(config)
-        self.reward.open(self.run_dir)  # a judge is built here: an unreachable endpoint fails before any model loads
+        # a judge is built and checked here: an endpoint that cannot give verdicts fails before any model loads
+        self.reward.open(self.run_dir)
         self._eval_judge = None
+        self._anchor = None
         torch.manual_seed(config.run.seed)
         m = config.model
         self.tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
         self.task = Task(config, self.tokenizer, log=self.log)
+        # the teachers on endpoints are checked now (one real request each), not at their first use
+        # after the initial evaluation; local ones load on first use
+        if self._needs_anchor() and config.anchor.backend == "openai":
+            self._anchor = self._build_anchor()
+        if self.task.needs_judge and self.task.eval_prompts and self.reward.judge is None \
+                and config.judge.backend == "openai":
+            self._eval_judge = self._open_eval_judge()
         self.prompts, self.prompt_ids = self.task.prompts, self.task.prompt_ids
         self.eval_prompts = self.task.eval_prompts
         self.learner = Learner(m, config.optim, ranks=self.ranks, device=self.device,
@@ -125,7 +134,6 @@ class Trainer:
             self.generator = self.engine
         self.order = PromptOrder(len(self.prompt_ids), config.run.prompts_per_step, config.run.seed, config.data.shuffle)
         self.step_done = 0
-        self._anchor = None
 
     @property
     def optimizer(self):
@@ -181,11 +189,15 @@ class Trainer:
         if self.reward.judge is not None:
             return self.reward.judge
         if self._eval_judge is None:
-            from cat.judge import Judge
-
-            self._eval_judge = Judge.from_config(self.config, self.run_dir / "verdicts.jsonl")
-            self._eval_judge.backend.check()
+            self._eval_judge = self._open_eval_judge()
         return self._eval_judge
+
+    def _open_eval_judge(self):
+        from cat.judge import Judge
+
+        judge = Judge.from_config(self.config, self.run_dir / "verdicts.jsonl")
+        judge.check()
+        return judge
 
     # ---- the algorithm -------------------------------------------------------------------------
 

@@ -24,6 +24,15 @@ def _clip(text: str, n: int = 160) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+JUDGE_FIX = ("use a judge model that follows the judge template (judge.model), or give judge.template one it "
+             "follows (judge.max_new_tokens if its verdicts are cut off)")
+
+
+def _judge_failures(metrics: dict) -> float:
+    """Verdicts the judge failed to give in this step or probe (0 without a judge)."""
+    return metrics.get("judge/failures", 0) or 0
+
+
 def preflight_report(metrics: dict, groups: list[Group], references: list[Reference], config) -> str:
     """One line for the log, or TrainingHalted with the cause and the fix when nothing is scored."""
     rollout_rate = metrics.get("answer/rollout_rate")
@@ -47,18 +56,23 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
         causes.append(f"no rollout has an answer that {chain} reads")
     if reference_rate is not None and reference_rate == 0:
         causes.append(f"no reference has an answer that {chain} reads")
+    failed = _judge_failures(metrics)
+    if failed:
+        causes.append(f"the judge gave no usable verdict for {failed:.0f} (rollout, criterion) pairs "
+                      f"(judge/failures; the warning above quotes a reply it gave)")
     if not causes:
         causes.append("the reward scored no group (see its warnings above)")
-    fixes = []
+    fixes = [JUDGE_FIX] if failed else []
     if clipped > 0.5:
         fixes.append(f"raise generation.max_new_tokens ({config.generation.max_new_tokens}): "
                      f"{clipped:.0%} of rollouts were cut off before an answer")
     if reference_rate == 0 and config.estimator.name == "synthesis":
         fixes.append(f"raise anchor.max_new_tokens ({config.anchor.max_new_tokens}) or change anchor.template "
                      f"({config.anchor.template}) so the anchor ends with an answer the chain reads")
-    fixes.append("ask for the answer format in data.prompt_template (for example '... put your final answer "
-                 "within \\boxed{}'), or add a rule to answer.rules (answer_phrase, equals_end, last_number, "
-                 "regex with answer.regex)")
+    if not failed or rollout_rate == 0 or reference_rate == 0:
+        fixes.append("ask for the answer format in data.prompt_template (for example '... put your final answer "
+                     "within \\boxed{}'), or add a rule to answer.rules (answer_phrase, equals_end, last_number, "
+                     "regex with answer.regex)")
     example = groups[0].completions[0].text if groups and groups[0].completions else ""
     reference = references[0].text if references else ""
     raise TrainingHalted(
@@ -96,12 +110,17 @@ class UnscoredWatch:
         if self.in_a_row >= self.limit:
             rate = metrics.get("answer/reference_rate")
             read = f"; references with an answer {rate:.0%}" if rate is not None else ""
+            failed = _judge_failures(metrics)
+            if failed:
+                read += f"; judge verdicts that failed {failed:.0f}"
+                fix = f"The judge failed (the warnings above quote its replies): {JUDGE_FIX}"
+            else:
+                fix = ("Look at samples.jsonl for what the model and the anchor write, then fix the answer format "
+                       "(data.prompt_template, answer.rules) or the anchor (anchor.max_new_tokens, anchor.template)")
             raise TrainingHalted(
                 f"step {metrics['step']}: {self.in_a_row} steps in a row left more than {self.share:.0%} of their "
                 f"groups unscored (this step {unscored} of {total}{read}): the run is training on almost "
-                f"nothing. Look at samples.jsonl for what the model and the anchor write, then fix the answer "
-                f"format (data.prompt_template, answer.rules) or the anchor (anchor.max_new_tokens, anchor.template); "
-                f"run.max_unscored_share and run.max_unscored_steps set this limit")
+                f"nothing. {fix}; run.max_unscored_share and run.max_unscored_steps set this limit")
 
     def finish(self, *, needs_spread: bool = True) -> None:
         """At the end of the run: TrainingHalted when no step scored a group, or (GRPO,

@@ -1,20 +1,30 @@
-"""The OpenAI-compatible judge against a real server on 127.0.0.1 (``transformers serve`` with
-the tiny rubric model). The test starts the server and stops it."""
+"""The OpenAI-compatible judge and anchor against real servers on 127.0.0.1, through the real
+``openai`` client: ``transformers serve`` with the tiny rubric model, and ``ScriptedServer``, a
+small OpenAI-compatible HTTP server whose answers a test scripts (a rate limit, a 400, a model
+that answers "banana") and which counts the requests it gets. The tests start the servers and
+stop them."""
 
+import email.utils
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli
+from conftest import ROOT, cli, run_cli
 
 from cat.config import load_config
 from cat.errors import TeacherError
-from cat.judge import Judge
+from cat.generation.chat import retry_after_s
+from cat.judge import PROBE, Judge
+
+KEY = "secret-test-key-7f3a"
 
 
 def free_port() -> int:
@@ -63,11 +73,216 @@ def http_config(base_url, model, *extra):
                               "judge.max_concurrency=4", *extra])
 
 
+class ScriptedServer:
+    """An OpenAI-compatible server on 127.0.0.1 (``/v1/models``, ``/v1/chat/completions``) whose
+    chat answers come from ``answer(n, prompt) -> (status, headers, body)`` for the n-th chat
+    request (0-based); ``chat`` records (time, prompt) of each. A real server on a real socket,
+    so the real ``openai`` client meets real status codes, headers and bodies."""
+
+    def __init__(self, answer):
+        self.answer, self.chat, self.lock = answer, [], threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def send(self, status, headers, body):
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802 - the http.server hook's name
+                self.send(200, {}, {"object": "list", "data": [{"id": "tiny", "object": "model", "created": 0,
+                                                                 "owned_by": "test"}]})
+
+            def do_POST(self):  # noqa: N802
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = request["messages"][-1]["content"]
+                with server.lock:
+                    n = len(server.chat)
+                    server.chat.append((time.monotonic(), prompt))
+                self.send(*server.answer(n, prompt))
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def reply(text):
+    """A 200 chat completion whose message is ``text``."""
+    return 200, {}, {"id": "c", "object": "chat.completion", "created": 0, "model": "tiny",
+                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """``scripted(answer)``: a started ScriptedServer, stopped after the test; the judge's key set."""
+    monkeypatch.setenv("CAT_TEST_JUDGE_KEY", KEY)
+    servers = []
+
+    def start(answer):
+        servers.append(ScriptedServer(answer))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def fast_judge(server, *extra):
+    """A judge on ``server`` with waits short enough for a test."""
+    return Judge.from_config(http_config(server.base_url, "tiny", "judge.backoff_s=0.05", *extra), None)
+
+
+ITEM = ("ones 7+8=15", ["The ones column is 7+8=15."])
+
+
+def test_retry_after_is_honoured(scripted):
+    """A 429 with Retry-After: 1 is retried after a second, not after the 0.05 s backoff."""
+    server = scripted(lambda n, _: (429, {"Retry-After": "1"}, {"error": {"message": "slow down"}}) if n == 0
+                      else reply("<verdict>yes</verdict>"))
+    verdicts, _ = fast_judge(server).judge([ITEM])
+    assert verdicts == [[True]] and len(server.chat) == 2
+    assert server.chat[1][0] - server.chat[0][0] >= 0.95
+
+
+def test_retry_after_beyond_the_wait_budget_stops_at_once_and_says_so(scripted):
+    server = scripted(lambda n, _: (429, {"Retry-After": "120"}, {"error": {"message": "quota exhausted"}}))
+    judge = fast_judge(server, "judge.max_retries=3", "judge.max_wait_s=5")
+    start = time.monotonic()
+    with pytest.raises(TeacherError) as error:
+        judge.judge([ITEM])
+    message = str(error.value)
+    assert len(server.chat) == 1 and time.monotonic() - start < 3
+    assert "HTTP 429" in message and "quota exhausted" in message and "retry after 120 s" in message
+    assert "judge.max_wait_s" in message
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    now = 1_700_000_000.0
+    assert retry_after_s({"retry-after": "7"}, now) == 7.0
+    assert retry_after_s({"retry-after-ms": "250", "retry-after": "7"}, now) == 0.25
+    assert retry_after_s({"retry-after": email.utils.formatdate(now + 30, usegmt=True)}, now) == 30.0
+    assert retry_after_s({"retry-after": email.utils.formatdate(now - 30, usegmt=True)}, now) == 0.0  # past: at once
+    assert retry_after_s({"retry-after": "soon"}, now) is None and retry_after_s({}, now) is None
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_a_client_error_fails_at_once_with_status_endpoint_and_body(scripted, status):
+    """A 4xx other than 408/409/429 is the request's fault: one request, and an error that names
+    the status, the endpoint and model, and the start of the body, with the key cut out."""
+    body = {"error": {"message": f"model 'tiny' is not served here (key {KEY})", "detail": "x" * 500}}
+    server = scripted(lambda n, _: (status, {}, body))
+    judge = fast_judge(server, "judge.max_retries=3")
+    with pytest.raises(TeacherError) as error:
+        judge.judge([ITEM])
+    message = str(error.value)
+    assert len(server.chat) == 1
+    assert f"HTTP {status}" in message and server.base_url in message and "(model tiny)" in message
+    assert "model 'tiny' is not served here" in message and KEY not in message
+    excerpt = message.split(f"HTTP {status}", 1)[1]
+    assert "x" * 200 not in excerpt  # the body is cut to 200 characters
+
+
+def test_server_errors_are_retried_with_a_growing_backoff(scripted):
+    server = scripted(lambda n, _: (503, {}, {"error": "overloaded"}) if n < 2 else reply("<verdict>no</verdict>"))
+    judge = fast_judge(server, "judge.max_retries=3")
+    verdicts, _ = judge.judge([ITEM])
+    times = [t for t, _ in server.chat]
+    assert verdicts == [[False]] and len(times) == 3 and judge.backend.errors == 2
+    assert times[1] - times[0] >= 0.05 and times[2] - times[1] >= 0.1
+
+
+def test_reasks_and_retries_share_one_budget_per_verdict(scripted):
+    """A 503 then an unparsable reply, over and over: the transport's retries and the judge's
+    re-asks draw on one budget, max_retries + 1 requests per verdict, not their product."""
+    server = scripted(lambda n, _: (503, {}, {"error": "busy"}) if n % 2 == 0 else reply("banana"))
+    judge = fast_judge(server, "judge.max_retries=2")
+    verdicts, stats = judge.judge([ITEM])
+    assert verdicts == [[None]] and stats["judge/failures"] == 1
+    assert len(server.chat) == 3
+
+
+def test_check_sends_a_chat_request_and_names_what_the_endpoint_answered(scripted):
+    """An endpoint that lists its models but cannot chat fails the check, with the status and body."""
+    server = scripted(lambda n, _: (404, {}, {"error": {"message": "The model `tiny` does not exist."}}))
+    with pytest.raises(TeacherError, match=r"HTTP 404 .*The model `tiny` does not exist") as error:
+        fast_judge(server).check()
+    assert server.base_url in str(error.value) and len(server.chat) == 1
+
+
+def test_a_judge_that_does_not_give_verdicts_fails_its_check(scripted):
+    server = scripted(lambda n, _: reply("banana"))
+    with pytest.raises(TeacherError) as error:
+        fast_judge(server).check()
+    message = str(error.value)
+    assert server.base_url in message and "'banana'" in message and "judge.template" in message
+    assert PROBE.criteria[0] in server.chat[0][1] and len(server.chat) == 1
+    verdicts = scripted(lambda n, _: reply("The response says 4. <verdict>yes</verdict>"))
+    fast_judge(verdicts).check()  # a judge that answers as asked passes, whatever its verdict
+
+
+def test_a_banana_judge_stops_the_run_before_evaluation(scripted, tmp_path, rubric_world):
+    """``cat-rl train`` on the tiny rubric world with a judge endpoint that answers every request
+    with "banana": exit 2 at start, before the initial evaluation, naming the endpoint, the reply
+    and the fix, after one request (it made 640, then blamed the answer format, after evaluating)."""
+    server = scripted(lambda n, _: reply("banana"))
+    run_dir = tmp_path / "run"
+    out = run_cli("train", str(ROOT / "experiments" / "tiny_rubric_cat.yaml"), "--output-dir", str(run_dir),
+                  "--no-progress", "judge.backend=openai", f"judge.base_url={server.base_url}", "judge.model=tiny",
+                  "judge.api_key_env=CAT_TEST_JUDGE_KEY", timeout=120)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and KEY not in out.stderr + out.stdout
+    assert server.base_url in out.stderr and "'banana'" in out.stderr and "judge.template" in out.stderr
+    assert "evaluating" not in out.stderr + out.stdout
+    assert len(server.chat) == 1
+    assert not (run_dir / "eval.json").exists() and not (run_dir / "metrics.jsonl").exists()
+
+
+def test_a_judge_that_fails_on_every_item_stops_at_preflight_naming_the_judge(scripted, tmp_path, rubric_world):
+    """A judge that passes the check, then gives no usable verdict: the preflight stops the run
+    (exit 2) and names the judge as the cause, not the answer format."""
+    server = scripted(lambda n, prompt: reply("<verdict>yes</verdict>" if PROBE.criteria[0] in prompt else "banana"))
+    out = cli("train", str(ROOT / "experiments" / "tiny_rubric_cat.yaml"), "--output-dir", str(tmp_path / "run"),
+              "--no-progress", "eval.path=null", "data.limit=8", "run.preflight_prompts=1", "generation.num_generations=2",
+              "judge.backend=openai",
+              f"judge.base_url={server.base_url}", "judge.model=tiny", "judge.api_key_env=CAT_TEST_JUDGE_KEY",
+              "judge.max_retries=0")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "the judge gave no usable verdict" in out.stderr and "judge.template" in out.stderr
+    assert "'banana'" in out.stderr  # the judge's warning quotes its reply
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert len(server.chat) <= 1 + 2 * 5  # the check, then one request per (rollout, criterion) of one prompt
+
+
+def test_an_anchor_endpoint_that_cannot_chat_stops_the_trainer_before_evaluation(scripted, tmp_path, rubric_world):
+    from cat.trainer import Trainer
+
+    server = scripted(lambda n, _: (400, {}, {"error": {"message": "max_tokens is too large"}}))
+    config = load_config(ROOT / "experiments" / "tiny_arith_cat.yaml", [
+        "anchor.backend=openai", f"anchor.base_url={server.base_url}", "anchor.model=tiny",
+        "anchor.api_key_env=CAT_TEST_JUDGE_KEY", "anchor.backoff_s=0.05"])
+    with pytest.raises(TeacherError, match=r"anchor endpoint .* \(model tiny\).*HTTP 400.*max_tokens is too large"):
+        Trainer(config, tmp_path / "run", log=lambda *_: None)
+    assert len(server.chat) == 1
+
+
 def test_http_judge_answers_through_a_real_server(server, tmp_path, monkeypatch):
     base_url, model = server
     monkeypatch.setenv("CAT_TEST_JUDGE_KEY", "secret-test-key")
     judge = Judge.from_config(http_config(base_url, model), tmp_path / "verdicts.jsonl")
-    judge.backend.check()
+    judge.check()  # the tiny rubric model answers the probe as a judge
     response = "ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"
     criteria = ["The ones column is 7+8=15.", "The final answer is 85.", "The final answer is 96.",
                 "The tens column is 4+3+1=09."]
@@ -93,9 +308,10 @@ def test_timeouts_are_retried_then_stop_with_the_endpoint_named(server, monkeypa
 def test_unreachable_endpoint_fails_before_training(tmp_path, rubric_world):
     port = free_port()  # nothing listens here
     out = cli("train", str(ROOT / "experiments" / "tiny_rubric_cat.yaml"), "--output-dir", str(tmp_path / "run"),
-                  "judge.backend=openai", f"judge.base_url=http://127.0.0.1:{port}/v1", "judge.model=tiny")
+              "judge.backend=openai", f"judge.base_url=http://127.0.0.1:{port}/v1", "judge.model=tiny",
+              "judge.backoff_s=0.05")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert f"judge endpoint http://127.0.0.1:{port}/v1 is unreachable" in out.stderr
+    assert f"judge endpoint http://127.0.0.1:{port}/v1 (model tiny) cannot be used: unreachable" in out.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 

@@ -149,16 +149,19 @@ class ScriptedBackend:
     without a model (the real backends are tested in test_judge_http.py and end to end)."""
 
     name = "scripted"
+    label = "scripted judge"
 
     def __init__(self, replies):
         self.replies = list(replies)
         self.prompts = []
 
-    def check(self):
-        pass
+    def check(self, prompt, max_new_tokens):
+        return None
 
-    def complete(self, prompts, max_new_tokens, attempt):
+    def complete(self, prompts, max_new_tokens, attempt, budgets=None):
         self.prompts.extend(prompts)
+        for budget in budgets or ():
+            budget.spend()
         return [self.replies.pop(0) for _ in prompts]
 
 

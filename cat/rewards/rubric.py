@@ -72,11 +72,16 @@ class _JudgedReward(RewardFunction):
         self.judge = None
 
     def open(self, run_dir: Path | None) -> None:
-        """Build the judge (its verdict cache lives in the run directory) and check it is reachable."""
+        """Build the judge (its verdict cache lives in the run directory) and check that it gives
+        verdicts (``Judge.check``): an endpoint that cannot stops the run here, before any
+        evaluation or training."""
+        self.judge = self._judge(run_dir)
+        self.judge.check()
+
+    def _judge(self, run_dir: Path | None):
         from cat.judge import Judge
 
-        self.judge = Judge.from_config(self.config, None if run_dir is None else Path(run_dir) / "verdicts.jsonl")
-        self.judge.backend.check()
+        return Judge.from_config(self.config, None if run_dir is None else Path(run_dir) / "verdicts.jsonl")
 
 
 @register_reward("rubric")
@@ -141,12 +146,13 @@ class RubricReward(_JudgedReward):
 class JudgeEquivalence(_JudgedReward):
     """Model-as-judge: does the rollout reach the same answer as the reference?"""
 
-    def open(self, run_dir: Path | None) -> None:
-        """The judge's plain template becomes the equivalence question (one call per rollout);
-        its conversation template still grades HealthBench evaluations."""
-        super().open(run_dir)
-        self.judge.template = load_template("judge_equivalence", kind="rubrics", required={"response", "reference"},
-                                            allowed=set())
+    def _judge(self, run_dir: Path | None):
+        """The judge's plain template becomes the equivalence question (one call per rollout), the
+        one its check asks; its conversation template still grades HealthBench evaluations."""
+        judge = super()._judge(run_dir)
+        judge.template = load_template("judge_equivalence", kind="rubrics", required={"response", "reference"},
+                                       allowed=set())
+        return judge
 
     def score(self, groups: list[Group], references: list[Reference], ctx: RewardContext) -> Scored:
         if self.judge is None:
