@@ -22,7 +22,10 @@ list[str | None]`` (``ChatBackend``), over the generation seam's ``ChatModel``:
 * a persistent verdict cache keyed by (judge model, criterion, conversation, response), so a
   resumed run does not pay twice;
 * re-asks of unparsable verdicts, within one budget per verdict (``RequestBudget``) that the
-  endpoint's own retries share: ``judge.max_retries + 1`` requests per verdict in all;
+  endpoint's own retries share: ``judge.max_retries + 1`` requests per verdict in all. When not
+  one of a first round of at least ``GIVE_UP_AFTER`` (8) replies is a verdict, the judge does not
+  follow its template and nothing is re-asked: the verdicts fail after one request each, and one
+  warning quotes a reply and names the fix;
 * exclusion of the verdicts that still fail. A failure is never read as "no": it is ``None``,
   and the reward leaves that criterion out for that rollout. (HealthBench's grader retries
   until it parses; here the retries are bounded, the rest is counted in ``judge/failures``, and a
@@ -221,6 +224,18 @@ PROBE = JudgeItem("2 + 2 = 4, so the final answer is \\boxed{4}.", ("The final a
 template gives a verdict on it (which verdict does not matter)."""
 
 
+GIVE_UP_AFTER = 8
+"""Replies in a first round, none of them a verdict, after which the judge re-asks nothing. One
+unreadable greedy reply can be chance (a verdict cut off, a hedge), and a sampled re-ask may mend
+it; eight of eight on different prompts say the model does not follow the template, and re-asking
+would only repeat every request ``judge.max_retries`` times (a judge answering "banana" after
+passing the check cost 3,841 requests over three steps instead of 961)."""
+
+JUDGE_FIX = ("use a judge model that follows the judge template (judge.model), or give judge.template one it "
+             "follows (judge.max_new_tokens if its verdicts are cut off)")
+"""What to change when the judge's replies are not verdicts (the judge's warning and the run's stop say it)."""
+
+
 def _clip(text: str, n: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 3] + "..."
@@ -314,6 +329,7 @@ class Judge:
 
         calls = 0
         unread = ""  # a reply that did not parse, quoted in the warning
+        gave_up = False
         for attempt in range(self.max_retries + 1):
             whole = [i for i in sorted({i for i, _ in todo})
                      if "criteria" in self._template(items[i]).placeholders and budget(i, None).left]
@@ -321,16 +337,20 @@ class Judge:
                       if "criteria" not in self._template(items[i]).placeholders and budget(i, k).left]
             if not whole and not single:
                 break
+            replies = read = 0  # replies that came back this round, and those that gave a verdict
             if whole:
                 prompts = [self._prompt(items[i], None) for i in whole]
                 texts = self.backend.complete(prompts, 8 * max(len(items[i].criteria) for i in whole), attempt,
                                               [budget(i, None) for i in whole])
                 for i, text in zip(whole, texts, strict=True):
-                    for k, v in enumerate(parse_verdict_lines(text, len(items[i].criteria))):
+                    found = parse_verdict_lines(text, len(items[i].criteria))
+                    for k, v in enumerate(found):
                         if verdicts[i][k] is None and v is not None:
                             verdicts[i][k] = v
                     if text and None in verdicts[i]:
                         unread = text
+                    replies += text is not None
+                    read += any(v is not None for v in found)
                 calls += len(prompts)
             if single:
                 prompts = [self._prompt(items[i], k) for i, k in single]
@@ -339,11 +359,19 @@ class Judge:
                     verdicts[i][k] = parse_verdict(text)
                     if text and verdicts[i][k] is None:
                         unread = text
+                    replies += text is not None
+                    read += verdicts[i][k] is not None
                 calls += len(prompts)
             fresh = [(i, k) for i, k in todo if verdicts[i][k] is not None]
             self.cache.put_many([(self._key(items[i], k), verdicts[i][k]) for i, k in fresh])
             todo = [(i, k) for i, k in todo if verdicts[i][k] is None]
-        if todo:
+            if attempt == 0 and replies >= GIVE_UP_AFTER and read == 0:
+                quoted = f", e.g. {_clip(unread)!r}" if unread else ""
+                logger.warning(f"{self.backend.label}: none of {replies} replies was a verdict{quoted}; not re-asking: "
+                               f"{len(todo)} of {asked} verdicts failed (left out, never read as 'no'). Fix: {JUDGE_FIX}")
+                gave_up = True
+                break
+        if todo and not gave_up:
             quoted = f"; a reply that did not parse: {_clip(unread)!r}" if unread else ""
             logger.warning(f"{self.backend.label}: {len(todo)} of {asked} verdicts failed after up to "
                            f"{self.max_retries + 1} requests each (left out, never read as 'no'){quoted}")

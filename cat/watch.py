@@ -16,16 +16,13 @@ Both raise :class:`~cat.errors.TrainingHalted` (the CLI prints it and exits 2).
 from __future__ import annotations
 
 from cat.errors import TrainingHalted
+from cat.judge import JUDGE_FIX
 from cat.types import Group, Reference
 
 
 def _clip(text: str, n: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 3] + "..."
-
-
-JUDGE_FIX = ("use a judge model that follows the judge template (judge.model), or give judge.template one it "
-             "follows (judge.max_new_tokens if its verdicts are cut off)")
 
 
 def _judge_failures(metrics: dict) -> float:

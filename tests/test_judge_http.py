@@ -6,6 +6,7 @@ stop them."""
 
 import email.utils
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -214,6 +215,44 @@ def test_reasks_and_retries_share_one_budget_per_verdict(scripted):
     assert len(server.chat) == 3
 
 
+@pytest.fixture
+def judge_warnings():
+    """The messages ``cat.judge`` logs at WARNING during the test (a handler on that logger itself:
+    ``cat-rl`` run in-process turns propagation to the root logger off)."""
+    messages = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("cat.judge")
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("mode", ["per_criterion", "all_criteria"])
+def test_a_judge_whose_first_eight_replies_are_not_verdicts_is_not_asked_again(scripted, judge_warnings, mode):
+    """Eight verdicts, every reply "banana": one request each, not max_retries + 1 each (32), and
+    one warning that names the judge, quotes the reply and gives the fix. Seven unreadable
+    replies can still be chance, and are asked again."""
+    server = scripted(lambda n, _: reply("banana"))
+    judge = fast_judge(server, "judge.max_retries=3", f"judge.mode={mode}")
+    verdicts, stats = judge.judge([(f"ones {n}+8", ITEM[1]) for n in range(8)])
+    assert verdicts == [[None]] * 8 and stats["judge/failures"] == 8
+    assert len(server.chat) == 8
+    [warning] = judge_warnings
+    assert server.base_url in warning and "'banana'" in warning and "judge.template" in warning
+    assert "never read as 'no'" in warning
+    judge.judge([(f"tens {n}+8", ITEM[1]) for n in range(7)])
+    assert len(server.chat) == 8 + 7 * 4
+
+
+def test_one_verdict_in_the_first_round_keeps_the_reasks(scripted):
+    """A judge that answers one of eight as asked does follow the template: the other seven are re-asked."""
+    server = scripted(lambda n, prompt: reply("<verdict>yes</verdict>" if "ones 0+8" in prompt else "banana"))
+    judge = fast_judge(server, "judge.max_retries=1")
+    verdicts, stats = judge.judge([(f"ones {n}+8", ITEM[1]) for n in range(8)])
+    assert verdicts[0] == [True] and stats["judge/failures"] == 7 and len(server.chat) == 8 + 7
+
+
 def test_check_sends_a_chat_request_and_names_what_the_endpoint_answered(scripted):
     """An endpoint that lists its models but cannot chat fails the check, with the status and body."""
     server = scripted(lambda n, _: (404, {}, {"error": {"message": "The model `tiny` does not exist."}}))
@@ -252,18 +291,19 @@ def test_a_banana_judge_stops_the_run_before_evaluation(scripted, tmp_path, rubr
 
 def test_a_judge_that_fails_on_every_item_stops_at_preflight_naming_the_judge(scripted, tmp_path, rubric_world):
     """A judge that passes the check, then gives no usable verdict: the preflight stops the run
-    (exit 2) and names the judge as the cause, not the answer format."""
+    (exit 2) and names the judge as the cause, not the answer format, after one request per
+    verdict (judge.max_retries at its default, 3: it made four per verdict)."""
     server = scripted(lambda n, prompt: reply("<verdict>yes</verdict>" if PROBE.criteria[0] in prompt else "banana"))
     out = cli("train", str(ROOT / "experiments" / "tiny_rubric_cat.yaml"), "--output-dir", str(tmp_path / "run"),
               "--no-progress", "eval.path=null", "data.limit=8", "run.preflight_prompts=1", "generation.num_generations=2",
               "judge.backend=openai",
-              f"judge.base_url={server.base_url}", "judge.model=tiny", "judge.api_key_env=CAT_TEST_JUDGE_KEY",
-              "judge.max_retries=0")
+              f"judge.base_url={server.base_url}", "judge.model=tiny", "judge.api_key_env=CAT_TEST_JUDGE_KEY")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert "the judge gave no usable verdict" in out.stderr and "judge.template" in out.stderr
     assert "'banana'" in out.stderr  # the judge's warning quotes its reply
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
-    assert len(server.chat) <= 1 + 2 * 5  # the check, then one request per (rollout, criterion) of one prompt
+    criteria = 5  # the tiny rubric model proposes rubrics of five criteria
+    assert len(server.chat) == 1 + 2 * criteria  # the check, then one request per (rollout, criterion) of one prompt
 
 
 def test_an_anchor_endpoint_that_cannot_chat_stops_the_trainer_before_evaluation(scripted, tmp_path, rubric_world):
