@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from cat.anchor_format import format_rollouts
 from cat.errors import ConfigError, TeacherError
 from cat.generation import Generator, SamplingParams
-from cat.generation.chat import ChatModel, LocalChat, Messages
+from cat.generation.chat import ChatModel, LocalChat, Messages, RequestBudget
 from cat.templates import Template, load_template
 from cat.types import Completion, Group
 
@@ -207,9 +207,12 @@ class Anchor:
 
     # ---- jobs ----------------------------------------------------------------------------------
 
-    def complete(self, users: list[str], params: SamplingParams) -> list[Completion | None]:
-        """One anchor completion per user message (None: a remote request that failed)."""
-        return self.chat.complete([self.messages(u) for u in users], params)
+    def complete(self, users: list[str], params: SamplingParams,
+                 budgets: list[RequestBudget] | None = None) -> list[Completion | None]:
+        """One anchor completion per user message (None: a remote request that failed). ``budgets``:
+        one per message, shared with a caller that asks again (the rubric proposer); None, a fresh
+        one each (``anchor.max_retries + 1`` requests)."""
+        return self.chat.complete([self.messages(u) for u in users], params, budgets)
 
     def synthesize(self, groups: list[Group], template: Template | None = None, *, seed: int | None = None) -> list[Synthesis]:
         """One anchor completion per group from ``template`` (default: the synthesis template)."""

@@ -311,7 +311,10 @@ class RubricConfig(_Section):
     max_criteria: int = Field(20, ge=1)
     """Criteria beyond this many are dropped (and counted)."""
     max_attempts: int = Field(3, ge=1)
-    """Proposal attempts per group before the group is dropped from the update."""
+    """Proposal attempts per group before the group is dropped from the update. With an anchor on
+    an endpoint, the attempts and the endpoint's retries of transient failures share one budget
+    per proposal: ``max(rubric.max_attempts, anchor.max_retries + 1)`` requests in all, never their
+    product."""
     max_new_tokens: int = Field(512, ge=1)
     """Token budget of one rubric proposal."""
 
@@ -329,8 +332,9 @@ class _Endpoint(_Section):
     """Requests beyond the first that one request may make, every layer together: one judge verdict
     (or one anchor synthesis) gets at most ``max_retries + 1`` requests, whether they go to re-asking
     an unparsable verdict or to repeating a transient failure (no connection, a timeout, a 5xx, a
-    408/409/429). Any other 4xx is not repeated: the request is wrong, and the error quotes the
-    status and the body."""
+    408/409/429); one rubric proposal at most ``max(rubric.max_attempts, anchor.max_retries + 1)``.
+    Any other 4xx is not repeated: the request is wrong, and the error quotes the status and the
+    body."""
     backoff_s: float = Field(1.0, ge=0)
     """First wait before repeating a transient failure; doubles each time. A server's Retry-After
     (seconds or an HTTP date) replaces it."""

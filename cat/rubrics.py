@@ -12,7 +12,9 @@ optionally ``<criterion weight="2">``. Parsing is strict:
   counted.
 
 A failed parse is retried (a new sample) up to ``rubric.max_attempts``; after that the group
-gets no rubric and is dropped from the update, counted, never scored 0.
+gets no rubric and is dropped from the update, counted, never scored 0. An anchor on an endpoint
+repeats a transient failure itself; both draw on one budget per proposal (``RequestBudget``),
+``max(rubric.max_attempts, anchor.max_retries + 1)`` requests in all, so they never multiply.
 
 The 500-character limit and the whitespace folding belong to self-proposed rubrics only. A
 dataset's own criteria (HealthBench physician and consensus criteria, some several thousand
@@ -26,6 +28,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cat.generation.chat import RequestBudget
 from cat.templates import Template, load_template
 
 MAX_CRITERION_CHARS = 500
@@ -112,6 +115,9 @@ def proposal_template(config) -> Template:
 def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[list[Rubric | None], dict]:
     """The anchor turns each reference into a rubric; bounded retries; None where all failed.
 
+    Each proposal has one request budget, ``max(rubric.max_attempts, anchor.max_retries + 1)``,
+    which the anchor endpoint's retries of transient failures share.
+
     Returns the rubrics and counts: ``rubric/attempts``, ``rubric/failures`` (groups given up on),
     ``rubric/dropped_criteria``.
     """
@@ -121,9 +127,11 @@ def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[l
     template = proposal_template(config)
     rubrics: list[Rubric | None] = [None] * len(groups)
     pending = [i for i, ref in enumerate(references) if ref.text.strip()]
+    budgets = {i: RequestBudget(max(r.max_attempts, config.anchor.max_retries + 1)) for i in pending}
     attempts = 0
     errors: dict[int, str] = {}
     for attempt in range(r.max_attempts):
+        pending = [i for i in pending if budgets[i].left]
         if not pending:
             break
         prompts = []
@@ -134,7 +142,7 @@ def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[l
             prompts.append(template.render(**values))
         params = SamplingParams(n=1, max_new_tokens=r.max_new_tokens, temperature=max(config.anchor.temperature, 0.7),
                                 greedy=attempt == 0 and config.anchor.greedy, seed=seed + attempt)
-        outputs = anchor.complete(prompts, params)
+        outputs = anchor.complete(prompts, params, [budgets[i] for i in pending])
         attempts += len(pending)
         still = []
         for i, out in zip(pending, outputs, strict=True):

@@ -318,6 +318,34 @@ def test_an_anchor_endpoint_that_cannot_chat_stops_the_trainer_before_evaluation
     assert len(server.chat) == 1
 
 
+@pytest.mark.parametrize(("attempts", "retries", "requests"), [(3, 3, 4), (5, 1, 5)])
+def test_rubric_proposals_and_anchor_retries_share_one_budget(scripted, rubric_world, attempts, retries, requests):
+    """An anchor endpoint that answers 503, then a reply that is no rubric, over and over: the
+    proposer's new attempts and the endpoint's retries draw on one budget per proposal,
+    max(rubric.max_attempts, anchor.max_retries + 1) requests, not their product (it made 6 and
+    10 here: each attempt's 503 retried within a fresh budget of its own)."""
+    from test_estimators import tiny_group
+
+    from cat.anchor import build_anchor
+    from cat.models import load_tokenizer
+    from cat.rubrics import propose_rubrics
+    from cat.types import Reference
+
+    # the check's request, then 503 and "banana" in turn
+    server = scripted(lambda n, _: reply("OK") if n == 0 else (503, {}, {"error": "busy"}) if n % 2 else reply("banana"))
+    config = load_config(ROOT / "experiments" / "tiny_rubric_cat.yaml", [
+        "anchor.backend=openai", f"anchor.base_url={server.base_url}", "anchor.model=tiny",
+        "anchor.api_key_env=CAT_TEST_JUDGE_KEY", "anchor.max_context_tokens=400", "anchor.backoff_s=0.01",
+        f"anchor.max_retries={retries}", f"rubric.max_attempts={attempts}"])
+    tokenizer = load_tokenizer(str(rubric_world / "model"))
+    anchor = build_anchor(config, tokenizer, device=None, pi0_generator=None, make_generator=None)
+    group = tiny_group(tokenizer, ["ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"], "47+38", gold="85")
+    reference = Reference(text="ones 7+8=15 tens 4+3+1=08 so \\boxed{85}", answer="85", source="synthesis")
+    rubrics, stats = propose_rubrics(anchor, [group], [reference], config, seed=0)
+    assert rubrics == [None] and stats["rubric/failures"] == 1
+    assert len(server.chat) - 1 == requests == max(attempts, retries + 1)
+
+
 def test_http_judge_answers_through_a_real_server(server, tmp_path, monkeypatch):
     base_url, model = server
     monkeypatch.setenv("CAT_TEST_JUDGE_KEY", "secret-test-key")
