@@ -346,6 +346,27 @@ def test_rubric_proposals_and_anchor_retries_share_one_budget(scripted, rubric_w
     assert len(server.chat) - 1 == requests == max(attempts, retries + 1)
 
 
+@pytest.mark.parametrize("reward", [
+    ["reward.name=math_equivalence", "estimator.name=majority_vote"],  # the evaluation's own judge
+    ["reward.name=rubric", "rubric.source=dataset", "estimator.name=gold"],  # the reward's judge grades it too
+])
+def test_a_healthbench_judge_endpoint_that_cannot_chat_stops_the_trainer_before_evaluation(scripted, tmp_path,
+                                                                                            rubric_world, reward):
+    """HealthBench evaluations are graded by the judge: an endpoint answering 400 stops the
+    Trainer's constructor after one request, not the initial evaluation after loading the policy."""
+    from cat.trainer import Trainer
+
+    server = scripted(lambda n, _: (400, {}, {"error": {"message": "max_tokens is too large"}}))
+    healthbench = ROOT / "tests" / "fixtures" / "healthbench_sample.jsonl"
+    config = load_config(None, [
+        f"model.name_or_path={rubric_world / 'model'}", f"data.path={healthbench}", "data.format=healthbench",
+        f"eval.path={healthbench}", *reward, "judge.backend=openai", f"judge.base_url={server.base_url}",
+        "judge.model=tiny", "judge.api_key_env=CAT_TEST_JUDGE_KEY", "judge.backoff_s=0.05"])
+    with pytest.raises(TeacherError, match=r"judge endpoint .* \(model tiny\).*HTTP 400.*max_tokens is too large"):
+        Trainer(config, tmp_path / "run", log=lambda *_: None)
+    assert len(server.chat) == 1
+
+
 def test_http_judge_answers_through_a_real_server(server, tmp_path, monkeypatch):
     base_url, model = server
     monkeypatch.setenv("CAT_TEST_JUDGE_KEY", "secret-test-key")
