@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cat.errors import ConfigError
+from cat.templates import check_prompt_template
 
 
 class _Section(BaseModel):
@@ -181,7 +182,9 @@ class DataConfig(_Section):
     answer_format: Literal["plain", "gsm8k"] = "plain"
     """``gsm8k`` takes the text after ``####`` as the gold answer."""
     prompt_template: str = "{problem}"
-    """Python format string for the user message; ``{problem}`` is the prompt field."""
+    """The user message: ``{problem}`` is replaced by the row's prompt field, ``{{name}}`` is the
+    literal text ``{name}``, and any other brace is kept as written (so ``\\boxed{}`` needs no
+    escaping). Any other ``{name}`` is an error when the config loads."""
     max_prompt_tokens: int | None = None
     """Prompts longer than this (in tokens, after formatting) are skipped and counted."""
     limit: int | None = None
@@ -483,8 +486,10 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Config:
-        if "{problem}" not in self.data.prompt_template:
-            raise ValueError("data.prompt_template must contain {problem}")
+        try:
+            check_prompt_template(self.data.prompt_template, self.data.prompt_field)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         self._check_reasoning_gym()
         if self.anchor.backend == "openai" and not self.anchor.model:
             raise ValueError("anchor.backend is openai: anchor.model must name the served model")

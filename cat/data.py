@@ -34,6 +34,7 @@ from pathlib import Path
 
 from cat import tiny
 from cat.errors import DataError
+from cat.templates import check_prompt_template, render_prompt
 from cat.types import Prompt
 
 _SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -289,6 +290,7 @@ def load_prompts(
 ) -> list[Prompt]:
     """Validated prompts. Every unreadable file and malformed row is a ``DataError`` naming the
     source, the row and the field."""
+    check_prompt_template(prompt_template, prompt_field)
     rows, where = _read_rows(path, name, split)
     if limit is not None:
         rows = rows[:limit]
@@ -317,7 +319,7 @@ def load_prompts(
         messages = []
         if system_prompt:
             messages.append({"role": "system", "content": system_prompt})
-        messages.append({"role": "user", "content": prompt_template.replace("{problem}", text)})
+        messages.append({"role": "user", "content": render_prompt(prompt_template, text)})
         meta = {k: v for k, v in row.items() if k not in (prompt_field, answer_field) and isinstance(v, str | int | float)}
         prompts.append(Prompt(index=i, text=text, messages=tuple(messages), gold=gold, meta=meta))
     return prompts

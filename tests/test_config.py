@@ -196,3 +196,21 @@ def test_keys_set_under_a_value_that_is_not_a_section_are_refused(tmp_path):
         load_config(write(tmp_path, "base: base.yaml\ngeneration:\n  stop: {x: 1}\n"))
     c = load_config(write(tmp_path, "model:\n  lora: null\n"), ["model.lora.r=4"])  # null is no value: replaced
     assert c.model.lora.r == 4
+
+
+def test_prompt_template_with_an_unknown_field_names_it_the_template_and_the_field_there_is():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.prompt_template='{problem} {oops}'", "data.prompt_field=question"])
+    msg = str(e.value)
+    assert "data.prompt_template '{problem} {oops}' uses the field {oops}, which does not exist" in msg
+    assert "{problem}, the row's 'question' column" in msg and "write {{oops}}" in msg
+    with pytest.raises(ConfigError, match=r"data.prompt_template must contain \{problem\}"):
+        load_config(None, ["data.prompt_template='{{problem}} alone'"])
+
+
+def test_prompt_template_braces_other_than_fields_are_text():
+    from cat.templates import render_prompt
+
+    template = r"{problem} {{oops}} \boxed{} {1} { spaced } }}"
+    c = load_config(None, [f"data.prompt_template='{template}'"])
+    assert render_prompt(c.data.prompt_template, "1+1") == r"1+1 {oops} \boxed{} {1} { spaced } }}"
