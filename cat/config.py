@@ -15,14 +15,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cat.errors import ConfigError
 from cat.templates import check_prompt_template
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    # allow_inf_nan: no setting means anything at .nan or .inf (a NaN compares False with every bound)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _fits_64_bits(cls, value: Any) -> Any:
+        """No count, budget or seed is meaningful past 64 bits, and torch cannot take one."""
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise ValueError(f"a {value.bit_length()}-bit integer is too large: at most 2**63 - 1")
+        return value
 
 
 class LoraSettings(_Section):
@@ -185,10 +195,12 @@ class DataConfig(_Section):
     """The user message: ``{problem}`` is replaced by the row's prompt field, ``{{name}}`` is the
     literal text ``{name}``, and any other brace is kept as written (so ``\\boxed{}`` needs no
     escaping). Any other ``{name}`` is an error when the config loads."""
-    max_prompt_tokens: int | None = None
-    """Prompts longer than this (in tokens, after formatting) are skipped and counted."""
-    limit: int | None = None
-    """Use only the first N rows (a reasoning-gym task: generate N rows; None: its default, 500)."""
+    max_prompt_tokens: int | None = Field(None, ge=1)
+    """Prompts longer than this (in tokens, after formatting) are skipped and counted, in training
+    and in evaluation. None: the model's context minus ``generation.max_new_tokens``."""
+    limit: int | None = Field(None, ge=1)
+    """Use only the first N rows, N at least 1 (a reasoning-gym task: generate N rows; None: every
+    row, or for a reasoning-gym task its default, 500)."""
     shuffle: bool = True
     """Shuffle prompts each epoch (seeded)."""
 
@@ -203,8 +215,10 @@ class EvalConfig(_Section):
     """Hub dataset configuration name."""
     split: str = "test"
     """Split of a hub dataset."""
-    limit: int | None = 200
-    """Evaluate on the first N rows (None = all; a reasoning-gym task: generate N rows)."""
+    limit: int | None = Field(200, ge=1)
+    """Evaluate on the first N rows, N at least 1 (None = all; a reasoning-gym task: generate N
+    rows). To turn evaluation off, set ``eval.path`` to null. Prompts longer than
+    ``data.max_prompt_tokens`` are then skipped and counted, as in training."""
     task_config: dict[str, Any] | None = None
     """A reasoning-gym task's generator settings; None: ``data.task_config`` when it is the training
     task, else the generator's defaults."""
@@ -405,8 +419,9 @@ class SFTConfig(_Section):
 
 
 class RunConfig(_Section):
-    seed: int = 0
-    """Seeds data order, sampling and initialisation; same seed, same run on CPU."""
+    seed: int = Field(0, ge=0, lt=2**63)
+    """Seeds data order, sampling and initialisation; same seed, same run on CPU. Below 2**63
+    (torch takes 64 bits, and sampling seeds are offsets from it)."""
     steps: int = Field(50, ge=1)
     """RL steps (one generation batch each)."""
     prompts_per_step: int = Field(16, ge=1)
@@ -770,8 +785,9 @@ def config_from_tree(tree: dict, overrides: list[str] | None = None, *, source: 
             if err["type"] == "extra_forbidden":
                 valid = _describe(err["loc"], Config)
                 msg = f"unknown key; valid keys here: {valid}"
-            elif err["type"] == "literal_error":
-                msg = f"{msg} (got {err.get('input')!r})"
+            elif err["type"] in ("literal_error", "greater_than", "greater_than_equal", "less_than",
+                                 "less_than_equal", "finite_number"):
+                msg = f"{msg} (got {err.get('input')!r:.60})"
             elif err["type"] == "value_error":
                 msg = msg.removeprefix("Value error, ")
             lines.append(f"  {loc}: {msg}")

@@ -291,6 +291,8 @@ def load_prompts(
     """Validated prompts. Every unreadable file and malformed row is a ``DataError`` naming the
     source, the row and the field."""
     check_prompt_template(prompt_template, prompt_field)
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be at least 1 (None: every row), got {limit}")
     rows, where = _read_rows(path, name, split)
     if limit is not None:
         rows = rows[:limit]

@@ -214,3 +214,20 @@ def test_prompt_template_braces_other_than_fields_are_text():
     template = r"{problem} {{oops}} \boxed{} {1} { spaced } }}"
     c = load_config(None, [f"data.prompt_template='{template}'"])
     assert render_prompt(c.data.prompt_template, "1+1") == r"1+1 {oops} \boxed{} {1} { spaced } }}"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("run.seed=99999999999999999999999", r"run.seed: Input should be less than 9223372036854775808"),
+    ("run.steps=99999999999999999999999", r"run.steps: a 77-bit integer is too large: at most 2\*\*63 - 1"),
+    ("optim.lr=.nan", r"optim.lr: Input should be a finite number \(got nan\)"),
+    ("grpo.beta=.inf", r"grpo.beta: Input should be a finite number \(got inf\)"),
+    ("eval.limit=0", r"eval.limit: Input should be greater than or equal to 1 \(got 0\)"),
+    ("eval.limit=-1", r"eval.limit: Input should be greater than or equal to 1 \(got -1\)"),
+    ("data.limit=-5", r"data.limit: Input should be greater than or equal to 1 \(got -5\)"),
+    ("data.max_prompt_tokens=0", r"data.max_prompt_tokens: Input should be greater than or equal to 1 \(got 0\)"),
+])
+def test_out_of_range_numbers_name_the_field_and_value(override, needle):
+    """eval.limit=0 used to read "no rows" and eval.limit=-1 dropped the last row (a Python slice);
+    a seed past 64 bits failed in torch.manual_seed, after the run directory was written."""
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, [override])

@@ -98,6 +98,17 @@ def test_wrong_types_and_missing_fields(tmp_path, row, match):
     fails(write(tmp_path, lines(GOOD, row)), match)
 
 
+def test_a_limit_below_one_and_an_unknown_template_field_are_refused(tmp_path):
+    """``load_prompts`` checks its own arguments: a negative limit used to drop the last rows."""
+    path = write(tmp_path, lines(GOOD, GOOD))
+    with pytest.raises(DataError, match="limit must be at least 1"):
+        load_prompts(str(path), limit=-1)
+    from cat.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"uses the field \{oops\}"):
+        load_prompts(str(path), prompt_template="{problem} {oops}")
+
+
 @pytest.mark.parametrize("change,match", [
     ({"prompt": "I feel dizzy."}, r"field 'prompt' must be a non-empty list of chat messages, got a string"),
     ({"prompt": [{"role": "user", "content": ["a"]}]}, r"prompt\[0\] must be \{'role'"),
