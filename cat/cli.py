@@ -377,8 +377,11 @@ def _eval(args) -> int:
     if e.path is None:
         raise ConfigError("eval.path is not set: nothing to evaluate on")
     path = args.model or m.name_or_path
-    if args.model and (Path(args.model) / "model").is_dir():
-        path = str(Path(args.model) / "model")
+    try:
+        if args.model and (Path(args.model) / "model").is_dir():
+            path = str(Path(args.model) / "model")
+    except OSError as exc:  # a name too long for the file system
+        raise ConfigError(f"--model {args.model}: {exc.strerror or exc}") from None
     prompts = load_split(config, "eval")
     tokenizer = load_tokenizer(path, trust_remote_code=m.trust_remote_code)
     # over-long prompts are skipped and counted as in training; the line goes to stderr (stdout is the JSON)
