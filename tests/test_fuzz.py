@@ -233,6 +233,21 @@ def test_malformed_command_lines(tmp_path, blocked, args, needle):
     assert_clean_failure(cli(*args), needle)
 
 
+@pytest.mark.parametrize("name, content", [
+    ("metrics.jsonl", b'{"step": 1}\n\xff\n'),
+    ("metrics.jsonl", b'{"step": 1}\n[1]\n'),
+    ("config.yaml", b"run:\n  steps: \xff\n"),
+    ("config.yaml", b"run: " + b"[" * 600 + b"\n"),
+    ("eval.json", b'{"before": \xff}'),
+])
+def test_damaged_run_directories_for_report(tmp_path, name, content):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("run:\n  steps: 1\n")
+    (run / name).write_bytes(content)
+    assert_clean_failure(cli("report", str(run), "--output", str(tmp_path / "report")), str(run / name))
+
+
 def test_as_real_processes(tmp_path):
     """What the user sees: exit status 2 and the message, no traceback (two processes at once)."""
     dup = tmp_path / "dup.yaml"
