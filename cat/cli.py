@@ -434,23 +434,31 @@ def _compare(args) -> int:
 
 
 def _eval(args) -> int:
+    import logging
+
     from cat.config import load_config
-    from cat.data import encode_prompt, load_split
+    from cat.data import load_split
     from cat.evaluate import evaluate_config
     from cat.generation import generator_from_config
     from cat.models import load_model, load_tokenizer, resolve_device
+    from cat.task import fit_prompts, prompt_limit
 
     config = load_config(args.config, args.overrides)
     e, m = config.eval, config.model
     if e.path is None:
         raise ConfigError("eval.path is not set: nothing to evaluate on")
     path = args.model or m.name_or_path
-    if args.model and (Path(args.model) / "model").is_dir():
-        path = str(Path(args.model) / "model")
+    try:
+        if args.model and (Path(args.model) / "model").is_dir():
+            path = str(Path(args.model) / "model")
+    except OSError as exc:  # a name too long for the file system
+        raise ConfigError(f"--model {args.model}: {exc.strerror or exc}") from None
     prompts = load_split(config, "eval")
     tokenizer = load_tokenizer(path, trust_remote_code=m.trust_remote_code)
+    # over-long prompts are skipped and counted as in training; the line goes to stderr (stdout is the JSON)
+    prompts, ids, skipped = fit_prompts(prompts, tokenizer, m, prompt_limit(config, path), which="evaluation",
+                                        log=logging.getLogger("cat.evaluate").warning)
     model = load_model(path, dtype=m.dtype, device=resolve_device(m.device), trust_remote_code=m.trust_remote_code, frozen=True)
-    ids = [encode_prompt(p, tokenizer, use_chat_template=m.chat_template, chat_template_kwargs=m.chat_template_kwargs) for p in prompts]
     generator = generator_from_config(config, model, tokenizer)
     judge = None
     if config.data.format == "healthbench":
@@ -460,6 +468,7 @@ def _eval(args) -> int:
         judge.check()
     result = evaluate_config(config, generator, prompts, ids, judge)
     result["model"] = path
+    result["skipped_long"] = skipped
     summary = {k: v for k, v in result.items() if k != "examples"}
     print(json.dumps(summary, indent=2))
     if args.output:

@@ -47,7 +47,10 @@ def parse_arms(names: str | None, labelled: list[list[str]] | None) -> list[Arm]
         if name.strip():
             arms.append(Arm(name.strip(), (f"estimator.name={name.strip()}",)))
     for label, text in labelled or []:
-        overrides = tuple(shlex.split(text))
+        try:
+            overrides = tuple(shlex.split(text))
+        except ValueError as exc:  # an unclosed quote
+            raise ConfigError(f"--arm {label} {text!r}: {exc} (the overrides are split as a shell would)") from None
         bad = [o for o in overrides if "=" not in o or o.startswith("-")]
         if bad:
             raise ConfigError(f"--arm {label}: {' '.join(bad)} is not of the form section.key=value")

@@ -15,13 +15,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cat.errors import ConfigError
+from cat.templates import check_prompt_template
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    # allow_inf_nan: no setting means anything at .nan or .inf (a NaN compares False with every bound)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _fits_64_bits(cls, value: Any) -> Any:
+        """No count, budget or seed is meaningful past 64 bits, and torch cannot take one."""
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise ValueError(f"a {value.bit_length()}-bit integer is too large: at most 2**63 - 1")
+        return value
 
 
 class LoraSettings(_Section):
@@ -181,11 +192,15 @@ class DataConfig(_Section):
     answer_format: Literal["plain", "gsm8k"] = "plain"
     """``gsm8k`` takes the text after ``####`` as the gold answer."""
     prompt_template: str = "{problem}"
-    """Python format string for the user message; ``{problem}`` is the prompt field."""
-    max_prompt_tokens: int | None = None
-    """Prompts longer than this (in tokens, after formatting) are skipped and counted."""
-    limit: int | None = None
-    """Use only the first N rows (a reasoning-gym task: generate N rows; None: its default, 500)."""
+    """The user message: ``{problem}`` is replaced by the row's prompt field, ``{{name}}`` is the
+    literal text ``{name}``, and any other brace is kept as written (so ``\\boxed{}`` needs no
+    escaping). Any other ``{name}`` is an error when the config loads."""
+    max_prompt_tokens: int | None = Field(None, ge=1)
+    """Prompts longer than this (in tokens, after formatting) are skipped and counted, in training
+    and in evaluation. None: the model's context minus ``generation.max_new_tokens``."""
+    limit: int | None = Field(None, ge=1)
+    """Use only the first N rows, N at least 1 (a reasoning-gym task: generate N rows; None: every
+    row, or for a reasoning-gym task its default, 500)."""
     shuffle: bool = True
     """Shuffle prompts each epoch (seeded)."""
 
@@ -200,8 +215,10 @@ class EvalConfig(_Section):
     """Hub dataset configuration name."""
     split: str = "test"
     """Split of a hub dataset."""
-    limit: int | None = 200
-    """Evaluate on the first N rows (None = all; a reasoning-gym task: generate N rows)."""
+    limit: int | None = Field(200, ge=1)
+    """Evaluate on the first N rows, N at least 1 (None = all; a reasoning-gym task: generate N
+    rows). To turn evaluation off, set ``eval.path`` to null. Prompts longer than
+    ``data.max_prompt_tokens`` are then skipped and counted, as in training."""
     task_config: dict[str, Any] | None = None
     """A reasoning-gym task's generator settings; None: ``data.task_config`` when it is the training
     task, else the generator's defaults."""
@@ -420,8 +437,9 @@ class SFTConfig(_Section):
 
 
 class RunConfig(_Section):
-    seed: int = 0
-    """Seeds data order, sampling and initialisation; same seed, same run on CPU."""
+    seed: int = Field(0, ge=0, lt=2**63)
+    """Seeds data order, sampling and initialisation; same seed, same run on CPU. Below 2**63
+    (torch takes 64 bits, and sampling seeds are offsets from it)."""
     steps: int = Field(50, ge=1)
     """RL steps (one generation batch each)."""
     prompts_per_step: int = Field(16, ge=1)
@@ -501,8 +519,10 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Config:
-        if "{problem}" not in self.data.prompt_template:
-            raise ValueError("data.prompt_template must contain {problem}")
+        try:
+            check_prompt_template(self.data.prompt_template, self.data.prompt_field)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         self._check_reasoning_gym()
         if self.anchor.backend == "openai" and not self.anchor.model:
             raise ValueError("anchor.backend is openai: anchor.model must name the served model")
@@ -580,21 +600,133 @@ def _describe(loc: tuple, model: type[BaseModel]) -> str:
     return ", ".join(sorted(node.model_fields))
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, first: yaml.Mark, second: yaml.Mark):
+        where = (f"on line {first.line + 1} (columns {first.column + 1} and {second.column + 1})"
+                 if first.line == second.line else f"on lines {first.line + 1} and {second.line + 1}")
+        super().__init__(f"key '{key}' is given twice, {where}; YAML would silently keep the second: keep one")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping, at any depth (PyYAML
+    keeps the last one silently), and reports a value its constructors cannot read (an integer
+    too long for Python, ``!!int`` with nothing after it) as a YAML error at its line instead of
+    a bare ValueError or IndexError."""
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.value!r:.40} as {node.tag.rpartition(':')[2]} "
+                f"({type(exc).__name__}: {exc})", node.start_mark) from None
+
+    def construct_document(self, node):
+        self._paths = _mapping_paths(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        if not isinstance(node, yaml.MappingNode):  # a tag such as !!set on a list: SafeConstructor refuses it
+            return super().construct_mapping(node, deep)
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base" keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: SafeConstructor reports it
+                continue
+            if first is not key_node:
+                path = self._paths.get(id(node), "")
+                raise _DuplicateKey(f"{path}.{key}" if path else str(key), first.start_mark, key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node):
+        try:
+            value = super().construct_yaml_int(node)
+        except ValueError:
+            if not node.value.lstrip("+-").replace("_", "").isdigit():  # !!int on a word: construct_object says so
+                raise
+            value = None  # more decimal digits than Python reads (sys.get_int_max_str_digits, 4300)
+        if value is None or value.bit_length() > 14_000:  # 0x... of that size reads, but no message or dump could print it
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(node.value)} characters is too long to read", node.start_mark)
+        return value
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
+
+def _mapping_paths(root: yaml.Node) -> dict[int, str]:
+    """The dotted path of every mapping node under ``root`` (keyed by ``id``), for messages."""
+    paths: dict[int, str] = {}
+    seen: set[int] = set()
+    todo = [(root, "")]
+    while todo:
+        node, path = todo.pop()
+        if id(node) in seen:  # an alias can make the graph cyclic
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            paths[id(node)] = path
+            todo += [(v, f"{path}.{k.value}" if path else str(k.value)) for k, v in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            todo += [(v, f"{path}[{i}]") for i, v in enumerate(node.value)]
+    return paths
+
+
+def _parse_yaml(text: str, where: str, hint: str = "") -> Any:
+    """``text`` read by ``_StrictLoader``; every way it can fail is a ConfigError naming ``where``
+    (a file or an override) and the line."""
+    try:
+        loader = _StrictLoader(text)  # its Reader refuses control characters here
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(f"{where} is not valid YAML{hint}: character {exc.character:#04x} on line {line} is not "
+                          "allowed in YAML text (is it a binary file?)") from None
+    loader.name = where  # marks in PyYAML's messages name it instead of "<unicode string>"
+    try:
+        return loader.get_single_data()
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML{hint}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is not valid YAML{hint}: it is nested too deeply") from None
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:  # a deferred constructor's
+        raise ConfigError(f"{where} is not valid YAML{hint}: a tagged value cannot be read "
+                          f"({type(exc).__name__}: {exc})") from None
+    finally:
+        loader.dispose()
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     tree: dict = {}
     for item in overrides:
         key, eq, raw = item.partition("=")
         if not eq or not key or " " in key:
             raise ConfigError(f"override '{item}' is not of the form section.key=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "", f"override {item!r}")
+        if "" in key.strip().split("."):
+            raise ConfigError(f"override '{item}': the key '{key}' has an empty part; write section.key=value")
+        value = _parse_yaml(raw, f"override '{item}'", " (quote a value with YAML's special characters, "
+                            "e.g. 'data.prompt_template=\"{problem} ...\"')") if raw else ""
+        _set_dotted(tree, key.strip(), value, f"override {item!r}")
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def _merge(base: dict, extra: dict, where: str, onto: str, prefix: str = "") -> dict:
+    """``extra`` over ``base``: sections key by key, any other value replaced. ``extra`` setting
+    keys under something ``base`` gives as a value (a list, a string) is an error, not a
+    replacement that would hide it. ``where`` and ``onto`` name the two in the message."""
     out = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            out[key] = _merge(old, value, where, onto, f"{prefix}{key}.")
+        elif isinstance(value, dict) and old is not None:
+            raise ConfigError(f"{where} sets keys under {prefix}{key}, but {onto} gives {prefix}{key} as "
+                              f"{type(old).__name__} {old!r:.60}, not as a section")
         else:
             out[key] = value
     return out
@@ -603,17 +735,31 @@ def _merge(base: dict, extra: dict) -> dict:
 def _read_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """One YAML file as a tree, with its ``base:`` (a path or a list of paths, relative to the
     file) merged underneath: bases in order, then the file's own keys on top. Sections merge key
-    by key; any other value (lists included) replaces the base's."""
-    if not path.is_file():
-        where = f" (base of {chain[-1]})" if chain else ""
+    by key; any other value (lists included) replaces the base's. A key given twice in one file is
+    an error (``_StrictLoader``)."""
+    where = f" (base of {chain[-1]})" if chain else ""
+    try:
+        found, resolved = path.is_file(), path.resolve()
+    except OSError as exc:  # a name too long for the file system
+        raise ConfigError(f"config file {path}{where}: {exc.strerror or exc}") from None
+    if not found:
         raise ConfigError(f"config file not found: {path}{where}")
-    if path.resolve() in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, path.resolve()))
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
         raise ConfigError(f"config {path}: its bases form a cycle: {cycle}")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                          "save it as UTF-8") from None
+    loaded = _parse_yaml(text, f"config file {path}")
+    if loaded is None:  # not {}: a file that was never saved, or truncated, would run on the defaults
+        raise ConfigError(f"config file {path} is empty (or holds only comments); write at least one setting")
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
     bases = loaded.pop("base", None)
@@ -626,8 +772,9 @@ def _read_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
                           f"got {bases!r}")
     tree: dict = {}
     for base in bases:
-        tree = _merge(tree, _read_tree(path.parent / base, (*chain, path.resolve())))
-    return _merge(tree, loaded)
+        tree = _merge(tree, _read_tree(path.parent / base, (*chain, resolved)),
+                      f"config {path.parent / base}", "an earlier base")
+    return _merge(tree, loaded, f"config {path}", "its base")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -645,7 +792,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def config_from_tree(tree: dict, overrides: list[str] | None = None, *, source: str = "a dict") -> Config:
     """Validate a config tree (sections as dicts, as in YAML) with ``section.key=value`` overrides applied."""
     if overrides:
-        tree = _merge(tree, parse_overrides(overrides))
+        tree = _merge(tree, parse_overrides(overrides), "an override", f"the config ({source})")
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
@@ -656,8 +803,9 @@ def config_from_tree(tree: dict, overrides: list[str] | None = None, *, source: 
             if err["type"] == "extra_forbidden":
                 valid = _describe(err["loc"], Config)
                 msg = f"unknown key; valid keys here: {valid}"
-            elif err["type"] == "literal_error":
-                msg = f"{msg} (got {err.get('input')!r})"
+            elif err["type"] in ("literal_error", "greater_than", "greater_than_equal", "less_than",
+                                 "less_than_equal", "finite_number"):
+                msg = f"{msg} (got {err.get('input')!r:.60})"
             elif err["type"] == "value_error":
                 msg = msg.removeprefix("Value error, ")
             lines.append(f"  {loc}: {msg}")

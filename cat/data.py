@@ -34,6 +34,7 @@ from pathlib import Path
 
 from cat import tiny
 from cat.errors import DataError
+from cat.templates import check_prompt_template, render_prompt
 from cat.types import Prompt
 
 _SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -80,6 +81,50 @@ def _json_error(exc: json.JSONDecodeError) -> str:
     return f"{exc.msg}: column {exc.colno}"
 
 
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # more digits than sys.get_int_max_str_digits()
+        raise ValueError(f"an integer of {len(text)} digits is too long to read") from None
+
+
+_DECODER = json.JSONDecoder(parse_int=_int)
+
+
+def _loads(text: str):
+    """``json.loads`` that reports an integer too long for Python as a ValueError with a plain message."""
+    return _DECODER.decode(text)
+
+
+def _surrogate(value, where: str = "") -> str | None:
+    """The path (``prompt[0].content``) of a string in a parsed row that holds an unpaired UTF-16
+    surrogate (a ``\\ud800`` escape JSON lets through and no tokenizer can encode), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _surrogate(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_text(rows: list[tuple[int, dict]], raw: str, path: str) -> None:
+    """No row holds an unpaired surrogate. Only a ``\\u`` escape in ``raw`` (the text the rows
+    were read from) can make one, so most files skip the walk."""
+    if "\\u" not in raw:
+        return
+    for number, row in rows:
+        where = _surrogate(row)
+        if where is not None:
+            raise DataError(f"{path}: row {number}: field '{where}' holds an unpaired UTF-16 surrogate (a lone "
+                            "\\ud800-\\udfff escape), which is not text; fix or drop it")
+
+
 def _read_jsonl(local: Path, path: str) -> list[tuple[int, dict]]:
     data = _read_bytes(local, path)
     why = _what_bytes(data)
@@ -96,7 +141,7 @@ def _read_jsonl(local: Path, path: str) -> list[tuple[int, dict]]:
             continue
         line = _utf8(raw, path, f"row {lineno}")
         try:
-            row = json.loads(line)
+            row = _loads(line)
         except json.JSONDecodeError as exc:
             hint = ""
             if lineno == 1 and line.lstrip().startswith("["):
@@ -106,11 +151,14 @@ def _read_jsonl(local: Path, path: str) -> list[tuple[int, dict]]:
             elif lineno == last and not line.rstrip().endswith("}"):
                 hint = "; the last line looks truncated"
             raise DataError(f"{path}: row {lineno} is not valid JSON ({_json_error(exc)}){hint}") from None
+        except ValueError as exc:  # _loads: an over-long integer
+            raise DataError(f"{path}: row {lineno} is not valid JSON ({exc})") from None
         except RecursionError:
             raise DataError(f"{path}: row {lineno} is not valid JSON (nested too deeply)") from None
         if not isinstance(row, dict):
             hint = " (a JSON array: a .jsonl file holds one object per line)" if isinstance(row, list) else ""
             raise DataError(f"{path}: row {lineno} must be a JSON object, got {type(row).__name__}{hint}")
+        _check_text([(lineno, row)], line, path)
         rows.append((lineno, row))
     return rows
 
@@ -126,21 +174,25 @@ def _read_json(local: Path, path: str) -> list[tuple[int, dict]]:
         line = data.count(b"\n", 0, exc.start) + 1
         raise DataError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
     try:
-        doc = json.loads(text)
+        doc = _loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several top-level values: JSON lines under a .json name
             return _read_jsonl(local, path)
         raise DataError(f"{path}: line {exc.lineno} is not valid JSON ({_json_error(exc)})") from None
+    except ValueError as exc:  # _loads: an over-long integer
+        raise DataError(f"{path} is not valid JSON ({exc})") from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply") from None
     if isinstance(doc, dict):
-        return [(1, doc)]
+        doc = [doc]
     if not isinstance(doc, list):
         raise DataError(f"{path} must hold a JSON array of objects (or JSON lines), got {_kind(doc)}")
     for k, row in enumerate(doc, start=1):
         if not isinstance(row, dict):
             raise DataError(f"{path}: row {k} must be a JSON object, got {type(row).__name__}")
-    return list(enumerate(doc, start=1))
+    rows = list(enumerate(doc, start=1))
+    _check_text(rows, text, path)
+    return rows
 
 
 def _read_parquet(local: Path, path: str) -> list[tuple[int, dict]]:
@@ -185,10 +237,14 @@ def _read_rows(path: str, name: str | None, split: str) -> tuple[list[tuple[int,
     """(row number, row) pairs, and a label naming where they came from (for messages)."""
     path = tiny.resolve(path)
     local = Path(path)
-    if local.suffix in _SUFFIXES or local.exists():
-        if local.is_dir():
+    try:
+        is_local, is_dir, is_file = local.suffix in _SUFFIXES or local.exists(), local.is_dir(), local.is_file()
+    except OSError as exc:  # a name too long for the file system
+        raise DataError(f"dataset path {path}: {exc.strerror or exc}") from None
+    if is_local:
+        if is_dir:
             raise DataError(f"dataset path {path} is a folder; give a .jsonl, .json or .parquet file")
-        if not local.is_file():
+        if not is_file:
             raise DataError(f"dataset file not found: {path}")
         if local.suffix == ".jsonl":
             return _read_jsonl(local, path), path
@@ -289,6 +345,9 @@ def load_prompts(
 ) -> list[Prompt]:
     """Validated prompts. Every unreadable file and malformed row is a ``DataError`` naming the
     source, the row and the field."""
+    check_prompt_template(prompt_template, prompt_field)
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be at least 1 (None: every row), got {limit}")
     rows, where = _read_rows(path, name, split)
     if limit is not None:
         rows = rows[:limit]
@@ -313,11 +372,13 @@ def load_prompts(
             if value is not None:
                 if isinstance(value, bool) or not isinstance(value, str | int | float):
                     raise DataError(f"{label}: field '{answer_field}' must be a string or number, got {_kind(value)} {value!r:.60}")
+                if isinstance(value, float) and not math.isfinite(value):  # NaN, Infinity, 1e999
+                    raise DataError(f"{label}: field '{answer_field}' is {value}, not an answer")
                 gold = _gold(value, answer_format)
         messages = []
         if system_prompt:
             messages.append({"role": "system", "content": system_prompt})
-        messages.append({"role": "user", "content": prompt_template.replace("{problem}", text)})
+        messages.append({"role": "user", "content": render_prompt(prompt_template, text)})
         meta = {k: v for k, v in row.items() if k not in (prompt_field, answer_field) and isinstance(v, str | int | float)}
         prompts.append(Prompt(index=i, text=text, messages=tuple(messages), gold=gold, meta=meta))
     return prompts

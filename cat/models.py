@@ -50,7 +50,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"model.device is '{name}' but no CUDA device is available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:  # torch: "Expected one of cpu, cuda, ... device type at start of device string"
+        raise ConfigError(f"model.device '{name}' is not a device: use auto, cpu, cuda or cuda:N") from None
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

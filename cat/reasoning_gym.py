@@ -32,6 +32,7 @@ from functools import lru_cache
 from typing import Any
 
 from cat.errors import ConfigError
+from cat.templates import render_prompt
 from cat.types import Prompt
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def load_gym_prompts(src: GymSource, *, prompt_template: str = "{problem}",
     for i in range(len(dataset)):
         entry = dataset[i]
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-        messages.append({"role": "user", "content": prompt_template.replace("{problem}", entry["question"])})
+        messages.append({"role": "user", "content": render_prompt(prompt_template, entry["question"])})
         prompts.append(Prompt(index=i, text=entry["question"], messages=tuple(messages), gold=str(entry["answer"]),
                               meta={"task": src.task, "seed": src.seed + i},
                               scorer=GymEntry(src.task, entry, dataset)))

@@ -49,10 +49,21 @@ class Run:
         return any(key in r for r in self.rows)
 
 
+def _text(path: Path) -> str:
+    """A run file's text; bytes that are not UTF-8 are a ReportError naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ReportError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                          "the file is damaged") from None
+
+
 def read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
     """Rows of a JSONL file. A torn last line (a run killed mid-write) is left out and noted; a
     damaged line anywhere else is an error naming it."""
-    text = path.read_text(encoding="utf-8")
+    text = _text(path)
     lines = text.split("\n")
     rows, notes = [], []
     for i, line in enumerate(lines, 1):
@@ -77,14 +88,14 @@ def load_run(path: Path, label: str) -> Run:
     evals: dict = {}
     if (path / "eval.json").exists():
         try:
-            evals = json.loads((path / "eval.json").read_text())
+            evals = json.loads(_text(path / "eval.json"))
         except json.JSONDecodeError as exc:
             raise ReportError(f"{path / 'eval.json'} is not valid JSON ({exc.msg})") from None
     config: dict = {}
     if (path / "config.yaml").exists():
         try:
-            config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-        except yaml.YAMLError as exc:
+            config = yaml.safe_load(_text(path / "config.yaml")) or {}
+        except (yaml.YAMLError, RecursionError) as exc:
             raise ReportError(f"{path / 'config.yaml'} is not valid YAML: {exc}") from None
     return Run(label, path, rows, evals, config, notes)
 

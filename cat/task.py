@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from cat.config import Config
+from cat.config import Config, ModelConfig
 from cat.data import encode_prompt, load_split
 from cat.errors import ConfigError
 from cat.evaluate import evaluate_config
@@ -24,17 +24,17 @@ logger = logging.getLogger(__name__)
 class Task:
     def __init__(self, config: Config, tokenizer, *, log=None):
         self.config, self.tokenizer, self.log = config, tokenizer, log or logger.info
-        self.prompt_limit = self._prompt_limit()
+        self.prompt_limit = prompt_limit(config)
         self.prompts = load_split(config, "train")
-        self.prompt_ids, self.skipped_long = self._encode(self.prompts)
-        if not self.prompt_ids:
-            raise ConfigError(f"every training prompt is longer than {self.prompt_limit} tokens "
-                              "(data.max_prompt_tokens, or the model's context minus generation.max_new_tokens)")
+        self.prompts, self.prompt_ids, self.skipped_long = fit_prompts(
+            self.prompts, tokenizer, config.model, self.prompt_limit, which="training", log=self.log)
         self.eval_prompts: list[Prompt] = []
         self.eval_ids: list[list[int]] = []
+        self.eval_skipped_long = 0
         if config.eval.path is not None:
-            self.eval_prompts = load_split(config, "eval")
-            self.eval_ids, _ = self._encode(self.eval_prompts)
+            self.eval_prompts, self.eval_ids, self.eval_skipped_long = fit_prompts(
+                load_split(config, "eval"), tokenizer, config.model, self.prompt_limit, which="evaluation",
+                log=self.log)
 
     @property
     def needs_judge(self) -> bool:
@@ -43,34 +43,40 @@ class Task:
 
     def evaluate(self, generator, judge=None) -> dict:
         """The evaluation summary of ``generator`` on the evaluation prompts (``judge``: when
-        ``needs_judge``)."""
+        ``needs_judge``); ``skipped_long`` counts the prompts left out for their length."""
         result = evaluate_config(self.config, generator, self.eval_prompts, self.eval_ids,
                                  judge if self.needs_judge else None)
         result.pop("examples", None)
+        result["skipped_long"] = self.eval_skipped_long
         return result
 
-    def _prompt_limit(self) -> int | None:
-        """Longest prompt kept: data.max_prompt_tokens, else the model's context minus the
-        completion budget."""
-        if self.config.data.max_prompt_tokens is not None:
-            return self.config.data.max_prompt_tokens
-        m = self.config.model
-        context = context_length(m.name_or_path, trust_remote_code=m.trust_remote_code)
-        return None if context is None else context - self.config.generation.max_new_tokens
 
-    def _encode(self, prompts: list[Prompt]) -> tuple[list[list[int]], int]:
-        """Token ids of the prompts that fit; the others are removed from ``prompts`` and counted."""
-        m, limit = self.config.model, self.prompt_limit
-        kept, kept_ids = [], []
-        for p in prompts:
-            ids = encode_prompt(p, self.tokenizer, use_chat_template=m.chat_template,
-                                chat_template_kwargs=m.chat_template_kwargs)
-            if limit is not None and len(ids) > limit:
-                continue
+def prompt_limit(config: Config, model_path: str | None = None) -> int | None:
+    """Longest prompt kept, in tokens: data.max_prompt_tokens, else the context of the model at
+    ``model_path`` (default: model.name_or_path) minus the completion budget; None when unknown."""
+    if config.data.max_prompt_tokens is not None:
+        return config.data.max_prompt_tokens
+    m = config.model
+    context = context_length(model_path or m.name_or_path, trust_remote_code=m.trust_remote_code)
+    return None if context is None else context - config.generation.max_new_tokens
+
+
+def fit_prompts(prompts: list[Prompt], tokenizer, model: ModelConfig, limit: int | None, *, which: str,
+                log) -> tuple[list[Prompt], list[list[int]], int]:
+    """The prompts at most ``limit`` tokens long, their token ids, and how many were left out
+    (never truncated: a cut question is a different question). ``log`` gets one line when any
+    is left out; none fitting is a ConfigError. ``which`` names the prompts ("training")."""
+    kept, kept_ids = [], []
+    for p in prompts:
+        ids = encode_prompt(p, tokenizer, use_chat_template=model.chat_template,
+                            chat_template_kwargs=model.chat_template_kwargs)
+        if limit is None or len(ids) <= limit:
             kept.append(p)
             kept_ids.append(ids)
-        skipped = len(prompts) - len(kept)
-        if skipped:
-            self.log(f"skipped {skipped} of {len(prompts)} prompt(s) longer than {limit} tokens")
-        prompts[:] = kept
-        return kept_ids, skipped
+    skipped = len(prompts) - len(kept)
+    if prompts and not kept:
+        raise ConfigError(f"every {which} prompt is longer than {limit} tokens "
+                          "(data.max_prompt_tokens, or the model's context minus generation.max_new_tokens)")
+    if skipped:
+        log(f"skipped {skipped} of {len(prompts)} {which} prompt(s) longer than {limit} tokens")
+    return kept, kept_ids, skipped

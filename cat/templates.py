@@ -6,8 +6,13 @@ checkout, an editable install or a plain install. A template argument is either 
 (``math_synthesis`` -> ``anchors/math_synthesis.txt``) or a path to any text file.
 
 Placeholders use double braces so that templates can contain LaTeX such as ``\\boxed{}`` freely.
-Every placeholder is checked when the template is loaded: an unknown name, or a missing required
-one, is an error that names the file.
+Every placeholder is checked when the template is loaded: an unknown name, a missing required
+one, or a known one written with single braces (``{rollouts}``, which would render literally) is
+an error that names the file.
+
+The data's prompt template (``data.prompt_template``, one line in a config) is the other kind:
+``{problem}`` is its one field, ``{{name}}`` the literal text ``{name}``, and every other brace
+is text; :func:`check_prompt_template` refuses any other ``{name}`` when the config loads.
 
 This module knows nothing about models or tokenizers.
 """
@@ -21,6 +26,8 @@ from pathlib import Path
 from cat.errors import ConfigError
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_SINGLE = re.compile(r"(?<!\{)\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}(?!\})")
+_PROMPT_FIELD = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PACKAGE_DATA = Path(__file__).resolve().parent / "_data"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,12 +64,21 @@ def load_template(
     error (a typo such as ``{{rollout}}`` would otherwise render literally).
     """
     path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        path = data_dir(kind) / f"{name_or_path}.txt"
-    if not path.is_file():
+    try:
+        if not path.suffix and not path.exists():
+            path = data_dir(kind) / f"{name_or_path}.txt"
+        data = path.read_bytes() if path.is_file() else None
+    except OSError as exc:  # a name too long for the file system, a file it may not read
+        raise ConfigError(f"template '{name_or_path}' cannot be read: {exc.strerror or exc}") from None
+    if data is None:
         known = sorted(p.stem for p in data_dir(kind).glob("*.txt"))
         raise ConfigError(f"template '{name_or_path}' not found; built-in {kind} templates: {known}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"template {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                          "save it as UTF-8") from None
     used = frozenset(_PLACEHOLDER.findall(text))
     unknown = used - allowed - required
     if unknown:
@@ -73,4 +89,33 @@ def load_template(
     missing = required - used
     if missing:
         raise ConfigError(f"template {path} is missing required placeholder(s) {sorted(missing)}")
+    for m in _SINGLE.finditer(text):
+        if m.group(1) in allowed | required:
+            line = text.count("\n", 0, m.start()) + 1
+            raise ConfigError(f"template {path}, line {line}: {m.group(0)} has single braces and would be sent "
+                              f"as written; placeholders take two: {{{{{m.group(1)}}}}}")
     return Template(text=text, source=str(path), placeholders=used)
+
+
+def check_prompt_template(template: str, prompt_field: str, where: str = "data.prompt_template") -> None:
+    """``template`` has the field ``{problem}`` and no other ``{name}``. The message names the
+    unknown field, the template and the one field there is."""
+    fields = [m.group(2) for m in _PROMPT_FIELD.finditer(template) if m.group(2)]
+    unknown = [f for f in fields if f != "problem"]
+    if unknown:
+        name = unknown[0]
+        raise ConfigError(
+            f"{where} {template!r:.120} uses the field {{{name}}}, which does not exist: the one field is "
+            f"{{problem}}, the row's '{prompt_field}' column (data.prompt_field). For the literal text "
+            f"{{{name}}} write {{{{{name}}}}}.")
+    if not fields:
+        raise ConfigError(f"{where} must contain {{problem}} (where the row's '{prompt_field}' column goes), "
+                          f"got {template!r:.120}")
+
+
+def render_prompt(template: str, problem: str) -> str:
+    """``template`` with ``{problem}`` replaced by ``problem`` and ``{{name}}`` by ``{name}``
+    (checked by :func:`check_prompt_template`)."""
+    if "{{" not in template:  # no escapes: every {name} left is {problem} (the fast path, once per row)
+        return template.replace("{problem}", problem)
+    return _PROMPT_FIELD.sub(lambda m: "{" + m.group(1) + "}" if m.group(1) else problem, template)

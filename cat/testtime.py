@@ -20,10 +20,11 @@ reference's text and answer, to read what the model and the anchor actually wrot
 
 from __future__ import annotations
 
+import logging
 import time
 
 from cat.anchor import build_anchor
-from cat.data import encode_prompt, load_split
+from cat.data import load_split
 from cat.errors import ConfigError
 from cat.estimators import ESTIMATORS
 from cat.evaluate import grade
@@ -32,7 +33,10 @@ from cat.models import load_model, load_tokenizer, resolve_device
 from cat.registry import import_plugin
 from cat.rewards.answers import AnswerChain
 from cat.stats import mean_ci
+from cat.task import fit_prompts, prompt_limit
 from cat.types import Group
+
+logger = logging.getLogger(__name__)
 
 ANCHOR_DECODINGS = ("greedy", "sampled")
 ANCHOR_QUESTIONS = ("without", "with")
@@ -67,10 +71,10 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
         raise ConfigError(f"group sizes {sizes} must lie in 1..generation.num_generations={gen.num_generations}")
     prompts = load_split(config, "eval")
     tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
+    prompts, ids, skipped = fit_prompts(prompts, tokenizer, m, prompt_limit(config), which="evaluation",
+                                        log=logger.warning)
     model = load_model(m.name_or_path, dtype=m.dtype, device=resolve_device(m.device),
                        trust_remote_code=m.trust_remote_code, frozen=True)
-    ids = [encode_prompt(p, tokenizer, use_chat_template=m.chat_template, chat_template_kwargs=m.chat_template_kwargs)
-           for p in prompts]
     generator = generator_from_config(config, model, tokenizer)
     anchor = None
     if any(x.needs_anchor for x in estimators.values()):
@@ -82,8 +86,8 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     completions = generator.generate(ids, params)
     grading = {"mode": config.reward.mode, "timeout_s": config.reward.timeout_s}
     answer_of = AnswerChain.from_config(config.answer)
-    results: dict = {"n": len(prompts), "group_sizes": sizes, "accuracy": {}, "interval": {}, "versus_majority": {},
-                     "paired": {}, "seconds": {}}
+    results: dict = {"n": len(prompts), "skipped_long": skipped, "group_sizes": sizes, "accuracy": {}, "interval": {},
+                     "versus_majority": {}, "paired": {}, "seconds": {}}
     examples = [{"index": p.index, "question": p.text, "gold": p.gold, "references": {},
                  "rollouts": [{"text": c.text, "answer": answer_of(c.text)} for c in cs]}
                 for p, cs in zip(prompts, completions, strict=True)]
@@ -176,7 +180,8 @@ def table(result: dict) -> str:
     comparison with the majority vote."""
     sizes = result["group_sizes"]
     names = list(dict.fromkeys(k.rpartition("@")[0] for k in result["accuracy"]))
-    lines = [f"{result['n']} prompts; one sample: {result['single_sample_accuracy']:.3f} "
+    skipped = f" ({result['skipped_long']} longer ones skipped)" if result.get("skipped_long") else ""
+    lines = [f"{result['n']} prompts{skipped}; one sample: {result['single_sample_accuracy']:.3f} "
              f"(+/- {result.get('single_sample_interval', float('nan')):.3f})", ""]
     lines.append("| estimator | " + " | ".join(f"G = {g}" for g in sizes) + " |")
     lines.append("|---|" + "---|" * len(sizes))

@@ -88,3 +88,19 @@ def test_eval_reports_pass_at_1_and_greedy(tmp_path, tiny_world):
 def test_eval_without_eval_path(tmp_path):
     out = cli("eval", CAT, "eval.path=null")
     assert_clean_failure(out, "eval.path is not set")
+
+
+def test_eval_and_synthesize_skip_overlong_prompts_and_say_how_many(tmp_path, tiny_world):
+    """As training does: never truncated, never sent past the model's context; one line on stderr
+    (stdout is the JSON) and the count in the result."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"problem": p, "answer": "1"}) + "\n" for p in ["12+13", "1+" * 300 + "1", "20+21"]))
+    common = [f"eval.path={data}", "eval.num_samples=1", "eval.greedy=false", "generation.max_new_tokens=4"]
+    out = cli("eval", CAT, "--model", str(tiny_world / "model"), *common)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "skipped 1 of 3 evaluation prompt(s) longer than 508 tokens" in out.stderr
+    result = json.loads(out.stdout)
+    assert result["n"] == 2 and result["skipped_long"] == 1
+    out = cli("synthesize", CAT, "--estimators", "single", "generation.num_generations=2", *common)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "skipped 1 of 3 evaluation prompt(s)" in out.stderr and "2 prompts (1 longer ones skipped)" in out.stdout

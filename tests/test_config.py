@@ -134,3 +134,100 @@ def test_fields_that_contradict_each_other_are_named(overrides, needle):
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)
     assert needle in str(e.value) and "Value error" not in str(e.value)
+
+
+def test_a_key_given_twice_names_the_key_the_file_and_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys silently; a config refuses them, at any depth."""
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "run:\n  steps: 3\ngrpo:\n  beta: 0.0\nrun:\n  seed: 1\n"))
+    assert "key 'run' is given twice, on lines 1 and 5" in str(e.value) and str(tmp_path / "c.yaml") in str(e.value)
+    with pytest.raises(ConfigError, match=r"key 'run\.steps' is given twice, on lines 2 and 4"):
+        load_config(write(tmp_path, "run:\n  steps: 3\n  seed: 1\n  steps: 4\n"))
+    with pytest.raises(ConfigError, match=r"key 'generation\.stop\[0\]\.x' is given twice, on line 3 \(columns 6 and 12\)"):
+        load_config(write(tmp_path, "generation:\n  stop:\n  - {x: 1, x: 2}\n"))
+    (tmp_path / "base.yaml").write_text("# shared\noptim:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml: key 'optim\.lr' is given twice, on lines 3 and 4"):
+        load_config(write(tmp_path, "base: base.yaml\nrun:\n  steps: 3\n"))
+    # a key set in a base and again on top is composition, not a duplicate; so is a key under a YAML merge key
+    (tmp_path / "base.yaml").write_text("run:\n  steps: 2\n")
+    assert load_config(write(tmp_path, "base: base.yaml\nrun:\n  steps: 3\n")).run.steps == 3
+    c = load_config(write(tmp_path, "judge: &endpoint\n  timeout_s: 5.0\n  max_retries: 1\n"
+                                    "anchor:\n  <<: *endpoint\n  max_retries: 2\n"))
+    assert (c.anchor.timeout_s, c.anchor.max_retries, c.judge.max_retries) == (5.0, 2, 1)
+
+
+def test_a_config_file_that_cannot_be_read_as_settings_is_named(tmp_path):
+    bad = tmp_path / "c.yaml"
+    for content, needle in [
+        (b"run:\n  steps: \xff\n", r"is not UTF-8 text \(byte 0xff on line 2\)"),
+        (b"", "is empty"),
+        (b"# only a comment\n", "is empty"),
+        (b"run:\n  steps: " + b"9" * 5000 + b"\n", r"not valid YAML: an integer of 5000 characters is too long.*line 2"),
+        (b"run: " + b"[" * 600 + b"\n", "nested too deeply"),
+        (b"run:\n  steps: 0x" + b"f" * 4000 + b"\n", r"integer of 4002 characters is too long"),
+        (b"run:\n  steps: !!int \n", r"cannot read '' as int \(IndexError"),
+        (b"run:\n  stop: !!set [1]\n", "expected a mapping node"),
+        (b"\x00run: 1\n", r"character 0x00 on line 1 is not allowed"),
+        (b"base: " + b"x" * 5000 + b"\n", r"xxx \(base of"),
+    ]:
+        bad.write_bytes(content)
+        with pytest.raises(ConfigError, match=rf"(?s)^config file .*{needle}") as e:
+            load_config(bad)
+        assert str(bad) in str(e.value)
+
+
+def test_an_override_that_is_not_yaml_says_to_quote_it():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.prompt_template={problem} {oops}"])
+    assert "override 'data.prompt_template={problem} {oops}' is not valid YAML" in str(e.value) and "quote" in str(e.value)
+    for item in ("run.steps=[1", "run.steps=\t", "run.steps=" + "9" * 5000, "run.steps=" + "[" * 600):
+        with pytest.raises(ConfigError, match="is not valid YAML"):
+            load_config(None, [item])
+    with pytest.raises(ConfigError, match=r"override 'run\.\.steps=1': the key 'run\.\.steps' has an empty part"):
+        load_config(None, ["run..steps=1"])
+
+
+def test_keys_set_under_a_value_that_is_not_a_section_are_refused(tmp_path):
+    """An override (or a file over its base) never silently replaces what the file gave."""
+    with pytest.raises(ConfigError, match=r"an override sets keys under run, but the config .* gives run as list \[1\]"):
+        load_config(write(tmp_path, "run:\n  - 1\n"), ["run.steps=1"])
+    (tmp_path / "base.yaml").write_text("generation:\n  stop: [a]\n")
+    with pytest.raises(ConfigError, match=r"sets keys under generation\.stop, but its base gives generation\.stop as list"):
+        load_config(write(tmp_path, "base: base.yaml\ngeneration:\n  stop: {x: 1}\n"))
+    c = load_config(write(tmp_path, "model:\n  lora: null\n"), ["model.lora.r=4"])  # null is no value: replaced
+    assert c.model.lora.r == 4
+
+
+def test_prompt_template_with_an_unknown_field_names_it_the_template_and_the_field_there_is():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.prompt_template='{problem} {oops}'", "data.prompt_field=question"])
+    msg = str(e.value)
+    assert "data.prompt_template '{problem} {oops}' uses the field {oops}, which does not exist" in msg
+    assert "{problem}, the row's 'question' column" in msg and "write {{oops}}" in msg
+    with pytest.raises(ConfigError, match=r"data.prompt_template must contain \{problem\}"):
+        load_config(None, ["data.prompt_template='{{problem}} alone'"])
+
+
+def test_prompt_template_braces_other_than_fields_are_text():
+    from cat.templates import render_prompt
+
+    template = r"{problem} {{oops}} \boxed{} {1} { spaced } }}"
+    c = load_config(None, [f"data.prompt_template='{template}'"])
+    assert render_prompt(c.data.prompt_template, "1+1") == r"1+1 {oops} \boxed{} {1} { spaced } }}"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("run.seed=99999999999999999999999", r"run.seed: Input should be less than 9223372036854775808"),
+    ("run.steps=99999999999999999999999", r"run.steps: a 77-bit integer is too large: at most 2\*\*63 - 1"),
+    ("optim.lr=.nan", r"optim.lr: Input should be a finite number \(got nan\)"),
+    ("grpo.beta=.inf", r"grpo.beta: Input should be a finite number \(got inf\)"),
+    ("eval.limit=0", r"eval.limit: Input should be greater than or equal to 1 \(got 0\)"),
+    ("eval.limit=-1", r"eval.limit: Input should be greater than or equal to 1 \(got -1\)"),
+    ("data.limit=-5", r"data.limit: Input should be greater than or equal to 1 \(got -5\)"),
+    ("data.max_prompt_tokens=0", r"data.max_prompt_tokens: Input should be greater than or equal to 1 \(got 0\)"),
+])
+def test_out_of_range_numbers_name_the_field_and_value(override, needle):
+    """eval.limit=0 used to read "no rows" and eval.limit=-1 dropped the last row (a Python slice);
+    a seed past 64 bits failed in torch.manual_seed, after the run directory was written."""
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, [override])

@@ -79,9 +79,25 @@ def test_binary_and_empty_files(tmp_path, make, match):
     (lines(GOOD, '"just a string"'), "row 2 must be a JSON object, got str"),
     (lines(GOOD, "null"), "row 2 must be a JSON object, got NoneType"),
     ("[" * 100_000 + "\n", "row 1 is not valid JSON"),
+    (lines(GOOD, '{"problem": "1+1?", "answer": ' + "9" * 5000 + "}"),
+     r"row 2 is not valid JSON \(an integer of 5000 digits is too long to read\)"),
 ])
 def test_broken_json_lines(tmp_path, text, match):
     fails(write(tmp_path, text), match)
+
+
+def test_an_over_long_integer_in_a_json_array(tmp_path):
+    fails(write(tmp_path, '[{"problem": "1+1?", "answer": ' + "9" * 5000 + "}]", "d.json"),
+          r"is not valid JSON \(an integer of 5000 digits is too long to read\)")
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.json"])
+def test_an_unpaired_surrogate_names_the_row_and_field(tmp_path, name):
+    """JSON lets a lone \\ud800 escape through; no tokenizer can encode it (a traceback after the model loaded)."""
+    rows = [GOOD, {"problem": "1+1?", "answer": "2", "extra": {"notes": ["fine \U0001F600", "bad \ud800"]}}]
+    text = lines(*rows) if name.endswith("l") else json.dumps(rows)
+    assert "\\ud83d\\ude00" in text  # a surrogate pair, which is fine
+    fails(write(tmp_path, text, name), r"row 2: field 'extra.notes\[1\]' holds an unpaired UTF-16 surrogate")
 
 
 # ---- wrong types and missing fields ------------------------------------------------------------
@@ -93,9 +109,22 @@ def test_broken_json_lines(tmp_path, text, match):
     ({"problem": "1+1?", "answer": ["2"]}, r"row 2: field 'answer' must be a string or number, got a list"),
     ({"problem": "1+1?", "answer": True}, r"row 2: field 'answer' must be a string or number, got a boolean"),
     ({"question": "1+1?"}, r"row 2: missing field 'problem' \(fields: \['question'\]\)"),
+    ('{"problem": "1+1?", "answer": NaN}', r"row 2: field 'answer' is nan, not an answer"),
+    ('{"problem": "1+1?", "answer": 1e999}', r"row 2: field 'answer' is inf, not an answer"),
 ])
 def test_wrong_types_and_missing_fields(tmp_path, row, match):
     fails(write(tmp_path, lines(GOOD, row)), match)
+
+
+def test_a_limit_below_one_and_an_unknown_template_field_are_refused(tmp_path):
+    """``load_prompts`` checks its own arguments: a negative limit used to drop the last rows."""
+    path = write(tmp_path, lines(GOOD, GOOD))
+    with pytest.raises(DataError, match="limit must be at least 1"):
+        load_prompts(str(path), limit=-1)
+    from cat.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"uses the field \{oops\}"):
+        load_prompts(str(path), prompt_template="{problem} {oops}")
 
 
 @pytest.mark.parametrize("change,match", [
@@ -165,6 +194,7 @@ def test_paths_that_are_not_data_files(tmp_path):
     (tmp_path / "dir.jsonl").mkdir()
     fails(tmp_path / "dir.jsonl", "is a folder")
     fails(write(tmp_path, "problem,answer\n1+1,2\n", "d.csv"), r"unsupported file type '.csv'")
+    fails(tmp_path / ("x" * 5000 + ".jsonl"), "dataset path")  # too long for the file system: OSError before
 
 
 def test_hub_rows_are_validated_like_files(monkeypatch):

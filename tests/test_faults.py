@@ -74,6 +74,29 @@ def test_overlong_prompts_are_skipped_and_counted(tmp_path, tiny_world):
                                    "eval.path=null", "data.max_prompt_tokens=3"]), tmp_path / "r2")
 
 
+def test_overlong_evaluation_prompts_are_skipped_and_counted_too(tmp_path, tiny_model):
+    """The trainer's evaluation leaves over-long prompts out as training does, says so, and counts
+    them in each evaluation's result; when none fits it stops before any model loads."""
+    from cat.generation import generator_from_config
+    from cat.task import Task
+
+    model, tokenizer = tiny_model
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"problem": p, "answer": "1"}) + "\n" for p in ["12+13", "1+" * 300 + "1", "20+21"]))
+    logs = []
+    config = load_config(None, [f"model.name_or_path={model.name_or_path}", f"eval.path={data}", "eval.num_samples=1",
+                                "generation.max_new_tokens=4"])
+    task = Task(config, tokenizer, log=logs.append)
+    assert [p.text for p in task.eval_prompts] == ["12+13", "20+21"] and len(task.eval_ids) == 2
+    assert f"skipped 1 of 3 evaluation prompt(s) longer than {512 - 4} tokens" in logs
+    result = task.evaluate(generator_from_config(config, model, tokenizer))
+    assert result["n"] == 2 and result["skipped_long"] == 1
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"problem": "1+" * 300 + "1", "answer": "1"}) + "\n")
+    with pytest.raises(ConfigError, match=f"every evaluation prompt is longer than {512 - 32} tokens"):
+        Task(load_config(None, [f"model.name_or_path={model.name_or_path}", f"eval.path={long}"]), tokenizer)
+
+
 def test_rl_on_physician_rubrics_through_the_trainer(tmp_path):
     """The reference-based baseline on HealthBench data: the example's own rubric, judged per
     criterion, points as weights; no anchor is loaded."""

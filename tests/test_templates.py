@@ -69,3 +69,30 @@ def test_templates_ship_in_the_wheel(tmp_path):
 
 def test_source_tree_resolution():
     assert (data_dir("anchors") / "math_synthesis.txt").is_file()
+
+
+def test_a_known_placeholder_with_single_braces_is_an_error(tmp_path):
+    """``{rollouts}`` would be sent as written; other single-braced words (LaTeX) are text."""
+    p = tmp_path / "single.txt"
+    p.write_text("Merge these, ending in \\boxed{} and \\text{answer}.\n\n{rollouts}\n{{rollouts}}")
+    with pytest.raises(ConfigError, match=rf"template {p}, line 3: {{rollouts}} has single braces.*{{{{rollouts}}}}"):
+        load_template(str(p), kind="anchors", required={"rollouts"}, allowed={"num_rollouts"})
+
+
+KNOWN = {"rollouts", "num_rollouts", "question", "reference", "min_criteria", "response", "criterion", "criteria",
+         "conversation", "points"}
+
+
+@pytest.mark.parametrize("path", sorted([*(ROOT / "anchors").glob("*.txt"), *(ROOT / "rubrics").glob("*.txt")]),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_template_loads(path):
+    load_template(str(path), kind=path.parent.name, required=set(), allowed=KNOWN)
+
+
+def test_a_template_that_cannot_be_read_is_named(tmp_path):
+    p = tmp_path / "latin1.txt"
+    p.write_bytes("{{rollouts}}\nR\xe9sum\xe9".encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"template {p} is not UTF-8 text \(byte 0xe9 on line 2\)"):
+        load_template(str(p), kind="anchors", required={"rollouts"}, allowed=set())
+    with pytest.raises(ConfigError, match="template 'xxx.*' cannot be read"):
+        load_template("x" * 5000, kind="anchors", required={"rollouts"}, allowed=set())
