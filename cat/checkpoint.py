@@ -295,9 +295,13 @@ def newest_verified(run_dir: Path, log=print) -> Path | None:
         if reason is None:
             return path
         aside = path.with_name(f"rejected-{path.name}")
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(path, aside)
-        log(f"skipping checkpoint {path.name}: {reason}; moved it to {aside} (kept for inspection)")
+        try:
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(path, aside)
+            where = f"moved it to {aside} (kept for inspection)"
+        except OSError as exc:
+            where = f"could not move it aside ({exc.strerror or exc}): move or delete it before the run saves again"
+        log(f"skipping checkpoint {path.name}: {reason}; {where}")
     return None
 
 

@@ -87,6 +87,8 @@ class RunLoop:
             if main:
                 _write_json_atomic(eval_path, evals)
             t.log(_eval_line("before", evals["before"]))
+        elif t.step_done == 0 and "before_from" in evals:  # compare: another arm evaluated the same initial policy
+            t.log(_eval_line("before", evals["before"]) + f"  (evaluated by {evals['before_from']})")
         if t.step_done == 0 and run.preflight_prompts:
             t.log("preflight: sampling, referencing and scoring a few prompts before training ...")
             t.log(preflight_report(*t.probe(run.preflight_prompts), t.config))

