@@ -31,6 +31,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +170,8 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state
         if not _is_write_failure(exc):
             raise
         kept = latest_checkpoint(run_dir)
-        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1][:200]
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
+            (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
         try:
             free = shutil.disk_usage(root).free / 2**20
             need = sum(f.stat().st_size for f in kept.rglob("*") if f.is_file()) / 2**20 if kept else 0.0
@@ -181,16 +183,23 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state
             f"could not write the checkpoint of step {step} in {root}: {cause}. Nothing of it was left behind; "
             + (f"the newest checkpoint, {kept.name}, is intact: free space and resume with --resume {run_dir}"
                if kept else "there is no earlier checkpoint")) from None
-    if final.exists():  # re-saving a step: the old copy goes aside only now that the new one is whole
-        aside = root / f".replaced-{final.name}"
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(final, aside)
-        os.rename(tmp, final)
-        _fsync_dir(root)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-        _fsync_dir(root)
+    try:
+        if final.exists():  # re-saving a step: the old copy goes aside only now that the new one is whole
+            aside = root / f".replaced-{final.name}"
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.rename(final, aside)
+            os.rename(tmp, final)
+            _fsync_dir(root)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+            _fsync_dir(root)
+    except OSError as exc:
+        _repair(root)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not put the checkpoint of step {step} in place in {root}: "
+                              f"{exc.strerror or exc} ({exc.filename}); the earlier checkpoints are unchanged") from None
     for old in list_checkpoints(run_dir)[:-keep_last]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -254,15 +263,20 @@ def verify(path: Path) -> str | None:
     files = complete.get("files") if isinstance(complete, dict) else None
     if files is None:
         return _verify_unlisted(path)
-    for name, expected in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        size = file.stat().st_size
-        if size != expected["bytes"]:
-            return f"{name} has {size} bytes, {expected['bytes']} were written"
-        if _sha256(file) != expected["sha256"]:
-            return f"{name} differs from what was written (sha256 mismatch)"
+    try:
+        for name, expected in files.items():
+            file = path / name
+            if not file.is_file():
+                return f"{name} is missing"
+            size = file.stat().st_size
+            if size != expected["bytes"]:
+                return f"{name} has {size} bytes, {expected['bytes']} were written"
+            if _sha256(file) != expected["sha256"]:
+                return f"{name} differs from what was written (sha256 mismatch)"
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc}: {exc.filename})"
+    except (AttributeError, KeyError, TypeError) as exc:
+        return f"COMPLETE does not list its files as cat writes them ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -289,19 +303,28 @@ def _verify_unlisted(path: Path) -> str | None:
 
 def newest_verified(run_dir: Path, log=print) -> Path | None:
     """The newest checkpoint whose files verify. Each newer one that does not is reported through
-    ``log`` and moved aside to ``checkpoints/rejected-step-...``."""
-    for path in reversed(list_checkpoints(run_dir)):
+    ``log`` and moved aside to ``checkpoints/rejected-step-...``. CheckpointError when there were
+    checkpoints and none verifies: starting again from step 0 is for the user to decide."""
+    found = list_checkpoints(run_dir)
+    rejected = []
+    for path in reversed(found):
         reason = verify(path)
         if reason is None:
             return path
         aside = path.with_name(f"rejected-{path.name}")
+        if aside.exists():  # rejected before: keep both
+            aside = aside.with_name(f"{aside.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        rejected.append(f"{path.name} ({reason})")
         try:
-            shutil.rmtree(aside, ignore_errors=True)
             os.rename(path, aside)
             where = f"moved it to {aside} (kept for inspection)"
         except OSError as exc:
             where = f"could not move it aside ({exc.strerror or exc}): move or delete it before the run saves again"
         log(f"skipping checkpoint {path.name}: {reason}; {where}")
+    if rejected:
+        raise CheckpointError(f"none of the {len(found)} checkpoint(s) in {run_dir / 'checkpoints'} can be trusted: "
+                              f"{'; '.join(rejected)}. They were moved to rejected-step-*. To start the run again "
+                              f"from step 0, delete or move {run_dir}, or choose another --output-dir")
     return None
 
 

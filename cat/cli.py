@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno not in _STORAGE_ERRORS:
             raise
         where = f" writing {exc.filename}" if exc.filename else ""
-        print(f"{_rank_tag()}error{where}: {exc.strerror}. The run directory's newest checkpoint is intact: "
-              f"free space and run the same command again to continue", file=sys.stderr)
+        print(f"{_rank_tag()}error{where}: {exc.strerror}. Free space and run the same command again "
+              f"(a training run continues from its newest checkpoint)", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         from cat.parallel import stalled_message
@@ -333,15 +333,22 @@ def _by_content(value):
     if isinstance(value, list):
         return [_by_content(v) for v in value]
     if isinstance(value, str) and value and "\n" not in value and len(value) < 4096:
-        path = Path(value).expanduser()
         try:
+            path = Path(value).expanduser()
             if path.is_file():
+                size = path.stat().st_size
+                if size > _HASHED_BYTES:  # a model file: the same file, not the same bytes
+                    return f"file {path.resolve()} ({size} bytes)"
                 return "file sha256 " + hashlib.sha256(path.read_bytes()).hexdigest()
             if path.is_dir():
                 return "folder " + str(path.resolve())
-        except OSError:
+        except (OSError, RuntimeError):  # unreadable, or ~user that does not exist
             pass
     return value
+
+
+_HASHED_BYTES = 64 << 20
+"""Files up to this size (data, templates) compare by content, larger ones by their real path."""
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

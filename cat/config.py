@@ -355,7 +355,7 @@ class _Endpoint(_Section):
     backoff_s: float = Field(1.0, ge=0)
     """First wait before repeating a transient failure; doubles each time. A server's Retry-After
     (seconds or an HTTP date) replaces it."""
-    max_wait_s: float = Field(60.0, ge=0)
+    max_wait_s: float = Field(60.0, gt=0)
     """Seconds one request may spend waiting between its attempts, backoff and Retry-After
     together. A Retry-After beyond what is left ends that request at once (the error says so)
     rather than asking again too early."""

@@ -40,11 +40,18 @@ class RunLoop:
         t = self.trainer
         path = ckpt.checkpoint_dir(t.run_dir, t.step_done)
         weights, state = t.learner.full_weights(), self.state_dict()  # FSDP: gathered by all ranks
+        failure = None
         if t.ranks.main:
-            path = ckpt.save_checkpoint(t.run_dir, t.step_done, model=t.policy, tokenizer=t.tokenizer,
-                                        trainer_state=state, keep_last=t.config.run.keep_last,
-                                        export_dtype=torch_dtype(t.config.model.dtype), weights=weights)
-        t.ranks.barrier()
+            try:
+                path = ckpt.save_checkpoint(t.run_dir, t.step_done, model=t.policy, tokenizer=t.tokenizer,
+                                            trainer_state=state, keep_last=t.config.run.keep_last,
+                                            export_dtype=torch_dtype(t.config.model.dtype), weights=weights)
+            except CheckpointError as exc:
+                failure = str(exc)
+        # instead of a barrier: every rank learns at once whether rank 0's write worked
+        failure = t.ranks.broadcast(failure)
+        if failure is not None:
+            raise CheckpointError(failure if t.ranks.main else "rank 0 could not write the checkpoint (its message is above)")
         return path
 
     def restore(self, path: Path) -> None:

@@ -57,11 +57,10 @@ class Ranks:
     def close(self) -> None:
         """Leave the process group together: a rank that exits while another's gloo threads still
         talk to it can make that rank abort ("terminate called without an active exception")."""
-        if _Heartbeat.current is not None:
-            _Heartbeat.current.stop.set()
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
             _release_process_group()
+        _Heartbeat.end()
 
     def shard(self, n: int) -> tuple[int, int]:
         """This rank's contiguous slice [start, stop) of n items: the first n % world ranks take one more."""
@@ -106,9 +105,10 @@ class Ranks:
 
 
 class _Heartbeat:
-    """Once a second, this rank writes the time into the rendezvous store (``MASTER_ADDR``:
+    """Once a second, this rank adds one to its counter in the rendezvous store (``MASTER_ADDR``:
     ``MASTER_PORT``, which torchrun's agent or rank 0 serves) from a daemon thread; a stopped
-    process stops beating. One per process."""
+    process stops counting. Counters, not clock times: the nodes' clocks need not agree. One per
+    process at a time."""
 
     INTERVAL_S = 1.0
     current: _Heartbeat | None = None
@@ -116,11 +116,12 @@ class _Heartbeat:
     def __init__(self, rank: int, world: int):
         self.rank, self.world = rank, world
         self.store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                                                is_master=False, timeout=timedelta(seconds=5),
+                                                is_master=False, timeout=timedelta(seconds=3),
                                                 wait_for_workers=False)
         self.stop = threading.Event()
         self.beat()
-        threading.Thread(target=self._run, name="cat-heartbeat", daemon=True).start()
+        self.thread = threading.Thread(target=self._run, name="cat-heartbeat", daemon=True)
+        self.thread.start()
 
     @classmethod
     def start(cls, rank: int, world: int) -> None:
@@ -130,8 +131,18 @@ class _Heartbeat:
             except (RuntimeError, ValueError, OSError):  # no store to reach: messages just name no rank
                 cls.current = None
 
+    @classmethod
+    def end(cls) -> None:
+        if cls.current is not None:
+            cls.current.stop.set()
+            cls.current.thread.join(timeout=5)
+            cls.current = None
+
+    def key(self, rank: int) -> str:
+        return f"cat/heartbeat/{rank}"
+
     def beat(self) -> None:
-        self.store.set(f"cat/heartbeat/{self.rank}", repr(time.time()))
+        self.store.add(self.key(self.rank), 1)
 
     def _run(self) -> None:
         while not self.stop.wait(self.INTERVAL_S):
@@ -140,40 +151,47 @@ class _Heartbeat:
             except Exception:  # noqa: BLE001 - the store's host is gone or stopped: nothing to report to
                 pass
 
-    def quiet(self) -> dict[int, float | None]:
-        """Seconds since each other rank's last beat (None: the store did not answer for it)."""
-        ages = {}
-        for rank in range(self.world):
-            if rank == self.rank:
-                continue
-            try:
-                ages[rank] = time.time() - float(self.store.get(f"cat/heartbeat/{rank}").decode())
-            except Exception:  # noqa: BLE001 - unreachable store or no beat yet
-                ages[rank] = None
-        return ages
+    def counts(self) -> dict[int, int] | None:
+        """Every other rank's beats so far; None when the store does not answer."""
+        try:
+            return {r: self.store.add(self.key(r), 0) for r in range(self.world) if r != self.rank}
+        except Exception:  # noqa: BLE001 - the store's host is stopped or gone
+            return None
+
+    def quiet(self) -> list[int] | None:
+        """The other ranks whose counter did not move over three beats; None: the store is silent."""
+        first = self.counts()
+        if first is None:
+            return None
+        time.sleep(3 * self.INTERVAL_S)
+        second = self.counts()
+        if second is None:
+            return None
+        return [r for r in first if second[r] == first[r]]
 
 
-def stalled_message(exc: BaseException, timeout_s: float | None = None) -> str | None:
+_TIMEOUTS = ("Timed out waiting", "collective operation timeout", "Watchdog caught collective")
+"""How gloo (the first) and NCCL's watchdog say a collective waited too long."""
+
+
+def stalled_message(exc: BaseException) -> str | None:
     """For a collective that timed out: which ranks stopped answering, from their heartbeats
     (None when ``exc`` is not a collective's timeout)."""
     text = str(exc)
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or not any(
-            s in text for s in ("Timed out", "timed out", "Timeout", "timeout")):
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or not any(s in text for s in _TIMEOUTS):
         return None
     heart = _Heartbeat.current
-    ages = heart.quiet() if heart else {}
-    limit = 3 * _Heartbeat.INTERVAL_S
-    quiet = [f"rank {r} (last heartbeat {age:.0f} s ago)" for r, age in ages.items() if age is not None and age > limit]
-    unknown = [r for r, age in ages.items() if age is None]
-    if quiet:
-        who = ", ".join(quiet) + " stopped answering"
-    elif unknown:
-        who = (f"rank(s) {', '.join(map(str, unknown))} could not be asked (the rendezvous store, which rank 0 or "
-               f"the launcher serves, did not answer either)")
+    quiet = heart.quiet() if heart else []
+    if quiet is None:
+        who = ("the rendezvous store (served by rank 0 or the launcher) did not answer either: rank 0 or the "
+               "launcher stopped answering")
+    elif quiet:
+        who = f"rank(s) {', '.join(map(str, quiet))} stopped answering (no heartbeat for 3 s)"
+    elif heart is None:
+        who = "another rank did not answer in time"
     else:
         who = "every other rank is still alive but did not reach the same collective (a rank took a different path)"
-    waited = f" for {timeout_s:g} s" if timeout_s else ""
-    return (f"a collective waited{waited} and gave up: {who}. parallel.timeout_s sets how long ranks wait for each "
+    return (f"a collective waited and gave up: {who}. parallel.timeout_s sets how long ranks wait for each "
             f"other ({text.splitlines()[0][:160]})")
 
 

@@ -57,6 +57,12 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     for q in anchor_questions or ():
         if q not in ANCHOR_QUESTIONS:
             raise ConfigError(f"anchor question setting {q!r}: choose from {', '.join(ANCHOR_QUESTIONS)}")
+    if "without" in (anchor_questions or ()) and config.anchor.include_question:
+        raise ConfigError("--anchor-question without: anchor.include_question is true, so anchor.template shows the "
+                          "question; set anchor.include_question=false and a template without {{question}} "
+                          "(the question-free run), and name the other with --question-template")
+    anchor_decodings = list(dict.fromkeys(anchor_decodings)) if anchor_decodings else None
+    anchor_questions = list(dict.fromkeys(anchor_questions)) if anchor_questions else None
     if "with" in (anchor_questions or ()):
         from cat.templates import load_template
 
@@ -154,7 +160,8 @@ def paired(hits: list[float], baseline: list[float]) -> dict:
     """The mean per-prompt difference ``hits - baseline``, its 95% interval, and the verdict:
     ``better`` / ``worse`` when the interval excludes 0, else ``no clear difference``."""
     ci = mean_ci([a - b for a, b in zip(hits, baseline, strict=True)])
-    verdict = "no clear difference" if not ci.excludes_zero else ("better" if ci.mean > 0 else "worse")
+    few = ci.n < 5  # an interval of 0 from 2 equal differences says nothing
+    verdict = "no clear difference" if few or not ci.excludes_zero else ("better" if ci.mean > 0 else "worse")
     return {"difference": ci.mean, "interval": ci.half_width, "verdict": verdict}
 
 

@@ -129,7 +129,10 @@ def test_non_finite_numbers_are_refused_at_save_and_at_load(tmp_path, tiny_world
     assert checkpoint.verify(legacy) is None
     flip(legacy / "model" / "model.safetensors")
     assert "holds NaN or inf" in checkpoint.verify(legacy)
-    assert checkpoint.newest_verified(run_dir, log=lambda _: None) is None
+    with pytest.raises(CheckpointError, match=r"none of the 1 checkpoint\(s\) .* can be trusted: step-000001 "
+                                              r"\(model/model.safetensors: .* holds NaN or inf\)"):
+        checkpoint.newest_verified(run_dir, log=lambda _: None)  # not a silent restart from step 0
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["rejected-step-000001"]
 
 
 def test_a_refused_write_stops_with_a_message_no_debris_and_the_last_checkpoint_intact(tmp_path, tiny_world):

@@ -196,6 +196,19 @@ def test_a_client_error_fails_at_once_with_status_endpoint_and_body(scripted, st
     assert "x" * 200 not in excerpt  # the body is cut to 200 characters
 
 
+def test_a_key_with_a_trailing_newline_works_and_no_form_of_it_is_ever_shown(scripted, monkeypatch):
+    """A key read from a .env file often ends in a newline, which httpx refuses in a header,
+    quoting the header (the key escaped) in its error. The key is stripped, and every form of it,
+    and any bearer token, is cut out of what a message shows."""
+    server = scripted(lambda n, _: reply("<verdict>yes</verdict>"))
+    monkeypatch.setenv("CAT_TEST_JUDGE_KEY", KEY + "\n")
+    judge = fast_judge(server)
+    assert judge.judge([ITEM])[0] == [[True]]
+    chat = judge.backend.chat
+    for leaked in (f"Illegal header value b'Bearer {KEY}\\n'", f"Authorization: Bearer {KEY}", repr(KEY)):
+        assert KEY not in chat._excerpt(leaked), leaked
+
+
 def test_server_errors_are_retried_with_a_growing_backoff(scripted):
     server = scripted(lambda n, _: (503, {}, {"error": "overloaded"}) if n < 2 else reply("<verdict>no</verdict>"))
     judge = fast_judge(server, "judge.max_retries=3")

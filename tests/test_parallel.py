@@ -245,6 +245,7 @@ def test_a_stopped_rank_is_named_after_the_collective_timeout(tmp_path, tiny_wor
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode != 0
-    assert "[rank 0/2] error: a collective waited and gave up: rank 1 (last heartbeat" in stderr, stderr[-3000:]
-    assert "stopped answering" in stderr and "parallel.timeout_s" in stderr
+    assert "[rank 0/2] error: a collective waited and gave up: rank(s) 1 stopped answering (no heartbeat" in stderr, \
+        stderr[-3000:]
+    assert "parallel.timeout_s" in stderr
     assert 6 <= waited < 60

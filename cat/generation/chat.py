@@ -26,6 +26,7 @@ import email.utils
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -163,9 +164,11 @@ class OpenAIChat:
         self.base_url = base_url or "https://api.openai.com/v1"
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
         self.max_wait_s, self.max_concurrency = max_wait_s, max_concurrency
-        key = os.environ.get(api_key_env) or ("EMPTY" if base_url else None)
+        key = (os.environ.get(api_key_env) or "").strip() or ("EMPTY" if base_url else None)
         if key is None:
             raise ConfigError(f"{role}.api_key_env: environment variable {api_key_env} is not set")
+        if any(c.isspace() for c in key):
+            raise ConfigError(f"{role}.api_key_env: the key in ${api_key_env} contains whitespace inside it")
         # retries are ours (one budget per request, Retry-After honoured, 4xx never repeated), not the client's
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=0)
         self.errors = 0
@@ -253,10 +256,11 @@ class OpenAIChat:
 
     def _excerpt(self, text: str) -> str:
         """At most ``BODY_EXCERPT`` characters of ``text`` on one line, the API key never among them."""
-        text = " ".join(text.split())
         key = self.client.api_key
         if key and key != "EMPTY":
-            text = text.replace(key, "***")
+            for form in (key, repr(key)[1:-1], repr(key.encode())[2:-1]):
+                text = text.replace(form, "***")
+        text = re.sub(r"(?i)(bearer\s+)\S+", r"\1***", " ".join(text.split()))
         return text if len(text) <= BODY_EXCERPT else text[: BODY_EXCERPT - 3] + "..."
 
     def complete(self, conversations: list[Messages], params: SamplingParams,
