@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cat.errors import ConfigError
+from cat.errors import ConfigError, utf8_text
 from cat.templates import check_prompt_template
 
 
@@ -751,12 +751,7 @@ def _read_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
-                          "save it as UTF-8") from None
+    text = utf8_text(data, f"config file {path}")
     loaded = _parse_yaml(text, f"config file {path}")
     if loaded is None:  # not {}: a file that was never saved, or truncated, would run on the defaults
         raise ConfigError(f"config file {path} is empty (or holds only comments); write at least one setting")

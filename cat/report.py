@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from cat.errors import CatError
+from cat.errors import CatError, utf8_text
 
 
 class ReportError(CatError):
@@ -51,13 +51,7 @@ class Run:
 
 def _text(path: Path) -> str:
     """A run file's text; bytes that are not UTF-8 are a ReportError naming the line."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ReportError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[exc.start]:02x}); "
-                          "the file is damaged") from None
+    return utf8_text(path.read_bytes(), str(path), error=ReportError, fix="the file is damaged")
 
 
 def read_jsonl(path: Path) -> tuple[list[dict], list[str]]:

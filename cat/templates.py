@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cat.errors import ConfigError
+from cat.errors import ConfigError, utf8_text
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _SINGLE = re.compile(r"(?<!\{)\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}(?!\})")
@@ -73,12 +73,7 @@ def load_template(
     if data is None:
         known = sorted(p.stem for p in data_dir(kind).glob("*.txt"))
         raise ConfigError(f"template '{name_or_path}' not found; built-in {kind} templates: {known}")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"template {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
-                          "save it as UTF-8") from None
+    text = utf8_text(data, f"template {path}")
     used = frozenset(_PLACEHOLDER.findall(text))
     unknown = used - allowed - required
     if unknown:
