@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                                              "rollouts (default: as anchor.include_question says)")
     s.add_argument("--question-template", default="math_synthesis_with_question",
                    help="the synthesis template with {{question}} that --anchor-question with uses")
+    s.add_argument("--regrade", metavar="RESULT", help="read a saved result (--output) again with this config's answer "
+                   "rules and grading, no model run: every statistic recomputed from the saved texts")
     pl = sub.add_parser("plan", help="memory per process for a config, computed from the model's architecture")
     pl.add_argument("config")
     pl.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run is split over")
@@ -515,7 +517,17 @@ def _synthesize(args) -> int:
         raise ConfigError(f"--group-sizes must be comma-separated integers, got {args.group_sizes!r}") from None
     decodings = [d.strip() for d in args.anchor_decoding.split(",") if d.strip()] if args.anchor_decoding else None
     questions = [q.strip() for q in args.anchor_question.split(",") if q.strip()] if args.anchor_question else None
-    result = run_test_time(config, names, sizes, decodings, questions, args.question_template)
+    if args.regrade:
+        from cat.testtime import regrade
+
+        try:
+            saved = json.loads(Path(args.regrade).read_text())
+            saved["accuracy"], saved["group_sizes"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--regrade {args.regrade}: not a saved test-time result ({type(exc).__name__}: {exc})") from None
+        result = regrade(config, saved)
+    else:
+        result = run_test_time(config, names, sizes, decodings, questions, args.question_template)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
     else:

@@ -20,13 +20,14 @@ reference's text and answer, to read what the model and the anchor actually wrot
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 
 from cat.anchor import build_anchor
 from cat.data import load_split
 from cat.errors import ConfigError
-from cat.estimators import ESTIMATORS
+from cat.estimators import ESTIMATORS, majority_answer
 from cat.evaluate import grade
 from cat.generation import SamplingParams, generator_from_config
 from cat.models import load_model, load_tokenizer, resolve_device
@@ -90,50 +91,90 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     params = SamplingParams(n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
                             top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=config.run.seed + 23)
     completions = generator.generate(ids, params)
-    grading = {"mode": config.reward.mode, "timeout_s": config.reward.timeout_s}
     answer_of = AnswerChain.from_config(config.answer)
-    results: dict = {"n": len(prompts), "skipped_long": skipped, "group_sizes": sizes, "accuracy": {}, "interval": {},
-                     "versus_majority": {}, "paired": {}, "seconds": {}}
     examples = [{"index": p.index, "question": p.text, "gold": p.gold, "references": {},
                  "rollouts": [{"text": c.text, "answer": answer_of(c.text)} for c in cs]}
                 for p, cs in zip(prompts, completions, strict=True)]
-    single = [sum(grade(r["answer"], p, **grading) for r in ex["rollouts"]) / len(cs)
-              for p, cs, ex in zip(prompts, completions, examples, strict=True)]
-    results["single_sample_accuracy"] = sum(single) / len(single)
-    results["single_sample_interval"] = mean_ci(single).half_width
-    right = [[grade(r["answer"], p, **grading) for r in ex["rollouts"]] for p, ex in zip(prompts, examples, strict=True)]
     variants = _variants(estimators, anchor, anchor_decodings, anchor_questions, question_template)
+    seconds = {}
     for g in sizes:
         groups = [Group(prompt=p, prompt_ids=tuple(i), completions=tuple(cs[:g]))
                   for p, i, cs in zip(prompts, ids, completions, strict=True)]
+        for name, estimator, view in variants:
+            start = time.perf_counter()
+            refs = estimator(groups, view)
+            seconds[f"{name}@{g}"] = time.perf_counter() - start
+            for ex, r in zip(examples, refs, strict=True):
+                ex["references"][f"{name}@{g}"] = {"answer": r.answer, "text": r.text}
+    results = score(examples, prompts, sizes, [name for name, _, _ in variants], config)
+    return {"n": len(prompts), "skipped_long": skipped, **results, "seconds": seconds, "examples": examples}
+
+
+def score(examples: list[dict], prompts, sizes: list[int], names: list[str], config) -> dict:
+    """Every statistic of a test-time result, from its examples (each rollout's and reference's
+    answer, per key ``NAME@G``), graded against the prompts' gold answers; marks each reference
+    ``correct``."""
+    grading = {"mode": config.reward.mode, "timeout_s": config.reward.timeout_s}
+    right = [[grade(r["answer"], p, **grading) for r in ex["rollouts"]] for p, ex in zip(prompts, examples, strict=True)]
+    single = [sum(r) / len(r) for r in right]
+    results: dict = {"group_sizes": sizes, "single_sample_accuracy": sum(single) / len(single),
+                     "single_sample_interval": mean_ci(single).half_width, "accuracy": {}, "interval": {},
+                     "versus_majority": {}, "paired": {}, "copies": {}}
+    for g in sizes:
         one = [sum(r[:g]) / g for r in right]  # the expected accuracy of one of the first g samples
         oracle = [float(any(r[:g])) for r in right]
         results["accuracy"][f"oracle_pass@{g}"] = sum(oracle) / len(oracle)
         results["interval"][f"oracle_pass@{g}"] = mean_ci(oracle).half_width
         per_prompt = {}
-        for name, estimator, view in variants:
-            start = time.perf_counter()
-            refs = estimator(groups, view)
-            hits = [grade(r.answer, p, **grading)
-                    for r, p in zip(refs, prompts, strict=True)]
+        for name in names:
             key = f"{name}@{g}"
+            hits = [float(grade(ex["references"][key]["answer"], p, **grading)) for ex, p in zip(examples, prompts, strict=True)]
+            for ex, hit in zip(examples, hits, strict=True):
+                ex["references"][key]["correct"] = bool(hit)
             results["accuracy"][key] = sum(hits) / len(hits)
-            results["interval"][key] = mean_ci([float(h) for h in hits]).half_width
-            results["seconds"][key] = time.perf_counter() - start
-            for ex, r, hit in zip(examples, refs, hits, strict=True):
-                ex["references"][key] = {"answer": r.answer, "correct": bool(hit), "text": r.text}
-            per_prompt[name] = [float(h) for h in hits]
+            results["interval"][key] = mean_ci(hits).half_width
+            per_prompt[name] = hits
+            if name not in ("single", "majority_vote"):
+                results["copies"][key] = copies(examples, key, g)
         for name, hits in per_prompt.items():
             results["paired"][f"{name}@{g}"] = {"one_sample": paired(hits, one)}
             if "majority_vote" in per_prompt and name != "majority_vote":
                 results["paired"][f"{name}@{g}"]["majority_vote"] = paired(hits, per_prompt["majority_vote"])
-        if "majority_vote" in estimators:
-            for name, _, _ in variants:
-                if name != "majority_vote":
-                    results["versus_majority"][f"{name}@{g}"] = versus_majority(examples, f"{name}@{g}",
-                                                                                 f"majority_vote@{g}")
-    results["examples"] = examples
+                results["versus_majority"][f"{name}@{g}"] = versus_majority(examples, f"{name}@{g}", f"majority_vote@{g}")
     return results
+
+
+def copies(examples: list[dict], key: str, g: int) -> list[float]:
+    """For each position i of the first g rollouts, the share of prompts whose reference answer
+    equals rollout i's: a teacher that copies the last rollout it was shown scores near 1 there."""
+    return [sum(ex["references"][key]["answer"] is not None and ex["references"][key]["answer"] == ex["rollouts"][i]["answer"]
+                for ex in examples) / len(examples) for i in range(g)]
+
+
+def regrade(config, saved: dict) -> dict:
+    """A saved result read again with ``config``'s answer chain and grading, no model run: every
+    rollout's and reference's saved text is re-read, the vote taken again, every statistic
+    recomputed (after a fix to ``answer.rules``, say)."""
+    prompts = {p.index: p for p in load_split(config, "eval")}
+    answer_of = AnswerChain.from_config(config.answer)
+    examples = copy.deepcopy(saved.get("examples") or [])
+    if not examples:
+        raise ConfigError("the saved result holds no examples to regrade (write it with --output)")
+    for ex in examples:
+        p = prompts.get(ex["index"])
+        if p is None or p.text != ex["question"]:
+            raise ConfigError(f"the saved result's prompt {ex['index']} is not this config's evaluation prompt "
+                              f"{ex['index']}: regrade with the config that produced it")
+        for r in ex["rollouts"]:
+            r["answer"] = answer_of(r["text"])
+        for key, ref in ex["references"].items():
+            name, _, g = key.rpartition("@")
+            ref["answer"] = majority_answer([r["answer"] for r in ex["rollouts"][: int(g)]], mode=config.reward.mode,
+                                            timeout_s=config.reward.timeout_s)[0] \
+                if name == "majority_vote" else answer_of(ref["text"])
+    names = list(dict.fromkeys(k.rpartition("@")[0] for k in saved["accuracy"] if not k.startswith("oracle_pass@")))
+    results = score(examples, [prompts[ex["index"]] for ex in examples], saved["group_sizes"], names, config)
+    return {**{k: saved[k] for k in ("n", "skipped_long", "seconds") if k in saved}, **results, "examples": examples}
 
 
 def _variants(estimators: dict, anchor, decodings: list[str] | None, questions: list[str] | None = None,
@@ -204,6 +245,13 @@ def table(result: dict) -> str:
         for key, against in pairs.items():
             cells = [f"{v['difference']:+.3f} +/- {v['interval']:.3f} ({v['verdict']})" if v else "" for v in
                      (against.get("one_sample"), against.get("majority_vote"))]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    copied = result.get("copies") or {}
+    if copied:
+        lines += ["", "| reference answer equals rollout i's | " + " | ".join(f"i = {i + 1}" for i in range(max(sizes)))
+                  + " |", "|---|" + "---|" * max(sizes)]
+        for key, shares in copied.items():
+            cells = [f"{x:.2f}" for x in shares] + [""] * (max(sizes) - len(shares))
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
     versus = result.get("versus_majority") or {}
     if versus:

@@ -74,6 +74,10 @@ def test_boxed(text, expected):
     ("Your answer is correct, but let me explain.", None),  # a verdict, not an answer
     ("The result is the absolute value of 92, which is 1.", None),
     ("This is the result of 51 + 99.", None),
+    # Qwen2.5-Coder-0.5B on chain_sum, quoting the problem (its = is not the answer's)
+    ('The final answer to the arithmetic problem "12 - 98 = " is -86.', "-86"),
+    ('The final answer to the arithmetic problem "7 - 3 - 6 = 7 - 3 - 6" is 0.', "0"),
+    ("The final answer to the arithmetic problem 62 - 18 + 43 + 43 is \\(\\boxed{131}\\).", "131"),
 ])
 def test_answer_phrase(text, expected):
     assert answer_phrase(text) == expected

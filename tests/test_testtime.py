@@ -39,6 +39,18 @@ def test_synthesize_compares_estimators_on_shared_rollouts(tmp_path, tiny_world)
     sampled = [ex["references"]["synthesis[sampled]@8"]["text"] for ex in result["examples"]]
     assert sampled != [ex["references"]["synthesis[greedy]@8"]["text"] for ex in result["examples"]]
     assert "| synthesis[sampled] |" in out.stdout and "against the majority vote" in out.stdout  # a table, not JSON
+    assert len(result["copies"]["synthesis[greedy]@8"]) == 8 and "| reference answer equals rollout i's |" in out.stdout
+    # read again from the saved texts, no model: the same numbers; with another answer rule, other ones
+    again = cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--regrade", str(out_file),
+                "--output", str(tmp_path / "again.json"), "eval.limit=32")
+    assert again.returncode == 0, again.stderr[-2000:]
+    regraded = json.loads((tmp_path / "again.json").read_text())
+    assert regraded["accuracy"] == acc and regraded["paired"] == result["paired"]
+    first_digit = cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--regrade", str(out_file),
+                      "--output", str(tmp_path / "digit.json"), "eval.limit=32", "answer.rules=[regex]",
+                      "answer.regex=(\\d)")
+    assert first_digit.returncode == 0, first_digit.stderr[-2000:]
+    assert json.loads((tmp_path / "digit.json").read_text())["accuracy"]["majority_vote@8"] < acc["majority_vote@8"]
 
 
 def test_synthesize_rejects_bad_group_sizes(tiny_world):
@@ -48,6 +60,8 @@ def test_synthesize_rejects_bad_group_sizes(tiny_world):
     assert out.returncode == 2 and "--group-sizes" in out.stderr
     out = cli("synthesize", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--anchor-decoding", "greedy,hot")
     assert out.returncode == 2 and "anchor decoding 'hot': choose from greedy, sampled" in out.stderr
+    out = cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--regrade", str(ROOT / "README.md"))
+    assert out.returncode == 2 and "not a saved test-time result" in out.stderr
     out = cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--anchor-question", "with",
               "--question-template", "math_synthesis_brief")
     assert out.returncode == 2 and "question" in out.stderr and "Traceback" not in out.stderr

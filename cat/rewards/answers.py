@@ -75,6 +75,7 @@ _WRAPPING = re.compile(r"^(?:\*\*|\$\$?|\\\(|\\\[|[\s\"'“]|(?:exactly|approxim
 _NOT_ANSWERS = frozenset("correct incorrect wrong right unclear clear simple obvious not that this it as".split())
 _SENTENCE_END = re.compile(r"[.,;!?](?:\s|$)|\s(?:which|because|since|as|so|and|but)\s")
 _MAX_EXPRESSION_CHARS = 40
+_COPULA = re.compile(r"(?:^|[\s\"'”])is\b\s*:?")
 # "= 41" (or "equals 41", "is equal to 41") ending a sentence, a clause or a line: not "= 2 * 4",
 # not "= 92 (the absolute value ...)"
 _EQUALS = re.compile(rf"(?:=|\bequals\b|\bis\s+equal\s+to\b)\s*(?:\$|\*\*|\\\(|\\\[)?\s*(?P<x>{_NUMBER})"
@@ -99,6 +100,9 @@ def _phrase_value(rest: str) -> str | None:
     span = _strip(rest[: end.start()] if end else rest)
     if "=" in span:
         span = _strip(span.rsplit("=", 1)[1])
+    copula = list(_COPULA.finditer(span))
+    if copula:  # 'problem "12 - 98 = " is -86': the phrase matched the = inside the quoted problem
+        span = _strip(span[copula[-1].end():])
     number = _NUMBER_RE.match(span)
     if number and not re.match(r"\s*[-+*/^×÷(]", span[number.end():]):  # "41 apples", not "2 * 4"
         return number.group()
