@@ -49,11 +49,17 @@ def teacher_diagnostics(groups: list[Group], references: list[Reference], scores
     in_rollouts = disagree = 0
     labelled = rollout_hits = rollouts = ref_hits = maj_hits = all_wrong_right = 0
     disagree_labelled = disagree_hits = reward_agree = reward_total = 0
+    is_last, is_other, compared = 0, 0.0, 0
     for group, group_read, ref, score in zip(groups, read, references, scores, strict=True):
         answers = [e.answer for e in group_read]
         majority, _, _ = majority_answer(answers, mode=mode, timeout_s=timeout)
-        if ref.answer is not None and any(same(a, ref.answer) for a in answers):
+        matches = [a is not None and same(a, ref.answer) for a in answers] if ref.answer is not None else []
+        if any(matches):
             in_rollouts += 1
+        if len(matches) > 1 and ref.source.startswith("synthesis"):  # a teacher that copies the last response it read
+            compared += 1
+            is_last += matches[-1]
+            is_other += sum(matches[:-1]) / (len(matches) - 1)
         differs = not same(ref.answer, majority)
         disagree += differs
         gold = group.prompt.gold
@@ -74,6 +80,9 @@ def teacher_diagnostics(groups: list[Group], references: list[Reference], scores
             reward_agree += sum((r > 0.5) == c for r, c in zip(score.rewards, correct, strict=True))
             reward_total += len(correct)
     out["diag/reference_in_rollouts"] = in_rollouts / max(len(references), 1)
+    if compared:  # label-free: how often the synthesis has the last rollout's answer, against the others'
+        out["diag/reference_is_last"] = is_last / compared
+        out["diag/reference_is_other"] = is_other / compared
     out["diag/disagree_rate"] = disagree / max(len(references), 1)
     if labelled:
         out["diag/rollout_accuracy"] = rollout_hits / rollouts

@@ -238,6 +238,9 @@ def teacher_summary_of(rows: list[dict]) -> str:
         f"right when every rollout was wrong: {sum(r.get('diag/correct_all_wrong', 0) for r in rows):.0f} groups; "
         f"reward accuracy {mean('diag/reward_accuracy'):.3f}; unparsable references "
         f"{mean('diag/reference_unparsable'):.1%}; unscored groups {sum(r.get('groups/unscored', 0) for r in rows)}"
+        + (f"; the reference has the last rollout's answer in {mean('diag/reference_is_last'):.1%} of groups, "
+           f"another given rollout's in {mean('diag/reference_is_other'):.1%} (a teacher copying the last response "
+           f"it read shows here)" if any("diag/reference_is_last" in r for r in rows) else "")
     )
 
 

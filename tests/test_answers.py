@@ -25,7 +25,7 @@ from cat.rewards.answers import (
     last_number,
     register_answer_rule,
 )
-from cat.types import Completion, Group, GroupScore, Prompt
+from cat.types import Completion, Group, GroupScore, Prompt, Reference
 
 REPLIES = [json.loads(line) for line in
            (Path(__file__).parent / "fixtures" / "smollm2_replies.jsonl").read_text().splitlines()]
@@ -208,6 +208,18 @@ def test_rewards_estimators_and_diagnostics_read_with_the_configured_chain():
     gold = ESTIMATORS.get("gold")(default)([g])
     diag = teacher_diagnostics([g], gold, [GroupScore((0.0, 1.0, 1.0, 0.0))], default)
     assert diag["answer/reference_rate"] == 1.0 and not any(diag[f"answer/reference_rule/{r}"] for r in DEFAULT_RULES)
+    assert "diag/reference_is_last" not in diag  # only a synthesis can copy the last response it read
+
+
+def test_diagnostics_say_how_often_a_synthesis_has_the_last_rollouts_answer():
+    """Label-free: a teacher that copies the last response it read shows as reference_is_last
+    near 1 against reference_is_other."""
+    groups = [group(["\\boxed{4}", "\\boxed{5}", "\\boxed{5}", "\\boxed{7}"]),
+              group(["\\boxed{1}", "\\boxed{2}", "\\boxed{2}", "\\boxed{2}"])]
+    refs = [Reference(text="The answer is 7.", answer="7", source="synthesis"),
+            Reference(text="The answer is 2.", answer="2", source="synthesis")]
+    diag = teacher_diagnostics(groups, refs, [GroupScore(None)] * 2, load_config(None))
+    assert diag["diag/reference_is_last"] == 1.0 and diag["diag/reference_is_other"] == pytest.approx((0 + 2 / 3) / 2)
 
 
 # ---- real SmolLM2-135M-Instruct replies ---------------------------------------------------------

@@ -72,6 +72,6 @@ def test_cat_learns_without_labels(runs, gold):
     assert after - before >= 0.5 * (g_after - g_before), (before, after, g_before, g_after)
     for key in ("diag/reference_accuracy", "diag/majority_accuracy", "diag/disagree_rate",
                 "diag/correct_all_wrong", "diag/reward_accuracy", "diag/reference_unparsable",
-                "anchor/prompt_tokens", "anchor/seconds"):
+                "anchor/prompt_tokens", "anchor/seconds", "diag/reference_is_last", "diag/reference_is_other"):
         assert key in rows[0], key
     assert "ref_acc" in stdout  # teacher diagnostics on the console
