@@ -522,9 +522,11 @@ def _synthesize(args) -> int:
 
         try:
             saved = json.loads(Path(args.regrade).read_text())
-            saved["accuracy"], saved["group_sizes"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             raise ConfigError(f"--regrade {args.regrade}: not a saved test-time result ({type(exc).__name__}: {exc})") from None
+        if not isinstance(saved, dict) or not {"accuracy", "group_sizes", "examples"} <= saved.keys():
+            raise ConfigError(f"--regrade {args.regrade}: not a saved test-time result (it needs accuracy, group_sizes "
+                              f"and examples: write it with cat-rl testtime --output)")
         result = regrade(config, saved)
     else:
         result = run_test_time(config, names, sizes, decodings, questions, args.question_template)
