@@ -50,10 +50,14 @@ class Synthesis:
 
 def anchor_template(config) -> Template:
     """The synthesis template, validated: it must show the question iff include_question."""
-    a = config.anchor
-    if a.include_question:
-        return load_template(a.template, kind="anchors", required={"rollouts", "question"}, allowed={"num_rollouts"})
-    return load_template(a.template, kind="anchors", required={"rollouts"}, allowed={"num_rollouts"})
+    return synthesis_template(config.anchor.template, with_question=config.anchor.include_question)
+
+
+def synthesis_template(name_or_path: str, *, with_question: bool) -> Template:
+    """A synthesis template (a name in anchors/ or a path): ``{{rollouts}}``, and ``{{question}}``
+    exactly when ``with_question``."""
+    required = {"rollouts", "question"} if with_question else {"rollouts"}
+    return load_template(name_or_path, kind="anchors", required=required, allowed={"num_rollouts"})
 
 
 def build_anchor(config, policy_tokenizer, *, device, pi0_generator, make_generator) -> Anchor:
@@ -131,8 +135,7 @@ class Anchor:
         """This anchor shown the question, through ``template`` (a name in anchors/ or a path,
         with ``{{question}}``): the paper's synthesis with the question, beside the default without."""
         view = copy.copy(self)
-        view.template = load_template(template, kind="anchors", required={"rollouts", "question"},
-                                      allowed={"num_rollouts"})
+        view.template = synthesis_template(template, with_question=True)
         view.include_question = True
         return view
 

@@ -26,7 +26,6 @@ What holds, whatever happens:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from cat.errors import CheckpointError
+from cat.gguf_models import sha256_file
 
 _PREFIX = "step-"
 
@@ -115,16 +115,8 @@ def first_nonfinite(obj, prefix: str = "") -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _manifest(folder: Path) -> dict[str, dict]:
-    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
@@ -271,7 +263,7 @@ def verify(path: Path) -> str | None:
             size = file.stat().st_size
             if size != expected["bytes"]:
                 return f"{name} has {size} bytes, {expected['bytes']} were written"
-            if _sha256(file) != expected["sha256"]:
+            if sha256_file(file) != expected["sha256"]:
                 return f"{name} differs from what was written (sha256 mismatch)"
     except OSError as exc:
         return f"it cannot be read ({exc.strerror or exc}: {exc.filename})"

@@ -328,7 +328,7 @@ def _same_run(old: str, new: str) -> bool:
 def _by_content(value):
     """``value`` with every string naming an existing file replaced by its contents' hash and every
     string naming an existing folder by its real path."""
-    import hashlib
+    from cat.gguf_models import sha256_file
 
     if isinstance(value, dict):
         return {k: _by_content(v) for k, v in value.items()}
@@ -341,7 +341,7 @@ def _by_content(value):
                 size = path.stat().st_size
                 if size > _HASHED_BYTES:  # a model file: the same file, not the same bytes
                     return f"file {path.resolve()} ({size} bytes)"
-                return "file sha256 " + hashlib.sha256(path.read_bytes()).hexdigest()
+                return "file sha256 " + sha256_file(path)
             if path.is_dir():
                 return "folder " + str(path.resolve())
         except (OSError, RuntimeError):  # unreadable, or ~user that does not exist

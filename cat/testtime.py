@@ -24,7 +24,7 @@ import copy
 import logging
 import time
 
-from cat.anchor import build_anchor
+from cat.anchor import build_anchor, synthesis_template
 from cat.data import load_split
 from cat.errors import ConfigError
 from cat.estimators import ESTIMATORS, majority_answer
@@ -33,6 +33,7 @@ from cat.generation import SamplingParams, generator_from_config
 from cat.models import load_model, load_tokenizer, resolve_device
 from cat.registry import import_plugin
 from cat.rewards.answers import AnswerChain
+from cat.rewards.math import answers_match
 from cat.stats import mean_ci
 from cat.task import fit_prompts, prompt_limit
 from cat.types import Group
@@ -65,9 +66,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     anchor_decodings = list(dict.fromkeys(anchor_decodings)) if anchor_decodings else None
     anchor_questions = list(dict.fromkeys(anchor_questions)) if anchor_questions else None
     if "with" in (anchor_questions or ()):
-        from cat.templates import load_template
-
-        load_template(question_template, kind="anchors", required={"rollouts", "question"}, allowed={"num_rollouts"})
+        synthesis_template(question_template, with_question=True)  # a bad template fails before any model loads
     if e.path is None:
         raise ConfigError("eval.path is not set: test-time CaT needs prompts with gold answers to grade")
     for plugin in config.plugins:
@@ -135,7 +134,7 @@ def score(examples: list[dict], prompts, sizes: list[int], names: list[str], con
             results["interval"][key] = mean_ci(hits).half_width
             per_prompt[name] = hits
             if name not in ("single", "majority_vote"):
-                results["copies"][key] = copies(examples, key, g)
+                results["copies"][key] = copies(examples, key, g, config)
         for name, hits in per_prompt.items():
             results["paired"][f"{name}@{g}"] = {"one_sample": paired(hits, one)}
             if "majority_vote" in per_prompt and name != "majority_vote":
@@ -144,11 +143,16 @@ def score(examples: list[dict], prompts, sizes: list[int], names: list[str], con
     return results
 
 
-def copies(examples: list[dict], key: str, g: int) -> list[float]:
+def copies(examples: list[dict], key: str, g: int, config) -> list[float]:
     """For each position i of the first g rollouts, the share of prompts whose reference answer
-    equals rollout i's: a teacher that copies the last rollout it was shown scores near 1 there."""
-    return [sum(ex["references"][key]["answer"] is not None and ex["references"][key]["answer"] == ex["rollouts"][i]["answer"]
-                for ex in examples) / len(examples) for i in range(g)]
+    equals rollout i's (the run's answer equivalence): a teacher that copies the last rollout it
+    was shown scores near 1 there."""
+    def same(a, b) -> bool:
+        return a is not None and b is not None and answers_match(a, b, mode=config.reward.mode,
+                                                                 timeout_s=config.reward.timeout_s)
+
+    return [sum(same(ex["references"][key]["answer"], ex["rollouts"][i]["answer"]) for ex in examples) / len(examples)
+            for i in range(g)]
 
 
 def regrade(config, saved: dict) -> dict:
