@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import ROOT, assert_same_maths, cli
+from conftest import FP64_RELATIVE, ROOT, assert_same_maths, cli
 from test_estimators import tiny_group
 
 from cat.batch import build_sft_batch, sft_target
@@ -65,20 +65,26 @@ def test_the_sft_update_gradient_is_the_token_mean_nll_gradient(tiny_model):
     assert kept == 2
     T, mask = batch.completion_length, batch.completion_mask
 
-    def grads(loss_fn):
-        model.zero_grad()
-        logp, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, T, 1.0)
-        loss_fn(logp).backward()
-        return torch.cat([p.grad.flatten() for p in model.parameters()])
-
     def surrogate(logp):
         per_token, _ = token_losses(logp, logp.detach(), None, batch.advantages, mask)
         return aggregate(per_token, mask, loss_type="dapo", total_sequences=len(batch),
                          total_tokens=float(mask.sum()), max_completion_length=64)
 
-    nll = grads(lambda logp: -(logp * mask).sum() / mask.sum())
-    assert_same_maths(grads(surrogate), nll)
-    assert nll.abs().max() > 1e-3
+    def nll(logp):
+        return -(logp * mask).sum() / mask.sum()
+
+    # One forward serves both losses, so the comparison is of the losses' maths alone: a kernel's
+    # run-to-run noise in a second forward (seen once on a CI machine, 2.6e-4 relative, never here)
+    # is not the loss's doing. Equal gradients at the log-probs are equal gradients at every weight.
+    logp, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, T, 1.0)
+    [d_surrogate] = torch.autograd.grad(surrogate(logp), logp, retain_graph=True)
+    [d_nll] = torch.autograd.grad(nll(logp), logp, retain_graph=True)
+    assert_same_maths(d_surrogate, d_nll)
+    weights = list(model.parameters())
+    nll_grads = torch.cat([g.flatten() for g in torch.autograd.grad(nll(logp), weights, retain_graph=True)])
+    gap = torch.cat([g.flatten() for g in torch.autograd.grad(surrogate(logp) - nll(logp), weights)])
+    assert gap.abs().max() <= FP64_RELATIVE * nll_grads.abs().max(), gap.abs().max()  # zero, to rounding
+    assert nll_grads.abs().max() > 1e-3
 
 
 def test_config_checks():
