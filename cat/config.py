@@ -409,6 +409,13 @@ class AnchorConfig(_Endpoint):
     """Decode the anchor greedily."""
     max_context_tokens: int | None = None
     """Anchor prompt budget; rollouts are truncated evenly to fit. None = the model's context."""
+    orders: int = Field(1, ge=1)
+    """How many orders the synthesis estimator shows each group's rollouts in. 1: as sampled (the
+    paper). k > 1: k syntheses per group, the i-th with the rollouts rotated by i * G / k places
+    (with k = G each rollout is read last once), and the reference is the synthesis whose answer
+    most of them give (ties: the earliest order). A small anchor that mostly copies the last
+    response it reads then outvotes that bias instead of passing one random rollout on. Costs k
+    anchor calls per group; at most generation.num_generations."""
 
 
 class ParallelConfig(_Section):
@@ -534,6 +541,9 @@ class Config(_Section):
         if self.generation.num_generations < 2 and self.algorithm == "grpo":
             raise ValueError("generation.num_generations is 1: a group of one rollout has a zero advantage "
                              "(its own mean is the baseline), so nothing would be learned; use 2 or more")
+        if self.anchor.orders > self.generation.num_generations:
+            raise ValueError(f"anchor.orders ({self.anchor.orders}) is above generation.num_generations "
+                             f"({self.generation.num_generations}): a group of G rollouts has G rotations")
         if self.algorithm == "sft" and self.grpo.num_iterations != 1:
             raise ValueError("algorithm sft takes one pass over each step's references: set grpo.num_iterations to 1")
         if self.algorithm == "sft" and self.sft.target == "reference" and self.estimator.name == "gold":

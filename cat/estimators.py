@@ -19,8 +19,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
+from cat.generation import row_seed
 from cat.registry import Registry
 from cat.rewards.answers import AnswerChain
 from cat.rewards.math import answers_match
@@ -154,21 +156,57 @@ class Synthesis:
 
     The reference may disagree with every rollout. Its answer is what the run's answer chain
     reads from the anchor's output; an output with none leaves the group without a reference (no
-    signal).
+    signal). With ``anchor.orders`` k > 1 the anchor reads each group k times, in k rotations of
+    its rollouts, and the reference is the synthesis with the answer most of the k give
+    (permutation self-consistency); meta ``order_answers`` holds the k answers.
     """
 
     needs_anchor = True
 
     def __init__(self, config):
         self.answer_of = AnswerChain.from_config(config.answer)
+        self.orders = config.anchor.orders
+        self.mode, self.timeout_s = config.reward.mode, config.reward.timeout_s
 
     def __call__(self, groups: list[Group], anchor) -> list[Reference]:
         if not groups:
             return []
         start = time.perf_counter()
-        outputs = anchor.synthesize(groups)
+        orders = min(self.orders, *(len(g.completions) for g in groups))  # a smaller G (testtime's G = 4) has fewer
+        runs = [anchor.synthesize([rotated(g, k, orders) for g in groups], seed=order_seed(anchor.params.seed, k))
+                for k in range(orders)]  # [orders][groups]; order k's row i samples as group i does
         seconds = (time.perf_counter() - start) / len(groups)
-        return [read_reference(o.text, self.answer_of, "synthesis", _anchor_meta(o, seconds)) for o in outputs]
+        if orders == 1:
+            return [read_reference(o.text, self.answer_of, "synthesis", _anchor_meta(o, seconds)) for o in runs[0]]
+        out = []
+        for i in range(len(groups)):
+            syntheses = [run[i] for run in runs]
+            refs = [read_reference(o.text, self.answer_of, "synthesis") for o in syntheses]
+            answer, k, votes = majority_answer([r.answer for r in refs], mode=self.mode, timeout_s=self.timeout_s)
+            k = max(k, 0)  # no order gave an answer: the first order's text, unscored
+            meta = {**_anchor_meta(syntheses[k], seconds),
+                    "anchor_prompt_tokens": sum(o.prompt_tokens for o in syntheses),
+                    "anchor_completion_tokens": sum(o.completion_tokens for o in syntheses),
+                    "truncated_rollouts": max(o.truncated_rollouts for o in syntheses),
+                    "orders": orders, "order": k, "order_votes": votes,
+                    "order_answers": [r.answer for r in refs]}
+            out.append(replace(refs[k], meta=meta))
+        return out
+
+
+def rotated(group: Group, k: int, orders: int) -> Group:
+    """Order k of ``orders`` of a group's rollouts: rotated left by k * G // orders places, so the
+    rollout read last moves through the group (order 0 is the sampled order)."""
+    shift = k * len(group.completions) // orders
+    if shift == 0:
+        return group
+    return replace(group, completions=group.completions[shift:] + group.completions[:shift])
+
+
+def order_seed(seed: int, k: int) -> int:
+    """The sampling seed of order k's syntheses: the anchor's own for order 0, another stream each
+    for the others (a greedy anchor ignores it)."""
+    return seed if k == 0 else row_seed(seed, -1, k)
 
 
 @register_estimator("self_bon")

@@ -120,6 +120,37 @@ def test_synthesis_can_be_right_when_every_rollout_is_wrong(anchor, tiny_model):
     assert all(r.meta["anchor_prompt_tokens"] > 100 and r.meta["truncated_rollouts"] == 0 for r in refs)
 
 
+def test_rotations_show_each_rollout_last_once(tiny_model):
+    from cat.estimators import order_seed, rotated
+
+    _, tokenizer = tiny_model
+    group = tiny_group(tokenizer, [f"\\boxed{{{i}}}" for i in range(8)], "1+1")
+    assert rotated(group, 0, 8) is group
+    assert sorted(rotated(group, k, 8).texts[-1] for k in range(8)) == sorted(group.texts)
+    assert [rotated(group, k, 4).texts[-1] for k in range(4)] == [group.texts[i] for i in (7, 1, 3, 5)]
+    assert all(sorted(rotated(group, k, 3).texts) == sorted(group.texts) for k in range(3))
+    assert order_seed(5, 0) == 5 and len({order_seed(5, k) for k in range(8)}) == 8
+
+
+def test_synthesis_over_several_orders_takes_the_answer_most_orders_give(anchor, tiny_model):
+    _, tokenizer = tiny_model
+    pairs = [(47, 38), (23, 51), (66, 17), (35, 44)]
+    groups = [tiny_group(tokenizer, wrong_everywhere(a, b), f"{a}+{b}", gold=str(a + b)) for a, b in pairs]
+    one = ESTIMATORS.get("synthesis")(CONFIG)(groups, anchor)
+    config = load_config(None, ["generation.num_generations=8", "anchor.orders=8"])
+    refs = ESTIMATORS.get("synthesis")(config)(groups, anchor)
+    for r, first in zip(refs, one, strict=True):
+        answers = r.meta["order_answers"]
+        assert len(answers) == 8 and r.meta["orders"] == 8
+        assert answers[0] == first.answer  # order 0 is the sampled order: the one-order reference
+        assert r.answer == max(answers, key=answers.count) and r.meta["order_votes"] == answers.count(r.answer)
+        assert answers[r.meta["order"]] == r.answer and answers.index(r.answer) == r.meta["order"]
+        assert r.meta["anchor_prompt_tokens"] > 7 * first.meta["anchor_prompt_tokens"]  # the cost of 8 reads
+    assert len({tuple(r.meta["order_answers"]) for r in refs}) > 1
+    with pytest.raises(ConfigError, match=r"anchor.orders \(8\) is above generation.num_generations \(4\)"):
+        load_config(None, ["generation.num_generations=4", "anchor.orders=8"])
+
+
 def test_anchor_truncates_rollouts_evenly_to_fit(anchor, tiny_model):
     _, tokenizer = tiny_model
     long = "ones 7+8=15 " * 40 + "so \\boxed{85}"
