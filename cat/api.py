@@ -4,7 +4,7 @@ callables, no YAML. ::
     from datasets import Dataset
     import cat
 
-    def brevity(prompts, completions, **columns):           # TRL's reward-function signature
+    def brevity(completions, **kwargs):                     # a TRL reward function, unchanged
         return [1.0 if len(c) < 200 else 0.0 for c in completions]
 
     result = cat.train("experiments/tiny_arith_cat.yaml", train_dataset=Dataset.from_list(rows),
@@ -78,7 +78,7 @@ def _register(fn) -> str:
         register_reward(fn.__name__, replace=True)(from_completion_fn(fn))
         return fn.__name__
     raise ConfigError(f"reward_funcs: {fn!r} is neither a registered reward name, a RewardFunction subclass, "
-                      "nor a named function f(prompts, completions, **columns)")
+                      "nor a named TRL reward function f(completions, **kwargs)")
 
 
 def train(config: Config | dict | str | Path | None = None, *, train_dataset=None, eval_dataset=None,

@@ -385,8 +385,11 @@ class JudgeConfig(_Endpoint):
 
 
 class EstimatorConfig(_Section):
-    name: str = "gold"
-    """Reference estimator (registry ``cat.estimators``): ``gold`` is reference-based GRPO."""
+    name: str = "synthesis"
+    """Reference estimator (registry ``cat.estimators``): ``synthesis`` is CaT, the default, and
+    reads no label; ``majority_vote`` is TTRL; ``gold`` is reference-based GRPO, the only one that
+    reads the dataset's labels, so it is never a default: a config trains on labels only by
+    naming it."""
 
 
 class AnchorConfig(_Endpoint):
@@ -599,6 +602,62 @@ def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
     node[keys[-1]] = value
 
 
+TRL_NAMES = {
+    "learning_rate": "optim.lr",
+    "lr_scheduler_type": "optim.schedule",
+    "warmup_steps": "optim.warmup_steps",
+    "max_grad_norm": "optim.max_grad_norm",
+    "weight_decay": "optim.weight_decay",
+    "max_completion_length": "generation.max_new_tokens",
+    "num_generations": "generation.num_generations",
+    "temperature": "generation.temperature",
+    "top_p": "generation.top_p",
+    "top_k": "generation.top_k",
+    "use_vllm": "generation.backend (vllm or hf)",
+    "vllm_gpu_memory_utilization": "generation.vllm_gpu_memory_utilization",
+    "vllm_tensor_parallel_size": "generation.vllm_tensor_parallel_size",
+    "max_prompt_length": "data.max_prompt_tokens",
+    "max_steps": "run.steps",
+    "save_steps": "run.save_every",
+    "save_total_limit": "run.keep_last",
+    "output_dir": "run.output_dir",
+    "seed": "run.seed",
+    "report_to": "run.report_to",
+    "per_device_train_batch_size": "run.micro_batch_size (rollouts per forward) and run.prompts_per_step",
+    "gradient_accumulation_steps": "run.prompts_per_step (a step's groups) and run.micro_batch_size",
+    "model_name_or_path": "model.name_or_path",
+    "torch_dtype": "model.dtype",
+    "gradient_checkpointing": "model.gradient_checkpointing",
+    "beta": "grpo.beta",
+    "epsilon": "grpo.epsilon",
+    "epsilon_high": "grpo.epsilon_high",
+    "loss_type": "grpo.loss_type",
+    "scale_rewards": "grpo.scale_rewards",
+    "num_iterations": "grpo.num_iterations",
+    "importance_sampling_level": "grpo.importance_sampling_level",
+    "mask_truncated_completions": "grpo.mask_truncated_completions",
+    "reward_funcs": "reward.functions",
+    "reward_weights": "reward.weights",
+    "dataset_name": "data.path",
+}
+"""TRL GRPOConfig / ScriptArguments names and where cat keeps the same setting: an unknown key
+with one of these names (at the top or in any section) is answered with cat's name."""
+
+
+def _meant(loc: tuple) -> str:
+    """A hint for an unknown key: cat's name for a TRL option, else the close valid names."""
+    import difflib
+
+    name = str(loc[-1]) if loc else ""
+    here = ".".join(str(p) for p in loc[:-1])
+    cat_name = TRL_NAMES.get(name)
+    if cat_name is not None and cat_name.split(" ")[0] != (f"{here}.{name}" if here else name):
+        return f" (TRL's {name} is {cat_name} here)"
+    valid = _describe(loc, Config).split(", ")
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
 def _describe(loc: tuple, model: type[BaseModel]) -> str:
     """Valid keys at the location of an error, so a typo's message lists what was meant."""
     node: Any = model
@@ -806,8 +865,7 @@ def config_from_tree(tree: dict, overrides: list[str] | None = None, *, source: 
             loc = ".".join(str(p) for p in err["loc"]) or "<root>"
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
-                valid = _describe(err["loc"], Config)
-                msg = f"unknown key; valid keys here: {valid}"
+                msg = f"unknown key{_meant(err['loc'])}; valid keys here: {_describe(err['loc'], Config)}"
             elif err["type"] in ("literal_error", "greater_than", "greater_than_equal", "less_than",
                                  "less_than_equal", "finite_number"):
                 msg = f"{msg} (got {err.get('input')!r:.60})"

@@ -359,11 +359,21 @@ def load_prompts(
         if format == "healthbench":
             prompts.append(_healthbench_prompt(i, row, label, system_prompt))
             continue
-        if prompt_field not in row:
-            raise DataError(f"{label}: missing field '{prompt_field}' (fields: {sorted(row)})")
-        text = row[prompt_field]
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{label}: field '{prompt_field}' must be a non-empty string, got {_kind(text)} {text!r:.60}")
+        field = prompt_field
+        if field not in row and field == "problem" and "prompt" in row:
+            field = "prompt"  # TRL's column: a string, or chat messages (its conversational format)
+        if field not in row:
+            raise DataError(f"{label}: missing field '{prompt_field}' (fields: {sorted(row)}); data.prompt_field "
+                            "names the prompt column (a 'prompt' column, TRL's name, is read when it is left at 'problem')")
+        text, conversation = row[field], None
+        if field == "prompt" and isinstance(text, list):
+            conversation = _conversation(text, label)
+            users = [m["content"] for m in conversation if m["role"] == "user"]
+            if not users or not users[-1].strip():
+                raise DataError(f"{label}: field 'prompt' has no user message with text")
+            text = users[-1]
+        elif not isinstance(text, str) or not text.strip():
+            raise DataError(f"{label}: field '{field}' must be a non-empty string, got {_kind(text)} {text!r:.60}")
         gold = None
         if answer_field is not None:
             value = row.get(answer_field)
@@ -376,11 +386,15 @@ def load_prompts(
                     raise DataError(f"{label}: field '{answer_field}' is {value}, not an answer")
                 gold = _gold(value, answer_format)
         messages = []
-        if system_prompt:
+        if system_prompt and not (conversation and conversation[0]["role"] == "system"):
             messages.append({"role": "system", "content": system_prompt})
-        messages.append({"role": "user", "content": render_prompt(prompt_template, text)})
-        meta = {k: v for k, v in row.items() if k not in (prompt_field, answer_field) and isinstance(v, str | int | float)}
-        prompts.append(Prompt(index=i, text=text, messages=tuple(messages), gold=gold, meta=meta))
+        if conversation:  # used as given, as TRL does: data.prompt_template shapes string prompts only
+            messages.extend(conversation)
+        else:
+            messages.append({"role": "user", "content": render_prompt(prompt_template, text)})
+        meta = {k: v for k, v in row.items() if k not in (field, answer_field) and isinstance(v, str | int | float)}
+        prompts.append(Prompt(index=i, text=text, messages=tuple(messages), gold=gold, meta=meta,
+                              conversational=conversation is not None))
     return prompts
 
 

@@ -33,6 +33,9 @@ class Prompt:
     """The dataset's own rubric (HealthBench physician criteria, ``cat.rubrics.Criterion``): read only
     by ``rubric.source: dataset`` (the reference-based baseline) and by evaluation."""
     tags: tuple[str, ...] = ()
+    conversational: bool = False
+    """The row gave its prompt as chat messages (TRL's conversational ``prompt`` column): a TRL-style
+    reward then receives prompts and completions as messages, as TRL passes them."""
     scorer: Scorer | None = None
     """The dataset's own answer scorer for this row (reasoning-gym): it holds the gold answer, so like
     ``gold`` it is read only by evaluation and by the ``reasoning_gym`` reward, which refuses every

@@ -34,7 +34,7 @@ def test_unknown_key_names_key_file_and_choices(tmp_path):
 
 
 def test_unknown_section(tmp_path):
-    with pytest.raises(ConfigError, match="optimizer: unknown key; valid keys here: .*optim"):
+    with pytest.raises(ConfigError, match=r"optimizer: unknown key \(did you mean optim\?\); valid keys here: .*optim"):
         load_config(write(tmp_path, "optimizer:\n  lr: 1\n"))
 
 

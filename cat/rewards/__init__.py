@@ -15,7 +15,7 @@ and settings before any model is loaded.
 Write one by subclassing :class:`RewardFunction` (batch-level) or :class:`GroupReward`
 (``score_group(group, reference) -> GroupScore``), register it with ``@register_reward(name)``
 and list it in ``reward.functions`` (with ``reward.weights``); a TRL-style per-completion
-function ``f(prompts, completions, **columns) -> list[float | None]`` plugs in through
+function ``f(completions, **kwargs) -> list[float | None]`` plugs in through
 ``from_completion_fn``. Several functions combine as ``sum(weight * reward)`` per rollout over
 those that returned a value, each logged as ``reward/NAME/mean``.
 """
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import isnan
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol, runtime_checkable
 
 from cat.errors import CatError, ConfigError
@@ -169,20 +170,37 @@ class LengthPenalty(GroupReward):
 
 
 def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
-    """Adapt a TRL-style ``f(prompts, completions, **columns) -> list[float | None]``.
+    """Adapt a TRL reward function, ``f(completions, **kwargs) -> list[float | None]``.
 
-    Columns: ``reference`` (the reference text), ``reference_answer``, and the prompt's dataset
-    fields (a field with one of those names, or ``prompts`` / ``completions``, is not passed). ``None`` follows TRL: that rollout gets nothing from this function (the other
-    functions' weighted rewards still count); a rollout no function scored gets 0.
+    Called as TRL calls it, every argument by keyword, one entry per rollout of the group:
+    ``prompts`` and ``completions`` (strings; for a row whose ``prompt`` column held chat messages,
+    TRL's conversational format: the prompt's messages, and ``[{"role": "assistant", "content":
+    text}]`` per completion), ``completion_ids``, ``trainer_state`` (``global_step``), then the
+    reference (``reference``: its text, ``reference_answer``: its answer) and the row's other
+    columns (strings and numbers; a column with one of these names is not passed). The label column
+    (``data.answer_field``) is never among them: under a label-free estimator the reference is the
+    teacher's, and only the ``gold`` estimator makes ``reference_answer`` the label. ``None``
+    follows TRL: that rollout gets nothing from this function (the other functions' weighted
+    rewards still count); a rollout no function scored gets 0.
     """
 
-    class _Adapted(GroupReward):
-        def score_group(self, group: Group, reference: Reference) -> GroupScore:
+    class _Adapted(RewardFunction):
+        def score(self, groups: list[Group], references: list[Reference], ctx: RewardContext) -> Scored:
+            state = SimpleNamespace(global_step=ctx.step)
+            return Scored([self.score_group(g, r, state) for g, r in zip(groups, references, strict=True)])
+
+        def score_group(self, group: Group, reference: Reference, state) -> GroupScore:
             n = len(group.completions)
-            taken = {"prompts", "completions", "reference", "reference_answer"}
+            taken = {"prompts", "completions", "completion_ids", "trainer_state", "reference", "reference_answer"}
             columns = {k: [v] * n for k, v in group.prompt.meta.items() if k not in taken}
-            scores = fn([group.prompt.text] * n, group.texts, reference=[reference.text] * n,
-                        reference_answer=[reference.answer] * n, **columns)
+            if group.prompt.conversational:
+                prompts = [list(group.prompt.messages)] * n
+                completions = [[{"role": "assistant", "content": t}] for t in group.texts]
+            else:
+                prompts, completions = [group.prompt.text] * n, group.texts
+            scores = fn(prompts=prompts, completions=completions,
+                        completion_ids=[list(c.token_ids) for c in group.completions], trainer_state=state,
+                        reference=[reference.text] * n, reference_answer=[reference.answer] * n, **columns)
             if not isinstance(scores, (list, tuple)) or len(scores) != n:
                 got = len(scores) if isinstance(scores, (list, tuple)) else type(scores).__name__
                 raise RewardError(f"reward function {fn.__name__} returned {got} scores for {n} completions")
