@@ -16,7 +16,7 @@ def make_trainer(tmp_path, tiny_world, *overrides, data=None):
         f"data.path={data or tiny_world / 'train.jsonl'}",
         "data.limit=64", "eval.path=null", "generation.max_new_tokens=32",
         "run.prompts_per_step=4", "generation.num_generations=8", "optim.lr=1e-4",
-        "anchor.max_new_tokens=48", *overrides,
+        "anchor.max_new_tokens=48", "estimator.name=gold", *overrides,  # gold unless a test names another
     ])
     return Trainer(config, tmp_path / "run", log=lambda *_: None)
 
