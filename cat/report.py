@@ -188,7 +188,8 @@ def arms_of(runs: list[Run], groups: list[str] | None = None) -> list[Arm]:
 
 SEEDS_KEY = "thin: each seed\nthick: mean over seeds\nshaded: min to max\nover seeds"
 SEEDS_CAPTION = (" Runs of one arm (one config, several seeds) share a colour: thin lines are the seeds, the thick "
-                 "line their mean, the shaded band the range from the lowest to the highest seed.")
+                 "line their mean, the shaded band the range from the lowest to the highest seed (solid lines; dashed and "
+                 "dotted ones show the mean alone).")
 
 
 def _plt():
@@ -228,10 +229,11 @@ def over_seeds(series: list[tuple[list[int], list[float]]]) -> tuple[list[int], 
     return steps, [sum(c) / len(c) for c in columns], [min(c) for c in columns], [max(c) for c in columns]
 
 
-def _draw(ax, arm: Arm, series_of, *, style: str = "-", smooth: bool = True) -> bool:
+def _draw(ax, arm: Arm, series_of, *, style: str = "-", smooth: bool = True, spread: bool = True) -> bool:
     """One arm on one panel; ``series_of(run)`` gives (steps, values). One run: its values faint,
     their moving average thick. Several: each run's moving average thin, the mean over runs thick,
-    the min-max band shaded. False when no run has the series."""
+    the min-max band shaded; ``spread=False`` (a panel's second and third line styles, which would
+    bury the first under their bands) draws the mean alone. False when no run has the series."""
     series = [s for s in map(series_of, arm.runs) if s[0]]
     if not series:
         return False
@@ -239,15 +241,16 @@ def _draw(ax, arm: Arm, series_of, *, style: str = "-", smooth: bool = True) -> 
     smoothed = [(s, _smooth(v, max(1, len(s) // 15) if smooth else 1)) for s, v in series]
     if len(series) == 1:
         (steps, values), (_, average) = series[0], smoothed[0]
-        if average != values:
+        if average != values and spread:
             ax.plot(steps, values, style, color=colour, alpha=0.25, linewidth=0.8, markersize=3)
         ax.plot(steps, average, style, color=colour, linewidth=2.2, markersize=5)
         return True
-    for steps, values in smoothed:
+    for steps, values in smoothed if spread else []:
         ax.plot(steps, values, style, color=colour, alpha=0.45, linewidth=0.8, markersize=3)
     steps, mean, low, high = over_seeds(smoothed)
     if steps:
-        ax.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
+        if spread:
+            ax.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
         ax.plot(steps, mean, style, color=colour, linewidth=2.2, markersize=5)
     return True
 
@@ -322,8 +325,8 @@ def fig_heldout(arms):
     fig, (ax,) = _figure(1, (9, 4))
     drawn = []
     for arm in arms:
-        hits = [_draw(ax, arm, _heldout(key), style=style, smooth=False)
-                for key, style in (("accuracy", "o-"), ("greedy_accuracy", "s--"))]
+        hits = [_draw(ax, arm, _heldout(key), style=style, smooth=False, spread=spread)
+                for key, style, spread in (("accuracy", "o-", True), ("greedy_accuracy", "s--", False))]
         if any(hits):
             drawn.append(arm)
     if not drawn:
@@ -365,9 +368,9 @@ def fig_teacher(arms):
     for arm in drawn:
         for key, style in (("diag/reference_accuracy", "-"), ("diag/majority_accuracy", "--"),
                            ("diag/rollout_accuracy", ":")):
-            _draw(axes[0], arm, _series(key), style=style)
+            _draw(axes[0], arm, _series(key), style=style, spread=style == "-")
         for key, style in (("diag/disagree_rate", "-"), ("diag/disagree_accuracy", "--")):
-            _draw(axes[1], arm, _series(key), style=style)
+            _draw(axes[1], arm, _series(key), style=style, spread=style == "-")
         _draw(axes[2], arm, _cumulative("diag/correct_all_wrong"), smooth=False)
     axes[0].set(xlabel="step", ylabel="accuracy vs gold",
                 title="Reference (solid) vs majority (dashed)\nvs one rollout (dotted)")
@@ -386,7 +389,7 @@ def fig_lengths(arms):
     fig, axes = _figure(2, (11, 3.6))
     for arm in drawn:
         _draw(axes[0], arm, _series("completion/mean_length"))
-        _draw(axes[0], arm, _series("completion/max_length"), style=":", smooth=False)
+        _draw(axes[0], arm, _series("completion/max_length"), style=":", smooth=False, spread=False)
         _draw(axes[1], arm, _series("completion/clipped_ratio"))
     axes[0].set(xlabel="step", ylabel="tokens", title="Completion length (mean; max dotted)")
     axes[1].set(xlabel="step", ylabel="fraction", title="Completions cut at max_new_tokens")
