@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
+from cat.display import NOT_DEFINED, number
 from cat.errors import ConfigError
 from cat.stats import Interval, mean_ci
 
@@ -274,8 +275,8 @@ def table(summary: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, arm in summary["arms"].items():
         t = arm["teacher"]
-        g = {k: f"{t[k]:.3f}" if k in t else "–" for k in TEACHER}.get
-        caw = f"{arm['correct_all_wrong']:.1f}" if arm["correct_all_wrong"] is not None else "–"
+        g = {k: number(t.get(k)) for k in TEACHER}.get
+        caw = f"{arm['correct_all_wrong']:.1f}" if arm["correct_all_wrong"] is not None else NOT_DEFINED
         lines.append(f"| {label} | {_cell(arm['before'])} | {_cell(arm['after'])} | {_cell(arm['gain'], '+.3f')} | "
                      f"{g('diag/reference_accuracy')} | {g('diag/majority_accuracy')} | {g('diag/rollout_accuracy')} | "
                      f"{g('diag/disagree_rate')} | {g('diag/disagree_accuracy')} | {caw} | {arm['wall_seconds']:.0f} |")

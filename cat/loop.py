@@ -15,9 +15,11 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from cat import checkpoint as ckpt
+from cat.display import duration, number, percent
 from cat.errors import CheckpointError
 from cat.models import torch_dtype
 from cat.tracking import Trackers
@@ -121,6 +123,7 @@ class RunLoop:
             earlier = [json.loads(x) for x in metrics_path.read_text().splitlines()] \
                 if main and metrics_path.exists() else []
             watch.count(t.ranks.broadcast(earlier))
+        start, first = time.perf_counter(), t.step_done
         with _GracefulInterrupt() as interrupt:
             while t.step_done < run.steps:
                 result = t.step(t.step_done)
@@ -131,10 +134,15 @@ class RunLoop:
                     _append_jsonl(t.run_dir / "rubrics.jsonl", result.audit)
                     trackers.log(result.metrics, t.step_done)
                     bar.update(1)
+                    # ETA from this invocation's pace (mid-run evaluations and checkpoints included,
+                    # the final evaluation not); a resumed run does not count the steps it inherited
+                    elapsed = time.perf_counter() - start
+                    eta = elapsed / (t.step_done - first) * (run.steps - t.step_done)
+                    line = _console_line(result.metrics, run.steps, elapsed, eta)
                     if bar.disable:
-                        t.log(_console_line(result.metrics))
+                        t.log(line)
                     else:  # above the live bar, which a plain write to the terminal would tear
-                        bar.write(_console_line(result.metrics))
+                        bar.write(line)
                 watch.observe(result.metrics)  # after the step is recorded: samples.jsonl shows why
                 if t.ranks.any(interrupt.requested):
                     bar.close()
@@ -206,11 +214,11 @@ def _write_json_atomic(path: Path, obj) -> None:
 
 def _eval_line(label: str, result: dict) -> str:
     if "score" in result:
-        return (f"{label:>6}: rubric score {result['score']:.3f} ± {result.get('std_error', float('nan')):.3f} "
+        return (f"{label:>6}: rubric score {number(result['score'])} ± {number(result.get('std_error'))} "
                 f"(n={result['n']}, unscored {result.get('unscored', 0)})")
-    line = f"{label:>6}: accuracy {result['accuracy']:.3f} (pass@1 over {result['num_samples']} samples, n={result['n']})"
+    line = f"{label:>6}: accuracy {number(result['accuracy'])} (pass@1 over {result['num_samples']} samples, n={result['n']})"
     if "greedy_accuracy" in result:
-        line += f"  greedy {result['greedy_accuracy']:.3f}"
+        line += f"  greedy {number(result['greedy_accuracy'])}"
     return line
 
 
@@ -228,30 +236,32 @@ def teacher_summary_of(rows: list[dict]) -> str:
 
     def mean(key):
         values = [r[key] for r in rows if key in r and r[key] == r[key]]
-        return sum(values) / len(values) if values else float("nan")
+        return sum(values) / len(values) if values else float("nan")  # printed as n/a
 
     return (
         f"teacher over {len(rows)} steps (vs gold, never used in training): "
-        f"reference accuracy {mean('diag/reference_accuracy'):.3f}, majority {mean('diag/majority_accuracy'):.3f}, "
-        f"single rollout {mean('diag/rollout_accuracy'):.3f}; reference disagrees with majority "
-        f"{mean('diag/disagree_rate'):.1%} of groups and is right {mean('diag/disagree_accuracy'):.1%} of those; "
+        f"reference accuracy {number(mean('diag/reference_accuracy'))}, majority {number(mean('diag/majority_accuracy'))}, "
+        f"single rollout {number(mean('diag/rollout_accuracy'))}; reference disagrees with majority "
+        f"{percent(mean('diag/disagree_rate'))} of groups and is right {percent(mean('diag/disagree_accuracy'))} of those; "
         f"right when every rollout was wrong: {sum(r.get('diag/correct_all_wrong', 0) for r in rows):.0f} groups; "
-        f"reward accuracy {mean('diag/reward_accuracy'):.3f}; unparsable references "
-        f"{mean('diag/reference_unparsable'):.1%}; unscored groups {sum(r.get('groups/unscored', 0) for r in rows)}"
-        + (f"; the reference has the last rollout's answer in {mean('diag/reference_is_last'):.1%} of groups, "
-           f"another given rollout's in {mean('diag/reference_is_other'):.1%} (a teacher copying the last response "
+        f"reward accuracy {number(mean('diag/reward_accuracy'))}; unparsable references "
+        f"{percent(mean('diag/reference_unparsable'))}; unscored groups {sum(r.get('groups/unscored', 0) for r in rows)}"
+        + (f"; the reference has the last rollout's answer in {percent(mean('diag/reference_is_last'))} of groups, "
+           f"another given rollout's in {percent(mean('diag/reference_is_other'))} (a teacher copying the last response "
            f"it read shows here)" if any("diag/reference_is_last" in r for r in rows) else "")
     )
 
 
-def _console_line(m: dict) -> str:
-    parts = [f"step {m['step']:4d}", f"reward {m['reward/mean']:.3f}"]
+def _console_line(m: dict, total: int, elapsed: float, eta: float) -> str:
+    """The step's line: where the run is (step i/N, time so far, time to the last step) and what
+    it measured. It carries the progress a bar would show, so a log read from a pipe has it too."""
+    parts = [f"step {m['step']:{len(str(total))}d}/{total}", f"reward {number(m['reward/mean'])}"]
     for key, label in (("diag/reference_accuracy", "ref_acc"), ("diag/majority_accuracy", "maj_acc"),
                        ("diag/rollout_accuracy", "roll_acc"), ("kl", "kl"), ("entropy", "ent"),
                        ("frac_reward_zero_std", "zero_std")):
         if key in m and m[key] == m[key]:
-            parts.append(f"{label} {m[key]:.3f}")
+            parts.append(f"{label} {number(m[key])}")
     if m.get("groups/unscored"):
         parts.append(f"unscored {m['groups/unscored']}")
-    parts.append(f"{m['time/step']:.1f}s")
+    parts += [f"{m['time/step']:.1f}s", f"elapsed {duration(elapsed)}", f"eta {duration(eta)}"]
     return "  ".join(parts)

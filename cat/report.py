@@ -2,8 +2,14 @@
 
 ``write_report(inputs, output)`` reads run directories (``metrics.jsonl``, ``eval.json``,
 ``config.yaml``) and ``cat-rl synthesize`` result files, draws every figure the inputs have data
-for, several runs overlaid with one colour per run, and writes ``index.html`` with the figures
-embedded (it opens anywhere, alone) and linked to their PNG files beside it.
+for, and writes ``index.html`` with the figures embedded (it opens anywhere, alone) and linked to
+their PNG files beside it.
+
+Runs whose configs differ only in ``run.seed`` are one arm (``cat-rl compare`` names its arms
+itself): an arm has one colour, its runs are drawn thin and their mean over seeds thick, over a
+band from the lowest to the highest seed (the min-max range, not a confidence interval: with the
+two to five seeds a comparison has, a t-interval is wider than the data). Legends list arms and
+sit outside the panels. Undefined values (NaN) read ``n/a`` in the tables.
 
 Figures: reward; held-out accuracy (before, every ``eval.every``, after); the update's KL,
 entropy, clipping and gradient norm; the teacher diagnostics (reference vs majority vs single
@@ -16,14 +22,18 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 import math
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from cat.display import NOT_DEFINED, number
 from cat.errors import CatError, utf8_text
 
 
@@ -125,7 +135,61 @@ def classify(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
     return runs, synth
 
 
+# -------------------------------------------------------------------------------------- arms
+
+
+@dataclass
+class Arm:
+    """Runs of one configuration that differ only in ``run.seed``: one colour in every figure, each
+    run drawn thin, their mean over seeds thick with the min-max band around it."""
+
+    label: str
+    runs: list[Run]
+    colour: int
+
+    @property
+    def legend(self) -> str:
+        return self.label if len(self.runs) == 1 else f"{self.label} ({len(self.runs)} seeds)"
+
+
+def _arm_key(run: Run) -> str:
+    """What makes runs one arm: their config without ``run.seed`` and ``run.output_dir``."""
+    if not run.config:
+        return f"run {run.path}"
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in run.config.items()}
+    for key in ("seed", "output_dir"):
+        config.get("run", {}).pop(key, None)
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def _arm_label(runs: list[Run]) -> str:
+    """One run's label; several runs' common beginning less a trailing seed marker
+    (``cat/seed0``, ``cat/seed1``: ``cat``), or the first label and how many more."""
+    if len(runs) == 1:
+        return runs[0].label
+    common = re.sub(r"[/_\-. ]*(seed|s)?\d*$", "", os.path.commonprefix([r.label for r in runs]))
+    return common or f"{runs[0].label} +{len(runs) - 1}"
+
+
+def arms_of(runs: list[Run], groups: list[str] | None = None) -> list[Arm]:
+    """Runs gathered into arms, in the order their first run came: by ``groups`` (one arm label
+    per run, as ``cat-rl compare`` gives), else runs whose configs differ only in the seed."""
+    keys = groups or [_arm_key(run) for run in runs]
+    arms = []
+    for colour, key in enumerate(dict.fromkeys(keys)):
+        members = [run for run, k in zip(runs, keys, strict=True) if k == key]
+        for run in members:
+            run.colour = colour
+        arms.append(Arm(key if groups else _arm_label(members), members, colour))
+    return arms
+
+
 # ----------------------------------------------------------------------------------- figures
+
+SEEDS_KEY = "thin: each seed\nthick: mean over seeds\nshaded: min to max\nover seeds"
+SEEDS_CAPTION = (" Runs of one arm (one config, several seeds) share a colour: thin lines are the seeds, the thick "
+                 "line their mean, the shaded band the range from the lowest to the highest seed (solid lines; dashed and "
+                 "dotted ones show the mean alone).")
 
 
 def _plt():
@@ -135,6 +199,12 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _figure(ncols: int, size: tuple[float, float]):
+    """A figure with room kept at its right for the legend (constrained layout), never over the data."""
+    fig, axes = _plt().subplots(1, ncols, figsize=size, squeeze=False, layout="constrained")
+    return fig, list(axes[0])
 
 
 def _colour(i: int):
@@ -151,156 +221,216 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def _lines(ax, runs: list[Run], key: str, *, style="-", label_suffix="", smooth=True):
-    drawn = False
-    for run in runs:
-        steps, values = run.series(key)
-        if not steps:
-            continue
-        drawn = True
-        window = max(1, len(steps) // 15) if smooth else 1
-        if window > 1:
-            ax.plot(steps, values, style, color=_colour(run.colour), alpha=0.25, linewidth=1)
-            values = _smooth(values, window)
-        ax.plot(steps, values, style, color=_colour(run.colour), linewidth=1.6, label=f"{run.label}{label_suffix}")
-    return drawn
+def over_seeds(series: list[tuple[list[int], list[float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Steps that every run has, with the mean, lowest and highest value over runs at each."""
+    steps = sorted(set.intersection(*(set(s) for s, _ in series)))
+    at = [dict(zip(s, v, strict=True)) for s, v in series]
+    columns = [[a[step] for a in at] for step in steps]
+    return steps, [sum(c) / len(c) for c in columns], [min(c) for c in columns], [max(c) for c in columns]
 
 
-def fig_reward(runs):
-    if not any(r.has("reward/mean") for r in runs):
-        return None, ""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4))
-    _lines(ax, runs, "reward/mean")
-    ax.set(xlabel="step", ylabel="mean reward", title="Reward (faint: per step; solid: moving average)")
-    ax.legend(fontsize=8)
-    return fig, "Mean reward of each step's rollouts against the step's references."
+def _draw(ax, arm: Arm, series_of, *, style: str = "-", smooth: bool = True, spread: bool = True) -> bool:
+    """One arm on one panel; ``series_of(run)`` gives (steps, values). One run: its values faint,
+    their moving average thick. Several: each run's moving average thin, the mean over runs thick,
+    the min-max band shaded; ``spread=False`` (a panel's second and third line styles, which would
+    bury the first under their bands) draws the mean alone. False when no run has the series."""
+    series = [s for s in map(series_of, arm.runs) if s[0]]
+    if not series:
+        return False
+    colour = _colour(arm.colour)
+    smoothed = [(s, _smooth(v, max(1, len(s) // 15) if smooth else 1)) for s, v in series]
+    if len(series) == 1:
+        (steps, values), (_, average) = series[0], smoothed[0]
+        if average != values and spread:
+            ax.plot(steps, values, style, color=colour, alpha=0.25, linewidth=0.8, markersize=3)
+        ax.plot(steps, average, style, color=colour, linewidth=2.2, markersize=5)
+        return True
+    for steps, values in smoothed if spread else []:
+        ax.plot(steps, values, style, color=colour, alpha=0.45, linewidth=0.8, markersize=3)
+    steps, mean, low, high = over_seeds(smoothed)
+    if steps:
+        if spread:
+            ax.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
+        ax.plot(steps, mean, style, color=colour, linewidth=2.2, markersize=5)
+    return True
 
 
-def fig_heldout(runs):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4))
-    drawn = False
-    for run in runs:
-        for key, style, suffix in (("accuracy", "o-", ""), ("greedy_accuracy", "s--", " (greedy)")):
-            pts = []
-            if key in run.evals.get("before", {}):
-                pts.append((0, run.evals["before"][key]))
-            pts += [(h["step"], h[key]) for h in run.evals.get("history", []) if key in h]
-            if key in run.evals.get("after", {}):
-                pts.append((max([r["step"] for r in run.rows], default=0), run.evals["after"][key]))
-            if pts:
-                drawn = True
-                ax.plot([s for s, _ in pts], [v for _, v in pts], style, color=_colour(run.colour), label=run.label + suffix)
+def _sane_y(ax) -> None:
+    """A y axis that does not mislead: values that never go below 0 get no negative axis, and a
+    panel whose values are all one number keeps 0 in view and says which number."""
+    if not ax.has_data():
+        return
+    low, high = ax.dataLim.intervaly
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return
+    if low == high:
+        ax.set_ylim(*sorted((0.0, 2 * low)) if low else (0.0, 1.0))
+        ax.text(0.5, 0.95, f"every value is {number(low)}", transform=ax.transAxes, ha="center", va="top",
+                fontsize=8, color="0.35")
+    elif low >= 0 and ax.get_ylim()[0] < 0:
+        ax.set_ylim(bottom=0)
+
+
+def _legend(fig, arms: list[Arm]) -> None:
+    """The arms (not every run), outside the panels at the right."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=_colour(a.colour), linewidth=2.2) for a in arms]
+    several = any(len(a.runs) > 1 for a in arms)
+    fig.legend(handles, [a.legend for a in arms], loc="outside right upper", fontsize=8,
+               title=SEEDS_KEY if several else None, title_fontsize=7, alignment="left")
+
+
+def _finish(fig, axes, arms: list[Arm]) -> None:
+    """Panels over steps: whole-number step ticks, sane y axes, the arms' legend."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _sane_y(ax)
+    _legend(fig, arms)
+
+
+def _series(key: str):
+    return lambda run: run.series(key)
+
+
+def fig_reward(arms):
+    drawn = [a for a in arms if any(r.has("reward/mean") for r in a.runs)]
     if not drawn:
-        plt.close(fig)
+        return None, ""
+    fig, (ax,) = _figure(1, (9, 4))
+    for arm in drawn:
+        _draw(ax, arm, _series("reward/mean"))
+    ax.set(xlabel="step", ylabel="mean reward", title="Reward (moving average)")
+    _finish(fig, [ax], drawn)
+    return fig, ("Mean reward of each step's rollouts against the step's references; a run alone also shows its "
+                 "per-step values, faint.")
+
+
+def _heldout(key: str):
+    def series_of(run: Run) -> tuple[list[int], list[float]]:
+        pts = []
+        if key in run.evals.get("before", {}):
+            pts.append((0, run.evals["before"][key]))
+        pts += [(h["step"], h[key]) for h in run.evals.get("history", []) if key in h]
+        if key in run.evals.get("after", {}):
+            pts.append((max([r["step"] for r in run.rows], default=0), run.evals["after"][key]))
+        return [s for s, _ in pts], [float(v) for _, v in pts]
+
+    return series_of
+
+
+def fig_heldout(arms):
+    fig, (ax,) = _figure(1, (9, 4))
+    drawn = []
+    for arm in arms:
+        hits = [_draw(ax, arm, _heldout(key), style=style, smooth=False, spread=spread)
+                for key, style, spread in (("accuracy", "o-", True), ("greedy_accuracy", "s--", False))]
+        if any(hits):
+            drawn.append(arm)
+    if not drawn:
+        _plt().close(fig)
         return None, ""
     ax.set(xlabel="step", ylabel="held-out accuracy", title="Held-out accuracy (pass@1 over k samples; greedy dashed)")
-    ax.legend(fontsize=8)
+    _finish(fig, [ax], drawn)
     return fig, "Accuracy on the held-out set against gold answers: before training, every eval.every steps, after."
 
 
-def fig_update(runs):
+def fig_update(arms):
     panels = [("kl", "KL to pi_0"), ("entropy", "entropy"), ("clip_ratio/region", "clipped fraction"),
               ("grad_norm", "gradient norm")]
-    panels = [(k, t) for k, t in panels if any(r.has(k) for r in runs)]
+    panels = [(k, t) for k, t in panels if any(r.has(k) for a in arms for r in a.runs)]
     if not panels:
         return None, ""
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels, strict=True):
-        _lines(ax, runs, key)
+    fig, axes = _figure(len(panels), (4 * len(panels) + 1.5, 3.4))
+    drawn = set()
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        drawn |= {a.label for a in arms if _draw(ax, a, _series(key))}
         ax.set(xlabel="step", title=title)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    _finish(fig, axes, [a for a in arms if a.label in drawn])
     return fig, "The update: KL to the frozen initial policy, token entropy, share of tokens clipped, gradient norm."
 
 
-def fig_teacher(runs):
-    runs_d = [r for r in runs if r.has("diag/reference_accuracy")]
-    if not runs_d:
+def _cumulative(key: str):
+    def series_of(run: Run) -> tuple[list[int], list[float]]:
+        steps, values = run.series(key)
+        return steps, list(itertools.accumulate(values))
+
+    return series_of
+
+
+def fig_teacher(arms):
+    drawn = [a for a in arms if any(r.has("diag/reference_accuracy") for r in a.runs)]
+    if not drawn:
         return None, ""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    for run in runs_d:
-        c = _colour(run.colour)
-        for key, style, name in (("diag/reference_accuracy", "-", "reference"), ("diag/majority_accuracy", "--", "majority"),
-                                 ("diag/rollout_accuracy", ":", "single rollout")):
-            steps, values = run.series(key)
-            if steps:
-                axes[0].plot(steps, _smooth(values, max(1, len(steps) // 15)), style, color=c, label=f"{run.label}: {name}")
-        for key, style, name in (("diag/disagree_rate", "-", "disagrees with majority"),
-                                 ("diag/disagree_accuracy", "--", "right when it disagrees")):
-            steps, values = run.series(key)
-            if steps:
-                axes[1].plot(steps, _smooth(values, max(1, len(steps) // 15)), style, color=c, label=f"{run.label}: {name}")
-        steps, values = run.series("diag/correct_all_wrong")
-        if steps:
-            total, cum = 0.0, []
-            for v in values:
-                total += v
-                cum.append(total)
-            axes[2].plot(steps, cum, color=c, label=run.label)
-    axes[0].set(xlabel="step", ylabel="accuracy vs gold", title="Reference vs majority vs one rollout")
-    axes[1].set(xlabel="step", ylabel="fraction", title="Reference and majority disagree")
+    fig, axes = _figure(3, (16, 3.8))
+    for arm in drawn:
+        for key, style in (("diag/reference_accuracy", "-"), ("diag/majority_accuracy", "--"),
+                           ("diag/rollout_accuracy", ":")):
+            _draw(axes[0], arm, _series(key), style=style, spread=style == "-")
+        for key, style in (("diag/disagree_rate", "-"), ("diag/disagree_accuracy", "--")):
+            _draw(axes[1], arm, _series(key), style=style, spread=style == "-")
+        _draw(axes[2], arm, _cumulative("diag/correct_all_wrong"), smooth=False)
+    axes[0].set(xlabel="step", ylabel="accuracy vs gold",
+                title="Reference (solid) vs majority (dashed)\nvs one rollout (dotted)")
+    axes[1].set(xlabel="step", ylabel="fraction",
+                title="Reference and majority disagree (solid);\nreference right when they do (dashed)")
     axes[2].set(xlabel="step", ylabel="groups (cumulative)", title="Reference right when every rollout was wrong")
-    for ax in axes:
-        ax.legend(fontsize=6)
-    fig.tight_layout()
+    _finish(fig, axes, drawn)
     return fig, ("The teacher, measured against gold labels that training never reads (moving averages). "
                  "A reference that beats the majority, especially where they disagree, is what CaT adds over TTRL.")
 
 
-def fig_lengths(runs):
-    if not any(r.has("completion/mean_length") for r in runs):
+def fig_lengths(arms):
+    drawn = [a for a in arms if any(r.has("completion/mean_length") for r in a.runs)]
+    if not drawn:
         return None, ""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    _lines(axes[0], runs, "completion/mean_length")
-    _lines(axes[0], runs, "completion/max_length", style=":", label_suffix=" (max)", smooth=False)
+    fig, axes = _figure(2, (11, 3.6))
+    for arm in drawn:
+        _draw(axes[0], arm, _series("completion/mean_length"))
+        _draw(axes[0], arm, _series("completion/max_length"), style=":", smooth=False, spread=False)
+        _draw(axes[1], arm, _series("completion/clipped_ratio"))
     axes[0].set(xlabel="step", ylabel="tokens", title="Completion length (mean; max dotted)")
-    _lines(axes[1], runs, "completion/clipped_ratio")
     axes[1].set(xlabel="step", ylabel="fraction", title="Completions cut at max_new_tokens")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    _finish(fig, axes, drawn)
     return fig, "Completion lengths in tokens and the share that hit the budget."
 
 
 PHASES = ("time/generate", "time/reference", "time/reward", "time/logprobs", "time/update", "time/weight_sync")
 
 
-def fig_time(runs):
-    timed = [r for r in runs if r.has("time/step")]
+def _mean_per_step(arm: Arm, key: str) -> float:
+    """The arm's mean over its runs of each run's mean seconds per step (0 for a phase not timed)."""
+    means = [sum(v) / len(v) for v in (run.series(key)[1] for run in arm.runs) if v]
+    return sum(means) / len(means) if means else 0.0
+
+
+def fig_time(arms):
+    timed = [Arm(a.label, [r for r in a.runs if r.has("time/step")], a.colour) for a in arms]
+    timed = [a for a in timed if a.runs]
     if not timed:
         return None, ""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(timed) + 3), 4))
+    fig, (ax,) = _figure(1, (max(6, 1.2 * len(timed) + 4), 4))
     bottoms = [0.0] * len(timed)
     for j, key in enumerate(PHASES):
-        means = []
-        for run in timed:
-            _, values = run.series(key)
-            means.append(sum(values) / len(values) if values else 0.0)
-        ax.bar(range(len(timed)), means, bottom=bottoms, color=_plt().get_cmap("Set2")(j), label=key.split("/")[1])
+        means = [_mean_per_step(a, key) for a in timed]
+        ax.bar(range(len(timed)), means, bottom=bottoms, color=plt.get_cmap("Set2")(j), label=key.split("/")[1])
         bottoms = [b + m for b, m in zip(bottoms, means, strict=True)]
-    steps = []
-    for run in timed:
-        _, values = run.series("time/step")
-        steps.append(sum(values) / len(values))
-    ax.scatter(range(len(timed)), steps, color="black", marker="_", s=400, label="whole step", zorder=3)
-    ax.set_xticks(range(len(timed)), [r.label for r in timed], rotation=20, ha="right", fontsize=8)
+    ax.scatter(range(len(timed)), [_mean_per_step(a, "time/step") for a in timed], color="black", marker="_", s=400,
+               label="whole step", zorder=3)
+    ax.set_xticks(range(len(timed)), [a.legend for a in timed], rotation=20, ha="right", fontsize=8)
     ax.set(ylabel="seconds per step (mean)", title="Time per phase")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig, "Mean seconds per step in each phase; the bar's remainder to the black mark is everything else."
+    fig.legend(loc="outside right upper", fontsize=7)
+    return fig, "Mean seconds per step in each phase (over an arm's seeds); the bar's remainder to the black mark is everything else."
 
 
 def fig_synthesize(results: list[tuple[str, dict]]):
     if not results:
         return None, ""
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False)
-    for ax, (label, data) in zip(axes[0], results, strict=True):
+    fig, axes = _figure(len(results), (6 * len(results) + 2, 4))
+    for ax, (label, data) in zip(axes, results, strict=True):
         by_estimator: dict[str, list[tuple[int, float]]] = {}
         for key, acc in data["accuracy"].items():
             name, _, g = key.rpartition("@")
@@ -313,16 +443,28 @@ def fig_synthesize(results: list[tuple[str, dict]]):
             ax.axhline(data["single_sample_accuracy"], color="grey", linestyle=":", label="one sample")
         ax.set_xscale("log", base=2)
         ax.set(xlabel="G (rollouts per question)", ylabel="accuracy vs gold", title=f"{label} (n = {data.get('n', '?')})")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+        _sane_y(ax)
+    entries = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    fig.legend(list(entries.values()), list(entries), loc="outside right upper", fontsize=8)
     return fig, "Test-time CaT (cat-rl synthesize): accuracy of each estimator's answer against G, on shared rollouts."
 
 
+def figures(arms: list[Arm], synth: list[tuple[str, dict]]) -> list[tuple[str, object, str]]:
+    """(name, matplotlib figure, caption) for every figure the inputs have data for."""
+    several = any(len(a.runs) > 1 for a in arms)
+    out = []
+    for name, make in (("reward", fig_reward), ("heldout", fig_heldout), ("update", fig_update),
+                       ("teacher", fig_teacher), ("lengths", fig_lengths), ("time", fig_time)):
+        fig, caption = make(arms) if arms else (None, "")
+        if fig is not None:
+            out.append((name, fig, caption + (SEEDS_CAPTION if several and name != "time" else "")))
+    fig, caption = fig_synthesize(synth)
+    if fig is not None:
+        out.append(("synthesize", fig, caption))
+    return out
+
+
 # -------------------------------------------------------------------------------------- page
-
-
-def _fmt(x, spec=".3f") -> str:
-    return format(x, spec) if isinstance(x, (int, float)) and not (isinstance(x, float) and math.isnan(x)) else "–"
 
 
 def _run_table(runs: list[Run]) -> str:
@@ -339,7 +481,8 @@ def _run_table(runs: list[Run]) -> str:
                  html.escape(str(run.config.get("estimator", {}).get("name", "?"))
                              + (" (sft)" if run.config.get("algorithm") == "sft" else "")),
                  html.escape(str(run.config.get("reward", {}).get("name", "?"))), steps,
-                 _fmt(before), _fmt(after), _fmt(gain, "+.3f"), html.escape(teacher_summary_of(run.rows) or "–")]
+                 number(before), number(after), number(gain, signed=True),
+                 html.escape(teacher_summary_of(run.rows) or NOT_DEFINED)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(body) + "</table>")
 
@@ -371,33 +514,22 @@ margin-right: 0.4em; }} .note {{ color: #a60; }}
 def write_report(inputs: list[Path], output: Path, *, title: str = "cat report", extra_html: str = "",
                  labels: list[str] | None = None, groups: list[str] | None = None) -> Path:
     """Write ``output/*.png`` and ``output/index.html``; returns the page's path. ``labels`` name
-    the runs (default: their directories); runs of one ``groups`` entry share a colour."""
+    the runs (default: their directories); ``groups`` names each run's arm (default: runs whose
+    configs differ only in ``run.seed`` are one arm)."""
     inputs = [Path(p) for p in inputs]
     if not inputs:
         raise ReportError("nothing to report: name at least one run directory or synthesize result")
     run_paths, synth_paths = classify(inputs)
     names = labels or _labels(run_paths)
     runs = [load_run(p, label) for p, label in zip(run_paths, names, strict=True)]
-    keys = groups or names
-    order = list(dict.fromkeys(keys))
-    for run, key in zip(runs, keys, strict=True):
-        run.colour = order.index(key)
+    arms = arms_of(runs, groups)
     synth_labels = _labels(synth_paths) if synth_paths else []
     synth = [(label, json.loads(p.read_text())) for p, label in zip(synth_paths, synth_labels, strict=True)]
     output.mkdir(parents=True, exist_ok=True)
     plt = _plt()
-    figures = []
-    makers = [("reward", fig_reward), ("heldout", fig_heldout), ("update", fig_update), ("teacher", fig_teacher),
-              ("lengths", fig_lengths), ("time", fig_time)]
-    for name, make in makers:
-        fig, caption = make(runs) if runs else (None, "")
-        if fig is not None:
-            figures.append((name, fig, caption))
-    fig, caption = fig_synthesize(synth)
-    if fig is not None:
-        figures.append(("synthesize", fig, caption))
+    figures_ = figures(arms, synth)
     blocks = []
-    for name, fig, caption in figures:
+    for name, fig, caption in figures_:
         png = output / f"{name}.png"
         tmp = png.with_suffix(".png.tmp")
         fig.savefig(tmp, format="png", dpi=110)

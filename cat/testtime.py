@@ -26,6 +26,7 @@ import time
 
 from cat.anchor import build_anchor, synthesis_template
 from cat.data import load_split
+from cat.display import number
 from cat.errors import ConfigError
 from cat.estimators import ESTIMATORS, majority_answer
 from cat.evaluate import grade
@@ -233,22 +234,22 @@ def table(result: dict) -> str:
     sizes = result["group_sizes"]
     names = list(dict.fromkeys(k.rpartition("@")[0] for k in result["accuracy"]))
     skipped = f" ({result['skipped_long']} longer ones skipped)" if result.get("skipped_long") else ""
-    lines = [f"{result['n']} prompts{skipped}; one sample: {result['single_sample_accuracy']:.3f} "
-             f"(+/- {result.get('single_sample_interval', float('nan')):.3f})", ""]
+    lines = [f"{result['n']} prompts{skipped}; one sample: {number(result['single_sample_accuracy'])} "
+             f"(+/- {number(result.get('single_sample_interval'))})", ""]
     lines.append("| estimator | " + " | ".join(f"G = {g}" for g in sizes) + " |")
     lines.append("|---|" + "---|" * len(sizes))
     for name in names:
         cells = []
         for g in sizes:
             key = f"{name}@{g}"
-            cells.append(f"{result['accuracy'][key]:.3f} +/- {result.get('interval', {}).get(key, float('nan')):.3f}")
+            cells.append(f"{number(result['accuracy'][key])} +/- {number(result.get('interval', {}).get(key))}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     pairs = result.get("paired") or {}
     if pairs:
         lines += ["", "| paired, per prompt | against one sample | against the vote |", "|---|---|---|"]
         for key, against in pairs.items():
-            cells = [f"{v['difference']:+.3f} +/- {v['interval']:.3f} ({v['verdict']})" if v else "" for v in
-                     (against.get("one_sample"), against.get("majority_vote"))]
+            cells = [f"{number(v['difference'], signed=True)} +/- {number(v['interval'])} ({v['verdict']})" if v else ""
+                     for v in (against.get("one_sample"), against.get("majority_vote"))]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
     copied = result.get("copies") or {}
     if copied:

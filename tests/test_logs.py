@@ -59,3 +59,31 @@ def test_an_application_handler_is_kept(monkeypatch):
     monkeypatch.setattr(logger, "handlers", [mine])
     logs.console()
     assert logger.handlers == [mine]
+
+
+def test_a_piped_training_run_logs_step_of_total_elapsed_eta_and_small_values(tmp_path, tiny_world):
+    """``cat-rl train`` with its output piped into a log (no terminal, so no live bar): each step's
+    line still says step i/N, the time so far and the time to the last step; a KL of 2.6e-04 reads
+    as such, not as 0.000."""
+    import json
+    import re
+
+    from conftest import ROOT, run_cli
+
+    from cat.display import number
+
+    out = run_cli("train", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--output-dir", str(tmp_path / "run"),
+                  f"model.name_or_path={tiny_world / 'model'}", f"data.path={tiny_world / 'train.jsonl'}",
+                  "data.limit=32", "eval.path=null", "run.prompts_per_step=2", "run.steps=3", "grpo.beta=0.04")
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("step ")]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == len(rows) == 3, out.stdout
+    for i, (line, row) in enumerate(zip(lines, rows, strict=True), 1):
+        assert re.match(rf"step {i}/3  reward ", line), line
+        assert re.search(r"  elapsed \d+\.\ds  eta \d+\.\ds$", line), line
+        assert f"  kl {number(row['kl'])}  " in line, line
+    assert lines[-1].endswith("eta 0.0s")
+    small = [row["kl"] for row in rows if 0 < row["kl"] < 0.01]
+    assert small, [row["kl"] for row in rows]  # the policy moved a little: a KL that .3f would print as 0.000
+    assert not re.search(r"kl 0\.000\b", out.stdout)

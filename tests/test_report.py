@@ -10,16 +10,23 @@ import subprocess
 import pytest
 from conftest import ROOT, cli
 
+from cat.loop import teacher_summary_of
+from cat.report import arms_of, figures, load_run, over_seeds, read_jsonl
+
 EXPERIMENTS = ROOT / "experiments"
+
+
+def short(tiny_world) -> list[str]:
+    return [f"model.name_or_path={tiny_world / 'model'}", f"data.path={tiny_world / 'train.jsonl'}", "data.limit=32",
+            f"eval.path={tiny_world / 'test.jsonl'}", "eval.limit=8", "eval.num_samples=1", "eval.every=2",
+            "run.prompts_per_step=2", "run.steps=3", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, tiny_world):
     """Two short runs (CaT and gold, evaluated before, at step 2 and after) and a synthesize result."""
     root = tmp_path_factory.mktemp("report")
-    common = [f"model.name_or_path={tiny_world / 'model'}", f"data.path={tiny_world / 'train.jsonl'}", "data.limit=32",
-              f"eval.path={tiny_world / 'test.jsonl'}", "eval.limit=8", "eval.num_samples=1", "eval.every=2",
-              "run.prompts_per_step=2", "run.steps=3", "--no-progress"]
+    common = short(tiny_world)
     for name in ("tiny_arith_cat", "tiny_arith_gold"):
         out = cli("train", str(EXPERIMENTS / f"{name}.yaml"), "--output-dir", str(root / name), *common)
         assert out.returncode == 0, out.stderr[-3000:]
@@ -106,3 +113,117 @@ def test_a_damaged_metrics_row_is_named_and_several_inputs_need_an_output(inputs
     assert out.returncode == 2 and "--output" in out.stderr
     out = cli("report", str(inputs / "tiny_arith_cat"), "run.steps=3")
     assert out.returncode == 2 and "takes no config overrides" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def seeds(inputs, tmp_path_factory, tiny_world):
+    """Two arms of two seeds each (CaT, whose seed 0 is the run above, and the majority vote) in
+    compare's ARM/seedS layout, and the gold run alone: directories as ``cat-rl train`` writes them."""
+    root = tmp_path_factory.mktemp("seeds")
+    shutil.copytree(inputs / "tiny_arith_cat", root / "cat" / "seed0")
+    outputs = {}
+    for arm, name, seed in (("cat", "tiny_arith_cat", 1), ("majority", "tiny_arith_majority", 0),
+                            ("majority", "tiny_arith_majority", 1)):
+        out = cli("train", str(EXPERIMENTS / f"{name}.yaml"), "--output-dir", str(root / arm / f"seed{seed}"),
+                  f"run.seed={seed}", *short(tiny_world))
+        assert out.returncode == 0, out.stderr[-3000:]
+        outputs[arm, seed] = out.stdout
+    return root, [root / "cat" / "seed0", root / "cat" / "seed1", root / "majority" / "seed0",
+                  root / "majority" / "seed1", inputs / "tiny_arith_gold"], outputs
+
+
+def arm_figures(paths):
+    runs = [load_run(p, f"{p.parent.name}/{p.name}" if p.name.startswith("seed") else p.name) for p in paths]
+    arms = arms_of(runs)  # not told: runs whose configs differ only in run.seed are one arm
+    return arms, {name: fig for name, fig, _ in figures(arms, [])}
+
+
+def test_runs_of_one_arm_share_a_colour_and_their_mean_is_drawn_thick_over_a_min_max_band(seeds):
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    _, paths, _ = seeds
+    arms, figs = arm_figures(paths)
+    assert [(a.label, len(a.runs)) for a in arms] == [("cat", 2), ("majority", 2), ("tiny_arith_gold", 1)]
+    assert len({a.colour for a in arms}) == 3
+    ax = figs["reward"].axes[0]
+    for arm in arms:
+        colour = to_rgba(plt.get_cmap("tab10")(arm.colour))
+        lines = [line for line in ax.get_lines() if to_rgba(line.get_color()) == colour]
+        thick = [line for line in lines if line.get_linewidth() > 2]
+        thin = [line for line in lines if line.get_linewidth() < 1]
+        assert len(thick) == 1 and len(lines) == len(thick) + len(thin), arm.label
+        rewards = [[r["reward/mean"] for r in read_jsonl(run.path / "metrics.jsonl")[0]] for run in arm.runs]
+        # three steps: no moving average (its window is steps // 15), so the mean is over raw values
+        assert list(thick[0].get_ydata()) == pytest.approx([sum(v) / len(v) for v in zip(*rewards, strict=True)])
+        bands = [c for c in ax.collections if to_rgba(c.get_facecolor()[0])[:3] == colour[:3]]
+        if len(arm.runs) == 1:
+            assert not thin and not bands  # one run: its line, nothing to spread
+            continue
+        assert len(thin) == 2 and {tuple(t.get_ydata()) for t in thin} == {tuple(v) for v in rewards}
+        [band] = bands
+        edge = {round(y, 9) for y in band.get_paths()[0].vertices[:, 1]}
+        assert edge == {round(y, 9) for v in zip(*rewards, strict=True) for y in (min(v), max(v))}
+    plt.close("all")
+
+
+def test_the_legend_lists_arms_and_sits_outside_every_panel(seeds):
+    import matplotlib.pyplot as plt
+
+    _, paths, _ = seeds
+    arms, figs = arm_figures(paths)
+    assert set(figs) == {"reward", "heldout", "update", "teacher", "lengths", "time"}
+    for name, fig in figs.items():
+        fig.canvas.draw()
+        [legend] = fig.legends
+        assert all(ax.get_legend() is None for ax in fig.axes), name
+        box = legend.get_window_extent()
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent()), (name, box, ax.get_window_extent())
+        if name != "time":  # the time figure's legend names the phases; its bars are the arms
+            assert [t.get_text() for t in legend.get_texts()] == ["cat (2 seeds)", "majority (2 seeds)",
+                                                                  "tiny_arith_gold"], name
+            assert "min to max" in legend.get_title().get_text()
+    assert [t.get_text() for t in figs["time"].axes[0].get_xticklabels()] == [
+        "cat (2 seeds)", "majority (2 seeds)", "tiny_arith_gold"]
+    plt.close("all")
+
+
+def test_panels_of_zeros_start_at_zero_and_no_positive_data_gets_a_negative_axis(seeds):
+    import matplotlib.pyplot as plt
+
+    _, paths, _ = seeds
+    rows = [row for p in paths for row in read_jsonl(p / "metrics.jsonl")[0]]
+    assert all(r["clip_ratio/region"] == 0 for r in rows)  # one pass per batch: the ratio is 1, nothing clips
+    _, figs = arm_figures(paths)
+    [clipped] = [ax for ax in figs["update"].axes if ax.get_title() == "clipped fraction"]
+    assert clipped.get_ylim() == (0, 1)
+    assert "every value is 0" in [t.get_text() for t in clipped.texts]
+    for name, fig in figs.items():
+        for ax in fig.axes:
+            low, high = ax.dataLim.intervaly
+            if ax.has_data() and low >= 0:
+                assert ax.get_ylim()[0] >= 0, (name, ax.get_title(), ax.get_ylim())
+            if ax.has_data() and low == high:
+                assert ax.get_ylim()[0] <= low <= ax.get_ylim()[1] and ax.get_ylim()[0] < ax.get_ylim()[1]
+    plt.close("all")
+
+
+def test_undefined_values_read_n_a_in_the_summary_and_the_page(seeds, tmp_path):
+    """The majority vote's reference is the majority, so they never disagree and "right when they
+    disagree" is undefined (NaN) at every step: it reads n/a, never nan%."""
+    root, paths, outputs = seeds
+    rows = read_jsonl(root / "majority" / "seed0" / "metrics.jsonl")[0]
+    assert all(r["diag/disagree_accuracy"] != r["diag/disagree_accuracy"] for r in rows)
+    summary = teacher_summary_of(rows)
+    assert "is right n/a of those" in summary and "nan" not in summary.lower()
+    assert summary in outputs["majority", 0] and "nan" not in outputs["majority", 0].lower()
+    out = cli("report", *map(str, paths), "--output", str(tmp_path / "rep"))
+    assert out.returncode == 0, out.stderr
+    page = re.sub(r"data:image/png;base64,[^\"]+", "", (tmp_path / "rep" / "index.html").read_text())
+    assert "nan" not in page.lower() and "is right n/a of those" in page
+    assert "thin lines are the seeds" in page  # the band is named in each figure's caption
+
+
+def test_over_seeds_takes_the_steps_every_run_has():
+    assert over_seeds([([1, 2, 3], [0.0, 1.0, 2.0]), ([1, 2], [2.0, 3.0])]) == ([1, 2], [1.0, 2.0], [0.0, 1.0], [2.0, 3.0])

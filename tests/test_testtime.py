@@ -91,3 +91,16 @@ def test_versus_majority_counts_disagreements_and_who_is_right():
     assert "| synthesis | 0.429 +/- 0.400 |" in text and "| synthesis@4 | 0.571 (4) | 0.25 | 0.25 |" in text
     none = versus_majority(examples[:3], "synthesis@4", "majority_vote@4")
     assert none["disagreements"] == 0 and none["right_when_disagree"] != none["right_when_disagree"]  # nan
+
+
+def test_the_table_reads_n_a_where_one_prompt_gives_no_interval():
+    from cat.stats import mean_ci
+    from cat.testtime import table
+
+    nan = mean_ci([1.0]).half_width  # one prompt: no interval
+    result = {"n": 1, "group_sizes": [2], "single_sample_accuracy": 1.0, "single_sample_interval": nan,
+              "accuracy": {"majority_vote@2": 1.0}, "interval": {"majority_vote@2": nan},
+              "paired": {"majority_vote@2": {"one_sample": {"difference": 0.0, "interval": nan, "verdict": "one prompt"}}}}
+    text = table(result)
+    assert "one sample: 1.000 (+/- n/a)" in text and "| majority_vote | 1.000 +/- n/a |" in text
+    assert "0 +/- n/a (one prompt)" in text and "nan" not in text
