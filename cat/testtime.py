@@ -105,7 +105,8 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
             refs = estimator(groups, view)
             seconds[f"{name}@{g}"] = time.perf_counter() - start
             for ex, r in zip(examples, refs, strict=True):
-                ex["references"][f"{name}@{g}"] = {"answer": r.answer, "text": r.text}
+                ex["references"][f"{name}@{g}"] = {"answer": r.answer, "text": r.text,
+                                                   **{k: r.meta[k] for k in ("order_answers",) if k in r.meta}}
     results = score(examples, prompts, sizes, [name for name, _, _ in variants], config)
     return {"n": len(prompts), "skipped_long": skipped, **results, "seconds": seconds, "examples": examples}
 
