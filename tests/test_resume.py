@@ -166,3 +166,10 @@ def test_changed_config_is_refused_with_a_diff(tmp_path, tiny_world):
     assert "-  lr: 0.0001" in changed.stderr and "+  lr: 0.5" in changed.stderr
     again = cli("train", config, "--output-dir", run_dir, "--no-progress", *overrides(tiny_world, 2))
     assert again.returncode == 0 and "nothing to do" in again.stderr + again.stdout
+    saved = tmp_path / "run" / "config.yaml"  # as a version before anchor.orders existed saved it
+    saved.write_text(saved.read_text().replace("  orders: 1\n", "", 1))
+    assert "orders" not in saved.read_text()
+    older = cli("train", config, "--output-dir", run_dir, "--no-progress", *overrides(tiny_world, 2))
+    assert older.returncode == 0 and "nothing to do" in older.stderr + older.stdout, older.stderr[-2000:]
+    newer = cli("train", config, "--output-dir", run_dir, *overrides(tiny_world, 2, "anchor.orders=2"))
+    assert newer.returncode == 2 and "+  orders: 2" in newer.stderr  # a new option set otherwise is a change
