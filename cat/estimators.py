@@ -173,8 +173,12 @@ class Synthesis:
             return []
         start = time.perf_counter()
         orders = min(self.orders, *(len(g.completions) for g in groups))  # a smaller G (testtime's G = 4) has fewer
-        runs = [anchor.synthesize([rotated(g, k, orders) for g in groups], seed=order_seed(anchor.params.seed, k))
-                for k in range(orders)]  # [orders][groups]; order k's row i samples as group i does
+        if orders == 1 or not anchor.params.greedy:
+            runs = [anchor.synthesize([rotated(g, k, orders) for g in groups], seed=order_seed(anchor.params.seed, k))
+                    for k in range(orders)]  # [orders][groups]; order k's row i samples as group i does
+        else:  # a greedy anchor draws nothing: every order's rows go in one batch
+            flat = anchor.synthesize([rotated(g, k, orders) for k in range(orders) for g in groups])
+            runs = [flat[k * len(groups):(k + 1) * len(groups)] for k in range(orders)]
         seconds = (time.perf_counter() - start) / len(groups)
         if orders == 1:
             return [read_reference(o.text, self.answer_of, "synthesis", _anchor_meta(o, seconds)) for o in runs[0]]

@@ -147,6 +147,10 @@ def test_synthesis_over_several_orders_takes_the_answer_most_orders_give(anchor,
         assert answers[r.meta["order"]] == r.answer and answers.index(r.answer) == r.meta["order"]
         assert r.meta["anchor_prompt_tokens"] > 7 * first.meta["anchor_prompt_tokens"]  # the cost of 8 reads
     assert len({tuple(r.meta["order_answers"]) for r in refs}) > 1
+    sampled = anchor.with_params(greedy=False, temperature=1.0)  # one call per order, each its own streams
+    twice = [ESTIMATORS.get("synthesis")(config)(groups[:2], sampled) for _ in range(2)]
+    assert [r.meta["order_answers"] for r in twice[0]] == [r.meta["order_answers"] for r in twice[1]]
+    assert all(len(r.meta["order_answers"]) == 8 for r in twice[0])
     with pytest.raises(ConfigError, match=r"anchor.orders \(8\) is above generation.num_generations \(4\)"):
         load_config(None, ["generation.num_generations=4", "anchor.orders=8"])
 
