@@ -118,7 +118,7 @@ def finished(run_dir: Path, steps: int) -> bool:
 def run_all(config_path: str, overrides: list[str], arms: list[Arm], seeds: list[int], output: Path, *,
             progress: bool, log=None) -> dict:
     """Train every (arm, seed) not yet finished; returns the summary (also written to OUTPUT_DIR)."""
-    from cat.cli import train_run
+    from cat.cli import _same_run, train_run
     from cat.config import dump_config
 
     log = log or logger.info
@@ -129,7 +129,7 @@ def run_all(config_path: str, overrides: list[str], arms: list[Arm], seeds: list
         run_dir = run_dir_of(output, arm, seed)
         config = configs[arm.label, seed]
         if finished(run_dir, config.run.steps):
-            if (run_dir / "config.yaml").read_text() != dump_config(config):
+            if not _same_run((run_dir / "config.yaml").read_text(), dump_config(config)):
                 raise ConfigError(f"{run_dir} finished under a different config than arm {arm.label} seed {seed} has "
                                   "now; give compare another --output-dir (or remove that run)")
             log(f"[{i}/{total}] {arm.label} seed {seed}: finished earlier ({run_dir})")
@@ -157,7 +157,9 @@ def evaluation_settings(config_text: str) -> dict:
     """A dumped config without the settings that cannot change the initial evaluation."""
     import yaml
 
-    tree = yaml.safe_load(config_text)
+    from cat.cli import _with_defaults
+
+    tree = _with_defaults(yaml.safe_load(config_text))  # a run saved before an option existed has its default
     tree = {k: v for k, v in tree.items() if k not in _NOT_EVALUATION}
     tree["run"] = {k: v for k, v in tree.get("run", {}).items() if k not in _NOT_EVALUATION_RUN}
     return tree

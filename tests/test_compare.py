@@ -77,8 +77,8 @@ def test_compare_again_keeps_finished_runs_and_finishes_the_rest(compared, tmp_p
     (again / "gold" / "seed0" / "eval.json").write_text(
         json.dumps({k: v for k, v in json.loads((out_dir / "gold" / "seed0" / "eval.json").read_text()).items()
                     if k != "after"}))  # and this one killed before its final evaluation
-    for saved in again.glob("*/seed*/config.yaml"):  # the runs moved with the folder
-        saved.write_text(saved.read_text().replace(str(out_dir), str(again)))
+    for saved in again.glob("*/seed*/config.yaml"):  # the runs moved with the folder, saved before anchor.orders
+        saved.write_text(saved.read_text().replace(str(out_dir), str(again)).replace("  orders: 1\n", "", 1))
     out = cli("compare", CAT, "--arms", "majority_vote", "--arm", "gold", "estimator.name=gold", "--seeds", "0,1",
               "--output-dir", str(again), *short(tiny_world))
     assert out.returncode == 0, out.stderr[-3000:]
