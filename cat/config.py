@@ -544,6 +544,14 @@ class Config(_Section):
         if self.generation.num_generations < 2 and self.algorithm == "grpo":
             raise ValueError("generation.num_generations is 1: a group of one rollout has a zero advantage "
                              "(its own mean is the baseline), so nothing would be learned; use 2 or more")
+        if self.rubric.source == "dataset" and self.estimator.name != "gold" and "rubric" in (
+                self.reward.name, *(self.reward.functions or ())):
+            raise ValueError("rubric.source dataset grades with the dataset's own rubrics, which are labels: that is "
+                             "the reference-based baseline, so name it: estimator.name=gold (or rubric.source="
+                             "self_proposed for CaT's label-free rubrics)")
+        if self.anchor.orders > 1 and self.estimator.name in _SINGLE_READ:
+            raise ValueError(f"anchor.orders ({self.anchor.orders}) is read by the synthesis estimator only; "
+                             f"estimator.name is {self.estimator.name}: set anchor.orders=1")
         if self.anchor.orders > self.generation.num_generations:
             raise ValueError(f"anchor.orders ({self.anchor.orders}) is above generation.num_generations "
                              f"({self.generation.num_generations}): a group of G rollouts has G rotations")
@@ -602,6 +610,9 @@ def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
     node[keys[-1]] = value
 
 
+_SINGLE_READ = {"gold", "majority_vote", "single", "self_bon", "min_perplexity", "mutual_predictability"}
+"""Built-in estimators that read a group once (or not with the anchor): ``anchor.orders`` is not theirs."""
+
 TRL_NAMES = {
     "learning_rate": "optim.lr",
     "lr_scheduler_type": "optim.schedule",
@@ -651,7 +662,7 @@ def _meant(loc: tuple) -> str:
     name = str(loc[-1]) if loc else ""
     here = ".".join(str(p) for p in loc[:-1])
     cat_name = TRL_NAMES.get(name)
-    if cat_name is not None and cat_name.split(" ")[0] != (f"{here}.{name}" if here else name):
+    if cat_name is not None and here in ("", cat_name.split(".")[0]):  # at the top, or in the section it belongs to
         return f" (TRL's {name} is {cat_name} here)"
     valid = _describe(loc, Config).split(", ")
     close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)

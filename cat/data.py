@@ -27,6 +27,7 @@ The gold answer is kept on each Prompt for the ``gold`` estimator and for diagno
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from cat.templates import check_prompt_template, render_prompt
 from cat.types import Prompt
 
 _SUFFIXES = (".jsonl", ".json", ".parquet")
+logger = logging.getLogger(__name__)
+
 _ROLES = ("system", "user", "assistant")
 
 
@@ -326,7 +329,8 @@ def _healthbench_prompt(i: int, row: dict, label: str, system_prompt: str | None
     text = "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
     prompt_id = row.get("prompt_id")
     meta = {"prompt_id": str(prompt_id)} if isinstance(prompt_id, str | int) and not isinstance(prompt_id, bool) else {}
-    return Prompt(index=i, text=text, messages=tuple(messages), meta=meta, rubric=tuple(criteria), tags=tags)
+    return Prompt(index=i, text=text, messages=tuple(messages), meta=meta, rubric=tuple(criteria), tags=tags,
+                  conversational=True)
 
 
 def load_prompts(
@@ -368,10 +372,11 @@ def load_prompts(
         text, conversation = row[field], None
         if field == "prompt" and isinstance(text, list):
             conversation = _conversation(text, label)
-            users = [m["content"] for m in conversation if m["role"] == "user"]
-            if not users or not users[-1].strip():
+            if not any(m["role"] == "user" and m["content"].strip() for m in conversation):
                 raise DataError(f"{label}: field 'prompt' has no user message with text")
-            text = users[-1]
+            # what an anchor shown the question reads: the one message, or the conversation as HealthBench's
+            text = conversation[0]["content"] if len(conversation) == 1 else \
+                "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
         elif not isinstance(text, str) or not text.strip():
             raise DataError(f"{label}: field '{field}' must be a non-empty string, got {_kind(text)} {text!r:.60}")
         gold = None
@@ -395,6 +400,10 @@ def load_prompts(
         meta = {k: v for k, v in row.items() if k not in (field, answer_field) and isinstance(v, str | int | float)}
         prompts.append(Prompt(index=i, text=text, messages=tuple(messages), gold=gold, meta=meta,
                               conversational=conversation is not None))
+    chats = sum(p.conversational for p in prompts)
+    if chats and prompt_template != "{problem}":
+        logger.warning(f"{where}: {chats} row(s) give their prompt as chat messages, used as written: "
+                       f"data.prompt_template ({prompt_template!r:.60}) shapes only the string prompts")
     return prompts
 
 

@@ -57,9 +57,10 @@ def teacher_diagnostics(groups: list[Group], references: list[Reference], scores
         if any(matches):
             in_rollouts += 1
         if len(matches) > 1 and ref.source.startswith("synthesis"):  # a teacher that copies the last response it read
+            last = ref.meta.get("last_read", len(matches) - 1)  # anchor.orders: the chosen order's last rollout
             compared += 1
-            is_last += matches[-1]
-            is_other += sum(matches[:-1]) / (len(matches) - 1)
+            is_last += matches[last]
+            is_other += (sum(matches) - matches[last]) / (len(matches) - 1)
         differs = not same(ref.answer, majority)
         disagree += differs
         gold = group.prompt.gold

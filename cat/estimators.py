@@ -158,7 +158,8 @@ class Synthesis:
     reads from the anchor's output; an output with none leaves the group without a reference (no
     signal). With ``anchor.orders`` k > 1 the anchor reads each group k times, in k rotations of
     its rollouts, and the reference is the synthesis with the answer most of the k give
-    (permutation self-consistency); meta ``order_answers`` holds the k answers.
+    (permutation self-consistency); meta ``order_answers`` / ``order_texts`` hold the k answers and
+    syntheses, ``last_read`` the rollout the chosen synthesis read last.
     """
 
     needs_anchor = True
@@ -188,12 +189,13 @@ class Synthesis:
             refs = [read_reference(o.text, self.answer_of, "synthesis") for o in syntheses]
             answer, k, votes = majority_answer([r.answer for r in refs], mode=self.mode, timeout_s=self.timeout_s)
             k = max(k, 0)  # no order gave an answer: the first order's text, unscored
+            g = len(groups[i].completions)
             meta = {**_anchor_meta(syntheses[k], seconds),
                     "anchor_prompt_tokens": sum(o.prompt_tokens for o in syntheses),
                     "anchor_completion_tokens": sum(o.completion_tokens for o in syntheses),
                     "truncated_rollouts": max(o.truncated_rollouts for o in syntheses),
-                    "orders": orders, "order": k, "order_votes": votes,
-                    "order_answers": [r.answer for r in refs]}
+                    "orders": orders, "order": k, "order_votes": votes, "last_read": (k * g // orders - 1) % g,
+                    "order_answers": [r.answer for r in refs], "order_texts": [o.text for o in syntheses]}
             out.append(replace(refs[k], meta=meta))
         return out
 
@@ -210,7 +212,7 @@ def rotated(group: Group, k: int, orders: int) -> Group:
 def order_seed(seed: int, k: int) -> int:
     """The sampling seed of order k's syntheses: the anchor's own for order 0, another stream each
     for the others (a greedy anchor ignores it)."""
-    return seed if k == 0 else row_seed(seed, -1, k)
+    return seed if k == 0 or seed is None else row_seed(seed, -1, k)
 
 
 @register_estimator("self_bon")

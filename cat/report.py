@@ -156,8 +156,10 @@ def _arm_key(run: Run) -> str:
     """What makes runs one arm: their config without ``run.seed`` and ``run.output_dir``."""
     if not run.config:
         return f"run {run.path}"
-    config = {k: dict(v) if isinstance(v, dict) else v for k, v in run.config.items()}
-    for key in ("seed", "output_dir"):
+    from cat.cli import _with_defaults
+
+    config = _with_defaults({k: dict(v) if isinstance(v, dict) else v for k, v in run.config.items()})
+    for key in ("seed", "output_dir"):  # (and a run saved before an option existed has its default)
         config.get("run", {}).pop(key, None)
     return json.dumps(config, sort_keys=True, default=str)
 
@@ -167,7 +169,9 @@ def _arm_label(runs: list[Run]) -> str:
     (``cat/seed0``, ``cat/seed1``: ``cat``), or the first label and how many more."""
     if len(runs) == 1:
         return runs[0].label
-    common = re.sub(r"[/_\-. ]*(seed|s)?\d*$", "", os.path.commonprefix([r.label for r in runs]))
+    common = os.path.commonprefix([r.label for r in runs])
+    marker = re.fullmatch(r"(.*?)(?:[/_\-. ]+(?:seed|s)?\d*|seed\d*)", common)  # 'cat/seed', 'cat_s': a seed's marker
+    common = marker.group(1) if marker else common  # 'lrs' (lrs1, lrs2) keeps its s
     return common or f"{runs[0].label} +{len(runs) - 1}"
 
 

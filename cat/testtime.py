@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from functools import partial
 
 from cat.anchor import build_anchor, synthesis_template
 from cat.data import load_split
@@ -105,8 +106,8 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
             refs = estimator(groups, view)
             seconds[f"{name}@{g}"] = time.perf_counter() - start
             for ex, r in zip(examples, refs, strict=True):
-                ex["references"][f"{name}@{g}"] = {"answer": r.answer, "text": r.text,
-                                                   **{k: r.meta[k] for k in ("order_answers",) if k in r.meta}}
+                ex["references"][f"{name}@{g}"] = {"answer": r.answer, "text": r.text, **{
+                    k: r.meta[k] for k in ("order_answers", "order_texts") if k in r.meta}}
     results = score(examples, prompts, sizes, [name for name, _, _ in variants], config)
     return {"n": len(prompts), "skipped_long": skipped, **results, "seconds": seconds, "examples": examples}
 
@@ -173,11 +174,18 @@ def regrade(config, saved: dict) -> dict:
                               f"{ex['index']}: regrade with the config that produced it")
         for r in ex["rollouts"]:
             r["answer"] = answer_of(r["text"])
+        vote = partial(majority_answer, mode=config.reward.mode, timeout_s=config.reward.timeout_s)
         for key, ref in ex["references"].items():
             name, _, g = key.rpartition("@")
-            ref["answer"] = majority_answer([r["answer"] for r in ex["rollouts"][: int(g)]], mode=config.reward.mode,
-                                            timeout_s=config.reward.timeout_s)[0] \
-                if name == "majority_vote" else answer_of(ref["text"])
+            if name == "majority_vote":
+                ref["answer"] = vote([r["answer"] for r in ex["rollouts"][: int(g)]])[0]
+            elif "order_texts" in ref:  # synthesized over several orders: each read again, the vote taken again
+                ref["order_answers"] = [answer_of(t) for t in ref["order_texts"]]
+                ref["answer"], k, _ = vote(ref["order_answers"])
+                ref["text"] = ref["order_texts"][max(k, 0)]
+            else:
+                ref.pop("order_answers", None)  # saved without its syntheses: not recomputable, not kept stale
+                ref["answer"] = answer_of(ref["text"])
     names = list(dict.fromkeys(k.rpartition("@")[0] for k in saved["accuracy"] if not k.startswith("oracle_pass@")))
     results = score(examples, [prompts[ex["index"]] for ex in examples], saved["group_sizes"], names, config)
     return {**{k: saved[k] for k in ("n", "skipped_long", "seconds") if k in saved}, **results, "examples": examples}

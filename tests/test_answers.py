@@ -220,6 +220,11 @@ def test_diagnostics_say_how_often_a_synthesis_has_the_last_rollouts_answer():
             Reference(text="The answer is 2.", answer="2", source="synthesis")]
     diag = teacher_diagnostics(groups, refs, [GroupScore(None)] * 2, load_config(None))
     assert diag["diag/reference_is_last"] == 1.0 and diag["diag/reference_is_other"] == pytest.approx((0 + 2 / 3) / 2)
+    # anchor.orders: the chosen synthesis read another rollout last (meta last_read), and that one counts as last
+    rotated = [Reference(text="The answer is 4.", answer="4", source="synthesis", meta={"last_read": 0}),
+               Reference(text="The answer is 1.", answer="1", source="synthesis", meta={"last_read": 2})]
+    diag = teacher_diagnostics(groups, rotated, [GroupScore(None)] * 2, load_config(None))
+    assert diag["diag/reference_is_last"] == 0.5 and diag["diag/reference_is_other"] == pytest.approx((0 + 1 / 3) / 2)
 
 
 # ---- real SmolLM2-135M-Instruct replies ---------------------------------------------------------

@@ -151,6 +151,11 @@ def test_synthesis_over_several_orders_takes_the_answer_most_orders_give(anchor,
     twice = [ESTIMATORS.get("synthesis")(config)(groups[:2], sampled) for _ in range(2)]
     assert [r.meta["order_answers"] for r in twice[0]] == [r.meta["order_answers"] for r in twice[1]]
     assert all(len(r.meta["order_answers"]) == 8 for r in twice[0])
+    synthesize = ESTIMATORS.get("synthesis")(config)
+    whole = synthesize(groups[:2], sampled.at(seed=3))
+    shard = synthesize(groups[1:2], sampled.at(seed=3, row_offset=1))  # a second rank's share of the step
+    assert shard[0].meta["order_texts"] == whole[1].meta["order_texts"]
+    assert len(set(whole[1].meta["order_texts"])) > 1
     with pytest.raises(ConfigError, match=r"anchor.orders \(8\) is above generation.num_generations \(4\)"):
         load_config(None, ["generation.num_generations=4", "anchor.orders=8"])
 

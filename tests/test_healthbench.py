@@ -166,7 +166,8 @@ def test_physician_rubric_rewards_show_the_judge_the_conversation(tmp_path):
     """``rubric.source: dataset`` judges with the conversation template; the reward is the
     example's rubric score (negative allowed, unclipped)."""
     [prompt] = load_prompts(str(REAL), format="healthbench", system_prompt="Answer briefly.")[1:2]
-    config = load_config(None, ["reward.name=rubric", "rubric.source=dataset", "data.format=healthbench"])
+    config = load_config(None, ["reward.name=rubric", "rubric.source=dataset", "data.format=healthbench",
+                                "estimator.name=gold"])
     reward = REWARDS.get("rubric")(config)
     backend = ScriptedBackend(grader_replies(True, True, False, True, False, False, True, False))
     reward.judge = make_judge(backend, tmp_path)

@@ -227,3 +227,14 @@ def test_undefined_values_read_n_a_in_the_summary_and_the_page(seeds, tmp_path):
 
 def test_over_seeds_takes_the_steps_every_run_has():
     assert over_seeds([([1, 2, 3], [0.0, 1.0, 2.0]), ([1, 2], [2.0, 3.0])]) == ([1, 2], [1.0, 2.0], [0.0, 1.0], [2.0, 3.0])
+
+
+@pytest.mark.parametrize("labels, arm", [(["cat/seed0", "cat/seed1"], "cat"), (["run_s1", "run_s2"], "run"),
+                                         (["cat-0", "cat-1"], "cat"), (["lrs1", "lrs2"], "lrs"),
+                                         (["exps1", "exps2"], "exps"), (["a", "b"], "a +1")])
+def test_an_arm_is_named_by_its_runs_labels_less_a_seed_marker(labels, arm):
+    from types import SimpleNamespace
+
+    from cat.report import _arm_label
+
+    assert _arm_label([SimpleNamespace(label=label) for label in labels]) == arm

@@ -51,6 +51,20 @@ def test_synthesize_compares_estimators_on_shared_rollouts(tmp_path, tiny_world)
                       "answer.regex=(\\d)")
     assert first_digit.returncode == 0, first_digit.stderr[-2000:]
     assert json.loads((tmp_path / "digit.json").read_text())["accuracy"]["majority_vote@8"] < acc["majority_vote@8"]
+    # a synthesis over several orders (anchor.orders) is read again order by order and voted again
+    edited = json.loads(out_file.read_text())
+    key = "synthesis[greedy]@8"
+    edited["examples"][0]["references"][key].update(answer="999", text="x", order_answers=["11", "11", "11"],
+                                                    order_texts=["so \\boxed{11}", "so \\boxed{12}", "so \\boxed{12}"])
+    edited["examples"][1]["references"][key]["order_answers"] = ["5"]  # its syntheses not saved: not kept stale
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    out = cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--regrade", str(tmp_path / "edited.json"),
+              "--output", str(tmp_path / "revoted.json"), "eval.limit=32")
+    assert out.returncode == 0, out.stderr[-2000:]
+    revoted = json.loads((tmp_path / "revoted.json").read_text())["examples"]
+    assert revoted[0]["references"][key]["answer"] == "12" and revoted[0]["references"][key]["text"] == "so \\boxed{12}"
+    assert revoted[0]["references"][key]["order_answers"] == ["11", "12", "12"]
+    assert "order_answers" not in revoted[1]["references"][key]
 
 
 def test_synthesize_rejects_bad_group_sizes(tiny_world):

@@ -11,7 +11,7 @@ import cat
 from cat.config import TRL_NAMES, Config, load_config
 from cat.data import load_prompts
 from cat.errors import ConfigError, DataError
-from cat.rewards import RewardContext, from_completion_fn
+from cat.rewards import RewardContext, RewardError, from_completion_fn
 from cat.types import Completion, Group, Reference
 
 
@@ -48,7 +48,7 @@ def write_rows(tmp_path, rows):
     return str(path)
 
 
-def test_the_prompt_column_string_or_conversational(tmp_path):
+def test_the_prompt_column_string_or_conversational(tmp_path, caplog):
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+3?"}]
     path = write_rows(tmp_path, [{"prompt": "What is 1+1?", "solution": "2", "level": 1},
                                  {"prompt": chat, "solution": "5", "level": 2}])
@@ -57,9 +57,10 @@ def test_the_prompt_column_string_or_conversational(tmp_path):
     assert plain.text == "What is 1+1?" and not plain.conversational
     assert plain.messages == ({"role": "system", "content": "You add."},
                               {"role": "user", "content": "What is 1+1? Answer briefly."})
-    assert conv.text == "What is 2+3?" and conv.conversational
+    assert conv.text == "system: Be brief.\nuser: What is 2+3?" and conv.conversational  # what an anchor is shown
     assert conv.messages == tuple(chat)  # as given, as TRL uses it: its own system message kept, no template
     assert plain.gold == "2" and plain.meta == {"level": 1}  # the label is not a column a reward sees
+    assert "2 row(s)" not in caplog.text and "1 row(s) give their prompt as chat messages" in caplog.text
     bad = write_rows(tmp_path, [{"prompt": [{"role": "user", "content": 3}]}])
     with pytest.raises(DataError, match=r"row 1: prompt\[0\] must be"):
         load_prompts(bad)
@@ -89,6 +90,7 @@ def test_a_trl_reward_function_is_called_as_trl_calls_it(tmp_path):
     first, second = seen
     assert first["prompts"] == ["What is 1+1?"] * 2 and first["completions"] == texts
     assert first["completion_ids"] == [[5, 6], [5, 6]] and first["trainer_state"].global_step == 7
+    assert first["trainer_state"].max_steps == load_config(None).run.steps
     assert first["reference"] == ["it is 2"] * 2 and first["reference_answer"] == ["2"] * 2
     assert first["level"] == [1, 1] and "solution" not in first  # the label column is withheld
     assert second["prompts"] == [chat] * 2  # conversational: messages in, messages out, as in TRL
@@ -120,3 +122,33 @@ def test_a_trl_dataset_and_reward_train_label_free_by_default(tmp_path, tiny_wor
     assert calls and all("solution" not in c and "prompts" in c and "trainer_state" in c for c in calls)
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert saved["estimator"]["name"] == "synthesis"
+
+
+def test_what_a_trl_reward_cannot_take_is_named_and_its_metrics_are_kept(tmp_path, caplog):
+    path = write_rows(tmp_path, [{"prompt": "What is 1+1?", "solution": "2"}])
+    [prompt] = load_prompts(path)  # answer_field left at 'answer': the 'solution' column is an ordinary column
+    comps = (Completion(text="2", token_ids=(5,), logprobs=(0.0,), finish_reason="stop"),)
+    group = Group(prompt=prompt, prompt_ids=(1,), completions=comps)
+    ref = Reference(text="2", answer="2", source="synthesis")
+
+    def accuracy(completions, solution, log_metric, **kwargs):  # TRL's accuracy reward takes the label column
+        log_metric("seen", len(completions))
+        return [float(c == s) for c, s in zip(completions, solution, strict=True)]
+
+    out = from_completion_fn(accuracy)(load_config(None)).score([group], [ref], RewardContext())
+    assert out.scores[0].rewards == (1.0,) and out.scores[0].info == {"accuracy/seen": 1.0}
+    assert "column 'solution' reaches reward function accuracy" in caplog.text
+    assert "set data.answer_field=solution" in caplog.text
+    [withheld] = load_prompts(path, answer_field="solution")
+    group = Group(prompt=withheld, prompt_ids=(1,), completions=comps)
+    with pytest.raises(RewardError, match=r"reward function accuracy cannot be called .*missing a required argument: "
+                                          r"'solution'.*data.answer_field='answer'.* is withheld"):
+        from_completion_fn(accuracy)(load_config(None)).score([group], [ref], RewardContext())
+
+
+def test_settings_that_would_read_labels_or_do_nothing_are_refused():
+    with pytest.raises(ConfigError, match="rubric.source dataset grades with the dataset's own rubrics, which are labels"):
+        load_config(None, ["reward.name=rubric", "rubric.source=dataset"])
+    load_config(None, ["reward.name=rubric", "rubric.source=dataset", "estimator.name=gold"])
+    with pytest.raises(ConfigError, match=r"anchor.orders \(4\) is read by the synthesis estimator only"):
+        load_config(None, ["estimator.name=majority_vote", "generation.num_generations=8", "anchor.orders=4"])

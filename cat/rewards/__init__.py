@@ -22,6 +22,8 @@ those that returned a value, each logged as ``reward/NAME/mean``.
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import isnan
@@ -34,6 +36,8 @@ from cat.registry import Registry
 from cat.rewards.answers import ANSWER_RULES, AnswerChain, Extraction, register_answer_rule
 from cat.rewards.math import answers_match
 from cat.types import Group, GroupScore, Reference
+
+logger = logging.getLogger(__name__)
 
 NEEDS = frozenset({"anchor", "run_dir"})
 
@@ -169,45 +173,81 @@ class LengthPenalty(GroupReward):
                           info={"length_penalized": sum(over) / max(len(over), 1)})
 
 
+LABEL_LIKE = ("solution", "answer", "answers", "ground_truth", "label", "labels", "gold", "target")
+"""Column names datasets give their label: one of these that is not ``data.answer_field`` reaches a
+TRL reward function as an ordinary column, so the run warns once."""
+
+
 def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
     """Adapt a TRL reward function, ``f(completions, **kwargs) -> list[float | None]``.
 
     Called as TRL calls it, every argument by keyword, one entry per rollout of the group:
     ``prompts`` and ``completions`` (strings; for a row whose ``prompt`` column held chat messages,
     TRL's conversational format: the prompt's messages, and ``[{"role": "assistant", "content":
-    text}]`` per completion), ``completion_ids``, ``trainer_state`` (``global_step``), then the
-    reference (``reference``: its text, ``reference_answer``: its answer) and the row's other
-    columns (strings and numbers; a column with one of these names is not passed). The label column
-    (``data.answer_field``) is never among them: under a label-free estimator the reference is the
-    teacher's, and only the ``gold`` estimator makes ``reference_answer`` the label. ``None``
-    follows TRL: that rollout gets nothing from this function (the other functions' weighted
-    rewards still count); a rollout no function scored gets 0.
+    text}]`` per completion), ``completion_ids``, ``trainer_state`` (``global_step``, ``max_steps``),
+    ``log_metric(name, value)`` (logged as ``reward/FUNCTION/NAME``, the mean over the step's
+    groups), ``log_extra(column, values)`` (accepted and dropped: ``samples.jsonl`` holds the
+    rollouts), then the reference (``reference``: its text, ``reference_answer``: its answer) and
+    the row's other columns (strings and numbers; a column with one of these names is not passed).
+    The label column (``data.answer_field``) is never among them: under a label-free estimator the
+    reference is the teacher's, and only the ``gold`` estimator makes ``reference_answer`` the
+    label. ``None`` follows TRL: that rollout gets nothing from this function (the other
+    functions' weighted rewards still count); a rollout no function scored gets 0.
     """
+    signature = inspect.signature(fn)
 
     class _Adapted(RewardFunction):
+        warned = False
+
         def score(self, groups: list[Group], references: list[Reference], ctx: RewardContext) -> Scored:
-            state = SimpleNamespace(global_step=ctx.step)
+            state = SimpleNamespace(global_step=ctx.step, max_steps=self.config.run.steps)
             return Scored([self.score_group(g, r, state) for g, r in zip(groups, references, strict=True)])
 
         def score_group(self, group: Group, reference: Reference, state) -> GroupScore:
             n = len(group.completions)
-            taken = {"prompts", "completions", "completion_ids", "trainer_state", "reference", "reference_answer"}
+            taken = {"prompts", "completions", "completion_ids", "trainer_state", "log_metric", "log_extra",
+                     "reference", "reference_answer"}
             columns = {k: [v] * n for k, v in group.prompt.meta.items() if k not in taken}
+            self._warn_label_like(columns)
             if group.prompt.conversational:
                 prompts = [list(group.prompt.messages)] * n
                 completions = [[{"role": "assistant", "content": t}] for t in group.texts]
             else:
                 prompts, completions = [group.prompt.text] * n, group.texts
-            scores = fn(prompts=prompts, completions=completions,
-                        completion_ids=[list(c.token_ids) for c in group.completions], trainer_state=state,
-                        reference=[reference.text] * n, reference_answer=[reference.answer] * n, **columns)
+            logged: dict[str, float] = {}
+            kwargs = dict(prompts=prompts, completions=completions,
+                          completion_ids=[list(c.token_ids) for c in group.completions], trainer_state=state,
+                          log_metric=lambda name, value: logged.__setitem__(f"{fn.__name__}/{name}", float(value)),
+                          log_extra=lambda column, values: None,
+                          reference=[reference.text] * n, reference_answer=[reference.answer] * n, **columns)
+            try:
+                signature.bind(**kwargs)
+            except TypeError as exc:
+                raise RewardError(
+                    f"reward function {fn.__name__} cannot be called with what a reward receives ({exc}): prompts, "
+                    f"completions, completion_ids, trainer_state, log_metric, log_extra, reference, "
+                    f"reference_answer and the columns {sorted(columns) or '(none)'}. The label column "
+                    f"(data.answer_field={self.config.data.answer_field!r}) is withheld; under estimator gold "
+                    "the label is reference_answer. Give the function **kwargs and read what it needs from them"
+                ) from None
+            scores = fn(**kwargs)
             if not isinstance(scores, (list, tuple)) or len(scores) != n:
                 got = len(scores) if isinstance(scores, (list, tuple)) else type(scores).__name__
                 raise RewardError(f"reward function {fn.__name__} returned {got} scores for {n} completions")
             bad = [s for s in scores if s is not None and not isinstance(s, (int, float))]
             if bad:
                 raise RewardError(f"reward function {fn.__name__} returned {bad[0]!r}: give a number or None")
-            return GroupScore(rewards=tuple(None if s is None else float(s) for s in scores))
+            return GroupScore(rewards=tuple(None if s is None else float(s) for s in scores), info=logged)
+
+        def _warn_label_like(self, columns: dict) -> None:
+            if self.warned or self.config.estimator.name == "gold":
+                return
+            suspects = [c for c in columns if c.lower() in LABEL_LIKE]
+            if suspects:
+                type(self).warned = True
+                logger.warning(f"column {suspects[0]!r} reaches reward function {fn.__name__} as a keyword argument; "
+                               f"if it holds the label, set data.answer_field={suspects[0]} so that no label-free "
+                               "reward can read it")
 
     _Adapted.__name__ = f"Adapted_{fn.__name__}"
     _Adapted.__doc__ = fn.__doc__
