@@ -167,6 +167,10 @@ class OptimConfig(_Section):
     """Clip the global gradient norm (None = no clipping)."""
 
 
+LABEL_FIELDS = ("solution", "answer", "answers", "target", "label", "labels", "ground_truth", "gold")
+"""The default ``data.label_fields``: names datasets give a label or a worked solution."""
+
+
 class DataConfig(_Section):
     path: str = "tiny:arith/train.jsonl"
     """Training prompts: a hub dataset id, a local .jsonl / .json / .parquet file, or
@@ -191,6 +195,11 @@ class DataConfig(_Section):
     """Column holding the gold answer: used only by the ``gold`` estimator and for diagnostics."""
     answer_format: Literal["plain", "gsm8k"] = "plain"
     """``gsm8k`` takes the text after ``####`` as the gold answer."""
+    label_fields: list[str] = Field(default_factory=lambda: list(LABEL_FIELDS))
+    """Columns that carry the label or give it away (MATH's ``solution``): with ``answer_field``
+    they are kept from every estimator and reward of a label-free run (the label firewall,
+    ``cat.firewall``); only the ``gold`` estimator's runs, the teacher diagnostics and evaluation
+    read them."""
     prompt_template: str = "{problem}"
     """The user message: ``{problem}`` is replaced by the row's prompt field, ``{{name}}`` is the
     literal text ``{name}``, and any other brace is kept as written (so ``\\boxed{}`` needs no

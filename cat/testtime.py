@@ -31,6 +31,7 @@ from cat.display import number
 from cat.errors import ConfigError
 from cat.estimators import ESTIMATORS, majority_answer
 from cat.evaluate import grade
+from cat.firewall import blind, label_fields
 from cat.generation import SamplingParams, generator_from_config
 from cat.models import load_model, load_tokenizer, resolve_device
 from cat.registry import import_plugin
@@ -101,9 +102,10 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     for g in sizes:
         groups = [Group(prompt=p, prompt_ids=tuple(i), completions=tuple(cs[:g]))
                   for p, i, cs in zip(prompts, ids, completions, strict=True)]
+        blind_groups = blind(groups, label_fields(config))  # the estimators read no label; grading below does
         for name, estimator, view in variants:
             start = time.perf_counter()
-            refs = estimator(groups, view)
+            refs = estimator(groups if name == "gold" else blind_groups, view)
             seconds[f"{name}@{g}"] = time.perf_counter() - start
             for ex, r in zip(examples, refs, strict=True):
                 ex["references"][f"{name}@{g}"] = {"answer": r.answer, "text": r.text, **{

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from cat import firewall
 from cat.batch import Batch, build_batch, build_sft_batch
 from cat.config import Config
 from cat.data import PromptOrder, load_split
@@ -213,9 +214,10 @@ class Trainer:
             anchor = self.anchor
             if anchor is not None:  # sampled anchors draw fresh streams every step, the same on any number of ranks
                 anchor = anchor.at(seed=_step_seed(self.config.run.seed, step) + 2, row_offset=start)
-            references = self.estimator(groups, anchor)
+            seen = firewall.view(self.config, groups)  # a label-free run's estimator and rewards see no label
+            references = self.estimator(seen, anchor)
         with timer("reward"):
-            scores, reward_stats, audit = self.score(groups, references, step)
+            scores, reward_stats, audit = self.score(seen, references, step)
         if self.ranks.world > 1:
             counts = self.ranks.gather(len(groups))
             groups, references, scores, audit = gather_lists(self.ranks, groups, references, scores, audit)
@@ -257,8 +259,9 @@ class Trainer:
         anchor = self.anchor
         if anchor is not None:
             anchor = anchor.at(seed=_step_seed(self.config.run.seed, 0) + 5, row_offset=0)
-        references = self.estimator(groups, anchor)
-        scores, reward_stats, _ = self.score(groups, references, 0)
+        seen = firewall.view(self.config, groups)
+        references = self.estimator(seen, anchor)
+        scores, reward_stats, _ = self.score(seen, references, 0)
         set_rng_state(saved)
         metrics = {"step": 0, **self._rollout_metrics(groups, scores), **reward_stats,
                    **teacher_diagnostics(groups, references, scores, self.config)}

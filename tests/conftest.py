@@ -160,7 +160,7 @@ FILE_SECONDS = {
     "test_compare.py": 32, "test_math.py": 25, "test_testtime.py": 20, "test_shared_prompt.py": 17,
     "test_generation.py": 16, "test_real_model.py": 40, "test_rubric_train.py": 16, "test_plugins.py": 15, "test_precision.py": 13,
     "test_judge_http.py": 33, "test_checkpoint_safety.py": 30, "test_fuzz.py": 16, "test_templates.py": 11,
-    "test_memory.py": 10, "test_logs.py": 9, "test_faults.py": 7,
+    "test_memory.py": 10, "test_firewall.py": 12, "test_logs.py": 9, "test_trl_compat.py": 7, "test_faults.py": 7,
 }
 
 

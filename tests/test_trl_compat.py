@@ -8,6 +8,7 @@ import yaml
 from conftest import ROOT
 
 import cat
+from cat import firewall
 from cat.config import TRL_NAMES, Config, load_config
 from cat.data import load_prompts
 from cat.errors import ConfigError, DataError
@@ -124,9 +125,9 @@ def test_a_trl_dataset_and_reward_train_label_free_by_default(tmp_path, tiny_wor
     assert saved["estimator"]["name"] == "synthesis"
 
 
-def test_what_a_trl_reward_cannot_take_is_named_and_its_metrics_are_kept(tmp_path, caplog):
+def test_what_a_trl_reward_cannot_take_is_named_and_its_metrics_are_kept(tmp_path):
     path = write_rows(tmp_path, [{"prompt": "What is 1+1?", "solution": "2"}])
-    [prompt] = load_prompts(path)  # answer_field left at 'answer': the 'solution' column is an ordinary column
+    [prompt] = load_prompts(path)  # answer_field left at 'answer': 'solution' is one more column of the row
     comps = (Completion(text="2", token_ids=(5,), logprobs=(0.0,), finish_reason="stop"),)
     group = Group(prompt=prompt, prompt_ids=(1,), completions=comps)
     ref = Reference(text="2", answer="2", source="synthesis")
@@ -135,15 +136,16 @@ def test_what_a_trl_reward_cannot_take_is_named_and_its_metrics_are_kept(tmp_pat
         log_metric("seen", len(completions))
         return [float(c == s) for c, s in zip(completions, solution, strict=True)]
 
-    out = from_completion_fn(accuracy)(load_config(None)).score([group], [ref], RewardContext())
-    assert out.scores[0].rewards == (1.0,) and out.scores[0].info == {"accuracy/seen": 1.0}
-    assert "column 'solution' reaches reward function accuracy" in caplog.text
-    assert "set data.answer_field=solution" in caplog.text
-    [withheld] = load_prompts(path, answer_field="solution")
-    group = Group(prompt=withheld, prompt_ids=(1,), completions=comps)
+    config = load_config(None)
+    [seen] = firewall.view(config, [group])  # what a label-free run's rewards receive
+    assert group.prompt.meta == {"solution": "2"} and seen.prompt.meta == {}
     with pytest.raises(RewardError, match=r"reward function accuracy cannot be called .*missing a required argument: "
-                                          r"'solution'.*data.answer_field='answer'.* is withheld"):
-        from_completion_fn(accuracy)(load_config(None)).score([group], [ref], RewardContext())
+                                          r"'solution'.*withholds the label columns .*'solution'"):
+        from_completion_fn(accuracy)(config).score([seen], [ref], RewardContext())
+    gold = load_config(None, ["estimator.name=gold"])  # reference-based GRPO reads labels by definition
+    [whole] = firewall.view(gold, [group])
+    out = from_completion_fn(accuracy)(gold).score([whole], [ref], RewardContext())
+    assert out.scores[0].rewards == (1.0,) and out.scores[0].info == {"accuracy/seen": 1.0}
 
 
 def test_settings_that_would_read_labels_or_do_nothing_are_refused():

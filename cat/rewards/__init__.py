@@ -23,7 +23,6 @@ those that returned a value, each logged as ``reward/NAME/mean``.
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import isnan
@@ -36,8 +35,6 @@ from cat.registry import Registry
 from cat.rewards.answers import ANSWER_RULES, AnswerChain, Extraction, register_answer_rule
 from cat.rewards.math import answers_match
 from cat.types import Group, GroupScore, Reference
-
-logger = logging.getLogger(__name__)
 
 NEEDS = frozenset({"anchor", "run_dir"})
 
@@ -173,11 +170,6 @@ class LengthPenalty(GroupReward):
                           info={"length_penalized": sum(over) / max(len(over), 1)})
 
 
-LABEL_LIKE = ("solution", "answer", "answers", "ground_truth", "label", "labels", "gold", "target")
-"""Column names datasets give their label: one of these that is not ``data.answer_field`` reaches a
-TRL reward function as an ordinary column, so the run warns once."""
-
-
 def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
     """Adapt a TRL reward function, ``f(completions, **kwargs) -> list[float | None]``.
 
@@ -189,16 +181,14 @@ def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
     groups), ``log_extra(column, values)`` (accepted and dropped: ``samples.jsonl`` holds the
     rollouts), then the reference (``reference``: its text, ``reference_answer``: its answer) and
     the row's other columns (strings and numbers; a column with one of these names is not passed).
-    The label column (``data.answer_field``) is never among them: under a label-free estimator the
-    reference is the teacher's, and only the ``gold`` estimator makes ``reference_answer`` the
-    label. ``None`` follows TRL: that rollout gets nothing from this function (the other
+    In a label-free run the label firewall (``cat.firewall``) has taken out the label-bearing
+    columns (``data.answer_field``, ``data.label_fields``): the reference is the teacher's. Only a
+    ``gold`` run passes them, with ``reference_answer`` the label. ``None`` follows TRL: that rollout gets nothing from this function (the other
     functions' weighted rewards still count); a rollout no function scored gets 0.
     """
     signature = inspect.signature(fn)
 
     class _Adapted(RewardFunction):
-        warned = False
-
         def score(self, groups: list[Group], references: list[Reference], ctx: RewardContext) -> Scored:
             state = SimpleNamespace(global_step=ctx.step, max_steps=self.config.run.steps)
             return Scored([self.score_group(g, r, state) for g, r in zip(groups, references, strict=True)])
@@ -208,7 +198,6 @@ def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
             taken = {"prompts", "completions", "completion_ids", "trainer_state", "log_metric", "log_extra",
                      "reference", "reference_answer"}
             columns = {k: [v] * n for k, v in group.prompt.meta.items() if k not in taken}
-            self._warn_label_like(columns)
             if group.prompt.conversational:
                 prompts = [list(group.prompt.messages)] * n
                 completions = [[{"role": "assistant", "content": t}] for t in group.texts]
@@ -226,9 +215,10 @@ def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
                 raise RewardError(
                     f"reward function {fn.__name__} cannot be called with what a reward receives ({exc}): prompts, "
                     f"completions, completion_ids, trainer_state, log_metric, log_extra, reference, "
-                    f"reference_answer and the columns {sorted(columns) or '(none)'}. The label column "
-                    f"(data.answer_field={self.config.data.answer_field!r}) is withheld; under estimator gold "
-                    "the label is reference_answer. Give the function **kwargs and read what it needs from them"
+                    f"reference_answer and the columns {sorted(columns) or '(none)'}. A label-free run withholds "
+                    f"the label columns (data.answer_field={self.config.data.answer_field!r}, data.label_fields="
+                    f"{self.config.data.label_fields}); under estimator gold the label is reference_answer. Give "
+                    "the function **kwargs and read what it needs from them"
                 ) from None
             scores = fn(**kwargs)
             if not isinstance(scores, (list, tuple)) or len(scores) != n:
@@ -238,16 +228,6 @@ def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
             if bad:
                 raise RewardError(f"reward function {fn.__name__} returned {bad[0]!r}: give a number or None")
             return GroupScore(rewards=tuple(None if s is None else float(s) for s in scores), info=logged)
-
-        def _warn_label_like(self, columns: dict) -> None:
-            if self.warned or self.config.estimator.name == "gold":
-                return
-            suspects = [c for c in columns if c.lower() in LABEL_LIKE]
-            if suspects:
-                type(self).warned = True
-                logger.warning(f"column {suspects[0]!r} reaches reward function {fn.__name__} as a keyword argument; "
-                               f"if it holds the label, set data.answer_field={suspects[0]} so that no label-free "
-                               "reward can read it")
 
     _Adapted.__name__ = f"Adapted_{fn.__name__}"
     _Adapted.__doc__ = fn.__doc__
