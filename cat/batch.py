@@ -91,8 +91,12 @@ def build_batch(
     scale: str,
     eps: float,
     mask_truncated: bool,
+    reward_clip: float | None = None,
+    advantage_clip: float | None = None,
 ) -> Batch | None:
     """Advantages per group and padded tensors; groups with ``rewards is None`` are left out.
+    ``reward_clip`` c: rewards clamped to [-c, c] before the advantages; ``advantage_clip`` c:
+    advantages clamped to [-c, c] after their scaling.
 
     Returns None when no group was scored.
     """
@@ -100,7 +104,10 @@ def build_batch(
     if not kept:
         return None
     rewards = torch.tensor([scores[i].rewards for i in kept], dtype=torch.float32)  # [N, G]
-    adv = group_advantages(rewards, scale=scale, eps=eps)  # [N, G]
+    clipped = rewards.clamp(-reward_clip, reward_clip) if reward_clip is not None else rewards
+    adv = group_advantages(clipped, scale=scale, eps=eps)  # [N, G]
+    if advantage_clip is not None:
+        adv = adv.clamp(-advantage_clip, advantage_clip)
     rows = [(i, c) for i in kept for c in groups[i].completions]
     P = max(len(groups[i].prompt_ids) for i in kept)
     T = max(1, max(len(c.token_ids) for _, c in rows))

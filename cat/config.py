@@ -117,6 +117,16 @@ class GRPOConfig(_Section):
     dr_grpo (divide by batch size x max_new_tokens), dapo (tokens of the whole generation batch)."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Divide advantages by the group's std, the batch's std, or not at all (Dr. GRPO)."""
+    reward_clip: float | None = Field(None, gt=0)
+    """Clamp each reward to [-c, c] before the advantages (None: as scored). For rewards with a
+    long tail (a judge's points, a length penalty) that one group should not dominate."""
+    advantage_clip: float | None = Field(None, gt=0)
+    """Clamp each advantage to [-c, c] after its scaling (None: unclamped). Group scaling gives
+    |A| up to (G - 1) / sqrt(G) for one odd rollout out; this caps it."""
+    dual_clip: float | None = Field(None, gt=1)
+    """Dual-clip PPO (Ye et al. 2020): for negative advantages the token's loss is also bounded
+    by c * |A| (typically 3), so a ratio far above 1 + epsilon on a bad token cannot blow the
+    update up. None: the plain clipped surrogate. Logged as ``clip_ratio/dual``."""
     advantage_eps: float = 1e-4
     """Added to the std before dividing."""
     epsilon: float = Field(0.2, ge=0)

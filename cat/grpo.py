@@ -64,24 +64,26 @@ class LossStats:
     clip_high: float
     kl: float
     ratio: float
+    clip_dual: float = 0.0
 
     def __add__(self, other: LossStats) -> LossStats:
         return LossStats(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
 
     def as_tuple(self) -> tuple[float, ...]:
-        return (self.tokens, self.clip_low, self.clip_high, self.kl, self.ratio)
+        return (self.tokens, self.clip_low, self.clip_high, self.kl, self.ratio, self.clip_dual)
 
     def floats(self) -> tuple[float, ...]:
         return to_floats(self.as_tuple())
 
     def means(self) -> dict[str, float]:
-        tokens, clip_low, clip_high, kl, ratio = self.floats()
+        tokens, clip_low, clip_high, kl, ratio, clip_dual = self.floats()
         n = max(tokens, 1.0)
         low, high = clip_low / n, clip_high / n
         return {
             "clip_ratio/low": low,
             "clip_ratio/high": high,
             "clip_ratio/region": low + high,
+            "clip_ratio/dual": clip_dual / n,
             "kl": kl / n,
             "ratio": ratio / n,
         }
@@ -100,10 +102,14 @@ def token_losses(
     unbiased_kl: bool = False,
     importance_sampling_level: str = "token",
     sampler_weights: torch.Tensor | None = None,
+    dual_clip: float | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Per-token clipped surrogate plus KL, before aggregation.
 
     logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B].
+    ``dual_clip`` c > 1 (dual-clip PPO, Ye et al. 2020): where A < 0 the surrogate is also bounded
+    by c * |A|, so a token whose ratio has grown far past 1 + epsilon while its advantage is
+    negative cannot push the loss, and the gradient, without bound.
     ``sampler_weights`` [B, T] (``truncated_is_weights``) multiply the clipped surrogate, as TRL's
     vLLM importance-sampling correction does; the KL term is not reweighted.
     Returns (loss [B, T] with zeros off the mask, summed stats).
@@ -120,6 +126,13 @@ def token_losses(
     ratio = torch.exp(log_weight).expand_as(logprobs)  # [B, T]
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)  # [B, T]
     loss = -torch.min(ratio * adv, clipped * adv)  # [B, T]
+    dual = torch.zeros_like(loss, dtype=torch.bool)
+    if dual_clip is not None:
+        if dual_clip <= 1:
+            raise ValueError(f"dual_clip must be above 1, got {dual_clip}")
+        bound = -dual_clip * adv  # [B, 1], positive where A < 0
+        dual = (adv < 0) & (loss > bound)  # [B, T]
+        loss = torch.where(dual, bound.expand_as(loss), loss)
     if sampler_weights is not None:
         loss = loss * sampler_weights.to(loss.dtype)
     kl = torch.zeros_like(loss)
@@ -135,7 +148,8 @@ def token_losses(
         low = ((ratio < 1 - epsilon_low) & (adv < 0)).to(mask.dtype) * mask
         high = ((ratio > 1 + epsilon_high) & (adv > 0)).to(mask.dtype) * mask
         stats = LossStats(tokens=mask.sum(), clip_low=low.sum(), clip_high=high.sum(), kl=(kl * mask).sum(),
-                          ratio=(ratio * mask).sum())  # 0-d tensors: no wait on the device here
+                          ratio=(ratio * mask).sum(), clip_dual=(dual.to(mask.dtype) * mask).sum())
+        # (0-d tensors: no wait on the device here)
     return loss, stats
 
 
@@ -240,6 +254,7 @@ def policy_loss(
     unbiased_kl: bool = False,
     importance_sampling_level: str = "token",
     sampler_weights: torch.Tensor | None = None,
+    dual_clip: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The GRPO loss of one batch (single process, no accumulation).
 
@@ -266,6 +281,7 @@ def policy_loss(
         unbiased_kl=unbiased_kl,
         importance_sampling_level=importance_sampling_level,
         sampler_weights=sampler_weights,
+        dual_clip=dual_clip,
     )
     loss = aggregate(
         per_token,

@@ -228,7 +228,8 @@ class Trainer:
             batch, targets = self.sft_batch(groups, references, scores)
         else:
             batch = build_batch(groups, scores, pad_id=self.tokenizer.pad_token_id, scale=g.scale_rewards,
-                                eps=g.advantage_eps, mask_truncated=g.mask_truncated_completions)
+                                eps=g.advantage_eps, mask_truncated=g.mask_truncated_completions,
+                                reward_clip=g.reward_clip, advantage_clip=g.advantage_clip)
         update = self.update(batch, timer, shard, sft=sft) if batch is not None else {}
         if sft:
             update["sft/groups"] = targets
@@ -335,7 +336,7 @@ class Trainer:
         with timer("update"):
             for iteration in range(g.num_iterations):
                 learner.zero_grad()
-                stats = LossStats(0, 0, 0, 0, 0)
+                stats = LossStats(0, 0, 0, 0, 0, 0)
                 # float64 running sums: the step's totals do not depend on how rows are split into
                 # micro-batches or ranks beyond the rounding of each part
                 loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -376,6 +377,7 @@ class Trainer:
                             epsilon_high=g.epsilon_high if g.epsilon_high is not None else g.epsilon,
                             beta=g.beta, unbiased_kl=g.unbiased_kl,
                             importance_sampling_level=g.importance_sampling_level, sampler_weights=weights,
+                            dual_clip=g.dual_clip,
                         )
                         if sft:
                             nll_sum += -(logp.detach() * mask).sum()

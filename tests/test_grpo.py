@@ -225,3 +225,41 @@ def test_sampler_weights_multiply_the_surrogate_not_the_kl():
     loss, _ = token_losses(logp, logp, ref, adv, mask, beta=0.1, sampler_weights=w)
     k3 = math.exp(-0.5) + 0.5 - 1  # exp(ref - logp) - (ref - logp) - 1 on the first token; 0 on the second
     torch.testing.assert_close(loss, torch.tensor([[-2.0 * 0.5 + 0.1 * k3, -2.0 * 2.0]]), rtol=0, atol=1e-6)
+
+
+def test_dual_clip_hand_derived():
+    """Dual-clip bounds a negative-advantage token's loss by c * |A|: ratio 5 with A = -2 would
+    give loss 10; c = 3 caps it at 6 with zero gradient there; ratios below c are as before."""
+    old = torch.zeros(2, 2)
+    logp = torch.log(torch.tensor([[5.0, 1.5], [5.0, 0.5]])).requires_grad_(True)
+    mask = torch.ones(2, 2)
+    adv = torch.tensor([-2.0, 2.0])
+    plain, _ = policy_loss(logp, old, None, adv, mask, loss_type="bnpo")
+    assert plain.item() == pytest.approx((5.0 * 2 + 1.5 * 2 - 1.2 * 2 - 0.5 * 2) / 4)
+    dual, stats = policy_loss(logp, old, None, adv, mask, loss_type="bnpo", dual_clip=3.0)
+    assert dual.item() == pytest.approx((3.0 * 2 + 1.5 * 2 - 1.2 * 2 - 0.5 * 2) / 4)  # 10 -> 6; A > 0 untouched
+    assert stats["clip_ratio/dual"] == 0.25
+    (grad,) = torch.autograd.grad(dual, logp)
+    assert grad[0, 0].item() == 0.0 and grad[0, 1].item() == pytest.approx(1.5 * 2 / 4)  # d(rho * 2)/dlogp = 2 rho
+    assert grad[1, 1].item() == pytest.approx(-0.5 * 2 / 4)  # A > 0, rho 0.5 below the clip: the unclipped term
+    with pytest.raises(ValueError, match="dual_clip must be above 1"):
+        policy_loss(logp, old, None, adv, mask, loss_type="bnpo", dual_clip=1.0)
+
+
+def test_reward_and_advantage_clipping_hand_derived():
+    from cat.batch import build_batch
+    from cat.types import Completion, Group, GroupScore, Prompt
+
+    prompt = Prompt(index=0, text="q", messages=({"role": "user", "content": "q"},))
+    comps = tuple(Completion(text=str(i), token_ids=(1,), logprobs=(0.0,), finish_reason="stop") for i in range(4))
+    group = Group(prompt=prompt, prompt_ids=(1,), completions=comps)
+    score = GroupScore((0.0, 0.0, 0.0, 100.0))  # one long-tailed reward
+
+    def adv(**clip):
+        return build_batch([group], [score], pad_id=0, scale="none", eps=1e-4, mask_truncated=False, **clip).advantages
+
+    assert adv().tolist() == [-25.0, -25.0, -25.0, 75.0]
+    assert adv(reward_clip=4.0).tolist() == [-1.0, -1.0, -1.0, 3.0]  # rewards 0, 0, 0, 4
+    assert adv(advantage_clip=10.0).tolist() == [-10.0, -10.0, -10.0, 10.0]
+    batch = build_batch([group], [score], pad_id=0, scale="none", eps=1e-4, mask_truncated=False, reward_clip=4.0)
+    assert batch.rewards.tolist() == [0.0, 0.0, 0.0, 100.0]  # the logged rewards are the scored ones

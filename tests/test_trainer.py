@@ -157,3 +157,14 @@ def test_sampler_correction_reweights_the_update(tmp_path, tiny_world):
     # cap 1: weights = min(ratio, 1) ~ 1 on this engine, so the update barely moves but is not identical
     torch.testing.assert_close(grads["true"], grads["false"], rtol=1e-2, atol=1e-6)
     assert not torch.equal(grads["true"], grads["false"])
+
+
+def test_clipping_options_reach_the_update(tmp_path, tiny_world):
+    """grpo.advantage_clip, reward_clip and dual_clip (hand-derived in test_grpo.py) are what a
+    training step uses: the logged advantages lie within the clip, the dual clip is counted."""
+    t = make_trainer(tmp_path, tiny_world, "grpo.advantage_clip=0.5", "grpo.reward_clip=0.5", "grpo.dual_clip=1.5",
+                     "grpo.num_iterations=2", "generation.temperature=1.5")  # hot: groups whose rewards differ
+    result = t.step(0)
+    advantages = [row["advantage"] for row in result.samples]
+    assert max(abs(a) for a in advantages) <= 0.5 and any(a != 0 for a in advantages)
+    assert 0.0 <= result.metrics["clip_ratio/dual"] <= 1.0
