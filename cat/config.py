@@ -555,6 +555,9 @@ class Config(_Section):
         self._check_reasoning_gym()
         if self.anchor.backend == "openai" and not self.anchor.model:
             raise ValueError("anchor.backend is openai: anchor.model must name the served model")
+        if self.parallel.strategy == "fsdp" and self.model.dtype == "float16":
+            raise ValueError("model.dtype float16 with parallel.strategy fsdp is not supported (fp16's loss scaling is "
+                             "tested with one process and ddp): use bfloat16 with fsdp, or ddp")
         if self.parallel.strategy == "fsdp" and self.model.lora is not None:
             raise ValueError("parallel.strategy fsdp with model.lora is not supported: the adapter is small, use ddp")
         if self.rubric.min_criteria > self.rubric.max_criteria:

@@ -73,6 +73,8 @@ class Learner:
         ddp = ranks.world > 1 and not self.fsdp
         self.module = self.accelerator.prepare_model(self.policy) if ddp else self.policy
         self.nonfinite_in_a_row = 0
+        # fp16 gradients underflow without loss scaling: torch's dynamic scaler (a no-op otherwise)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=model.dtype == "float16")
 
     # ---- forward / backward ------------------------------------------------------------------
 
@@ -129,7 +131,7 @@ class Learner:
         return int(max(self.ranks.gather(mine))) if self.fsdp else mine
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss * self.ranks.world).backward()
+        self.scaler.scale(loss * self.ranks.world).backward()
 
     def idle_backward(self, input_ids, attention_mask, completion_length: int, temperature: float) -> None:
         """A backward that adds zero to every gradient: this rank's share of the all-reduce when it
@@ -145,10 +147,23 @@ class Learner:
         the update (``run.max_nonfinite_in_a_row`` in a row halt the run)."""
         max_norm = self.optim_config.max_grad_norm
         params = [p for p in self.trained if p.grad is not None]
+        self.scaler.unscale_(self.optimizer)  # fp16: the true gradients, before clipping
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        scaled = self.scaler.is_enabled()
+        if scaled and math.isfinite(loss_value) and not math.isfinite(norm):
+            # the scaled gradients overflowed: fp16's dynamic scaling backs off and the step is skipped
+            self.zero_grad()
+            scale = self.scaler.get_scale()
+            self.scaler.update()
+            self.log(f"fp16 gradients overflowed at loss scale {scale:g}: update skipped, scale now "
+                     f"{self.scaler.get_scale():g}")
+            return {"grad_norm": norm, "skipped_update": 1, "lr": self.scheduler.get_last_lr()[0],
+                    "loss_scale": scale}
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
             self.zero_grad()
+            if scaled:
+                self.scaler.update()
             self.nonfinite_in_a_row += 1
             self.log(f"non-finite loss or gradient (loss={loss_value}, grad_norm={norm}): update skipped "
                      f"({self.nonfinite_in_a_row} in a row)")
@@ -159,10 +174,12 @@ class Learner:
                 )
             return {"grad_norm": norm, "skipped_update": 1, "lr": self.scheduler.get_last_lr()[0]}
         self.nonfinite_in_a_row = 0
-        self.optimizer.step()
+        scale = self.scaler.get_scale() if scaled else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
-        return {"grad_norm": norm, "skipped_update": 0, "lr": lr}
+        return {"grad_norm": norm, "skipped_update": 0, "lr": lr, **({"loss_scale": scale} if scaled else {})}
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -177,7 +194,8 @@ class Learner:
         else:
             optimizer = self.optimizer.state_dict()
         return {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
-                "nonfinite_in_a_row": self.nonfinite_in_a_row, "strategy": "fsdp" if self.named_state else "ddp"}
+                "nonfinite_in_a_row": self.nonfinite_in_a_row, "strategy": "fsdp" if self.named_state else "ddp",
+                "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         saved, mine = state.get("strategy", "ddp"), "fsdp" if self.named_state else "ddp"
@@ -195,6 +213,8 @@ class Learner:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
+        if state.get("scaler"):  # fp16's loss scale and growth count: the resumed run scales as it would have
+            self.scaler.load_state_dict(state["scaler"])
 
     def full_weights(self) -> dict[str, torch.Tensor] | None:
         """The policy's weights whole, on CPU, for a checkpoint: every rank must call it with FSDP

@@ -7,6 +7,7 @@ import torch
 from conftest import assert_same_maths
 
 from cat.config import load_config
+from cat.errors import ConfigError
 from cat.trainer import Trainer
 
 
@@ -168,3 +169,22 @@ def test_clipping_options_reach_the_update(tmp_path, tiny_world):
     advantages = [row["advantage"] for row in result.samples]
     assert max(abs(a) for a in advantages) <= 0.5 and any(a != 0 for a in advantages)
     assert 0.0 <= result.metrics["clip_ratio/dual"] <= 1.0
+
+
+def test_float16_trains_with_dynamic_loss_scaling(tmp_path, tiny_world):
+    """fp16 gradients underflow without loss scaling: model.dtype float16 scales the loss with
+    torch's GradScaler. An overflow skips that update and halves the scale without counting
+    towards run.max_nonfinite_in_a_row; the scale is in the checkpointed state."""
+    t = make_trainer(tmp_path, tiny_world, "model.dtype=float16", "generation.temperature=1.5",
+                     "estimator.name=single", "run.max_nonfinite_in_a_row=1")
+    first = t.step(0).metrics
+    assert first["skipped_update"] == 0 and first["loss_scale"] == 2.0 ** 16 and 0 < first["grad_norm"] < 1e3
+    t.learner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 120)  # far too large: the fp16 backward overflows
+    before = params(t)
+    over = t.step(1).metrics
+    assert over["skipped_update"] == 1 and over["loss_scale"] == 2.0 ** 120
+    assert torch.equal(before, params(t)) and t.learner.nonfinite_in_a_row == 0  # skipped, and no halt at 1
+    assert t.learner.scaler.get_scale() == 2.0 ** 119
+    assert t.learner.state_dict()["scaler"]["scale"] == 2.0 ** 119
+    with pytest.raises(ConfigError, match="float16 with parallel.strategy fsdp"):
+        load_config(None, ["model.dtype=float16", "parallel.strategy=fsdp"])
