@@ -186,5 +186,9 @@ def test_float16_trains_with_dynamic_loss_scaling(tmp_path, tiny_world):
     assert torch.equal(before, params(t)) and t.learner.nonfinite_in_a_row == 0  # skipped, and no halt at 1
     assert t.learner.scaler.get_scale() == 2.0 ** 119
     assert t.learner.state_dict()["scaler"]["scale"] == 2.0 ** 119
+    (tmp_path / "again").mkdir()
+    resumed = make_trainer(tmp_path / "again", tiny_world, "model.dtype=float16", "estimator.name=single")
+    resumed.learner.load_state_dict(t.learner.state_dict())  # what a resume loads from the checkpoint
+    assert resumed.learner.scaler.get_scale() == 2.0 ** 119
     with pytest.raises(ConfigError, match="float16 with parallel.strategy fsdp"):
         load_config(None, ["model.dtype=float16", "parallel.strategy=fsdp"])
