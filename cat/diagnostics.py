@@ -15,6 +15,11 @@ Keys (means over the step's groups unless stated):
   diag/reward_accuracy         scored rollouts whose reward (> 0.5) equals their correctness
   diag/reference_unparsable    references with no extractable answer
   diag/reference_in_rollouts   reference answer equals at least one rollout's answer
+  diag/distinct_answers        distinct answers (up to equivalence) among a group's rollouts
+  diag/answer_entropy          entropy (nats) of a group's answers over those classes: 0 when
+                               every rollout agrees, a collapse warning when it falls to 0
+  diag/reference_is_last       (synthesis) the reference's answer is the last-read rollout's,
+  diag/reference_is_other      against the share of the other rollouts it equals
   anchor/*                     summed token and time counts reported by the estimator
 
 Answer extraction (label-free; the run's answer chain, ``cat.rewards.answers``):
@@ -25,6 +30,8 @@ Answer extraction (label-free; the run's answer chain, ``cat.rewards.answers``):
 """
 
 from __future__ import annotations
+
+import math
 
 from cat.estimators import majority_answer
 from cat.rewards.answers import AnswerChain, Extraction, extraction_metrics
@@ -50,8 +57,13 @@ def teacher_diagnostics(groups: list[Group], references: list[Reference], scores
     labelled = rollout_hits = rollouts = ref_hits = maj_hits = all_wrong_right = 0
     disagree_labelled = disagree_hits = reward_agree = reward_total = 0
     is_last, is_other, compared = 0, 0.0, 0
+    distinct_sum = entropy_sum = 0.0
     for group, group_read, ref, score in zip(groups, read, references, scores, strict=True):
         answers = [e.answer for e in group_read]
+        sizes = _clusters([a for a in answers if a is not None], same)
+        distinct_sum += len(sizes)
+        total = sum(sizes)
+        entropy_sum += -sum(n / total * math.log(n / total) for n in sizes) if total else 0.0
         majority, _, _ = majority_answer(answers, mode=mode, timeout_s=timeout)
         matches = [a is not None and same(a, ref.answer) for a in answers] if ref.answer is not None else []
         if any(matches):
@@ -81,6 +93,8 @@ def teacher_diagnostics(groups: list[Group], references: list[Reference], scores
             reward_agree += sum((r > 0.5) == c for r, c in zip(score.rewards, correct, strict=True))
             reward_total += len(correct)
     out["diag/reference_in_rollouts"] = in_rollouts / max(len(references), 1)
+    out["diag/distinct_answers"] = distinct_sum / max(len(groups), 1)  # label-free: how varied a group's answers are
+    out["diag/answer_entropy"] = entropy_sum / max(len(groups), 1)
     if compared:  # label-free: how often the synthesis has the last rollout's answer, against the others'
         out["diag/reference_is_last"] = is_last / compared
         out["diag/reference_is_other"] = is_other / compared
@@ -97,3 +111,18 @@ def teacher_diagnostics(groups: list[Group], references: list[Reference], scores
         if values:
             out[f"anchor/{key.removeprefix('anchor_')}"] = float(sum(values))
     return out
+
+
+def _clusters(answers: list[str], same) -> list[int]:
+    """Sizes of the groups of equivalent answers (each joins the first cluster it matches)."""
+    heads: list[str] = []
+    sizes: list[int] = []
+    for a in answers:
+        for k, head in enumerate(heads):
+            if same(a, head):
+                sizes[k] += 1
+                break
+        else:
+            heads.append(a)
+            sizes.append(1)
+    return sizes

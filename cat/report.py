@@ -386,6 +386,21 @@ def fig_teacher(arms):
                  "A reference that beats the majority, especially where they disagree, is what CaT adds over TTRL.")
 
 
+def fig_diversity(arms):
+    drawn = [a for a in arms if any(r.has("diag/distinct_answers") for r in a.runs)]
+    if not drawn:
+        return None, ""
+    fig, axes = _figure(2, (11, 3.6))
+    for arm in drawn:
+        _draw(axes[0], arm, _series("diag/distinct_answers"))
+        _draw(axes[1], arm, _series("diag/answer_entropy"))
+    axes[0].set(xlabel="step", ylabel="answers", title="Distinct answers per group")
+    axes[1].set(xlabel="step", ylabel="nats", title="Entropy of a group's answers")
+    _finish(fig, axes, drawn)
+    return fig, ("How varied the rollouts' final answers are within a group (label-free). Both falling to their "
+                 "floor (1 answer, 0 nats) means every rollout agrees: nothing left to learn from, right or wrong.")
+
+
 def fig_lengths(arms):
     drawn = [a for a in arms if any(r.has("completion/mean_length") for r in a.runs)]
     if not drawn:
@@ -458,7 +473,8 @@ def figures(arms: list[Arm], synth: list[tuple[str, dict]]) -> list[tuple[str, o
     several = any(len(a.runs) > 1 for a in arms)
     out = []
     for name, make in (("reward", fig_reward), ("heldout", fig_heldout), ("update", fig_update),
-                       ("teacher", fig_teacher), ("lengths", fig_lengths), ("time", fig_time)):
+                       ("teacher", fig_teacher), ("diversity", fig_diversity), ("lengths", fig_lengths),
+                       ("time", fig_time)):
         fig, caption = make(arms) if arms else (None, "")
         if fig is not None:
             out.append((name, fig, caption + (SEEDS_CAPTION if several and name != "time" else "")))

@@ -240,6 +240,7 @@ class Trainer:
         metrics.update(timer.metrics())
         tokens = sum(len(c.token_ids) for grp in groups for c in grp.completions)
         metrics["tokens_per_second"] = tokens / max(timer.total, 1e-9)
+        metrics["tokens/rollouts"] = tokens  # beside anchor/prompt_tokens and anchor/completion_tokens: who spent what
         return StepResult(metrics, self._samples(step, groups, references, scores, None if sft else batch),
                           [{"step": step + 1, **row} for row in audit])
 

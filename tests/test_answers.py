@@ -3,6 +3,7 @@ its configuration, and the chain on real SmolLM2-135M-Instruct replies
 (``fixtures/smollm2_replies.jsonl``, written by ``fixtures/make_smollm2_replies.py``)."""
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -225,6 +226,13 @@ def test_diagnostics_say_how_often_a_synthesis_has_the_last_rollouts_answer():
                Reference(text="The answer is 1.", answer="1", source="synthesis", meta={"last_read": 2})]
     diag = teacher_diagnostics(groups, rotated, [GroupScore(None)] * 2, load_config(None))
     assert diag["diag/reference_is_last"] == 0.5 and diag["diag/reference_is_other"] == pytest.approx((0 + 1 / 3) / 2)
+    # diversity, label-free: answers {4, 5, 5, 7} are 3 classes; {1, 2, 2, 2} are 2
+    assert diag["diag/distinct_answers"] == 2.5
+    h = lambda *p: -sum(x * math.log(x) for x in p)  # noqa: E731
+    assert diag["diag/answer_entropy"] == pytest.approx((h(0.25, 0.5, 0.25) + h(0.25, 0.75)) / 2)
+    same = teacher_diagnostics([group(["\\boxed{0.5}", "\\boxed{\\frac{1}{2}}", "no answer"])],
+                               [Reference(text="", answer=None, source="synthesis")], [GroupScore(None)], load_config(None))
+    assert same["diag/distinct_answers"] == 1 and same["diag/answer_entropy"] == 0  # equivalent answers are one
 
 
 # ---- real SmolLM2-135M-Instruct replies ---------------------------------------------------------

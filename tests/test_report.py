@@ -44,7 +44,7 @@ def test_report_writes_figures_and_a_page_that_embeds_and_links_them(inputs, tmp
     assert out.returncode == 0, out.stderr
     page = (tmp_path / "rep" / "index.html").read_text()
     assert out.stdout.strip() == str(tmp_path / "rep" / "index.html")
-    names = {"reward", "heldout", "update", "teacher", "lengths", "time", "synthesize"}
+    names = {"reward", "heldout", "update", "teacher", "diversity", "lengths", "time", "synthesize"}
     assert {p.stem for p in (tmp_path / "rep").glob("*.png")} == names
     for name in names:
         png = (tmp_path / "rep" / f"{name}.png").read_bytes()
@@ -74,7 +74,7 @@ def test_the_page_renders_in_headless_chromium(inputs, tmp_path):
     dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", probe.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     images = json.loads(re.search(r'data-images="([^"]*)"', dom).group(1).replace("&quot;", '"'))
-    assert {alt for alt, *_ in images} == {"reward", "heldout", "update", "teacher", "lengths", "time"}
+    assert {alt for alt, *_ in images} == {"reward", "heldout", "update", "teacher", "diversity", "lengths", "time"}
     assert all(complete and width > 400 for _, complete, width in images), images
 
 
@@ -172,7 +172,7 @@ def test_the_legend_lists_arms_and_sits_outside_every_panel(seeds):
 
     _, paths, _ = seeds
     arms, figs = arm_figures(paths)
-    assert set(figs) == {"reward", "heldout", "update", "teacher", "lengths", "time"}
+    assert set(figs) == {"reward", "heldout", "update", "teacher", "diversity", "lengths", "time"}
     for name, fig in figs.items():
         fig.canvas.draw()
         [legend] = fig.legends
