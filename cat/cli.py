@@ -488,10 +488,13 @@ def _eval(args) -> int:
     if config.data.format == "healthbench":
         from cat.judge import Judge
 
-        judge = Judge.from_config(config, None)
+        judge = Judge.from_config(config, None, evaluation=True)  # eval.judge when set, else judge
         judge.check()
     result = evaluate_config(config, generator, prompts, ids, judge)
     result["model"] = path
+    if judge is not None:
+        grader = config.eval.judge or config.judge
+        result["judge"] = {"model": grader.model, "backend": grader.backend}
     result["skipped_long"] = skipped
     summary = {k: v for k, v in result.items() if k != "examples"}
     print(json.dumps(summary, indent=2))

@@ -253,6 +253,11 @@ class EvalConfig(_Section):
     """Also report greedy accuracy."""
     every: int = Field(0, ge=0)
     """Evaluate every N training steps (0 = only before and after)."""
+    judge: JudgeConfig | None = None
+    """The grader of judged evaluations (HealthBench), apart from the reward's judge: the same
+    fields as ``judge``. None: the reward's judge, when the reward has one (a policy can then learn
+    that judge's quirks and be scored by them: the run warns and the evaluation records which
+    judge graded it), else ``judge``. The paper grades with a separate model."""
 
 
 class AnswerConfig(_Section):

@@ -248,7 +248,11 @@ class Judge:
         self.max_new_tokens, self.max_retries, self.cache = max_new_tokens, max_retries, cache
 
     @classmethod
-    def from_config(cls, config, cache_path: Path | None) -> Judge:
+    def from_config(cls, config, cache_path: Path | None, *, evaluation: bool = False) -> Judge:
+        """The judge ``config.judge`` names; ``evaluation``: the evaluation's grader, ``eval.judge``
+        when it is set."""
+        if evaluation and config.eval.judge is not None:
+            config = config.model_copy(update={"judge": config.eval.judge})
         j = config.judge
         backend = ChatBackend(judge_chat(config))
         return cls(backend, template=judge_template(config), conversation_template=judge_template(config, conversation=True),

@@ -105,6 +105,7 @@ class Trainer:
         # a judge is built and checked here: an endpoint that cannot give verdicts fails before any model loads
         self.reward.open(self.run_dir)
         self._eval_judge = None
+        self._warned_same_judge = False
         self._anchor = None
         torch.manual_seed(config.run.seed)
         m = config.model
@@ -114,8 +115,9 @@ class Trainer:
         # after the initial evaluation; local ones load on first use
         if self._needs_anchor() and config.anchor.backend == "openai":
             self._anchor = self._build_anchor()
-        if self.task.needs_judge and self.task.eval_prompts and self.reward.judge is None \
-                and config.judge.backend == "openai":
+        eval_judge = config.eval.judge or config.judge
+        if self.task.needs_judge and self.task.eval_prompts and (self.reward.judge is None or config.eval.judge) \
+                and eval_judge.backend == "openai":
             self._eval_judge = self._open_eval_judge()
         self.prompts, self.prompt_ids = self.task.prompts, self.task.prompt_ids
         self.eval_prompts = self.task.eval_prompts
@@ -186,8 +188,13 @@ class Trainer:
 
     @property
     def eval_judge(self):
-        """The judge that grades HealthBench evaluations (the reward's own when it has one)."""
-        if self.reward.judge is not None:
+        """The judge that grades HealthBench evaluations: ``eval.judge``, else the reward's own when
+        it has one (with a warning: the policy is then scored by the judge it learnt from)."""
+        if self.reward.judge is not None and self.config.eval.judge is None:
+            if not self._warned_same_judge:
+                self._warned_same_judge = True
+                self.log(f"evaluation is graded by the reward's own judge ({self.config.judge.model}): the policy is "
+                         "scored by the judge whose quirks it can learn; set eval.judge to a separate grader")
             return self.reward.judge
         if self._eval_judge is None:
             self._eval_judge = self._open_eval_judge()
@@ -196,7 +203,9 @@ class Trainer:
     def _open_eval_judge(self):
         from cat.judge import Judge
 
-        judge = Judge.from_config(self.config, self.run_dir / "verdicts.jsonl")
+        separate = self.config.eval.judge is not None
+        judge = Judge.from_config(self.config, self.run_dir / ("verdicts-eval.jsonl" if separate else "verdicts.jsonl"),
+                                  evaluation=True)
         judge.check()
         return judge
 
@@ -492,7 +501,12 @@ class Trainer:
             if judge is not None:
                 judge = ShardedJudge(judge, self.ranks)
         with self._generating():
-            return self.task.evaluate(generator, judge)
+            result = self.task.evaluate(generator, judge)
+        if judge is not None:  # which judge graded it, and whether it is the one the reward trained on
+            grader = self.config.eval.judge or self.config.judge
+            result["judge"] = {"model": grader.model, "backend": grader.backend,
+                               "is_reward_judge": self.config.eval.judge is None and self.reward.judge is not None}
+        return result
 
     def state_dict(self) -> dict:
         return RunLoop(self).state_dict()

@@ -380,6 +380,33 @@ def test_a_healthbench_judge_endpoint_that_cannot_chat_stops_the_trainer_before_
     assert len(server.chat) == 1
 
 
+@pytest.mark.parametrize("separate", [True, False])
+def test_the_evaluation_judge_is_separate_when_asked_and_recorded(scripted, tmp_path, rubric_world, separate):
+    """``eval.judge`` grades HealthBench evaluations apart from the reward's judge (the paper's
+    separate grader): its endpoint is checked before anything loads and receives the evaluation's
+    verdict requests. Left unset, the reward's own judge grades, with a warning. The evaluation
+    records which judge graded it."""
+    from cat.trainer import Trainer
+
+    server = scripted(lambda n, _: reply("<verdict>yes</verdict>"))
+    healthbench = ROOT / "tests" / "fixtures" / "healthbench_sample.jsonl"
+    grader = ["eval.judge.backend=openai", f"eval.judge.base_url={server.base_url}", "eval.judge.model=grader",
+              "eval.judge.api_key_env=CAT_TEST_JUDGE_KEY"] if separate else []
+    config = load_config(None, [
+        f"model.name_or_path={rubric_world / 'model'}", f"data.path={healthbench}", "data.format=healthbench",
+        f"eval.path={healthbench}", "eval.limit=2", "eval.num_samples=1", "eval.greedy=false",
+        "generation.max_new_tokens=8", "reward.name=rubric", "rubric.source=dataset", "estimator.name=gold",
+        f"judge.model={rubric_world / 'model'}", "judge.max_new_tokens=8", "judge.max_retries=0", *grader])
+    logs = []
+    trainer = Trainer(config, tmp_path / "run", log=logs.append)
+    assert len(server.chat) == int(separate)  # the separate grader's probe, before any model loads
+    result = trainer.evaluate()
+    assert result["judge"] == {"model": "grader" if separate else str(rubric_world / "model"),
+                               "backend": "openai" if separate else "hf", "is_reward_judge": not separate}
+    assert (len(server.chat) > 1) == separate
+    assert any("graded by the reward's own judge" in line for line in logs) == (not separate)
+
+
 def test_http_judge_answers_through_a_real_server(server, tmp_path, monkeypatch):
     base_url, model = server
     monkeypatch.setenv("CAT_TEST_JUDGE_KEY", "secret-test-key")
