@@ -414,6 +414,11 @@ class EstimatorConfig(_Section):
     reads no label; ``majority_vote`` is TTRL; ``gold`` is reference-based GRPO, the only one that
     reads the dataset's labels, so it is never a default: a config trains on labels only by
     naming it."""
+    votes: int | None = Field(None, ge=1)
+    """Rollouts per prompt the estimator reads, apart from the G it trains on
+    (``generation.num_generations``). None: the same G. TTRL as published votes over 64 samples
+    and trains on 32: ``votes: 64`` with G = 32 samples 64 per prompt, takes the reference from all
+    64 and updates on the first 32 (rewards, advantages and diagnostics are over those)."""
 
 
 class AnchorConfig(_Endpoint):
@@ -579,6 +584,10 @@ class Config(_Section):
         if self.anchor.orders > 1 and self.estimator.name in _SINGLE_READ:
             raise ValueError(f"anchor.orders ({self.anchor.orders}) is read by the synthesis estimator only; "
                              f"estimator.name is {self.estimator.name}: set anchor.orders=1")
+        if self.estimator.votes is not None and self.algorithm == "sft" and self.sft.target == "reference" \
+                and self.estimator.votes > self.generation.num_generations:
+            raise ValueError("estimator.votes above generation.num_generations with algorithm sft: the reference may be "
+                             "a rollout that is not trained on; use sft.target=agreeing_rollout")
         if self.anchor.orders > self.generation.num_generations:
             raise ValueError(f"anchor.orders ({self.anchor.orders}) is above generation.num_generations "
                              f"({self.generation.num_generations}): a group of G rollouts has G rotations")

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -218,15 +218,15 @@ class Trainer:
         shard = self.ranks.shard(len(self.order.batch(step)))
         start = shard[0]
         with timer("generate"):
-            groups = self.rollout(step)
+            voting, groups = self._split(self.rollout(step))
         with timer("reference"):
             anchor = self.anchor
             if anchor is not None:  # sampled anchors draw fresh streams every step, the same on any number of ranks
                 anchor = anchor.at(seed=_step_seed(self.config.run.seed, step) + 2, row_offset=start)
-            seen = firewall.view(self.config, groups)  # a label-free run's estimator and rewards see no label
-            references = self.estimator(seen, anchor)
+            # a label-free run's estimator and rewards see no label (cat.firewall)
+            references = self.estimator(firewall.view(self.config, voting), anchor)
         with timer("reward"):
-            scores, reward_stats, audit = self.score(seen, references, step)
+            scores, reward_stats, audit = self.score(firewall.view(self.config, groups), references, step)
         if self.ranks.world > 1:
             counts = self.ranks.gather(len(groups))
             groups, references, scores, audit = gather_lists(self.ranks, groups, references, scores, audit)
@@ -265,14 +265,13 @@ class Trainer:
         params = self._sampling(seed=_step_seed(self.config.run.seed, 0) + 3, row_offset=0)
         with self._generating():
             completions = self.generator.generate([self.prompt_ids[i] for i in indices], params)
-        groups = [Group(prompt=self.prompts[i], prompt_ids=tuple(self.prompt_ids[i]), completions=tuple(c))
-                  for i, c in zip(indices, completions, strict=True)]
+        voting, groups = self._split([Group(prompt=self.prompts[i], prompt_ids=tuple(self.prompt_ids[i]),
+                                            completions=tuple(c)) for i, c in zip(indices, completions, strict=True)])
         anchor = self.anchor
         if anchor is not None:
             anchor = anchor.at(seed=_step_seed(self.config.run.seed, 0) + 5, row_offset=0)
-        seen = firewall.view(self.config, groups)
-        references = self.estimator(seen, anchor)
-        scores, reward_stats, _ = self.score(seen, references, 0)
+        references = self.estimator(firewall.view(self.config, voting), anchor)
+        scores, reward_stats, _ = self.score(firewall.view(self.config, groups), references, 0)
         set_rng_state(saved)
         metrics = {"step": 0, **self._rollout_metrics(groups, scores), **reward_stats,
                    **teacher_diagnostics(groups, references, scores, self.config)}
@@ -304,10 +303,21 @@ class Trainer:
             for i, c in zip(indices, completions, strict=True)
         ]
 
+    def _split(self, sampled: list[Group]) -> tuple[list[Group], list[Group]]:
+        """(the groups the estimator reads, the groups trained on): the first ``estimator.votes``
+        and the first G rollouts of each prompt's samples; both all of them unless votes is set."""
+        votes, g = self.config.estimator.votes, self.config.generation.num_generations
+        if votes is None or votes == g:
+            return sampled, sampled
+        return ([replace(x, completions=x.completions[:votes]) for x in sampled],
+                [replace(x, completions=x.completions[:g]) for x in sampled])
+
     def _sampling(self, *, seed: int, row_offset: int) -> SamplingParams:
-        """The rollouts' sampling settings (``generation``) with these streams."""
+        """The rollouts' sampling settings (``generation``) with these streams: G per prompt, or
+        ``estimator.votes`` when more are drawn for the vote."""
         gen = self.config.generation
-        return SamplingParams(n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
+        n = max(gen.num_generations, self.config.estimator.votes or 0)
+        return SamplingParams(n=n, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
                               top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=seed, row_offset=row_offset)
 
     def update(self, batch: Batch, timer: _Timer, shard: tuple[int, int] | None = None, *, sft: bool = False) -> dict:

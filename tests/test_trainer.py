@@ -192,3 +192,29 @@ def test_float16_trains_with_dynamic_loss_scaling(tmp_path, tiny_world):
     assert resumed.learner.scaler.get_scale() == 2.0 ** 119
     with pytest.raises(ConfigError, match="float16 with parallel.strategy fsdp"):
         load_config(None, ["model.dtype=float16", "parallel.strategy=fsdp"])
+
+
+def test_ttrl_votes_over_more_samples_than_it_trains_on(tmp_path, tiny_world):
+    """estimator.votes (TTRL: vote over 64, train on 32): the estimator reads `votes` rollouts per
+    prompt, the update and rewards the first G, which are the same rollouts a run without votes
+    trains on (each sample has its own stream)."""
+    common = ("estimator.name=majority_vote", "generation.num_generations=4", "generation.temperature=1.5")
+    plain = make_trainer(tmp_path, tiny_world, *common).step(0)
+    (tmp_path / "votes").mkdir()
+    voting = make_trainer(tmp_path / "votes", tiny_world, *common, "estimator.votes=16")
+    read, estimator = [], voting.estimator
+
+    class Reading:  # the run's own estimator, noting how many rollouts of each prompt it is given
+        needs_anchor = False
+
+        def __call__(self, groups, anchor):
+            read.append([len(g.completions) for g in groups])
+            return estimator(groups, anchor)
+
+    voting.estimator = Reading()
+    voted = voting.step(0)
+    assert read == [[16] * 4]  # the vote read 16 rollouts of each of the step's 4 prompts
+    assert [r["completion"] for r in voted.samples] == [r["completion"] for r in plain.samples]  # 4 per prompt
+    assert voted.metrics["groups/scored"] == 4 and voted.metrics["completion/mean_length"] > 0
+    with pytest.raises(ConfigError, match="estimator.votes above generation.num_generations with algorithm sft"):
+        load_config(None, ["algorithm=sft", "estimator.name=majority_vote", "estimator.votes=16"])
