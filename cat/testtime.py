@@ -72,6 +72,10 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
         synthesis_template(question_template, with_question=True)  # a bad template fails before any model loads
     if e.path is None:
         raise ConfigError("eval.path is not set: test-time CaT needs prompts with gold answers to grade")
+    if config.data.format == "healthbench":  # graded by rubric, not by a final answer: every accuracy would read 0
+        raise ConfigError("cat-rl testtime grades each reference's final answer against a gold answer; HealthBench "
+                          "rows have a physician rubric instead, so every accuracy would read 0. Measure rubric tasks "
+                          "by training (cat-rl train, evaluated by the rubric) or cat-rl eval")
     for plugin in config.plugins:
         import_plugin(plugin)
     estimators = {name: ESTIMATORS.get(name)(config) for name in estimator_names}

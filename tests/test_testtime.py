@@ -118,3 +118,11 @@ def test_the_table_reads_n_a_where_one_prompt_gives_no_interval():
     text = table(result)
     assert "one sample: 1.000 (+/- n/a)" in text and "| majority_vote | 1.000 +/- n/a |" in text
     assert "0 +/- n/a (one prompt)" in text and "nan" not in text
+
+
+def test_testtime_refuses_rubric_data_it_cannot_grade():
+    healthbench = ROOT / "tests" / "fixtures" / "healthbench_sample.jsonl"
+    out = cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "data.format=healthbench",
+              f"data.path={healthbench}", f"eval.path={healthbench}")
+    assert out.returncode == 2 and "HealthBench rows have a physician rubric" in out.stderr
+    assert "Traceback" not in out.stderr
