@@ -307,6 +307,22 @@ def _prepare_run_dir(run_dir: Path, config, *, resume_requested: bool, allow_cha
     return latest
 
 
+def _run_model(run_dir: Path) -> Path:
+    """A run directory's newest checkpoint that verifies, as the model folder to load (nothing is
+    moved: evaluation only reads)."""
+    import logging
+
+    from cat import checkpoint
+
+    found = checkpoint.list_checkpoints(run_dir)
+    for path in reversed(found):
+        if checkpoint.verify(path) is None and (path / "model").is_dir():
+            logging.getLogger("cat.evaluate").warning(f"--model {run_dir}: evaluating its checkpoint {path.name}")
+            return path / "model"
+    raise ConfigError(f"--model {run_dir} is a run directory with no checkpoint that verifies "
+                      f"({len(found)} found): name a checkpoint's model/ folder, or a model")
+
+
 def _same_run(old: str, new: str) -> bool:
     """Whether two dumped configs describe the same run: equal but for ``run.output_dir`` (where the
     run lives, not what it is: a moved run directory is the same run) and for paths spelled
@@ -475,6 +491,8 @@ def _eval(args) -> int:
     try:
         if args.model and (Path(args.model) / "model").is_dir():
             path = str(Path(args.model) / "model")
+        elif args.model and (Path(args.model) / "checkpoints").is_dir():
+            path = str(_run_model(Path(args.model)))
     except OSError as exc:  # a name too long for the file system
         raise ConfigError(f"--model {args.model}: {exc.strerror or exc}") from None
     prompts = load_split(config, "eval")

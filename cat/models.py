@@ -107,6 +107,9 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise ConfigError(f"cannot load tokenizer from '{path}': {exc}") from None
+    except ValueError:  # transformers found no tokenizer files it can read there
+        raise ConfigError(f"cannot load tokenizer from '{path}': it holds no tokenizer files transformers can read "
+                          "(name a model folder, a hub id or a .gguf file)") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -106,6 +106,8 @@ def load_run(path: Path, label: str) -> Run:
 
 def _labels(paths: list[Path]) -> list[str]:
     """Directory names, lengthened with their parents until they tell the inputs apart."""
+    if not paths:
+        return []
     parts = [p.resolve().parts for p in paths]
     for depth in range(1, max(len(p) for p in parts) + 1):
         labels = ["/".join(p[-depth:]) for p in parts]

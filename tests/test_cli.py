@@ -104,3 +104,25 @@ def test_eval_and_synthesize_skip_overlong_prompts_and_say_how_many(tmp_path, ti
     out = cli("synthesize", CAT, "--estimators", "single", "generation.num_generations=2", *common)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "skipped 1 of 3 evaluation prompt(s)" in out.stderr and "2 prompts (1 longer ones skipped)" in out.stdout
+
+
+def test_eval_takes_a_run_directory_and_report_a_test_time_result_alone(tmp_path, tiny_world):
+    """Two tracebacks a newcomer met: ``cat-rl eval --model RUN_DIR`` (now: the run's newest
+    checkpoint that verifies) and ``cat-rl report SYNTH.json`` with no run beside it."""
+    run_dir = tmp_path / "run"
+    trained = cli("train", CAT, "--output-dir", str(run_dir), "--no-progress", f"model.name_or_path={tiny_world / 'model'}",
+                  f"data.path={tiny_world / 'train.jsonl'}", "data.limit=8", "eval.path=null", "run.prompts_per_step=2",
+                  "run.steps=2", "run.save_every=1")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    out = cli("eval", CAT, "--model", str(run_dir), f"eval.path={tiny_world / 'test.jsonl'}", "eval.limit=4",
+              "eval.num_samples=1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "evaluating its checkpoint step-000002" in out.stderr and json.loads(out.stdout)["n"] == 4
+    empty = tmp_path / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    assert_clean_failure(cli("eval", CAT, "--model", str(empty)), "no checkpoint that verifies")
+    assert_clean_failure(cli("eval", CAT, "--model", str(tmp_path)), "holds no tokenizer files")
+    report = cli("report", str(ROOT / "results" / "smollm2_addition" / "synthesize.json"), "--output",
+                 str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert (tmp_path / "report" / "index.html").exists()
