@@ -171,5 +171,5 @@ def test_changed_config_is_refused_with_a_diff(tmp_path, tiny_world):
     assert "orders" not in saved.read_text()
     older = cli("train", config, "--output-dir", run_dir, "--no-progress", *overrides(tiny_world, 2))
     assert older.returncode == 0 and "nothing to do" in older.stderr + older.stdout, older.stderr[-2000:]
-    newer = cli("train", config, "--output-dir", run_dir, *overrides(tiny_world, 2, "anchor.orders=2"))
-    assert newer.returncode == 2 and "+  orders: 2" in newer.stderr  # a new option set otherwise is a change
+    newer = cli("train", config, "--output-dir", run_dir, *overrides(tiny_world, 2, "grpo.dual_clip=3"))
+    assert newer.returncode == 2 and "+  dual_clip: 3.0" in newer.stderr  # a new option set otherwise is a change
