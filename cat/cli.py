@@ -335,25 +335,13 @@ def _same_run(old: str, new: str) -> bool:
         return False
     if not all(isinstance(tree, dict) for tree in trees):
         return False
-    trees = [_with_defaults(tree) for tree in trees]
+    from cat.config import with_defaults
+
+    trees = [with_defaults(tree) for tree in trees]
     for tree in trees:
         if isinstance(tree.get("run"), dict):
             tree["run"].pop("output_dir", None)
     return _by_content(trees[0]) == _by_content(trees[1])
-
-
-def _with_defaults(tree: dict) -> dict:
-    """A dumped config with the settings a later version added filled in at their defaults, so a
-    run saved before an option existed is the same run as one that leaves the option at its
-    default. A tree this version no longer accepts is compared as written."""
-    import yaml
-
-    from cat.config import config_from_tree, dump_config
-
-    try:
-        return yaml.safe_load(dump_config(config_from_tree(tree)))
-    except (ConfigError, ValueError, TypeError):
-        return tree
 
 
 def _by_content(value):

@@ -157,9 +157,9 @@ def evaluation_settings(config_text: str) -> dict:
     """A dumped config without the settings that cannot change the initial evaluation."""
     import yaml
 
-    from cat.cli import _with_defaults
+    from cat.config import with_defaults
 
-    tree = _with_defaults(yaml.safe_load(config_text))  # a run saved before an option existed has its default
+    tree = with_defaults(yaml.safe_load(config_text))  # a run saved before an option existed has its default
     tree = {k: v for k, v in tree.items() if k not in _NOT_EVALUATION}
     tree["run"] = {k: v for k, v in tree.get("run", {}).items() if k not in _NOT_EVALUATION_RUN}
     return tree

@@ -922,5 +922,16 @@ def config_from_tree(tree: dict, overrides: list[str] | None = None, *, source: 
         raise ConfigError("\n".join(lines)) from None
 
 
+def with_defaults(tree: dict) -> dict:
+    """A dumped config with the settings a later version added filled in at their defaults, so a
+    run saved before an option existed compares equal to one that leaves the option at its
+    default (the same-run check, compare, report's arms). A tree this version no longer accepts is
+    returned as written."""
+    try:
+        return yaml.safe_load(dump_config(config_from_tree(tree)))
+    except (ConfigError, ValueError, TypeError):
+        return tree
+
+
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -158,9 +158,9 @@ def _arm_key(run: Run) -> str:
     """What makes runs one arm: their config without ``run.seed`` and ``run.output_dir``."""
     if not run.config:
         return f"run {run.path}"
-    from cat.cli import _with_defaults
+    from cat.config import with_defaults
 
-    config = _with_defaults({k: dict(v) if isinstance(v, dict) else v for k, v in run.config.items()})
+    config = with_defaults({k: dict(v) if isinstance(v, dict) else v for k, v in run.config.items()})
     for key in ("seed", "output_dir"):  # (and a run saved before an option existed has its default)
         config.get("run", {}).pop(key, None)
     return json.dumps(config, sort_keys=True, default=str)
