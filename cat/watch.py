@@ -7,8 +7,9 @@
   no group can be scored it names the cause and the fix instead.
 * ``UnscoredWatch`` follows the steps: ``run.max_unscored_steps`` steps in a row with more than
   ``run.max_unscored_share`` of their groups unscored stop the run, and a run none of whose steps
-  scored a group (GRPO: had a group with differing rewards) ends with an error, not exit 0. The
-  steps before a resume count too.
+  scored a group (GRPO: had a group with differing rewards), or none of whose updates was taken
+  (each skipped: a non-finite loss or gradient, an fp16 overflow), ends with an error, not exit 0.
+  The steps before a resume count too.
 
 Both raise :class:`~cat.errors.TrainingHalted` (the CLI prints it and exits 2).
 """
@@ -88,6 +89,7 @@ class UnscoredWatch:
         self.steps = 0
         self.scored_steps = 0
         self.learning_steps = 0
+        self.updated_steps = 0
 
     def count(self, rows: list[dict]) -> None:
         """Steps taken before a resume: they count towards ``finish``, not towards a stop."""
@@ -98,6 +100,7 @@ class UnscoredWatch:
         self.steps += 1
         self.scored_steps += metrics["groups/scored"] > 0
         self.learning_steps += metrics["groups/scored"] > 0 and metrics["frac_reward_zero_std"] < 1
+        self.updated_steps += not metrics.get("skipped_update", 0)
 
     def observe(self, metrics: dict) -> None:
         scored, unscored = metrics["groups/scored"], metrics["groups/unscored"]
@@ -121,10 +124,16 @@ class UnscoredWatch:
 
     def finish(self, *, needs_spread: bool = True) -> None:
         """At the end of the run: TrainingHalted when no step scored a group, or (GRPO,
-        ``needs_spread``) when no step had a group whose rewards differ."""
+        ``needs_spread``) when no step had a group whose rewards differ, or when every step's update
+        was skipped."""
         if self.steps and not self.scored_steps:
             raise TrainingHalted(f"none of the {self.steps} step(s) scored a group: the run trained on nothing. "
                                  f"See samples.jsonl for what the model and the teacher wrote")
+        if self.steps and not self.updated_steps:
+            raise TrainingHalted(
+                f"none of the {self.steps} step(s) updated the policy: every update was skipped (a non-finite loss "
+                f"or gradient, or fp16 gradients that overflowed; see the warnings above and skipped_update in "
+                f"metrics.jsonl). Lower optim.lr, use model.dtype bfloat16 or float32, or run more steps")
         if needs_spread and self.steps and not self.learning_steps:
             raise TrainingHalted(
                 f"none of the {self.steps} step(s) had a group whose rewards differ, so every advantage was 0 "

@@ -72,3 +72,23 @@ def test_a_run_whose_rewards_never_differ_ends_with_an_error():
     watch.observe({"step": 4, "groups/scored": 1, "groups/unscored": 9, "frac_reward_zero_std": 0.0})
     watch.observe({"step": 5, "groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 0.0})
     assert watch.in_a_row == 0  # a scored step resets the count
+
+
+def test_a_run_none_of_whose_updates_was_taken_ends_with_an_error():
+    """Every step's update skipped (a non-finite loss, an fp16 overflow) in fewer steps than
+    run.max_nonfinite_in_a_row: the policy never moved, so the run does not end with exit 0."""
+    class Run:
+        max_unscored_share, max_unscored_steps = 0.9, 3
+
+    row = {"groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 0.5}
+    watch = UnscoredWatch(Run())
+    for step in (1, 2):
+        watch.observe({"step": step, **row, "skipped_update": 1})
+    with pytest.raises(TrainingHalted, match=r"none of the 2 step\(s\) updated the policy: every update was skipped"):
+        watch.finish()
+    watch.observe({"step": 3, **row, "skipped_update": 0})
+    watch.finish()  # one update taken is enough
+    resumed = UnscoredWatch(Run())
+    resumed.count([{"step": 1, **row, "skipped_update": 0}])
+    resumed.observe({"step": 2, **row, "skipped_update": 1})
+    resumed.finish()  # the step before the resume updated
