@@ -218,6 +218,16 @@ def test_server_errors_are_retried_with_a_growing_backoff(scripted):
     assert times[1] - times[0] >= 0.05 and times[2] - times[1] >= 0.1
 
 
+@pytest.mark.parametrize("status", [408, 409, 429])
+def test_the_retried_client_errors_are_408_409_and_429(scripted, status):
+    """The three 4xx statuses that say "not now" (timeout, conflict, rate limit) are retried, as 5xx are."""
+    server = scripted(lambda n, _: (status, {}, {"error": {"message": "not now"}}) if n == 0
+                      else reply("<verdict>yes</verdict>"))
+    judge = fast_judge(server, "judge.max_retries=1")
+    verdicts, _ = judge.judge([ITEM])
+    assert verdicts == [[True]] and len(server.chat) == 2 and judge.backend.errors == 1
+
+
 def test_reasks_and_retries_share_one_budget_per_verdict(scripted):
     """A 503 then an unparsable reply, over and over: the transport's retries and the judge's
     re-asks draw on one budget, max_retries + 1 requests per verdict, not their product."""
