@@ -90,6 +90,7 @@ class UnscoredWatch:
         self.scored_steps = 0
         self.learning_steps = 0
         self.updated_steps = 0
+        self.judge_failures = 0.0
 
     def count(self, rows: list[dict]) -> None:
         """Steps taken before a resume: they count towards ``finish``, not towards a stop."""
@@ -101,6 +102,7 @@ class UnscoredWatch:
         self.scored_steps += metrics["groups/scored"] > 0
         self.learning_steps += metrics["groups/scored"] > 0 and metrics["frac_reward_zero_std"] < 1
         self.updated_steps += not metrics.get("skipped_update", 0)
+        self.judge_failures += _judge_failures(metrics)
 
     def observe(self, metrics: dict) -> None:
         scored, unscored = metrics["groups/scored"], metrics["groups/unscored"]
@@ -127,8 +129,10 @@ class UnscoredWatch:
         ``needs_spread``) when no step had a group whose rewards differ, or when every step's update
         was skipped."""
         if self.steps and not self.scored_steps:
-            raise TrainingHalted(f"none of the {self.steps} step(s) scored a group: the run trained on nothing. "
-                                 f"See samples.jsonl for what the model and the teacher wrote")
+            cause = (f"The judge gave no usable verdict for {self.judge_failures:.0f} (rollout, criterion) pairs "
+                     f"(judge/failures; the warnings above quote its replies): {JUDGE_FIX}"
+                     if self.judge_failures else "See samples.jsonl for what the model and the teacher wrote")
+            raise TrainingHalted(f"none of the {self.steps} step(s) scored a group: the run trained on nothing. {cause}")
         if self.steps and not self.updated_steps:
             raise TrainingHalted(
                 f"none of the {self.steps} step(s) updated the policy: every update was skipped (a non-finite loss "

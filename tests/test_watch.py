@@ -65,6 +65,11 @@ def test_a_run_whose_rewards_never_differ_ends_with_an_error():
     fresh.observe({"step": 1, "groups/scored": 0, "groups/unscored": 4, "frac_reward_zero_std": float("nan")})
     with pytest.raises(TrainingHalted, match="none of the 1 step\\(s\\) scored a group"):
         fresh.finish(needs_spread=False)  # sft too: nothing scored is nothing learned
+    judged = UnscoredWatch(Run())  # every verdict failed: the judge is named as the cause, with the fix
+    judged.observe({"step": 1, "groups/scored": 0, "groups/unscored": 4, "frac_reward_zero_std": float("nan"),
+                    "judge/failures": 40})
+    with pytest.raises(TrainingHalted, match=r"scored a group: .* The judge gave no usable verdict for 40 .*judge\.template"):
+        judged.finish()
     resumed = UnscoredWatch(Run())
     resumed.count([{"step": 1, "groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 0.5}])
     resumed.observe({"step": 2, "groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 1.0})
