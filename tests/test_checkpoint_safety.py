@@ -173,3 +173,29 @@ def test_a_moved_run_directory_resumes(tmp_path, tiny_world):
     assert f"output_dir: {moved}" in (moved / "config.yaml").read_text()
     changed = cli("train", str(moved / "config.yaml"), "--resume", str(moved), *spelled, "optim.lr=0.5")
     assert changed.returncode == 2 and "different config" in changed.stderr
+
+
+def test_rotation_never_deletes_the_newest_verified_checkpoint(tmp_path, tiny_world, monkeypatch):
+    """keep_last=1 with a damaged newer checkpoint that could not be moved aside (it stays among the
+    complete ones): the resume reads the good one, and the next save keeps what it wrote and the
+    damaged one is never what a resume reads; rotation counts a rejected checkpoint never."""
+    from cat.models import load_model, load_tokenizer
+
+    path = str(tiny_world / "model")
+    tok, model = load_tokenizer(path), load_model(path, dtype="float32", device=torch.device("cpu"))
+    run_dir = tmp_path / "run"
+    for step in (2, 4, 6):
+        checkpoint.save_checkpoint(run_dir, step, model=model, tokenizer=tok, trainer_state={"step": step}, keep_last=2)
+    ckpts = run_dir / "checkpoints"
+    assert [p.name for p in checkpoint.list_checkpoints(run_dir)] == ["step-000004", "step-000006"]
+    flip(ckpts / "step-000006" / "model" / "model.safetensors")
+    real_rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda *a: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    logs = []
+    assert checkpoint.newest_verified(run_dir, log=logs.append).name == "step-000004"
+    assert "could not move it aside" in logs[0]
+    monkeypatch.setattr(os, "rename", real_rename)
+    saved = checkpoint.save_checkpoint(run_dir, 5, model=model, tokenizer=tok, trainer_state={"step": 5}, keep_last=1)
+    assert saved.name == "step-000005" and checkpoint.verify(saved) is None  # what it wrote survives rotation
+    assert checkpoint.newest_verified(run_dir, log=logs.append).name == "step-000005"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["rejected-step-000006", "step-000005"]
