@@ -55,3 +55,10 @@ def duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def excerpt(text: str, n: int = 200) -> str:
+    """A model's reply quoted in a message: whitespace folded to single spaces, cut to ``n``
+    characters with ``...``."""
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."

@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from cat.display import excerpt
 from cat.errors import TeacherError
 from cat.generation.chat import RequestBudget
 from cat.templates import Template, load_template
@@ -173,8 +174,8 @@ class VerdictCache:
 
 
 class ChatBackend:
-    """The judge's seam, ``complete(prompts, max_new_tokens, attempt, budgets) -> list[str | None]``,
-    over any ``ChatModel``: a local model on the hf or vLLM engine, or an OpenAI-compatible
+    """The judge's seam, ``complete(prompts, max_new_tokens, attempt, budgets) -> list[str | None]``
+    and ``usage`` (the tokens it has spent, ``cat.generation.chat.Usage``), over any ``ChatModel``: a local model on the hf or vLLM engine, or an OpenAI-compatible
     endpoint. The first attempt decodes greedily; retries of unparsable verdicts sample at
     temperature 0.7. ``check(prompt, max_new_tokens)``: the model's reply to ``prompt`` now (None
     for a local model, which is not asked), or TeacherError when it cannot answer."""
@@ -183,6 +184,7 @@ class ChatBackend:
         self.chat = chat
         self.name = chat.name
         self.label = chat.label
+        self.usage = chat.usage
 
     @property
     def errors(self) -> int:
@@ -236,10 +238,6 @@ JUDGE_FIX = ("use a judge model that follows the judge template (judge.model), o
 """What to change when the judge's replies are not verdicts (the judge's warning and the run's stop say it)."""
 
 
-def _clip(text: str, n: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 3] + "..."
-
 
 class Judge:
     def __init__(self, backend, *, template: Template, max_new_tokens: int, max_retries: int, cache: VerdictCache,
@@ -273,7 +271,7 @@ class Judge:
             form = '"1: yes" or "1: no"' if whole else "<verdict>yes</verdict> or <verdict>no</verdict>, or a leading yes/no"
             raise TeacherError(
                 f"{self.backend.label} does not answer as a judge: asked whether \"{PROBE.response}\" meets "
-                f"\"{PROBE.criteria[0]}\", it replied {_clip(reply)!r}, which is not a verdict ({form}). Every verdict "
+                f"\"{PROBE.criteria[0]}\", it replied {excerpt(reply)!r}, which is not a verdict ({form}). Every verdict "
                 f"would fail and no group would be scored. Fix: serve a model that follows the judge template "
                 f"(judge.model), or give judge.template one it follows; stopping before evaluation and training")
 
@@ -309,6 +307,7 @@ class Judge:
     def judge(self, items: list[JudgeItem | tuple[str, list[str]]]) -> tuple[list[list[bool | None]], dict]:
         """For each item: one verdict per criterion (None = judge failure)."""
         start = time.perf_counter()
+        spent = self.backend.usage.snapshot()
         items = [JudgeItem(*item) for item in items]
         verdicts: list[list[bool | None]] = [[None] * len(item.criteria) for item in items]
         todo: list[tuple[int, int]] = []
@@ -331,7 +330,7 @@ class Judge:
         def budget(i: int, k: int | None) -> RequestBudget:
             return budgets.setdefault((i, k), RequestBudget(self.max_retries + 1))
 
-        calls = 0
+        calls = replied = parsed = 0  # requests sent; replies that came back; replies that gave a verdict
         unread = ""  # a reply that did not parse, quoted in the warning
         gave_up = False
         for attempt in range(self.max_retries + 1):
@@ -366,27 +365,31 @@ class Judge:
                     replies += text is not None
                     read += verdicts[i][k] is not None
                 calls += len(prompts)
+            replied, parsed = replied + replies, parsed + read
             fresh = [(i, k) for i, k in todo if verdicts[i][k] is not None]
             self.cache.put_many([(self._key(items[i], k), verdicts[i][k]) for i, k in fresh])
             todo = [(i, k) for i, k in todo if verdicts[i][k] is None]
             if attempt == 0 and replies >= GIVE_UP_AFTER and read == 0:
-                quoted = f", e.g. {_clip(unread)!r}" if unread else ""
+                quoted = f", e.g. {excerpt(unread)!r}" if unread else ""
                 logger.warning(f"{self.backend.label}: none of {replies} replies was a verdict{quoted}; not re-asking: "
                                f"{len(todo)} of {asked} verdicts failed (left out, never read as 'no'). Fix: {JUDGE_FIX}")
                 gave_up = True
                 break
         if todo and not gave_up:
-            quoted = f"; a reply that did not parse: {_clip(unread)!r}" if unread else ""
+            quoted = f"; a reply that did not parse: {excerpt(unread)!r}" if unread else ""
             logger.warning(f"{self.backend.label}: {len(todo)} of {asked} verdicts failed after up to "
                            f"{self.max_retries + 1} requests each (left out, never read as 'no'){quoted}")
         flat = [v for row in verdicts for v in row]
         judged = [v for v in flat if v is not None]
-        stats = {
-            "judge/calls": float(calls),
-            "judge/cache_hits": float(hits),
-            "judge/failures": float(len(todo)),
+        stats = {  # counts are ints, so that ranks' counts add up (cat.parallel.combine_stats)
+            "judge/calls": calls,
+            "judge/cache_hits": hits,
+            "judge/failures": len(todo),
+            "judge/asked": asked,  # verdicts not in the cache; judge/failures of them were never given
+            "judge/parse_rate": parsed / replied if replied else float("nan"),  # replies that were verdicts
             "judge/yes_rate": sum(judged) / len(judged) if judged else float("nan"),
             "judge/seconds": time.perf_counter() - start,
+            **self.backend.usage.since(spent, "judge"),
         }
         return verdicts, stats
 

@@ -24,14 +24,21 @@ characters over many lines) are ``Criterion`` records kept exactly as written.
 from __future__ import annotations
 
 import html
+import logging
 import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cat.display import excerpt
 from cat.generation.chat import RequestBudget
 from cat.templates import Template, load_template
 
+logger = logging.getLogger(__name__)
+
 MAX_CRITERION_CHARS = 500
+RUBRIC_FIX = ("use an anchor that writes the rubric format (anchor.model), or give rubric.template one it follows "
+              "(rubric.max_new_tokens if its rubrics are cut off; rubric.min_criteria if it writes too few)")
+"""What to change when the anchor's rubrics do not parse (the warning and the run's stop say it)."""
 _BLOCK = re.compile(r"<rubric>(.*?)</rubric>", re.S | re.I)
 _CRITERION = re.compile(r"<criterion(?:\s+weight\s*=\s*\"([^\"]*)\")?\s*>(.*?)</criterion>", re.S | re.I)
 
@@ -105,6 +112,7 @@ def parse_rubric(text: str, *, min_criteria: int = 5, max_criteria: int = 20) ->
     return Rubric(criteria=tuple(criteria), dropped=dropped)
 
 
+
 def proposal_template(config) -> Template:
     r = config.rubric
     if r.include_question:
@@ -119,7 +127,8 @@ def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[l
     which the anchor endpoint's retries of transient failures share.
 
     Returns the rubrics and counts: ``rubric/attempts``, ``rubric/failures`` (groups given up on),
-    ``rubric/dropped_criteria``.
+    ``rubric/dropped_criteria``, and the anchor's ``rubric/prompt_tokens`` and
+    ``rubric/completion_tokens`` (beside the synthesis's ``anchor/...``).
     """
     from cat.generation import SamplingParams
 
@@ -128,8 +137,10 @@ def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[l
     rubrics: list[Rubric | None] = [None] * len(groups)
     pending = [i for i, ref in enumerate(references) if ref.text.strip()]
     budgets = {i: RequestBudget(max(r.max_attempts, config.anchor.max_retries + 1)) for i in pending}
+    spent = anchor.chat.usage.snapshot()
     attempts = 0
     errors: dict[int, str] = {}
+    replies: dict[int, str] = {}  # each group's last reply, quoted when it did not parse
     for attempt in range(r.max_attempts):
         pending = [i for i in pending if budgets[i].left]
         if not pending:
@@ -146,6 +157,8 @@ def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[l
         attempts += len(pending)
         still = []
         for i, out in zip(pending, outputs, strict=True):
+            if out is not None:
+                replies[i] = out.text
             try:
                 if out is None:
                     raise RubricParseError("the anchor's request failed")
@@ -155,9 +168,16 @@ def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[l
                 still.append(i)
         pending = still
     failures = sum(rb is None for rb in rubrics)
-    stats = {
-        "rubric/attempts": float(attempts),
-        "rubric/failures": float(failures),
-        "rubric/dropped_criteria": float(sum(rb.dropped for rb in rubrics if rb is not None)),
+    if errors and failures:
+        i = next(i for i in errors if rubrics[i] is None)
+        logger.warning(f"{failures} of {len(groups)} rubric proposals failed after up to {r.max_attempts} attempts "
+                       f"(those groups are left unscored, never scored 0); the last reason: {errors[i]}; a reply: "
+                       f"{excerpt(replies.get(i, ''))!r}. Fix: {RUBRIC_FIX}")
+    stats = {  # ints, so that ranks' counts add up
+        "rubric/attempts": attempts,
+        "rubric/failures": failures,
+        "rubric/dropped_criteria": sum(rb.dropped for rb in rubrics if rb is not None),
+        "rubric/parse_rate": (len(groups) - failures) / attempts if attempts else float("nan"),  # proposals that parsed
+        **anchor.chat.usage.since(spent, "rubric"),
     }
     return rubrics, stats

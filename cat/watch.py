@@ -16,19 +16,21 @@ Both raise :class:`~cat.errors.TrainingHalted` (the CLI prints it and exits 2).
 
 from __future__ import annotations
 
+from cat.display import excerpt, percent
 from cat.errors import TrainingHalted
 from cat.judge import JUDGE_FIX
+from cat.rubrics import RUBRIC_FIX
 from cat.types import Group, Reference
-
-
-def _clip(text: str, n: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _judge_failures(metrics: dict) -> float:
     """Verdicts the judge failed to give in this step or probe (0 without a judge)."""
     return metrics.get("judge/failures", 0) or 0
+
+
+def _rubric_failures(metrics: dict) -> int:
+    """Groups whose self-proposed rubric did not parse in this step or probe (0 without rubrics)."""
+    return int(metrics.get("rubric/failures", 0) or 0)
 
 
 def preflight_report(metrics: dict, groups: list[Group], references: list[Reference], config) -> str:
@@ -38,7 +40,13 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
     scored, unscored = metrics["groups/scored"], metrics["groups/unscored"]
     spread = scored * (1 - metrics["frac_reward_zero_std"]) if scored else 0
     clipped = metrics["completion/clipped_ratio"]
+    rubrics = "rubric/parse_rate" in metrics  # an open-ended task: no answer to read, a rubric and verdicts instead
     parts = [f"preflight on {len(groups)} prompt(s) x {config.generation.num_generations} rollouts:"]
+    if rubrics:
+        parts.append(f"rubric proposals that parsed {percent(metrics['rubric/parse_rate'])},")
+        if "judge/parse_rate" in metrics:
+            parts.append(f"judge replies that were verdicts {percent(metrics['judge/parse_rate'])},")
+        rollout_rate = reference_rate = None
     if rollout_rate is not None:
         parts.append(f"rollouts with an answer {rollout_rate:.0%},")
     if reference_rate is not None:
@@ -54,20 +62,24 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
         causes.append(f"no rollout has an answer that {chain} reads")
     if reference_rate is not None and reference_rate == 0:
         causes.append(f"no reference has an answer that {chain} reads")
+    no_rubric = _rubric_failures(metrics)
+    if no_rubric:
+        causes.append(f"the anchor's rubric did not parse for {no_rubric} of {scored + unscored} groups "
+                      f"(rubric/failures; the warning above quotes a reply)")
     failed = _judge_failures(metrics)
     if failed:
         causes.append(f"the judge gave no usable verdict for {failed:.0f} (rollout, criterion) pairs "
                       f"(judge/failures; the warning above quotes a reply it gave)")
     if not causes:
         causes.append("the reward scored no group (see its warnings above)")
-    fixes = [JUDGE_FIX] if failed else []
-    if clipped > 0.5:
+    fixes = ([RUBRIC_FIX] if no_rubric else []) + ([JUDGE_FIX] if failed else [])
+    if clipped > 0.5 and not rubrics:
         fixes.append(f"raise generation.max_new_tokens ({config.generation.max_new_tokens}): "
                      f"{clipped:.0%} of rollouts were cut off before an answer")
     if reference_rate == 0 and config.estimator.name == "synthesis":
         fixes.append(f"raise anchor.max_new_tokens ({config.anchor.max_new_tokens}) or change anchor.template "
                      f"({config.anchor.template}) so the anchor ends with an answer the chain reads")
-    if not failed or rollout_rate == 0 or reference_rate == 0:
+    if not rubrics and (not failed or rollout_rate == 0 or reference_rate == 0):
         fixes.append("ask for the answer format in data.prompt_template (for example '... put your final answer "
                      "within \\boxed{}'), or add a rule to answer.rules (answer_phrase, equals_end, last_number, "
                      "regex with answer.regex)")
@@ -76,7 +88,7 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
     raise TrainingHalted(
         f"{line}\nnothing can be scored, so training would learn nothing: {'; '.join(causes)}.\n"
         f"fix: " + "; or ".join(fixes) + ".\n"
-        f"a rollout: {_clip(example)!r}\na reference: {_clip(reference)!r}\n"
+        f"a rollout: {excerpt(example, 160)!r}\na reference: {excerpt(reference, 160)!r}\n"
         f"(run.preflight_prompts=0 skips this check)")
 
 
@@ -91,6 +103,7 @@ class UnscoredWatch:
         self.learning_steps = 0
         self.updated_steps = 0
         self.judge_failures = 0.0
+        self.rubric_failures = 0
 
     def count(self, rows: list[dict]) -> None:
         """Steps taken before a resume: they count towards ``finish``, not towards a stop."""
@@ -103,6 +116,7 @@ class UnscoredWatch:
         self.learning_steps += metrics["groups/scored"] > 0 and metrics["frac_reward_zero_std"] < 1
         self.updated_steps += not metrics.get("skipped_update", 0)
         self.judge_failures += _judge_failures(metrics)
+        self.rubric_failures += _rubric_failures(metrics)
 
     def observe(self, metrics: dict) -> None:
         scored, unscored = metrics["groups/scored"], metrics["groups/unscored"]
@@ -112,8 +126,11 @@ class UnscoredWatch:
         if self.in_a_row >= self.limit:
             rate = metrics.get("answer/reference_rate")
             read = f"; references with an answer {rate:.0%}" if rate is not None else ""
-            failed = _judge_failures(metrics)
-            if failed:
+            failed, no_rubric = _judge_failures(metrics), _rubric_failures(metrics)
+            if no_rubric:
+                read += f"; rubrics that did not parse {no_rubric}"
+                fix = f"The anchor's rubrics did not parse (the warnings above quote its replies): {RUBRIC_FIX}"
+            elif failed:
                 read += f"; judge verdicts that failed {failed:.0f}"
                 fix = f"The judge failed (the warnings above quote its replies): {JUDGE_FIX}"
             else:
@@ -129,9 +146,14 @@ class UnscoredWatch:
         ``needs_spread``) when no step had a group whose rewards differ, or when every step's update
         was skipped."""
         if self.steps and not self.scored_steps:
-            cause = (f"The judge gave no usable verdict for {self.judge_failures:.0f} (rollout, criterion) pairs "
-                     f"(judge/failures; the warnings above quote its replies): {JUDGE_FIX}"
-                     if self.judge_failures else "See samples.jsonl for what the model and the teacher wrote")
+            if self.rubric_failures:
+                cause = (f"The anchor's rubric did not parse for {self.rubric_failures} groups (rubric/failures; the "
+                         f"warnings above quote its replies, rubrics.jsonl keeps each group's reason): {RUBRIC_FIX}")
+            elif self.judge_failures:
+                cause = (f"The judge gave no usable verdict for {self.judge_failures:.0f} (rollout, criterion) pairs "
+                         f"(judge/failures; the warnings above quote its replies): {JUDGE_FIX}")
+            else:
+                cause = "See samples.jsonl for what the model and the teacher wrote"
             raise TrainingHalted(f"none of the {self.steps} step(s) scored a group: the run trained on nothing. {cause}")
         if self.steps and not self.updated_steps:
             raise TrainingHalted(

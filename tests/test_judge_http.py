@@ -236,6 +236,9 @@ def test_reasks_and_retries_share_one_budget_per_verdict(scripted):
     verdicts, stats = judge.judge([ITEM])
     assert verdicts == [[None]] and stats["judge/failures"] == 1
     assert len(server.chat) == 3
+    # the tokens are the endpoint's own count (1 + 1 per answered request), of the replies that came back
+    assert stats["judge/prompt_tokens"] == stats["judge/completion_tokens"] == 1
+    assert stats["judge/parse_rate"] == 0 and stats["judge/asked"] == 1
 
 
 @pytest.fixture

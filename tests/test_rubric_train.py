@@ -23,6 +23,11 @@ def test_rubric_run_writes_rubrics_verdicts_and_metrics(tmp_path):
     for key in ("rubric/length", "rubric/failures", "judge/yes_rate", "judge/failures", "judge/calls", "judge/seconds"):
         assert key in m, key
     assert m["groups/scored"] + m["groups/unscored"] == 4
+    # what the teachers spent, beside the policy's tokens/rollouts: the anchor writing rubrics, the judge reading
+    assert m["rubric/prompt_tokens"] > 0 and m["rubric/completion_tokens"] > 0
+    assert m["judge/prompt_tokens"] > m["judge/completion_tokens"] > 0
+    assert 0 < m["rubric/parse_rate"] <= 1 and 0 < m["judge/parse_rate"] <= 1
+    assert m["judge/asked"] == m["judge/calls"]  # per criterion, nothing cached yet: one request per verdict
     audit = rows(run_dir / "rubrics.jsonl")
     assert len(audit) == 4 and all(a["step"] == 1 for a in audit)
     scored = [a for a in audit if a["rubric"]]
@@ -41,6 +46,7 @@ def test_rubric_run_writes_rubrics_verdicts_and_metrics(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     [m2] = rows(run_dir / "metrics.jsonl")
     assert m2["judge/calls"] == 0 and m2["judge/cache_hits"] == m["judge/calls"] - m["judge/failures"]
+    assert m2["judge/prompt_tokens"] == m2["judge/completion_tokens"] == 0  # cached verdicts cost nothing
     assert m2["reward/mean"] == m["reward/mean"]
 
 

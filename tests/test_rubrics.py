@@ -7,6 +7,7 @@ import pytest
 
 from cat.config import load_config
 from cat.errors import ConfigError
+from cat.generation.chat import Usage
 from cat.healthbench import aggregate, bootstrap_std, clipped_mean
 from cat.judge import Judge, JudgeItem, VerdictCache, judge_template, parse_verdict, parse_verdict_lines
 from cat.rewards.rubric import rubric_score, score_with_failures
@@ -154,6 +155,7 @@ class ScriptedBackend:
     def __init__(self, replies):
         self.replies = list(replies)
         self.prompts = []
+        self.usage = Usage()
 
     def check(self, prompt, max_new_tokens):
         return None
@@ -162,7 +164,10 @@ class ScriptedBackend:
         self.prompts.extend(prompts)
         for budget in budgets or ():
             budget.spend()
-        return [self.replies.pop(0) for _ in prompts]
+        replies = [self.replies.pop(0) for _ in prompts]
+        for prompt, reply in zip(prompts, replies, strict=True):  # a word a token
+            self.usage.add(len(prompt.split()), len((reply or "").split()))
+        return replies
 
 
 def make_judge(backend, tmp_path, mode="per_criterion", retries=2):

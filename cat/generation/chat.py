@@ -15,6 +15,10 @@ Two implementations of one seam, ``complete(conversations, params) -> list[Compl
 ``check()`` sends one real request, so that an endpoint which cannot chat fails before any
 evaluation or training, not after.
 
+Both count what they spend in ``usage`` (``Usage``: requests answered, prompt and completion
+tokens, as the local tokenizer counts them or as the endpoint reports them), so the judge and the
+rubric proposer can say what they cost beside the policy's rollouts.
+
 Not here: what the text means (templates and parsing belong to the anchor and the judge).
 """
 
@@ -76,10 +80,36 @@ class RequestBudget:
         self.attempts = 0
 
 
+class Usage:
+    """What a chat model has spent so far: completions it returned, and their prompt and
+    completion tokens. Thread-safe (an endpoint answers on several threads); ``since(before)`` is
+    the spend after a ``snapshot()``."""
+
+    def __init__(self):
+        self.completions = self.prompt_tokens = self.completion_tokens = 0
+        self._lock = threading.Lock()
+
+    def add(self, prompt_tokens: int, completion_tokens: int) -> None:
+        with self._lock:
+            self.completions += 1
+            self.prompt_tokens += prompt_tokens
+            self.completion_tokens += completion_tokens
+
+    def snapshot(self) -> tuple[int, int, int]:
+        with self._lock:
+            return self.completions, self.prompt_tokens, self.completion_tokens
+
+    def since(self, before: tuple[int, int, int], prefix: str) -> dict[str, int]:
+        """``PREFIX/prompt_tokens`` and ``PREFIX/completion_tokens`` spent after ``before``."""
+        now = self.snapshot()
+        return {f"{prefix}/prompt_tokens": now[1] - before[1], f"{prefix}/completion_tokens": now[2] - before[2]}
+
+
 class ChatModel(Protocol):
     name: str
     label: str
     """The model and where it runs, for messages (an endpoint's base URL and model name)."""
+    usage: Usage
 
     def complete(self, conversations: list[Messages], params: SamplingParams,
                  budgets: list[RequestBudget] | None = None) -> list[Completion | None]:
@@ -105,6 +135,7 @@ class LocalChat:
         self.use_chat_template = use_chat_template
         self.chat_template_kwargs = chat_template_kwargs or {}
         self._recent: OrderedDict[tuple, list[int]] = OrderedDict()
+        self.usage = Usage()
 
     RECENT = 1024
     """Conversations whose ids are kept: the anchor counts a prompt's tokens to fit it, then sends
@@ -135,7 +166,11 @@ class LocalChat:
         for budget in budgets or ():
             budget.spend()
         params = SamplingParams(**{**params.__dict__, "n": 1})
-        return [g[0] for g in self.generator.generate([self.ids(m) for m in conversations], params)]
+        prompts = [self.ids(m) for m in conversations]
+        outputs = [g[0] for g in self.generator.generate(prompts, params)]
+        for ids, out in zip(prompts, outputs, strict=True):
+            self.usage.add(len(ids), out.length)
+        return outputs
 
 
 class OpenAIChat:
@@ -173,6 +208,7 @@ class OpenAIChat:
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=0)
         self.errors = 0
         self._errors_lock = threading.Lock()
+        self.usage = Usage()
 
     @property
     def label(self) -> str:
@@ -211,6 +247,7 @@ class OpenAIChat:
                     raise ValueError(f"the answer is not a chat completion: {self._excerpt(str(out))}")
                 choice = out.choices[0]
                 tokens = getattr(out.usage, "completion_tokens", 0) or 0
+                self.usage.add(getattr(out.usage, "prompt_tokens", 0) or 0, tokens)
                 return Completion(text=choice.message.content or "", token_ids=(), logprobs=(),
                                   finish_reason="length" if choice.finish_reason == "length" else "stop",
                                   num_tokens=tokens), ""
