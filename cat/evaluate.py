@@ -110,7 +110,7 @@ def evaluate_rubric(
                        top_p=top_p, top_k=top_k, stop=stop, seed=seed),
     )
     owners = [prompt for prompt, group in zip(prompts, sampled, strict=True) for _ in group]
-    graded, stats = grade_on_rubric(judge, owners, [c.text for group in sampled for c in group])
+    graded, _, stats = grade_on_rubric(judge, owners, [c.text for group in sampled for c in group])
     examples = [ex for ex in graded if ex is not None]
     unscored = len(graded) - len(examples)
     if not examples:
@@ -122,13 +122,14 @@ def evaluate_rubric(
     return result
 
 
-def grade_on_rubric(judge, prompts: list[Prompt], responses: list[str]) -> tuple[list[dict | None], dict]:
+def grade_on_rubric(judge, prompts: list[Prompt], responses: list[str]) -> tuple[list[dict | None], list, dict]:
     """Each response graded on its own prompt's rubric as HealthBench's grader grades it: the judge
     shown the conversation (the prompt messages the policy answered), the response and each
     criterion with its points. Per response the graded example ``cat.healthbench.aggregate`` reads,
     ``{"criteria": [(points, tags, met), ...], "tags": ...}``, over the criteria the judge answered
     (one it failed on after its retries is left out), or None when it answered no positive-point
-    criterion (the response is not scored); and the judge's counts."""
+    criterion (the response is not scored); the judge's verdicts, one per criterion of the rubric
+    (None where it failed); and the judge's counts."""
     from cat.judge import JudgeItem
 
     items = [JudgeItem(text, tuple(cr.text for cr in p.rubric), conversation=p.messages,
@@ -138,7 +139,7 @@ def grade_on_rubric(judge, prompts: list[Prompt], responses: list[str]) -> tuple
     for prompt, vs in zip(prompts, verdicts, strict=True):
         criteria = [(cr.points, cr.tags, v) for cr, v in zip(prompt.rubric, vs, strict=True) if v is not None]
         graded.append({"criteria": criteria, "tags": prompt.tags} if any(p > 0 for p, _, _ in criteria) else None)
-    return graded, stats
+    return graded, verdicts, stats
 
 
 def evaluate_config(config, generator: Generator, prompts: list[Prompt], prompt_ids: list[list[int]], judge=None) -> dict:
