@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synthesize", aliases=["testtime"],
                        help="test-time CaT: answer with each estimator's reference, no training")
     s.add_argument("config")
-    s.add_argument("--estimators", default="single,majority_vote,synthesis",
-                   help="comma-separated estimator names to compare")
+    s.add_argument("--estimators", help="comma-separated estimator names to compare (default: single,majority_vote,"
+                   "synthesis); on HealthBench data the arms single,synthesis,rubric_best_of_n,judge_best_of_n (default: all)")
     s.add_argument("--group-sizes", help="comma-separated G values, e.g. 1,2,4,8 (default: generation.num_generations)")
     s.add_argument("--output", help="write the JSON result here (with every prompt's rollouts and references)")
     s.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                                              "rollouts (default: as anchor.include_question says)")
     s.add_argument("--question-template", default="math_synthesis_with_question",
                    help="the synthesis template with {{question}} that --anchor-question with uses")
+    s.add_argument("--verdicts", metavar="FILE", help="HealthBench data: a JSONL cache of the judges' verdicts and "
+                   "ratings, read and extended, so a second run pays no judge call twice (default: none kept)")
     s.add_argument("--regrade", metavar="RESULT", help="read a saved result (--output) again with this config's answer "
                    "rules and grading, no model run: every statistic recomputed from the saved texts")
     pl = sub.add_parser("plan", help="memory per process for a config, computed from the model's architecture")
@@ -534,13 +536,16 @@ def _synthesize(args) -> int:
     from cat.testtime import run_test_time, table
 
     config = load_config(args.config, args.overrides)
-    names = [n.strip() for n in args.estimators.split(",") if n.strip()]
+    names = [n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators else None
     try:
         sizes = [int(x) for x in args.group_sizes.split(",")] if args.group_sizes else None
     except ValueError:
         raise ConfigError(f"--group-sizes must be comma-separated integers, got {args.group_sizes!r}") from None
     decodings = [d.strip() for d in args.anchor_decoding.split(",") if d.strip()] if args.anchor_decoding else None
     questions = [q.strip() for q in args.anchor_question.split(",") if q.strip()] if args.anchor_question else None
+    if args.regrade and config.data.format == "healthbench":
+        raise ConfigError("--regrade re-reads final answers from saved texts; a HealthBench result is graded by a "
+                          "judge: run cat-rl testtime again (with --verdicts FILE, judge calls already made are reused)")
     if args.regrade:
         from cat.testtime import regrade
 
@@ -553,7 +558,8 @@ def _synthesize(args) -> int:
                               f"and examples: write it with cat-rl testtime --output)")
         result = regrade(config, saved)
     else:
-        result = run_test_time(config, names, sizes, decodings, questions, args.question_template)
+        result = run_test_time(config, names, sizes, decodings, questions, args.question_template,
+                               verdicts=Path(args.verdicts) if args.verdicts else None)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
     else:

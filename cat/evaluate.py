@@ -103,27 +103,16 @@ def evaluate_rubric(
     (``unscored``). With every verdict answered the score is the benchmark's exactly.
     """
     from cat.healthbench import aggregate
-    from cat.judge import JudgeItem
 
     sampled = generator.generate(
         prompt_ids,
         SamplingParams(n=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
                        top_p=top_p, top_k=top_k, stop=stop, seed=seed),
     )
-    items, owners = [], []
-    for prompt, group in zip(prompts, sampled, strict=True):
-        for c in group:
-            items.append(JudgeItem(c.text, tuple(cr.text for cr in prompt.rubric), conversation=prompt.messages,
-                                   points=tuple(cr.points for cr in prompt.rubric)))
-            owners.append(prompt)
-    verdicts, stats = judge.judge(items)
-    examples, unscored = [], 0
-    for prompt, vs in zip(owners, verdicts, strict=True):
-        criteria = [(cr.points, cr.tags, v) for cr, v in zip(prompt.rubric, vs, strict=True) if v is not None]
-        if not any(p > 0 for p, _, _ in criteria):
-            unscored += 1
-            continue
-        examples.append({"criteria": criteria, "tags": prompt.tags})
+    owners = [prompt for prompt, group in zip(prompts, sampled, strict=True) for _ in group]
+    graded, _, stats = grade_on_rubric(judge, owners, [c.text for group in sampled for c in group])
+    examples = [ex for ex in graded if ex is not None]
+    unscored = len(graded) - len(examples)
     if not examples:
         return {"score": float("nan"), "n": 0, "unscored": unscored, **stats}
     result = aggregate(examples)
@@ -131,6 +120,26 @@ def evaluate_rubric(
     result.update({"num_samples": num_samples, "unscored": unscored, "judge_failures": stats["judge/failures"],
                    "judge_yes_rate": stats["judge/yes_rate"]})
     return result
+
+
+def grade_on_rubric(judge, prompts: list[Prompt], responses: list[str]) -> tuple[list[dict | None], list, dict]:
+    """Each response graded on its own prompt's rubric as HealthBench's grader grades it: the judge
+    shown the conversation (the prompt messages the policy answered), the response and each
+    criterion with its points. Per response the graded example ``cat.healthbench.aggregate`` reads,
+    ``{"criteria": [(points, tags, met), ...], "tags": ...}``, over the criteria the judge answered
+    (one it failed on after its retries is left out), or None when it answered no positive-point
+    criterion (the response is not scored); the judge's verdicts, one per criterion of the rubric
+    (None where it failed); and the judge's counts."""
+    from cat.judge import JudgeItem
+
+    items = [JudgeItem(text, tuple(cr.text for cr in p.rubric), conversation=p.messages,
+                       points=tuple(cr.points for cr in p.rubric)) for p, text in zip(prompts, responses, strict=True)]
+    verdicts, stats = judge.judge(items) if items else ([], {})
+    graded: list[dict | None] = []
+    for prompt, vs in zip(prompts, verdicts, strict=True):
+        criteria = [(cr.points, cr.tags, v) for cr, v in zip(prompt.rubric, vs, strict=True) if v is not None]
+        graded.append({"criteria": criteria, "tags": prompt.tags} if any(p > 0 for p, _, _ in criteria) else None)
+    return graded, verdicts, stats
 
 
 def evaluate_config(config, generator: Generator, prompts: list[Prompt], prompt_ids: list[list[int]], judge=None) -> dict:

@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 _YES_NO = re.compile(r"^\W*(yes|no)\b", re.I)
 _TAGGED = re.compile(r"<verdict>\s*(yes|no)\s*</verdict>", re.I)
 _LINE = re.compile(r"^\s*(\d+)\s*[:.)\-]\s*\**\s*(yes|no)\b", re.I | re.M)
+_SCORE = re.compile(r"<score>\s*([^<]*?)\s*</score>", re.I)
+SCORES = range(1, 11)
+"""The scale of ``Judge.scores`` (``rubrics/judge_score.txt``): whole numbers 1 to 10."""
 
 
 def _json_verdicts(text: str) -> list[bool]:
@@ -96,6 +99,17 @@ def parse_verdict(text: str | None) -> bool | None:
     return None if match is None else match.group(1).lower() == "yes"
 
 
+def parse_score(text: str | None) -> int | None:
+    """The whole number in the reply's ``<score>N</score>`` tags when it lies in ``SCORES``; None
+    for anything else: no tag, a number off the scale or not whole (``7.5``), or tags that
+    disagree. A reply that is not a score is a failure, never the lowest score."""
+    found = set(_SCORE.findall(text or ""))
+    if len(found) != 1:
+        return None
+    value = found.pop()
+    return int(value) if value.isdigit() and int(value) in SCORES else None
+
+
 def parse_verdict_lines(text: str | None, n: int) -> list[bool | None]:
     """``k: yes|no`` lines for criteria 1..n; a missing or repeated-and-contradicting k is None."""
     found: dict[int, set[bool]] = {}
@@ -129,14 +143,15 @@ def _points(value: float) -> str:
 
 
 class VerdictCache:
-    """Append-only JSONL of verdicts; safe to share between a run and its resumption.
+    """Append-only JSONL of verdicts (``{"key", "verdict": bool}``) and scores (``{"key", "score":
+    int}``, ``Judge.scores``); safe to share between a run and its resumption.
 
     In a multi-process run (``RANK`` set by the launcher) rank r > 0 appends to its own file,
     ``verdicts-rank{r}.jsonl`` beside ``verdicts.jsonl``, so no two processes write one file; every
     rank reads all of them, so a resumed run on any number of processes finds every verdict."""
 
     def __init__(self, path: Path | None):
-        self.data: dict[str, bool] = {}
+        self.data: dict[str, bool | int] = {}
         self._lock = threading.Lock()
         self.path = path
         if path is None:
@@ -150,7 +165,7 @@ class VerdictCache:
             for line in file.read_text().splitlines():
                 try:
                     row = json.loads(line)
-                    self.data[row["key"]] = bool(row["verdict"])
+                    self.data[row["key"]] = int(row["score"]) if "score" in row else bool(row["verdict"])
                 except (json.JSONDecodeError, KeyError):
                     continue  # a torn last line from a kill: the verdict is simply asked again
 
@@ -158,10 +173,10 @@ class VerdictCache:
     def key(model: str, criterion: str, response: str) -> str:
         return hashlib.sha256(f"{model}\0{criterion}\0{response}".encode()).hexdigest()
 
-    def get(self, key: str) -> bool | None:
+    def get(self, key: str) -> bool | int | None:
         return self.data.get(key)
 
-    def put_many(self, items: list[tuple[str, bool]]) -> None:
+    def put_many(self, items: list[tuple[str, bool | int]]) -> None:
         if not items:
             return
         with self._lock:
@@ -170,7 +185,8 @@ class VerdictCache:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.path, "a", encoding="utf-8") as f:
                     for key, verdict in items:
-                        f.write(json.dumps({"key": key, "verdict": verdict}) + "\n")
+                        field = "verdict" if isinstance(verdict, bool) else "score"
+                        f.write(json.dumps({"key": key, field: verdict}) + "\n")
 
 
 class ChatBackend:
@@ -392,6 +408,52 @@ class Judge:
             **self.backend.usage.since(spent, "judge"),
         }
         return verdicts, stats
+
+
+    def scores(self, items: list[tuple[tuple[dict[str, str], ...], str]], template: Template) -> tuple[list[int | None], dict]:
+        """For each (conversation, response): the judge's rating of the response on ``SCORES``
+        through ``template`` (``{{conversation}}``, ``{{response}}``; reply ``<score>N</score>``), or
+        None when no reply of its ``judge.max_retries + 1`` requests was a score (none is re-asked when
+        not one of a first round of at least ``GIVE_UP_AFTER`` replies was). The first request decodes
+        greedily, re-asks sample; ratings are cached like verdicts, keyed by the template's text. A failure is never read as the lowest score: the caller leaves that response out."""
+        start = time.perf_counter()
+        criterion = f"score\0{template.text}"  # the cache's criterion slot: a new template is a new question
+        keys = [self.cache.key(self.backend.name, criterion, f"{render_conversation(c)}\0{r}") for c, r in items]
+        out: list[int | None] = [self.cache.get(k) for k in keys]
+        hits = sum(v is not None for v in out)
+        todo = [i for i, v in enumerate(out) if v is None]
+        budgets = {i: RequestBudget(self.max_retries + 1) for i in todo}
+        calls, unread, gave_up = 0, "", False
+        for attempt in range(self.max_retries + 1):
+            todo = [i for i in todo if budgets[i].left]
+            if not todo:
+                break
+            prompts = [template.render(conversation=render_conversation(items[i][0]), response=items[i][1]) for i in todo]
+            texts = self.backend.complete(prompts, self.max_new_tokens, attempt, [budgets[i] for i in todo])
+            calls += len(todo)
+            for i, text in zip(todo, texts, strict=True):
+                out[i] = parse_score(text)
+                unread = text if text and out[i] is None else unread
+            self.cache.put_many([(keys[i], out[i]) for i in todo if out[i] is not None])
+            replies = sum(t is not None for t in texts)
+            todo = [i for i in todo if out[i] is None]
+            if attempt == 0 and replies >= GIVE_UP_AFTER and len(todo) == len(texts):
+                logger.warning(f"{self.backend.label}: none of {replies} replies was a score <score>N</score>; not "
+                               f"re-asking: {len(todo)} of {len(items)} ratings failed (left out). Fix: {JUDGE_FIX}")
+                gave_up = True
+                break
+        failed = sum(v is None for v in out)
+        if failed and not gave_up:
+            quoted = f"; a reply that did not parse: {_clip(unread)!r}" if unread else ""
+            logger.warning(f"{self.backend.label}: {failed} of {len(items)} ratings failed after up to "
+                           f"{self.max_retries + 1} requests each (left out, never read as a score){quoted}")
+        return out, {"judge/score_calls": float(calls), "judge/score_cache_hits": float(hits),
+                     "judge/score_failures": float(failed), "judge/seconds": time.perf_counter() - start}
+
+
+def score_template(name: str = "judge_score") -> Template:
+    """The rating template of ``Judge.scores``: shows ``{{conversation}}`` and ``{{response}}``."""
+    return load_template(name, kind="rubrics", required={"conversation", "response"}, allowed=set())
 
 
 _DEFAULT_TEMPLATES = {

@@ -24,6 +24,7 @@ import copy
 import logging
 import time
 from functools import partial
+from pathlib import Path
 
 from cat.anchor import build_anchor, synthesis_template
 from cat.data import load_split
@@ -45,17 +46,23 @@ logger = logging.getLogger(__name__)
 
 ANCHOR_DECODINGS = ("greedy", "sampled")
 ANCHOR_QUESTIONS = ("without", "with")
+MATH_ESTIMATORS = ("single", "majority_vote", "synthesis")
+"""The estimators compared when none are named."""
 
 
 def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | None = None,
                   anchor_decodings: list[str] | None = None, anchor_questions: list[str] | None = None,
-                  question_template: str = "math_synthesis_with_question") -> dict:
-    """``anchor_decodings``: run the estimators that write with the anchor once per decoding named
+                  question_template: str = "math_synthesis_with_question", verdicts: Path | None = None) -> dict:
+    """On HealthBench data (``data.format: healthbench``) the rubric protocol of
+    ``cat.testtime_rubric`` runs instead, with ``estimator_names`` its arms (None: all of them) and
+    ``verdicts`` its judges' cache file. ``estimator_names`` None: ``MATH_ESTIMATORS``.
+
+    ``anchor_decodings``: run the estimators that write with the anchor once per decoding named
     (``greedy``, ``sampled`` at ``anchor.temperature``), on the same rollouts, keyed
     ``NAME[DECODING]@G``; ``anchor_questions``: once without the question (``anchor.template``)
     and/or once with it (``question_template``), keyed ``NAME[...,question]@G``; None: as
     ``anchor.greedy`` and ``anchor.include_question`` say, keyed ``NAME@G``."""
-    e, m, gen = config.eval, config.model, config.generation
+    e, gen = config.eval, config.generation
     for d in anchor_decodings or ():
         if d not in ANCHOR_DECODINGS:
             raise ConfigError(f"anchor decoding {d!r}: choose from {', '.join(ANCHOR_DECODINGS)}")
@@ -72,31 +79,24 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
         synthesis_template(question_template, with_question=True)  # a bad template fails before any model loads
     if e.path is None:
         raise ConfigError("eval.path is not set: test-time CaT needs prompts with gold answers to grade")
-    if config.data.format == "healthbench":  # graded by rubric, not by a final answer: every accuracy would read 0
-        raise ConfigError("cat-rl testtime grades each reference's final answer against a gold answer; HealthBench "
-                          "rows have a physician rubric instead, so every accuracy would read 0. Measure rubric tasks "
-                          "by training (cat-rl train, evaluated by the rubric) or cat-rl eval")
     for plugin in config.plugins:
         import_plugin(plugin)
-    estimators = {name: ESTIMATORS.get(name)(config) for name in estimator_names}
     sizes = sorted(set(group_sizes or [gen.num_generations]))
     if sizes[-1] > gen.num_generations or sizes[0] < 1:
         raise ConfigError(f"group sizes {sizes} must lie in 1..generation.num_generations={gen.num_generations}")
-    prompts = load_split(config, "eval")
-    tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
-    prompts, ids, skipped = fit_prompts(prompts, tokenizer, m, prompt_limit(config), which="evaluation",
-                                        log=logger.warning)
-    model = load_model(m.name_or_path, dtype=m.dtype, device=resolve_device(m.device),
-                       trust_remote_code=m.trust_remote_code, frozen=True)
-    generator = generator_from_config(config, model, tokenizer)
+    if config.data.format == "healthbench":  # no final answer to grade: arms graded by the physician rubric
+        if anchor_decodings or anchor_questions:
+            raise ConfigError("--anchor-decoding and --anchor-question compare syntheses by their final answers; "
+                              "on HealthBench data set anchor.greedy / anchor.include_question and run again instead")
+        from cat.testtime_rubric import ARMS, run_rubric_test_time
+
+        return run_rubric_test_time(config, estimator_names or list(ARMS), sizes, verdicts=verdicts)
+    estimators = {name: ESTIMATORS.get(name)(config) for name in estimator_names or MATH_ESTIMATORS}
+    prompts, ids, skipped, tokenizer, model, generator = load_policy(config)
     anchor = None
     if any(x.needs_anchor for x in estimators.values()):
-        # no training: pi_t = pi_0, so the rollout engine serves the default anchor too
-        anchor = build_anchor(config, tokenizer, device=model.device, pi0_generator=lambda: generator,
-                              make_generator=lambda teacher, tok: generator_from_config(config, teacher, tok))
-    params = SamplingParams(n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
-                            top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=config.run.seed + 23)
-    completions = generator.generate(ids, params)
+        anchor = pi0_anchor(config, tokenizer, model, generator)
+    completions = sample_rollouts(config, generator, ids)
     answer_of = AnswerChain.from_config(config.answer)
     examples = [{"index": p.index, "question": p.text, "gold": p.gold, "references": {},
                  "rollouts": [{"text": c.text, "answer": answer_of(c.text)} for c in cs]}
@@ -116,6 +116,35 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
                     k: r.meta[k] for k in ("order_answers", "order_texts") if k in r.meta}}
     results = score(examples, prompts, sizes, [name for name, _, _ in variants], config)
     return {"n": len(prompts), "skipped_long": skipped, **results, "seconds": seconds, "examples": examples}
+
+
+def load_policy(config):
+    """The evaluation prompts that fit the policy's context, their token ids, how many were
+    skipped, and the frozen policy (pi_t = pi_0) with its tokenizer and engine."""
+    m = config.model
+    prompts = load_split(config, "eval")
+    tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
+    prompts, ids, skipped = fit_prompts(prompts, tokenizer, m, prompt_limit(config), which="evaluation",
+                                        log=logger.warning)
+    model = load_model(m.name_or_path, dtype=m.dtype, device=resolve_device(m.device),
+                       trust_remote_code=m.trust_remote_code, frozen=True)
+    return prompts, ids, skipped, tokenizer, model, generator_from_config(config, model, tokenizer)
+
+
+def pi0_anchor(config, tokenizer, model, generator):
+    """The anchor ``config.anchor`` names; with no training pi_t = pi_0, so the rollout engine
+    serves the default anchor too."""
+    return build_anchor(config, tokenizer, device=model.device, pi0_generator=lambda: generator,
+                        make_generator=lambda teacher, tok: generator_from_config(config, teacher, tok))
+
+
+def sample_rollouts(config, generator, ids) -> list:
+    """``generation.num_generations`` rollouts per prompt, drawn from ``run.seed`` alone, so every
+    invocation and every estimator or arm reads the same ones: [prompts][G] completions."""
+    gen = config.generation
+    params = SamplingParams(n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                            top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=config.run.seed + 23)
+    return generator.generate(ids, params)
 
 
 def score(examples: list[dict], prompts, sizes: list[int], names: list[str], config) -> dict:
@@ -245,7 +274,11 @@ def versus_majority(examples: list[dict], key: str, vote_key: str) -> dict:
 
 def table(result: dict) -> str:
     """The result as a text table: accuracy with its interval per estimator and G, and the
-    comparison with the majority vote."""
+    comparison with the majority vote; a rubric result's own table (``cat.testtime_rubric``)."""
+    if result.get("task") == "rubric":
+        from cat.testtime_rubric import table as rubric_table
+
+        return rubric_table(result)
     sizes = result["group_sizes"]
     names = list(dict.fromkeys(k.rpartition("@")[0] for k in result["accuracy"]))
     skipped = f" ({result['skipped_long']} longer ones skipped)" if result.get("skipped_long") else ""

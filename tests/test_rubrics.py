@@ -9,7 +9,16 @@ from cat.config import load_config
 from cat.errors import ConfigError
 from cat.generation.chat import Usage
 from cat.healthbench import aggregate, bootstrap_std, clipped_mean
-from cat.judge import Judge, JudgeItem, VerdictCache, judge_template, parse_verdict, parse_verdict_lines
+from cat.judge import (
+    Judge,
+    JudgeItem,
+    VerdictCache,
+    judge_template,
+    parse_score,
+    parse_verdict,
+    parse_verdict_lines,
+    score_template,
+)
 from cat.rewards.rubric import rubric_score, score_with_failures
 from cat.rubrics import MAX_CRITERION_CHARS, Criterion, RubricParseError, parse_rubric
 
@@ -197,6 +206,29 @@ def test_verdict_cache_persists_and_is_keyed_by_model_criterion_response(tmp_pat
     with open(tmp_path / "verdicts.jsonl", "a") as f:
         f.write('{"key": "torn')  # a kill mid-write
     assert len(VerdictCache(tmp_path / "verdicts.jsonl").data) == 2
+
+
+@pytest.mark.parametrize(("text", "score"), [
+    ("Clear and safe. <score>7</score>", 7), ("<score> 10 </score>", 10), ("<score>1</score> <SCORE>1</SCORE>", 1),
+    ("<score>0</score>", None), ("<score>11</score>", None), ("<score>7.5</score>", None), ("<score>-3</score>", None),
+    ("<score>7</score> or <score>8</score>", None), ("7", None), ("", None), (None, None),
+])
+def test_a_rating_is_a_whole_number_on_the_scale_in_score_tags_or_nothing(text, score):
+    assert parse_score(text) == score
+
+
+def test_ratings_are_reasked_cached_beside_verdicts_and_never_read_as_the_lowest(tmp_path):
+    backend = ScriptedBackend(["<score>4</score>", "no idea", "<score>9</score>"])
+    judge = make_judge(backend, tmp_path, retries=1)
+    chat = ({"role": "user", "content": "Is 2+2 4?"},)
+    ratings, stats = judge.scores([(chat, "Yes."), (chat, "No.")], score_template())
+    assert ratings == [4, 9] and stats["judge/score_calls"] == 3 and stats["judge/score_failures"] == 0
+    assert "user: Is 2+2 4?" in backend.prompts[0] and "Yes." in backend.prompts[0]
+    again = make_judge(ScriptedBackend(["banana"] * 2), tmp_path, retries=1)  # a new process, the same file
+    ratings, stats = again.scores([(chat, "Yes."), (chat, "Maybe.")], score_template())
+    assert ratings == [4, None] and stats["judge/score_cache_hits"] == 1 and stats["judge/score_failures"] == 1
+    cache = VerdictCache(tmp_path / "verdicts.jsonl")
+    assert sorted(v for v in cache.data.values()) == [4, 9] and not any(isinstance(v, bool) for v in cache.data.values())
 
 
 def test_all_criteria_mode_one_call_per_rollout(tmp_path):

@@ -120,9 +120,11 @@ def test_the_table_reads_n_a_where_one_prompt_gives_no_interval():
     assert "0 +/- n/a (one prompt)" in text and "nan" not in text
 
 
-def test_testtime_refuses_rubric_data_it_cannot_grade():
+def test_testtime_refuses_math_estimators_on_rubric_data():
+    """HealthBench rows have a physician rubric, no final answer: a vote over answers is not a mode
+    there (the rubric arms are, tests/test_testtime_rubric.py)."""
     healthbench = ROOT / "tests" / "fixtures" / "healthbench_sample.jsonl"
     out = cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "data.format=healthbench",
-              f"data.path={healthbench}", f"eval.path={healthbench}")
-    assert out.returncode == 2 and "HealthBench rows have a physician rubric" in out.stderr
+              f"data.path={healthbench}", f"eval.path={healthbench}", "--estimators", "majority_vote,synthesis")
+    assert out.returncode == 2 and "majority_vote compare final answers, which rubric rows do not have" in out.stderr
     assert "Traceback" not in out.stderr
