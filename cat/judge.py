@@ -409,14 +409,15 @@ class Judge:
         }
         return verdicts, stats
 
-
     def scores(self, items: list[tuple[tuple[dict[str, str], ...], str]], template: Template) -> tuple[list[int | None], dict]:
         """For each (conversation, response): the judge's rating of the response on ``SCORES``
         through ``template`` (``{{conversation}}``, ``{{response}}``; reply ``<score>N</score>``), or
         None when no reply of its ``judge.max_retries + 1`` requests was a score (none is re-asked when
         not one of a first round of at least ``GIVE_UP_AFTER`` replies was). The first request decodes
-        greedily, re-asks sample; ratings are cached like verdicts, keyed by the template's text. A failure is never read as the lowest score: the caller leaves that response out."""
+        greedily, re-asks sample; ratings are cached like verdicts, keyed by the template's text. A failure is never read as the lowest score:
+        the caller leaves that response out."""
         start = time.perf_counter()
+        spent = self.backend.usage.snapshot()
         criterion = f"score\0{template.text}"  # the cache's criterion slot: a new template is a new question
         keys = [self.cache.key(self.backend.name, criterion, f"{render_conversation(c)}\0{r}") for c, r in items]
         out: list[int | None] = [self.cache.get(k) for k in keys]
@@ -444,11 +445,11 @@ class Judge:
                 break
         failed = sum(v is None for v in out)
         if failed and not gave_up:
-            quoted = f"; a reply that did not parse: {_clip(unread)!r}" if unread else ""
+            quoted = f"; a reply that did not parse: {excerpt(unread)!r}" if unread else ""
             logger.warning(f"{self.backend.label}: {failed} of {len(items)} ratings failed after up to "
                            f"{self.max_retries + 1} requests each (left out, never read as a score){quoted}")
-        return out, {"judge/score_calls": float(calls), "judge/score_cache_hits": float(hits),
-                     "judge/score_failures": float(failed), "judge/seconds": time.perf_counter() - start}
+        return out, {"judge/score_calls": calls, "judge/score_cache_hits": hits, "judge/score_failures": failed,
+                     "judge/seconds": time.perf_counter() - start, **self.backend.usage.since(spent, "judge")}
 
 
 def score_template(name: str = "judge_score") -> Template:
