@@ -427,24 +427,57 @@ def _mean_per_step(arm: Arm, key: str) -> float:
     return sum(means) / len(means) if means else 0.0
 
 
+def _stacked(arms: list[Arm], parts: list[tuple[str, tuple[str, ...]]], total: str | None, ylabel: str, title: str):
+    """One bar per arm (mean per step over its runs), stacked from ``parts``: (label, metric keys
+    added together); ``total`` is drawn as a black mark."""
+    plt = _plt()
+    fig, (ax,) = _figure(1, (max(6, 1.2 * len(arms) + 4), 4))
+    bottoms = [0.0] * len(arms)
+    for j, (label, keys) in enumerate(parts):
+        means = [sum(_mean_per_step(a, k) for k in keys) for a in arms]
+        ax.bar(range(len(arms)), means, bottom=bottoms, color=plt.get_cmap("Set2")(j), label=label)
+        bottoms = [b + m for b, m in zip(bottoms, means, strict=True)]
+    if total is not None:
+        ax.scatter(range(len(arms)), [_mean_per_step(a, total) for a in arms], color="black", marker="_", s=400,
+                   label="whole step", zorder=3)
+    ax.set_xticks(range(len(arms)), [a.legend for a in arms], rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    fig.legend(loc="outside right upper", fontsize=7)
+    return fig
+
+
 def fig_time(arms):
     timed = [Arm(a.label, [r for r in a.runs if r.has("time/step")], a.colour) for a in arms]
     timed = [a for a in timed if a.runs]
     if not timed:
         return None, ""
-    plt = _plt()
-    fig, (ax,) = _figure(1, (max(6, 1.2 * len(timed) + 4), 4))
-    bottoms = [0.0] * len(timed)
-    for j, key in enumerate(PHASES):
-        means = [_mean_per_step(a, key) for a in timed]
-        ax.bar(range(len(timed)), means, bottom=bottoms, color=plt.get_cmap("Set2")(j), label=key.split("/")[1])
-        bottoms = [b + m for b, m in zip(bottoms, means, strict=True)]
-    ax.scatter(range(len(timed)), [_mean_per_step(a, "time/step") for a in timed], color="black", marker="_", s=400,
-               label="whole step", zorder=3)
-    ax.set_xticks(range(len(timed)), [a.legend for a in timed], rotation=20, ha="right", fontsize=8)
-    ax.set(ylabel="seconds per step (mean)", title="Time per phase")
-    fig.legend(loc="outside right upper", fontsize=7)
+    fig = _stacked(timed, [(key.split("/")[1], (key,)) for key in PHASES], "time/step", "seconds per step (mean)",
+                   "Time per phase")
     return fig, "Mean seconds per step in each phase (over an arm's seeds); the bar's remainder to the black mark is everything else."
+
+
+SPENDERS = (
+    ("policy writes", ("tokens/rollouts",)),
+    ("anchor reads", ("anchor/prompt_tokens",)),
+    ("anchor writes", ("anchor/completion_tokens",)),
+    ("rubrics: anchor reads", ("rubric/prompt_tokens",)),
+    ("rubrics: anchor writes", ("rubric/completion_tokens",)),
+    ("judge reads", ("judge/prompt_tokens",)),
+    ("judge writes", ("judge/completion_tokens",)),
+)
+"""Who spends the tokens of a step: the policy's rollouts, the anchor's syntheses, its rubric
+proposals and the judge's verdicts (prompt tokens read, completion tokens written)."""
+
+
+def fig_compute(arms):
+    counted = [Arm(a.label, [r for r in a.runs if r.has("tokens/rollouts")], a.colour) for a in arms]
+    counted = [a for a in counted if a.runs]
+    if not counted:
+        return None, ""
+    parts = [(label, keys) for label, keys in SPENDERS if any(r.has(keys[0]) for a in counted for r in a.runs)]
+    fig = _stacked(counted, parts, None, "tokens per step (mean)", "Tokens per step, by who spent them")
+    return fig, ("What the teacher costs beside the policy: tokens per step that the policy's rollouts wrote, that "
+                 "the anchor read and wrote (syntheses, rubric proposals) and that the judge read and wrote.")
 
 
 def fig_synthesize(results: list[tuple[str, dict]]):
@@ -476,10 +509,10 @@ def figures(arms: list[Arm], synth: list[tuple[str, dict]]) -> list[tuple[str, o
     out = []
     for name, make in (("reward", fig_reward), ("heldout", fig_heldout), ("update", fig_update),
                        ("teacher", fig_teacher), ("diversity", fig_diversity), ("lengths", fig_lengths),
-                       ("time", fig_time)):
+                       ("time", fig_time), ("compute", fig_compute)):
         fig, caption = make(arms) if arms else (None, "")
         if fig is not None:
-            out.append((name, fig, caption + (SEEDS_CAPTION if several and name != "time" else "")))
+            out.append((name, fig, caption + (SEEDS_CAPTION if several and name not in ("time", "compute") else "")))
     fig, caption = fig_synthesize(synth)
     if fig is not None:
         out.append(("synthesize", fig, caption))

@@ -44,7 +44,7 @@ def test_report_writes_figures_and_a_page_that_embeds_and_links_them(inputs, tmp
     assert out.returncode == 0, out.stderr
     page = (tmp_path / "rep" / "index.html").read_text()
     assert out.stdout.strip() == str(tmp_path / "rep" / "index.html")
-    names = {"reward", "heldout", "update", "teacher", "diversity", "lengths", "time", "synthesize"}
+    names = {"reward", "heldout", "update", "teacher", "diversity", "lengths", "time", "compute", "synthesize"}
     assert {p.stem for p in (tmp_path / "rep").glob("*.png")} == names
     for name in names:
         png = (tmp_path / "rep" / f"{name}.png").read_bytes()
@@ -74,7 +74,8 @@ def test_the_page_renders_in_headless_chromium(inputs, tmp_path):
     dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", probe.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     images = json.loads(re.search(r'data-images="([^"]*)"', dom).group(1).replace("&quot;", '"'))
-    assert {alt for alt, *_ in images} == {"reward", "heldout", "update", "teacher", "diversity", "lengths", "time"}
+    assert {alt for alt, *_ in images} == {"reward", "heldout", "update", "teacher", "diversity", "lengths", "time",
+                                           "compute"}
     assert all(complete and width > 400 for _, complete, width in images), images
 
 
@@ -172,7 +173,7 @@ def test_the_legend_lists_arms_and_sits_outside_every_panel(seeds):
 
     _, paths, _ = seeds
     arms, figs = arm_figures(paths)
-    assert set(figs) == {"reward", "heldout", "update", "teacher", "diversity", "lengths", "time"}
+    assert set(figs) == {"reward", "heldout", "update", "teacher", "diversity", "lengths", "time", "compute"}
     for name, fig in figs.items():
         fig.canvas.draw()
         [legend] = fig.legends
@@ -180,12 +181,21 @@ def test_the_legend_lists_arms_and_sits_outside_every_panel(seeds):
         box = legend.get_window_extent()
         for ax in fig.axes:
             assert not box.overlaps(ax.get_window_extent()), (name, box, ax.get_window_extent())
-        if name != "time":  # the time figure's legend names the phases; its bars are the arms
+        if name not in ("time", "compute"):  # these legends name phases and spenders; their bars are the arms
             assert [t.get_text() for t in legend.get_texts()] == ["cat (2 seeds)", "majority (2 seeds)",
                                                                   "tiny_arith_gold"], name
             assert "min to max" in legend.get_title().get_text()
     assert [t.get_text() for t in figs["time"].axes[0].get_xticklabels()] == [
         "cat (2 seeds)", "majority (2 seeds)", "tiny_arith_gold"]
+    # tokens by who spent them: the policy in every arm, the anchor only where it synthesizes
+    legend = [t.get_text() for t in figs["compute"].legends[0].get_texts()]
+    assert legend[:3] == ["policy writes", "anchor reads", "anchor writes"]
+    policy, anchor_reads = figs["compute"].axes[0].containers[:2]
+    for bar, arm in zip(policy, arms, strict=True):
+        runs = [[r["tokens/rollouts"] for r in run.rows if "tokens/rollouts" in r] for run in arm.runs]
+        assert bar.get_height() == pytest.approx(sum(sum(v) / len(v) for v in runs) / len(runs))
+    heights = dict(zip([a.legend for a in arms], [b.get_height() for b in anchor_reads], strict=True))
+    assert heights["cat (2 seeds)"] > 0 and heights["majority (2 seeds)"] == heights["tiny_arith_gold"] == 0
     plt.close("all")
 
 
