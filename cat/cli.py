@@ -536,7 +536,13 @@ def _synthesize(args) -> int:
     from cat.testtime import run_test_time, table
 
     config = load_config(args.config, args.overrides)
-    names = [n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators else None
+    names = [n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators is not None else None
+    if names == []:
+        raise ConfigError(f"--estimators {args.estimators!r} names no estimator: give a comma-separated list, or leave "
+                          f"it out for all of them")
+    if args.verdicts and config.data.format != "healthbench":
+        raise ConfigError("--verdicts keeps the judges' answers of a HealthBench test-time run; this data "
+                          f"(data.format {config.data.format}) is graded by final answers, with no judge")
     try:
         sizes = [int(x) for x in args.group_sizes.split(",")] if args.group_sizes else None
     except ValueError:

@@ -107,7 +107,7 @@ def parse_score(text: str | None) -> int | None:
     if len(found) != 1:
         return None
     value = found.pop()
-    return int(value) if value.isdigit() and int(value) in SCORES else None
+    return int(value) if value.isascii() and value.isdigit() and int(value) in SCORES else None
 
 
 def parse_verdict_lines(text: str | None, n: int) -> list[bool | None]:
@@ -253,6 +253,9 @@ JUDGE_FIX = ("use a judge model that follows the judge template (judge.model), o
              "follows (judge.max_new_tokens if its verdicts are cut off)")
 """What to change when the judge's replies are not verdicts (the judge's warning and the run's stop say it)."""
 
+SCORE_FIX = ("use a judge model that writes <score>N</score> after its reasons (judge.model), or raise "
+             "judge.max_new_tokens: a rating shares the verdicts' budget and writes a sentence or two first")
+"""What to change when the judge's replies are not ratings (``rubrics/judge_score.txt``)."""
 
 
 class Judge:
@@ -440,7 +443,8 @@ class Judge:
             todo = [i for i in todo if out[i] is None]
             if attempt == 0 and replies >= GIVE_UP_AFTER and len(todo) == len(texts):
                 logger.warning(f"{self.backend.label}: none of {replies} replies was a score <score>N</score>; not "
-                               f"re-asking: {len(todo)} of {len(items)} ratings failed (left out). Fix: {JUDGE_FIX}")
+                               f"re-asking: {len(todo)} of {len(items)} ratings failed (left out), e.g. "
+                               f"{excerpt(unread)!r}. Fix: {SCORE_FIX}")
                 gave_up = True
                 break
         failed = sum(v is None for v in out)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import math
 import os
 import threading
 import time
@@ -250,10 +251,15 @@ class ShardedJudge:
 
 def combine_stats(per_rank: list[dict], weights: list[int]) -> dict:
     """Per-rank statistics as one: counts (ints) add up, rates are averaged weighted by each
-    rank's share (its groups, its items)."""
+    rank's share (its groups, its items) over the ranks where they are defined (a rank whose
+    verdicts all came from the cache has no parse rate: NaN there leaves the others' mean)."""
     out = {}
     for key in dict.fromkeys(k for stats in per_rank for k in stats):
-        pairs = [(stats[key], n) for stats, n in zip(per_rank, weights, strict=True) if key in stats]
+        pairs = [(stats[key], n) for stats, n in zip(per_rank, weights, strict=True)
+                 if key in stats and not (isinstance(stats[key], float) and math.isnan(stats[key]))]
+        if not pairs:
+            out[key] = float("nan")
+            continue
         if all(isinstance(v, int) and not isinstance(v, bool) for v, _ in pairs):
             out[key] = sum(v for v, _ in pairs)
         else:

@@ -112,7 +112,6 @@ def parse_rubric(text: str, *, min_criteria: int = 5, max_criteria: int = 20) ->
     return Rubric(criteria=tuple(criteria), dropped=dropped)
 
 
-
 def proposal_template(config) -> Template:
     r = config.rubric
     if r.include_question:
@@ -126,8 +125,9 @@ def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[l
     Each proposal has one request budget, ``max(rubric.max_attempts, anchor.max_retries + 1)``,
     which the anchor endpoint's retries of transient failures share.
 
-    Returns the rubrics and counts: ``rubric/attempts``, ``rubric/failures`` (groups given up on),
-    ``rubric/dropped_criteria``, and the anchor's ``rubric/prompt_tokens`` and
+    Returns the rubrics and counts: ``rubric/attempts``, ``rubric/failures`` (groups with a
+    reference whose proposals all failed), ``rubric/no_reference`` (groups with an empty
+    reference, never proposed for), ``rubric/parse_rate``, ``rubric/dropped_criteria``, and the anchor's ``rubric/prompt_tokens`` and
     ``rubric/completion_tokens`` (beside the synthesis's ``anchor/...``).
     """
     from cat.generation import SamplingParams
@@ -167,17 +167,18 @@ def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[l
                 errors[i] = str(exc)
                 still.append(i)
         pending = still
-    failures = sum(rb is None for rb in rubrics)
-    if errors and failures:
-        i = next(i for i in errors if rubrics[i] is None)
-        logger.warning(f"{failures} of {len(groups)} rubric proposals failed after up to {r.max_attempts} attempts "
-                       f"(those groups are left unscored, never scored 0); the last reason: {errors[i]}; a reply: "
-                       f"{excerpt(replies.get(i, ''))!r}. Fix: {RUBRIC_FIX}")
+    proposed = list(budgets)  # the groups with a reference to write a rubric from
+    failed = [i for i in proposed if rubrics[i] is None]
+    if failed:
+        logger.warning(f"{len(failed)} of {len(proposed)} rubric proposals failed after up to {r.max_attempts} attempts "
+                       f"(those groups are left unscored, never scored 0); the last reason: {errors[failed[0]]}; a "
+                       f"reply: {excerpt(replies.get(failed[0], ''))!r}. Fix: {RUBRIC_FIX}")
     stats = {  # ints, so that ranks' counts add up
         "rubric/attempts": attempts,
-        "rubric/failures": failures,
+        "rubric/failures": len(failed),
+        "rubric/no_reference": len(groups) - len(proposed),  # an empty synthesis: no rubric was asked for
         "rubric/dropped_criteria": sum(rb.dropped for rb in rubrics if rb is not None),
-        "rubric/parse_rate": (len(groups) - failures) / attempts if attempts else float("nan"),  # proposals that parsed
+        "rubric/parse_rate": (len(proposed) - len(failed)) / attempts if attempts else float("nan"),  # proposals that parsed
         **anchor.chat.usage.since(spent, "rubric"),
     }
     return rubrics, stats

@@ -40,10 +40,11 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
     scored, unscored = metrics["groups/scored"], metrics["groups/unscored"]
     spread = scored * (1 - metrics["frac_reward_zero_std"]) if scored else 0
     clipped = metrics["completion/clipped_ratio"]
-    rubrics = "rubric/parse_rate" in metrics  # an open-ended task: no answer to read, a rubric and verdicts instead
+    rubrics = config.reward.name == "rubric"  # an open-ended task: no answer to read, a rubric and verdicts instead
     parts = [f"preflight on {len(groups)} prompt(s) x {config.generation.num_generations} rollouts:"]
     if rubrics:
-        parts.append(f"rubric proposals that parsed {percent(metrics['rubric/parse_rate'])},")
+        if "rubric/parse_rate" in metrics:  # self-proposed rubrics (a dataset's own need no parsing)
+            parts.append(f"rubric proposals that parsed {percent(metrics['rubric/parse_rate'])},")
         if "judge/parse_rate" in metrics:
             parts.append(f"judge replies that were verdicts {percent(metrics['judge/parse_rate'])},")
         rollout_rate = reference_rate = None
@@ -62,6 +63,10 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
         causes.append(f"no rollout has an answer that {chain} reads")
     if reference_rate is not None and reference_rate == 0:
         causes.append(f"no reference has an answer that {chain} reads")
+    no_reference = int(metrics.get("rubric/no_reference", 0) or 0)
+    if no_reference:
+        causes.append(f"the anchor's synthesis was empty for {no_reference} of {scored + unscored} groups, so no "
+                      f"rubric could be written (rubric/no_reference)")
     no_rubric = _rubric_failures(metrics)
     if no_rubric:
         causes.append(f"the anchor's rubric did not parse for {no_rubric} of {scored + unscored} groups "
@@ -73,6 +78,9 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
     if not causes:
         causes.append("the reward scored no group (see its warnings above)")
     fixes = ([RUBRIC_FIX] if no_rubric else []) + ([JUDGE_FIX] if failed else [])
+    if no_reference:
+        fixes.append(f"look at the anchor's syntheses in samples.jsonl (anchor.model, anchor.template "
+                     f"{config.anchor.template}, anchor.max_new_tokens {config.anchor.max_new_tokens})")
     if clipped > 0.5 and not rubrics:
         fixes.append(f"raise generation.max_new_tokens ({config.generation.max_new_tokens}): "
                      f"{clipped:.0%} of rollouts were cut off before an answer")

@@ -446,3 +446,31 @@ def test_anchor_on_an_endpoint_synthesizes_and_refuses_token_scoring(server, rub
     assert synthesis.prompt_tokens > 50 and synthesis.truncated_rollouts == 0
     with pytest.raises(ConfigError, match="local anchor"):
         ESTIMATORS.get("min_perplexity")(config)([group], anchor)
+
+
+def test_a_group_without_a_reference_is_counted_apart_from_rubrics_that_failed(scripted, rubric_world, caplog):
+    """Two groups: one whose synthesis is empty (no rubric is asked for: rubric/no_reference) and
+    one whose first proposal is no rubric and whose second is one. Nothing failed, nothing is
+    warned about, and the proposer does not stop on the group it never asked about."""
+    from test_estimators import tiny_group
+
+    from cat.anchor import build_anchor
+    from cat.models import load_tokenizer
+    from cat.rubrics import propose_rubrics
+    from cat.types import Reference
+
+    rubric = "<rubric>" + "".join(f"<criterion>point {k}</criterion>" for k in range(5)) + "</rubric>"
+    server = scripted(lambda n, _: reply("OK") if n == 0 else reply("banana") if n == 1 else reply(rubric))
+    config = load_config(ROOT / "experiments" / "tiny_rubric_cat.yaml", [
+        "anchor.backend=openai", f"anchor.base_url={server.base_url}", "anchor.model=tiny",
+        "anchor.api_key_env=CAT_TEST_JUDGE_KEY", "anchor.max_context_tokens=400", "rubric.max_attempts=2"])
+    tokenizer = load_tokenizer(str(rubric_world / "model"))
+    anchor = build_anchor(config, tokenizer, device=None, pi0_generator=None, make_generator=None)
+    groups = [tiny_group(tokenizer, ["so \\boxed{85}"], "47+38", gold="85") for _ in range(2)]
+    references = [Reference(text="so \\boxed{85}", answer="85", source="synthesis"),
+                  Reference(text="", answer=None, source="synthesis")]
+    with caplog.at_level(logging.WARNING, logger="cat.rubrics"):
+        rubrics, stats = propose_rubrics(anchor, groups, references, config, seed=0)
+    assert rubrics[0] is not None and rubrics[1] is None
+    assert stats["rubric/failures"] == 0 and stats["rubric/no_reference"] == 1 and stats["rubric/attempts"] == 2
+    assert stats["rubric/parse_rate"] == 0.5 and not caplog.records  # one of two proposals parsed

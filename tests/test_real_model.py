@@ -411,18 +411,17 @@ def test_the_known_models_are_pinned():
 
 @pytest.mark.parametrize("server", ["transformers", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.slow])])
 def test_rubrics_on_smollm2_with_a_judge_over_http(tmp_path, smollm2, server):
-    """The rubric path on the real model (experiments/smollm2_rubric_cat.yaml): SmolLM2 is the
-    policy, the anchor (synthesis, then a rubric from it) and the judge, served by a real
-    OpenAI-compatible server (``transformers serve``; vLLM's own server under ``-m slow``) and
-    reached through the HTTP judge, with the one-word template it answers
-    (fixtures/judge_leading_yes_no.txt). Measured: SmolLM2 writes no rubric in the <rubric>
-    format. Two steps: every group is left unscored with its reason, never scored 0, nothing is
-    judged or trained on, and the run ends with exit 2 naming the rubric and the fix."""
+    """The rubric path on the real model, as shipped (experiments/smollm2_rubric_cat.yaml):
+    SmolLM2 is the policy, the anchor (synthesis, then a rubric from it) and the judge, served by
+    a real OpenAI-compatible server (``transformers serve``; vLLM's own server under ``-m slow``)
+    and reached through the HTTP judge, whose check it passes. SmolLM2 writes no rubric in the
+    <rubric> format (measured: 0 of 40 proposals parse), so two steps leave every group unscored
+    with its reason, never scored 0: nothing is judged or trained on, and the run ends with exit 2
+    naming the rubric and the fix."""
     run_dir = tmp_path / "run"
     with openai_server(str(smollm2), server, name="smollm2") as (base_url, model):
         out = cli("train", str(ROOT / "experiments" / "smollm2_rubric_cat.yaml"), f"model.name_or_path={smollm2}",
                   f"judge.base_url={base_url}", f"judge.model={model}",
-                  f"judge.template={ROOT / 'tests' / 'fixtures' / 'judge_leading_yes_no.txt'}",
                   "run.steps=2", "run.prompts_per_step=2", "generation.num_generations=2",
                   "generation.max_new_tokens=32", "anchor.max_new_tokens=48", "rubric.max_new_tokens=64",
                   "rubric.max_attempts=1", "run.preflight_prompts=0", "run.max_unscored_steps=3",

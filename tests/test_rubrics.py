@@ -211,7 +211,8 @@ def test_verdict_cache_persists_and_is_keyed_by_model_criterion_response(tmp_pat
 @pytest.mark.parametrize(("text", "score"), [
     ("Clear and safe. <score>7</score>", 7), ("<score> 10 </score>", 10), ("<score>1</score> <SCORE>1</SCORE>", 1),
     ("<score>0</score>", None), ("<score>11</score>", None), ("<score>7.5</score>", None), ("<score>-3</score>", None),
-    ("<score>7</score> or <score>8</score>", None), ("7", None), ("", None), (None, None),
+    ("<score>7</score> or <score>8</score>", None), ("<score>²</score>", None), ("<score>٣</score>", None),
+    ("7", None), ("", None), (None, None),
 ])
 def test_a_rating_is_a_whole_number_on_the_scale_in_score_tags_or_nothing(text, score):
     assert parse_score(text) == score

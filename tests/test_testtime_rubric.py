@@ -172,6 +172,7 @@ def test_judge_best_of_n_picks_the_first_highest_rating_and_counts_replies_that_
     (["--anchor-decoding", "greedy,sampled"], "--anchor-decoding and --anchor-question compare syntheses"),
     (["--regrade", str(ROOT / "README.md")], "a HealthBench result is graded by a judge"),
     (["--estimators", "judge_best_of_n", "eval.judge.template=/nonexistent.txt"], "nonexistent"),
+    (["--estimators", ","], "names no estimator"),
 ])
 def test_an_impossible_rubric_mode_is_a_config_error_before_any_model_loads(tiny_healthbench, args, message):
     out = cli("testtime", CONFIG, *data(tiny_healthbench), *args)
@@ -181,3 +182,5 @@ def test_an_impossible_rubric_mode_is_a_config_error_before_any_model_loads(tiny
 def test_rubric_arms_are_refused_on_math_data(tiny_world):
     out = cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--estimators", "single,judge_best_of_n")
     assert out.returncode == 2 and "judge_best_of_n" in out.stderr and "Traceback" not in out.stderr
+    out = cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--verdicts", "v.jsonl")
+    assert out.returncode == 2 and "--verdicts keeps the judges' answers of a HealthBench" in out.stderr

@@ -37,6 +37,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from cat.display import excerpt
 from cat.errors import ConfigError, TeacherError
 from cat.generation import Generator, SamplingParams
 from cat.types import Completion
@@ -297,8 +298,7 @@ class OpenAIChat:
         if key and key != "EMPTY":
             for form in (key, repr(key)[1:-1], repr(key.encode())[2:-1]):
                 text = text.replace(form, "***")
-        text = re.sub(r"(?i)(bearer\s+)\S+", r"\1***", " ".join(text.split()))
-        return text if len(text) <= BODY_EXCERPT else text[: BODY_EXCERPT - 3] + "..."
+        return excerpt(re.sub(r"(?i)(bearer\s+)\S+", r"\1***", text), BODY_EXCERPT)
 
     def complete(self, conversations: list[Messages], params: SamplingParams,
                  budgets: list[RequestBudget] | None = None) -> list[Completion | None]:
