@@ -112,6 +112,7 @@ class UnscoredWatch:
         self.updated_steps = 0
         self.judge_failures = 0.0
         self.rubric_failures = 0
+        self.yes_rates: set[float] = set()  # the judge's per-step share of "yes" verdicts, where it judged
 
     def count(self, rows: list[dict]) -> None:
         """Steps taken before a resume: they count towards ``finish``, not towards a stop."""
@@ -125,6 +126,9 @@ class UnscoredWatch:
         self.updated_steps += not metrics.get("skipped_update", 0)
         self.judge_failures += _judge_failures(metrics)
         self.rubric_failures += _rubric_failures(metrics)
+        yes = metrics.get("judge/yes_rate")
+        if isinstance(yes, (int, float)) and yes == yes:
+            self.yes_rates.add(float(yes))
 
     def observe(self, metrics: dict) -> None:
         scored, unscored = metrics["groups/scored"], metrics["groups/unscored"]
@@ -169,6 +173,14 @@ class UnscoredWatch:
                 f"or gradient, or fp16 gradients that overflowed; see the warnings above and skipped_update in "
                 f"metrics.jsonl). Lower optim.lr, use model.dtype bfloat16 or float32, or run more steps")
         if needs_spread and self.steps and not self.learning_steps:
+            if self.yes_rates and self.yes_rates <= {0.0, 1.0} and len(self.yes_rates) == 1:
+                word = "no" if self.yes_rates == {0.0} else "yes"
+                raise TrainingHalted(
+                    f"none of the {self.steps} step(s) had a group whose rewards differ: the judge answered {word} to "
+                    f"every criterion of every rollout (judge/yes_rate {self.yes_rates.pop():g}), so every rollout "
+                    f"earned the same reward and the policy learned nothing. A judge that cannot tell responses "
+                    f"apart: use a stronger judge.model, or a judge.template it follows (rubrics.jsonl keeps its "
+                    f"verdicts)")
             raise TrainingHalted(
                 f"none of the {self.steps} step(s) had a group whose rewards differ, so every advantage was 0 "
                 f"and the policy learned nothing (only a KL term, if any, moved it). Rewards that never differ "

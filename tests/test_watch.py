@@ -70,6 +70,12 @@ def test_a_run_whose_rewards_never_differ_ends_with_an_error():
                     "judge/failures": 40})
     with pytest.raises(TrainingHalted, match=r"scored a group: .* The judge gave no usable verdict for 40 .*judge\.template"):
         judged.finish()
+    blind = UnscoredWatch(Run())  # a judge that says no to everything (SmolLM2-135M as judge): named as the cause
+    for step in (1, 2):
+        blind.observe({"step": step, "groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 1.0,
+                       "judge/yes_rate": 0.0})
+    with pytest.raises(TrainingHalted, match=r"the judge answered no to every criterion of every rollout .*judge\.model"):
+        blind.finish()
     resumed = UnscoredWatch(Run())
     resumed.count([{"step": 1, "groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 0.5}])
     resumed.observe({"step": 2, "groups/scored": 4, "groups/unscored": 0, "frac_reward_zero_std": 1.0})
