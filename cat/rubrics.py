@@ -127,8 +127,9 @@ def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[l
 
     Returns the rubrics and counts: ``rubric/attempts``, ``rubric/failures`` (groups with a
     reference whose proposals all failed), ``rubric/no_reference`` (groups with an empty
-    reference, never proposed for), ``rubric/parse_rate``, ``rubric/dropped_criteria``, and the anchor's ``rubric/prompt_tokens`` and
-    ``rubric/completion_tokens`` (beside the synthesis's ``anchor/...``).
+    reference, never proposed for), ``rubric/parse_rate``, ``rubric/dropped_criteria``, and the
+    anchor's ``rubric/prompt_tokens`` and ``rubric/completion_tokens`` (beside the synthesis's
+    ``anchor/...``).
     """
     from cat.generation import SamplingParams
 
