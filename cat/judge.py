@@ -166,8 +166,8 @@ class VerdictCache:
                 try:
                     row = json.loads(line)
                     self.data[row["key"]] = int(row["score"]) if "score" in row else bool(row["verdict"])
-                except (json.JSONDecodeError, KeyError):
-                    continue  # a torn last line from a kill: the verdict is simply asked again
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue  # a torn last line from a kill, a damaged row: the verdict is simply asked again
 
     @staticmethod
     def key(model: str, criterion: str, response: str) -> str:
@@ -191,8 +191,8 @@ class VerdictCache:
 
 class ChatBackend:
     """The judge's seam, ``complete(prompts, max_new_tokens, attempt, budgets) -> list[str | None]``
-    and ``usage`` (the tokens it has spent, ``cat.generation.chat.Usage``), over any ``ChatModel``: a local model on the hf or vLLM engine, or an OpenAI-compatible
-    endpoint. The first attempt decodes greedily; retries of unparsable verdicts sample at
+    and ``usage`` (the tokens it has spent, ``cat.generation.chat.Usage``), over any ``ChatModel``:
+    a local model on the hf or vLLM engine, or an OpenAI-compatible endpoint. The first attempt decodes greedily; retries of unparsable verdicts sample at
     temperature 0.7. ``check(prompt, max_new_tokens)``: the model's reply to ``prompt`` now (None
     for a local model, which is not asked), or TeacherError when it cannot answer."""
 

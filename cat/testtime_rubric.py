@@ -16,8 +16,8 @@ No training: pi_t = pi_0. The policy samples G rollouts per prompt once (``run.s
   model-as-judge selection baseline.
 
 Ties go to the first rollout. No physician rubric reaches an arm: the anchor and the rubric
-selector read the groups through ``cat.firewall.blind``, the rating sees the conversation alone. The evaluation judge (``eval.judge``,
-else the reward's judge, with a warning) then grades every arm's answer on the physician rubric
+selector read the groups through ``cat.firewall.blind``, the rating sees the conversation alone.
+The evaluation judge (``eval.judge``, else the reward's judge, with a warning) then grades every arm's answer on the physician rubric
 as ``cat-rl eval`` does (``cat.evaluate.grade_on_rubric``). Per arm and G: the HealthBench score
 (the clipped mean of per-prompt rubric scores, ``cat.healthbench.aggregate``), a 95% interval
 over prompts of the unclipped per-prompt scores, and the paired difference from ``single``.

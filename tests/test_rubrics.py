@@ -204,6 +204,7 @@ def test_verdict_cache_persists_and_is_keyed_by_model_criterion_response(tmp_pat
     rows = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and set(rows[0]) == {"key", "verdict"}
     with open(tmp_path / "verdicts.jsonl", "a") as f:
+        f.write('{"key": "bad", "score": "7x"}\n{"key": "worse", "score": null}\n')  # damaged rows: asked again
         f.write('{"key": "torn')  # a kill mid-write
     assert len(VerdictCache(tmp_path / "verdicts.jsonl").data) == 2
 
