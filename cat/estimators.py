@@ -9,7 +9,7 @@ from the Config and called on a batch of groups (so anchor calls batch across pr
 None gives its group no learning signal (the math reward refuses to score it). Answers are read
 with the run's answer chain (config ``answer``, ``cat.rewards.answers``), as the reward reads them.
 
-Built in: ``synthesis`` (CaT), ``majority_vote`` (TTRL), ``self_bon``, ``min_perplexity``,
+Built in: ``synthesis`` (CaT), ``majority_vote`` (TTRL), ``self_bon``, ``judge_bon``, ``min_perplexity``,
 ``mutual_predictability``, ``single``, ``gold`` (reference-based GRPO: the only one that reads
 labels). Write your own in any module and name it in the config's ``plugins``; see README.
 """
@@ -242,6 +242,49 @@ class SelfBestOfN:
                 out.append(Reference(text="", answer=None, source="self_bon", meta=meta))
             else:
                 out.append(read_reference(group.texts[index], self.answer_of, "self_bon", meta))
+        return out
+
+
+@register_estimator("judge_bon")
+class JudgeBestOfN:
+    """Best-of-N by judge score: the judge (config ``judge``, independent of the policy) rates each
+    rollout 1..10 as a reply to the question (``rubrics/judge_score.txt``), and the reference is the
+    best-rated rollout (ties: the first). A rating that fails is left out, never read as the lowest;
+    a group with no rating has no reference. No anchor and no label: the judge sees the question
+    and one rollout at a time. Ratings need room for a sentence before ``<score>N</score>``
+    (``judge.max_new_tokens``, 96 say)."""
+
+    needs_anchor = False
+
+    def __init__(self, config):
+        from cat.judge import score_template
+
+        self.config = config
+        self.template = score_template()
+        self.answer_of = AnswerChain.from_config(config.answer)
+        self._judge = None
+        self.last_stats: dict = {}  # the judge's counts and tokens of the latest call (Judge.scores)
+
+    def __call__(self, groups: list[Group], anchor=None) -> list[Reference]:
+        if not groups:
+            return []
+        if self._judge is None:  # built on first use: an estimator is built before the run loads any model
+            from cat.judge import Judge
+
+            self._judge = Judge.from_config(self.config, None)
+        flat, self.last_stats = self._judge.scores([(g.prompt.messages, c.text) for g in groups for c in g.completions],
+                                                   self.template)
+        out, k = [], 0
+        for group in groups:
+            row = flat[k:k + len(group.completions)]
+            k += len(group.completions)
+            rated = [i for i, s in enumerate(row) if s is not None]
+            meta = {"scores": row}
+            if not rated:
+                out.append(Reference(text="", answer=None, source="judge_bon", meta={**meta, "index": None}))
+                continue
+            best = max(rated, key=lambda i: (row[i], -i))
+            out.append(read_reference(group.texts[best], self.answer_of, "judge_bon", {**meta, "index": best}))
         return out
 
 

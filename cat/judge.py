@@ -417,15 +417,20 @@ class Judge:
         through ``template`` (``{{conversation}}``, ``{{response}}``; reply ``<score>N</score>``), or
         None when no reply of its ``judge.max_retries + 1`` requests was a score (none is re-asked when
         not one of a first round of at least ``GIVE_UP_AFTER`` replies was). The first request decodes
-        greedily, re-asks sample; ratings are cached like verdicts, keyed by the template's text. A failure is never read as the lowest score:
-        the caller leaves that response out."""
+        greedily, re-asks sample; ratings are cached like verdicts, keyed by the template's text, and a
+        (conversation, response) given twice is asked once. A failure is never read as the lowest
+        score: the caller leaves that response out."""
         start = time.perf_counter()
         spent = self.backend.usage.snapshot()
         criterion = f"score\0{template.text}"  # the cache's criterion slot: a new template is a new question
         keys = [self.cache.key(self.backend.name, criterion, f"{render_conversation(c)}\0{r}") for c, r in items]
         out: list[int | None] = [self.cache.get(k) for k in keys]
         hits = sum(v is not None for v in out)
-        todo = [i for i, v in enumerate(out) if v is None]
+        first: dict[str, int] = {}  # a response given twice (short answers often are) is rated once
+        for i, v in enumerate(out):
+            if v is None:
+                first.setdefault(keys[i], i)
+        todo = list(first.values())
         budgets = {i: RequestBudget(self.max_retries + 1) for i in todo}
         calls, unread, gave_up = 0, "", False
         for attempt in range(self.max_retries + 1):
@@ -447,6 +452,7 @@ class Judge:
                                f"{excerpt(unread)!r}. Fix: {SCORE_FIX}")
                 gave_up = True
                 break
+        out = [out[first[k]] if v is None and k in first else v for k, v in zip(keys, out, strict=True)]
         failed = sum(v is None for v in out)
         if failed and not gave_up:
             quoted = f"; a reply that did not parse: {excerpt(unread)!r}" if unread else ""

@@ -1,8 +1,8 @@
 """Test-time CaT: answer each prompt with an estimator's reference instead of a single sample.
 
 No training: pi_t = pi_0. For every evaluation prompt the policy samples G rollouts once; every
-estimator named (single, majority_vote, self_bon, min_perplexity, mutual_predictability,
-synthesis, or a plug-in) turns the *same* rollouts into a reference, and the reference's answer
+estimator named (single, majority_vote, self_bon, judge_bon, min_perplexity,
+mutual_predictability, synthesis, or a plug-in) turns the *same* rollouts into a reference, and the reference's answer
 is graded against gold. With several G values the first g rollouts of each group are used, so
 the comparison across G is paired too. The rollouts depend only on ``run.seed``: two invocations
 that differ in the anchor alone (``anchor.greedy=false``, another template) read the same rollouts.
@@ -113,7 +113,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
             seconds[f"{name}@{g}"] = time.perf_counter() - start
             for ex, r in zip(examples, refs, strict=True):
                 ex["references"][f"{name}@{g}"] = {"answer": r.answer, "text": r.text, **{
-                    k: r.meta[k] for k in ("order_answers", "order_texts") if k in r.meta}}
+                    k: r.meta[k] for k in ("order_answers", "order_texts", "scores") if k in r.meta}}
     results = score(examples, prompts, sizes, [name for name, _, _ in variants], config)
     return {"n": len(prompts), "skipped_long": skipped, **results, "seconds": seconds, "examples": examples}
 

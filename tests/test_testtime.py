@@ -128,3 +128,62 @@ def test_testtime_refuses_math_estimators_on_rubric_data():
               f"data.path={healthbench}", f"eval.path={healthbench}", "--estimators", "majority_vote,synthesis")
     assert out.returncode == 2 and "majority_vote compare final answers, which rubric rows do not have" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_judge_best_of_n_on_math_takes_the_best_rated_rollout_and_leaves_failed_ratings_out(tmp_path, tiny_world,
+                                                                                             monkeypatch):
+    """``judge_bon``: an independent judge rates every rollout for its question. A judge that
+    rates a right sum 9 and a wrong one 2 makes best-of-N exactly pass@G; the judge sees the
+    question and one rollout, never the gold answer; ratings that are not scores are left out."""
+    import re
+
+    from test_judge_http import KEY, ScriptedServer, reply
+
+    def rate(n, prompt):
+        if "<score>" not in prompt:
+            return reply("<verdict>yes</verdict>")
+        question = re.search(r"user: .*?(\d+)\s*\+\s*(\d+)", prompt, re.S)
+        response = re.search(r"The reply to rate[^\n]*\n(.*?)\n\nRate how well", prompt, re.S).group(1)
+        said = re.findall(r"-?\d+", response.split("boxed")[-1])
+        if int(question.group(1)) % 5 == 0:  # a judge that cannot rate these: left out, never the lowest
+            return reply("I cannot say.")
+        right = bool(said) and int(said[0]) == int(question.group(1)) + int(question.group(2))
+        return reply(f"Checked. <score>{9 if right else 2}</score>")
+
+    monkeypatch.setenv("CAT_TEST_JUDGE_KEY", KEY)
+    server = ScriptedServer(rate)
+    try:
+        out = run_cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"),
+                      "--estimators", "single,majority_vote,judge_bon", "--group-sizes", "4,8",
+                      "--output", str(tmp_path / "tt.json"), "eval.limit=24", "judge.backend=openai",
+                      f"judge.base_url={server.base_url}", "judge.model=tiny", "judge.api_key_env=CAT_TEST_JUDGE_KEY",
+                      "judge.max_retries=1", "judge.backoff_s=0.01")
+        prompts = [p for _, p in server.chat]
+    finally:
+        server.close()
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "tt.json").read_text())
+    unrateable = {ex["index"] for ex in result["examples"] if int(re.match(r"\D*(\d+)", ex["question"]).group(1)) % 5 == 0}
+    assert 0 < len(unrateable) < len(result["examples"])
+    for ex in result["examples"]:
+        for g in (4, 8):
+            ref = ex["references"][f"judge_bon@{g}"]
+            if ex["index"] in unrateable:
+                assert ref["answer"] is None and ref["scores"] == [None] * g
+                continue
+            assert ref["scores"] == [9 if r["answer"] is not None and str(r["answer"]) == ex["gold"] else 2
+                                     for r in ex["rollouts"][:g]]
+            assert ref["correct"] == any(r["answer"] == ex["gold"] for r in ex["rollouts"][:g])
+    # each distinct rollout rated once (G = 4 reads the first 4 ratings from the judge's cache); a
+    # failed rating is asked again (judge.max_retries=1), at G = 4 and again at G = 8
+    def distinct(ex, g):
+        return len({r["text"] for r in ex["rollouts"][:g]})
+
+    asked = sum(distinct(ex, 8) if ex["index"] not in unrateable else 2 * (distinct(ex, 4) + distinct(ex, 8))
+                for ex in result["examples"])
+    assert len(prompts) == asked
+    assert not any(ex["gold"] in p.split("The reply to rate")[0].replace(ex["question"], "")
+                   for ex in result["examples"] for p in prompts if ex["question"] in p and len(ex["gold"]) > 2)
+    acc = result["accuracy"]  # a perfect judge, short of the prompts it cannot rate: pass@G on the rest
+    assert acc["judge_bon@8"] == sum(any(r["answer"] == ex["gold"] for r in ex["rollouts"])
+                                     for ex in result["examples"] if ex["index"] not in unrateable) / 24
