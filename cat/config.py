@@ -404,6 +404,11 @@ class JudgeConfig(_Endpoint):
     ``{{conversation}}`` the conversation default, one without it the plain default."""
     max_new_tokens: int = Field(256, ge=1)
     """Tokens per verdict (per_criterion: room to quote evidence first); all_criteria gets 8 per criterion."""
+    score_template: str = "judge_score"
+    """The rating template of best-of-N by judge score (``judge_bon``, testtime's
+    ``judge_best_of_n``): ``{{conversation}}`` and ``{{response}}``, reply ``<score>N</score>``.
+    ``judge_score_brief`` asks for the rating alone (a few tokens where ``judge_score`` writes a
+    sentence first)."""
     batch_size: int = Field(32, ge=1)
     """Prompts per generate call (hf backend)."""
 

@@ -248,11 +248,12 @@ class SelfBestOfN:
 @register_estimator("judge_bon")
 class JudgeBestOfN:
     """Best-of-N by judge score: the judge (config ``judge``, independent of the policy) rates each
-    rollout 1..10 as a reply to the question (``rubrics/judge_score.txt``), and the reference is the
+    rollout 1..10 as a reply to the question (``judge.score_template``), and the reference is the
     best-rated rollout (ties: the first). A rating that fails is left out, never read as the lowest;
     a group with no rating has no reference. No anchor and no label: the judge sees the question
-    and one rollout at a time. Ratings need room for a sentence before ``<score>N</score>``
-    (``judge.max_new_tokens``, 96 say)."""
+    and one rollout at a time. The default template's ratings need room for a sentence before
+    ``<score>N</score>`` (``judge.max_new_tokens``, 96 say); ``judge_score_brief`` asks for the
+    rating alone."""
 
     needs_anchor = False
 
@@ -260,7 +261,7 @@ class JudgeBestOfN:
         from cat.judge import score_template
 
         self.config = config
-        self.template = score_template()
+        self.template = score_template(config.judge.score_template)
         self.answer_of = AnswerChain.from_config(config.answer)
         self._judge = None
         self.last_stats: dict = {}  # the judge's counts and tokens of the latest call (Judge.scores)

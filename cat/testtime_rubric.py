@@ -128,7 +128,7 @@ def run_rubric_test_time(config, names: list[str], sizes: list[int], *, verdicts
         start = time.perf_counter()
         g = max(sizes)  # the rollouts some arm reads: rated once, whatever G reads them
         flat, stats = judge.scores([(p.messages, c.text) for p, cs in zip(prompts, completions, strict=True)
-                                    for c in cs[:g]], score_template())
+                                    for c in cs[:g]], score_template(config.judge.score_template))
         ratings = [flat[k * g:(k + 1) * g] for k in range(len(prompts))]
         for ex, row in zip(examples, ratings, strict=True):
             for r, s in zip(ex["rollouts"], row, strict=False):

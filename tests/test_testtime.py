@@ -157,7 +157,7 @@ def test_judge_best_of_n_on_math_takes_the_best_rated_rollout_and_leaves_failed_
                       "--estimators", "single,majority_vote,judge_bon", "--group-sizes", "4,8",
                       "--output", str(tmp_path / "tt.json"), "eval.limit=24", "judge.backend=openai",
                       f"judge.base_url={server.base_url}", "judge.model=tiny", "judge.api_key_env=CAT_TEST_JUDGE_KEY",
-                      "judge.max_retries=1", "judge.backoff_s=0.01")
+                      "judge.max_retries=1", "judge.backoff_s=0.01", "judge.score_template=judge_score_brief")
         prompts = [p for _, p in server.chat]
     finally:
         server.close()
@@ -174,6 +174,7 @@ def test_judge_best_of_n_on_math_takes_the_best_rated_rollout_and_leaves_failed_
             assert ref["scores"] == [9 if r["answer"] is not None and str(r["answer"]) == ex["gold"] else 2
                                      for r in ex["rollouts"][:g]]
             assert ref["correct"] == any(r["answer"] == ex["gold"] for r in ex["rollouts"][:g])
+    assert all("Reply with the rating alone" in p for p in prompts)
     # each distinct rollout rated once (G = 4 reads the first 4 ratings from the judge's cache); a
     # failed rating is asked again (judge.max_retries=1), at G = 4 and again at G = 8
     def distinct(ex, g):
