@@ -29,9 +29,9 @@ KEYS = ("time/generate", "time/reference", "time/reward", "time/update", "time/w
 def one_run(backend: str, steps: int) -> dict:
     """Runs in a child process: returns per-step metrics after one warm-up step."""
     sys.path.insert(0, str(ROOT))
-    from cat import tiny
     from cat.config import load_config
-    from cat.trainer import Trainer
+    from cat.run.trainer import Trainer
+    from cat.worlds import arith as tiny
 
     world = tiny.ensure_built()
     config = load_config(ROOT / "experiments" / "tiny_arith_cat.yaml", [

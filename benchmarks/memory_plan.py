@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers import LlamaConfig, Qwen3Config
 
 from cat.config import load_config
-from cat.plan import architecture, render
+from cat.tools.plan import architecture, render
 
 ROOT = Path(__file__).resolve().parent.parent
 QWEN3_4B = Qwen3Config(

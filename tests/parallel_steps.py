@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from cat.config import load_config
-from cat.estimators import Gold
-from cat.parallel import Ranks
-from cat.trainer import Trainer
+from cat.run.parallel import Ranks
+from cat.run.trainer import Trainer
+from cat.teacher.estimators import Gold
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONS = [(loss, scale) for loss in ("grpo", "bnpo", "dr_grpo", "dapo") for scale in ("group", "batch", "none")]

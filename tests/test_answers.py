@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from cat.config import config_from_tree, load_config
-from cat.diagnostics import teacher_diagnostics
 from cat.errors import ConfigError
-from cat.estimators import ESTIMATORS
 from cat.rewards import REWARDS
 from cat.rewards.answers import (
     ANSWER_RULES,
@@ -26,6 +24,8 @@ from cat.rewards.answers import (
     last_number,
     register_answer_rule,
 )
+from cat.teacher.diagnostics import teacher_diagnostics
+from cat.teacher.estimators import ESTIMATORS
 from cat.types import Completion, Group, GroupScore, Prompt, Reference
 
 REPLIES = [json.loads(line) for line in
@@ -158,7 +158,7 @@ def test_chain_configuration_errors_name_what_works():
     config = config_from_tree({"answer": {"rules": ["regex", "boxed"], "regex": "ANSWER: (\\S+)"}})
     assert AnswerChain.from_config(config.answer)("ANSWER: 7") == "7"
     with pytest.raises(ConfigError, match="unknown answer rule 'nope'"):
-        from cat.trainer import preflight
+        from cat.run.trainer import preflight
 
         preflight(load_config(None, ["answer.rules=[boxed, nope]"]))
 

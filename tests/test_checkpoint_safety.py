@@ -16,13 +16,13 @@ import torch
 from conftest import ROOT, cli, run_cli
 from test_resume import overrides, spawn_train, stable, wait_for_rows
 
-from cat import checkpoint
 from cat.errors import CheckpointError
+from cat.run import checkpoint
 
 KILL_BETWEEN_RENAMES = r"""
 import os, sys, time, torch
 from pathlib import Path
-from cat import checkpoint
+from cat.run import checkpoint
 from cat.models import load_model, load_tokenizer
 path = sys.argv[1]; run_dir = Path(sys.argv[2])
 tok = load_tokenizer(path); model = load_model(path, dtype="float32", device=torch.device("cpu"))

@@ -8,9 +8,9 @@ import shutil
 import pytest
 from conftest import ROOT, cli
 
-from cat.compare import parse_arms
 from cat.errors import ConfigError
-from cat.stats import mean_ci, t975
+from cat.tools.compare import parse_arms
+from cat.tools.stats import mean_ci, t975
 
 CAT = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
 
@@ -82,7 +82,7 @@ def test_compare_again_keeps_finished_runs_and_finishes_the_rest(compared, tmp_p
     out = cli("compare", CAT, "--arms", "majority_vote", "--arm", "gold", "estimator.name=gold", "--seeds", "0,1",
               "--output-dir", str(again), *short(tiny_world))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("finished earlier") == 1  # progress is logged (cat.logs: stdout)
+    assert out.stdout.count("finished earlier") == 1  # progress is logged (cat.run.logs: stdout)
     assert "[2/4] majority_vote seed 1: training" in out.stdout
     assert "[3/4] gold seed 0: training" in out.stdout and "[4/4] gold seed 1: training" in out.stdout
     first, second = (json.loads((d / "compare.json").read_text()) for d in (out_dir, again))

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from cat.data import PromptOrder, load_prompts
 from cat.errors import DataError
+from cat.tasks.data import PromptOrder, load_prompts
 
 
 def jsonl(tmp_path, rows, name="d.jsonl"):
@@ -85,8 +85,8 @@ FIXTURE = __import__("pathlib").Path(__file__).parent / "fixtures" / "math500_sa
 
 def test_math500_fixture_and_its_own_solutions_grade_correct():
     """The MATH-500 schema end to end: each row's worked solution extracts to its gold answer."""
-    from cat.evaluate import is_correct
     from cat.rewards.answers import AnswerChain
+    from cat.tasks.evaluate import is_correct
 
     prompts = load_prompts(str(FIXTURE), prompt_template="{problem}\nPlease reason step by step, and put your final answer within \\boxed{}.")
     rows = [json.loads(line) for line in FIXTURE.read_text().splitlines()]

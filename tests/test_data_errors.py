@@ -9,8 +9,8 @@ import random
 import pytest
 from conftest import ROOT, cli
 
-from cat.data import load_prompts
 from cat.errors import DataError
+from cat.tasks.data import load_prompts
 
 GOOD = {"problem": "1+1?", "answer": "2"}
 HB = {"prompt": [{"role": "user", "content": "I feel dizzy."}], "example_tags": ["theme:x"],

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from cat.anchor import build_anchor
 from cat.config import load_config
 from cat.errors import ConfigError
-from cat.estimators import ESTIMATORS, majority_answer, parse_choice
 from cat.generation.hf import HFGenerator
 from cat.registry import import_plugin
 from cat.rewards import REWARDS
+from cat.teacher.anchor import build_anchor
+from cat.teacher.estimators import ESTIMATORS, majority_answer, parse_choice
 from cat.types import Completion, Group, Prompt, Reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +121,7 @@ def test_synthesis_can_be_right_when_every_rollout_is_wrong(anchor, tiny_model):
 
 
 def test_rotations_show_each_rollout_last_once(tiny_model):
-    from cat.estimators import order_seed, rotated
+    from cat.teacher.estimators import order_seed, rotated
 
     _, tokenizer = tiny_model
     group = tiny_group(tokenizer, [f"\\boxed{{{i}}}" for i in range(8)], "1+1")
@@ -207,7 +207,7 @@ def test_readme_plugin_example_runs_through_the_trainer(tmp_path, tiny_world):
     plugin.write_text(code)
     import_plugin(str(plugin))
     assert "longest_majority" in ESTIMATORS
-    from cat.trainer import Trainer
+    from cat.run.trainer import Trainer
 
     config = load_config(None, [
         f"model.name_or_path={tiny_world / 'model'}", f"data.path={tiny_world / 'train.jsonl'}",

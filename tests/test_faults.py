@@ -10,7 +10,7 @@ from test_rubrics import ScriptedBackend, make_judge
 from cat.config import load_config
 from cat.errors import ConfigError
 from cat.rewards import REWARDS, RewardContext, build_rewards
-from cat.trainer import Trainer
+from cat.run.trainer import Trainer
 from cat.types import Completion, Group, Prompt, Reference
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -78,7 +78,7 @@ def test_overlong_evaluation_prompts_are_skipped_and_counted_too(tmp_path, tiny_
     """The trainer's evaluation leaves over-long prompts out as training does, says so, and counts
     them in each evaluation's result; when none fits it stops before any model loads."""
     from cat.generation import generator_from_config
-    from cat.task import Task
+    from cat.tasks.task import Task
 
     model, tokenizer = tiny_model
     data = tmp_path / "d.jsonl"
@@ -100,7 +100,7 @@ def test_overlong_evaluation_prompts_are_skipped_and_counted_too(tmp_path, tiny_
 def test_rl_on_physician_rubrics_through_the_trainer(tmp_path):
     """The reference-based baseline on HealthBench data: the example's own rubric, judged per
     criterion, points as weights; no anchor is loaded."""
-    from cat import tiny_rubric
+    from cat.worlds import rubric as tiny_rubric
 
     world = tiny_rubric.ensure_built()
     config = load_config(None, [

@@ -1,4 +1,4 @@
-"""The label firewall (``cat.firewall``), proven by planting labels: every gold answer and every
+"""The label firewall (``cat.teacher.firewall``), proven by planting labels: every gold answer and every
 label-bearing column is replaced by a wrong one, and CaT, TTRL and a plug-in estimator that tries
 to read the label, with a plug-in reward and a TRL reward function that try too, train bit for bit
 as on the clean data. Reference-based GRPO (``gold``) reads labels by definition: it changes."""
@@ -10,10 +10,10 @@ import torch
 from conftest import ROOT
 
 from cat.config import load_config
-from cat.trainer import Trainer
+from cat.run.trainer import Trainer
 
 PLUGIN = '''
-from cat.estimators import read_reference, register_estimator
+from cat.teacher.estimators import read_reference, register_estimator
 from cat.rewards import GroupReward, from_completion_fn, register_reward
 from cat.rewards.answers import AnswerChain
 from cat.types import GroupScore

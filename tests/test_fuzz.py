@@ -1,7 +1,7 @@
 """Malformed input, generated and by hand, never ends in a traceback: configs, data files and
 command lines each give a non-zero exit and one message saying what was wrong and where.
 
-Every case fails before a model loads. ``cat.cli.main`` runs in this process (``conftest.cli``:
+Every case fails before a model loads. ``cat.tools.cli.main`` runs in this process (``conftest.cli``:
 an exception other than SystemExit comes back as exit 1 with its traceback on stderr, which the
 checks refuse); a few cases run as real processes to prove the exit status and the stderr a user
 sees. ``train`` is given an output directory under a file, so a case that turns out to be valid
@@ -256,7 +256,7 @@ def test_as_real_processes(tmp_path):
     binary.write_bytes(b"run:\n  steps: \xff\n")
     cases = [(["train", str(dup)], f"config file {dup}: key 'run' is given twice, on lines 1 and 3"),
              (["plan", str(binary)], f"config file {binary} is not UTF-8 text (byte 0xff on line 2)")]
-    running = [subprocess.Popen([sys.executable, "-m", "cat.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    running = [subprocess.Popen([sys.executable, "-m", "cat.tools.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for args, _ in cases]
     for (args, needle), proc in zip(cases, running, strict=True):
         _, stderr = proc.communicate(timeout=120)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from conftest import assert_same_logprobs, assert_same_maths, fp32_logprob_bound
 
-from cat.data import encode_prompt
 from cat.generation import SamplingParams, make_generator, row_seed
-from cat.logprobs import token_logprobs
+from cat.models.logprobs import token_logprobs
+from cat.tasks.data import encode_prompt
 from cat.types import Prompt
 
 
@@ -183,8 +183,8 @@ def test_a_static_cache_generates_what_the_dynamic_one_does(tiny_model64):
     transformers' default cache, greedy and sampled."""
     import random
 
-    from cat import tiny
     from cat.generation.hf import HFGenerator
+    from cat.worlds import arith as tiny
 
     model, tokenizer = tiny_model64
     spec, rng = tiny.TinySpec(), random.Random(0)
@@ -257,8 +257,8 @@ def test_a_shared_prefill_records_the_logprobs_the_trainer_scores(tiny_model, ti
         request.getfixturevalue("bf16_attention")
     import random
 
-    from cat import tiny
     from cat.generation.hf import HFGenerator, _SharedPrefill
+    from cat.worlds import arith as tiny
 
     model, tokenizer = tiny_model64
     spec, rng = tiny.TinySpec(), random.Random(1)
@@ -287,8 +287,8 @@ def test_a_shared_prefill_records_the_logprobs_the_trainer_scores(tiny_model, ti
 def test_local_chat_keeps_recent_ids_and_hands_out_copies(tiny_model):
     """The anchor encodes each prompt to count its tokens, then again to send it: the second time
     comes from the kept ids, equal to a fresh encoding and safe to modify."""
-    from cat.data import chat_ids
     from cat.generation.chat import LocalChat
+    from cat.tasks.data import chat_ids
 
     model, tokenizer = tiny_model
     chat = LocalChat(make_generator("hf", model, tokenizer, batch_size=4), tokenizer, name="pi_0")
@@ -343,8 +343,8 @@ def test_lookup_drafts_write_plain_greedy_tokens_in_fewer_passes(tiny_model64):
     rows ending at end-of-sequence or at the token cap, in far fewer forward passes."""
     import random
 
-    from cat import tiny
     from cat.generation.hf import HFGenerator
+    from cat.worlds import arith as tiny
 
     model, tokenizer = tiny_model64
     spec, rng = tiny.TinySpec(), random.Random(2)
@@ -389,8 +389,8 @@ def test_lookup_drafts_in_bf16_record_the_logprobs_of_what_they_wrote(tiny_model
     own bf16 error (both against float64, on the same tokens, measured here)."""
     import random
 
-    from cat import tiny
     from cat.generation.hf import HFGenerator
+    from cat.worlds import arith as tiny
 
     model, tokenizer = tiny_model64
     spec, rng = tiny.TinySpec(), random.Random(2)

@@ -1,4 +1,4 @@
-"""cat.grpo against hand-derived numbers and an independent, loop-based implementation."""
+"""cat.algo.grpo against hand-derived numbers and an independent, loop-based implementation."""
 
 import itertools
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from cat.grpo import advantages, aggregate, policy_loss, token_losses
+from cat.algo.grpo import advantages, aggregate, policy_loss, token_losses
 
 
 def test_group_advantages_hand_derived():
@@ -198,7 +198,7 @@ def test_micro_batches_give_the_full_batch_gradient(loss_type, level):
 
 def test_truncated_is_weights_against_hand_derived_numbers():
     """Three tokens: trainer - sampler log-probs of +0.5, -1.0 and 0; a fourth off the mask."""
-    from cat.grpo import truncated_is_weights
+    from cat.algo.grpo import truncated_is_weights
 
     trainer = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
     sampler = torch.tensor([[-1.5, -1.0, -0.5, -0.1]])
@@ -215,7 +215,7 @@ def test_truncated_is_weights_against_hand_derived_numbers():
 
 def test_sampler_weights_multiply_the_surrogate_not_the_kl():
     """At ratio 1 the surrogate is -A per token; the weights scale it, the beta * k3 term is added unscaled."""
-    from cat.grpo import token_losses
+    from cat.algo.grpo import token_losses
 
     logp = torch.tensor([[-1.0, -2.0]])
     ref = torch.tensor([[-1.5, -2.0]])
@@ -247,7 +247,7 @@ def test_dual_clip_hand_derived():
 
 
 def test_reward_and_advantage_clipping_hand_derived():
-    from cat.batch import build_batch
+    from cat.algo.batch import build_batch
     from cat.types import Completion, Group, GroupScore, Prompt
 
     prompt = Prompt(index=0, text="q", messages=({"role": "user", "content": "q"},))

@@ -9,10 +9,10 @@ import pytest
 from test_rubrics import ScriptedBackend, make_judge
 
 from cat.config import load_config
-from cat.data import load_prompts
 from cat.errors import DataError
-from cat.evaluate import evaluate_rubric
 from cat.rewards import REWARDS, RewardContext
+from cat.tasks.data import load_prompts
+from cat.tasks.evaluate import evaluate_rubric
 from cat.types import Completion, Group, Reference
 
 FIXTURE = Path(__file__).parent / "fixtures" / "healthbench_sample.jsonl"

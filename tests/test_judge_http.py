@@ -17,14 +17,14 @@ from conftest import ROOT, cli, free_port, openai_server, run_cli
 from cat.config import load_config
 from cat.errors import TeacherError
 from cat.generation.chat import retry_after_s
-from cat.judge import PROBE, Judge
+from cat.rewards.judge import PROBE, Judge
 
 KEY = "secret-test-key-7f3a"
 
 
 @pytest.fixture(scope="module")
 def rubric_world():
-    from cat import tiny_rubric
+    from cat.worlds import rubric as tiny_rubric
 
     return tiny_rubric.ensure_built()
 
@@ -210,12 +210,12 @@ def test_reasks_and_retries_share_one_budget_per_verdict(scripted):
 
 @pytest.fixture
 def judge_warnings():
-    """The messages ``cat.judge`` logs at WARNING during the test (a handler on that logger itself:
+    """The messages ``cat.rewards.judge`` logs at WARNING during the test (a handler on that logger itself:
     ``cat-rl`` run in-process turns propagation to the root logger off)."""
     messages = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("cat.judge")
+    logger = logging.getLogger("cat.rewards.judge")
     logger.addHandler(handler)
     yield messages
     logger.removeHandler(handler)
@@ -300,7 +300,7 @@ def test_a_judge_that_fails_on_every_item_stops_at_preflight_naming_the_judge(sc
 
 
 def test_an_anchor_endpoint_that_cannot_chat_stops_the_trainer_before_evaluation(scripted, tmp_path, rubric_world):
-    from cat.trainer import Trainer
+    from cat.run.trainer import Trainer
 
     server = scripted(lambda n, _: (400, {}, {"error": {"message": "max_tokens is too large"}}))
     config = load_config(ROOT / "experiments" / "tiny_arith_cat.yaml", [
@@ -319,9 +319,9 @@ def test_rubric_proposals_and_anchor_retries_share_one_budget(scripted, rubric_w
     10 here: each attempt's 503 retried within a fresh budget of its own)."""
     from test_estimators import tiny_group
 
-    from cat.anchor import build_anchor
     from cat.models import load_tokenizer
-    from cat.rubrics import propose_rubrics
+    from cat.rewards.rubrics import propose_rubrics
+    from cat.teacher.anchor import build_anchor
     from cat.types import Reference
 
     # the check's request, then 503 and "banana" in turn
@@ -347,7 +347,7 @@ def test_a_healthbench_judge_endpoint_that_cannot_chat_stops_the_trainer_before_
                                                                                             rubric_world, reward):
     """HealthBench evaluations are graded by the judge: an endpoint answering 400 stops the
     Trainer's constructor after one request, not the initial evaluation after loading the policy."""
-    from cat.trainer import Trainer
+    from cat.run.trainer import Trainer
 
     server = scripted(lambda n, _: (400, {}, {"error": {"message": "max_tokens is too large"}}))
     healthbench = ROOT / "tests" / "fixtures" / "healthbench_sample.jsonl"
@@ -366,7 +366,7 @@ def test_the_evaluation_judge_is_separate_when_asked_and_recorded(scripted, tmp_
     separate grader): its endpoint is checked before anything loads and receives the evaluation's
     verdict requests. Left unset, the reward's own judge grades, with a warning. The evaluation
     records which judge graded it."""
-    from cat.trainer import Trainer
+    from cat.run.trainer import Trainer
 
     server = scripted(lambda n, _: reply("<verdict>yes</verdict>"))
     healthbench = ROOT / "tests" / "fixtures" / "healthbench_sample.jsonl"
@@ -428,10 +428,10 @@ def test_anchor_on_an_endpoint_synthesizes_and_refuses_token_scoring(server, rub
     """anchor.backend: openai points the teacher at a served model (here the tiny rubric model)."""
     from test_estimators import tiny_group
 
-    from cat.anchor import build_anchor
     from cat.errors import ConfigError
-    from cat.estimators import ESTIMATORS
     from cat.models import load_tokenizer
+    from cat.teacher.anchor import build_anchor
+    from cat.teacher.estimators import ESTIMATORS
 
     base_url, model = server
     config = load_config(ROOT / "experiments" / "tiny_arith_cat.yaml", [
@@ -454,9 +454,9 @@ def test_a_group_without_a_reference_is_counted_apart_from_rubrics_that_failed(s
     warned about, and the proposer does not stop on the group it never asked about."""
     from test_estimators import tiny_group
 
-    from cat.anchor import build_anchor
     from cat.models import load_tokenizer
-    from cat.rubrics import propose_rubrics
+    from cat.rewards.rubrics import propose_rubrics
+    from cat.teacher.anchor import build_anchor
     from cat.types import Reference
 
     rubric = "<rubric>" + "".join(f"<criterion>point {k}</criterion>" for k in range(5)) + "</rubric>"
@@ -469,7 +469,7 @@ def test_a_group_without_a_reference_is_counted_apart_from_rubrics_that_failed(s
     groups = [tiny_group(tokenizer, ["so \\boxed{85}"], "47+38", gold="85") for _ in range(2)]
     references = [Reference(text="so \\boxed{85}", answer="85", source="synthesis"),
                   Reference(text="", answer=None, source="synthesis")]
-    with caplog.at_level(logging.WARNING, logger="cat.rubrics"):
+    with caplog.at_level(logging.WARNING, logger="cat.rewards.rubrics"):
         rubrics, stats = propose_rubrics(anchor, groups, references, config, seed=0)
     assert rubrics[0] is not None and rubrics[1] is None
     assert stats["rubric/failures"] == 0 and stats["rubric/no_reference"] == 1 and stats["rubric/attempts"] == 2

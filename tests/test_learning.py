@@ -20,7 +20,7 @@ def start(run_dir, name):
     """``cat-rl train`` of an experiment, in the background, on one thread: the gold and CaT runs
     go side by side on a 2-core machine."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "cat.cli", "train", str(ROOT / "experiments" / f"{name}.yaml"),
+    return subprocess.Popen([sys.executable, "-m", "cat.tools.cli", "train", str(ROOT / "experiments" / f"{name}.yaml"),
                              "--output-dir", str(run_dir), "--no-progress", f"run.steps={STEPS}", "eval.limit=100",
                              "eval.num_samples=2"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

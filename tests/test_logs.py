@@ -7,9 +7,10 @@ import logging
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from cat import logs
+import cat
+from cat.run import logs
 
-LIBRARY = Path(logs.__file__).parent
+LIBRARY = Path(cat.__file__).parent
 
 
 def test_the_library_does_not_print():
@@ -22,7 +23,7 @@ def test_the_library_does_not_print():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
                 offenders.append(f"{path.relative_to(LIBRARY)}:{node.lineno}")
-    assert [o.split(":")[0] for o in offenders] == ["loop.py"], offenders
+    assert [o.split(":")[0] for o in offenders] == ["run/loop.py"], offenders
 
 
 def test_console_routes_by_level_and_follows_redirection(monkeypatch):
@@ -35,9 +36,9 @@ def test_console_routes_by_level_and_follows_redirection(monkeypatch):
     assert len(logger.handlers) == 1 and logger.propagate is False
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        logging.getLogger("cat.trainer").info("step 1")
-        logging.getLogger("cat.tiny").warning("warning: template changed")
-        logging.getLogger("cat.tiny").debug("not shown")
+        logging.getLogger("cat.run.trainer").info("step 1")
+        logging.getLogger("cat.worlds.arith").warning("warning: template changed")
+        logging.getLogger("cat.worlds.arith").debug("not shown")
     assert out.getvalue() == "step 1\n" and err.getvalue() == "warning: template changed\n"
 
 
@@ -49,7 +50,7 @@ def test_console_tags_other_ranks(monkeypatch):
     logs.console()
     out = io.StringIO()
     with redirect_stdout(out):
-        logging.getLogger("cat.loop").info("hello 100%")
+        logging.getLogger("cat.run.loop").info("hello 100%")
     assert out.getvalue() == "[rank 1/2] hello 100%\n"
 
 

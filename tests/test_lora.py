@@ -8,10 +8,10 @@ import torch
 from conftest import ROOT, assert_same_maths, cli
 from test_trainer import make_trainer
 
-from cat import checkpoint as ckpt
-from cat.logprobs import token_logprobs
-from cat.lora import AdapterOff, export_weights
 from cat.models import load_model
+from cat.models.logprobs import token_logprobs
+from cat.models.lora import AdapterOff, export_weights
+from cat.run import checkpoint as ckpt
 
 LORA = ["model.lora.r=8", "model.lora.alpha=16", "optim.lr=1e-3"]
 

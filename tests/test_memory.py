@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from cat.generation import SamplingParams
 from cat.generation.hf import HFGenerator
-from cat.logprobs import token_logprobs
+from cat.models.logprobs import token_logprobs
 
 VOCAB = 151_936
 
@@ -90,7 +90,7 @@ def test_scoring_peaks_within_twice_the_logits(big_vocab, compute, request):
 def test_selective_log_softmax_equals_log_softmax_with_gradients():
     """float64 logits are computed in float64 (float32 and bf16 logits in float32), so the chunked
     function and torch's log_softmax agree to float64 rounding."""
-    from cat.logprobs import selective_log_softmax
+    from cat.models.logprobs import selective_log_softmax
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 7, 50, generator=g, dtype=torch.float64, requires_grad=True)

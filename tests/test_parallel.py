@@ -2,7 +2,7 @@
 
 ``torchrun --nproc_per_node 2`` and ``accelerate launch --num_processes 2`` start real worker
 processes here, as on GPUs. Each rank generates, references and rewards its shard of a step's
-prompts; the whole step is gathered and each rank backpropagates its rows (``cat.parallel``).
+prompts; the whole step is gathered and each rank backpropagates its rows (``cat.run.parallel``).
 
 Tolerance: the same tokens are sampled (every row keeps its random stream), so what differs is
 the order of floating-point sums: a rank sums its rows' loss and gradient, then the ranks' sums
@@ -139,15 +139,15 @@ def test_cli_fsdp_on_two_processes_killed_and_resumed_on_one_equals_one_process(
     same evaluation (sharded before, whole after)."""
     config = str(ROOT / "experiments" / "tiny_arith_gold.yaml")
     ref = tmp_path / "one"
-    one = subprocess.Popen([sys.executable, "-m", "cat.cli", "train", config, "--output-dir", str(ref),
+    one = subprocess.Popen([sys.executable, "-m", "cat.tools.cli", "train", config, "--output-dir", str(ref),
                             *tiny_args(tiny_world, "model.dtype=float64")], cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)  # the reference, side by side with the 2 ranks
     run_dir = tmp_path / "two"
     fsdp = tiny_args(tiny_world, "parallel.strategy=fsdp", "model.dtype=float64")
-    kill_after_rows(launch("-m", "cat.cli", "train", config, "--output-dir", str(run_dir), *fsdp), run_dir, 3)
+    kill_after_rows(launch("-m", "cat.tools.cli", "train", config, "--output-dir", str(run_dir), *fsdp), run_dir, 3)
     _, stderr = one.communicate(timeout=600)
     assert one.returncode == 0, stderr[-3000:]
-    resumed = subprocess.run(launch("-m", "cat.cli", "train", config, "--resume", str(run_dir), *fsdp,
+    resumed = subprocess.run(launch("-m", "cat.tools.cli", "train", config, "--resume", str(run_dir), *fsdp,
                                     launcher="accelerate", nproc=1),
                              cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -166,7 +166,7 @@ def test_a_failing_rank_stops_the_run_with_its_message(tmp_path, tiny_world):
     """Under ``accelerate launch`` on 2 processes, rank 1 fails at step 2."""
     run_dir = tmp_path / "run"
     out = subprocess.run(
-        launch("-m", "cat.cli", "train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir", str(run_dir),
+        launch("-m", "cat.tools.cli", "train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir", str(run_dir),
                *tiny_args(tiny_world, "eval.path=null", "estimator.name=fails_on_rank_1",
                           f"plugins=[{ROOT / 'tests' / 'fixtures' / 'rank_fault.py'}]",
                           "run.preflight_prompts=0"), launcher="accelerate"),  # it counts the estimator's calls
@@ -223,7 +223,7 @@ def test_a_stopped_rank_is_named_after_the_collective_timeout(tmp_path, tiny_wor
     stops the run naming rank 1 from the heartbeats, instead of hanging for ever."""
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
-        launch("-m", "cat.cli", "train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir",
+        launch("-m", "cat.tools.cli", "train", str(ROOT / "experiments" / "tiny_arith_gold.yaml"), "--output-dir",
                str(run_dir), *tiny_args(tiny_world, "eval.path=null", "run.steps=50", "parallel.timeout_s=6")),
         cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

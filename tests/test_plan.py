@@ -4,8 +4,8 @@ from conftest import ROOT
 from test_trainer import make_trainer
 from transformers import AutoConfig
 
-from cat.cli import main
-from cat.plan import architecture, plan
+from cat.tools.cli import main
+from cat.tools.plan import architecture, plan
 
 
 def nbytes(tensors) -> int:

@@ -12,7 +12,6 @@ from test_faults import group
 import cat
 from cat.config import load_config
 from cat.errors import ConfigError
-from cat.estimators import register_estimator
 from cat.rewards import (
     REWARDS,
     GroupReward,
@@ -21,6 +20,7 @@ from cat.rewards import (
     from_completion_fn,
     register_reward,
 )
+from cat.teacher.estimators import register_estimator
 from cat.types import Reference
 
 GOLD = str(ROOT / "experiments" / "tiny_arith_gold.yaml")

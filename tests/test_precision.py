@@ -68,7 +68,7 @@ def test_bf16_run_tracks_the_fp32_run(tmp_path, tiny_world):
 def test_bf16_checkpoint_exports_bf16_and_resumes_from_fp32_master(tmp_path, tiny_world):
     from safetensors import safe_open
 
-    from cat.checkpoint import master_weights_dir
+    from cat.run.checkpoint import master_weights_dir
 
     t = make_trainer(tmp_path, tiny_world, "model.dtype=bfloat16")
     t.step(0)

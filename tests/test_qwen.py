@@ -15,7 +15,7 @@ CONFIG = str(ROOT / "experiments" / "qwen05_chain_sum_testtime.yaml")
 
 @pytest.fixture(scope="module")
 def qwen05():
-    from cat.gguf_models import KNOWN, read_record
+    from cat.models.gguf import KNOWN, read_record
 
     folder = ROOT / "models" / KNOWN["qwen2.5-coder-0.5b"].folder
     if (read_record(folder) or {}).get("sha256") != KNOWN["qwen2.5-coder-0.5b"].sha256:

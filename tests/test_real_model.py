@@ -1,4 +1,4 @@
-"""A real pretrained model in the box: SmolLM2-135M-Instruct from its GGUF (``cat.gguf_models``).
+"""A real pretrained model in the box: SmolLM2-135M-Instruct from its GGUF (``cat.models.gguf``).
 
 The conversion is checked on the real file (identical logits, tokenizer and chat template;
 clear errors for a truncated or foreign file). The cache beside a GGUF file (reuse, a changed
@@ -20,10 +20,10 @@ import pytest
 import torch
 from conftest import ROOT, cli, openai_server
 
-from cat import gguf_models
 from cat.errors import ConfigError
-from cat.gguf_models import KNOWN, check_gguf, hf_folder
 from cat.models import context_length, load_model, load_tokenizer, resolve_path
+from cat.models import gguf as gguf_models
+from cat.models.gguf import KNOWN, check_gguf, hf_folder
 
 SMOL = KNOWN["smollm2"]
 QUESTION = [{"role": "user", "content": "What is 14 + 27?"}]
@@ -149,7 +149,7 @@ def test_a_killed_conversion_leaves_no_cache(tmp_path, stub_dequantize):
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from cat import gguf_models\n"
+        "from cat.models import gguf as gguf_models\n"
         "def slow(path, out):\n"
         "    (out / 'model.safetensors').write_bytes(b'half')\n"
         "    print('writing', flush=True)\n"
@@ -176,7 +176,7 @@ def test_processes_that_ask_at_once_convert_once(tmp_path):
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from cat import gguf_models\n"
+        "from cat.models import gguf as gguf_models\n"
         "def slow(path, out):\n"
         "    with open(sys.argv[2], 'a') as log:\n"
         "        log.write('converted\\n')\n"
@@ -256,8 +256,8 @@ def test_vllm_loads_the_converted_folder(smollm2):
     """The vLLM engine (CPU build) serves the converted folder: the same greedy tokens as the hf
     backend, log-probs within float rounding."""
     pytest.importorskip("vllm")
-    from cat.data import chat_ids
     from cat.generation import SamplingParams, make_generator
+    from cat.tasks.data import chat_ids
 
     model = load_model(str(smollm2), dtype="float32", device=torch.device("cpu"), frozen=True)
     tokenizer = load_tokenizer(str(smollm2))
@@ -305,7 +305,7 @@ def test_cat_learns_on_smollm2_for_two_steps(tmp_path, tiny_world, smollm2, back
 
 def _groups_from_fixture(tokenizer, n_groups: int, size: int):
     """Groups of real SmolLM2 rollouts (sampled at T = 0.7, saved in the fixture) to its questions."""
-    from cat.data import chat_ids
+    from cat.tasks.data import chat_ids
     from cat.types import Completion, Group, Prompt
 
     rows = [json.loads(x) for x in (ROOT / "tests" / "fixtures" / "smollm2_replies.jsonl").read_text().splitlines()]
@@ -331,10 +331,10 @@ def test_smollm2_synthesizes_references_from_real_rollouts(smollm2, greedy):
     a user message in SmolLM2's chat template (without the question unless asked), and the
     references it writes are read by the answer chain. Sampled synthesis is reproducible from its
     seed and differs across seeds; greedy synthesis does not depend on the seed."""
-    from cat.anchor import build_anchor
     from cat.config import load_config
-    from cat.estimators import ESTIMATORS
     from cat.generation.hf import HFGenerator
+    from cat.teacher.anchor import build_anchor
+    from cat.teacher.estimators import ESTIMATORS
 
     model = load_model(str(smollm2), dtype="float32", device=torch.device("cpu"), frozen=True)
     tokenizer = load_tokenizer(str(smollm2))

@@ -13,11 +13,11 @@ pytest.importorskip("reasoning_gym")
 
 import cat  # noqa: E402
 from cat.config import config_from_tree, load_config  # noqa: E402
-from cat.data import load_split  # noqa: E402
 from cat.errors import ConfigError, TrainingHalted  # noqa: E402
-from cat.evaluate import grade  # noqa: E402
-from cat.reasoning_gym import GymEntry  # noqa: E402
 from cat.rewards import REWARDS, RewardError  # noqa: E402
+from cat.tasks.data import load_split  # noqa: E402
+from cat.tasks.evaluate import grade  # noqa: E402
+from cat.tasks.reasoning_gym import GymEntry  # noqa: E402
 from cat.types import Completion, Group, Reference  # noqa: E402
 
 CHAIN_SUM = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}
@@ -44,7 +44,7 @@ def test_train_and_eval_prompts_carry_gold_from_disjoint_seeds(caplog):
     assert [p.meta["seed"] for p in test[:2]] == [1000, 1001]
     # small settings repeat questions across disjoint seeds: such evaluation rows are dropped, and said so
     assert not {p.text for p in test} & {p.text for p in train}
-    with caplog.at_level(logging.INFO, logger="cat.reasoning_gym"):
+    with caplog.at_level(logging.INFO, logger="cat.tasks.reasoning_gym"):
         load_split(config, "eval")
     dropped = 100 - len(test)
     assert dropped > 0 and f"dropped {dropped} of 100" in caplog.text
@@ -91,7 +91,7 @@ def test_other_tasks_and_saved_configs_load(tmp_path):
 def test_missing_package_names_the_install(monkeypatch):
     import sys
 
-    import cat.reasoning_gym as rg
+    import cat.tasks.reasoning_gym as rg
 
     monkeypatch.setitem(sys.modules, "reasoning_gym", None)
     with pytest.raises(ConfigError, match=r"pip install reasoning-gym"):
@@ -132,9 +132,9 @@ def test_the_reward_pays_the_scorer_and_refuses_labels_free_estimators():
 
 
 def test_evaluation_on_the_tiny_world_grades_with_the_task_scorer(tiny_world, tiny_model, monkeypatch):
-    from cat.evaluate import evaluate_config
     from cat.generation import generator_from_config
-    from cat.task import Task
+    from cat.tasks.evaluate import evaluate_config
+    from cat.tasks.task import Task
 
     model, tokenizer = tiny_model
     config = config_from_tree({

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 from conftest import ROOT, cli
 
-from cat.loop import teacher_summary_of
-from cat.report import arms_of, figures, load_run, over_seeds, read_jsonl
+from cat.run.loop import teacher_summary_of
+from cat.tools.report import arms_of, figures, load_run, over_seeds, read_jsonl
 
 EXPERIMENTS = ROOT / "experiments"
 
@@ -245,6 +245,6 @@ def test_over_seeds_takes_the_steps_every_run_has():
 def test_an_arm_is_named_by_its_runs_labels_less_a_seed_marker(labels, arm):
     from types import SimpleNamespace
 
-    from cat.report import _arm_label
+    from cat.tools.report import _arm_label
 
     assert _arm_label([SimpleNamespace(label=label) for label in labels]) == arm

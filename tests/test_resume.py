@@ -28,7 +28,7 @@ def stable(path):
 
 def spawn_train(config, run_dir, args):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "cat.cli", "train", str(config), "--output-dir", str(run_dir),
+    return subprocess.Popen([sys.executable, "-m", "cat.tools.cli", "train", str(config), "--output-dir", str(run_dir),
                              "--no-progress", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -88,7 +88,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path, tiny_world,
 KILL_DURING_SAVE = r"""
 import sys, time, torch
 from pathlib import Path
-from cat import checkpoint
+from cat.run import checkpoint
 from cat.models import load_model, load_tokenizer
 path = sys.argv[1]; run_dir = Path(sys.argv[2])
 tok = load_tokenizer(path); model = load_model(path, dtype="float32", device=torch.device("cpu"))
@@ -112,7 +112,7 @@ def test_kill_during_checkpoint_write_leaves_previous_loadable(tmp_path, tiny_wo
     proc.wait()
     from transformers import AutoModelForCausalLM
 
-    from cat import checkpoint
+    from cat.run import checkpoint
 
     latest = checkpoint.latest_checkpoint(run_dir)
     assert latest.name == "step-000001"
@@ -139,7 +139,7 @@ def test_non_finite_gradients_are_skipped_then_stop_the_run(tmp_path, tiny_world
     the weights untouched, and stops the run after run.max_nonfinite_in_a_row in a row."""
     from cat.config import load_config
     from cat.errors import TrainingHalted
-    from cat.trainer import Trainer
+    from cat.run.trainer import Trainer
 
     config = load_config(ROOT / "experiments" / "tiny_arith_gold.yaml", overrides(tiny_world, 10, "run.max_nonfinite_in_a_row=2"))
     trainer = Trainer(config, tmp_path / "run", log=lambda *_: None)

@@ -8,8 +8,7 @@ import pytest
 from cat.config import load_config
 from cat.errors import ConfigError
 from cat.generation.chat import Usage
-from cat.healthbench import aggregate, bootstrap_std, clipped_mean
-from cat.judge import (
+from cat.rewards.judge import (
     Judge,
     JudgeItem,
     VerdictCache,
@@ -20,7 +19,8 @@ from cat.judge import (
     score_template,
 )
 from cat.rewards.rubric import rubric_score, score_with_failures
-from cat.rubrics import MAX_CRITERION_CHARS, Criterion, RubricParseError, parse_rubric
+from cat.rewards.rubrics import MAX_CRITERION_CHARS, Criterion, RubricParseError, parse_rubric
+from cat.tasks.healthbench import aggregate, bootstrap_std, clipped_mean
 
 GOOD = """Here is the rubric.
 <rubric>

@@ -8,11 +8,11 @@ import torch
 from conftest import FP64_RELATIVE, ROOT, assert_same_maths, cli
 from test_estimators import tiny_group
 
-from cat.batch import build_sft_batch, sft_target
+from cat.algo.batch import build_sft_batch, sft_target
+from cat.algo.grpo import aggregate, token_losses
 from cat.config import load_config
 from cat.errors import ConfigError
-from cat.grpo import aggregate, token_losses
-from cat.logprobs import token_logprobs
+from cat.models.logprobs import token_logprobs
 from cat.types import GroupScore, Reference
 
 RIGHT = "ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"

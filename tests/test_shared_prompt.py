@@ -10,9 +10,9 @@ import torch
 from conftest import assert_same_maths
 from test_trainer import grads_at_optimizer_step, make_trainer
 
-from cat.batch import Batch
-from cat.logprobs import token_logprobs
+from cat.algo.batch import Batch
 from cat.models import load_model
+from cat.models.logprobs import token_logprobs
 
 
 def rows_of_three_groups(vocab: int):

@@ -82,7 +82,7 @@ def test_synthesize_rejects_bad_group_sizes(tiny_world):
 
 
 def test_versus_majority_counts_disagreements_and_who_is_right():
-    from cat.testtime import table, versus_majority
+    from cat.tools.testtime import table, versus_majority
 
     def ex(synth, vote):
         return {"references": {"synthesis@4": {"answer": synth[0], "correct": synth[1]},
@@ -108,8 +108,8 @@ def test_versus_majority_counts_disagreements_and_who_is_right():
 
 
 def test_the_table_reads_n_a_where_one_prompt_gives_no_interval():
-    from cat.stats import mean_ci
-    from cat.testtime import table
+    from cat.tools.stats import mean_ci
+    from cat.tools.testtime import table
 
     nan = mean_ci([1.0]).half_width  # one prompt: no interval
     result = {"n": 1, "group_sizes": [2], "single_sample_accuracy": 1.0, "single_sample_interval": nan,

@@ -15,7 +15,8 @@ import pytest
 from conftest import ROOT, cli
 from test_judge_http import KEY, ScriptedServer, reply
 
-from cat import tiny, tiny_rubric
+from cat.worlds import arith as tiny
+from cat.worlds import rubric as tiny_rubric
 
 CONFIG = str(ROOT / "experiments" / "tiny_rubric_cat.yaml")
 TINY_JUDGE = str(ROOT / "tests" / "fixtures" / "tiny_judge_conversation.txt")

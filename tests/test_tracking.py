@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT, cli
 
 from cat.config import load_config
-from cat.tracking import Trackers
+from cat.run.tracking import Trackers
 
 GOLD = str(ROOT / "experiments" / "tiny_arith_gold.yaml")
 

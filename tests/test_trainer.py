@@ -8,7 +8,7 @@ from conftest import assert_same_maths
 
 from cat.config import load_config
 from cat.errors import ConfigError
-from cat.trainer import Trainer
+from cat.run.trainer import Trainer
 
 
 def make_trainer(tmp_path, tiny_world, *overrides, data=None):

@@ -8,11 +8,11 @@ import yaml
 from conftest import ROOT
 
 import cat
-from cat import firewall
 from cat.config import TRL_NAMES, Config, load_config
-from cat.data import load_prompts
 from cat.errors import ConfigError, DataError
 from cat.rewards import RewardContext, RewardError, from_completion_fn
+from cat.tasks.data import load_prompts
+from cat.teacher import firewall
 from cat.types import Completion, Group, Reference
 
 

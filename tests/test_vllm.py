@@ -22,7 +22,7 @@ from test_generation import assert_engine_logprobs_match_scoring, assert_indepen
 from test_parallel import assert_rows_match, env, kill_after_rows, launch, rows
 
 from cat.generation import SamplingParams, make_generator
-from cat.logprobs import token_logprobs
+from cat.models.logprobs import token_logprobs
 
 pytestmark = [pytest.mark.vllm, pytest.mark.filterwarnings("ignore")]
 
@@ -122,8 +122,8 @@ class TestOnOneEngine:
         """A LoRA policy is loaded into the engine with its adapter merged (the engine's log-probs equal
         the peft module's), and its AdapterOff view (pi_0) as the base weights."""
         from cat.config import LoraSettings
-        from cat.lora import AdapterOff, wrap
         from cat.models import load_model
+        from cat.models.lora import AdapterOff, wrap
 
         original, tokenizer = policy
         model = wrap(load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu")).requires_grad_(False),
@@ -194,7 +194,7 @@ def e2e_runs(tmp_path_factory, tiny_world):
     root = tmp_path_factory.mktemp("vllm-e2e")
     runs = {"tiny_arith_cat": tiny_overrides(tiny_world, "run.steps=4", "run.save_every=2"),
             "tiny_arith_gold": tiny_overrides(tiny_world, "run.steps=2", "eval.path=null")}
-    procs = {name: subprocess.Popen([sys.executable, "-m", "cat.cli", "train", str(ROOT / "experiments" / f"{name}.yaml"),
+    procs = {name: subprocess.Popen([sys.executable, "-m", "cat.tools.cli", "train", str(ROOT / "experiments" / f"{name}.yaml"),
                                      "--output-dir", str(root / name), *args], cwd=ROOT, env=env(),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for name, args in runs.items()}
@@ -228,8 +228,8 @@ def test_two_processes_on_vllm_killed_and_resumed_on_one_equal_one(tmp_path, cat
     ref, args = cat_run
     config = ROOT / "experiments" / "tiny_arith_cat.yaml"
     run_dir = tmp_path / "run"
-    kill_after_rows(launch("-m", "cat.cli", "train", str(config), "--output-dir", str(run_dir), *args), run_dir, 3)
-    out = subprocess.run(launch("-m", "cat.cli", "train", str(config), "--resume", str(run_dir), *args, nproc=1),
+    kill_after_rows(launch("-m", "cat.tools.cli", "train", str(config), "--output-dir", str(run_dir), *args), run_dir, 3)
+    out = subprocess.run(launch("-m", "cat.tools.cli", "train", str(config), "--resume", str(run_dir), *args, nproc=1),
                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming" in out.stderr
@@ -240,9 +240,9 @@ def test_two_processes_on_vllm_killed_and_resumed_on_one_equal_one(tmp_path, cat
 
 def test_judge_on_vllm_agrees_with_the_transformers_judge(tmp_path):
     """judge.backend: vllm runs the judge model on the engine; greedy verdicts equal the hf judge's."""
-    from cat import tiny_rubric
     from cat.config import load_config
-    from cat.judge import Judge
+    from cat.rewards.judge import Judge
+    from cat.worlds import rubric as tiny_rubric
 
     world = tiny_rubric.ensure_built()
     reference = "ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, cli
 
 from cat.errors import TrainingHalted
-from cat.watch import UnscoredWatch
+from cat.run.watch import UnscoredWatch
 
 CAT = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
 UNREADABLE = ["answer.rules=[regex]", "answer.regex=NEVER-WRITTEN (\\d+)"]

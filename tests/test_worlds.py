@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cat import tiny, tiny_hard, tiny_rubric
+from cat.worlds import arith as tiny
+from cat.worlds import arith_hard as tiny_hard
+from cat.worlds import rubric as tiny_rubric
 from tests.conftest import ROOT, cli
 
 WORLDS = ("tiny-arith", "tiny-rubric", "tiny-arith-hard")
@@ -63,8 +65,7 @@ REPLAY = """
 import hashlib, json, sys, tempfile
 from pathlib import Path
 import tokenizers, torch, transformers
-from cat import tiny, tiny_hard, tiny_rubric
-
+from cat.worlds import arith as tiny, arith_hard as tiny_hard, rubric as tiny_rubric
 out = {"versions": [torch.__version__, transformers.__version__, tokenizers.__version__],
        "cpu": tiny.cpu_fingerprint(), "threads_before": torch.get_num_threads()}
 with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +153,7 @@ def test_hard_tier_majority_is_wrong_where_the_anchor_is_right():
     """What the tier is for: on its held-out problems the majority of 8 samples is usually
     wrong, and the anchor's synthesis of the same samples usually right."""
     from cat.config import load_config
-    from cat.testtime import run_test_time
+    from cat.tools.testtime import run_test_time
 
     config = load_config(str(ROOT / "experiments" / "tiny_arith_hard_cat.yaml"), ["eval.limit=32"])
     result = run_test_time(config, ["majority_vote", "synthesis"])

@@ -143,7 +143,7 @@ class LocalChat:
     it (the chat template and the tokenizer ran twice per prompt: 3 ms each on the tiny world)."""
 
     def ids(self, messages: Messages) -> list[int]:
-        from cat.data import chat_ids
+        from cat.tasks.data import chat_ids
 
         key = tuple(tuple(sorted(m.items())) for m in messages)
         try:

@@ -111,7 +111,7 @@ class VLLMGenerator:
         import torch
 
         dtype = getattr(torch, self.dtype)
-        from cat.lora import export_weights
+        from cat.models.lora import export_weights
 
         weights = [(name, param.detach().to(dtype)) for name, param in export_weights(model).items()]
         self.llm.collective_rpc("cat_load_weights", args=(weights,))

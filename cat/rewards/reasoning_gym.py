@@ -8,7 +8,7 @@ twofold: ``preflight`` refuses any estimator but ``gold``, and a reference whose
 ``gold`` stops the step (a plug-in could still assemble one by hand).
 
 Rewards are the scorer's values in [0, 1], partial credits included (reasoning-gym's own RL
-reward); evaluation counts only full credit as correct (``cat.evaluate.grade``).
+reward); evaluation counts only full credit as correct (``cat.tasks.evaluate.grade``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class ReasoningGymScore(GroupReward):
 
     @classmethod
     def preflight(cls, config) -> None:
-        from cat.reasoning_gym import is_gym
+        from cat.tasks.reasoning_gym import is_gym
 
         if config.estimator.name != "gold":
             raise ConfigError(f"reward reasoning_gym grades with the task's answer (a label), so it runs with the gold "

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cat.judge import JudgeItem
 from cat.rewards import RewardContext, RewardFunction, Scored, register_reward
-from cat.rubrics import Criterion, Rubric, propose_rubrics
+from cat.rewards.judge import JudgeItem
+from cat.rewards.rubrics import Criterion, Rubric, propose_rubrics
 from cat.templates import load_template
 from cat.types import Group, GroupScore, Reference
 
@@ -59,8 +59,8 @@ class _JudgedReward(RewardFunction):
     @classmethod
     def preflight(cls, config) -> None:
         """Validate the templates before any model is loaded."""
-        from cat.judge import judge_template
-        from cat.rubrics import proposal_template
+        from cat.rewards.judge import judge_template
+        from cat.rewards.rubrics import proposal_template
 
         judge_template(config)
         judge_template(config, conversation=True)
@@ -79,7 +79,7 @@ class _JudgedReward(RewardFunction):
         self.judge.check()
 
     def _judge(self, run_dir: Path | None):
-        from cat.judge import Judge
+        from cat.rewards.judge import Judge
 
         return Judge.from_config(self.config, None if run_dir is None else Path(run_dir) / "verdicts.jsonl")
 

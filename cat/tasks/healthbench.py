@@ -1,6 +1,6 @@
 """HealthBench scoring: per-example rubric scores, their clipped mean, a bootstrap standard error,
 and per-tag breakdowns, as the benchmark's grader (openai/simple-evals ``healthbench_eval.py``)
-defines them. Not the judging itself: ``cat.judge`` (template ``rubrics/judge_healthbench.txt``)
+defines them. Not the judging itself: ``cat.rewards.judge`` (template ``rubrics/judge_healthbench.txt``)
 shows the judge the conversation, the response and one criterion with its points, as the
 grader does.
 

@@ -4,7 +4,7 @@ An answer is right when it is equivalent to the gold label or, for a row that ca
 own scorer (reasoning-gym), when that scorer gives it full credit: a partial credit (chain_sum
 scores ``1-103`` for ``-103`` at 0.8) counts as wrong here, though the ``reasoning_gym`` reward pays it.
 Gold labels and scorers are read here and in diagnostics only. Test-time CaT (answering with an estimator's
-reference instead of one sample) lives in ``cat.testtime``.
+reference instead of one sample) lives in ``cat.tools.testtime``.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def evaluate_rubric(
     """HealthBench evaluation: every sampled response graded on its example's own rubric, with
     the judge shown the conversation (the prompt messages the policy answered), the response and
     each criterion with its points, as HealthBench's grader is; then scored by
-    ``cat.healthbench.aggregate`` (each sample counts as one graded example, like the grader's
+    ``cat.tasks.healthbench.aggregate`` (each sample counts as one graded example, like the grader's
     ``n_repeats``).
 
     Departure from the grader, which retries a verdict until it parses: a criterion the judge
@@ -102,7 +102,7 @@ def evaluate_rubric(
     ``judge_failures``), and a response left with no positive criterion is not scored
     (``unscored``). With every verdict answered the score is the benchmark's exactly.
     """
-    from cat.healthbench import aggregate
+    from cat.tasks.healthbench import aggregate
 
     sampled = generator.generate(
         prompt_ids,
@@ -125,12 +125,12 @@ def evaluate_rubric(
 def grade_on_rubric(judge, prompts: list[Prompt], responses: list[str]) -> tuple[list[dict | None], list, dict]:
     """Each response graded on its own prompt's rubric as HealthBench's grader grades it: the judge
     shown the conversation (the prompt messages the policy answered), the response and each
-    criterion with its points. Per response the graded example ``cat.healthbench.aggregate`` reads,
+    criterion with its points. Per response the graded example ``cat.tasks.healthbench.aggregate`` reads,
     ``{"criteria": [(points, tags, met), ...], "tags": ...}``, over the criteria the judge answered
     (one it failed on after its retries is left out), or None when it answered no positive-point
     criterion (the response is not scored); the judge's verdicts, one per criterion of the rubric
     (None where it failed); and the judge's counts."""
-    from cat.judge import JudgeItem
+    from cat.rewards.judge import JudgeItem
 
     items = [JudgeItem(text, tuple(cr.text for cr in p.rubric), conversation=p.messages,
                        points=tuple(cr.points for cr in p.rubric)) for p, text in zip(prompts, responses, strict=True)]

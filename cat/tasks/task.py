@@ -4,7 +4,7 @@ A ``Task`` holds the training and evaluation prompts, formatted and tokenized, w
 long for the model skipped (never truncated: a cut question is a different question) and
 counted. It evaluates a generator on the evaluation prompts: gold-answer accuracy, or, for
 HealthBench data, the rubric score from a judge. The data format's branches live here and in
-``cat.data`` / ``cat.evaluate``, not in the algorithm.
+``cat.tasks.data`` / ``cat.tasks.evaluate``, not in the algorithm.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 
 from cat.config import Config, ModelConfig
-from cat.data import encode_prompt, load_split
 from cat.errors import ConfigError
-from cat.evaluate import evaluate_config
 from cat.models import context_length
+from cat.tasks.data import encode_prompt, load_split
+from cat.tasks.evaluate import evaluate_config
 from cat.types import Prompt
 
 logger = logging.getLogger(__name__)

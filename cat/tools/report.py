@@ -523,7 +523,7 @@ def figures(arms: list[Arm], synth: list[tuple[str, dict]]) -> list[tuple[str, o
 
 
 def _run_table(runs: list[Run]) -> str:
-    from cat.loop import teacher_summary_of
+    from cat.run.loop import teacher_summary_of
 
     head = ("run", "estimator", "reward", "steps", "before", "after", "gain", "teacher")
     body = []

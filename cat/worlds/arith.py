@@ -58,7 +58,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cat.anchor_format import format_rollouts
+from cat.teacher.anchor_format import format_rollouts
 from cat.templates import data_dir, load_template
 
 logger = logging.getLogger(__name__)
@@ -576,14 +576,12 @@ def resolve(path: str) -> str:
     rest = path[len(SCHEME) :]
     world, _, inner = rest.partition("/")
     if world == "rubric":
-        from cat import tiny_rubric
-
+        from cat.worlds import rubric as tiny_rubric
         root = tiny_rubric.ensure_built()
     elif world == "arith":
         root = ensure_built()
     elif world == "arith-hard":
-        from cat import tiny_hard
-
+        from cat.worlds import arith_hard as tiny_hard
         root = tiny_hard.ensure_built()
     else:
         from cat.errors import ConfigError

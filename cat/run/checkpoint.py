@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from cat.errors import CheckpointError
-from cat.gguf_models import sha256_file
+from cat.models.gguf import sha256_file
 
 _PREFIX = "step-"
 
@@ -76,7 +76,7 @@ def set_rng_state(state: dict) -> None:
 def export_model(model, path: Path, dtype: torch.dtype, *, weights: dict | None = None) -> None:
     """save_pretrained with every floating-point weight cast to ``dtype`` (the live model is untouched);
     a LoRA policy is saved as its base model with the adapter merged in."""
-    from cat.lora import export_weights, is_peft
+    from cat.models.lora import export_weights, is_peft
 
     weights = export_weights(model) if weights is None else weights
     state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
@@ -126,7 +126,7 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state
 
     Raises CheckpointError, having written nothing that stays, when a weight or the optimizer
     state is not finite or when the disk refuses a write."""
-    from cat.lora import is_peft
+    from cat.models.lora import is_peft
 
     root = run_dir / "checkpoints"
     final = checkpoint_dir(run_dir, step)

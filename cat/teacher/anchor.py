@@ -4,7 +4,7 @@ It
 * synthesizes a reference from the G rollouts with a template from ``anchors/`` (by default
   without the question, as in the paper; ``anchor.include_question`` shows it);
 * scores text (mean token NLL) for the min-perplexity and mutual-predictability estimators;
-* answers a selection prompt for self best-of-N, and writes rubrics (``cat.rubrics``).
+* answers a selection prompt for self best-of-N, and writes rubrics (``cat.rewards.rubrics``).
 
 Every call goes through the generation seam (``cat.generation``): a ``ChatModel`` for text and,
 for scoring, a ``Generator``. So the anchor runs on the rollout engine's backend: with
@@ -27,10 +27,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 
-from cat.anchor_format import format_rollouts
 from cat.errors import ConfigError, TeacherError
 from cat.generation import Generator, SamplingParams
 from cat.generation.chat import ChatModel, LocalChat, Messages, RequestBudget
+from cat.teacher.anchor_format import format_rollouts
 from cat.templates import Template, load_template
 from cat.types import Completion, Group
 

@@ -1,5 +1,5 @@
-"""Library messages go through Python ``logging`` under the ``cat`` logger (``cat.trainer``,
-``cat.tiny``, ...); nothing in the library prints.
+"""Library messages go through Python ``logging`` under the ``cat`` logger (``cat.run.trainer``,
+``cat.worlds.arith``, ...); nothing in the library prints.
 
 :func:`console` is what ``cat-rl`` and ``cat.train`` install: progress (INFO) on stdout, warnings
 and errors on stderr, the bare message, prefixed ``[rank r/N]`` under a multi-process launcher.

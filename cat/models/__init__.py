@@ -1,7 +1,7 @@
 """Loading the policy, the frozen initial policy pi_0 and their tokenizer; precision.
 
 Every model path goes through :func:`resolve_path`: ``tiny:...`` names a tiny world's folder
-(built if needed), a ``.gguf`` file is read from its Hugging Face conversion (``cat.gguf_models``,
+(built if needed), a ``.gguf`` file is read from its Hugging Face conversion (``cat.models.gguf``,
 made once beside it), anything else is a local folder or a hub id.
 
 pi_0 is loaded once, frozen, and serves as both the KL reference and the anchor. Dropout is
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from cat import tiny
+from cat.worlds import arith as tiny
 from cat.errors import ConfigError
-from cat.gguf_models import hf_folder, is_gguf_path
+from cat.models.gguf import hf_folder, is_gguf_path
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 

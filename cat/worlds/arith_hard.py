@@ -23,7 +23,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cat import tiny
+from cat.worlds import arith as tiny
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def _anchor_example(pair, rng, spec: HardSpec) -> tuple[str, str]:
 
 def finetune(base: Path, spec: HardSpec, out_dir: Path | None, stop_after: int | None = None) -> dict[str, str]:
     """Continue training the arithmetic world in ``base`` into the hard tier; save to ``out_dir``;
-    return the trail (see :func:`cat.tiny.pretrain`)."""
+    return the trail (see :func:`cat.worlds.arith.pretrain`)."""
     train, held_out = hard_pairs()
 
     def next_examples(step: int, rng: random.Random) -> list[tuple[str, str]]:

@@ -18,12 +18,12 @@ import threading
 import time
 from pathlib import Path
 
-from cat import checkpoint as ckpt
 from cat.display import duration, number, percent
 from cat.errors import CheckpointError
 from cat.models import torch_dtype
-from cat.tracking import Trackers
-from cat.watch import UnscoredWatch, preflight_report
+from cat.run import checkpoint as ckpt
+from cat.run.tracking import Trackers
+from cat.run.watch import UnscoredWatch, preflight_report
 
 logger = logging.getLogger(__name__)
 

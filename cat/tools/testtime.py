@@ -26,20 +26,20 @@ import time
 from functools import partial
 from pathlib import Path
 
-from cat.anchor import build_anchor, synthesis_template
-from cat.data import load_split
 from cat.display import number
 from cat.errors import ConfigError
-from cat.estimators import ESTIMATORS, majority_answer
-from cat.evaluate import grade
-from cat.firewall import blind, label_fields
 from cat.generation import SamplingParams, generator_from_config
 from cat.models import load_model, load_tokenizer, resolve_device
 from cat.registry import import_plugin
 from cat.rewards.answers import AnswerChain
 from cat.rewards.math import answers_match
-from cat.stats import mean_ci
-from cat.task import fit_prompts, prompt_limit
+from cat.tasks.data import load_split
+from cat.tasks.evaluate import grade
+from cat.tasks.task import fit_prompts, prompt_limit
+from cat.teacher.anchor import build_anchor, synthesis_template
+from cat.teacher.estimators import ESTIMATORS, majority_answer
+from cat.teacher.firewall import blind, label_fields
+from cat.tools.stats import mean_ci
 from cat.types import Group
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
                   anchor_decodings: list[str] | None = None, anchor_questions: list[str] | None = None,
                   question_template: str = "math_synthesis_with_question", verdicts: Path | None = None) -> dict:
     """On HealthBench data (``data.format: healthbench``) the rubric protocol of
-    ``cat.testtime_rubric`` runs instead, with ``estimator_names`` its arms (None: all of them) and
+    ``cat.tools.testtime_rubric`` runs instead, with ``estimator_names`` its arms (None: all of them) and
     ``verdicts`` its judges' cache file. ``estimator_names`` None: ``MATH_ESTIMATORS``.
 
     ``anchor_decodings``: run the estimators that write with the anchor once per decoding named
@@ -88,7 +88,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
         if anchor_decodings or anchor_questions:
             raise ConfigError("--anchor-decoding and --anchor-question compare syntheses by their final answers; "
                               "on HealthBench data set anchor.greedy / anchor.include_question and run again instead")
-        from cat.testtime_rubric import ARMS, run_rubric_test_time
+        from cat.tools.testtime_rubric import ARMS, run_rubric_test_time
 
         return run_rubric_test_time(config, estimator_names or list(ARMS), sizes, verdicts=verdicts)
     estimators = {name: ESTIMATORS.get(name)(config) for name in estimator_names or MATH_ESTIMATORS}
@@ -274,9 +274,9 @@ def versus_majority(examples: list[dict], key: str, vote_key: str) -> dict:
 
 def table(result: dict) -> str:
     """The result as a text table: accuracy with its interval per estimator and G, and the
-    comparison with the majority vote; a rubric result's own table (``cat.testtime_rubric``)."""
+    comparison with the majority vote; a rubric result's own table (``cat.tools.testtime_rubric``)."""
     if result.get("task") == "rubric":
-        from cat.testtime_rubric import table as rubric_table
+        from cat.tools.testtime_rubric import table as rubric_table
 
         return rubric_table(result)
     sizes = result["group_sizes"]

@@ -3,12 +3,12 @@
 The ``Trainer`` is the algorithm: ``step()`` takes one step, and it owns what a step uses: the
 rollout engine, the estimator, the reward, the frozen pi_0 (KL reference and anchor, loaded only
 when something uses it). Around it:
-* the ``Learner`` (``cat.learner``): the trained policy, its optimizer and their state;
-* the ``Task`` (``cat.task``): the prompts, their length limit and the evaluation;
-* the ``RunLoop`` (``cat.loop``): cadence, evaluation, checkpoints, signals, recording
+* the ``Learner`` (``cat.run.learner``): the trained policy, its optimizer and their state;
+* the ``Task`` (``cat.tasks.task``): the prompts, their length limit and the evaluation;
+* the ``RunLoop`` (``cat.run.loop``): cadence, evaluation, checkpoints, signals, recording
   (``Trainer.train`` / ``save`` / ``restore``).
 Under torchrun or accelerate launch each rank generates, references and rewards its shard of
-the step's prompts and the whole step is gathered before advantages (``cat.parallel``).
+the step's prompts and the whole step is gathered before advantages (``cat.run.parallel``).
 
 Departures from the paper's verl setup, stated here once:
 * Groups that cannot be scored (no answer in the reference, teacher failure) are dropped from the
@@ -34,23 +34,23 @@ from pathlib import Path
 
 import torch
 
-from cat import firewall
-from cat.batch import Batch, build_batch, build_sft_batch
+from cat.algo.batch import Batch, build_batch, build_sft_batch
+from cat.algo.grpo import LossStats, MismatchStats, aggregate, to_floats, token_losses, truncated_is_weights
 from cat.config import Config
-from cat.data import PromptOrder, load_split
-from cat.diagnostics import teacher_diagnostics
-from cat.estimators import ESTIMATORS
 from cat.generation import SamplingParams, SharedEngine, generator_from_config
-from cat.grpo import LossStats, MismatchStats, aggregate, to_floats, token_losses, truncated_is_weights
-from cat.learner import Learner
-from cat.logprobs import token_logprobs
-from cat.loop import RunLoop
 from cat.models import load_model, load_tokenizer, resolve_device
-from cat.parallel import Ranks, ShardedGenerator, ShardedJudge, combine_stats, gather_lists
+from cat.models.logprobs import token_logprobs
 from cat.registry import import_plugin
 from cat.rewards import AnswerChain, RewardContext, build_rewards, preflight_rewards, reward_names
-from cat.task import Task
-from cat.tracking import check_available
+from cat.run.learner import Learner
+from cat.run.loop import RunLoop
+from cat.run.parallel import Ranks, ShardedGenerator, ShardedJudge, combine_stats, gather_lists
+from cat.run.tracking import check_available
+from cat.tasks.data import PromptOrder, load_split
+from cat.tasks.task import Task
+from cat.teacher import firewall
+from cat.teacher.diagnostics import teacher_diagnostics
+from cat.teacher.estimators import ESTIMATORS
 from cat.types import Group, GroupScore, Reference
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def preflight(config: Config) -> None:
     AnswerChain.from_config(config.answer)  # its rule names, once plug-ins have registered theirs
     preflight_rewards(config)
     if estimator.needs_anchor:
-        from cat.anchor import anchor_template
+        from cat.teacher.anchor import anchor_template
 
         anchor_template(config)
     load_split(config, "train")
@@ -99,7 +99,7 @@ class Trainer:
         self.estimator = ESTIMATORS.get(config.estimator.name)(config)
         self.reward = build_rewards(config)
         if self._needs_anchor():
-            from cat.anchor import anchor_template
+            from cat.teacher.anchor import anchor_template
 
             anchor_template(config)
         # a judge is built and checked here: an endpoint that cannot give verdicts fails before any model loads
@@ -155,7 +155,7 @@ class Trainer:
     def initial_policy(self):
         """pi_0: loaded once, frozen, held in the compute dtype; the KL reference and the anchor."""
         if self._initial is None and self.learner.lora:
-            from cat.lora import AdapterOff
+            from cat.models.lora import AdapterOff
 
             self._initial = AdapterOff(self.policy)  # the base model: no second copy
         if self._initial is None:
@@ -174,8 +174,8 @@ class Trainer:
         return self._anchor
 
     def _build_anchor(self):
-        from cat.anchor import build_anchor
         from cat.generation.hf import HFGenerator
+        from cat.teacher.anchor import build_anchor
 
         def pi0_generator():
             if self.shared is not None:
@@ -201,7 +201,7 @@ class Trainer:
         return self._eval_judge
 
     def _open_eval_judge(self):
-        from cat.judge import Judge
+        from cat.rewards.judge import Judge
 
         separate = self.config.eval.judge is not None
         judge = Judge.from_config(self.config, self.run_dir / ("verdicts-eval.jsonl" if separate else "verdicts.jsonl"),
@@ -223,7 +223,7 @@ class Trainer:
             anchor = self.anchor
             if anchor is not None:  # sampled anchors draw fresh streams every step, the same on any number of ranks
                 anchor = anchor.at(seed=_step_seed(self.config.run.seed, step) + 2, row_offset=start)
-            # a label-free run's estimator and rewards see no label (cat.firewall)
+            # a label-free run's estimator and rewards see no label (cat.teacher.firewall)
             references = self.estimator(firewall.view(self.config, voting), anchor)
         with timer("reward"):
             scores, reward_stats, audit = self.score(firewall.view(self.config, groups), references, step)
@@ -258,7 +258,7 @@ class Trainer:
         update and no record: (metrics as a step reports them, groups, references). On other
         sampling streams than the steps' and with the random state restored after, so the run
         that follows is the one it would have been. Every rank probes the same prompts."""
-        from cat.checkpoint import rng_state, set_rng_state
+        from cat.run.checkpoint import rng_state, set_rng_state
 
         saved = rng_state()
         indices = self.order.batch(0)[:n]
@@ -285,7 +285,7 @@ class Trainer:
         return out.scores, out.metrics, out.audit
 
     def sft_batch(self, groups: list[Group], references: list[Reference], scores: list[GroupScore]):
-        """``algorithm: sft``: the batch of the step's targets (:func:`cat.batch.build_sft_batch`)."""
+        """``algorithm: sft``: the batch of the step's targets (:func:`cat.algo.batch.build_sft_batch`)."""
         verifiable = "math_equivalence" in [name for name, _ in reward_names(self.config)]
         return build_sft_batch(groups, references, scores, self.tokenizer, target=self.config.sft.target,
                                max_new_tokens=self.config.generation.max_new_tokens, require_answer=verifiable)
@@ -528,7 +528,7 @@ class Trainer:
         RunLoop(self).restore(path)
 
     def train(self, *, progress: bool = True) -> dict:
-        """Run (or continue) to ``run.steps`` (``cat.loop.RunLoop``); returns the eval summary."""
+        """Run (or continue) to ``run.steps`` (``cat.run.loop.RunLoop``); returns the eval summary."""
         return RunLoop(self).train(progress=progress)
 
 

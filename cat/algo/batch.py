@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cat.anchor_format import response_part
-from cat.grpo import advantages as group_advantages
+from cat.algo.grpo import advantages as group_advantages
+from cat.teacher.anchor_format import response_part
 from cat.types import Completion, Group, GroupScore, Reference
 
 

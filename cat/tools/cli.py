@@ -14,8 +14,8 @@
 User errors (bad config, data, template, registry name, unwritable directory) print one message
 and exit 2 without a traceback; Ctrl-C saves a checkpoint and exits 130.
 
-Several processes: ``torchrun --nproc_per_node N -m cat.cli train CONFIG ...`` or ``accelerate
-launch --num_processes N -m cat.cli train CONFIG ...`` (same arguments). Rank 0 prepares and writes
+Several processes: ``torchrun --nproc_per_node N -m cat.tools.cli train CONFIG ...`` or ``accelerate
+launch --num_processes N -m cat.tools.cli train CONFIG ...`` (same arguments). Rank 0 prepares and writes
 the run directory; a message from another rank starts with ``[rank r/N]``; a rank that fails exits
 non-zero and the launcher stops the others.
 """
@@ -31,9 +31,9 @@ import sys
 from pathlib import Path
 
 from cat.errors import CatError, ConfigError
-from cat.gguf_models import KNOWN as KNOWN_MODELS
-from cat.logs import console
-from cat.logs import rank_tag as _rank_tag
+from cat.models.gguf import KNOWN as KNOWN_MODELS
+from cat.run.logs import console
+from cat.run.logs import rank_tag as _rank_tag
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(a training run continues from its newest checkpoint)", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from cat.parallel import stalled_message
+        from cat.run.parallel import stalled_message
 
         stalled = stalled_message(exc)
         if stalled:
@@ -175,7 +175,7 @@ def _quiet_libraries() -> None:
 
 
 def _report(args) -> int:
-    from cat.report import write_report
+    from cat.tools.report import write_report
 
     overrides = args.overrides + [a for a in args.inputs if "=" in a and not Path(a).exists()]
     if overrides:
@@ -207,8 +207,9 @@ def _peer_gone(exc: RuntimeError) -> bool:
 def _tiny_world(args) -> int:
     import tempfile
 
-    from cat import tiny, tiny_hard, tiny_rubric
-
+    from cat.worlds import arith as tiny
+    from cat.worlds import arith_hard as tiny_hard
+    from cat.worlds import rubric as tiny_rubric
     def build(out: Path) -> None:
         if args.world == "arith":
             tiny.pretrain(tiny.TinySpec(), out)
@@ -251,7 +252,7 @@ def _tiny_world(args) -> int:
 
 
 def _fetch_model(args) -> int:
-    from cat.gguf_models import KNOWN, fetch
+    from cat.models.gguf import KNOWN, fetch
 
     if args.overrides:
         raise ConfigError(f"cat-rl fetch-model takes no config overrides (got {' '.join(args.overrides)})")
@@ -273,8 +274,8 @@ def _check_writable(path: Path) -> None:
 
 def _prepare_run_dir(run_dir: Path, config, *, resume_requested: bool, allow_change: bool):
     """Decide fresh start vs resume. Returns the checkpoint to resume from, or None."""
-    from cat import checkpoint as ckpt
     from cat.config import dump_config
+    from cat.run import checkpoint as ckpt
 
     saved = run_dir / "config.yaml"
     text = dump_config(config)
@@ -314,12 +315,12 @@ def _run_model(run_dir: Path) -> Path:
     moved: evaluation only reads)."""
     import logging
 
-    from cat import checkpoint
+    from cat.run import checkpoint
 
     found = checkpoint.list_checkpoints(run_dir)
     for path in reversed(found):
         if checkpoint.verify(path) is None and (path / "model").is_dir():
-            logging.getLogger("cat.evaluate").warning(f"--model {run_dir}: evaluating its checkpoint {path.name}")
+            logging.getLogger("cat.tasks.evaluate").warning(f"--model {run_dir}: evaluating its checkpoint {path.name}")
             return path / "model"
     raise ConfigError(f"--model {run_dir} is a run directory with no checkpoint that verifies "
                       f"({len(found)} found): name a checkpoint's model/ folder, or a model")
@@ -349,7 +350,7 @@ def _same_run(old: str, new: str) -> bool:
 def _by_content(value):
     """``value`` with every string naming an existing file replaced by its contents' hash and every
     string naming an existing folder by its real path."""
-    from cat.gguf_models import sha256_file
+    from cat.models.gguf import sha256_file
 
     if isinstance(value, dict):
         return {k: _by_content(v) for k, v in value.items()}
@@ -413,8 +414,8 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
     """Start, continue or finish the run of ``config`` in ``run_dir`` (what ``cat-rl train`` does)."""
     config.run.output_dir = str(run_dir)
     from cat.models import resolve_device
-    from cat.parallel import Ranks
-    from cat.trainer import preflight
+    from cat.run.parallel import Ranks
+    from cat.run.trainer import preflight
 
     preflight(config)
     ranks = Ranks(cpu=resolve_device(config.model.device).type == "cpu", timeout_s=config.parallel.timeout_s)
@@ -432,7 +433,7 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
         raise SystemExit(2)  # rank 0 printed it
     resume_from = value
 
-    from cat.trainer import Trainer
+    from cat.run.trainer import Trainer
 
     trainer = Trainer(config, run_dir)
     if resume_from is not None:
@@ -450,7 +451,7 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
 
 
 def _compare(args) -> int:
-    from cat.compare import parse_arms, parse_seeds, run_all, table
+    from cat.tools.compare import parse_arms, parse_seeds, run_all, table
 
     arms = parse_arms(args.arms, args.arm)
     seeds = parse_seeds(args.seeds)
@@ -467,11 +468,11 @@ def _eval(args) -> int:
     import logging
 
     from cat.config import load_config
-    from cat.data import load_split
-    from cat.evaluate import evaluate_config
     from cat.generation import generator_from_config
     from cat.models import load_model, load_tokenizer, resolve_device
-    from cat.task import fit_prompts, prompt_limit
+    from cat.tasks.data import load_split
+    from cat.tasks.evaluate import evaluate_config
+    from cat.tasks.task import fit_prompts, prompt_limit
 
     config = load_config(args.config, args.overrides)
     e, m = config.eval, config.model
@@ -489,12 +490,12 @@ def _eval(args) -> int:
     tokenizer = load_tokenizer(path, trust_remote_code=m.trust_remote_code)
     # over-long prompts are skipped and counted as in training; the line goes to stderr (stdout is the JSON)
     prompts, ids, skipped = fit_prompts(prompts, tokenizer, m, prompt_limit(config, path), which="evaluation",
-                                        log=logging.getLogger("cat.evaluate").warning)
+                                        log=logging.getLogger("cat.tasks.evaluate").warning)
     model = load_model(path, dtype=m.dtype, device=resolve_device(m.device), trust_remote_code=m.trust_remote_code, frozen=True)
     generator = generator_from_config(config, model, tokenizer)
     judge = None
     if config.data.format == "healthbench":
-        from cat.judge import Judge
+        from cat.rewards.judge import Judge
 
         judge = Judge.from_config(config, None, evaluation=True)  # eval.judge when set, else judge
         judge.check()
@@ -517,7 +518,7 @@ def _plan(args) -> int:
 
     from cat.config import load_config
     from cat.models import resolve_path
-    from cat.plan import architecture, render
+    from cat.tools.plan import architecture, render
 
     config = load_config(args.config, args.overrides)
     if args.processes < 1:
@@ -533,7 +534,7 @@ def _plan(args) -> int:
 
 def _synthesize(args) -> int:
     from cat.config import load_config
-    from cat.testtime import run_test_time, table
+    from cat.tools.testtime import run_test_time, table
 
     config = load_config(args.config, args.overrides)
     names = [n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators is not None else None
@@ -553,7 +554,7 @@ def _synthesize(args) -> int:
         raise ConfigError("--regrade re-reads final answers from saved texts; a HealthBench result is graded by a "
                           "judge: run cat-rl testtime again (with --verdicts FILE, judge calls already made are reused)")
     if args.regrade:
-        from cat.testtime import regrade
+        from cat.tools.testtime import regrade
 
         try:
             saved = json.loads(Path(args.regrade).read_text())

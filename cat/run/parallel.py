@@ -1,7 +1,7 @@
 """Several processes, one run: which prompts each rank owns, and the few collectives a step needs.
 
-``torchrun --nproc_per_node N -m cat.cli train CONFIG`` and ``accelerate launch --multi_gpu
---num_processes N -m cat.cli train CONFIG`` (on CPU too; accelerate's ``--cpu`` runs one process)
+``torchrun --nproc_per_node N -m cat.tools.cli train CONFIG`` and ``accelerate launch --multi_gpu
+--num_processes N -m cat.tools.cli train CONFIG`` (on CPU too; accelerate's ``--cpu`` runs one process)
 start N copies of ``cat-rl train``; accelerate's ``PartialState`` joins them (gloo on CPU, NCCL on
 GPUs). Every rank reads the same config and data and visits the same
 prompts per step. Rank r owns a contiguous slice of the step's prompts (``shard``): it generates

@@ -34,7 +34,7 @@ from cat.types import Group, Reference
 class Estimator(Protocol):
     """The contract of a reference estimator (a class registered with ``@register_estimator``).
 
-    ``needs_anchor``: True to be called with the frozen pi_0 :class:`~cat.anchor.Anchor` (None
+    ``needs_anchor``: True to be called with the frozen pi_0 :class:`~cat.teacher.anchor.Anchor` (None
     otherwise). Built once per run as ``cls(config)``; called once per step on the step's groups
     (in a multi-process run, this rank's), it returns one Reference per group, in order.
     Optional ``decodes_with_anchor = False``: the estimator only scores with the anchor, so
@@ -258,7 +258,7 @@ class JudgeBestOfN:
     needs_anchor = False
 
     def __init__(self, config):
-        from cat.judge import score_template
+        from cat.rewards.judge import score_template
 
         self.config = config
         self.template = score_template(config.judge.score_template)
@@ -270,7 +270,7 @@ class JudgeBestOfN:
         if not groups:
             return []
         if self._judge is None:  # built on first use: an estimator is built before the run loads any model
-            from cat.judge import Judge
+            from cat.rewards.judge import Judge
 
             self._judge = Judge.from_config(self.config, None)
         flat, self.last_stats = self._judge.scores([(g.prompt.messages, c.text) for g in groups for c in g.completions],

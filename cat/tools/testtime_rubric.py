@@ -2,7 +2,7 @@
 response made from the same G rollouts, each answer graded with the example's physician rubric.
 
 No training: pi_t = pi_0. The policy samples G rollouts per prompt once (``run.seed`` alone, as in
-``cat.testtime``); with several G values each arm reads the first g. The arms (``ARMS``):
+``cat.tools.testtime``); with several G values each arm reads the first g. The arms (``ARMS``):
 
 * ``single``: the first rollout, the no-aggregation control (always run: every paired difference
   is taken against it).
@@ -16,10 +16,10 @@ No training: pi_t = pi_0. The policy samples G rollouts per prompt once (``run.s
   model-as-judge selection baseline.
 
 Ties go to the first rollout. No physician rubric reaches an arm: the anchor and the rubric
-selector read the groups through ``cat.firewall.blind``, the rating sees the conversation alone.
+selector read the groups through ``cat.teacher.firewall.blind``, the rating sees the conversation alone.
 The evaluation judge (``eval.judge``, else the reward's judge, with a warning) then grades every arm's answer on the physician rubric
-as ``cat-rl eval`` does (``cat.evaluate.grade_on_rubric``). Per arm and G: the HealthBench score
-(the clipped mean of per-prompt rubric scores, ``cat.healthbench.aggregate``), a 95% interval
+as ``cat-rl eval`` does (``cat.tasks.evaluate.grade_on_rubric``). Per arm and G: the HealthBench score
+(the clipped mean of per-prompt rubric scores, ``cat.tasks.healthbench.aggregate``), a 95% interval
 over prompts of the unclipped per-prompt scores, and the paired difference from ``single``.
 Judges answer once per (criterion, reply) and per rated reply: ``cat-rl testtime --verdicts FILE``
 keeps their cache for the next run.
@@ -43,12 +43,12 @@ from pathlib import Path
 
 from cat.display import number
 from cat.errors import ConfigError
-from cat.estimators import ESTIMATORS
-from cat.evaluate import grade_on_rubric
-from cat.firewall import blind, label_fields
-from cat.healthbench import aggregate
 from cat.rewards.rubric import rubric_score
-from cat.stats import mean_ci
+from cat.tasks.evaluate import grade_on_rubric
+from cat.tasks.healthbench import aggregate
+from cat.teacher.estimators import ESTIMATORS
+from cat.teacher.firewall import blind, label_fields
+from cat.tools.stats import mean_ci
 from cat.types import Group
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ def check_arms(config, names: list[str]) -> list[str]:
     if _NEEDS_ANCHOR & set(names) and config.anchor.orders > 1:
         raise ConfigError(f"anchor.orders={config.anchor.orders}: several orders vote on the syntheses' final answers, "
                           "which free-form replies do not have; set anchor.orders=1 for rubric data")
-    from cat.judge import judge_template, score_template
-    from cat.rubrics import proposal_template
+    from cat.rewards.judge import judge_template, score_template
+    from cat.rewards.rubrics import proposal_template
 
     if "rubric_best_of_n" in names:
         proposal_template(config)
@@ -96,10 +96,10 @@ def run_rubric_test_time(config, names: list[str], sizes: list[int], *, verdicts
     """Every arm of ``names`` at every G of ``sizes``, on the same rollouts, graded on the physician
     rubric. ``verdicts``: a JSONL verdict cache the judges share with later runs (None: this run's
     memory only)."""
-    from cat.judge import Judge, score_template
     from cat.rewards import RewardContext
+    from cat.rewards.judge import Judge, score_template
     from cat.rewards.rubric import RubricReward
-    from cat.testtime import load_policy, pi0_anchor, sample_rollouts
+    from cat.tools.testtime import load_policy, pi0_anchor, sample_rollouts
 
     arms = check_arms(config, names)
     prompts, ids, skipped, tokenizer, model, generator = load_policy(config)
@@ -246,8 +246,8 @@ def summarize(examples: list[dict], arms: list[str], sizes: list[int]) -> dict:
 
 
 def paired_scores(answers: list[dict], baseline: list[dict]) -> dict:
-    """``cat.testtime.paired`` over the prompts where both arms have a score, with their count."""
-    from cat.testtime import paired
+    """``cat.tools.testtime.paired`` over the prompts where both arms have a score, with their count."""
+    from cat.tools.testtime import paired
 
     both = [(a["score"], b["score"]) for a, b in zip(answers, baseline, strict=True)
             if a.get("score") is not None and b.get("score") is not None]

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import math
 
-from cat.estimators import majority_answer
 from cat.rewards.answers import AnswerChain, Extraction, extraction_metrics
 from cat.rewards.math import answers_match
+from cat.teacher.estimators import majority_answer
 from cat.types import Group, GroupScore, Reference
 
 

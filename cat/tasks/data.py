@@ -6,7 +6,7 @@ Sources:
   number is its position in the array);
 * a local ``.parquet`` file (read with pyarrow);
 * a hub dataset id (through ``datasets``);
-* ``reasoning-gym:TASK``, a procedural task generated on the fly (``cat.reasoning_gym``).
+* ``reasoning-gym:TASK``, a procedural task generated on the fly (``cat.tasks.reasoning_gym``).
 
 Every way a file can be unreadable (missing, empty, compressed, binary, not UTF-8, UTF-16,
 broken or truncated JSON, a JSON array in a ``.jsonl``, not Parquet) and every malformed row
@@ -19,7 +19,7 @@ Schemas are picked by field names in the config: MATH-500 (``problem`` / ``answe
 ``criterion`` / ``points`` / ``tags``, ``example_tags``, ``prompt_id``; other fields of the real
 benchmark, such as ``ideal_completions_data`` or ``canary``, are accepted and ignored). A
 HealthBench criterion is kept exactly as written: any length, line breaks included (the
-500-character limit is for self-proposed rubrics only, ``cat.rubrics``).
+500-character limit is for self-proposed rubrics only, ``cat.rewards.rubrics``).
 
 The gold answer is kept on each Prompt for the ``gold`` estimator and for diagnostics only.
 """
@@ -33,10 +33,10 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cat import tiny
 from cat.errors import DataError
 from cat.templates import check_prompt_template, render_prompt
 from cat.types import Prompt
+from cat.worlds import arith as tiny
 
 _SUFFIXES = (".jsonl", ".json", ".parquet")
 logger = logging.getLogger(__name__)
@@ -300,7 +300,7 @@ def _healthbench_prompt(i: int, row: dict, label: str, system_prompt: str | None
     """One HealthBench row, validated as the benchmark's grader would need it: every criterion
     kept verbatim (any length, line breaks included), numeric finite points, string tags, and at
     least one positive-point criterion (without one the example's score is undefined)."""
-    from cat.rubrics import Criterion
+    from cat.rewards.rubrics import Criterion
 
     if "prompt" not in row:
         raise DataError(f"{label}: missing field 'prompt' (fields: {sorted(row)})")
@@ -463,10 +463,10 @@ def load_split(config, which: str) -> list[Prompt]:
 
     Evaluation needs a gold answer (or, for HealthBench, the physician rubric) on every row;
     training needs one only for the ``gold`` estimator. Evaluation rows of a reasoning-gym task
-    whose question is also a training row's are dropped (``cat.reasoning_gym.held_out``).
+    whose question is also a training row's are dropped (``cat.tasks.reasoning_gym.held_out``).
     """
     d = config.data
-    from cat import reasoning_gym
+    from cat.tasks import reasoning_gym
 
     train_source, test_source = reasoning_gym.sources(d, config.eval)
     gym_source = train_source if which == "train" else test_source

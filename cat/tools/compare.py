@@ -31,7 +31,7 @@ from pathlib import Path
 
 from cat.display import NOT_DEFINED, number
 from cat.errors import ConfigError
-from cat.stats import Interval, mean_ci
+from cat.tools.stats import Interval, mean_ci
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def check_configs(config_path: str, overrides: list[str], arms: list[Arm], seeds
     """Every run's config, loaded and preflighted before the first one trains (a typo in the last
     arm costs seconds, not hours)."""
     from cat.config import load_config
-    from cat.trainer import preflight
+    from cat.run.trainer import preflight
 
     configs = {}
     for arm in arms:
@@ -118,8 +118,8 @@ def finished(run_dir: Path, steps: int) -> bool:
 def run_all(config_path: str, overrides: list[str], arms: list[Arm], seeds: list[int], output: Path, *,
             progress: bool, log=None) -> dict:
     """Train every (arm, seed) not yet finished; returns the summary (also written to OUTPUT_DIR)."""
-    from cat.cli import _same_run, train_run
     from cat.config import dump_config
+    from cat.tools.cli import _same_run, train_run
 
     log = log or logger.info
     configs = check_configs(config_path, overrides, arms, seeds, output)
@@ -199,7 +199,7 @@ def _add_wall(run_dir: Path, seconds: float) -> None:
 
 
 def _metric_rows(run_dir: Path) -> list[dict]:
-    from cat.report import read_jsonl
+    from cat.tools.report import read_jsonl
 
     return read_jsonl(run_dir / "metrics.jsonl")[0]
 
@@ -295,7 +295,7 @@ def table(summary: dict) -> str:
 def write_outputs(output: Path, summary: dict, arms: list[Arm], seeds: list[int], config_path: str,
                   overrides: list[str]) -> None:
 
-    from cat.report import write_report
+    from cat.tools.report import write_report
 
     record = {"config": str(config_path), "overrides": overrides,
               "arms": {a.label: list(a.overrides) for a in arms}, **summary}

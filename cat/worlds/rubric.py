@@ -23,8 +23,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cat import tiny
 from cat.templates import load_template
+from cat.worlds import arith as tiny
 
 _FIELDS = re.compile(r"ones (\d)\+(\d)=(\d\d)|tens (\d)\+(\d)\+(\d)=(\d\d)|\\boxed\{(\d+)\}")
 _QUOTE = {"ones": re.compile(r"ones \d\+\d=\d\d"), "tens": re.compile(r"tens \d\+\d\+\d=\d\d"),
@@ -98,7 +98,7 @@ def _judge_example(pair, rng, spec) -> tuple[str, str]:
 
 def finetune(base: Path, spec: RubricSpec, out_dir: Path | None, stop_after: int | None = None) -> dict[str, str]:
     """Continue training the arithmetic world in ``base``; save to ``out_dir``; return the trail
-    (see :func:`cat.tiny.pretrain`; ``stop_after`` stops early and saves nothing)."""
+    (see :func:`cat.worlds.arith.pretrain`; ``stop_after`` stops early and saves nothing)."""
     arith = tiny.TinySpec()
     train_pairs, _ = tiny.split_pairs(arith)
     makers = [(_rubric_example, 12), (_judge_example, spec.batch), (_rubric_example, 12), (_judge_example, spec.batch),

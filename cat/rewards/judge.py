@@ -400,7 +400,7 @@ class Judge:
                            f"{self.max_retries + 1} requests each (left out, never read as 'no'){quoted}")
         flat = [v for row in verdicts for v in row]
         judged = [v for v in flat if v is not None]
-        stats = {  # counts are ints, so that ranks' counts add up (cat.parallel.combine_stats)
+        stats = {  # counts are ints, so that ranks' counts add up (cat.run.parallel.combine_stats)
             "judge/calls": calls,
             "judge/cache_hits": hits,
             "judge/failures": len(todo),

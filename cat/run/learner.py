@@ -2,7 +2,7 @@
 
 A ``Learner`` holds the policy as fp32 master weights (forward passes autocast to ``model.dtype``,
 see ``cat.models``), AdamW and the learning-rate schedule, on ``accelerate``. In one process the
-module is used as is. In several (``cat.parallel``) it is wrapped in DistributedDataParallel: each
+module is used as is. In several (``cat.run.parallel``) it is wrapped in DistributedDataParallel: each
 rank backpropagates its own rows and the gradients are all-reduced once per optimizer step, at the
 last micro-batch (``micro_batch(last=...)``). The trainer's losses are already normalised by the
 whole step's token and sequence counts, so the step's gradient is the *sum* of the ranks'
@@ -31,9 +31,9 @@ import torch
 
 from cat.config import ModelConfig, OptimConfig
 from cat.errors import TrainingHalted
-from cat.logprobs import token_logprobs
 from cat.models import load_model, master_dtype, torch_dtype
-from cat.parallel import Ranks
+from cat.models.logprobs import token_logprobs
+from cat.run.parallel import Ranks
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Learner:
         if model.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora:
-            from cat.lora import wrap
+            from cat.models.lora import wrap
 
             self.policy.requires_grad_(False)
             self.policy = wrap(self.policy, model.lora)
@@ -88,7 +88,7 @@ class Learner:
     def logprobs(self, input_ids, attention_mask, completion_length: int, temperature: float, *,
                  with_entropy: bool = False, prompt_groups: torch.Tensor | None = None):
         """The policy's log-probs (and entropy) of the completion tokens, with gradient; rows with
-        the same ``prompt_groups`` value share one prompt forward (see ``cat.logprobs``)."""
+        the same ``prompt_groups`` value share one prompt forward (see ``cat.models.logprobs``)."""
         return token_logprobs(self.module, input_ids.to(self.device), attention_mask.to(self.device),
                               completion_length, temperature, with_entropy=with_entropy,
                               compute_dtype=self.model_config.dtype,
@@ -226,10 +226,10 @@ class Learner:
         return get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def load_master_weights(self, path: Path) -> None:
-        """The trained weights of a checkpoint (``cat.checkpoint.master_weights_dir``), bit for bit:
+        """The trained weights of a checkpoint (``cat.run.checkpoint.master_weights_dir``), bit for bit:
         the fp32 master weights, or the LoRA adapter."""
         if self.lora:
-            from cat.lora import load_adapter
+            from cat.models.lora import load_adapter
 
             load_adapter(self.policy, path)
             return

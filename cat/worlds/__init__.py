@@ -1,0 +1,1 @@
+"""The offline tiny worlds, ``tiny:arith``, ``tiny:arith-hard`` and ``tiny:rubric``."""
