@@ -1,4 +1,4 @@
-"""The one Registry class behind every extension point (estimators, rewards).
+"""The one Registry class behind every extension point (estimators, rewards, path schemes).
 
 Decorator-registered, duplicates refused, lookups of unknown names answered with the known ones.
 """

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cat import paths
 from cat.worlds import arith as tiny
 from cat.worlds import arith_hard as tiny_hard
 from cat.worlds import rubric as tiny_rubric
@@ -58,7 +59,7 @@ def test_the_default_world_is_the_shipped_one(tmp_path, monkeypatch):
     assert tiny_rubric.ensure_built() == tiny.shipped("tiny-rubric")
     assert tiny_hard.ensure_built() == tiny.shipped("tiny-arith-hard")
     assert not any(tmp_path.iterdir()), "nothing is built when the shipped worlds match"
-    assert tiny.resolve("tiny:arith/test.jsonl") == str(tiny.shipped("tiny-arith") / "test.jsonl")
+    assert paths.resolve("tiny:arith/test.jsonl") == str(tiny.shipped("tiny-arith") / "test.jsonl")
 
 
 REPLAY = """
@@ -66,6 +67,7 @@ import hashlib, json, sys, tempfile
 from pathlib import Path
 import tokenizers, torch, transformers
 from cat.worlds import arith as tiny, arith_hard as tiny_hard, rubric as tiny_rubric
+
 out = {"versions": [torch.__version__, transformers.__version__, tokenizers.__version__],
        "cpu": tiny.cpu_fingerprint(), "threads_before": torch.get_num_threads()}
 with tempfile.TemporaryDirectory() as tmp:

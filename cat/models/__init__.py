@@ -1,8 +1,9 @@
 """Loading the policy, the frozen initial policy pi_0 and their tokenizer; precision.
 
-Every model path goes through :func:`resolve_path`: ``tiny:...`` names a tiny world's folder
-(built if needed), a ``.gguf`` file is read from its Hugging Face conversion (``cat.models.gguf``,
-made once beside it), anything else is a local folder or a hub id.
+Every model path goes through :func:`resolve_path`: a path with a scheme goes to the plug-in that
+registered it (``tiny:...`` names a tiny world's folder, built if needed: ``cat.paths``), a
+``.gguf`` file is read from its Hugging Face conversion (``cat.models.gguf``, made once beside
+it), anything else is a local folder or a hub id.
 
 pi_0 is loaded once, frozen, and serves as both the KL reference and the anchor. Dropout is
 switched off in both: RL computes log-probs that must match between sampling and scoring, and a
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from cat.worlds import arith as tiny
+from cat import paths
 from cat.errors import ConfigError
 from cat.models.gguf import hf_folder, is_gguf_path
 
@@ -93,7 +94,7 @@ def exact_float64_norms(model: torch.nn.Module) -> int:
 
 def resolve_path(path: str) -> str:
     """Where the model ``path`` is loaded from (a folder, or a hub id)."""
-    resolved = tiny.resolve(path)
+    resolved = paths.resolve(path)
     if is_gguf_path(resolved):
         return str(hf_folder(Path(resolved)))
     return resolved

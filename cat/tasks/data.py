@@ -6,7 +6,9 @@ Sources:
   number is its position in the array);
 * a local ``.parquet`` file (read with pyarrow);
 * a hub dataset id (through ``datasets``);
-* ``reasoning-gym:TASK``, a procedural task generated on the fly (``cat.tasks.reasoning_gym``).
+* ``reasoning-gym:TASK``, a procedural task generated on the fly (``cat.tasks.reasoning_gym``);
+* a path with a scheme a plug-in registered (``tiny:arith/train.jsonl``: ``cat.paths``), read as
+  the local file it names.
 
 Every way a file can be unreadable (missing, empty, compressed, binary, not UTF-8, UTF-16,
 broken or truncated JSON, a JSON array in a ``.jsonl``, not Parquet) and every malformed row
@@ -33,10 +35,10 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cat import paths
 from cat.errors import DataError
 from cat.templates import check_prompt_template, render_prompt
 from cat.types import Prompt
-from cat.worlds import arith as tiny
 
 _SUFFIXES = (".jsonl", ".json", ".parquet")
 logger = logging.getLogger(__name__)
@@ -238,7 +240,7 @@ def _kind(value) -> str:
 
 def _read_rows(path: str, name: str | None, split: str) -> tuple[list[tuple[int, dict]], str]:
     """(row number, row) pairs, and a label naming where they came from (for messages)."""
-    path = tiny.resolve(path)
+    path = paths.resolve(path)
     local = Path(path)
     try:
         is_local, is_dir, is_file = local.suffix in _SUFFIXES or local.exists(), local.is_dir(), local.is_file()

@@ -63,7 +63,6 @@ from cat.templates import data_dir, load_template
 
 logger = logging.getLogger(__name__)
 
-SCHEME = "tiny:"
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
@@ -567,24 +566,3 @@ def compare_worlds(built: Path, reference: Path) -> list[str]:
         if a.get(key) != b.get(key) and out:
             out.append(f"(built with {key} {a.get(key)}; the reference with {b.get(key)})")
     return out
-
-
-def resolve(path: str) -> str:
-    """Map ``tiny:arith`` (the model) or ``tiny:arith/<file>`` to a real path, building if needed."""
-    if not path.startswith(SCHEME):
-        return path
-    rest = path[len(SCHEME) :]
-    world, _, inner = rest.partition("/")
-    if world == "rubric":
-        from cat.worlds import rubric as tiny_rubric
-        root = tiny_rubric.ensure_built()
-    elif world == "arith":
-        root = ensure_built()
-    elif world == "arith-hard":
-        from cat.worlds import arith_hard as tiny_hard
-        root = tiny_hard.ensure_built()
-    else:
-        from cat.errors import ConfigError
-
-        raise ConfigError(f"unknown tiny world '{world}' in '{path}'; known: ['arith', 'arith-hard', 'rubric']")
-    return str(root / (inner or "model"))

@@ -23,7 +23,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cat.worlds import arith as tiny
+from cat.worlds import arith
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,10 @@ class HardSpec:
     lr: float = 1e-3
     policy_batch: int = 64
     anchor_batch: int = 12
-    threads: int = 2  # CPU threads of the build (see tiny.TinySpec.threads)
+    threads: int = 2  # CPU threads of the build (see arith.TinySpec.threads)
 
     def templates(self) -> dict[str, str]:
-        return tiny.TinySpec().templates()
+        return arith.TinySpec().templates()
 
 
 def carries(a: int, b: int) -> bool:
@@ -47,35 +47,35 @@ def carries(a: int, b: int) -> bool:
 
 def hard_pairs() -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(train, held_out): ``tiny:arith``'s split, kept to the problems whose ones column carries."""
-    train, held_out = tiny.split_pairs(tiny.TinySpec())
+    train, held_out = arith.split_pairs(arith.TinySpec())
     return [p for p in train if carries(*p)], [p for p in held_out if carries(*p)]
 
 
 def solution(a: int, b: int, rng: random.Random, spec: HardSpec) -> str:
     """A sample of the slipping teacher: ``tiny:arith``'s noisy solution, and with probability
     ``slip`` the carry into the tens column dropped (the tens sum and answer follow from that)."""
-    arith = tiny.TinySpec()
-    s = tiny.steps(a, b, rng, arith)
+    arith_spec = arith.TinySpec()
+    s = arith.steps(a, b, rng, arith_spec)
     if s.ones < 10 or rng.random() >= spec.slip:
         return s.text()
     (a1, a0), (b1, b0) = s.a_digits, s.b_digits
     tens = a1 + b1
-    if rng.random() < arith.field_error:
-        tens = tiny._perturb(tens, 1, 19, rng)
+    if rng.random() < arith_spec.field_error:
+        tens = arith._perturb(tens, 1, 19, rng)
     answer = tens * 10 + s.ones % 10
     return f"ones {a0}+{b0}={s.ones:02d} tens {a1}+{b1}+0={tens:02d} so \\boxed{{{answer}}}"
 
 
 def _policy_example(pair, rng, spec: HardSpec) -> tuple[str, str]:
     a, b = pair
-    return tiny._chat(f"{a}+{b}"), solution(a, b, rng, spec) + "<|end|>"
+    return arith._chat(f"{a}+{b}"), solution(a, b, rng, spec) + "<|end|>"
 
 
 def _anchor_example(pair, rng, spec: HardSpec) -> tuple[str, str]:
     a, b = pair
     k = rng.choice([4, 6, 8, 8, 8, 8])
     candidates = [solution(a, b, rng, spec) for _ in range(k)]
-    return tiny._chat(tiny.anchor_prompt(candidates, tiny.TinySpec())), tiny.anchor_target(a, b) + "<|end|>"
+    return arith._chat(arith.anchor_prompt(candidates, arith.TinySpec())), arith.anchor_target(a, b) + "<|end|>"
 
 
 def finetune(base: Path, spec: HardSpec, out_dir: Path | None, stop_after: int | None = None) -> dict[str, str]:
@@ -88,22 +88,22 @@ def finetune(base: Path, spec: HardSpec, out_dir: Path | None, stop_after: int |
             return [_anchor_example(rng.choice(train), rng, spec) for _ in range(spec.anchor_batch)]
         return [_policy_example(rng.choice(train), rng, spec) for _ in range(spec.policy_batch)]
 
-    model, tokenizer, trail, finished = tiny.continue_training(base, spec, next_examples, "hard-tier fine-tune",
-                                                               stop_after)
+    model, tokenizer, trail, finished = arith.continue_training(base, spec, next_examples, "hard-tier fine-tune",
+                                                                stop_after)
     if not finished:
         return trail
     model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")
-    tiny.write_splits(out_dir, train, held_out)
+    arith.write_splits(out_dir, train, held_out)
     (out_dir / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
-    tiny.write_build_record(out_dir, "tiny-arith-hard", spec, spec.templates(), trail,
-                            extra={"base": tiny.final_weights(base)})
+    arith.write_build_record(out_dir, "tiny-arith-hard", spec, spec.templates(), trail,
+                             extra={"base": arith.final_weights(base)})
     return trail
 
 
 def ensure_built(spec: HardSpec | None = None, *, force_build: bool = False) -> Path:
     """The folder of the hard tier: shipped, cached, or built on first use (a few CPU minutes)."""
     spec = spec or HardSpec()
-    base = tiny.ensure_built()
-    return tiny.locate("tiny-arith-hard", {"spec": asdict(spec), "base": tiny.final_weights(base)}, spec.templates(),
-                       lambda out: finetune(base, spec, out), force_build=force_build)
+    base = arith.ensure_built()
+    return arith.locate("tiny-arith-hard", {"spec": asdict(spec), "base": arith.final_weights(base)}, spec.templates(),
+                        lambda out: finetune(base, spec, out), force_build=force_build)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cat.templates import load_template
-from cat.worlds import arith as tiny
+from cat.worlds import arith
 
 _FIELDS = re.compile(r"ones (\d)\+(\d)=(\d\d)|tens (\d)\+(\d)\+(\d)=(\d\d)|\\boxed\{(\d+)\}")
 _QUOTE = {"ones": re.compile(r"ones \d\+\d=\d\d"), "tens": re.compile(r"tens \d\+\d\+\d=\d\d"),
@@ -39,10 +39,10 @@ class RubricSpec:
     steps: int = 720
     lr: float = 1e-3
     batch: int = 48
-    threads: int = 2  # CPU threads of the build (see tiny.TinySpec.threads)
+    threads: int = 2  # CPU threads of the build (see arith.TinySpec.threads)
 
     def templates(self) -> dict[str, str]:
-        return tiny._template_hashes("rubrics", ["rubric_proposal", "judge_criterion"])
+        return arith._template_hashes("rubrics", ["rubric_proposal", "judge_criterion"])
 
 
 def criteria_of(text: str) -> dict[str, str]:
@@ -70,45 +70,45 @@ def rubric_text(reference: str) -> str:
 
 def _reference(pair, rng, spec) -> str:
     a, b = pair
-    body = tiny.solution(a, b, rng if rng.random() < 0.5 else None, spec)
-    return f"{tiny.SUMMARY}\nUNIFIED RESPONSE: {body}" if rng.random() < 0.7 else body
+    body = arith.solution(a, b, rng if rng.random() < 0.5 else None, spec)
+    return f"{arith.SUMMARY}\nUNIFIED RESPONSE: {body}" if rng.random() < 0.7 else body
 
 
 def _rubric_example(pair, rng, spec) -> tuple[str, str]:
     template = load_template("rubric_proposal", kind="rubrics", required={"reference"}, allowed={"min_criteria"})
     reference = _reference(pair, rng, spec)
-    return tiny._chat(template.render(reference=reference, min_criteria="5")), rubric_text(reference) + "<|end|>"
+    return arith._chat(template.render(reference=reference, min_criteria="5")), rubric_text(reference) + "<|end|>"
 
 
 def _judge_example(pair, rng, spec) -> tuple[str, str]:
     template = load_template("judge_criterion", kind="rubrics", required={"response", "criterion"}, allowed=set())
     a, b = pair
-    response = tiny.solution(a, b, rng, spec)
+    response = arith.solution(a, b, rng, spec)
     if rng.random() < 0.15:
         response = response[: rng.randrange(len(response))]
-    source = criteria_of(tiny.solution(a, b, rng if rng.random() < 0.5 else None, spec))
+    source = criteria_of(arith.solution(a, b, rng if rng.random() < 0.5 else None, spec))
     kind = rng.choice(KINDS)
     criterion = source[kind]
     verdict = "yes" if criteria_of(response).get(kind) == criterion else "no"
     quote = _QUOTE[kind].search(response)
     evidence = f"The response has {quote.group(0)}." if quote else "The response does not have this step."
     target = f"{evidence} <verdict>{verdict}</verdict>"
-    return tiny._chat(template.render(response=response, criterion=criterion)), target + "<|end|>"
+    return arith._chat(template.render(response=response, criterion=criterion)), target + "<|end|>"
 
 
 def finetune(base: Path, spec: RubricSpec, out_dir: Path | None, stop_after: int | None = None) -> dict[str, str]:
     """Continue training the arithmetic world in ``base``; save to ``out_dir``; return the trail
     (see :func:`cat.worlds.arith.pretrain`; ``stop_after`` stops early and saves nothing)."""
-    arith = tiny.TinySpec()
-    train_pairs, _ = tiny.split_pairs(arith)
+    arith_spec = arith.TinySpec()
+    train_pairs, _ = arith.split_pairs(arith_spec)
     makers = [(_rubric_example, 12), (_judge_example, spec.batch), (_rubric_example, 12), (_judge_example, spec.batch),
-              (tiny._anchor_example, 12), (tiny._policy_example, 64)]
+              (arith._anchor_example, 12), (arith._policy_example, 64)]
 
     def next_examples(step: int, rng: random.Random) -> list[tuple[str, str]]:
         make, size = makers[step % len(makers)]
-        return [make(rng.choice(train_pairs), rng, arith) for _ in range(size)]
+        return [make(rng.choice(train_pairs), rng, arith_spec) for _ in range(size)]
 
-    model, tokenizer, trail, finished = tiny.continue_training(base, spec, next_examples, "rubric fine-tune", stop_after)
+    model, tokenizer, trail, finished = arith.continue_training(base, spec, next_examples, "rubric fine-tune", stop_after)
     if not finished:
         return trail
     model.save_pretrained(out_dir / "model")
@@ -116,13 +116,13 @@ def finetune(base: Path, spec: RubricSpec, out_dir: Path | None, stop_after: int
     for name in ("train.jsonl", "test.jsonl"):
         shutil.copy(base / name, out_dir / name)
     (out_dir / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
-    tiny.write_build_record(out_dir, "tiny-rubric", spec, spec.templates(), trail, extra={"base": tiny.final_weights(base)})
+    arith.write_build_record(out_dir, "tiny-rubric", spec, spec.templates(), trail, extra={"base": arith.final_weights(base)})
     return trail
 
 
 def ensure_built(spec: RubricSpec | None = None, *, force_build: bool = False) -> Path:
     """The folder of the tiny rubric world: shipped, cached, or built on first use."""
     spec = spec or RubricSpec()
-    base = tiny.ensure_built()
-    return tiny.locate("tiny-rubric", {"spec": asdict(spec), "base": tiny.final_weights(base)}, spec.templates(),
-                       lambda out: finetune(base, spec, out), force_build=force_build)
+    base = arith.ensure_built()
+    return arith.locate("tiny-rubric", {"spec": asdict(spec), "base": arith.final_weights(base)}, spec.templates(),
+                        lambda out: finetune(base, spec, out), force_build=force_build)
