@@ -98,7 +98,7 @@ def train(config: Config | dict | str | Path | None = None, *, train_dataset=Non
     line per step shows on stdout (:func:`cat.run.logs.console`).
     """
     from cat.registry import import_plugin
-    from cat.tools.cli import train_run
+    from cat.tools.train import train_run
 
     console()
     overrides = list(overrides)

@@ -287,8 +287,7 @@ def test_a_shared_prefill_records_the_logprobs_the_trainer_scores(tiny_model, ti
 def test_local_chat_keeps_recent_ids_and_hands_out_copies(tiny_model):
     """The anchor encodes each prompt to count its tokens, then again to send it: the second time
     comes from the kept ids, equal to a fresh encoding and safe to modify."""
-    from cat.generation.chat import LocalChat
-    from cat.tasks.data import chat_ids
+    from cat.generation.chat import LocalChat, chat_ids
 
     model, tokenizer = tiny_model
     chat = LocalChat(make_generator("hf", model, tokenizer, batch_size=4), tokenizer, name="pi_0")

@@ -257,7 +257,7 @@ def test_vllm_loads_the_converted_folder(smollm2):
     backend, log-probs within float rounding."""
     pytest.importorskip("vllm")
     from cat.generation import SamplingParams, make_generator
-    from cat.tasks.data import chat_ids
+    from cat.generation.chat import chat_ids
 
     model = load_model(str(smollm2), dtype="float32", device=torch.device("cpu"), frozen=True)
     tokenizer = load_tokenizer(str(smollm2))
@@ -305,7 +305,7 @@ def test_cat_learns_on_smollm2_for_two_steps(tmp_path, tiny_world, smollm2, back
 
 def _groups_from_fixture(tokenizer, n_groups: int, size: int):
     """Groups of real SmolLM2 rollouts (sampled at T = 0.7, saved in the fixture) to its questions."""
-    from cat.tasks.data import chat_ids
+    from cat.generation.chat import chat_ids
     from cat.types import Completion, Group, Prompt
 
     rows = [json.loads(x) for x in (ROOT / "tests" / "fixtures" / "smollm2_replies.jsonl").read_text().splitlines()]

@@ -54,6 +54,18 @@ BODY_EXCERPT = 200
 """Characters of a failed response's body quoted in an error."""
 
 
+def chat_ids(tokenizer, messages, *, use_chat_template: bool = True, chat_template_kwargs: dict | None = None) -> list[int]:
+    """Token ids a model continues for ``messages``: the tokenizer's chat template with a
+    generation prompt when it has one (and ``use_chat_template``), else the contents joined as
+    plain text. The one place prompts become ids: policy, anchor and judge all use it."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"]
+
+
 class RequestBudget:
     """What one request (a verdict, a synthesis) may spend, shared by every layer that repeats it:
     ``attempts`` requests in all, the first included, and the seconds it has waited between them
@@ -143,8 +155,6 @@ class LocalChat:
     it (the chat template and the tokenizer ran twice per prompt: 3 ms each on the tiny world)."""
 
     def ids(self, messages: Messages) -> list[int]:
-        from cat.tasks.data import chat_ids
-
         key = tuple(tuple(sorted(m.items())) for m in messages)
         try:
             ids = self._recent.pop(key)

@@ -14,8 +14,8 @@ reward); evaluation counts only full credit as correct (``cat.tasks.evaluate.gra
 from __future__ import annotations
 
 from cat.errors import ConfigError
-from cat.rewards import GroupReward, RewardError, register_reward
 from cat.rewards.answers import AnswerChain
+from cat.rewards.base import GroupReward, RewardError, register_reward
 from cat.types import Group, GroupScore, Reference
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cat.rewards import RewardContext, RewardFunction, Scored, register_reward
+from cat.rewards.base import RewardContext, RewardFunction, Scored, register_reward
 from cat.rewards.judge import JudgeItem
 from cat.rewards.rubrics import Criterion, Rubric, propose_rubrics
 from cat.templates import load_template

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from cat import paths
 from cat.errors import DataError
+from cat.generation.chat import chat_ids
 from cat.templates import check_prompt_template, render_prompt
 from cat.types import Prompt
 
@@ -407,18 +408,6 @@ def load_prompts(
         logger.warning(f"{where}: {chats} row(s) give their prompt as chat messages, used as written: "
                        f"data.prompt_template ({prompt_template!r:.60}) shapes only the string prompts")
     return prompts
-
-
-def chat_ids(tokenizer, messages, *, use_chat_template: bool = True, chat_template_kwargs: dict | None = None) -> list[int]:
-    """Token ids a model continues for ``messages``: the tokenizer's chat template with a
-    generation prompt when it has one (and ``use_chat_template``), else the contents joined as
-    plain text. The one place prompts become ids: policy, anchor and judge all use it."""
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
-        )
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"]
 
 
 def encode_prompt(prompt: Prompt, tokenizer, *, use_chat_template: bool = True, chat_template_kwargs: dict | None = None) -> list[int]:

@@ -1,3 +1,5 @@
-"""Entry points: the ``cat-rl`` command line (``cli``) and what its commands run: a comparison of arms over seeds (``compare``, ``stats``), figures and an HTML page
-(``report``), a memory plan (``plan``), test-time CaT (``testtime``, ``testtime_rubric``). The
+"""Entry points: the ``cat-rl`` command line (``cli``) and what its commands run: a training
+(``train``, shared with ``cat.train`` and ``compare``), a comparison of arms over seeds
+(``compare``, ``stats``), figures and an HTML page (``report``), a memory plan (``plan``),
+test-time CaT (``testtime``, ``testtime_rubric``, on the policy ``testtime_policy`` samples). The
 library never imports this package."""

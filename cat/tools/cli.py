@@ -23,7 +23,6 @@ non-zero and the launcher stops the others.
 from __future__ import annotations
 
 import argparse
-import difflib
 import errno
 import json
 import os
@@ -93,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                        "rebuild one, or check that rebuilding reproduces the shipped one")
     w.add_argument("world", nargs="?", default="arith", choices=["arith", "arith-hard", "rubric"])
     w.add_argument("--build", action="store_true",
-                   help="build it from cat/tiny*.py and the current templates into the cache, even when one ships "
+                   help="build it from cat/worlds/ and the current templates into the cache, even when one ships "
                         "(after editing a template the tiny model was trained on; a few CPU minutes)")
     w.add_argument("--output", help="with --build: build into this folder instead (it must not exist)")
     w.add_argument("--check", action="store_true",
@@ -176,6 +175,7 @@ def _quiet_libraries() -> None:
 
 def _report(args) -> int:
     from cat.tools.report import write_report
+    from cat.tools.train import check_writable
 
     overrides = args.overrides + [a for a in args.inputs if "=" in a and not Path(a).exists()]
     if overrides:
@@ -187,7 +187,7 @@ def _report(args) -> int:
         output = inputs[0] / "report" if inputs[0].is_dir() else inputs[0].with_name(inputs[0].stem + "-report")
     else:
         raise ConfigError(f"{len(inputs)} inputs: name the folder for their report with --output DIR")
-    _check_writable(output)
+    check_writable(output)
     index = write_report(inputs, output, title=args.title)
     print(index)
     return 0
@@ -207,16 +207,16 @@ def _peer_gone(exc: RuntimeError) -> bool:
 def _tiny_world(args) -> int:
     import tempfile
 
-    from cat.worlds import arith as tiny
-    from cat.worlds import arith_hard as tiny_hard
-    from cat.worlds import rubric as tiny_rubric
+    from cat import worlds
+    from cat.worlds import arith, arith_hard, rubric
+
     def build(out: Path) -> None:
         if args.world == "arith":
-            tiny.pretrain(tiny.TinySpec(), out)
+            arith.pretrain(arith.TinySpec(), out)
         elif args.world == "rubric":
-            tiny_rubric.finetune(tiny.ensure_built(), tiny_rubric.RubricSpec(), out)
+            rubric.finetune(arith.ensure_built(), rubric.RubricSpec(), out)
         else:
-            tiny_hard.finetune(tiny.ensure_built(), tiny_hard.HardSpec(), out)
+            arith_hard.finetune(arith.ensure_built(), arith_hard.HardSpec(), out)
 
     if args.output and not args.build:
         raise ConfigError("--output goes with --build")
@@ -224,15 +224,15 @@ def _tiny_world(args) -> int:
         raise ConfigError("--build and --check: choose one")
     name = f"tiny-{args.world}"
     if args.check:
-        reference = tiny.shipped(name)
-        if tiny.read_record(reference) is None:
+        reference = arith.shipped(name)
+        if arith.read_record(reference) is None:
             raise ConfigError(f"no built {name} world ships in {reference}: nothing to check against")
         with tempfile.TemporaryDirectory(prefix=f"check-{name}-") as tmp:
             out = Path(tmp) / name
             out.mkdir()
             print(f"rebuilding {name} in {out} to compare with {reference} (a few CPU minutes)", flush=True)
             build(out)
-            differences = tiny.compare_worlds(out, reference)
+            differences = arith.compare_worlds(out, reference)
         for line in differences:
             print(f"  {line}")
         print(f"{name}: " + ("the rebuild differs from the shipped world" if differences else
@@ -246,8 +246,7 @@ def _tiny_world(args) -> int:
         build(out)
         print(out)
         return 0
-    module = {"arith": tiny, "rubric": tiny_rubric, "arith-hard": tiny_hard}[args.world]
-    print(module.ensure_built(force_build=args.build))
+    print(worlds.WORLDS[args.world].ensure_built(force_build=args.build))
     return 0
 
 
@@ -260,54 +259,6 @@ def _fetch_model(args) -> int:
     output = Path(args.output or Path("models") / model.folder)
     print(fetch(model, output, gguf=Path(args.gguf) if args.gguf else None))
     return 0
-
-
-def _check_writable(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output directory {path} is not writable: {exc.strerror or exc}") from None
-
-
-def _prepare_run_dir(run_dir: Path, config, *, resume_requested: bool, allow_change: bool):
-    """Decide fresh start vs resume. Returns the checkpoint to resume from, or None."""
-    from cat.config import dump_config
-    from cat.run import checkpoint as ckpt
-
-    saved = run_dir / "config.yaml"
-    text = dump_config(config)
-    if not saved.exists():
-        if resume_requested:
-            raise ConfigError(f"--resume {run_dir}: no run there (no config.yaml)")
-        _check_writable(run_dir)
-        saved.write_text(text)
-        return None
-    _check_writable(run_dir)
-    old = saved.read_text()
-    progress = (run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(run_dir) is not None
-    if old != text and (not progress or _same_run(old, text)):
-        _write_text_atomic(saved, text)  # nothing to protect, or the same run spelled another way (moved, say)
-    elif old != text:
-        diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True), "saved config.yaml", "this config"))
-        if not allow_change:
-            raise ConfigError(
-                f"{run_dir} holds a run with a different config; pass --allow-config-change to continue it "
-                f"anyway, or choose another --output-dir.\n{diff}"
-            )
-        print(f"continuing {run_dir} with a changed config:\n{diff}", file=sys.stderr)
-        _write_text_atomic(saved, text)
-    latest = ckpt.newest_verified(run_dir, log=lambda line: print(line, file=sys.stderr))
-    if latest is None:
-        if (run_dir / "metrics.jsonl").exists():
-            print(f"{run_dir} has no complete checkpoint: starting it from step 0", file=sys.stderr)
-        for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl", "eval.json"):
-            (run_dir / name).unlink(missing_ok=True)
-        return None
-    print(f"resuming {run_dir} from {latest.name}", file=sys.stderr)
-    return latest
 
 
 def _run_model(run_dir: Path) -> Path:
@@ -326,79 +277,9 @@ def _run_model(run_dir: Path) -> Path:
                       f"({len(found)} found): name a checkpoint's model/ folder, or a model")
 
 
-def _same_run(old: str, new: str) -> bool:
-    """Whether two dumped configs describe the same run: equal but for ``run.output_dir`` (where the
-    run lives, not what it is: a moved run directory is the same run) and for paths spelled
-    differently that name the same file (same bytes) or the same folder."""
-    import yaml
-
-    try:
-        trees = [yaml.safe_load(text) for text in (old, new)]
-    except yaml.YAMLError:
-        return False
-    if not all(isinstance(tree, dict) for tree in trees):
-        return False
-    from cat.config import with_defaults
-
-    trees = [with_defaults(tree) for tree in trees]
-    for tree in trees:
-        if isinstance(tree.get("run"), dict):
-            tree["run"].pop("output_dir", None)
-    return _by_content(trees[0]) == _by_content(trees[1])
-
-
-def _by_content(value):
-    """``value`` with every string naming an existing file replaced by its contents' hash and every
-    string naming an existing folder by its real path."""
-    from cat.models.gguf import sha256_file
-
-    if isinstance(value, dict):
-        return {k: _by_content(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_by_content(v) for v in value]
-    if isinstance(value, str) and value and "\n" not in value and len(value) < 4096:
-        try:
-            path = Path(value).expanduser()
-            if path.is_file():
-                size = path.stat().st_size
-                if size > _HASHED_BYTES:  # a model file: the same file, not the same bytes
-                    return f"file {path.resolve()} ({size} bytes)"
-                return "file sha256 " + sha256_file(path)
-            if path.is_dir():
-                return "folder " + str(path.resolve())
-        except (OSError, RuntimeError):  # unreadable, or ~user that does not exist
-            pass
-    return value
-
-
-_HASHED_BYTES = 64 << 20
-"""Files up to this size (data, templates) compare by content, larger ones by their real path."""
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _truncate_jsonl(path: Path, last_step: int) -> None:
-    """Keep the rows of steps <= last_step (rows written after the checkpoint are replayed)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            break  # a torn last line from a kill mid-write
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
-
-
 def _train(args) -> int:
     from cat.config import load_config
+    from cat.tools.train import train_run
 
     config = load_config(args.config, args.overrides)
     run_dir = Path(args.resume or args.output_dir or config.run.output_dir)
@@ -407,47 +288,6 @@ def _train(args) -> int:
     train_run(config, run_dir, progress=not args.no_progress, resume_requested=bool(args.resume),
               allow_change=args.allow_config_change)
     return 0
-
-
-def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested: bool = False,
-              allow_change: bool = False) -> None:
-    """Start, continue or finish the run of ``config`` in ``run_dir`` (what ``cat-rl train`` does)."""
-    config.run.output_dir = str(run_dir)
-    from cat.models import resolve_device
-    from cat.run.parallel import Ranks
-    from cat.run.trainer import preflight
-
-    preflight(config)
-    ranks = Ranks(cpu=resolve_device(config.model.device).type == "cpu", timeout_s=config.parallel.timeout_s)
-    outcome = None
-    if ranks.main:  # one rank decides fresh start vs resume; the others follow it
-        try:
-            outcome = ("ok", _prepare_run_dir(run_dir, config, resume_requested=resume_requested,
-                                              allow_change=allow_change))
-        except CatError as exc:
-            outcome = ("error", str(exc))
-    kind, value = ranks.broadcast(outcome)
-    if kind == "error":
-        if ranks.main:
-            raise ConfigError(value)
-        raise SystemExit(2)  # rank 0 printed it
-    resume_from = value
-
-    from cat.run.trainer import Trainer
-
-    trainer = Trainer(config, run_dir)
-    if resume_from is not None:
-        trainer.restore(resume_from)
-        if ranks.main:
-            for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
-                _truncate_jsonl(run_dir / name, trainer.step_done)
-    try:
-        trainer.train(progress=progress)
-    finally:
-        trainer.reward.close()
-    if ranks.main:
-        print(f"run directory: {run_dir}")
-    ranks.close()
 
 
 def _compare(args) -> int:

@@ -119,7 +119,7 @@ def run_all(config_path: str, overrides: list[str], arms: list[Arm], seeds: list
             progress: bool, log=None) -> dict:
     """Train every (arm, seed) not yet finished; returns the summary (also written to OUTPUT_DIR)."""
     from cat.config import dump_config
-    from cat.tools.cli import _same_run, train_run
+    from cat.tools.train import same_run, train_run
 
     log = log or logger.info
     configs = check_configs(config_path, overrides, arms, seeds, output)
@@ -129,7 +129,7 @@ def run_all(config_path: str, overrides: list[str], arms: list[Arm], seeds: list
         run_dir = run_dir_of(output, arm, seed)
         config = configs[arm.label, seed]
         if finished(run_dir, config.run.steps):
-            if not _same_run((run_dir / "config.yaml").read_text(), dump_config(config)):
+            if not same_run((run_dir / "config.yaml").read_text(), dump_config(config)):
                 raise ConfigError(f"{run_dir} finished under a different config than arm {arm.label} seed {seed} has "
                                   "now; give compare another --output-dir (or remove that run)")
             log(f"[{i}/{total}] {arm.label} seed {seed}: finished earlier ({run_dir})")

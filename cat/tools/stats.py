@@ -1,4 +1,5 @@
-"""Means with 95% confidence intervals over seeds (Student's t), for ``cat-rl compare``."""
+"""Means with 95% confidence intervals (Student's t): over seeds for ``cat-rl compare``, over prompts
+for test-time CaT (``paired``: two answers to the same prompts, compared prompt by prompt)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,12 @@ def mean_ci(values: list[float]) -> Interval:
         return Interval(mean, float("nan"), 1)
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return Interval(mean, t975(n - 1) * math.sqrt(var / n), n)
+
+
+def paired(hits: list[float], baseline: list[float]) -> dict:
+    """The mean per-prompt difference ``hits - baseline``, its 95% interval, and the verdict:
+    ``better`` / ``worse`` when the interval excludes 0, else ``no clear difference``."""
+    ci = mean_ci([a - b for a, b in zip(hits, baseline, strict=True)])
+    few = ci.n < 5  # an interval of 0 from 2 equal differences says nothing
+    verdict = "no clear difference" if few or not ci.excludes_zero else ("better" if ci.mean > 0 else "worse")
+    return {"difference": ci.mean, "interval": ci.half_width, "verdict": verdict}

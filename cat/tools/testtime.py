@@ -21,28 +21,23 @@ reference's text and answer, to read what the model and the anchor actually wrot
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from functools import partial
 from pathlib import Path
 
 from cat.display import number
 from cat.errors import ConfigError
-from cat.generation import SamplingParams, generator_from_config
-from cat.models import load_model, load_tokenizer, resolve_device
 from cat.registry import import_plugin
 from cat.rewards.answers import AnswerChain
 from cat.rewards.math import answers_match
 from cat.tasks.data import load_split
 from cat.tasks.evaluate import grade
-from cat.tasks.task import fit_prompts, prompt_limit
-from cat.teacher.anchor import build_anchor, synthesis_template
+from cat.teacher.anchor import synthesis_template
 from cat.teacher.estimators import ESTIMATORS, majority_answer
 from cat.teacher.firewall import blind, label_fields
-from cat.tools.stats import mean_ci
+from cat.tools.stats import mean_ci, paired
+from cat.tools.testtime_policy import load_policy, pi0_anchor, sample_rollouts
 from cat.types import Group
-
-logger = logging.getLogger(__name__)
 
 ANCHOR_DECODINGS = ("greedy", "sampled")
 ANCHOR_QUESTIONS = ("without", "with")
@@ -116,35 +111,6 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
                     k: r.meta[k] for k in ("order_answers", "order_texts", "scores") if k in r.meta}}
     results = score(examples, prompts, sizes, [name for name, _, _ in variants], config)
     return {"n": len(prompts), "skipped_long": skipped, **results, "seconds": seconds, "examples": examples}
-
-
-def load_policy(config):
-    """The evaluation prompts that fit the policy's context, their token ids, how many were
-    skipped, and the frozen policy (pi_t = pi_0) with its tokenizer and engine."""
-    m = config.model
-    prompts = load_split(config, "eval")
-    tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
-    prompts, ids, skipped = fit_prompts(prompts, tokenizer, m, prompt_limit(config), which="evaluation",
-                                        log=logger.warning)
-    model = load_model(m.name_or_path, dtype=m.dtype, device=resolve_device(m.device),
-                       trust_remote_code=m.trust_remote_code, frozen=True)
-    return prompts, ids, skipped, tokenizer, model, generator_from_config(config, model, tokenizer)
-
-
-def pi0_anchor(config, tokenizer, model, generator):
-    """The anchor ``config.anchor`` names; with no training pi_t = pi_0, so the rollout engine
-    serves the default anchor too."""
-    return build_anchor(config, tokenizer, device=model.device, pi0_generator=lambda: generator,
-                        make_generator=lambda teacher, tok: generator_from_config(config, teacher, tok))
-
-
-def sample_rollouts(config, generator, ids) -> list:
-    """``generation.num_generations`` rollouts per prompt, drawn from ``run.seed`` alone, so every
-    invocation and every estimator or arm reads the same ones: [prompts][G] completions."""
-    gen = config.generation
-    params = SamplingParams(n=gen.num_generations, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
-                            top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=config.run.seed + 23)
-    return generator.generate(ids, params)
 
 
 def score(examples: list[dict], prompts, sizes: list[int], names: list[str], config) -> dict:
@@ -244,15 +210,6 @@ def _variants(estimators: dict, anchor, decodings: list[str] | None, questions: 
                 tags = [t for t in (d, "question" if q == "with" else None) if t]
                 out.append((f"{name}[{','.join(tags)}]" if tags else name, estimator, view))
     return out
-
-
-def paired(hits: list[float], baseline: list[float]) -> dict:
-    """The mean per-prompt difference ``hits - baseline``, its 95% interval, and the verdict:
-    ``better`` / ``worse`` when the interval excludes 0, else ``no clear difference``."""
-    ci = mean_ci([a - b for a, b in zip(hits, baseline, strict=True)])
-    few = ci.n < 5  # an interval of 0 from 2 equal differences says nothing
-    verdict = "no clear difference" if few or not ci.excludes_zero else ("better" if ci.mean > 0 else "worse")
-    return {"difference": ci.mean, "interval": ci.half_width, "verdict": verdict}
 
 
 def versus_majority(examples: list[dict], key: str, vote_key: str) -> dict:

@@ -48,7 +48,8 @@ from cat.tasks.evaluate import grade_on_rubric
 from cat.tasks.healthbench import aggregate
 from cat.teacher.estimators import ESTIMATORS
 from cat.teacher.firewall import blind, label_fields
-from cat.tools.stats import mean_ci
+from cat.tools.stats import mean_ci, paired
+from cat.tools.testtime_policy import load_policy, pi0_anchor, sample_rollouts
 from cat.types import Group
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,6 @@ def run_rubric_test_time(config, names: list[str], sizes: list[int], *, verdicts
     from cat.rewards import RewardContext
     from cat.rewards.judge import Judge, score_template
     from cat.rewards.rubric import RubricReward
-    from cat.tools.testtime import load_policy, pi0_anchor, sample_rollouts
 
     arms = check_arms(config, names)
     prompts, ids, skipped, tokenizer, model, generator = load_policy(config)
@@ -246,9 +246,7 @@ def summarize(examples: list[dict], arms: list[str], sizes: list[int]) -> dict:
 
 
 def paired_scores(answers: list[dict], baseline: list[dict]) -> dict:
-    """``cat.tools.testtime.paired`` over the prompts where both arms have a score, with their count."""
-    from cat.tools.testtime import paired
-
+    """:func:`cat.tools.stats.paired` over the prompts where both arms have a score, with their count."""
     both = [(a["score"], b["score"]) for a, b in zip(answers, baseline, strict=True)
             if a.get("score") is not None and b.get("score") is not None]
     if not both:

@@ -1,0 +1,180 @@
+"""What ``cat-rl train`` does: start, continue or finish the run of a config in its directory.
+
+:func:`train_run` is shared by the command line, ``cat-rl compare`` (one run per arm and seed)
+and ``cat.train`` (the Python API). It decides between a fresh start and a resume (a run
+directory whose saved config differs is refused unless asked, and :func:`same_run` tells a moved
+or respelled run from a changed one), trims the rows written after the checkpoint it resumes
+from, and trains. Like the rest of the command line it prints what it decided (resuming, a
+changed config) and where the run lives; the library below it only logs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+from pathlib import Path
+
+from cat.errors import CatError, ConfigError
+
+
+def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested: bool = False,
+              allow_change: bool = False) -> None:
+    """Start, continue or finish the run of ``config`` in ``run_dir`` (what ``cat-rl train`` does)."""
+    config.run.output_dir = str(run_dir)
+    from cat.models import resolve_device
+    from cat.run.parallel import Ranks
+    from cat.run.trainer import preflight
+
+    preflight(config)
+    ranks = Ranks(cpu=resolve_device(config.model.device).type == "cpu", timeout_s=config.parallel.timeout_s)
+    outcome = None
+    if ranks.main:  # one rank decides fresh start vs resume; the others follow it
+        try:
+            outcome = ("ok", _prepare_run_dir(run_dir, config, resume_requested=resume_requested,
+                                              allow_change=allow_change))
+        except CatError as exc:
+            outcome = ("error", str(exc))
+    kind, value = ranks.broadcast(outcome)
+    if kind == "error":
+        if ranks.main:
+            raise ConfigError(value)
+        raise SystemExit(2)  # rank 0 printed it
+    resume_from = value
+
+    from cat.run.trainer import Trainer
+
+    trainer = Trainer(config, run_dir)
+    if resume_from is not None:
+        trainer.restore(resume_from)
+        if ranks.main:
+            for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
+                _truncate_jsonl(run_dir / name, trainer.step_done)
+    try:
+        trainer.train(progress=progress)
+    finally:
+        trainer.reward.close()
+    if ranks.main:
+        print(f"run directory: {run_dir}")
+    ranks.close()
+
+
+def _prepare_run_dir(run_dir: Path, config, *, resume_requested: bool, allow_change: bool):
+    """Decide fresh start vs resume. Returns the checkpoint to resume from, or None."""
+    from cat.config import dump_config
+    from cat.run import checkpoint as ckpt
+
+    saved = run_dir / "config.yaml"
+    text = dump_config(config)
+    if not saved.exists():
+        if resume_requested:
+            raise ConfigError(f"--resume {run_dir}: no run there (no config.yaml)")
+        check_writable(run_dir)
+        saved.write_text(text)
+        return None
+    check_writable(run_dir)
+    old = saved.read_text()
+    progress = (run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(run_dir) is not None
+    if old != text and (not progress or same_run(old, text)):
+        _write_text_atomic(saved, text)  # nothing to protect, or the same run spelled another way (moved, say)
+    elif old != text:
+        diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True), "saved config.yaml", "this config"))
+        if not allow_change:
+            raise ConfigError(
+                f"{run_dir} holds a run with a different config; pass --allow-config-change to continue it "
+                f"anyway, or choose another --output-dir.\n{diff}"
+            )
+        print(f"continuing {run_dir} with a changed config:\n{diff}", file=sys.stderr)
+        _write_text_atomic(saved, text)
+    latest = ckpt.newest_verified(run_dir, log=lambda line: print(line, file=sys.stderr))
+    if latest is None:
+        if (run_dir / "metrics.jsonl").exists():
+            print(f"{run_dir} has no complete checkpoint: starting it from step 0", file=sys.stderr)
+        for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl", "eval.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        return None
+    print(f"resuming {run_dir} from {latest.name}", file=sys.stderr)
+    return latest
+
+
+def check_writable(path: Path) -> None:
+    """Create the folder ``path`` if need be and write a probe file in it; ConfigError if it cannot."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output directory {path} is not writable: {exc.strerror or exc}") from None
+
+
+def same_run(old: str, new: str) -> bool:
+    """Whether two dumped configs describe the same run: equal but for ``run.output_dir`` (where the
+    run lives, not what it is: a moved run directory is the same run) and for paths spelled
+    differently that name the same file (same bytes) or the same folder."""
+    import yaml
+
+    try:
+        trees = [yaml.safe_load(text) for text in (old, new)]
+    except yaml.YAMLError:
+        return False
+    if not all(isinstance(tree, dict) for tree in trees):
+        return False
+    from cat.config import with_defaults
+
+    trees = [with_defaults(tree) for tree in trees]
+    for tree in trees:
+        if isinstance(tree.get("run"), dict):
+            tree["run"].pop("output_dir", None)
+    return _by_content(trees[0]) == _by_content(trees[1])
+
+
+def _by_content(value):
+    """``value`` with every string naming an existing file replaced by its contents' hash and every
+    string naming an existing folder by its real path."""
+    from cat.models.gguf import sha256_file
+
+    if isinstance(value, dict):
+        return {k: _by_content(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_content(v) for v in value]
+    if isinstance(value, str) and value and "\n" not in value and len(value) < 4096:
+        try:
+            path = Path(value).expanduser()
+            if path.is_file():
+                size = path.stat().st_size
+                if size > _HASHED_BYTES:  # a model file: the same file, not the same bytes
+                    return f"file {path.resolve()} ({size} bytes)"
+                return "file sha256 " + sha256_file(path)
+            if path.is_dir():
+                return "folder " + str(path.resolve())
+        except (OSError, RuntimeError):  # unreadable, or ~user that does not exist
+            pass
+    return value
+
+
+_HASHED_BYTES = 64 << 20
+"""Files up to this size (data, templates) compare by content, larger ones by their real path."""
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the rows of steps <= last_step (rows written after the checkpoint are replayed)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            break  # a torn last line from a kill mid-write
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
