@@ -1,5 +1,5 @@
-"""Moved to :mod:`cat.tools.cli` (``cat-rl``). This name keeps ``python -m cat.cli ...`` (torchrun and
-accelerate launch lines written for it) and ``from cat.cli import main`` working, with a
+"""Moved to :mod:`cat.tools.cli` (``cat-rl``). This name keeps ``python -m cat.cli ...`` (torchrun
+and accelerate launch lines written for it) and ``from cat.cli import main`` working, with a
 DeprecationWarning."""
 
 import sys

@@ -208,8 +208,8 @@ class DataConfig(_Section):
     label_fields: list[str] = Field(default_factory=lambda: list(LABEL_FIELDS))
     """Columns that carry the label or give it away (MATH's ``solution``): with ``answer_field``
     they are kept from every estimator and reward of a label-free run (the label firewall,
-    ``cat.teacher.firewall``); only the ``gold`` estimator's runs, the teacher diagnostics and evaluation
-    read them."""
+    ``cat.teacher.firewall``); only the ``gold`` estimator's runs, the teacher diagnostics and
+    evaluation read them."""
     prompt_template: str = "{problem}"
     """The user message: ``{problem}`` is replaced by the row's prompt field, ``{{name}}`` is the
     literal text ``{name}``, and any other brace is kept as written (so ``\\boxed{}`` needs no
@@ -415,10 +415,10 @@ class JudgeConfig(_Endpoint):
 
 class EstimatorConfig(_Section):
     name: str = "synthesis"
-    """Reference estimator (registry ``cat.teacher.estimators``): ``synthesis`` is CaT, the default, and
-    reads no label; ``majority_vote`` is TTRL; ``gold`` is reference-based GRPO, the only one that
-    reads the dataset's labels, so it is never a default: a config trains on labels only by
-    naming it."""
+    """Reference estimator (registry ``cat.teacher.estimators``): ``synthesis`` is CaT, the
+    default, and reads no label; ``majority_vote`` is TTRL; ``gold`` is reference-based GRPO, the
+    only one that reads the dataset's labels, so it is never a default: a config trains on labels
+    only by naming it."""
     votes: int | None = Field(None, ge=1)
     """Rollouts per prompt the estimator reads, apart from the G it trains on
     (``generation.num_generations``). None: the same G. TTRL as published votes over 64 samples

@@ -22,7 +22,7 @@ SCHEMES: Registry[Callable[[str], str]] = Registry("path scheme")
 """Scheme name (before the colon) -> resolver: the whole path in, a local path out."""
 
 PROVIDERS = {"tiny": "cat.worlds"}
-"""The plug-in that registers each scheme the defaults use, imported when the scheme is first met."""
+"""The plug-in that registers each scheme the defaults use: imported when its scheme is first met."""
 
 
 def register_scheme(name: str, *, replace: bool = False) -> Callable[[Callable[[str], str]], Callable[[str], str]]:

@@ -30,8 +30,9 @@ class Prompt:
     gold: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     rubric: tuple[Any, ...] | None = None
-    """The dataset's own rubric (HealthBench physician criteria, ``cat.rewards.rubrics.Criterion``): read only
-    by ``rubric.source: dataset`` (the reference-based baseline) and by evaluation."""
+    """The dataset's own rubric (HealthBench physician criteria,
+    ``cat.rewards.rubrics.Criterion``): read only by ``rubric.source: dataset`` (the
+    reference-based baseline) and by evaluation."""
     tags: tuple[str, ...] = ()
     conversational: bool = False
     """The row gave its prompt as chat messages (TRL's conversational ``prompt`` column): a TRL-style

@@ -180,8 +180,8 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    """``cat-rl`` in this process: ``cat.tools.cli.main`` with its output captured and its exit status
-    as the interpreter would report it (argparse's SystemExit, 1 and a traceback for an uncaught
+    """``cat-rl`` in this process: ``cat.tools.cli.main`` with its output captured and its exit
+    status as the interpreter would report it (argparse's SystemExit, 1 and a traceback for an uncaught
     exception). For runs that fail early or train a step or two, spared an interpreter start and
     the imports; :func:`run_cli` keeps the real process for what only a process shows."""
     from cat.tools.cli import main

@@ -1,5 +1,5 @@
-"""The label firewall (``cat.teacher.firewall``), proven by planting labels: every gold answer and every
-label-bearing column is replaced by a wrong one, and CaT, TTRL and a plug-in estimator that tries
+"""The label firewall (``cat.teacher.firewall``), proven by planting labels: every gold answer and
+every label-bearing column is replaced by a wrong one, and CaT, TTRL and a plug-in estimator that tries
 to read the label, with a plug-in reward and a TRL reward function that try too, train bit for bit
 as on the clean data. Reference-based GRPO (``gold``) reads labels by definition: it changes."""
 

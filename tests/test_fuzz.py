@@ -1,11 +1,11 @@
 """Malformed input, generated and by hand, never ends in a traceback: configs, data files and
 command lines each give a non-zero exit and one message saying what was wrong and where.
 
-Every case fails before a model loads. ``cat.tools.cli.main`` runs in this process (``conftest.cli``:
-an exception other than SystemExit comes back as exit 1 with its traceback on stderr, which the
-checks refuse); a few cases run as real processes to prove the exit status and the stderr a user
-sees. ``train`` is given an output directory under a file, so a case that turns out to be valid
-still stops, at the run directory, before training."""
+Every case fails before a model loads. ``cat.tools.cli.main`` runs in this process
+(``conftest.cli``: an exception other than SystemExit comes back as exit 1 with its traceback on
+stderr, which the checks refuse); a few cases run as real processes to prove the exit status and
+the stderr a user sees. ``train`` is given an output directory under a file, so a case that turns
+out to be valid still stops, at the run directory, before training."""
 
 import json
 import random

@@ -210,8 +210,8 @@ def test_reasks_and_retries_share_one_budget_per_verdict(scripted):
 
 @pytest.fixture
 def judge_warnings():
-    """The messages ``cat.rewards.judge`` logs at WARNING during the test (a handler on that logger itself:
-    ``cat-rl`` run in-process turns propagation to the root logger off)."""
+    """The messages ``cat.rewards.judge`` logs at WARNING during the test (a handler on that logger
+    itself: ``cat-rl`` run in-process turns propagation to the root logger off)."""
     messages = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: messages.append(record.getMessage())

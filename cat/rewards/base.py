@@ -182,8 +182,9 @@ def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
     groups), ``log_extra(column, values)`` (accepted and dropped: ``samples.jsonl`` holds the
     rollouts), then the reference (``reference``: its text, ``reference_answer``: its answer) and
     the row's other columns (strings and numbers; a column with one of these names is not passed).
-    In a label-free run the label firewall (``cat.teacher.firewall``) has taken out the label-bearing
-    columns (``data.answer_field``, ``data.label_fields``): the reference is the teacher's. Only a
+    In a label-free run the label firewall (``cat.teacher.firewall``) has taken out the
+    label-bearing columns (``data.answer_field``, ``data.label_fields``): the reference is the
+    teacher's. Only a
     ``gold`` run passes them, with ``reference_answer`` the label. ``None`` follows TRL: that rollout gets nothing from this function (the other
     functions' weighted rewards still count); a rollout no function scored gets 0.
     """

@@ -2,9 +2,9 @@
 
 A ``Learner`` holds the policy as fp32 master weights (forward passes autocast to ``model.dtype``,
 see ``cat.models``), AdamW and the learning-rate schedule, on ``accelerate``. In one process the
-module is used as is. In several (``cat.run.parallel``) it is wrapped in DistributedDataParallel: each
-rank backpropagates its own rows and the gradients are all-reduced once per optimizer step, at the
-last micro-batch (``micro_batch(last=...)``). The trainer's losses are already normalised by the
+module is used as is. In several (``cat.run.parallel``) it is wrapped in
+DistributedDataParallel: each rank backpropagates its own rows and the gradients are all-reduced
+once per optimizer step, at the last micro-batch (``micro_batch(last=...)``). The trainer's losses are already normalised by the
 whole step's token and sequence counts, so the step's gradient is the *sum* of the ranks'
 gradients; DDP averages, so ``backward`` multiplies by the number of ranks.
 
@@ -226,8 +226,8 @@ class Learner:
         return get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def load_master_weights(self, path: Path) -> None:
-        """The trained weights of a checkpoint (``cat.run.checkpoint.master_weights_dir``), bit for bit:
-        the fp32 master weights, or the LoRA adapter."""
+        """The trained weights of a checkpoint (``cat.run.checkpoint.master_weights_dir``), bit for
+        bit: the fp32 master weights, or the LoRA adapter."""
         if self.lora:
             from cat.models.lora import load_adapter
 

@@ -1,8 +1,8 @@
 """Several processes, one run: which prompts each rank owns, and the few collectives a step needs.
 
-``torchrun --nproc_per_node N -m cat.tools.cli train CONFIG`` and ``accelerate launch --multi_gpu
---num_processes N -m cat.tools.cli train CONFIG`` (on CPU too; accelerate's ``--cpu`` runs one process)
-start N copies of ``cat-rl train``; accelerate's ``PartialState`` joins them (gloo on CPU, NCCL on
+``torchrun --nproc_per_node N -m cat.tools.cli train CONFIG`` and ``accelerate launch
+--multi_gpu --num_processes N -m cat.tools.cli train CONFIG`` (on CPU too; accelerate's ``--cpu``
+runs one process) start N copies of ``cat-rl train``; accelerate's ``PartialState`` joins them (gloo on CPU, NCCL on
 GPUs). Every rank reads the same config and data and visits the same
 prompts per step. Rank r owns a contiguous slice of the step's prompts (``shard``): it generates
 their groups with its own engine, builds their references and rewards, then the groups are

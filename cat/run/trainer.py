@@ -285,7 +285,8 @@ class Trainer:
         return out.scores, out.metrics, out.audit
 
     def sft_batch(self, groups: list[Group], references: list[Reference], scores: list[GroupScore]):
-        """``algorithm: sft``: the batch of the step's targets (:func:`cat.algo.batch.build_sft_batch`)."""
+        """``algorithm: sft``: the batch of the step's targets
+        (:func:`cat.algo.batch.build_sft_batch`)."""
         verifiable = "math_equivalence" in [name for name, _ in reward_names(self.config)]
         return build_sft_batch(groups, references, scores, self.tokenizer, target=self.config.sft.target,
                                max_new_tokens=self.config.generation.max_new_tokens, require_answer=verifiable)
@@ -528,7 +529,8 @@ class Trainer:
         RunLoop(self).restore(path)
 
     def train(self, *, progress: bool = True) -> dict:
-        """Run (or continue) to ``run.steps`` (``cat.run.loop.RunLoop``); returns the eval summary."""
+        """Run (or continue) to ``run.steps`` (``cat.run.loop.RunLoop``); returns the eval
+        summary."""
         return RunLoop(self).train(progress=progress)
 
 

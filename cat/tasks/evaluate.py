@@ -125,11 +125,11 @@ def evaluate_rubric(
 def grade_on_rubric(judge, prompts: list[Prompt], responses: list[str]) -> tuple[list[dict | None], list, dict]:
     """Each response graded on its own prompt's rubric as HealthBench's grader grades it: the judge
     shown the conversation (the prompt messages the policy answered), the response and each
-    criterion with its points. Per response the graded example ``cat.tasks.healthbench.aggregate`` reads,
-    ``{"criteria": [(points, tags, met), ...], "tags": ...}``, over the criteria the judge answered
-    (one it failed on after its retries is left out), or None when it answered no positive-point
-    criterion (the response is not scored); the judge's verdicts, one per criterion of the rubric
-    (None where it failed); and the judge's counts."""
+    criterion with its points. Per response the graded example that
+    ``cat.tasks.healthbench.aggregate`` reads, ``{"criteria": [(points, tags, met), ...], "tags":
+    ...}``, over the criteria the judge answered (one it failed on after its retries is left out),
+    or None when it answered no positive-point criterion (the response is not scored); the judge's
+    verdicts, one per criterion of the rubric (None where it failed); and the judge's counts."""
     from cat.rewards.judge import JudgeItem
 
     items = [JudgeItem(text, tuple(cr.text for cr in p.rubric), conversation=p.messages,

@@ -1,8 +1,8 @@
 """HealthBench scoring: per-example rubric scores, their clipped mean, a bootstrap standard error,
 and per-tag breakdowns, as the benchmark's grader (openai/simple-evals ``healthbench_eval.py``)
-defines them. Not the judging itself: ``cat.rewards.judge`` (template ``rubrics/judge_healthbench.txt``)
-shows the judge the conversation, the response and one criterion with its points, as the
-grader does.
+defines them. Not the judging itself: ``cat.rewards.judge`` (template
+``rubrics/judge_healthbench.txt``) shows the judge the conversation, the response and one
+criterion with its points, as the grader does.
 
 * Per example: ``rubric_score`` (sum of the points of met criteria / sum of positive points;
   penalties count when met; can be negative; not rounded). The grader's ``calculate_score``.

@@ -34,8 +34,8 @@ from cat.types import Group, Reference
 class Estimator(Protocol):
     """The contract of a reference estimator (a class registered with ``@register_estimator``).
 
-    ``needs_anchor``: True to be called with the frozen pi_0 :class:`~cat.teacher.anchor.Anchor` (None
-    otherwise). Built once per run as ``cls(config)``; called once per step on the step's groups
+    ``needs_anchor``: True to be called with the frozen pi_0 :class:`~cat.teacher.anchor.Anchor`
+    (None otherwise). Built once per run as ``cls(config)``; called once per step on the step's groups
     (in a multi-process run, this rank's), it returns one Reference per group, in order.
     Optional ``decodes_with_anchor = False``: the estimator only scores with the anchor, so
     ``cat-rl synthesize --anchor-decoding greedy,sampled`` runs it once, not once per decoding."""

@@ -14,10 +14,10 @@
 User errors (bad config, data, template, registry name, unwritable directory) print one message
 and exit 2 without a traceback; Ctrl-C saves a checkpoint and exits 130.
 
-Several processes: ``torchrun --nproc_per_node N -m cat.tools.cli train CONFIG ...`` or ``accelerate
-launch --num_processes N -m cat.tools.cli train CONFIG ...`` (same arguments). Rank 0 prepares and writes
-the run directory; a message from another rank starts with ``[rank r/N]``; a rank that fails exits
-non-zero and the launcher stops the others.
+Several processes: ``torchrun --nproc_per_node N -m cat.tools.cli train CONFIG ...`` or
+``accelerate launch --num_processes N -m cat.tools.cli train CONFIG ...`` (same arguments). Rank 0
+prepares and writes the run directory; a message from another rank starts with ``[rank r/N]``; a
+rank that fails exits non-zero and the launcher stops the others.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Means with 95% confidence intervals (Student's t): over seeds for ``cat-rl compare``, over prompts
-for test-time CaT (``paired``: two answers to the same prompts, compared prompt by prompt)."""
+"""Means with 95% confidence intervals (Student's t): over seeds for ``cat-rl compare``, over
+prompts for test-time CaT (``paired``: two answers to the same prompts, compared prompt by
+prompt)."""
 
 from __future__ import annotations
 

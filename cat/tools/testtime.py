@@ -49,8 +49,8 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
                   anchor_decodings: list[str] | None = None, anchor_questions: list[str] | None = None,
                   question_template: str = "math_synthesis_with_question", verdicts: Path | None = None) -> dict:
     """On HealthBench data (``data.format: healthbench``) the rubric protocol of
-    ``cat.tools.testtime_rubric`` runs instead, with ``estimator_names`` its arms (None: all of them) and
-    ``verdicts`` its judges' cache file. ``estimator_names`` None: ``MATH_ESTIMATORS``.
+    ``cat.tools.testtime_rubric`` runs instead, with ``estimator_names`` its arms (None: all of
+    them) and ``verdicts`` its judges' cache file. ``estimator_names`` None: ``MATH_ESTIMATORS``.
 
     ``anchor_decodings``: run the estimators that write with the anchor once per decoding named
     (``greedy``, ``sampled`` at ``anchor.temperature``), on the same rollouts, keyed
@@ -231,7 +231,8 @@ def versus_majority(examples: list[dict], key: str, vote_key: str) -> dict:
 
 def table(result: dict) -> str:
     """The result as a text table: accuracy with its interval per estimator and G, and the
-    comparison with the majority vote; a rubric result's own table (``cat.tools.testtime_rubric``)."""
+    comparison with the majority vote; a rubric result's own table
+    (``cat.tools.testtime_rubric``)."""
     if result.get("task") == "rubric":
         from cat.tools.testtime_rubric import table as rubric_table
 

@@ -16,11 +16,12 @@ No training: pi_t = pi_0. The policy samples G rollouts per prompt once (``run.s
   model-as-judge selection baseline.
 
 Ties go to the first rollout. No physician rubric reaches an arm: the anchor and the rubric
-selector read the groups through ``cat.teacher.firewall.blind``, the rating sees the conversation alone.
+selector read the groups through ``cat.teacher.firewall.blind``, the rating sees the conversation
+alone.
 The evaluation judge (``eval.judge``, else the reward's judge, with a warning) then grades every arm's answer on the physician rubric
-as ``cat-rl eval`` does (``cat.tasks.evaluate.grade_on_rubric``). Per arm and G: the HealthBench score
-(the clipped mean of per-prompt rubric scores, ``cat.tasks.healthbench.aggregate``), a 95% interval
-over prompts of the unclipped per-prompt scores, and the paired difference from ``single``.
+as ``cat-rl eval`` does (``cat.tasks.evaluate.grade_on_rubric``). Per arm and G: the HealthBench
+score (the clipped mean of per-prompt rubric scores, ``cat.tasks.healthbench.aggregate``), a 95%
+interval over prompts of the unclipped per-prompt scores, and the paired difference from ``single``.
 Judges answer once per (criterion, reply) and per rated reply: ``cat-rl testtime --verdicts FILE``
 keeps their cache for the next run.
 
@@ -246,7 +247,8 @@ def summarize(examples: list[dict], arms: list[str], sizes: list[int]) -> dict:
 
 
 def paired_scores(answers: list[dict], baseline: list[dict]) -> dict:
-    """:func:`cat.tools.stats.paired` over the prompts where both arms have a score, with their count."""
+    """:func:`cat.tools.stats.paired` over the prompts where both arms have a score, with their
+    count."""
     both = [(a["score"], b["score"]) for a, b in zip(answers, baseline, strict=True)
             if a.get("score") is not None and b.get("score") is not None]
     if not both:

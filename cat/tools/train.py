@@ -99,7 +99,8 @@ def _prepare_run_dir(run_dir: Path, config, *, resume_requested: bool, allow_cha
 
 
 def check_writable(path: Path) -> None:
-    """Create the folder ``path`` if need be and write a probe file in it; ConfigError if it cannot."""
+    """Create the folder ``path`` if need be and write a probe file in it; ConfigError if that
+    fails."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"

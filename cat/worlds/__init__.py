@@ -25,7 +25,8 @@ WORLDS = {"arith": arith, "arith-hard": arith_hard, "rubric": rubric}
 
 @register_scheme("tiny")
 def resolve(path: str) -> str:
-    """Map ``tiny:arith`` (the model) or ``tiny:arith/<file>`` to a real path, building if needed."""
+    """Map ``tiny:arith`` (the model) or ``tiny:arith/<file>`` to a real path, building if
+    needed."""
     if not path.startswith(SCHEME):
         return path
     world, _, inner = path[len(SCHEME) :].partition("/")
