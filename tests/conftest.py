@@ -46,7 +46,7 @@ def bf16_attention() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_world):
-    from cat.models import load_model, load_tokenizer
+    from cat.models.load import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_world / "model"))
     model = load_model(str(tiny_world / "model"), dtype="float32", device=__import__("torch").device("cpu"), frozen=True)
@@ -96,7 +96,7 @@ def fp32_logprob_bound(max_logit: float, vocab: int) -> float:
 @pytest.fixture(scope="session")
 def tiny_model64(tiny_world):
     """The tiny world's policy and tokenizer in float64, for checks that two paths compute the same."""
-    from cat.models import load_model, load_tokenizer
+    from cat.models.load import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_world / "model"))
     model = load_model(str(tiny_world / "model"), dtype="float64", device=__import__("torch").device("cpu"), frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cat.generation import SamplingParams, make_generator
-from cat.models import load_model, load_tokenizer
+from cat.models.load import load_model, load_tokenizer
 from cat.run.parallel import Ranks, ShardedGenerator, ShardedJudge
 
 

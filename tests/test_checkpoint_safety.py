@@ -23,7 +23,7 @@ KILL_BETWEEN_RENAMES = r"""
 import os, sys, time, torch
 from pathlib import Path
 from cat.run import checkpoint
-from cat.models import load_model, load_tokenizer
+from cat.models.load import load_model, load_tokenizer
 path = sys.argv[1]; run_dir = Path(sys.argv[2])
 tok = load_tokenizer(path); model = load_model(path, dtype="float32", device=torch.device("cpu"))
 for step in (1, 2):
@@ -104,7 +104,7 @@ def test_resume_skips_damaged_checkpoints_and_replays_from_a_good_one(tmp_path, 
 
 
 def test_non_finite_numbers_are_refused_at_save_and_at_load(tmp_path, tiny_world):
-    from cat.models import load_model, load_tokenizer
+    from cat.models.load import load_model, load_tokenizer
 
     path = str(tiny_world / "model")
     tok, model = load_tokenizer(path), load_model(path, dtype="float32", device=torch.device("cpu"))
@@ -179,7 +179,7 @@ def test_rotation_never_deletes_the_newest_verified_checkpoint(tmp_path, tiny_wo
     """keep_last=1 with a damaged newer checkpoint that could not be moved aside (it stays among the
     complete ones): the resume reads the good one, and the next save keeps what it wrote and the
     damaged one is never what a resume reads; rotation counts a rejected checkpoint never."""
-    from cat.models import load_model, load_tokenizer
+    from cat.models.load import load_model, load_tokenizer
 
     path = str(tiny_world / "model")
     tok, model = load_tokenizer(path), load_model(path, dtype="float32", device=torch.device("cpu"))

@@ -416,7 +416,7 @@ def test_own_decoding_loop_matches_generate_on_sliding_window_and_grouped_query_
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from cat.generation.hf import HFGenerator, _roomy_cache
-    from cat.models import exact_float64_norms
+    from cat.models.load import exact_float64_norms
 
     _, tokenizer = tiny_model
     torch.manual_seed(0)

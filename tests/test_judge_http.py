@@ -319,7 +319,7 @@ def test_rubric_proposals_and_anchor_retries_share_one_budget(scripted, rubric_w
     10 here: each attempt's 503 retried within a fresh budget of its own)."""
     from test_estimators import tiny_group
 
-    from cat.models import load_tokenizer
+    from cat.models.load import load_tokenizer
     from cat.rewards.rubrics import propose_rubrics
     from cat.teacher.anchor import build_anchor
     from cat.types import Reference
@@ -429,7 +429,7 @@ def test_anchor_on_an_endpoint_synthesizes_and_refuses_token_scoring(server, rub
     from test_estimators import tiny_group
 
     from cat.errors import ConfigError
-    from cat.models import load_tokenizer
+    from cat.models.load import load_tokenizer
     from cat.teacher.anchor import build_anchor
     from cat.teacher.estimators import ESTIMATORS
 
@@ -454,7 +454,7 @@ def test_a_group_without_a_reference_is_counted_apart_from_rubrics_that_failed(s
     warned about, and the proposer does not stop on the group it never asked about."""
     from test_estimators import tiny_group
 
-    from cat.models import load_tokenizer
+    from cat.models.load import load_tokenizer
     from cat.rewards.rubrics import propose_rubrics
     from cat.teacher.anchor import build_anchor
     from cat.types import Reference

@@ -200,8 +200,8 @@ def library_with(tmp_path: Path, module: str, line: str) -> Path:
 @pytest.mark.parametrize(("module", "line", "expected"), [
     ("cat/types.py", "from cat.run import checkpoint\n",
      "cat.types (core) imports cat.run.checkpoint (run) at module level"),
-    ("cat/models/__init__.py", "def f():\n    from cat.worlds import arith\n",
-     "cat.models (models) imports cat.worlds.arith (worlds) inside a function"),
+    ("cat/models/load.py", "def f():\n    from cat.worlds import arith\n",
+     "cat.models.load (models) imports cat.worlds.arith (worlds) inside a function"),
     ("cat/algo/grpo.py", "def f():\n    from cat.tools import compare\n",
      "cat.algo.grpo (algo) imports cat.tools.compare (entry) inside a function"),
 ])
@@ -222,7 +222,7 @@ def test_the_library_loads_no_world_until_a_tiny_path_is_resolved():
     imports it through ``cat.paths``, as a plug-in."""
     code = ("import sys\nimport cat.run.trainer, cat.tools.testtime, cat.api\n"
             "assert not [m for m in sys.modules if m.startswith('cat.worlds')], 'a world was imported'\n"
-            "from cat.models import resolve_path\nprint(resolve_path('tiny:arith'))\n"
+            "from cat.models.load import resolve_path\nprint(resolve_path('tiny:arith'))\n"
             "assert 'cat.worlds' in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})

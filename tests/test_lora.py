@@ -8,7 +8,7 @@ import torch
 from conftest import ROOT, assert_same_maths, cli
 from test_trainer import make_trainer
 
-from cat.models import load_model
+from cat.models.load import load_model
 from cat.models.logprobs import token_logprobs
 from cat.models.lora import AdapterOff, export_weights
 from cat.run import checkpoint as ckpt

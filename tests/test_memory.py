@@ -54,7 +54,7 @@ def big_vocab(tmp_path_factory):
                          tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=None)
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
-    from cat.models import load_model, load_tokenizer
+    from cat.models.load import load_model, load_tokenizer
 
     model = load_model(str(path), dtype="float32", device=torch.device("cpu"))
     return model, load_tokenizer(str(path))

@@ -182,7 +182,7 @@ def test_sharded_judge_and_generator_split_the_work_and_gather_it(tmp_path, tiny
     rank 1 the last 2), every rank gets all verdicts in order with summed counts and a weighted
     rate; sharded generation gives what one process generates with the same seed."""
     from cat.generation import SamplingParams, make_generator
-    from cat.models import load_model, load_tokenizer
+    from cat.models.load import load_model, load_tokenizer
 
     done = subprocess.run(launch(str(ROOT / "tests" / "parallel_shards.py"), str(tmp_path), str(tiny_world)),
                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)

@@ -21,9 +21,9 @@ import torch
 from conftest import ROOT, cli, openai_server
 
 from cat.errors import ConfigError
-from cat.models import context_length, load_model, load_tokenizer, resolve_path
 from cat.models import gguf as gguf_models
 from cat.models.gguf import KNOWN, check_gguf, hf_folder
+from cat.models.load import context_length, load_model, load_tokenizer, resolve_path
 
 SMOL = KNOWN["smollm2"]
 QUESTION = [{"role": "user", "content": "What is 14 + 27?"}]

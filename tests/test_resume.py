@@ -89,7 +89,7 @@ KILL_DURING_SAVE = r"""
 import sys, time, torch
 from pathlib import Path
 from cat.run import checkpoint
-from cat.models import load_model, load_tokenizer
+from cat.models.load import load_model, load_tokenizer
 path = sys.argv[1]; run_dir = Path(sys.argv[2])
 tok = load_tokenizer(path); model = load_model(path, dtype="float32", device=torch.device("cpu"))
 checkpoint.save_checkpoint(run_dir, 1, model=model, tokenizer=tok, trainer_state={"step": 1}, keep_last=2)

@@ -21,7 +21,7 @@ WRONG = "ones 7+8=14 tens 4+3+1=08 so \\boxed{84}"
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_world):
-    from cat.models import load_tokenizer
+    from cat.models.load import load_tokenizer
 
     return load_tokenizer(str(tiny_world / "model"))
 
@@ -53,7 +53,7 @@ def test_targets(tokenizer):
 
 @pytest.mark.numerical
 def test_the_sft_update_gradient_is_the_token_mean_nll_gradient(tiny_model):
-    from cat.models import load_model
+    from cat.models.load import load_model
 
     model, tokenizer = tiny_model
     model = load_model(model.name_or_path, dtype="float64", device=torch.device("cpu")).train()  # a trainable copy

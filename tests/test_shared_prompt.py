@@ -11,7 +11,7 @@ from conftest import assert_same_maths
 from test_trainer import grads_at_optimizer_step, make_trainer
 
 from cat.algo.batch import Batch
-from cat.models import load_model
+from cat.models.load import load_model
 from cat.models.logprobs import token_logprobs
 
 

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.filterwarnings("ignore")]
 
 @pytest.fixture(scope="module")
 def policy(tiny_world):
-    from cat.models import load_model, load_tokenizer
+    from cat.models.load import load_model, load_tokenizer
 
     path = str(tiny_world / "model")
     return load_model(path, dtype="float32", device=torch.device("cpu")), load_tokenizer(path)
@@ -93,7 +93,7 @@ class TestOnOneEngine:
     def test_weight_sync_after_an_update_matches_hf_and_resets_the_prefix_cache(self, engine, policy, tiny_world):
         """After an optimizer step the engine generates greedily what transformers generates from the
         updated module, and scores a prompt it had cached before the update with the new weights."""
-        from cat.models import load_model
+        from cat.models.load import load_model
 
         original, tokenizer = policy
         model = load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu"))
@@ -122,7 +122,7 @@ class TestOnOneEngine:
         """A LoRA policy is loaded into the engine with its adapter merged (the engine's log-probs equal
         the peft module's), and its AdapterOff view (pi_0) as the base weights."""
         from cat.config import LoraSettings
-        from cat.models import load_model
+        from cat.models.load import load_model
         from cat.models.lora import AdapterOff, wrap
 
         original, tokenizer = policy

@@ -26,7 +26,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from cat.generation import SamplingParams, row_seed
-from cat.models import autocast
+from cat.models.load import autocast
 from cat.models.logprobs import first_and_owner, token_logprobs
 from cat.types import Completion
 

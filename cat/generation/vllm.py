@@ -88,7 +88,7 @@ class VLLMGenerator:
         if gpu:
             options["gpu_memory_utilization"] = gpu_memory_utilization
         else:
-            from cat.models import context_length
+            from cat.models.load import context_length
 
             longest = max_model_len or context_length(model.name_or_path) or 4096
             options.update(enable_chunked_prefill=False, max_num_batched_tokens=max(longest, 4096))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from cat.models import autocast
+from cat.models.load import autocast
 
 CHUNK_ELEMENTS = 1 << 24
 """A chunk holds at most this many logits (64 MiB in fp32) and at most 1/16 of the positions, so

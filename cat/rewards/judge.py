@@ -229,7 +229,7 @@ def judge_chat(config):
                           max_retries=j.max_retries, backoff_s=j.backoff_s, max_wait_s=j.max_wait_s,
                           max_concurrency=j.max_concurrency, role="judge")
     from cat.generation import generator_from_config
-    from cat.models import load_model, load_tokenizer, resolve_device
+    from cat.models.load import load_model, load_tokenizer, resolve_device
 
     tokenizer = load_tokenizer(j.model)
     model = load_model(j.model, dtype=m.dtype, device=resolve_device(m.device), frozen=True)

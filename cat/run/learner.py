@@ -1,12 +1,13 @@
 """The trained policy's side of a step: weights, forward, backward, optimizer step and their state.
 
-A ``Learner`` holds the policy as fp32 master weights (forward passes autocast to ``model.dtype``,
-see ``cat.models``), AdamW and the learning-rate schedule, on ``accelerate``. In one process the
-module is used as is. In several (``cat.run.parallel``) it is wrapped in
-DistributedDataParallel: each rank backpropagates its own rows and the gradients are all-reduced
-once per optimizer step, at the last micro-batch (``micro_batch(last=...)``). The trainer's losses are already normalised by the
-whole step's token and sequence counts, so the step's gradient is the *sum* of the ranks'
-gradients; DDP averages, so ``backward`` multiplies by the number of ranks.
+A ``Learner`` holds the policy as fp32 master weights (forward passes autocast to
+``model.dtype``, see ``cat.models.load``), AdamW and the learning-rate schedule, on
+``accelerate``. In one process the module is used as is. In several (``cat.run.parallel``) it is
+wrapped in DistributedDataParallel: each rank backpropagates its own rows and the gradients are
+all-reduced once per optimizer step, at the last micro-batch (``micro_batch(last=...)``). The
+trainer's losses are already normalised by the whole step's token and sequence counts, so the
+step's gradient is the *sum* of the ranks' gradients; DDP averages, so ``backward`` multiplies by
+the number of ranks.
 
 Every rank must join that all-reduce even when it holds no rows (its groups were all unscored):
 ``idle_backward`` takes a zero-weighted backward through every parameter for it.
@@ -31,7 +32,7 @@ import torch
 
 from cat.config import ModelConfig, OptimConfig
 from cat.errors import TrainingHalted
-from cat.models import load_model, master_dtype, torch_dtype
+from cat.models.load import load_model, master_dtype, torch_dtype
 from cat.models.logprobs import token_logprobs
 from cat.run.parallel import Ranks
 
@@ -46,7 +47,7 @@ class Learner:
         self.model_config, self.optim_config = model, optim
         self.ranks, self.device, self.log = ranks, device, log or logger.info
         self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
-        # autocast is ours (cat.models.autocast), so accelerate's mixed precision stays off
+        # autocast is ours (cat.models.load.autocast), so accelerate's mixed precision stays off
         self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
         # full fine-tuning: fp32 master weights; LoRA: the frozen base in the compute dtype, an fp32 adapter
         self.lora = model.lora is not None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cat.display import duration, number, percent
 from cat.errors import CheckpointError
-from cat.models import torch_dtype
+from cat.models.load import torch_dtype
 from cat.run import checkpoint as ckpt
 from cat.run.tracking import Trackers
 from cat.run.watch import UnscoredWatch, preflight_report

@@ -38,7 +38,7 @@ from cat.algo.batch import Batch, build_batch, build_sft_batch
 from cat.algo.grpo import LossStats, MismatchStats, aggregate, to_floats, token_losses, truncated_is_weights
 from cat.config import Config
 from cat.generation import SamplingParams, SharedEngine, generator_from_config
-from cat.models import load_model, load_tokenizer, resolve_device
+from cat.models.load import load_model, load_tokenizer, resolve_device
 from cat.models.logprobs import token_logprobs
 from cat.registry import import_plugin
 from cat.rewards import AnswerChain, RewardContext, build_rewards, preflight_rewards, reward_names

@@ -13,7 +13,7 @@ import logging
 
 from cat.config import Config, ModelConfig
 from cat.errors import ConfigError
-from cat.models import context_length
+from cat.models.load import context_length
 from cat.tasks.data import encode_prompt, load_split
 from cat.tasks.evaluate import evaluate_config
 from cat.types import Prompt

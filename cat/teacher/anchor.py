@@ -69,7 +69,7 @@ def build_anchor(config, policy_tokenizer, *, device, pi0_generator, make_genera
     with one real chat request (the trainer builds it before the initial evaluation).
     """
     from cat.generation.chat import OpenAIChat
-    from cat.models import context_length, load_model, load_tokenizer
+    from cat.models.load import context_length, load_model, load_tokenizer
 
     a, m = config.anchor, config.model
     if a.backend == "openai":

@@ -309,7 +309,7 @@ def _eval(args) -> int:
 
     from cat.config import load_config
     from cat.generation import generator_from_config
-    from cat.models import load_model, load_tokenizer, resolve_device
+    from cat.models.load import load_model, load_tokenizer, resolve_device
     from cat.tasks.data import load_split
     from cat.tasks.evaluate import evaluate_config
     from cat.tasks.task import fit_prompts, prompt_limit
@@ -357,7 +357,7 @@ def _plan(args) -> int:
     from transformers import AutoConfig
 
     from cat.config import load_config
-    from cat.models import resolve_path
+    from cat.models.load import resolve_path
     from cat.tools.plan import architecture, render
 
     config = load_config(args.config, args.overrides)

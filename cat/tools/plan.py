@@ -4,8 +4,8 @@ Computed from the model's architecture (its ``config.json``; no weights are load
 built on the meta device) and the run's config:
 
 * policy master weights, gradients, AdamW state: fp32 (4 + 4 + 8 bytes per trained parameter,
-  see ``cat.models``), whole on every rank with DDP, 1/N of them with FSDP; with LoRA, the frozen base in the compute
-  dtype and 16 bytes per adapter parameter;
+  see ``cat.models.load``), whole on every rank with DDP, 1/N of them with FSDP; with LoRA, the
+  frozen base in the compute dtype and 16 bytes per adapter parameter;
 * pi_0 (KL reference, anchor), held in the compute dtype, when the run uses it (``grpo.beta > 0``
   or an anchor on the transformers backend);
 * the vLLM engine's own copy of the weights in the compute dtype, and the KV cache that holds all of

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from cat.generation import SamplingParams, generator_from_config
-from cat.models import load_model, load_tokenizer, resolve_device
+from cat.models.load import load_model, load_tokenizer, resolve_device
 from cat.tasks.data import load_split
 from cat.tasks.task import fit_prompts, prompt_limit
 from cat.teacher.anchor import build_anchor

@@ -23,7 +23,7 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
               allow_change: bool = False) -> None:
     """Start, continue or finish the run of ``config`` in ``run_dir`` (what ``cat-rl train`` does)."""
     config.run.output_dir = str(run_dir)
-    from cat.models import resolve_device
+    from cat.models.load import resolve_device
     from cat.run.parallel import Ranks
     from cat.run.trainer import preflight
 
