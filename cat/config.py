@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cat.errors import ConfigError, utf8_text
-from cat.templates import check_prompt_template
+from cat.templates import check_prompt_template, load_template
 
 
 class _Section(BaseModel):
@@ -568,6 +568,12 @@ class Config(_Section):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         self._check_reasoning_gym()
+        if self.estimator.name == "judge_bon":  # a typo stops the run here, before its directory is written
+            try:
+                load_template(self.judge.score_template, kind="rubrics", required={"conversation", "response"},
+                              allowed=set())
+            except ConfigError as exc:
+                raise ValueError(f"judge.score_template: {exc}") from None
         if self.anchor.backend == "openai" and not self.anchor.model:
             raise ValueError("anchor.backend is openai: anchor.model must name the served model")
         if self.parallel.strategy == "fsdp" and self.model.dtype == "float16":

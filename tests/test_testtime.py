@@ -1,8 +1,10 @@
 """Test-time CaT through ``cat-rl synthesize``: estimators compared on the same rollouts."""
 
 import json
+import re
 
 from conftest import ROOT, cli, run_cli
+from test_judge_http import KEY, ScriptedServer, reply
 
 
 def test_synthesize_compares_estimators_on_shared_rollouts(tmp_path, tiny_world):
@@ -130,28 +132,28 @@ def test_testtime_refuses_math_estimators_on_rubric_data():
     assert "Traceback" not in out.stderr
 
 
+def rate_sums(n, prompt):
+    """A judge that rates a right sum 9 and a wrong one 2, and cannot rate a sum whose first
+    operand is a multiple of 5."""
+    if "<score>" not in prompt:
+        return reply("<verdict>yes</verdict>")
+    question = re.search(r"user: .*?(\d+)\s*\+\s*(\d+)", prompt, re.S)
+    response = re.search(r"The reply to rate[^\n]*\n(.*?)\n\nRate how well", prompt, re.S).group(1)
+    said = re.findall(r"-?\d+", response.split("boxed")[-1])
+    if int(question.group(1)) % 5 == 0:  # a judge that cannot rate these: left out, never the lowest
+        return reply("I cannot say.")
+    right = bool(said) and int(said[0]) == int(question.group(1)) + int(question.group(2))
+    return reply(f"Checked. <score>{9 if right else 2}</score>")
+
+
+
 def test_judge_best_of_n_on_math_takes_the_best_rated_rollout_and_leaves_failed_ratings_out(tmp_path, tiny_world,
                                                                                              monkeypatch):
     """``judge_bon``: an independent judge rates every rollout for its question. A judge that
     rates a right sum 9 and a wrong one 2 makes best-of-N exactly pass@G; the judge sees the
     question and one rollout, never the gold answer; ratings that are not scores are left out."""
-    import re
-
-    from test_judge_http import KEY, ScriptedServer, reply
-
-    def rate(n, prompt):
-        if "<score>" not in prompt:
-            return reply("<verdict>yes</verdict>")
-        question = re.search(r"user: .*?(\d+)\s*\+\s*(\d+)", prompt, re.S)
-        response = re.search(r"The reply to rate[^\n]*\n(.*?)\n\nRate how well", prompt, re.S).group(1)
-        said = re.findall(r"-?\d+", response.split("boxed")[-1])
-        if int(question.group(1)) % 5 == 0:  # a judge that cannot rate these: left out, never the lowest
-            return reply("I cannot say.")
-        right = bool(said) and int(said[0]) == int(question.group(1)) + int(question.group(2))
-        return reply(f"Checked. <score>{9 if right else 2}</score>")
-
     monkeypatch.setenv("CAT_TEST_JUDGE_KEY", KEY)
-    server = ScriptedServer(rate)
+    server = ScriptedServer(rate_sums)
     try:
         out = run_cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"),
                       "--estimators", "single,majority_vote,judge_bon", "--group-sizes", "4,8",
@@ -185,6 +187,28 @@ def test_judge_best_of_n_on_math_takes_the_best_rated_rollout_and_leaves_failed_
     assert len(prompts) == asked
     assert not any(ex["gold"] in p.split("The reply to rate")[0].replace(ex["question"], "")
                    for ex in result["examples"] for p in prompts if ex["question"] in p and len(ex["gold"]) > 2)
+    counts = result["judge"]["judge_bon@8"]  # the judge's own counts, per G (G = 4's ratings came first)
+    assert counts["judge/score_calls"] + result["judge"]["judge_bon@4"]["judge/score_calls"] == len(prompts)
+    assert counts["judge/score_failures"] == 8 * len(unrateable) and counts["judge/prompt_tokens"] > 0
     acc = result["accuracy"]  # a perfect judge, short of the prompts it cannot rate: pass@G on the rest
     assert acc["judge_bon@8"] == sum(any(r["answer"] == ex["gold"] for r in ex["rollouts"])
                                      for ex in result["examples"] if ex["index"] not in unrateable) / 24
+
+
+def test_training_with_judge_bon_logs_its_judges_counts(tmp_path, tiny_world, monkeypatch):
+    """A CaT run whose reference is the judge's best-rated rollout: groups are scored and the
+    judge's calls and failures are step metrics."""
+    monkeypatch.setenv("CAT_TEST_JUDGE_KEY", KEY)
+    server = ScriptedServer(rate_sums)
+    try:
+        out = run_cli("train", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--output-dir", str(tmp_path / "run"),
+                      "estimator.name=judge_bon", "run.steps=1", "eval.path=null", "judge.backend=openai",
+                      f"judge.base_url={server.base_url}", "judge.model=tiny", "judge.api_key_env=CAT_TEST_JUDGE_KEY",
+                      "judge.max_retries=0", "judge.score_template=judge_score_brief")
+    finally:
+        server.close()
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["groups/scored"] > 0 and rows[-1]["judge/score_calls"] > 0
+    assert rows[-1]["judge/score_calls"] <= len(server.chat)  # the preflight's ratings are the rest
+    assert rows[-1]["judge/prompt_tokens"] > 0 and "judge/score_failures" in rows[-1]

@@ -253,9 +253,10 @@ JUDGE_FIX = ("use a judge model that follows the judge template (judge.model), o
              "follows (judge.max_new_tokens if its verdicts are cut off)")
 """What to change when the judge's replies are not verdicts (the judge's warning and the run's stop say it)."""
 
-SCORE_FIX = ("use a judge model that writes <score>N</score> after its reasons (judge.model), or raise "
-             "judge.max_new_tokens: a rating shares the verdicts' budget and writes a sentence or two first")
-"""What to change when the judge's replies are not ratings (``rubrics/judge_score.txt``)."""
+SCORE_FIX = ("use a judge model that writes <score>N</score> (judge.model), give judge.score_template one it "
+             "follows (judge_score_brief asks for the rating alone), or raise judge.max_new_tokens: judge_score "
+             "writes a sentence or two before the rating")
+"""What to change when the judge's replies are not ratings (``judge.score_template``)."""
 
 
 class Judge:
@@ -447,8 +448,10 @@ class Judge:
             replies = sum(t is not None for t in texts)
             todo = [i for i in todo if out[i] is None]
             if attempt == 0 and replies >= GIVE_UP_AFTER and len(todo) == len(texts):
+                failed_keys = {keys[i] for i in todo}
+                unrated = sum(k in failed_keys for k in keys)  # repeats of a failed response count
                 logger.warning(f"{self.backend.label}: none of {replies} replies was a score <score>N</score>; not "
-                               f"re-asking: {len(todo)} of {len(items)} ratings failed (left out), e.g. "
+                               f"re-asking: {unrated} of {len(items)} ratings failed (left out), e.g. "
                                f"{excerpt(unread)!r}. Fix: {SCORE_FIX}")
                 gave_up = True
                 break

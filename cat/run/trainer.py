@@ -227,6 +227,7 @@ class Trainer:
             references = self.estimator(firewall.view(self.config, voting), anchor)
         with timer("reward"):
             scores, reward_stats, audit = self.score(firewall.view(self.config, groups), references, step)
+            reward_stats = with_estimator_stats(reward_stats, self.estimator)
         if self.ranks.world > 1:
             counts = self.ranks.gather(len(groups))
             groups, references, scores, audit = gather_lists(self.ranks, groups, references, scores, audit)
@@ -272,6 +273,7 @@ class Trainer:
             anchor = anchor.at(seed=_step_seed(self.config.run.seed, 0) + 5, row_offset=0)
         references = self.estimator(firewall.view(self.config, voting), anchor)
         scores, reward_stats, _ = self.score(firewall.view(self.config, groups), references, 0)
+        reward_stats = with_estimator_stats(reward_stats, self.estimator)
         set_rng_state(saved)
         metrics = {"step": 0, **self._rollout_metrics(groups, scores), **reward_stats,
                    **teacher_diagnostics(groups, references, scores, self.config)}
@@ -573,3 +575,11 @@ def _quiet(*args, **kwargs) -> None:
     """The log of ranks other than 0 (rank 0 speaks for the run)."""
 
 
+def with_estimator_stats(reward_stats: dict, estimator) -> dict:
+    """The step's reward metrics with the estimator's own counts (``last_stats``: ``judge_bon``'s
+    judge calls and tokens) beside them; a count both report is added up."""
+    out = dict(reward_stats)
+    for key, value in (getattr(estimator, "last_stats", None) or {}).items():
+        both_counts = isinstance(value, int) and isinstance(out.get(key), int)
+        out[key] = out[key] + value if both_counts else out.get(key, value)
+    return out

@@ -267,6 +267,7 @@ class JudgeBestOfN:
         self.last_stats: dict = {}  # the judge's counts and tokens of the latest call (Judge.scores)
 
     def __call__(self, groups: list[Group], anchor=None) -> list[Reference]:
+        self.last_stats = {}
         if not groups:
             return []
         if self._judge is None:  # built on first use: an estimator is built before the run loads any model

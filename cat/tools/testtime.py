@@ -97,7 +97,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
                  "rollouts": [{"text": c.text, "answer": answer_of(c.text)} for c in cs]}
                 for p, cs in zip(prompts, completions, strict=True)]
     variants = _variants(estimators, anchor, anchor_decodings, anchor_questions, question_template)
-    seconds = {}
+    seconds, judged = {}, {}
     for g in sizes:
         groups = [Group(prompt=p, prompt_ids=tuple(i), completions=tuple(cs[:g]))
                   for p, i, cs in zip(prompts, ids, completions, strict=True)]
@@ -106,11 +106,14 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
             start = time.perf_counter()
             refs = estimator(groups if name == "gold" else blind_groups, view)
             seconds[f"{name}@{g}"] = time.perf_counter() - start
+            if getattr(estimator, "last_stats", None):  # judge_bon: its judge's calls, failures and tokens
+                judged[f"{name}@{g}"] = estimator.last_stats
             for ex, r in zip(examples, refs, strict=True):
                 ex["references"][f"{name}@{g}"] = {"answer": r.answer, "text": r.text, **{
                     k: r.meta[k] for k in ("order_answers", "order_texts", "scores") if k in r.meta}}
     results = score(examples, prompts, sizes, [name for name, _, _ in variants], config)
-    return {"n": len(prompts), "skipped_long": skipped, **results, "seconds": seconds, "examples": examples}
+    return {"n": len(prompts), "skipped_long": skipped, **results, "seconds": seconds,
+            **({"judge": judged} if judged else {}), "examples": examples}
 
 
 def score(examples: list[dict], prompts, sizes: list[int], names: list[str], config) -> dict:

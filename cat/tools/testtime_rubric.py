@@ -85,7 +85,7 @@ def check_arms(config, names: list[str]) -> list[str]:
         proposal_template(config)
         judge_template(config)
     if "judge_best_of_n" in names:
-        score_template()
+        score_template(config.judge.score_template)
     judge_template(_grader_config(config), conversation=True)
     return [n for n in ARMS if n in names or n == "single"]  # single: the baseline of every paired difference
 
