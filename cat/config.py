@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cat.errors import ConfigError, utf8_text
-from cat.templates import check_prompt_template, load_template
+from cat.templates import check_prompt_template, score_template
 
 
 class _Section(BaseModel):
@@ -570,8 +570,7 @@ class Config(_Section):
         self._check_reasoning_gym()
         if self.estimator.name == "judge_bon":  # a typo stops the run here, before its directory is written
             try:
-                load_template(self.judge.score_template, kind="rubrics", required={"conversation", "response"},
-                              allowed=set())
+                score_template(self.judge.score_template)
             except ConfigError as exc:
                 raise ValueError(f"judge.score_template: {exc}") from None
         if self.anchor.backend == "openai" and not self.anchor.model:

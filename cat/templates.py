@@ -92,6 +92,12 @@ def load_template(
     return Template(text=text, source=str(path), placeholders=used)
 
 
+def score_template(name: str = "judge_score") -> Template:
+    """A rating template (``judge.score_template``, read by ``Judge.scores``): shows
+    ``{{conversation}}`` and ``{{response}}``; the judge replies ``<score>N</score>``."""
+    return load_template(name, kind="rubrics", required={"conversation", "response"}, allowed=set())
+
+
 def check_prompt_template(template: str, prompt_field: str, where: str = "data.prompt_template") -> None:
     """``template`` has the field ``{problem}`` and no other ``{name}``. The message names the
     unknown field, the template and the one field there is."""

@@ -16,11 +16,11 @@ from cat.rewards.judge import (
     parse_score,
     parse_verdict,
     parse_verdict_lines,
-    score_template,
 )
 from cat.rewards.rubric import rubric_score, score_with_failures
 from cat.rewards.rubrics import MAX_CRITERION_CHARS, Criterion, RubricParseError, parse_rubric
 from cat.tasks.healthbench import aggregate, bootstrap_std, clipped_mean
+from cat.templates import score_template
 
 GOOD = """Here is the rubric.
 <rubric>

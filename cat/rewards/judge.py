@@ -465,11 +465,6 @@ class Judge:
                      "judge/seconds": time.perf_counter() - start, **self.backend.usage.since(spent, "judge")}
 
 
-def score_template(name: str = "judge_score") -> Template:
-    """The rating template of ``Judge.scores``: shows ``{{conversation}}`` and ``{{response}}``."""
-    return load_template(name, kind="rubrics", required={"conversation", "response"}, allowed=set())
-
-
 _DEFAULT_TEMPLATES = {
     ("per_criterion", False): "judge_criterion",
     ("all_criteria", False): "judge_all_criteria",

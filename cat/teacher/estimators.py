@@ -26,7 +26,7 @@ from cat.generation import row_seed
 from cat.registry import Registry
 from cat.rewards.answers import AnswerChain
 from cat.rewards.math import answers_match
-from cat.templates import load_template
+from cat.templates import load_template, score_template
 from cat.types import Group, Reference
 
 
@@ -38,7 +38,10 @@ class Estimator(Protocol):
     (None otherwise). Built once per run as ``cls(config)``; called once per step on the step's groups
     (in a multi-process run, this rank's), it returns one Reference per group, in order.
     Optional ``decodes_with_anchor = False``: the estimator only scores with the anchor, so
-    ``cat-rl synthesize --anchor-decoding greedy,sampled`` runs it once, not once per decoding."""
+    ``cat-rl synthesize --anchor-decoding greedy,sampled`` runs it once, not once per decoding.
+    Optional ``last_stats``: a dict of counts (ints add up across ranks) and rates the latest call
+    spent (``judge_bon``: its judge's calls, failures and tokens), logged with the step's metrics
+    and kept in a test-time result's ``judge``."""
 
     needs_anchor: bool
 
@@ -258,8 +261,6 @@ class JudgeBestOfN:
     needs_anchor = False
 
     def __init__(self, config):
-        from cat.rewards.judge import score_template
-
         self.config = config
         self.template = score_template(config.judge.score_template)
         self.answer_of = AnswerChain.from_config(config.answer)

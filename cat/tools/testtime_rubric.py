@@ -78,8 +78,9 @@ def check_arms(config, names: list[str]) -> list[str]:
     if _NEEDS_ANCHOR & set(names) and config.anchor.orders > 1:
         raise ConfigError(f"anchor.orders={config.anchor.orders}: several orders vote on the syntheses' final answers, "
                           "which free-form replies do not have; set anchor.orders=1 for rubric data")
-    from cat.rewards.judge import judge_template, score_template
+    from cat.rewards.judge import judge_template
     from cat.rewards.rubrics import proposal_template
+    from cat.templates import score_template
 
     if "rubric_best_of_n" in names:
         proposal_template(config)
@@ -99,8 +100,9 @@ def run_rubric_test_time(config, names: list[str], sizes: list[int], *, verdicts
     rubric. ``verdicts``: a JSONL verdict cache the judges share with later runs (None: this run's
     memory only)."""
     from cat.rewards import RewardContext
-    from cat.rewards.judge import Judge, score_template
+    from cat.rewards.judge import Judge
     from cat.rewards.rubric import RubricReward
+    from cat.templates import score_template
 
     arms = check_arms(config, names)
     prompts, ids, skipped, tokenizer, model, generator = load_policy(config)
