@@ -212,3 +212,20 @@ def test_training_with_judge_bon_logs_its_judges_counts(tmp_path, tiny_world, mo
     assert rows[-1]["groups/scored"] > 0 and rows[-1]["judge/score_calls"] > 0
     assert rows[-1]["judge/score_calls"] <= len(server.chat)  # the preflight's ratings are the rest
     assert rows[-1]["judge/prompt_tokens"] > 0 and "judge/score_failures" in rows[-1]
+
+
+def test_a_judge_that_rates_nothing_stops_judge_bon_training_before_it_starts(tmp_path, tiny_world, monkeypatch):
+    """Every reply unreadable as a rating: the preflight names the judge and its fix, exit 2."""
+    monkeypatch.setenv("CAT_TEST_JUDGE_KEY", KEY)
+    server = ScriptedServer(lambda n, prompt: reply("It looks fine to me."))
+    try:
+        out = run_cli("train", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--output-dir", str(tmp_path / "run"),
+                      "estimator.name=judge_bon", "run.steps=1", "eval.path=null", "judge.backend=openai",
+                      f"judge.base_url={server.base_url}", "judge.model=tiny", "judge.api_key_env=CAT_TEST_JUDGE_KEY",
+                      "judge.max_retries=0")
+    finally:
+        server.close()
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "the judge gave no rating for" in out.stderr and "judge.score_template" in out.stderr
+    assert "no reference has an answer" not in out.stderr  # the answer chain is not the cause here
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()

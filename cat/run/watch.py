@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from cat.display import excerpt, percent
 from cat.errors import TrainingHalted
-from cat.rewards.judge import JUDGE_FIX
+from cat.rewards.judge import JUDGE_FIX, SCORE_FIX
 from cat.rewards.rubrics import RUBRIC_FIX
 from cat.types import Group, Reference
 
@@ -58,10 +58,14 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
     if scored:
         return line
     chain = f"answer.rules={list(config.answer.rules)}"
+    unrated = int(metrics.get("judge/score_failures", 0) or 0)  # judge_bon: rollouts its judge did not rate
     causes = []
     if rollout_rate is not None and rollout_rate == 0:
         causes.append(f"no rollout has an answer that {chain} reads")
-    if reference_rate is not None and reference_rate == 0:
+    if unrated:
+        causes.append(f"the judge gave no rating for {unrated} rollouts (judge/score_failures; the warning above "
+                      f"quotes a reply), so best-of-N had no rollout to pick")
+    elif reference_rate is not None and reference_rate == 0:
         causes.append(f"no reference has an answer that {chain} reads")
     no_reference = int(metrics.get("rubric/no_reference", 0) or 0)
     if no_reference:
@@ -77,7 +81,7 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
                       f"(judge/failures; the warning above quotes a reply it gave)")
     if not causes:
         causes.append("the reward scored no group (see its warnings above)")
-    fixes = ([RUBRIC_FIX] if no_rubric else []) + ([JUDGE_FIX] if failed else [])
+    fixes = ([RUBRIC_FIX] if no_rubric else []) + ([JUDGE_FIX] if failed else []) + ([SCORE_FIX] if unrated else [])
     if no_reference:
         fixes.append(f"look at the anchor's syntheses in samples.jsonl (anchor.model, anchor.template "
                      f"{config.anchor.template}, anchor.max_new_tokens {config.anchor.max_new_tokens})")
@@ -87,7 +91,7 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
     if reference_rate == 0 and config.estimator.name == "synthesis":
         fixes.append(f"raise anchor.max_new_tokens ({config.anchor.max_new_tokens}) or change anchor.template "
                      f"({config.anchor.template}) so the anchor ends with an answer the chain reads")
-    if not rubrics and (not failed or rollout_rate == 0 or reference_rate == 0):
+    if not rubrics and (not (failed or unrated) or rollout_rate == 0 or (reference_rate == 0 and not unrated)):
         fixes.append("ask for the answer format in data.prompt_template (for example '... put your final answer "
                      "within \\boxed{}'), or add a rule to answer.rules (answer_phrase, equals_end, last_number, "
                      "regex with answer.regex)")
