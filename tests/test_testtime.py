@@ -229,3 +229,33 @@ def test_a_judge_that_rates_nothing_stops_judge_bon_training_before_it_starts(tm
     assert "the judge gave no rating for" in out.stderr and "judge.score_template" in out.stderr
     assert "no reference has an answer" not in out.stderr  # the answer chain is not the cause here
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def test_extend_adds_an_arm_to_a_saved_result_without_sampling_again(tmp_path, tiny_world):
+    """An arm added to a saved result reads its rollouts: the result equals one run with every arm."""
+    config = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
+    both, first = tmp_path / "both.json", tmp_path / "first.json"
+    common = ("--group-sizes", "4,8", "eval.limit=16")
+    out = cli("testtime", config, "--estimators", "single,majority_vote,synthesis", "--output", str(both), *common)
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = cli("testtime", config, "--estimators", "single,majority_vote", "--output", str(first), *common)
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = cli("testtime", config, "--extend", str(first), "--estimators", "synthesis", "--output", str(first), "eval.limit=16")
+    assert out.returncode == 0, out.stderr[-2000:]
+    whole, extended = json.loads(both.read_text()), json.loads(first.read_text())
+    assert extended["accuracy"] == whole["accuracy"] and "synthesis@8" in extended["accuracy"]
+    assert extended["paired"] == whole["paired"] and extended["versus_majority"] == whole["versus_majority"]
+    assert [ex["references"] for ex in extended["examples"]] == [ex["references"] for ex in whole["examples"]]
+    assert set(extended["seconds"]) == set(whole["seconds"])
+    again = cli("testtime", config, "--extend", str(first), "--estimators", "synthesis", "eval.limit=16")
+    assert again.returncode == 2 and "synthesis already in the saved result" in again.stderr
+    tokens = cli("testtime", config, "--extend", str(first), "--estimators", "min_perplexity", "eval.limit=16")
+    assert tokens.returncode == 2 and "sampled token ids" in tokens.stderr
+    other = cli("testtime", config, "--extend", str(first), "--estimators", "self_bon", "eval.limit=8")
+    assert other.returncode == 2 and "not this config's evaluation prompts" in other.stderr
+    sizes = cli("testtime", config, "--extend", str(first), "--estimators", "self_bon", "--group-sizes", "8",
+                "eval.limit=16")
+    assert sizes.returncode == 2 and "keeps its own group sizes [4, 8]" in sizes.stderr
+    none = cli("testtime", config, "--extend", str(first), "eval.limit=16")
+    assert none.returncode == 2 and "--extend needs --estimators" in none.stderr
+    assert "Traceback" not in again.stderr + tokens.stderr + other.stderr + sizes.stderr + none.stderr

@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                    "ratings, read and extended, so a second run pays no judge call twice (default: none kept)")
     s.add_argument("--regrade", metavar="RESULT", help="read a saved result (--output) again with this config's answer "
                    "rules and grading, no model run: every statistic recomputed from the saved texts")
+    s.add_argument("--extend", metavar="RESULT", help="add the --estimators named to a saved result (--output) of this "
+                   "config, reading its rollouts instead of sampling again; every statistic is recomputed")
     pl = sub.add_parser("plan", help="memory per process for a config, computed from the model's architecture")
     pl.add_argument("config")
     pl.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run is split over")
@@ -347,9 +349,12 @@ def _eval(args) -> int:
     result["skipped_long"] = skipped
     summary = {k: v for k, v in result.items() if k != "examples"}
     print(json.dumps(summary, indent=2))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=2))
+    if args.output:  # written whole or not at all: --extend may name its own input
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out)
     return 0
 
 
@@ -390,6 +395,13 @@ def _synthesize(args) -> int:
         raise ConfigError(f"--group-sizes must be comma-separated integers, got {args.group_sizes!r}") from None
     decodings = [d.strip() for d in args.anchor_decoding.split(",") if d.strip()] if args.anchor_decoding else None
     questions = [q.strip() for q in args.anchor_question.split(",") if q.strip()] if args.anchor_question else None
+    if args.extend and args.regrade:
+        raise ConfigError("--extend and --regrade: give one (--extend already re-reads every saved answer)")
+    if args.extend and names is None:
+        raise ConfigError("--extend needs --estimators: the estimators to add to the saved result")
+    if args.extend and config.data.format == "healthbench":
+        raise ConfigError("--extend adds arms to a result graded by final answers; a HealthBench result is graded by a "
+                          "judge: run cat-rl testtime again (with --verdicts FILE, judge calls already made are reused)")
     if args.regrade and config.data.format == "healthbench":
         raise ConfigError("--regrade re-reads final answers from saved texts; a HealthBench result is graded by a "
                           "judge: run cat-rl testtime again (with --verdicts FILE, judge calls already made are reused)")
@@ -405,15 +417,24 @@ def _synthesize(args) -> int:
                               f"and examples: write it with cat-rl testtime --output)")
         result = regrade(config, saved)
     else:
+        extend = None
+        if args.extend:
+            try:
+                extend = json.loads(Path(args.extend).read_text())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"--extend {args.extend}: not a saved test-time result ({type(exc).__name__}: {exc})") from None
         result = run_test_time(config, names, sizes, decodings, questions, args.question_template,
-                               verdicts=Path(args.verdicts) if args.verdicts else None)
+                               verdicts=Path(args.verdicts) if args.verdicts else None, extend=extend)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
     else:
         print(table(result))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=2))
+    if args.output:  # written whole or not at all: --extend may name its own input
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out)
     return 0
 
 

@@ -47,7 +47,8 @@ MATH_ESTIMATORS = ("single", "majority_vote", "synthesis")
 
 def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | None = None,
                   anchor_decodings: list[str] | None = None, anchor_questions: list[str] | None = None,
-                  question_template: str = "math_synthesis_with_question", verdicts: Path | None = None) -> dict:
+                  question_template: str = "math_synthesis_with_question", verdicts: Path | None = None,
+                  extend: dict | None = None) -> dict:
     """On HealthBench data (``data.format: healthbench``) the rubric protocol of
     ``cat.tools.testtime_rubric`` runs instead, with ``estimator_names`` its arms (None: all of
     them) and ``verdicts`` its judges' cache file. ``estimator_names`` None: ``MATH_ESTIMATORS``.
@@ -56,7 +57,12 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     (``greedy``, ``sampled`` at ``anchor.temperature``), on the same rollouts, keyed
     ``NAME[DECODING]@G``; ``anchor_questions``: once without the question (``anchor.template``)
     and/or once with it (``question_template``), keyed ``NAME[...,question]@G``; None: as
-    ``anchor.greedy`` and ``anchor.include_question`` say, keyed ``NAME@G``."""
+    ``anchor.greedy`` and ``anchor.include_question`` say, keyed ``NAME@G``.
+
+    ``extend``: a saved result of this config (``--output``) whose rollouts are read again instead
+    of sampled: the estimators named add their references to it, at its group sizes, and every
+    statistic is recomputed as ``regrade`` does. Sampling is most of a run's cost, so a new arm
+    costs only its own calls."""
     e, gen = config.eval, config.generation
     for d in anchor_decodings or ():
         if d not in ANCHOR_DECODINGS:
@@ -87,16 +93,31 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
 
         return run_rubric_test_time(config, estimator_names or list(ARMS), sizes, verdicts=verdicts)
     estimators = {name: ESTIMATORS.get(name)(config) for name in estimator_names or MATH_ESTIMATORS}
+    if extend is not None:
+        sizes = _extended_sizes(extend, group_sizes)
+        token_level = [n for n in estimators if n in TOKEN_ESTIMATORS]
+        if token_level:
+            raise ConfigError(f"--extend: {', '.join(token_level)} score the rollouts' sampled token ids, which a saved "
+                              f"result does not keep: run them with the others in one cat-rl testtime")
     prompts, ids, skipped, tokenizer, model, generator = load_policy(config)
     anchor = None
     if any(x.needs_anchor for x in estimators.values()):
         anchor = pi0_anchor(config, tokenizer, model, generator)
-    completions = sample_rollouts(config, generator, ids)
+    if extend is None:
+        completions = sample_rollouts(config, generator, ids)
+    else:
+        completions = saved_rollouts(extend, prompts, tokenizer, sizes[-1])
     answer_of = AnswerChain.from_config(config.answer)
     examples = [{"index": p.index, "question": p.text, "gold": p.gold, "references": {},
-                 "rollouts": [{"text": c.text, "answer": answer_of(c.text)} for c in cs]}
+                 "rollouts": [{"text": c.text, "answer": answer_of(c.text), "finish_reason": c.finish_reason}
+                              for c in cs]}
                 for p, cs in zip(prompts, completions, strict=True)]
     variants = _variants(estimators, anchor, anchor_decodings, anchor_questions, question_template)
+    if extend is not None:
+        present = sorted({name for name, _, _ in variants} & {k.rpartition("@")[0] for k in extend["accuracy"]})
+        if present:
+            raise ConfigError(f"--extend: {', '.join(present)} already in the saved result; name only new estimators "
+                              f"(or another --anchor-question / --anchor-decoding)")
     seconds, judged = {}, {}
     for g in sizes:
         groups = [Group(prompt=p, prompt_ids=tuple(i), completions=tuple(cs[:g]))
@@ -111,9 +132,67 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
             for ex, r in zip(examples, refs, strict=True):
                 ex["references"][f"{name}@{g}"] = {"answer": r.answer, "text": r.text, **{
                     k: r.meta[k] for k in ("order_answers", "order_texts", "scores") if k in r.meta}}
+    if extend is not None:
+        return _merged(config, extend, examples, [name for name, _, _ in variants], seconds, judged)
     results = score(examples, prompts, sizes, [name for name, _, _ in variants], config)
     return {"n": len(prompts), "skipped_long": skipped, **results, "seconds": seconds,
             **({"judge": judged} if judged else {}), "examples": examples}
+
+
+TOKEN_ESTIMATORS = ("min_perplexity", "mutual_predictability")
+"""Estimators that score the rollouts' sampled token ids, which a saved result does not keep."""
+
+
+def _extended_sizes(saved: dict, group_sizes: list[int] | None) -> list[int]:
+    if not isinstance(saved, dict) or not {"accuracy", "group_sizes", "examples"} <= saved.keys() or not saved["examples"]:
+        raise ConfigError("--extend: not a saved test-time result (it needs accuracy, group_sizes and examples: "
+                          "write it with cat-rl testtime --output)")
+    if saved.get("task") == "rubric":
+        raise ConfigError("--extend adds arms to a result graded by final answers; a HealthBench result is graded by "
+                          "a judge: run it again with --verdicts FILE, which reuses the judge calls already made")
+    sizes = sorted(saved["group_sizes"])
+    if group_sizes and sorted(set(group_sizes)) != sizes:
+        raise ConfigError(f"--group-sizes {sorted(set(group_sizes))}: an extended result keeps its own group sizes "
+                          f"{sizes}; leave --group-sizes out")
+    return sizes
+
+
+def saved_rollouts(saved: dict, prompts, tokenizer, g: int) -> list:
+    """A saved result's first ``g`` rollouts per prompt as completions, [prompts][g], after checking
+    that its prompts are these, in this order. Their token ids are the text encoded again (the
+    sampled ids are not saved) and their sampling log-probs unknown (NaN)."""
+    from cat.types import Completion
+
+    examples = saved["examples"]
+    if [ex["index"] for ex in examples] != [p.index for p in prompts] or \
+            any(ex["question"] != p.text for ex, p in zip(examples, prompts, strict=True)):
+        raise ConfigError("--extend: the saved result's prompts are not this config's evaluation prompts (eval.path, "
+                          "eval.seed, eval.limit and the task's settings must be those that produced it)")
+    out = []
+    for ex in examples:
+        if len(ex["rollouts"]) < g:
+            raise ConfigError(f"--extend: prompt {ex['index']} has {len(ex['rollouts'])} saved rollouts, fewer than "
+                              f"its group size {g}")
+        group = []
+        for r in ex["rollouts"][:g]:
+            ids = tuple(tokenizer(r["text"], add_special_tokens=False)["input_ids"])
+            group.append(Completion(text=r["text"], token_ids=ids, logprobs=(float("nan"),) * len(ids),
+                                    finish_reason=r.get("finish_reason", "stop")))
+        out.append(group)
+    return out
+
+
+def _merged(config, saved: dict, examples: list[dict], names: list[str], seconds: dict, judged: dict) -> dict:
+    """``saved`` with the new references of ``examples`` added, every statistic recomputed."""
+    merged = copy.deepcopy(saved)
+    old = list(dict.fromkeys(k.rpartition("@")[0] for k in saved["accuracy"] if not k.startswith("oracle_pass@")))
+    for ex, new in zip(merged["examples"], examples, strict=True):
+        ex["references"].update(new["references"])
+    merged["seconds"] = {**saved.get("seconds", {}), **seconds}
+    if judged or saved.get("judge"):
+        merged["judge"] = {**saved.get("judge", {}), **judged}
+    result = regrade(config, merged, names=old + [n for n in names if n not in old])
+    return {**result, **({"judge": merged["judge"]} if "judge" in merged else {})}
 
 
 def score(examples: list[dict], prompts, sizes: list[int], names: list[str], config) -> dict:
@@ -162,7 +241,7 @@ def copies(examples: list[dict], key: str, g: int, config) -> list[float]:
             for i in range(g)]
 
 
-def regrade(config, saved: dict) -> dict:
+def regrade(config, saved: dict, names: list[str] | None = None) -> dict:
     """A saved result read again with ``config``'s answer chain and grading, no model run: every
     rollout's and reference's saved text is re-read, the vote taken again, every statistic
     recomputed (after a fix to ``answer.rules``, say)."""
@@ -190,7 +269,8 @@ def regrade(config, saved: dict) -> dict:
             else:
                 ref.pop("order_answers", None)  # saved without its syntheses: not recomputable, not kept stale
                 ref["answer"] = answer_of(ref["text"])
-    names = list(dict.fromkeys(k.rpartition("@")[0] for k in saved["accuracy"] if not k.startswith("oracle_pass@")))
+    if names is None:
+        names = list(dict.fromkeys(k.rpartition("@")[0] for k in saved["accuracy"] if not k.startswith("oracle_pass@")))
     results = score(examples, [prompts[ex["index"]] for ex in examples], saved["group_sizes"], names, config)
     return {**{k: saved[k] for k in ("n", "skipped_long", "seconds") if k in saved}, **results, "examples": examples}
 
