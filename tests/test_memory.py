@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from cat.generation import SamplingParams
 from cat.generation.hf import HFGenerator
-from cat.models.logprobs import token_logprobs
+from cat.models.logprobs import _FUSABLE, fused_head, token_logprobs
 
 VOCAB = 151_936
 
@@ -67,7 +67,9 @@ def _batch(b: int, P: int, T: int):
 
 
 @pytest.mark.parametrize("compute", ["float32", "bfloat16"])
-def test_scoring_peaks_within_twice_the_logits(big_vocab, compute, request):
+def test_scoring_never_holds_the_logits_whole(big_vocab, compute, request):
+    """The output layer is applied chunk by chunk: forward and backward peak at a small share of the
+    [b, T, V] logits tensor (and of the whole-logits path's peak, measured on the same call)."""
     if compute == "bfloat16":
         request.getfixturevalue("bf16_attention")
     model, _ = big_vocab
@@ -82,8 +84,27 @@ def test_scoring_peaks_within_twice_the_logits(big_vocab, compute, request):
 
     model.zero_grad(set_to_none=True)
     step()  # warm-up: parameter gradients now exist, so the measured call allocates only its own work
+    assert fused_head(model, ids, att, None, compute)
     peak = peak_bytes(step)
-    assert peak <= 2.6 * logits_bytes, f"peak {peak / 2**20:.0f} MiB vs logits {logits_bytes / 2**20:.0f} MiB"
+    weight_bytes = model.get_output_embeddings().weight.numel() * 4
+    # the trained output layer's (here also the embeddings') gradient is accumulated through temporaries of its size
+    chunks_bound = 0.3 * b * (T + 1) * VOCAB * 4  # the chunks are fp32 whatever the compute dtype
+    assert peak <= chunks_bound + 3 * weight_bytes, f"peak {peak / 2**20:.0f} MiB vs logits {logits_bytes / 2**20:.0f} MiB"
+    _FUSABLE[model] = False  # the whole-logits path, on the same call
+    try:
+        step()
+        whole = peak_bytes(step)
+    finally:
+        _FUSABLE[model] = True
+    assert logits_bytes <= whole <= 2.6 * logits_bytes + 3 * weight_bytes and peak < whole / 2
+    head = model.get_output_embeddings().weight
+    head.requires_grad_(False)  # frozen, as under LoRA and for pi_0: only chunks of the logits
+    try:
+        step()
+        frozen = peak_bytes(step)
+    finally:
+        head.requires_grad_(True)
+    assert frozen <= chunks_bound, f"peak {frozen / 2**20:.0f} MiB vs logits {logits_bytes / 2**20:.0f} MiB"
 
 
 @pytest.mark.numerical
@@ -105,6 +126,57 @@ def test_selective_log_softmax_equals_log_softmax_with_gradients():
     (grad_ref,) = torch.autograd.grad((ref * weights).sum(), logits)
     assert_same_maths(grad_mine, grad_ref)
     assert grad_mine[:, 6].abs().max() == 0  # the position past the last target gets no gradient
+
+
+@pytest.mark.numerical
+def test_the_chunked_output_layer_equals_the_whole_logits_with_gradients():
+    """float64: log-probs, entropy and the gradients of the hidden states and of the output layer's
+    weight equal those through the whole logits to float64 rounding, at several chunk sizes."""
+    import cat.models.logprobs as lp
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 9, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 8), generator=g)
+    weights = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    ref_all = torch.log_softmax((hidden[:, :8] @ weight.T) / 0.7, dim=-1)
+    ref = ref_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    ref_grads = torch.autograd.grad((ref * weights).sum(), (hidden, weight))
+    for chunk in (1 << 24, 50, 3 * 50 * 2):  # one chunk; one position of one row at a time; two positions
+        lp.CHUNK_ELEMENTS, old = chunk, lp.CHUNK_ELEMENTS
+        try:
+            mine, entropy = lp.linear_log_softmax(hidden, weight, targets, 0.7, with_entropy=True)
+            grads = torch.autograd.grad((mine * weights).sum(), (hidden, weight))
+        finally:
+            lp.CHUNK_ELEMENTS = old
+        assert_same_maths(mine, ref)
+        assert_same_maths(entropy, -(ref_all.exp() * ref_all).sum(-1))
+        for got, want in zip(grads, ref_grads, strict=True):
+            assert_same_maths(got, want)
+        assert grads[0][:, 8].abs().max() == 0  # the position past the last target gets no gradient
+
+
+def test_a_model_that_changes_its_logits_after_the_output_layer_keeps_the_whole_logits(big_vocab):
+    """A post-layer transform (here logits scaled by 3 through a forward hook) fails the one-time
+    check: the log-probs stay the model's own."""
+    from cat.models.logprobs import _FUSABLE
+
+    model, _ = big_vocab
+    ids, att = _batch(2, 4, 6)
+    head = model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda m, args, out: out * 3)
+    saved = _FUSABLE.pop(model, None)
+    try:
+        with torch.no_grad():
+            logp, _ = token_logprobs(model, ids, att, 6, 1.0)
+            assert _FUSABLE[model] is False
+            full = torch.log_softmax(model(input_ids=ids, attention_mask=att).logits[:, -7:-1].float(), -1)
+        torch.testing.assert_close(logp, full.gather(-1, ids[:, -6:].unsqueeze(-1)).squeeze(-1))
+    finally:
+        handle.remove()
+        _FUSABLE.pop(model, None)
+        if saved is not None:
+            _FUSABLE[model] = saved
 
 
 def test_generate_holds_no_time_by_vocab_scores(big_vocab):
