@@ -113,8 +113,7 @@ class GenerationConfig(_Section):
     """Longest sequence (prompt + completion) the vLLM engine serves; None: the model's context."""
     vllm_enforce_eager: bool = False
     """Run the vLLM engine eagerly: no graph compilation or CUDA-graph capture. Starts faster
-    (on CPU about 18 s against 27 s for the tiny model) and generates slower on a GPU; for short
-    runs and debugging."""
+    and generates slower on a GPU; for short runs and debugging."""
 
 
 class GRPOConfig(_Section):
