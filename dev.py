@@ -2,7 +2,7 @@
 """Bootstrap for a fresh machine with nothing but Python: ``python3 dev.py demo|test``.
 
 Creates ``.venv`` next to this file, installs torch (``pip install torch==2.13.0``: a CPU build
-where the machine's pip finds one, see README) and this package with its dev extras, then runs:
+where the machine's pip finds one, see docs/install.md) and this package with its dev extras, then runs:
 
     demo   the offline tiny CaT-RL run (label-free), printing accuracy before/after and diagnostics
     test   the test suite (pytest, two workers: ``-n 0`` runs it in one process); first also

@@ -1,4 +1,4 @@
-"""The memory plan of the paper configs (README, "Several processes and GPUs"), without the hub.
+"""The memory plan of the paper configs (docs/scale.md, "Several processes and GPUs"), without the hub.
 
     python benchmarks/memory_plan.py
 

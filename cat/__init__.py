@@ -4,7 +4,7 @@ The train step reads as the method: rollouts (``cat.generation``) -> reference
 (``cat.teacher.estimators`` with the frozen anchor in ``cat.teacher.anchor``) -> rewards
 (``cat.rewards``) -> advantages and loss (``cat.algo.grpo``) -> update (``cat.run.trainer``).
 Entry points: ``cat-rl`` (``cat.tools.cli``) and, from Python, ``cat.train`` (``cat.api``). The
-packages and the way their dependencies point: README.md, Layout.
+packages and the way their dependencies point: docs/layout.md.
 """
 
 __version__ = "0.1.0"

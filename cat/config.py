@@ -51,6 +51,9 @@ class LoraSettings(_Section):
 
 
 class ModelConfig(_Section):
+    """The policy: a hub id, a local folder or ``.gguf`` file (``tiny:arith`` is the offline tiny
+    world), its compute dtype, device, chat template, system prompt and ``chat_template_kwargs``."""
+
     name_or_path: str = "tiny:arith"
     """Policy to train: a hub id, a local folder in save_pretrained format, a local ``.gguf`` file
     (converted once into ``FILE.gguf.hf/`` beside it), or ``tiny:arith`` (the offline tiny world,
@@ -59,7 +62,7 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     """Compute dtype. The trained policy always keeps fp32 master weights, gradients and AdamW
     state, and runs its forward passes under autocast in this dtype; frozen models (pi_0, a local
-    judge or anchor) are held in it. Checkpoints export the model in it (see README, Precision).
+    judge or anchor) are held in it. Checkpoints export the model in it (docs/grpo.md, Precision).
     ``float64`` holds and runs every model, master weights included, in fp64 (hf backend only): for
     checking that two code paths compute the same maths, where fp32 rounding would hide a real
     difference or fake one (the test suite's numerical checks use it)."""
@@ -82,6 +85,9 @@ class ModelConfig(_Section):
 
 
 class GenerationConfig(_Section):
+    """Rollouts: the backend (``hf`` or ``vllm``), G (``num_generations``), ``max_new_tokens``,
+    temperature / top-p / top-k, stop strings, vLLM's memory share and ``vllm_max_model_len``."""
+
     backend: Literal["hf", "vllm"] = "hf"
     """Rollout engine: ``hf`` (transformers generate; CPU or GPU) or ``vllm`` (GPU, extra ``vllm``)."""
     num_generations: int = Field(8, ge=1)
@@ -107,11 +113,14 @@ class GenerationConfig(_Section):
     """Longest sequence (prompt + completion) the vLLM engine serves; None: the model's context."""
     vllm_enforce_eager: bool = False
     """Run the vLLM engine eagerly: no graph compilation or CUDA-graph capture. Starts faster
-    (on CPU about 18 s against 27 s for the tiny model) and generates slower on a GPU; for short
-    runs and debugging."""
+    and generates slower on a GPU; for short runs and debugging."""
 
 
 class GRPOConfig(_Section):
+    """The GRPO update (``cat.algo.grpo``; docs/grpo.md): token aggregation (``loss_type``), how
+    rewards and advantages are scaled and clipped, the clipped ratio, the KL term to pi_0, passes per
+    batch, and the sampler/learner mismatch correction."""
+
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
     """Token aggregation: grpo (per-sequence mean, then mean), bnpo (tokens of the optimiser batch),
     dr_grpo (divide by batch size x max_new_tokens), dapo (tokens of the whole generation batch)."""
@@ -163,6 +172,8 @@ class GRPOConfig(_Section):
 
 
 class OptimConfig(_Section):
+    """AdamW and its schedule: learning rate, betas, weight decay, warm-up and gradient clipping."""
+
     lr: float = Field(1e-5, gt=0)
     """AdamW learning rate."""
     weight_decay: float = Field(0.0, ge=0)
@@ -182,6 +193,11 @@ LABEL_FIELDS = ("solution", "answer", "answers", "target", "label", "labels", "g
 
 
 class DataConfig(_Section):
+    """Training prompts: a file, a hub dataset or ``reasoning-gym:TASK`` (with ``task_config`` and
+    ``seed``), its fields, ``label_fields`` (kept from label-free estimators and rewards),
+    ``answer_format``, ``prompt_template``, ``max_prompt_tokens`` (longer prompts are skipped and
+    counted) and ``limit``."""
+
     path: str = "tiny:arith/train.jsonl"
     """Training prompts: a hub dataset id, a local .jsonl / .json / .parquet file, or
     ``reasoning-gym:TASK`` (a procedural task of the reasoning-gym package, e.g.
@@ -225,6 +241,11 @@ class DataConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """Held-out prompts with gold answers (a reasoning-gym task: ``task_config``, and a ``seed``
+    apart from the training rows'), pass@1 over ``num_samples`` and greedy accuracy, how often, and
+    ``judge``, a separate grader for judged evaluations. Prompts longer than
+    ``data.max_prompt_tokens`` are skipped and counted (``skipped_long``), as in training."""
+
     path: str | None = "tiny:arith/test.jsonl"
     """Held-out prompts with gold answers (same formats as data.path). None disables evaluation.
     For the test-time RL protocol point it at the training prompts. A ``reasoning-gym:TASK`` is
@@ -261,8 +282,8 @@ class EvalConfig(_Section):
 
 
 class AnswerConfig(_Section):
-    """How a reply's final answer is read (``cat.rewards.answers``): one chain for the rollouts,
-    the references, majority vote and evaluation against gold."""
+    """How a reply's final answer is read (``cat.rewards.answers``; docs/answers.md): one chain for
+    the rollouts, the references, majority vote and evaluation against gold."""
 
     rules: list[str] = ["boxed", "answer_phrase", "equals_end", "last_number"]
     """Extraction rules, tried in order; the first that finds an answer gives it. Built in:
@@ -294,6 +315,9 @@ class AnswerConfig(_Section):
 
 
 class RewardConfig(_Section):
+    """The reward: one name, or several ``functions`` with ``weights``; ``mode`` (``equivalence`` via
+    math-verify, or ``strict`` string match as in the paper), its timeout, and a length penalty."""
+
     name: str = "math_equivalence"
     """Reward function (registry ``cat.rewards``): ``math_equivalence`` (verifiable), ``reasoning_gym``
     (a reasoning-gym task's own scorer, gold estimator only), ``rubric``
@@ -340,6 +364,9 @@ class RewardConfig(_Section):
 
 
 class RubricConfig(_Section):
+    """Rubrics of the ``rubric`` reward (docs/rubrics.md): where the criteria come from, the proposal
+    template, and how many criteria and attempts a proposal gets."""
+
     source: Literal["self_proposed", "dataset"] = "self_proposed"
     """``self_proposed``: the anchor writes criteria from the reference (CaT). ``dataset``: the
     example's own rubric (e.g. HealthBench physician rubrics; the reference-based baseline)."""
@@ -388,6 +415,9 @@ class _Endpoint(_Section):
 
 
 class JudgeConfig(_Endpoint):
+    """The judge of rubric criteria and of best-of-N by judge score (``judge_bon``): its backend (hf,
+    vllm, openai), model, mode, templates and token budget, and an endpoint's retries and timeouts."""
+
     backend: Literal["hf", "vllm", "openai"] = "hf"
     """``hf`` / ``vllm``: an in-process model on that engine. ``openai``: any OpenAI-compatible
     endpoint (vLLM server, ``transformers serve``, hosted APIs) through the openai client."""
@@ -414,6 +444,8 @@ class JudgeConfig(_Endpoint):
 
 
 class EstimatorConfig(_Section):
+    """The reference estimator: ``synthesis`` (CaT) by default; no default reads labels."""
+
     name: str = "synthesis"
     """Reference estimator (registry ``cat.teacher.estimators``): ``synthesis`` is CaT, the
     default, and reads no label; ``majority_vote`` is TTRL; ``gold`` is reference-based GRPO, the
@@ -427,6 +459,10 @@ class EstimatorConfig(_Section):
 
 
 class AnchorConfig(_Endpoint):
+    """The teacher that synthesizes references: pi_0 by default, another local model, or with
+    ``backend: openai`` an endpoint; its template (``anchors/``), whether it sees the question, its
+    token budget and sampling, ``max_context_tokens`` and ``orders``."""
+
     backend: Literal["local", "openai"] = "local"
     """``local``: a frozen model on the rollout engine's backend (``generation.backend``).
     ``openai``: an OpenAI-compatible endpoint (base_url, api_key_env, ...) serving ``model``."""
@@ -456,6 +492,9 @@ class AnchorConfig(_Endpoint):
 
 
 class ParallelConfig(_Section):
+    """Several processes (torchrun, accelerate launch): how they hold the policy and how long they
+    wait for each other."""
+
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """How several processes hold the policy (one process ignores it). ``ddp``: every rank holds
     the whole policy, gradients and AdamW state, and gradients are all-reduced. ``fsdp``: PyTorch
@@ -481,6 +520,9 @@ class SFTConfig(_Section):
 
 
 class RunConfig(_Section):
+    """The run: seed, steps, batch sizes, output directory, checkpoint cadence, samples logged, the
+    non-finite and unscored-step stops, the preflight, and trackers."""
+
     seed: int = Field(0, ge=0, lt=2**63)
     """Seeds data order, sampling and initialisation; same seed, same run on CPU. Below 2**63
     (torch takes 64 bits, and sampling seeds are offsets from it)."""
@@ -528,6 +570,9 @@ class RunConfig(_Section):
 
 
 class Config(_Section):
+    """One run's whole configuration: ``algorithm`` and ``plugins`` at the top, every other key a
+    section."""
+
     algorithm: Literal["grpo", "sft"] = "grpo"
     """``grpo``: reinforce rollouts by their rewards against the reference (CaT-RL, TTRL,
     reference-based GRPO). ``sft``: maximise the likelihood of each group's reference instead

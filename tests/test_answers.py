@@ -270,8 +270,8 @@ def test_the_chain_scores_at_least_nine_in_ten_smollm2_replies():
 
 
 def test_each_rule_alone_and_the_rule_that_fired_on_smollm2_replies():
-    """What each rule reads on its own, and which rule gave the chain's answers (the README's
-    figures). The box alone reads 6 of 320 rollouts, though half of them were asked for one."""
+    """What each rule reads on its own, and which rule gave the chain's answers (the figures
+    in docs/answers.md). The box alone reads 6 of 320 rollouts, though half of them were asked for one."""
     for rows, alone, fired in (
         (ROLLOUTS, {"boxed": 6, "answer_phrase": 51, "equals_end": 228, "last_number": 315},
          {"equals_end": 193, "last_number": 67, "answer_phrase": 49, "boxed": 6, None: 5}),

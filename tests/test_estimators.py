@@ -200,9 +200,9 @@ def test_self_bon_unparsable_choice_gives_no_reference(anchor, tiny_model):
         assert ref.answer == "85"
 
 
-def test_readme_plugin_example_runs_through_the_trainer(tmp_path, tiny_world):
-    readme = (ROOT / "README.md").read_text()
-    code = re.search(r"```python\n(# my_estimators.py\n.*?)```", readme, re.S).group(1)
+def test_guide_plugin_example_runs_through_the_trainer(tmp_path, tiny_world):
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    code = re.search(r"```python\n(# my_estimators.py\n.*?)```", guide, re.S).group(1)
     plugin = tmp_path / "my_estimators.py"
     plugin.write_text(code)
     import_plugin(str(plugin))

@@ -2,7 +2,7 @@
 
 Fixed seed, the experiments' configs with 20 of their 40 steps, 100 of their 200 evaluation
 questions and 2 of their 4 samples per question, to keep the suite short. The full configs measured on a 2-core CPU: gold GRPO 0.38 ->
-0.86 held-out accuracy, CaT-RL (no labels) 0.38 -> 0.84 (README, Results).
+0.86 held-out accuracy, CaT-RL (no labels) 0.38 -> 0.84 (docs/results.md).
 """
 
 import json

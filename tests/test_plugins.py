@@ -1,4 +1,4 @@
-"""The plug-in contracts: a reward written only against the documented interface (README's
+"""The plug-in contracts: a reward written only against the documented interface (docs/plugins.md's
 example) runs end to end with weights; TRL's None semantics; contract breaches named; the
 estimator declaration checked at registration; and the Python API without YAML."""
 
@@ -35,9 +35,9 @@ def rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_readme_reward_plugin_runs_end_to_end_with_weights(tmp_path, tiny_world):
-    readme = (ROOT / "README.md").read_text()
-    (tmp_path / "my_rewards.py").write_text(re.search(r"```python\n(# my_rewards.py\n.*?)```", readme, re.S).group(1))
+def test_guide_reward_plugin_runs_end_to_end_with_weights(tmp_path, tiny_world):
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    (tmp_path / "my_rewards.py").write_text(re.search(r"```python\n(# my_rewards.py\n.*?)```", guide, re.S).group(1))
     run_dir = tmp_path / "run"
     out = cli("train", GOLD, "--output-dir", str(run_dir), *short(
         tiny_world, f"plugins=[{tmp_path / 'my_rewards.py'}]", "reward.functions=[math_equivalence, boxed_format]",

@@ -97,7 +97,7 @@ def test_config_checks():
 
 def test_cat_sft_learns_without_labels(tmp_path):
     """The shipped CaT-SFT config (anchor references, no labels) for 8 steps on 48 held-out questions
-    (measured: 0.383 -> 0.766 over its full 40 steps, 3 seeds; README, Results)."""
+    (measured: 0.383 -> 0.766 over its full 40 steps, 3 seeds; docs/results.md)."""
     run_dir = tmp_path / "run"
     out = cli("train", str(ROOT / "experiments" / "tiny_arith_cat_sft.yaml"), "--output-dir", str(run_dir),
               "run.steps=8", "eval.limit=48", "--no-progress")

@@ -8,7 +8,7 @@ eagerly (``generation.vllm_enforce_eager``): a compiled start costs 9 s more wit
 cache warm and over a minute in a fresh checkout, whose new virtual environment misses that cache.
 The compiled engine (vLLM's default) passed this module's tests when it was its engine, through
 commit f3794a5 (a fresh clone, all green). What only a GPU can show (bf16 kernels, tensor parallel, gpu_memory_utilization)
-is listed in the README.
+is listed in docs/scale.md.
 """
 
 import json

@@ -1,7 +1,7 @@
 """GRPO maths: group advantages and the clipped policy loss, as pure tensor functions.
 
 Shapes: ``B`` sequences, ``T`` completion positions, ``mask[B, T]`` is 1 on real completion tokens.
-Semantics follow TRL's GRPOTrainer and verl's core_algos (see docs in README), with two choices
+Semantics follow TRL's GRPOTrainer and verl's core_algos (docs/grpo.md), with two choices
 stated here:
 
 * A group whose rewards are all equal gets advantage exactly 0 (never NaN, never 1e-17 noise).

@@ -85,10 +85,10 @@ class _RoomyLayer(DynamicLayer):
     """A dynamic cache layer that writes each new token's keys and values into room allocated
     once (``room`` positions: prompt + max_new_tokens) and hands attention a view of the filled
     part. transformers' own layer concatenates the whole cache every token, which copies it over
-    and over: 36% of a decode step in a profile of the tiny world's rollouts (128 rows x 32
-    tokens). Attention still sees exactly the filled length (a static cache attends over all of
-    its room, which costs more than the copy on short rows). Anything that replaces the tensors
-    (``reorder_cache``, ``crop``) is taken over on the next write."""
+    and over (docs/scale.md gives its share of a decode step). Attention still sees exactly the
+    filled length (a static cache attends over all of its room, which costs more than the copy on
+    short rows). Anything that replaces the tensors (``reorder_cache``, ``crop``) is taken over on
+    the next write."""
 
     def __init__(self, room: int):
         super().__init__()
@@ -363,13 +363,10 @@ class HFGenerator:
     prompt and output (``_Lookup``); 0 turns drafting off. The tokens are plain greedy
     decoding's either way.
 
-    Measured on the tiny world (one thread, interleaved, against ``generate`` with transformers'
-    cache) on the project's two CPU machines: 128 rollouts of 32 tokens 20% faster on an Intel
-    Xeon, 3% on an AMD EPYC (0.45 s against 0.47); the anchor's 16 greedy syntheses over
-    ~365-token prompts (42 tokens, 21 passes instead of 42) about 40% and 33% faster (0.64 s
-    against 0.95 on the EPYC, of which 0.3 s is the prefill). A draft pass of 9 tokens per row
-    costs 2.4 single-token passes on the EPYC's CPU (1.4 on the Xeon), so there ``lookup`` 3 and
-    8 measure the same to within noise; on a GPU a wider pass costs about what a narrow one does.
+    Why: transformers' cache copies itself every token, and ``generate`` runs a prefix that many
+    rows share once per row; on small models and short rows both are a large share of a step.
+    Drafting pays where a greedy row copies from its prompt (the anchor quoting a rollout). The
+    measurements are in docs/scale.md, "Generation on transformers".
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 64, compute_dtype: str | None = None,

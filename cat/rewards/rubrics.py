@@ -1,6 +1,6 @@
 """Rubrics: validated criterion records, strict parsing of model output, proposal by the anchor.
 
-Format (documented in README and in ``rubrics/rubric_proposal.txt``): the *last* complete
+Format (documented in docs/rubrics.md and in ``rubrics/rubric_proposal.txt``): the *last* complete
 ``<rubric> ... </rubric>`` block of the output, holding ``<criterion>text</criterion>`` elements,
 optionally ``<criterion weight="2">``. Parsing is strict:
 * no complete block is an error;

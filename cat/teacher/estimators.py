@@ -11,7 +11,7 @@ with the run's answer chain (config ``answer``, ``cat.rewards.answers``), as the
 
 Built in: ``synthesis`` (CaT), ``majority_vote`` (TTRL), ``self_bon``, ``judge_bon``, ``min_perplexity``,
 ``mutual_predictability``, ``single``, ``gold`` (reference-based GRPO: the only one that reads
-labels). Write your own in any module and name it in the config's ``plugins``; see README.
+labels). Write your own in any module and name it in the config's ``plugins``; see docs/plugins.md.
 """
 
 from __future__ import annotations

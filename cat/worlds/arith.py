@@ -36,8 +36,8 @@ anchor was trained on another text and names the command that rebuilds it for th
 
 What this world does and does not show. The anchor here beats majority vote because it checks
 steps and decodes greedily, not because it learned to vote: a 1M-parameter model trained for a
-few CPU minutes did not learn to reconcile by voting (an earlier answer-only format left the anchor
-copying one candidate, below majority vote). Numbers from this world say the machinery learns;
+few CPU minutes did not learn to reconcile by voting (trained on an answer-only format, the anchor
+copies one candidate, below majority vote). Numbers from this world say the machinery learns;
 they are not evidence about CaT on real models.
 
 """

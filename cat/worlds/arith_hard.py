@@ -13,7 +13,7 @@ Built by continuing the training of ``tiny:arith`` (same tokenizer) on the slipp
 policy examples and on anchor examples whose candidates come from that teacher and whose target
 is the reconciled, correct solution; ``tiny:arith``'s own policy data is not replayed, so on the
 easy problems this model is not the easy world's policy. Measured on its held-out problems
-(README, Results): single sample, majority of 8 and the anchor's synthesis.
+(docs/results.md): single sample, majority of 8 and the anchor's synthesis.
 """
 
 from __future__ import annotations
