@@ -13,7 +13,9 @@ built on the meta device) and the run's config:
   vLLM queues sequences and a step takes longer.
 
 Activations are left out: they depend on ``run.micro_batch_size`` and sequence length and are
-bounded by gradient checkpointing; the logits of a micro-batch are reported separately.
+bounded by gradient checkpointing. Scoring's own buffers are reported separately: a few fp32
+chunks of logits where the output layer is applied chunk by chunk (``cat.models.logprobs``), the
+whole logits of a micro-batch where it cannot be.
 ``tests/test_plan.py`` checks the static parts against the tensors of a real Learner.
 """
 
@@ -34,6 +36,8 @@ class Architecture:
     vocab: int
     linears: tuple[tuple[str, int, int], ...] = ()
     """(module name, in_features, out_features) of every linear layer but the output layer."""
+    plain_head: bool = True
+    """The output layer is a linear map without bias, its logits neither capped nor scaled after it."""
 
     def lora_parameters(self, settings) -> int:
         """Adapter parameters of ``model.lora`` (r x (in + out) per adapted layer; peft's matching:
@@ -64,6 +68,8 @@ def architecture(model_config) -> Architecture:
         head_dim=head_dim,
         vocab=text.vocab_size,
         linears=linears,
+        plain_head=type(output) is torch.nn.Linear and output.bias is None and not any(
+            getattr(text, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")),
     )
 
 
@@ -95,8 +101,15 @@ def plan(config, arch: Architecture, *, processes: int = 1) -> list[tuple[str, f
         rows.append((f"vLLM KV cache, a whole step at once ({prompts} prompts x {gen.num_generations} x "
                      f"({prompt} prompt + {gen.max_new_tokens} new) tokens)",
                      2 * arch.layers * arch.kv_heads * arch.head_dim * compute * tokens))
-    logits = run.micro_batch_size * (gen.max_new_tokens + 1) * arch.vocab * compute
-    rows.append(("logits of one micro-batch (activations not counted)", logits))
+    from cat.models.logprobs import CHUNK_ELEMENTS
+
+    positions = gen.max_new_tokens + 1
+    if arch.plain_head and config.parallel.strategy != "fsdp":  # the output layer applied chunk by chunk: about two fp32 chunks alive
+        chunk = min(CHUNK_ELEMENTS, run.micro_batch_size * -(-positions // 16) * arch.vocab)
+        rows.append(("log-prob chunks of one micro-batch (activations not counted)", 2 * 4 * chunk))
+    else:
+        rows.append(("logits of one micro-batch (activations not counted)",
+                     run.micro_batch_size * positions * arch.vocab * compute))
     return rows
 
 
