@@ -75,7 +75,10 @@ python3 -m venv /tmp/trlvenv
 
 # The work both sides do, in one place (configure() sets the model's).
 WORK = {"tiny": {"prompts": 16, "generations": 8, "tokens": 32},
-        "smollm2": {"prompts": 4, "generations": 8, "tokens": 32}}
+        "smollm2": {"prompts": 4, "generations": 8, "tokens": 32},
+        "qwen2.5-coder-0.5b": {"prompts": 2, "generations": 8, "tokens": 32}}
+FOLDER_WORK = WORK["qwen2.5-coder-0.5b"]
+"""The work for a model named by its folder (any causal LM in Hugging Face format)."""
 MODEL = "tiny"
 PROMPTS_PER_STEP = 16
 NUM_GENERATIONS = 8
@@ -94,7 +97,8 @@ def configure(model: str) -> None:
     """The model and the work per step, in the parent and in every (spawned) worker."""
     global MODEL, PROMPTS_PER_STEP, NUM_GENERATIONS, MAX_NEW_TOKENS, BATCH
     MODEL = model
-    PROMPTS_PER_STEP, NUM_GENERATIONS, MAX_NEW_TOKENS = (WORK[model][k] for k in ("prompts", "generations", "tokens"))
+    work = WORK.get(model, FOLDER_WORK)
+    PROMPTS_PER_STEP, NUM_GENERATIONS, MAX_NEW_TOKENS = (work[k] for k in ("prompts", "generations", "tokens"))
     BATCH = PROMPTS_PER_STEP * NUM_GENERATIONS
 
 SIDES = ("cat", "trl", "cat_synthesis")
@@ -250,7 +254,9 @@ def model_folder() -> Path:
         return world() / "model"
     from cat.models.gguf import KNOWN, fetch
 
-    known = KNOWN["smollm2"]
+    if MODEL not in KNOWN:  # a folder
+        return Path(MODEL).resolve()
+    known = KNOWN[MODEL]
     return fetch(known, ROOT / "models" / known.folder)  # the folder cat-rl fetch-model made, else made now
 
 
@@ -286,6 +292,7 @@ def cat_settings(trainer) -> dict:
     group = opt.param_groups[0]
     return {
         "parameters": sum(p.numel() for p in trainer.policy.parameters()),
+        "vocab": trainer.policy.get_output_embeddings().weight.shape[0],
         "prompts per step": c.run.prompts_per_step,
         "generations per prompt": c.generation.num_generations,
         "sequences per optimizer step": c.run.prompts_per_step * c.generation.num_generations,
@@ -374,6 +381,7 @@ def trl_settings(trainer) -> dict:
     group = opt.param_groups[0]
     return {
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "vocab": trainer.model.get_output_embeddings().weight.shape[0],
         "prompts per step": a.generation_batch_size // a.num_generations,
         "generations per prompt": a.num_generations,
         "sequences per optimizer step": a.per_device_train_batch_size * a.gradient_accumulation_steps,
@@ -635,8 +643,9 @@ def report(args, sides: dict[str, dict], host: str) -> None:
     params = sides["cat"]["ready"]["settings"]["parameters"]
     print()
     print(f"machine: {host}")
-    name = "tiny-arith world" if MODEL == "tiny" else "SmolLM2-135M-Instruct on the tiny world's problems"
-    print(f"{name} (Llama, {params:,} parameters), {PROMPTS_PER_STEP} prompts x {NUM_GENERATIONS} "
+    name = "tiny-arith world" if MODEL == "tiny" else f"{model_folder().name} on the tiny world's problems"
+    vocab = sides["cat"]["ready"]["settings"].get("vocab")
+    print(f"{name} ({params:,} parameters{f', vocabulary {vocab:,}' if vocab else ''}), {PROMPTS_PER_STEP} prompts x {NUM_GENERATIONS} "
           f"rollouts, <= {MAX_NEW_TOKENS} new tokens, fp32 CPU, 1 thread per side; {args.warmup} warm-up "
           f"round(s), then {args.pairs} interleaved round(s)")
     print()
@@ -731,9 +740,13 @@ def main() -> int:
                         help="cat rewards with its shipped math_equivalence (numeric fast path, then math-verify) "
                              "instead of the shared exact-match function: measures cat's non-model overhead as "
                              "shipped (the reward then differs between the sides)")
-    parser.add_argument("--model", choices=sorted(WORK), default="tiny",
-                        help="tiny: the tiny arith world's model; smollm2: SmolLM2-135M-Instruct (4 prompts a step)")
+    parser.add_argument("--model", default="tiny",
+                        help="tiny: the tiny arith world's model; smollm2: SmolLM2-135M-Instruct (4 prompts a step); "
+                             "qwen2.5-coder-0.5b: Qwen2.5-Coder-0.5B-Instruct at 152k vocabulary (2 prompts a step; "
+                             "both fetched with cat-rl fetch-model); or a model folder (2 prompts a step)")
     args = parser.parse_args()
+    if args.model not in WORK and not (Path(args.model) / "config.json").is_file():
+        parser.error(f"--model {args.model}: neither {', '.join(WORK)} nor a model folder with a config.json")
     configure(args.model)
     if importlib.util.find_spec("trl") is None or importlib.util.find_spec("cat") is None:
         missing = "trl" if importlib.util.find_spec("trl") is None else "cat"
