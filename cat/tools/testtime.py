@@ -21,6 +21,7 @@ reference's text and answer, to read what the model and the anchor actually wrot
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -104,7 +105,10 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     if any(x.needs_anchor for x in estimators.values()):
         anchor = pi0_anchor(config, tokenizer, model, generator)
     if extend is None:
+        _say(f"sampling {gen.num_generations} rollouts for each of {len(prompts)} prompts")
+        start = time.perf_counter()
         completions = sample_rollouts(config, generator, ids)
+        _say(f"rollouts sampled in {time.perf_counter() - start:.0f} s")
     else:
         completions = saved_rollouts(extend, prompts, tokenizer, sizes[-1])
     answer_of = AnswerChain.from_config(config.answer)
@@ -127,6 +131,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
             start = time.perf_counter()
             refs = estimator(groups if name == "gold" else blind_groups, view)
             seconds[f"{name}@{g}"] = time.perf_counter() - start
+            _say(f"{name}@{g}: answered in {seconds[f'{name}@{g}']:.0f} s")
             if getattr(estimator, "last_stats", None):  # judge_bon: its judge's calls, failures and tokens
                 judged[f"{name}@{g}"] = estimator.last_stats
             for ex, r in zip(examples, refs, strict=True):
@@ -137,6 +142,11 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     results = score(examples, prompts, sizes, [name for name, _, _ in variants], config)
     return {"n": len(prompts), "skipped_long": skipped, **results, "seconds": seconds,
             **({"judge": judged} if judged else {}), "examples": examples}
+
+
+def _say(line: str) -> None:
+    """A progress line on stderr: a long run shows where it is."""
+    print(f"testtime: {line}", file=sys.stderr, flush=True)
 
 
 TOKEN_ESTIMATORS = ("min_perplexity", "mutual_predictability")
