@@ -259,3 +259,28 @@ def test_extend_adds_an_arm_to_a_saved_result_without_sampling_again(tmp_path, t
     none = cli("testtime", config, "--extend", str(first), "eval.limit=16")
     assert none.returncode == 2 and "--extend needs --estimators" in none.stderr
     assert "Traceback" not in again.stderr + tokens.stderr + other.stderr + sizes.stderr + none.stderr
+
+
+def test_a_run_stopped_after_sampling_keeps_its_rollouts_and_extend_finishes_it(tmp_path, tiny_world):
+    """--output holds the rollouts as soon as they are sampled: an estimator that fails afterwards
+    loses only its own work, and --extend continues to the result one whole run gives."""
+    config = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
+    plugin = tmp_path / "broken.py"
+    plugin.write_text("from cat.teacher.estimators import register_estimator\n\n"
+                      "@register_estimator('broken')\nclass Broken:\n    needs_anchor = False\n\n"
+                      "    def __init__(self, config):\n        pass\n\n"
+                      "    def __call__(self, groups, anchor):\n        raise RuntimeError('the machine went away')\n")
+    stopped, whole = tmp_path / "stopped.json", tmp_path / "whole.json"
+    out = cli("testtime", config, "--estimators", "broken", "--output", str(stopped), "eval.limit=12",
+              f"plugins=[{plugin}]")
+    assert out.returncode != 0
+    saved = json.loads(stopped.read_text())
+    assert saved["partial"].startswith("rollouts only") and saved["accuracy"] == {}
+    assert len(saved["examples"]) == 12 and all(len(ex["rollouts"]) == 8 for ex in saved["examples"])
+    out = cli("testtime", config, "--extend", str(stopped), "--estimators", "single,majority_vote", "--output",
+              str(stopped), "eval.limit=12")
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = cli("testtime", config, "--estimators", "single,majority_vote", "--output", str(whole), "eval.limit=12")
+    assert out.returncode == 0, out.stderr[-2000:]
+    finished, fresh = json.loads(stopped.read_text()), json.loads(whole.read_text())
+    assert "partial" not in finished and finished["accuracy"] == fresh["accuracy"] and finished["paired"] == fresh["paired"]

@@ -184,7 +184,7 @@ def _output_layer(model):
         return None
     if any("FullyShard" in type(m).__name__ or "FSDP" in type(m).__name__ for m in inner.modules()):
         return None  # sharded weights are whole only inside their module's forward
-    for name, module in inner.named_modules():
+    for module in inner.modules():
         for child_name, child in module.named_children():
             if child is head:
                 return module, child_name, head

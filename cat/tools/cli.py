@@ -27,6 +27,7 @@ import errno
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from cat.errors import CatError, ConfigError
@@ -349,13 +350,17 @@ def _eval(args) -> int:
     result["skipped_long"] = skipped
     summary = {k: v for k, v in result.items() if k != "examples"}
     print(json.dumps(summary, indent=2))
-    if args.output:  # written whole or not at all: --extend may name its own input
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(out)
+    if args.output:
+        _write_json(Path(args.output), result)
     return 0
+
+
+def _write_json(out: Path, result: dict) -> None:
+    """Written whole or not at all: --extend may name its own input."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
 
 
 def _plan(args) -> int:
@@ -424,18 +429,23 @@ def _synthesize(args) -> int:
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"--extend {args.extend}: not a saved test-time result ({type(exc).__name__}: {exc})") from None
         result = run_test_time(config, names, sizes, decodings, questions, args.question_template,
-                               verdicts=Path(args.verdicts) if args.verdicts else None, extend=extend)
+                               verdicts=Path(args.verdicts) if args.verdicts else None, extend=extend,
+                               save=partial(_write_json, Path(args.output)) if args.output else None)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
     else:
         print(table(result))
-    if args.output:  # written whole or not at all: --extend may name its own input
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(out)
+    if args.output:
+        _write_json(Path(args.output), result)
     return 0
+
+
+def _write_json(out: Path, result: dict) -> None:
+    """Written whole or not at all: --extend may name its own input."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ MATH_ESTIMATORS = ("single", "majority_vote", "synthesis")
 def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | None = None,
                   anchor_decodings: list[str] | None = None, anchor_questions: list[str] | None = None,
                   question_template: str = "math_synthesis_with_question", verdicts: Path | None = None,
-                  extend: dict | None = None) -> dict:
+                  extend: dict | None = None, save=None) -> dict:
     """On HealthBench data (``data.format: healthbench``) the rubric protocol of
     ``cat.tools.testtime_rubric`` runs instead, with ``estimator_names`` its arms (None: all of
     them) and ``verdicts`` its judges' cache file. ``estimator_names`` None: ``MATH_ESTIMATORS``.
@@ -63,7 +63,10 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     ``extend``: a saved result of this config (``--output``) whose rollouts are read again instead
     of sampled: the estimators named add their references to it, at its group sizes, and every
     statistic is recomputed as ``regrade`` does. Sampling is most of a run's cost, so a new arm
-    costs only its own calls."""
+    costs only its own calls.
+
+    ``save``: called with the rollouts as a result without arms (``partial``) as soon as they are
+    sampled, so that a run stopped later keeps them: ``extend`` continues from that file."""
     e, gen = config.eval, config.generation
     for d in anchor_decodings or ():
         if d not in ANCHOR_DECODINGS:
@@ -116,6 +119,10 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
                  "rollouts": [{"text": c.text, "answer": answer_of(c.text), "finish_reason": c.finish_reason}
                               for c in cs]}
                 for p, cs in zip(prompts, completions, strict=True)]
+    if save is not None and extend is None:
+        save({"n": len(prompts), "skipped_long": skipped, "group_sizes": sizes, "accuracy": {},
+              "partial": "rollouts only: add the estimators with cat-rl testtime --extend THIS_FILE --estimators ...",
+              "examples": examples})
     variants = _variants(estimators, anchor, anchor_decodings, anchor_questions, question_template)
     if extend is not None:
         present = sorted({name for name, _, _ in variants} & {k.rpartition("@")[0] for k in extend["accuracy"]})
