@@ -18,7 +18,7 @@ from cat.rewards.judge import (
     parse_verdict_lines,
 )
 from cat.rewards.rubric import rubric_score, score_with_failures
-from cat.rewards.rubrics import MAX_CRITERION_CHARS, Criterion, RubricParseError, parse_rubric
+from cat.rewards.criteria import MAX_CRITERION_CHARS, Criterion, RubricParseError, parse_rubric
 from cat.tasks.healthbench import aggregate, bootstrap_std, clipped_mean
 from cat.templates import score_template
 

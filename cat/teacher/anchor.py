@@ -4,7 +4,7 @@ It
 * synthesizes a reference from the G rollouts with a template from ``anchors/`` (by default
   without the question, as in the paper; ``anchor.include_question`` shows it);
 * scores text (mean token NLL) for the min-perplexity and mutual-predictability estimators;
-* answers a selection prompt for self best-of-N, and writes rubrics (``cat.rewards.rubrics``).
+* answers a selection prompt for self best-of-N, and writes rubrics (``cat.rewards.criteria``).
 
 Every call goes through the generation seam (``cat.generation``): a ``ChatModel`` for text and,
 for scoring, a ``Generator``. So the anchor runs on the rollout engine's backend: with

@@ -79,7 +79,7 @@ def check_arms(config, names: list[str]) -> list[str]:
         raise ConfigError(f"anchor.orders={config.anchor.orders}: several orders vote on the syntheses' final answers, "
                           "which free-form replies do not have; set anchor.orders=1 for rubric data")
     from cat.rewards.judge import judge_template
-    from cat.rewards.rubrics import proposal_template
+    from cat.rewards.criteria import proposal_template
     from cat.templates import score_template
 
     if "rubric_best_of_n" in names:
