@@ -331,9 +331,9 @@ class Trainer:
         learner = self.learner
         passes = learner.forwards_in_step(max(len(chunks), 1))  # FSDP: the same on every rank
         with timer("logprobs"):
-            old = self._score(self.policy, batch, chunks, temperature, passes, idle=full) \
+            old = self._logprobs(self.policy, batch, chunks, temperature, passes, idle=full) \
                 if g.num_iterations > 1 and not use_sampler_old else None
-            ref = self._score(self.initial_policy, batch, chunks, temperature) if g.beta > 0 else None
+            ref = self._logprobs(self.initial_policy, batch, chunks, temperature) if g.beta > 0 else None
         out: dict = {}
         mismatch = MismatchStats(0, 0, 0, 0)
         is_weights: dict[int, torch.Tensor] = {}  # micro-batch start -> [b, T], fixed by the first iteration
@@ -397,7 +397,7 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def _score(self, model, batch: Batch, chunks, temperature: float, passes: int | None = None, *,
+    def _logprobs(self, model, batch: Batch, chunks, temperature: float, passes: int | None = None, *,
                idle: Batch | None = None) -> torch.Tensor:
         """Log-probs of the rows in ``chunks`` under a model that is not being updated, at the
         update's ``temperature`` (``passes``: forward passes to make in all, idle ones on the first
