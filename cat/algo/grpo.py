@@ -16,7 +16,7 @@ Nothing here knows about models, tokenizers or configs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -49,31 +49,39 @@ def advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4) -
 
 
 @dataclass(frozen=True)
-class LossStats:
-    """Token-level diagnostics of one loss evaluation (sums, so micro-batches add up exactly).
+class TokenSums:
+    """Sums over tokens, so that micro-batches and ranks add up exactly; ``tokens`` is the first
+    field, the count the others are divided by for their means.
 
-    Divide by ``tokens`` for means: ``clip_low / tokens`` is the fraction of active tokens whose
-    ratio fell below 1 - epsilon_low with a negative advantage, and so on.
-
-    Fields are floats or 0-d tensors on the loss's device: ``token_losses`` returns tensors, so
-    that adding up micro-batches never waits on the device; ``floats()`` reads them all at once.
+    Fields are floats or 0-d tensors on the loss's device: the loss returns tensors, so that adding
+    up micro-batches never waits on the device; ``floats()`` reads them all at once.
     """
 
     tokens: float
+
+    def __add__(self, other: TokenSums) -> TokenSums:
+        return type(self)(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+
+    def as_tuple(self) -> tuple[float, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    def floats(self) -> tuple[float, ...]:
+        return to_floats(self.as_tuple())
+
+
+@dataclass(frozen=True)
+class LossStats(TokenSums):
+    """Token-level diagnostics of one loss evaluation.
+
+    Divide by ``tokens`` for means: ``clip_low / tokens`` is the fraction of active tokens whose
+    ratio fell below 1 - epsilon_low with a negative advantage, and so on.
+    """
+
     clip_low: float
     clip_high: float
     kl: float
     ratio: float
     clip_dual: float = 0.0
-
-    def __add__(self, other: LossStats) -> LossStats:
-        return LossStats(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
-
-    def as_tuple(self) -> tuple[float, ...]:
-        return (self.tokens, self.clip_low, self.clip_high, self.kl, self.ratio, self.clip_dual)
-
-    def floats(self) -> tuple[float, ...]:
-        return to_floats(self.as_tuple())
 
     def means(self) -> dict[str, float]:
         tokens, clip_low, clip_high, kl, ratio, clip_dual = self.floats()
@@ -165,25 +173,15 @@ def to_floats(values) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True)
-class MismatchStats:
-    """Sums over tokens of how far the rollout engine's log-probs are from the trainer's, for
-    ``means()``: ``mismatch/abs_logp_diff`` (mean |logp_sampler - logp_trainer|),
-    ``mismatch/kl`` (k3 estimate of KL(sampler || trainer) on the sampled tokens) and
-    ``mismatch/capped_frac`` (tokens whose importance ratio exceeded the cap)."""
+class MismatchStats(TokenSums):
+    """How far the rollout engine's log-probs are from the trainer's, for ``means()``:
+    ``mismatch/abs_logp_diff`` (mean |logp_sampler - logp_trainer|), ``mismatch/kl`` (k3 estimate
+    of KL(sampler || trainer) on the sampled tokens) and ``mismatch/capped_frac`` (tokens whose
+    importance ratio exceeded the cap)."""
 
-    tokens: float
     abs_diff: float
     kl: float
     capped: float
-
-    def __add__(self, other: MismatchStats) -> MismatchStats:
-        return MismatchStats(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
-
-    def as_tuple(self) -> tuple[float, ...]:
-        return (self.tokens, self.abs_diff, self.kl, self.capped)
-
-    def floats(self) -> tuple[float, ...]:
-        return to_floats(self.as_tuple())
 
     def means(self) -> dict[str, float]:
         tokens, abs_diff, kl, capped = self.floats()
