@@ -5,10 +5,10 @@ Semantics follow TRL's GRPOTrainer and verl's core_algos (docs/grpo.md), with tw
 stated here:
 
 * A group whose rewards are all equal gets advantage exactly 0 (never NaN, never 1e-17 noise).
-* Normalisers are explicit. ``policy_loss`` normalises over the batch it is given. The trainer
-  splits a batch into micro-batches and calls ``token_losses`` + ``aggregate`` with the *whole*
-  batch's sequence and token counts, so accumulated gradients equal the full-batch gradient for
-  every loss_type (TRL and verl both shipped bugs here). ``bnpo`` and ``dapo`` therefore coincide
+* Normalisers are explicit. The trainer splits a batch into micro-batches and calls
+  ``token_losses`` + ``aggregate`` (through ``cat.algo.objectives``) with the *whole* batch's
+  sequence and token counts, so accumulated gradients equal the full-batch gradient for every
+  loss_type (TRL and verl both shipped bugs here). ``bnpo`` and ``dapo`` therefore coincide
   in a single process; with several processes ``dapo`` counts the tokens of all of them.
 
 Nothing here knows about models, tokenizers or configs.
@@ -236,57 +236,3 @@ def aggregate(
         return loss.sum() / (max(total_sequences, 1) * length)
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
 
-
-def policy_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor | None,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    loss_type: str,
-    epsilon_low: float = 0.2,
-    epsilon_high: float = 0.2,
-    beta: float = 0.0,
-    max_completion_length: int | None = None,
-    unbiased_kl: bool = False,
-    importance_sampling_level: str = "token",
-    sampler_weights: torch.Tensor | None = None,
-    dual_clip: float | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The GRPO loss of one batch (single process, no accumulation).
-
-    logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B].
-    Per token: -min(rho * A, clip(rho, 1 - epsilon_low, 1 + epsilon_high) * A) + beta * k3, where
-    rho = exp(logprobs - old_logprobs) per token, or exp(mean log-ratio of the sequence) for
-    ``importance_sampling_level="sequence"`` (GSPO), and k3 = exp(ref - logp) - (ref - logp) - 1
-    (times rho when ``unbiased_kl``). Aggregated by ``loss_type``:
-    grpo: mean over each sequence's tokens, then over sequences; bnpo / dapo: sum over tokens /
-    active tokens; dr_grpo: sum / (B * max_completion_length, default T).
-    Returns (scalar loss, stats: clip_ratio/low, clip_ratio/high, clip_ratio/region, kl, ratio).
-    """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    per_token, stats = token_losses(
-        logprobs,
-        old_logprobs,
-        ref_logprobs,
-        advantages,
-        mask,
-        epsilon_low=epsilon_low,
-        epsilon_high=epsilon_high,
-        beta=beta,
-        unbiased_kl=unbiased_kl,
-        importance_sampling_level=importance_sampling_level,
-        sampler_weights=sampler_weights,
-        dual_clip=dual_clip,
-    )
-    loss = aggregate(
-        per_token,
-        mask,
-        loss_type=loss_type,
-        total_sequences=logprobs.shape[0],
-        total_tokens=float(mask.sum().item()),
-        max_completion_length=max_completion_length,
-    )
-    return loss, stats.means()
