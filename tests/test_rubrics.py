@@ -8,6 +8,7 @@ import pytest
 from cat.config import load_config
 from cat.errors import ConfigError
 from cat.generation.chat import Usage
+from cat.rewards.criteria import MAX_CRITERION_CHARS, Criterion, RubricParseError, parse_rubric
 from cat.rewards.judge import (
     Judge,
     JudgeItem,
@@ -18,8 +19,7 @@ from cat.rewards.judge import (
     parse_verdict_lines,
 )
 from cat.rewards.rubric import rubric_score, score_with_failures
-from cat.rewards.criteria import MAX_CRITERION_CHARS, Criterion, RubricParseError, parse_rubric
-from cat.tasks.healthbench import aggregate, bootstrap_std, clipped_mean
+from cat.tasks.healthbench import bootstrap_std, clipped_mean, score_graded
 from cat.templates import score_template
 
 GOOD = """Here is the rubric.
@@ -87,13 +87,13 @@ def test_failed_verdicts_are_left_out_not_read_as_no():
     assert score_with_failures(criteria, [None, None, True]) is None
 
 
-def test_aggregate_clips_the_mean_and_breaks_down_by_tag():
+def test_score_graded_clips_the_mean_and_breaks_down_by_tag():
     ex = [
         {"criteria": [(5, ("axis:accuracy",), True), (5, ("axis:completeness",), False)], "tags": ["theme:a"]},
         {"criteria": [(2, ("axis:accuracy",), False), (-6, ("axis:accuracy",), True)], "tags": ["theme:a", "theme:b"]},
         {"criteria": [(4, ("axis:completeness",), True)], "tags": ["theme:b"]},
     ]
-    out = aggregate(ex)
+    out = score_graded(ex)
     assert out["per_example"] == pytest.approx([0.5, -3.0, 1.0])
     assert out["score"] == 0.0  # mean -0.5 clipped to 0
     assert out["example_tags"] == {"theme:a": 0.0, "theme:b": 0.0}  # means -1.25 and -1.0, clipped
