@@ -241,6 +241,23 @@ def test_all_criteria_mode_one_call_per_rollout(tmp_path):
     assert "1. a" in backend.prompts[0] and "3. c" in backend.prompts[0]
 
 
+def test_a_question_given_twice_is_asked_once(tmp_path):
+    """Identical rollouts (short answers often are) share one request per criterion, or per item in
+    all_criteria mode; a re-ask of the shared question counts for both. Counts are of verdicts,
+    ``judge/calls`` of requests."""
+    backend = ScriptedBackend(["yes", "hmm", "yes", "no"])
+    judge = make_judge(backend, tmp_path)
+    verdicts, stats = judge.judge([("same", ["c1", "c2"]), ("same", ["c1", "c2"]), ("other", ["c1"])])
+    # c1 of "same" yes; c2 of "same" unreadable, then no on the re-ask; c1 of "other" yes
+    assert verdicts == [[True, False], [True, False], [True]]
+    assert stats["judge/calls"] == 4 and stats["judge/asked"] == 5 and stats["judge/failures"] == 0
+    assert len(backend.prompts) == 4 and backend.prompts[1] == backend.prompts[3]  # the re-ask of c2
+    whole = ScriptedBackend(["1: yes\n2: no", "1: no"])
+    verdicts, stats = make_judge(whole, tmp_path / "whole", mode="all_criteria").judge(
+        [("r", ["a", "b"]), ("r", ["a", "b"]), ("s", ["a"])])
+    assert verdicts == [[True, False], [True, False], [False]] and stats["judge/calls"] == 2
+
+
 def test_judge_nan_yes_rate_when_nothing_judged(tmp_path):
     verdicts, stats = make_judge(ScriptedBackend(["?"] * 3), tmp_path).judge([("r", ["c"])])
     assert verdicts == [[None]] and math.isnan(stats["judge/yes_rate"])
