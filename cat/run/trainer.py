@@ -32,6 +32,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -114,6 +115,9 @@ class Trainer:
         m = config.model
         self.tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
         self.objective = build_objective(config, self.tokenizer)
+        # the teacher against gold, measured only: answers read and compared as the reward does
+        self.diagnose = partial(teacher_diagnostics, answer_of=AnswerChain.from_config(config.answer),
+                                mode=config.reward.mode, timeout_s=config.reward.timeout_s)
         self.task = Task(config, self.tokenizer, log=self.log)
         # the teachers on endpoints are checked now (one real request each), not at their first use
         # after the initial evaluation; local ones load on first use
@@ -241,7 +245,7 @@ class Trainer:
         with timer("weight_sync"):
             self.generator.sync_weights(self.policy)
         metrics = {"step": step + 1, **self._rollout_metrics(groups, scores), **update, **reward_stats}
-        metrics.update(teacher_diagnostics(groups, references, scores, self.config))
+        metrics.update(self.diagnose(groups, references, scores))
         metrics.update(timer.metrics())
         tokens = sum(len(c.token_ids) for grp in groups for c in grp.completions)
         metrics["tokens_per_second"] = tokens / max(timer.total, 1e-9)
@@ -271,7 +275,7 @@ class Trainer:
         reward_stats = with_estimator_stats(reward_stats, self.estimator)
         set_rng_state(saved)
         metrics = {"step": 0, **self._rollout_metrics(groups, scores), **reward_stats,
-                   **teacher_diagnostics(groups, references, scores, self.config)}
+                   **self.diagnose(groups, references, scores)}
         return metrics, groups, references
 
     def score(self, groups: list[Group], references: list[Reference], step: int):
