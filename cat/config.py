@@ -597,15 +597,6 @@ class Config(_Section):
     sft: SFTConfig = SFTConfig()
     run: RunConfig = RunConfig()
 
-    @model_validator(mode="before")
-    @classmethod
-    def _moved(cls, data: Any) -> Any:
-        estimator = data.get("estimator") if isinstance(data, dict) else None
-        if isinstance(estimator, dict) and "plugins" in estimator:
-            raise ValueError(f"estimator.plugins has moved to the top level (it loads rewards too): write "
-                             f"plugins: {estimator['plugins']} outside the estimator section")
-        return data
-
     @model_validator(mode="after")
     def _check(self) -> Config:
         try:

@@ -31,7 +31,7 @@ class Prompt:
     meta: dict[str, Any] = field(default_factory=dict)
     rubric: tuple[Any, ...] | None = None
     """The dataset's own rubric (HealthBench physician criteria,
-    ``cat.rewards.rubrics.Criterion``): read only by ``rubric.source: dataset`` (the
+    ``cat.rewards.criteria.Criterion``): read only by ``rubric.source: dataset`` (the
     reference-based baseline) and by evaluation."""
     tags: tuple[str, ...] = ()
     conversational: bool = False

@@ -1,4 +1,5 @@
-"""cat.algo.grpo against hand-derived numbers and an independent, loop-based implementation."""
+"""cat.algo.grpo (and the GRPO objective that composes it) against hand-derived numbers and an
+independent, loop-based implementation."""
 
 import itertools
 import math
@@ -6,7 +7,9 @@ import math
 import pytest
 import torch
 
-from cat.algo.grpo import advantages, aggregate, policy_loss, token_losses
+from cat.algo.grpo import advantages, aggregate, token_losses
+from cat.algo.objectives import GRPO
+from cat.config import GRPOConfig
 
 
 def test_group_advantages_hand_derived():
@@ -41,6 +44,17 @@ def test_bad_scale_and_shape():
         advantages(torch.zeros(4), scale="group")
 
 
+def grpo_loss(logp, old, ref, adv, mask, *, loss_type, max_completion_length=None, epsilon_low=0.2,
+                epsilon_high=None, **settings):
+    """The loss the trainer's GRPO objective computes on one whole batch, and its statistics' means."""
+    section = GRPOConfig(loss_type=loss_type, epsilon=epsilon_low, epsilon_high=epsilon_high, **settings)
+    objective = GRPO(section, temperature=1.0, sampler_correction=False, pad_id=0,
+                     max_completion_length=max_completion_length or logp.shape[1])
+    loss, stats = objective.loss(logp, old, ref, adv, mask, sampler_weights=None, total_sequences=logp.shape[0],
+                                 total_tokens=float(mask.sum()))
+    return loss, stats.means()
+
+
 def _inputs():
     logp = torch.zeros(2, 2)
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
@@ -55,7 +69,7 @@ def _inputs():
 def test_loss_types_hand_derived(loss_type, expected):
     # ratio 1 everywhere: per-token loss = -A: seq 1 -> (-1, -1), seq 2 -> (3, masked)
     logp, mask, adv = _inputs()
-    loss, stats = policy_loss(logp, logp, None, adv, mask, loss_type=loss_type, max_completion_length=4)
+    loss, stats = grpo_loss(logp, logp, None, adv, mask, loss_type=loss_type, max_completion_length=4)
     assert loss.item() == pytest.approx(expected, abs=1e-7)
     assert stats["ratio"] == pytest.approx(1.0)
     assert stats["clip_ratio/low"] == 0 and stats["clip_ratio/high"] == 0
@@ -63,7 +77,7 @@ def test_loss_types_hand_derived(loss_type, expected):
 
 def test_dr_grpo_defaults_to_T():
     logp, mask, adv = _inputs()
-    loss, _ = policy_loss(logp, logp, None, adv, mask, loss_type="dr_grpo")
+    loss, _ = grpo_loss(logp, logp, None, adv, mask, loss_type="dr_grpo")
     assert loss.item() == pytest.approx(1 / 4)
 
 
@@ -72,32 +86,32 @@ def test_clipping_hand_derived():
     logp = torch.log(torch.tensor([[1.5, 1.5, 0.5, 0.5]]))
     mask = torch.ones(1, 4)
     # Two sequences would need two advantages; use one sequence per sign instead.
-    pos, _ = policy_loss(logp[:, :2], old[:, :2], None, torch.tensor([2.0]), mask[:, :2], loss_type="bnpo")
+    pos, _ = grpo_loss(logp[:, :2], old[:, :2], None, torch.tensor([2.0]), mask[:, :2], loss_type="bnpo")
     assert pos.item() == pytest.approx(-1.2 * 2.0)  # clipped at 1 + 0.2
-    neg, stats = policy_loss(logp[:, 2:], old[:, 2:], None, torch.tensor([-2.0]), mask[:, 2:], loss_type="bnpo")
+    neg, stats = grpo_loss(logp[:, 2:], old[:, 2:], None, torch.tensor([-2.0]), mask[:, 2:], loss_type="bnpo")
     assert neg.item() == pytest.approx(0.8 * 2.0)  # clipped at 1 - 0.2
     assert stats["clip_ratio/low"] == 1.0
-    _, stats = policy_loss(logp[:, :2], old[:, :2], None, torch.tensor([2.0]), mask[:, :2], loss_type="bnpo")
+    _, stats = grpo_loss(logp[:, :2], old[:, :2], None, torch.tensor([2.0]), mask[:, :2], loss_type="bnpo")
     assert stats["clip_ratio/high"] == 1.0
     # clip-higher: 1.5 is inside [0.8, 1.6]
-    hi, stats = policy_loss(logp[:, :2], old[:, :2], None, torch.tensor([2.0]), mask[:, :2], loss_type="bnpo", epsilon_high=0.6)
+    hi, stats = grpo_loss(logp[:, :2], old[:, :2], None, torch.tensor([2.0]), mask[:, :2], loss_type="bnpo", epsilon_high=0.6)
     assert hi.item() == pytest.approx(-1.5 * 2.0)
     assert stats["clip_ratio/high"] == 0.0
     # a ratio above the clip with a negative advantage is not clipped (pessimistic bound)
-    unclipped, _ = policy_loss(logp[:, :2], old[:, :2], None, torch.tensor([-2.0]), mask[:, :2], loss_type="bnpo")
+    unclipped, _ = grpo_loss(logp[:, :2], old[:, :2], None, torch.tensor([-2.0]), mask[:, :2], loss_type="bnpo")
     assert unclipped.item() == pytest.approx(1.5 * 2.0)
 
 
 def test_kl_k3_hand_derived():
     logp = torch.zeros(1, 1)
     ref = torch.log(torch.tensor([[2.0]]))
-    loss, stats = policy_loss(logp, logp, ref, torch.tensor([0.0]), torch.ones(1, 1), loss_type="bnpo", beta=0.1)
+    loss, stats = grpo_loss(logp, logp, ref, torch.tensor([0.0]), torch.ones(1, 1), loss_type="bnpo", beta=0.1)
     k3 = 2.0 - math.log(2.0) - 1.0
     assert stats["kl"] == pytest.approx(k3, abs=1e-6)
     assert loss.item() == pytest.approx(0.1 * k3, abs=1e-7)
     # unbiased KL multiplies k3 by the ratio (1.5 here)
     new = torch.log(torch.tensor([[1.5]]))
-    loss_u, _ = policy_loss(new, logp, ref, torch.tensor([0.0]), torch.ones(1, 1), loss_type="bnpo", beta=0.1, unbiased_kl=True)
+    loss_u, _ = grpo_loss(new, logp, ref, torch.tensor([0.0]), torch.ones(1, 1), loss_type="bnpo", beta=0.1, unbiased_kl=True)
     d = math.log(2.0) - math.log(1.5)
     assert loss_u.item() == pytest.approx(0.1 * 1.5 * (math.exp(d) - d - 1), abs=1e-7)
 
@@ -106,7 +120,7 @@ def test_sequence_level_ratio_is_geometric_mean():
     old = torch.zeros(1, 3)
     logp = torch.tensor([[0.1, -0.1, 0.3]])
     mask = torch.tensor([[1.0, 1.0, 0.0]])  # third token masked: not in the mean
-    loss, stats = policy_loss(logp, old, None, torch.tensor([1.0]), mask, loss_type="bnpo", importance_sampling_level="sequence")
+    loss, stats = grpo_loss(logp, old, None, torch.tensor([1.0]), mask, loss_type="bnpo", importance_sampling_level="sequence")
     assert stats["ratio"] == pytest.approx(1.0)  # exp(mean(0.1, -0.1)) = 1
     assert loss.item() == pytest.approx(-1.0)
 
@@ -114,9 +128,9 @@ def test_sequence_level_ratio_is_geometric_mean():
 def test_beta_needs_reference():
     logp, mask, adv = _inputs()
     with pytest.raises(ValueError, match="ref_logprobs"):
-        policy_loss(logp, logp, None, adv, mask, loss_type="grpo", beta=0.1)
-    with pytest.raises(ValueError, match="loss_type"):
-        policy_loss(logp, logp, None, adv, mask, loss_type="ppo")
+        grpo_loss(logp, logp, None, adv, mask, loss_type="grpo", beta=0.1)
+    with pytest.raises(ValueError, match="loss_type must be one of"):
+        aggregate(logp, mask, loss_type="ppo", total_sequences=2, total_tokens=3.0)
 
 
 # ---- independent implementation: explicit loops over sequences and tokens ---------------------
@@ -164,7 +178,7 @@ def test_matches_independent_implementation(loss_type, level, beta, unbiased, eh
     adv = torch.randn(B, generator=g, dtype=torch.float64)
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     mask = (torch.arange(T)[None, :] < lengths[:, None]).double()
-    got, _ = policy_loss(logp, old, ref, adv, mask, loss_type=loss_type, epsilon_low=0.2, epsilon_high=eh, beta=beta,
+    got, _ = grpo_loss(logp, old, ref, adv, mask, loss_type=loss_type, epsilon_low=0.2, epsilon_high=eh, beta=beta,
                          max_completion_length=10, unbiased_kl=unbiased, importance_sampling_level=level)
     want = _reference_loss(logp, old, ref, adv.tolist(), mask, loss_type, 0.2, eh, beta, unbiased, level, 10)
     assert got.item() == pytest.approx(float(want), rel=1e-10, abs=1e-12)
@@ -184,7 +198,7 @@ def test_micro_batches_give_the_full_batch_gradient(loss_type, level):
     kwargs = {"epsilon_low": 0.2, "epsilon_high": 0.28, "beta": 0.05, "importance_sampling_level": level}
 
     full = base.clone().requires_grad_(True)
-    loss, _ = policy_loss(full, old, ref, adv, mask, loss_type=loss_type, max_completion_length=T, **kwargs)
+    loss, _ = grpo_loss(full, old, ref, adv, mask, loss_type=loss_type, max_completion_length=T, **kwargs)
     loss.backward()
 
     parts = base.clone().requires_grad_(True)
@@ -234,16 +248,16 @@ def test_dual_clip_hand_derived():
     logp = torch.log(torch.tensor([[5.0, 1.5], [5.0, 0.5]])).requires_grad_(True)
     mask = torch.ones(2, 2)
     adv = torch.tensor([-2.0, 2.0])
-    plain, _ = policy_loss(logp, old, None, adv, mask, loss_type="bnpo")
+    plain, _ = grpo_loss(logp, old, None, adv, mask, loss_type="bnpo")
     assert plain.item() == pytest.approx((5.0 * 2 + 1.5 * 2 - 1.2 * 2 - 0.5 * 2) / 4)
-    dual, stats = policy_loss(logp, old, None, adv, mask, loss_type="bnpo", dual_clip=3.0)
+    dual, stats = grpo_loss(logp, old, None, adv, mask, loss_type="bnpo", dual_clip=3.0)
     assert dual.item() == pytest.approx((3.0 * 2 + 1.5 * 2 - 1.2 * 2 - 0.5 * 2) / 4)  # 10 -> 6; A > 0 untouched
     assert stats["clip_ratio/dual"] == 0.25
     (grad,) = torch.autograd.grad(dual, logp)
     assert grad[0, 0].item() == 0.0 and grad[0, 1].item() == pytest.approx(1.5 * 2 / 4)  # d(rho * 2)/dlogp = 2 rho
     assert grad[1, 1].item() == pytest.approx(-0.5 * 2 / 4)  # A > 0, rho 0.5 below the clip: the unclipped term
     with pytest.raises(ValueError, match="dual_clip must be above 1"):
-        policy_loss(logp, old, None, adv, mask, loss_type="bnpo", dual_clip=1.0)
+        token_losses(logp, old, None, adv, mask, dual_clip=1.0)
 
 
 def test_reward_and_advantage_clipping_hand_derived():

@@ -320,7 +320,7 @@ def test_rubric_proposals_and_anchor_retries_share_one_budget(scripted, rubric_w
     from test_estimators import tiny_group
 
     from cat.models.load import load_tokenizer
-    from cat.rewards.rubrics import propose_rubrics
+    from cat.rewards.criteria import propose_rubrics
     from cat.teacher.anchor import build_anchor
     from cat.types import Reference
 
@@ -455,7 +455,7 @@ def test_a_group_without_a_reference_is_counted_apart_from_rubrics_that_failed(s
     from test_estimators import tiny_group
 
     from cat.models.load import load_tokenizer
-    from cat.rewards.rubrics import propose_rubrics
+    from cat.rewards.criteria import propose_rubrics
     from cat.teacher.anchor import build_anchor
     from cat.types import Reference
 
@@ -469,7 +469,7 @@ def test_a_group_without_a_reference_is_counted_apart_from_rubrics_that_failed(s
     groups = [tiny_group(tokenizer, ["so \\boxed{85}"], "47+38", gold="85") for _ in range(2)]
     references = [Reference(text="so \\boxed{85}", answer="85", source="synthesis"),
                   Reference(text="", answer=None, source="synthesis")]
-    with caplog.at_level(logging.WARNING, logger="cat.rewards.rubrics"):
+    with caplog.at_level(logging.WARNING, logger="cat.rewards.criteria"):
         rubrics, stats = propose_rubrics(anchor, groups, references, config, seed=0)
     assert rubrics[0] is not None and rubrics[1] is None
     assert stats["rubric/failures"] == 0 and stats["rubric/no_reference"] == 1 and stats["rubric/attempts"] == 2

@@ -92,7 +92,7 @@ def test_declarations_are_checked_at_registration():
         @register_reward("wants_gold")
         class WantsGold(GroupReward):
             needs = frozenset({"gold"})
-    with pytest.raises(ConfigError, match="estimator.plugins has moved to the top level"):
+    with pytest.raises(ConfigError, match="estimator.plugins: unknown key"):  # plugins is a top-level key
         load_config(None, ["estimator.plugins=[x]"])
     with pytest.raises(ConfigError, match="reward.weights has 1 entries for 2"):
         load_config(None, ["reward.functions=[a, b]", "reward.weights=[1]"])

@@ -27,7 +27,11 @@ def test_rubric_run_writes_rubrics_verdicts_and_metrics(tmp_path):
     assert m["rubric/prompt_tokens"] > 0 and m["rubric/completion_tokens"] > 0
     assert m["judge/prompt_tokens"] > m["judge/completion_tokens"] > 0
     assert 0 < m["rubric/parse_rate"] <= 1 and 0 < m["judge/parse_rate"] <= 1
-    assert m["judge/asked"] == m["judge/calls"]  # per criterion, nothing cached yet: one request per verdict
+    # per criterion, nothing cached yet: one request per distinct (criterion, rollout) of the step,
+    # one verdict per pair (a repeated rollout is asked once)
+    audit = rows(run_dir / "rubrics.jsonl")
+    pairs = [(c["text"], r["completion"]) for a in audit if a["rubric"] for r in a["rollouts"] for c in a["rubric"]]
+    assert m["judge/asked"] == len(pairs) and m["judge/calls"] == len(set(pairs))
     audit = rows(run_dir / "rubrics.jsonl")
     assert len(audit) == 4 and all(a["step"] == 1 for a in audit)
     scored = [a for a in audit if a["rubric"]]
@@ -45,7 +49,7 @@ def test_rubric_run_writes_rubrics_verdicts_and_metrics(tmp_path):
     again = cli("train", CONFIG, "--output-dir", str(run_dir), *FAST)
     assert again.returncode == 0, again.stderr[-3000:]
     [m2] = rows(run_dir / "metrics.jsonl")
-    assert m2["judge/calls"] == 0 and m2["judge/cache_hits"] == m["judge/calls"] - m["judge/failures"]
+    assert m2["judge/calls"] == 0 and m2["judge/cache_hits"] == m["judge/asked"] - m["judge/failures"]
     assert m2["judge/prompt_tokens"] == m2["judge/completion_tokens"] == 0  # cached verdicts cost nothing
     assert m2["reward/mean"] == m["reward/mean"]
 

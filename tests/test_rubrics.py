@@ -8,6 +8,7 @@ import pytest
 from cat.config import load_config
 from cat.errors import ConfigError
 from cat.generation.chat import Usage
+from cat.rewards.criteria import MAX_CRITERION_CHARS, Criterion, RubricParseError, parse_rubric
 from cat.rewards.judge import (
     Judge,
     JudgeItem,
@@ -18,8 +19,7 @@ from cat.rewards.judge import (
     parse_verdict_lines,
 )
 from cat.rewards.rubric import rubric_score, score_with_failures
-from cat.rewards.rubrics import MAX_CRITERION_CHARS, Criterion, RubricParseError, parse_rubric
-from cat.tasks.healthbench import aggregate, bootstrap_std, clipped_mean
+from cat.tasks.healthbench import bootstrap_std, clipped_mean, score_graded
 from cat.templates import score_template
 
 GOOD = """Here is the rubric.
@@ -87,13 +87,13 @@ def test_failed_verdicts_are_left_out_not_read_as_no():
     assert score_with_failures(criteria, [None, None, True]) is None
 
 
-def test_aggregate_clips_the_mean_and_breaks_down_by_tag():
+def test_score_graded_clips_the_mean_and_breaks_down_by_tag():
     ex = [
         {"criteria": [(5, ("axis:accuracy",), True), (5, ("axis:completeness",), False)], "tags": ["theme:a"]},
         {"criteria": [(2, ("axis:accuracy",), False), (-6, ("axis:accuracy",), True)], "tags": ["theme:a", "theme:b"]},
         {"criteria": [(4, ("axis:completeness",), True)], "tags": ["theme:b"]},
     ]
-    out = aggregate(ex)
+    out = score_graded(ex)
     assert out["per_example"] == pytest.approx([0.5, -3.0, 1.0])
     assert out["score"] == 0.0  # mean -0.5 clipped to 0
     assert out["example_tags"] == {"theme:a": 0.0, "theme:b": 0.0}  # means -1.25 and -1.0, clipped
@@ -239,6 +239,23 @@ def test_all_criteria_mode_one_call_per_rollout(tmp_path):
     verdicts, stats = judge.judge([("resp", ["a", "b", "c"])])
     assert verdicts == [[True, False, True]] and stats["judge/calls"] == 1
     assert "1. a" in backend.prompts[0] and "3. c" in backend.prompts[0]
+
+
+def test_a_question_given_twice_is_asked_once(tmp_path):
+    """Identical rollouts (short answers often are) share one request per criterion, or per item in
+    all_criteria mode; a re-ask of the shared question counts for both. Counts are of verdicts,
+    ``judge/calls`` of requests."""
+    backend = ScriptedBackend(["yes", "hmm", "yes", "no"])
+    judge = make_judge(backend, tmp_path)
+    verdicts, stats = judge.judge([("same", ["c1", "c2"]), ("same", ["c1", "c2"]), ("other", ["c1"])])
+    # c1 of "same" yes; c2 of "same" unreadable, then no on the re-ask; c1 of "other" yes
+    assert verdicts == [[True, False], [True, False], [True]]
+    assert stats["judge/calls"] == 4 and stats["judge/asked"] == 5 and stats["judge/failures"] == 0
+    assert len(backend.prompts) == 4 and backend.prompts[1] == backend.prompts[3]  # the re-ask of c2
+    whole = ScriptedBackend(["1: yes\n2: no", "1: no"])
+    verdicts, stats = make_judge(whole, tmp_path / "whole", mode="all_criteria").judge(
+        [("r", ["a", "b"]), ("r", ["a", "b"]), ("s", ["a"])])
+    assert verdicts == [[True, False], [True, False], [False]] and stats["judge/calls"] == 2
 
 
 def test_judge_nan_yes_rate_when_nothing_judged(tmp_path):

@@ -106,3 +106,27 @@ def test_cat_sft_learns_without_labels(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(r["sft/groups"] > 0 and r["sft/nll"] > 0 for r in rows)
     assert evals["after"]["accuracy"] - evals["before"]["accuracy"] >= 0.05, evals
+
+
+def test_the_two_objectives_declare_what_the_update_reads():
+    """SFT: temperature 1, dapo, no sampler correction; its surrogate at ratio 1 is -1 per token and
+    it logs the token-mean NLL instead. GRPO logs its surrogate and shows the rollouts' advantages."""
+    from cat.algo.grpo import MismatchStats
+    from cat.algo.objectives import GRPO, SFT
+
+    config = load_config(None, ["algorithm=sft", "estimator.name=synthesis", "grpo.loss_type=grpo"])
+    sft = SFT(config.sft, config.grpo, None, max_completion_length=8, require_answer=True)
+    assert (sft.temperature, sft.loss_type, sft.sampler_correction, sft.skip_zero_advantage) == (1.0, "dapo", False, False)
+    logp = torch.tensor([[-1.0, -2.0, -3.0]])  # [1, 3]
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, stats = sft.loss(logp, logp, None, torch.ones(1), mask, sampler_weights=None, total_sequences=1,
+                           total_tokens=2.0)
+    assert float(loss) == -1.0 and float(stats.tokens) == 2.0  # -(1 + 1) / 2
+    assert float(sft.logged_loss(loss, logp, mask)) == 3.0
+    assert sft.loss_metrics(3.0, 2.0) == {"loss": 1.5, "sft/nll": 1.5}
+    assert sft.mismatch_metrics(MismatchStats(1, 1, 1, 1)) == {} and sft.rollout_advantages(None) == {}
+    grpo = GRPO(config.grpo, temperature=0.7, sampler_correction=True, pad_id=0, max_completion_length=8)
+    assert (grpo.temperature, grpo.loss_type, grpo.needs_spread) == (0.7, "grpo", True)
+    assert float(grpo.logged_loss(loss, logp, mask)) == -1.0 and grpo.loss_metrics(-1.0, 2.0) == {"loss": -1.0}
+    assert set(grpo.mismatch_metrics(MismatchStats(2, 1, 0, 0))) == {"mismatch/abs_logp_diff", "mismatch/kl",
+                                                                      "mismatch/capped_frac"}

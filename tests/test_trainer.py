@@ -136,8 +136,8 @@ def test_sampler_old_logprobs_skip_the_extra_scoring_pass(tmp_path, tiny_world):
     for mode in ("trainer", "sampler"):
         t = make_trainer(tmp_path / mode, tiny_world, "grpo.num_iterations=2", f"grpo.old_logprobs={mode}",
                          "optim.max_grad_norm=null")
-        real = t._score
-        t._score = lambda model, *a, _real=real, _mode=mode, **kw: scored.append(_mode) or _real(model, *a, **kw)
+        real = t._logprobs
+        t._logprobs = lambda model, *a, _real=real, _mode=mode, **kw: scored.append(_mode) or _real(model, *a, **kw)
         seen = grads_at_optimizer_step(t)
         m = t.step(0).metrics
         results[mode] = seen[0]

@@ -5,10 +5,10 @@ Semantics follow TRL's GRPOTrainer and verl's core_algos (docs/grpo.md), with tw
 stated here:
 
 * A group whose rewards are all equal gets advantage exactly 0 (never NaN, never 1e-17 noise).
-* Normalisers are explicit. ``policy_loss`` normalises over the batch it is given. The trainer
-  splits a batch into micro-batches and calls ``token_losses`` + ``aggregate`` with the *whole*
-  batch's sequence and token counts, so accumulated gradients equal the full-batch gradient for
-  every loss_type (TRL and verl both shipped bugs here). ``bnpo`` and ``dapo`` therefore coincide
+* Normalisers are explicit. The trainer splits a batch into micro-batches and calls
+  ``token_losses`` + ``aggregate`` (through ``cat.algo.objectives``) with the *whole* batch's
+  sequence and token counts, so accumulated gradients equal the full-batch gradient for every
+  loss_type (TRL and verl both shipped bugs here). ``bnpo`` and ``dapo`` therefore coincide
   in a single process; with several processes ``dapo`` counts the tokens of all of them.
 
 Nothing here knows about models, tokenizers or configs.
@@ -16,7 +16,7 @@ Nothing here knows about models, tokenizers or configs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -49,31 +49,39 @@ def advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4) -
 
 
 @dataclass(frozen=True)
-class LossStats:
-    """Token-level diagnostics of one loss evaluation (sums, so micro-batches add up exactly).
+class TokenSums:
+    """Sums over tokens, so that micro-batches and ranks add up exactly; ``tokens`` is the first
+    field, the count the others are divided by for their means.
 
-    Divide by ``tokens`` for means: ``clip_low / tokens`` is the fraction of active tokens whose
-    ratio fell below 1 - epsilon_low with a negative advantage, and so on.
-
-    Fields are floats or 0-d tensors on the loss's device: ``token_losses`` returns tensors, so
-    that adding up micro-batches never waits on the device; ``floats()`` reads them all at once.
+    Fields are floats or 0-d tensors on the loss's device: the loss returns tensors, so that adding
+    up micro-batches never waits on the device; ``floats()`` reads them all at once.
     """
 
     tokens: float
+
+    def __add__(self, other: TokenSums) -> TokenSums:
+        return type(self)(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+
+    def as_tuple(self) -> tuple[float, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    def floats(self) -> tuple[float, ...]:
+        return to_floats(self.as_tuple())
+
+
+@dataclass(frozen=True)
+class LossStats(TokenSums):
+    """Token-level diagnostics of one loss evaluation.
+
+    Divide by ``tokens`` for means: ``clip_low / tokens`` is the fraction of active tokens whose
+    ratio fell below 1 - epsilon_low with a negative advantage, and so on.
+    """
+
     clip_low: float
     clip_high: float
     kl: float
     ratio: float
     clip_dual: float = 0.0
-
-    def __add__(self, other: LossStats) -> LossStats:
-        return LossStats(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
-
-    def as_tuple(self) -> tuple[float, ...]:
-        return (self.tokens, self.clip_low, self.clip_high, self.kl, self.ratio, self.clip_dual)
-
-    def floats(self) -> tuple[float, ...]:
-        return to_floats(self.as_tuple())
 
     def means(self) -> dict[str, float]:
         tokens, clip_low, clip_high, kl, ratio, clip_dual = self.floats()
@@ -165,25 +173,15 @@ def to_floats(values) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True)
-class MismatchStats:
-    """Sums over tokens of how far the rollout engine's log-probs are from the trainer's, for
-    ``means()``: ``mismatch/abs_logp_diff`` (mean |logp_sampler - logp_trainer|),
-    ``mismatch/kl`` (k3 estimate of KL(sampler || trainer) on the sampled tokens) and
-    ``mismatch/capped_frac`` (tokens whose importance ratio exceeded the cap)."""
+class MismatchStats(TokenSums):
+    """How far the rollout engine's log-probs are from the trainer's, for ``means()``:
+    ``mismatch/abs_logp_diff`` (mean |logp_sampler - logp_trainer|), ``mismatch/kl`` (k3 estimate
+    of KL(sampler || trainer) on the sampled tokens) and ``mismatch/capped_frac`` (tokens whose
+    importance ratio exceeded the cap)."""
 
-    tokens: float
     abs_diff: float
     kl: float
     capped: float
-
-    def __add__(self, other: MismatchStats) -> MismatchStats:
-        return MismatchStats(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
-
-    def as_tuple(self) -> tuple[float, ...]:
-        return (self.tokens, self.abs_diff, self.kl, self.capped)
-
-    def floats(self) -> tuple[float, ...]:
-        return to_floats(self.as_tuple())
 
     def means(self) -> dict[str, float]:
         tokens, abs_diff, kl, capped = self.floats()
@@ -238,57 +236,3 @@ def aggregate(
         return loss.sum() / (max(total_sequences, 1) * length)
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
 
-
-def policy_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor | None,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    loss_type: str,
-    epsilon_low: float = 0.2,
-    epsilon_high: float = 0.2,
-    beta: float = 0.0,
-    max_completion_length: int | None = None,
-    unbiased_kl: bool = False,
-    importance_sampling_level: str = "token",
-    sampler_weights: torch.Tensor | None = None,
-    dual_clip: float | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The GRPO loss of one batch (single process, no accumulation).
-
-    logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B].
-    Per token: -min(rho * A, clip(rho, 1 - epsilon_low, 1 + epsilon_high) * A) + beta * k3, where
-    rho = exp(logprobs - old_logprobs) per token, or exp(mean log-ratio of the sequence) for
-    ``importance_sampling_level="sequence"`` (GSPO), and k3 = exp(ref - logp) - (ref - logp) - 1
-    (times rho when ``unbiased_kl``). Aggregated by ``loss_type``:
-    grpo: mean over each sequence's tokens, then over sequences; bnpo / dapo: sum over tokens /
-    active tokens; dr_grpo: sum / (B * max_completion_length, default T).
-    Returns (scalar loss, stats: clip_ratio/low, clip_ratio/high, clip_ratio/region, kl, ratio).
-    """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    per_token, stats = token_losses(
-        logprobs,
-        old_logprobs,
-        ref_logprobs,
-        advantages,
-        mask,
-        epsilon_low=epsilon_low,
-        epsilon_high=epsilon_high,
-        beta=beta,
-        unbiased_kl=unbiased_kl,
-        importance_sampling_level=importance_sampling_level,
-        sampler_weights=sampler_weights,
-        dual_clip=dual_clip,
-    )
-    loss = aggregate(
-        per_token,
-        mask,
-        loss_type=loss_type,
-        total_sequences=logprobs.shape[0],
-        total_tokens=float(mask.sum().item()),
-        max_completion_length=max_completion_length,
-    )
-    return loss, stats.means()

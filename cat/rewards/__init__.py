@@ -7,7 +7,7 @@ import GroupReward, register_reward``, and imports the built-in rewards so that 
 registered: ``math_equivalence`` and ``length_penalty`` (``base``), ``reasoning_gym``
 (``reasoning_gym``), ``rubric`` and ``judge_equivalence`` (``rubric``). Beside them: reading a
 reply's final answer (``answers``), math equivalence (``math``), the judge (``judge``), and rubric
-records, parsing and proposal (``rubrics``).
+records, parsing and proposal (``criteria``).
 """
 
 from cat.rewards import reasoning_gym as _reasoning_gym  # noqa: F401  (registers the reasoning_gym reward)

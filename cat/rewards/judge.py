@@ -21,11 +21,13 @@ list[str | None]`` (``ChatBackend``), over the generation seam's ``ChatModel``:
   (``{"explanation": ..., "criteria_met": true|false}``, fenced or bare), or a leading yes/no;
 * a persistent verdict cache keyed by (judge model, criterion, conversation, response), so a
   resumed run does not pay twice;
-* re-asks of unparsable verdicts, within one budget per verdict (``RequestBudget``) that the
-  endpoint's own retries share: ``judge.max_retries + 1`` requests per verdict in all. When not
-  one of a first round of at least ``GIVE_UP_AFTER`` (8) replies is a verdict, the judge does not
-  follow its template and nothing is re-asked: the verdicts fail after one request each, and one
-  warning quotes a reply and names the fix;
+* one request per distinct question (a response given twice, as short answers often are, is
+  asked once), and re-asks of unparsable verdicts and ratings in one loop (``Judge._ask``), within
+  one budget per request (``RequestBudget``) that the endpoint's own retries share:
+  ``judge.max_retries + 1`` requests per question in all. When not one of a first round of at
+  least ``GIVE_UP_AFTER`` (8) replies is a verdict, the judge does not follow its template and
+  nothing is re-asked: the verdicts fail after one request each, and one warning quotes a reply
+  and names the fix;
 * exclusion of the verdicts that still fail. A failure is never read as "no": it is ``None``,
   and the reward leaves that criterion out for that rollout. (HealthBench's grader retries
   until it parses; here the retries are bounded, the rest is counted in ``judge/failures``, and a
@@ -47,8 +49,10 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from cat.display import excerpt
 from cat.errors import TeacherError
@@ -325,88 +329,82 @@ class Judge:
         return self._template(item).render(**values)
 
     def judge(self, items: list[JudgeItem | tuple[str, list[str]]]) -> tuple[list[list[bool | None]], dict]:
-        """For each item: one verdict per criterion (None = judge failure)."""
+        """For each item: one verdict per criterion (None = judge failure). A question given twice
+        (the same criterion, conversation and response; in all_criteria mode the same item) is
+        asked once. Counts are of verdicts (``judge/asked``: not in the cache; ``judge/failures``:
+        of those, never given), except ``judge/calls`` (requests)."""
         start = time.perf_counter()
         spent = self.backend.usage.snapshot()
         items = [JudgeItem(*item) for item in items]
         verdicts: list[list[bool | None]] = [[None] * len(item.criteria) for item in items]
-        todo: list[tuple[int, int]] = []
-        hits = 0
+        pending: list[tuple[int, int]] = []  # (item, criterion) not in the cache
         for i, item in enumerate(items):
             if item.points is not None and len(item.points) != len(item.criteria):
                 raise ValueError(f"{len(item.criteria)} criteria but {len(item.points)} points")
             for k in range(len(item.criteria)):
                 cached = self.cache.get(self._key(item, k))
                 if cached is None:
-                    todo.append((i, k))
+                    pending.append((i, k))
                 else:
                     verdicts[i][k] = cached
-                    hits += 1
-        asked = len(todo)
-        # one budget per request (an item in all_criteria mode, k None; else a criterion), shared with
-        # the endpoint's retries of transient failures: max_retries + 1 requests in all
-        budgets: dict[tuple[int, int | None], RequestBudget] = {}
+        asked, hits = len(pending), sum(len(item.criteria) for item in items) - len(pending)
+        # one request per question: an item in all_criteria mode, else a criterion of one; a repeat
+        # takes the verdicts of the first to ask it
+        whole: dict[tuple, int] = {}
+        single: dict[str, tuple[int, int]] = {}
+        first: dict[tuple[int, int], tuple[int, int]] = {}
+        for i, k in pending:
+            item = items[i]
+            if "criteria" in self._template(item).placeholders:
+                question = (tuple(self._key(item, n) for n in range(len(item.criteria))), item.points)
+                first[i, k] = (whole.setdefault(question, i), k)
+            else:
+                first[i, k] = single.setdefault(self._key(item, k), (i, k))
+        todo = [(i, k) for i, k in pending if first[i, k] == (i, k)]
 
-        def budget(i: int, k: int | None) -> RequestBudget:
-            return budgets.setdefault((i, k), RequestBudget(self.max_retries + 1))
+        def read_all(i: int, text: str | None) -> bool:
+            found = parse_verdict_lines(text, len(items[i].criteria))
+            for k, v in enumerate(found):
+                if verdicts[i][k] is None and v is not None:
+                    verdicts[i][k] = v
+            return any(v is not None for v in found)
 
-        calls = replied = parsed = 0  # requests sent; replies that came back; replies that gave a verdict
-        unread = ""  # a reply that did not parse, quoted in the warning
-        gave_up = False
-        for attempt in range(self.max_retries + 1):
-            whole = [i for i in sorted({i for i, _ in todo})
-                     if "criteria" in self._template(items[i]).placeholders and budget(i, None).left]
-            single = [(i, k) for i, k in todo
-                      if "criteria" not in self._template(items[i]).placeholders and budget(i, k).left]
-            if not whole and not single:
-                break
-            replies = read = 0  # replies that came back this round, and those that gave a verdict
-            if whole:
-                prompts = [self._prompt(items[i], None) for i in whole]
-                texts = self.backend.complete(prompts, 8 * max(len(items[i].criteria) for i in whole), attempt,
-                                              [budget(i, None) for i in whole])
-                for i, text in zip(whole, texts, strict=True):
-                    found = parse_verdict_lines(text, len(items[i].criteria))
-                    for k, v in enumerate(found):
-                        if verdicts[i][k] is None and v is not None:
-                            verdicts[i][k] = v
-                    if text and None in verdicts[i]:
-                        unread = text
-                    replies += text is not None
-                    read += any(v is not None for v in found)
-                calls += len(prompts)
-            if single:
-                prompts = [self._prompt(items[i], k) for i, k in single]
-                texts = self.backend.complete(prompts, self.max_new_tokens, attempt, [budget(i, k) for i, k in single])
-                for (i, k), text in zip(single, texts, strict=True):
-                    verdicts[i][k] = parse_verdict(text)
-                    if text and verdicts[i][k] is None:
-                        unread = text
-                    replies += text is not None
-                    read += verdicts[i][k] is not None
-                calls += len(prompts)
-            replied, parsed = replied + replies, parsed + read
-            fresh = [(i, k) for i, k in todo if verdicts[i][k] is not None]
-            self.cache.put_many([(self._key(items[i], k), verdicts[i][k]) for i, k in fresh])
+        def read_one(ik: tuple[int, int], text: str | None) -> bool:
+            i, k = ik
+            verdicts[i][k] = parse_verdict(text)
+            return verdicts[i][k] is not None
+
+        def save() -> None:
+            nonlocal todo
+            self.cache.put_many([(self._key(items[i], k), verdicts[i][k]) for i, k in todo if verdicts[i][k] is not None])
             todo = [(i, k) for i, k in todo if verdicts[i][k] is None]
-            if attempt == 0 and replies >= GIVE_UP_AFTER and read == 0:
-                quoted = f", e.g. {excerpt(unread)!r}" if unread else ""
-                logger.warning(f"{self.backend.label}: none of {replies} replies was a verdict{quoted}; not re-asking: "
-                               f"{len(todo)} of {asked} verdicts failed (left out, never read as 'no'). Fix: {JUDGE_FIX}")
-                gave_up = True
-                break
-        if todo and not gave_up:
-            quoted = f"; a reply that did not parse: {excerpt(unread)!r}" if unread else ""
-            logger.warning(f"{self.backend.label}: {len(todo)} of {asked} verdicts failed after up to "
+
+        asking = self._ask([
+            _Requests(sorted(set(whole.values())), lambda i: self._prompt(items[i], None),
+                      lambda keys: 8 * max(len(items[i].criteria) for i in keys), read_all,
+                      lambda i: None not in verdicts[i]),
+            _Requests(list(single.values()), lambda ik: self._prompt(items[ik[0]], ik[1]),
+                      lambda keys: self.max_new_tokens, read_one, lambda ik: verdicts[ik[0]][ik[1]] is not None),
+        ], save)
+        for (i, k), (fi, fk) in first.items():
+            verdicts[i][k] = verdicts[fi][fk]
+        failures = sum(verdicts[i][k] is None for i, k in pending)
+        if asking.gave_up:
+            quoted = f", e.g. {excerpt(asking.unread)!r}" if asking.unread else ""
+            logger.warning(f"{self.backend.label}: none of {asking.replied} replies was a verdict{quoted}; not "
+                           f"re-asking: {failures} of {asked} verdicts failed (left out, never read as 'no'). "
+                           f"Fix: {JUDGE_FIX}")
+        elif failures:
+            quoted = f"; a reply that did not parse: {excerpt(asking.unread)!r}" if asking.unread else ""
+            logger.warning(f"{self.backend.label}: {failures} of {asked} verdicts failed after up to "
                            f"{self.max_retries + 1} requests each (left out, never read as 'no'){quoted}")
-        flat = [v for row in verdicts for v in row]
-        judged = [v for v in flat if v is not None]
+        judged = [v for row in verdicts for v in row if v is not None]
         stats = {  # counts are ints, so that ranks' counts add up (cat.run.parallel.combine_stats)
-            "judge/calls": calls,
+            "judge/calls": asking.calls,
             "judge/cache_hits": hits,
-            "judge/failures": len(todo),
-            "judge/asked": asked,  # verdicts not in the cache; judge/failures of them were never given
-            "judge/parse_rate": parsed / replied if replied else float("nan"),  # replies that were verdicts
+            "judge/failures": failures,
+            "judge/asked": asked,
+            "judge/parse_rate": asking.parsed / asking.replied if asking.replied else float("nan"),  # replies that were verdicts
             "judge/yes_rate": sum(judged) / len(judged) if judged else float("nan"),
             "judge/seconds": time.perf_counter() - start,
             **self.backend.usage.since(spent, "judge"),
@@ -416,11 +414,9 @@ class Judge:
     def scores(self, items: list[tuple[tuple[dict[str, str], ...], str]], template: Template) -> tuple[list[int | None], dict]:
         """For each (conversation, response): the judge's rating of the response on ``SCORES``
         through ``template`` (``{{conversation}}``, ``{{response}}``; reply ``<score>N</score>``), or
-        None when no reply of its ``judge.max_retries + 1`` requests was a score (none is re-asked when
-        not one of a first round of at least ``GIVE_UP_AFTER`` replies was). The first request decodes
-        greedily, re-asks sample; ratings are cached like verdicts, keyed by the template's text, and a
-        (conversation, response) given twice is asked once. A failure is never read as the lowest
-        score: the caller leaves that response out."""
+        None when no reply to its requests was a score (:meth:`_ask`). Ratings are cached like
+        verdicts, keyed by the template's text, and a (conversation, response) given twice is
+        asked once. A failure is never read as the lowest score: the caller leaves that response out."""
         start = time.perf_counter()
         spent = self.backend.usage.snapshot()
         criterion = f"score\0{template.text}"  # the cache's criterion slot: a new template is a new question
@@ -432,37 +428,89 @@ class Judge:
             if v is None:
                 first.setdefault(keys[i], i)
         todo = list(first.values())
-        budgets = {i: RequestBudget(self.max_retries + 1) for i in todo}
-        calls, unread, gave_up = 0, "", False
-        for attempt in range(self.max_retries + 1):
-            todo = [i for i in todo if budgets[i].left]
-            if not todo:
-                break
-            prompts = [template.render(conversation=render_conversation(items[i][0]), response=items[i][1]) for i in todo]
-            texts = self.backend.complete(prompts, self.max_new_tokens, attempt, [budgets[i] for i in todo])
-            calls += len(todo)
-            for i, text in zip(todo, texts, strict=True):
-                out[i] = parse_score(text)
-                unread = text if text and out[i] is None else unread
+
+        def read(i: int, text: str | None) -> bool:
+            out[i] = parse_score(text)
+            return out[i] is not None
+
+        def save() -> None:
+            nonlocal todo
             self.cache.put_many([(keys[i], out[i]) for i in todo if out[i] is not None])
-            replies = sum(t is not None for t in texts)
             todo = [i for i in todo if out[i] is None]
-            if attempt == 0 and replies >= GIVE_UP_AFTER and len(todo) == len(texts):
-                failed_keys = {keys[i] for i in todo}
-                unrated = sum(k in failed_keys for k in keys)  # repeats of a failed response count
-                logger.warning(f"{self.backend.label}: none of {replies} replies was a score <score>N</score>; not "
-                               f"re-asking: {unrated} of {len(items)} ratings failed (left out), e.g. "
-                               f"{excerpt(unread)!r}. Fix: {SCORE_FIX}")
-                gave_up = True
-                break
+
+        asking = self._ask([_Requests(
+            list(first.values()), lambda i: template.render(conversation=render_conversation(items[i][0]), response=items[i][1]),
+            lambda keys: self.max_new_tokens, read, lambda i: out[i] is not None)], save)
         out = [out[first[k]] if v is None and k in first else v for k, v in zip(keys, out, strict=True)]
-        failed = sum(v is None for v in out)
-        if failed and not gave_up:
-            quoted = f"; a reply that did not parse: {excerpt(unread)!r}" if unread else ""
+        failed = sum(v is None for v in out)  # repeats of a failed response count
+        if asking.gave_up:
+            logger.warning(f"{self.backend.label}: none of {asking.replied} replies was a score <score>N</score>; not "
+                           f"re-asking: {failed} of {len(items)} ratings failed (left out), e.g. "
+                           f"{excerpt(asking.unread)!r}. Fix: {SCORE_FIX}")
+        elif failed:
+            quoted = f"; a reply that did not parse: {excerpt(asking.unread)!r}" if asking.unread else ""
             logger.warning(f"{self.backend.label}: {failed} of {len(items)} ratings failed after up to "
                            f"{self.max_retries + 1} requests each (left out, never read as a score){quoted}")
-        return out, {"judge/score_calls": calls, "judge/score_cache_hits": hits, "judge/score_failures": failed,
+        return out, {"judge/score_calls": asking.calls, "judge/score_cache_hits": hits, "judge/score_failures": failed,
                      "judge/seconds": time.perf_counter() - start, **self.backend.usage.since(spent, "judge")}
+
+    def _ask(self, requests: list[_Requests], save: Callable[[], None]) -> _Asked:
+        """Send every request and re-ask those whose replies did not answer them, up to
+        ``judge.max_retries + 1`` requests each, within one budget each (``RequestBudget``) that the
+        endpoint's own retries of transient failures share. Each round sends one batch per kind of
+        request, in order; the first decodes greedily, re-asks sample. ``save()`` after each round
+        (what it answered goes into the cache). When not one reply of a first round of at least
+        ``GIVE_UP_AFTER`` was readable, the model does not follow the template: nothing is re-asked."""
+        budgets = [{key: RequestBudget(self.max_retries + 1) for key in r.keys} for r in requests]
+        todo = [list(r.keys) for r in requests]
+        asked = _Asked()
+        for attempt in range(self.max_retries + 1):
+            todo = [[key for key in keys if budget[key].left] for keys, budget in zip(todo, budgets, strict=True)]
+            if not any(todo):
+                break
+            replies = read = 0  # replies that came back this round, and those that were readable
+            for r, keys, budget in zip(requests, todo, budgets, strict=True):
+                if not keys:
+                    continue
+                texts = self.backend.complete([r.prompt(key) for key in keys], r.max_new_tokens(keys), attempt,
+                                              [budget[key] for key in keys])
+                for key, text in zip(keys, texts, strict=True):
+                    read += r.read(key, text)
+                    replies += text is not None
+                    if text and not r.answered(key):
+                        asked.unread = text
+                asked.calls += len(keys)
+            asked.replied, asked.parsed = asked.replied + replies, asked.parsed + read
+            save()
+            todo = [[key for key in keys if not r.answered(key)] for r, keys in zip(requests, todo, strict=True)]
+            if attempt == 0 and replies >= GIVE_UP_AFTER and read == 0:
+                asked.gave_up = True
+                break
+        return asked
+
+
+class _Requests(NamedTuple):
+    """Requests of one kind for :meth:`Judge._ask`: ``keys`` (what each is for), ``prompt(key)``,
+    ``max_new_tokens(keys)`` of one batch, ``read(key, reply) -> bool`` (takes a reply, None when
+    none came; True when it was readable) and ``answered(key)`` (nothing left to ask)."""
+
+    keys: list
+    prompt: Callable[[Any], str]
+    max_new_tokens: Callable[[list], int]
+    read: Callable[[Any, str | None], bool]
+    answered: Callable[[Any], bool]
+
+
+@dataclass
+class _Asked:
+    """What :meth:`Judge._ask` sent and got: requests, replies that came back, replies that were
+    readable, the last reply that left its request unanswered, and whether it gave up re-asking."""
+
+    calls: int = 0
+    replied: int = 0
+    parsed: int = 0
+    unread: str = ""
+    gave_up: bool = False
 
 
 _DEFAULT_TEMPLATES = {

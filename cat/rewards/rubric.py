@@ -25,8 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cat.rewards.base import RewardContext, RewardFunction, Scored, register_reward
+from cat.rewards.criteria import Criterion, Rubric, propose_rubrics
 from cat.rewards.judge import JudgeItem
-from cat.rewards.rubrics import Criterion, Rubric, propose_rubrics
 from cat.templates import load_template
 from cat.types import Group, GroupScore, Reference
 
@@ -59,8 +59,8 @@ class _JudgedReward(RewardFunction):
     @classmethod
     def preflight(cls, config) -> None:
         """Validate the templates before any model is loaded."""
+        from cat.rewards.criteria import proposal_template
         from cat.rewards.judge import judge_template
-        from cat.rewards.rubrics import proposal_template
 
         judge_template(config)
         judge_template(config, conversation=True)

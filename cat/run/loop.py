@@ -161,7 +161,7 @@ class RunLoop:
                     self.save()
         bar.close()
         self.save()
-        watch.finish(needs_spread=t.config.algorithm == "grpo")  # sft learns from any scored reference
+        watch.finish(needs_spread=t.objective.needs_spread)
         summary = teacher_summary(metrics_path) if main else ""
         if summary:
             t.log(summary)

@@ -4,6 +4,8 @@ The ``Trainer`` is the algorithm: ``step()`` takes one step, and it owns what a 
 rollout engine, the estimator, the reward, the frozen pi_0 (KL reference and anchor, loaded only
 when something uses it). Around it:
 * the ``Learner`` (``cat.run.learner``): the trained policy, its optimizer and their state;
+* the ``Objective`` (``cat.algo.objectives``, ``algorithm``): GRPO or SFT, what the update
+  minimises and the batch it is built on;
 * the ``Task`` (``cat.tasks.task``): the prompts, their length limit and the evaluation;
 * the ``RunLoop`` (``cat.run.loop``): cadence, evaluation, checkpoints, signals, recording
   (``Trainer.train`` / ``save`` / ``restore``).
@@ -30,12 +32,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from cat.algo.batch import Batch, build_batch, build_sft_batch
-from cat.algo.grpo import LossStats, MismatchStats, aggregate, to_floats, token_losses, truncated_is_weights
+from cat.algo.batch import Batch
+from cat.algo.grpo import LossStats, MismatchStats, to_floats, truncated_is_weights
+from cat.algo.objectives import GRPO, SFT, Objective
 from cat.config import Config
 from cat.generation import SamplingParams, SharedEngine, generator_from_config
 from cat.models.load import load_model, load_tokenizer, resolve_device
@@ -110,6 +114,10 @@ class Trainer:
         torch.manual_seed(config.run.seed)
         m = config.model
         self.tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
+        self.objective = build_objective(config, self.tokenizer)
+        # the teacher against gold, measured only: answers read and compared as the reward does
+        self.diagnose = partial(teacher_diagnostics, answer_of=AnswerChain.from_config(config.answer),
+                                mode=config.reward.mode, timeout_s=config.reward.timeout_s)
         self.task = Task(config, self.tokenizer, log=self.log)
         # the teachers on endpoints are checked now (one real request each), not at their first use
         # after the initial evaluation; local ones load on first use
@@ -232,26 +240,17 @@ class Trainer:
             counts = self.ranks.gather(len(groups))
             groups, references, scores, audit = gather_lists(self.ranks, groups, references, scores, audit)
             reward_stats = combine_stats(self.ranks.gather(reward_stats), counts)
-        g = self.config.grpo
-        sft = self.config.algorithm == "sft"
-        if sft:
-            batch, targets = self.sft_batch(groups, references, scores)
-        else:
-            batch = build_batch(groups, scores, pad_id=self.tokenizer.pad_token_id, scale=g.scale_rewards,
-                                eps=g.advantage_eps, mask_truncated=g.mask_truncated_completions,
-                                reward_clip=g.reward_clip, advantage_clip=g.advantage_clip)
-        update = self.update(batch, timer, shard, sft=sft) if batch is not None else {}
-        if sft:
-            update["sft/groups"] = targets
+        batch, batch_metrics = self.objective.batch(groups, references, scores)
+        update = {**(self.update(batch, timer, shard) if batch is not None else {}), **batch_metrics}
         with timer("weight_sync"):
             self.generator.sync_weights(self.policy)
         metrics = {"step": step + 1, **self._rollout_metrics(groups, scores), **update, **reward_stats}
-        metrics.update(teacher_diagnostics(groups, references, scores, self.config))
+        metrics.update(self.diagnose(groups, references, scores))
         metrics.update(timer.metrics())
         tokens = sum(len(c.token_ids) for grp in groups for c in grp.completions)
         metrics["tokens_per_second"] = tokens / max(timer.total, 1e-9)
         metrics["tokens/rollouts"] = tokens  # beside anchor/prompt_tokens and anchor/completion_tokens: who spent what
-        return StepResult(metrics, self._samples(step, groups, references, scores, None if sft else batch),
+        return StepResult(metrics, self._samples(step, groups, references, scores, self.objective.rollout_advantages(batch)),
                           [{"step": step + 1, **row} for row in audit])
 
     def probe(self, n: int) -> tuple[dict, list[Group], list[Reference]]:
@@ -276,7 +275,7 @@ class Trainer:
         reward_stats = with_estimator_stats(reward_stats, self.estimator)
         set_rng_state(saved)
         metrics = {"step": 0, **self._rollout_metrics(groups, scores), **reward_stats,
-                   **teacher_diagnostics(groups, references, scores, self.config)}
+                   **self.diagnose(groups, references, scores)}
         return metrics, groups, references
 
     def score(self, groups: list[Group], references: list[Reference], step: int):
@@ -285,13 +284,6 @@ class Trainer:
                             seed=_step_seed(self.config.run.seed, step) + 1, step=step)
         out = self.reward.score(groups, references, ctx)
         return out.scores, out.metrics, out.audit
-
-    def sft_batch(self, groups: list[Group], references: list[Reference], scores: list[GroupScore]):
-        """``algorithm: sft``: the batch of the step's targets
-        (:func:`cat.algo.batch.build_sft_batch`)."""
-        verifiable = "math_equivalence" in [name for name, _ in reward_names(self.config)]
-        return build_sft_batch(groups, references, scores, self.tokenizer, target=self.config.sft.target,
-                               max_new_tokens=self.config.generation.max_new_tokens, require_answer=verifiable)
 
     def rollout(self, step: int) -> list[Group]:
         """This rank's groups of step ``step`` (all of them in one process)."""
@@ -323,36 +315,29 @@ class Trainer:
         return SamplingParams(n=n, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
                               top_p=gen.top_p, top_k=gen.top_k, stop=tuple(gen.stop), seed=seed, row_offset=row_offset)
 
-    def update(self, batch: Batch, timer: _Timer, shard: tuple[int, int] | None = None, *, sft: bool = False) -> dict:
-        """num_iterations optimiser steps on one generation batch (the whole step's), micro-batched
-        exactly. This rank backpropagates the rows of the groups in ``shard`` (its own; None: all);
-        the normalisers, the loss and every statistic are the whole batch's.
-
-        ``sft``: the batch's completions are targets with advantage 1, scored at temperature 1 and
-        averaged over all their tokens (dapo): at ratio 1 the surrogate's gradient is the NLL's,
-        logged as ``sft/nll``. No sampler correction (targets were not all sampled)."""
-        g, run = self.config.grpo, self.config.run
+    def update(self, batch: Batch, timer: _Timer, shard: tuple[int, int] | None = None) -> dict:
+        """num_iterations optimiser steps of the run's objective (``cat.algo.objectives``) on one
+        generation batch (the whole step's), micro-batched exactly. This rank backpropagates the
+        rows of the groups in ``shard`` (its own; None: all); the normalisers, the loss and every
+        statistic are the whole batch's."""
+        g, run, objective = self.config.grpo, self.config.run, self.objective
         T = batch.completion_length
-        temperature = 1.0 if sft else self.config.generation.temperature
+        temperature = objective.temperature
         total_tokens = float(batch.completion_mask.sum().item())  # the normaliser: every row's tokens
         lo, hi = _rows_of(batch, shard)
         full, batch = batch, batch.rows(lo, hi)  # from here on: this rank's rows
-        if g.skip_zero_advantage and g.beta == 0 and not sft:
-            # a zero advantage makes a row's surrogate (and its gradient) exactly 0
+        if objective.skip_zero_advantage:
             batch = batch.select((batch.advantages != 0).nonzero().flatten())
         batch = batch.select(batch.longest_first())  # micro-batches of like lengths, each trimmed below
         share = self.config.run.share_prompt_forward
         chunks = [(s, min(s + run.micro_batch_size, len(batch))) for s in range(0, len(batch), run.micro_batch_size)]
-        use_sampler_old = g.old_logprobs == "sampler" and not sft
-        correct = self.config.sampler_correction and not sft
-        loss_type = "dapo" if sft else g.loss_type
-        nll_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # float64: a split-independent total
+        use_sampler_old = objective.old_logprobs == "sampler"
         learner = self.learner
         passes = learner.forwards_in_step(max(len(chunks), 1))  # FSDP: the same on every rank
         with timer("logprobs"):
-            old = self._score(self.policy, batch, chunks, temperature, passes, idle=full) \
+            old = self._logprobs(self.policy, batch, chunks, temperature, passes, idle=full) \
                 if g.num_iterations > 1 and not use_sampler_old else None
-            ref = self._score(self.initial_policy, batch, chunks, temperature) if g.beta > 0 else None
+            ref = self._logprobs(self.initial_policy, batch, chunks, temperature) if g.beta > 0 else None
         out: dict = {}
         mismatch = MismatchStats(0, 0, 0, 0)
         is_weights: dict[int, torch.Tensor] = {}  # micro-batch start -> [b, T], fixed by the first iteration
@@ -363,6 +348,7 @@ class Trainer:
                 # float64 running sums: the step's totals do not depend on how rows are split into
                 # micro-batches or ranks beyond the rounding of each part
                 loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+                logged_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # what the objective logs
                 entropy_sum = torch.zeros((), dtype=torch.float64, device=self.device)
                 for k in range(passes):
                     if k >= len(chunks):  # this rank ran out of rows (or had none): the collectives still need it
@@ -387,47 +373,35 @@ class Trainer:
                             is_weights[start], mb_mismatch = truncated_is_weights(before, sampler_lp, mask,
                                                                                   cap=g.sampler_correction_cap)
                             mismatch = mismatch + mb_mismatch
-                        weights = is_weights[start] if correct else None
+                        weights = is_weights[start] if objective.sampler_correction else None
                         if use_sampler_old:
                             old_lp = sampler_lp
                         else:
                             old_lp = old[offset:offset + len(mb), :Tm].to(self.device) if old is not None \
                                 else logp.detach()
                         ref_lp = ref[offset:offset + len(mb), :Tm].to(self.device) if ref is not None else None
-                        per_token, mb_stats = token_losses(
-                            logp, old_lp, ref_lp, mb.advantages.to(self.device), mask,
-                            epsilon_low=g.epsilon,
-                            epsilon_high=g.epsilon_high if g.epsilon_high is not None else g.epsilon,
-                            beta=g.beta, unbiased_kl=g.unbiased_kl,
-                            importance_sampling_level=g.importance_sampling_level, sampler_weights=weights,
-                            dual_clip=g.dual_clip,
-                        )
-                        if sft:
-                            nll_sum += -(logp.detach() * mask).sum()
-                        loss = aggregate(per_token, mask, loss_type=loss_type, total_sequences=len(full),
-                                         total_tokens=total_tokens,
-                                         max_completion_length=self.config.generation.max_new_tokens)
+                        loss, mb_stats = objective.loss(logp, old_lp, ref_lp, mb.advantages.to(self.device), mask,
+                                                        sampler_weights=weights, total_sequences=len(full),
+                                                        total_tokens=total_tokens)
                         learner.backward(loss)
                     loss_sum += loss.detach()
+                    logged_sum += objective.logged_loss(loss, logp, mask)
                     entropy_sum += (entropy * mask).sum()
                     stats = stats + mb_stats
-                values = to_floats([loss_sum, entropy_sum, *stats.as_tuple()])  # the step's one read from the device
-                loss_value, entropy_total, skipped, *sums = self.ranks.sum(
-                    [values[0], values[1], float(hi - lo - len(batch)), *values[2:]])
+                values = to_floats([loss_sum, logged_sum, entropy_sum, *stats.as_tuple()])  # the step's one read from the device
+                loss_value, logged, entropy_total, skipped, *sums = self.ranks.sum(
+                    [*values[:3], float(hi - lo - len(batch)), *values[3:]])
                 stats = LossStats(*sums)
                 out = {"loss": loss_value, "entropy": entropy_total / max(stats.tokens, 1.0), **stats.means(),
-                       "update/skipped_rows": skipped}
-                if sft:  # the surrogate's value is -1 at ratio 1; the NLL is what is minimised
-                    out["loss"] = out["sft/nll"] = self.ranks.sum([float(nll_sum)])[0] / max(total_tokens, 1.0)
+                       "update/skipped_rows": skipped, **objective.loss_metrics(logged, total_tokens)}
                 out.update(learner.step(loss_value))
         if self.ranks.world > 1:
             mismatch = MismatchStats(*self.ranks.sum(list(mismatch.floats())))
-        if not sft:
-            out.update(mismatch.means())
+        out.update(objective.mismatch_metrics(mismatch))
         return out
 
     @torch.no_grad()
-    def _score(self, model, batch: Batch, chunks, temperature: float, passes: int | None = None, *,
+    def _logprobs(self, model, batch: Batch, chunks, temperature: float, passes: int | None = None, *,
                idle: Batch | None = None) -> torch.Tensor:
         """Log-probs of the rows in ``chunks`` under a model that is not being updated, at the
         update's ``temperature`` (``passes``: forward passes to make in all, idle ones on the first
@@ -481,13 +455,9 @@ class Trainer:
             out[f"reward/{key}"] = sum(values) / len(values)
         return out
 
-    def _samples(self, step, groups, references, scores, batch) -> list[dict]:
+    def _samples(self, step, groups, references, scores, adv_by_group: dict[int, list[float]]) -> list[dict]:
         n = self.config.run.log_samples
         out = []
-        adv_by_group: dict[int, list[float]] = {}
-        if batch is not None:
-            for gi, a in zip(batch.group_index.tolist(), batch.advantages.tolist(), strict=True):
-                adv_by_group.setdefault(gi, []).append(a)
         for gi, (group, ref, score) in enumerate(zip(groups, references, scores, strict=True)):
             for ci, c in enumerate(group.completions):
                 if len(out) >= n:
@@ -534,6 +504,17 @@ class Trainer:
         """Run (or continue) to ``run.steps`` (``cat.run.loop.RunLoop``); returns the eval
         summary."""
         return RunLoop(self).train(progress=progress)
+
+
+def build_objective(config: Config, tokenizer) -> Objective:
+    """The run's objective (``algorithm``) from the sections it reads."""
+    g, gen = config.grpo, config.generation
+    if config.algorithm == "sft":
+        # verifiable tasks train only on targets whose final answer could be read
+        verifiable = "math_equivalence" in [name for name, _ in reward_names(config)]
+        return SFT(config.sft, g, tokenizer, max_completion_length=gen.max_new_tokens, require_answer=verifiable)
+    return GRPO(g, temperature=gen.temperature, sampler_correction=config.sampler_correction,
+                pad_id=tokenizer.pad_token_id, max_completion_length=gen.max_new_tokens)
 
 
 class _Timer:

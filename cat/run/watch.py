@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from cat.display import excerpt, percent
 from cat.errors import TrainingHalted
+from cat.rewards.criteria import RUBRIC_FIX
 from cat.rewards.judge import JUDGE_FIX, SCORE_FIX
-from cat.rewards.rubrics import RUBRIC_FIX
 from cat.types import Group, Reference
 
 

@@ -21,7 +21,7 @@ Schemas are picked by field names in the config: MATH-500 (``problem`` / ``answe
 ``criterion`` / ``points`` / ``tags``, ``example_tags``, ``prompt_id``; other fields of the real
 benchmark, such as ``ideal_completions_data`` or ``canary``, are accepted and ignored). A
 HealthBench criterion is kept exactly as written: any length, line breaks included (the
-500-character limit is for self-proposed rubrics only, ``cat.rewards.rubrics``).
+500-character limit is for self-proposed rubrics only, ``cat.rewards.criteria``).
 
 The gold answer is kept on each Prompt for the ``gold`` estimator and for diagnostics only.
 """
@@ -303,7 +303,7 @@ def _healthbench_prompt(i: int, row: dict, label: str, system_prompt: str | None
     """One HealthBench row, validated as the benchmark's grader would need it: every criterion
     kept verbatim (any length, line breaks included), numeric finite points, string tags, and at
     least one positive-point criterion (without one the example's score is undefined)."""
-    from cat.rewards.rubrics import Criterion
+    from cat.rewards.criteria import Criterion
 
     if "prompt" not in row:
         raise DataError(f"{label}: missing field 'prompt' (fields: {sorted(row)})")

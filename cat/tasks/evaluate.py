@@ -94,7 +94,7 @@ def evaluate_rubric(
     """HealthBench evaluation: every sampled response graded on its example's own rubric, with
     the judge shown the conversation (the prompt messages the policy answered), the response and
     each criterion with its points, as HealthBench's grader is; then scored by
-    ``cat.tasks.healthbench.aggregate`` (each sample counts as one graded example, like the grader's
+    ``cat.tasks.healthbench.score_graded`` (each sample counts as one graded example, like the grader's
     ``n_repeats``).
 
     Departure from the grader, which retries a verdict until it parses: a criterion the judge
@@ -102,7 +102,7 @@ def evaluate_rubric(
     ``judge_failures``), and a response left with no positive criterion is not scored
     (``unscored``). With every verdict answered the score is the benchmark's exactly.
     """
-    from cat.tasks.healthbench import aggregate
+    from cat.tasks.healthbench import score_graded
 
     sampled = generator.generate(
         prompt_ids,
@@ -115,7 +115,7 @@ def evaluate_rubric(
     unscored = len(graded) - len(examples)
     if not examples:
         return {"score": float("nan"), "n": 0, "unscored": unscored, **stats}
-    result = aggregate(examples)
+    result = score_graded(examples)
     result.pop("per_example")
     result.update({"num_samples": num_samples, "unscored": unscored, "judge_failures": stats["judge/failures"],
                    "judge_yes_rate": stats["judge/yes_rate"]})
@@ -126,7 +126,7 @@ def grade_on_rubric(judge, prompts: list[Prompt], responses: list[str]) -> tuple
     """Each response graded on its own prompt's rubric as HealthBench's grader grades it: the judge
     shown the conversation (the prompt messages the policy answered), the response and each
     criterion with its points. Per response the graded example that
-    ``cat.tasks.healthbench.aggregate`` reads, ``{"criteria": [(points, tags, met), ...], "tags":
+    ``cat.tasks.healthbench.score_graded`` reads, ``{"criteria": [(points, tags, met), ...], "tags":
     ...}``, over the criteria the judge answered (one it failed on after its retries is left out),
     or None when it answered no positive-point criterion (the response is not scored); the judge's
     verdicts, one per criterion of the rubric (None where it failed); and the judge's counts."""

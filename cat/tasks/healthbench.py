@@ -44,13 +44,13 @@ def bootstrap_std(values: list[float], *, samples: int = 1000, seed: int = 0) ->
     return (sum((m - mu) ** 2 for m in means) / samples) ** 0.5
 
 
-def aggregate(examples: list[dict]) -> dict:
+def score_graded(examples: list[dict]) -> dict:
     """examples: ``{"criteria": [(points, tags, met), ...], "tags": [...]}`` per graded response.
 
     Returns {"score", "std_error", "n", "per_example", "example_tags", "rubric_tags"}.
     """
     if not examples:
-        raise ValueError("no examples to aggregate")
+        raise ValueError("no examples to score")
     scores = [rubric_score([p for p, _, _ in ex["criteria"]], [m for _, _, m in ex["criteria"]]) for ex in examples]
     result = {"score": clipped_mean(scores), "std_error": bootstrap_std(scores), "n": len(scores), "per_example": scores}
     by_example_tag: dict[str, list[float]] = {}

@@ -4,7 +4,7 @@ It
 * synthesizes a reference from the G rollouts with a template from ``anchors/`` (by default
   without the question, as in the paper; ``anchor.include_question`` shows it);
 * scores text (mean token NLL) for the min-perplexity and mutual-predictability estimators;
-* answers a selection prompt for self best-of-N, and writes rubrics (``cat.rewards.rubrics``).
+* answers a selection prompt for self best-of-N, and writes rubrics (``cat.rewards.criteria``).
 
 Every call goes through the generation seam (``cat.generation``): a ``ChatModel`` for text and,
 for scoring, a ``Generator``. So the anchor runs on the rollout engine's backend: with
@@ -38,8 +38,8 @@ TRUNCATION_MARK = "\n[...]\n"
 
 
 @dataclass(frozen=True)
-class Synthesis:
-    """One anchor output and its costs."""
+class AnchorOutput:
+    """One anchor completion from a template (a synthesis, a selection) and its costs."""
 
     text: str
     prompt_tokens: int
@@ -217,14 +217,14 @@ class Anchor:
         one each (``anchor.max_retries + 1`` requests)."""
         return self.chat.complete([self.messages(u) for u in users], params, budgets)
 
-    def synthesize(self, groups: list[Group], template: Template | None = None, *, seed: int | None = None) -> list[Synthesis]:
+    def synthesize(self, groups: list[Group], template: Template | None = None, *, seed: int | None = None) -> list[AnchorOutput]:
         """One anchor completion per group from ``template`` (default: the synthesis template)."""
         template = template or self.template
         rendered = [self.render(template, g.texts, g.prompt.text if self.include_question else None) for g in groups]
         params = self.params if seed is None else replace(self.params, seed=seed)
         outputs = self.complete([user for user, _, _ in rendered], params)
         return [
-            Synthesis(text=o.text if o else "", prompt_tokens=n, completion_tokens=o.length if o else 0,
+            AnchorOutput(text=o.text if o else "", prompt_tokens=n, completion_tokens=o.length if o else 0,
                       truncated_rollouts=cut, finish_reason=o.finish_reason if o else "failed")
             for (_, n, cut), o in zip(rendered, outputs, strict=True)
         ]

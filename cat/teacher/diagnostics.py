@@ -39,12 +39,13 @@ from cat.teacher.estimators import majority_answer
 from cat.types import Group, GroupScore, Reference
 
 
-def teacher_diagnostics(groups: list[Group], references: list[Reference], scores: list[GroupScore], config) -> dict:
-    mode, timeout = config.reward.mode, config.reward.timeout_s
-    answer_of = AnswerChain.from_config(config.answer)
+def teacher_diagnostics(groups: list[Group], references: list[Reference], scores: list[GroupScore], *,
+                        answer_of: AnswerChain, mode: str, timeout_s: float) -> dict:
+    """The keys above for one step: answers read by the run's ``answer_of`` chain and compared as
+    its reward compares them (``reward.mode``, ``reward.timeout_s``)."""
 
     def same(a, b) -> bool:
-        return answers_match(a, b, mode=mode, timeout_s=timeout)
+        return answers_match(a, b, mode=mode, timeout_s=timeout_s)
 
     read = [[answer_of.extract(t) for t in group.texts] for group in groups]
     out: dict[str, float] = {
@@ -64,7 +65,7 @@ def teacher_diagnostics(groups: list[Group], references: list[Reference], scores
         distinct_sum += len(sizes)
         total = sum(sizes)
         entropy_sum += -sum(n / total * math.log(n / total) for n in sizes) if total else 0.0
-        majority, _, _ = majority_answer(answers, mode=mode, timeout_s=timeout)
+        majority, _, _ = majority_answer(answers, mode=mode, timeout_s=timeout_s)
         matches = [a is not None and same(a, ref.answer) for a in answers] if ref.answer is not None else []
         if any(matches):
             in_rollouts += 1

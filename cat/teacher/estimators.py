@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from cat.generation import row_seed
 from cat.registry import Registry
@@ -28,6 +28,9 @@ from cat.rewards.answers import AnswerChain
 from cat.rewards.math import answers_match
 from cat.templates import load_template, score_template
 from cat.types import Group, Reference
+
+if TYPE_CHECKING:
+    from cat.teacher.anchor import AnchorOutput
 
 
 @runtime_checkable
@@ -143,13 +146,14 @@ class Single:
         return [read_reference(g.texts[0], self.answer_of, "single", {"index": 0}) for g in groups]
 
 
-def _anchor_meta(synthesis, seconds: float) -> dict:
+def _anchor_meta(output: AnchorOutput, seconds: float) -> dict:
+    """What one anchor output cost, for a reference's meta."""
     return {
-        "anchor_prompt_tokens": synthesis.prompt_tokens,
-        "anchor_completion_tokens": synthesis.completion_tokens,
+        "anchor_prompt_tokens": output.prompt_tokens,
+        "anchor_completion_tokens": output.completion_tokens,
         "anchor_seconds": seconds,
-        "truncated_rollouts": synthesis.truncated_rollouts,
-        "finish_reason": synthesis.finish_reason,
+        "truncated_rollouts": output.truncated_rollouts,
+        "finish_reason": output.finish_reason,
     }
 
 

@@ -37,16 +37,19 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Arm:
+class ArmSpec:
+    """An arm as asked for: its label and the config overrides that make it (``cat.tools.report.Arm``
+    is the runs one arm gave)."""
+
     label: str
     overrides: tuple[str, ...]
 
 
-def parse_arms(names: str | None, labelled: list[list[str]] | None) -> list[Arm]:
-    arms: list[Arm] = []
+def parse_arms(names: str | None, labelled: list[list[str]] | None) -> list[ArmSpec]:
+    arms: list[ArmSpec] = []
     for name in (names or "").split(","):
         if name.strip():
-            arms.append(Arm(name.strip(), (f"estimator.name={name.strip()}",)))
+            arms.append(ArmSpec(name.strip(), (f"estimator.name={name.strip()}",)))
     for label, text in labelled or []:
         try:
             overrides = tuple(shlex.split(text))
@@ -55,7 +58,7 @@ def parse_arms(names: str | None, labelled: list[list[str]] | None) -> list[Arm]
         bad = [o for o in overrides if "=" not in o or o.startswith("-")]
         if bad:
             raise ConfigError(f"--arm {label}: {' '.join(bad)} is not of the form section.key=value")
-        arms.append(Arm(label, overrides))
+        arms.append(ArmSpec(label, overrides))
     if not arms:
         raise ConfigError("no arms: give --arms NAME,NAME,... (estimator names) and/or --arm LABEL \"key=value ...\"")
     labels = [a.label for a in arms]
@@ -78,11 +81,11 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def run_dir_of(output: Path, arm: Arm, seed: int) -> Path:
+def run_dir_of(output: Path, arm: ArmSpec, seed: int) -> Path:
     return output / arm.label / f"seed{seed}"
 
 
-def check_configs(config_path: str, overrides: list[str], arms: list[Arm], seeds: list[int], output: Path):
+def check_configs(config_path: str, overrides: list[str], arms: list[ArmSpec], seeds: list[int], output: Path):
     """Every run's config, loaded and preflighted before the first one trains (a typo in the last
     arm costs seconds, not hours)."""
     from cat.config import load_config
@@ -115,7 +118,7 @@ def finished(run_dir: Path, steps: int) -> bool:
     return "after" in evals and (run_dir / "metrics.jsonl").exists() and len(_metric_rows(run_dir)) >= steps
 
 
-def run_all(config_path: str, overrides: list[str], arms: list[Arm], seeds: list[int], output: Path, *,
+def run_all(config_path: str, overrides: list[str], arms: list[ArmSpec], seeds: list[int], output: Path, *,
             progress: bool, log=None) -> dict:
     """Train every (arm, seed) not yet finished; returns the summary (also written to OUTPUT_DIR)."""
     from cat.config import dump_config
@@ -208,7 +211,7 @@ TEACHER = ("diag/reference_accuracy", "diag/majority_accuracy", "diag/rollout_ac
            "diag/disagree_accuracy")
 
 
-def summarize(output: Path, arms: list[Arm], seeds: list[int]) -> dict:
+def summarize(output: Path, arms: list[ArmSpec], seeds: list[int]) -> dict:
     def score(evals: dict, key: str) -> float:
         part = evals.get(key, {})
         return float(part.get("accuracy", part.get("score", float("nan"))))
@@ -292,7 +295,7 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(output: Path, summary: dict, arms: list[Arm], seeds: list[int], config_path: str,
+def write_outputs(output: Path, summary: dict, arms: list[ArmSpec], seeds: list[int], config_path: str,
                   overrides: list[str]) -> None:
 
     from cat.tools.report import write_report

@@ -20,7 +20,7 @@ selector read the groups through ``cat.teacher.firewall.blind``, the rating sees
 alone.
 The evaluation judge (``eval.judge``, else the reward's judge, with a warning) then grades every arm's answer on the physician rubric
 as ``cat-rl eval`` does (``cat.tasks.evaluate.grade_on_rubric``). Per arm and G: the HealthBench
-score (the clipped mean of per-prompt rubric scores, ``cat.tasks.healthbench.aggregate``), a 95%
+score (the clipped mean of per-prompt rubric scores, ``cat.tasks.healthbench.score_graded``), a 95%
 interval over prompts of the unclipped per-prompt scores, and the paired difference from ``single``.
 Judges answer once per (criterion, reply) and per rated reply: ``cat-rl testtime --verdicts FILE``
 keeps their cache for the next run.
@@ -46,7 +46,7 @@ from cat.display import number
 from cat.errors import ConfigError
 from cat.rewards.rubric import rubric_score
 from cat.tasks.evaluate import grade_on_rubric
-from cat.tasks.healthbench import aggregate
+from cat.tasks.healthbench import score_graded
 from cat.teacher.estimators import ESTIMATORS
 from cat.teacher.firewall import blind, label_fields
 from cat.tools.stats import mean_ci, paired
@@ -78,8 +78,8 @@ def check_arms(config, names: list[str]) -> list[str]:
     if _NEEDS_ANCHOR & set(names) and config.anchor.orders > 1:
         raise ConfigError(f"anchor.orders={config.anchor.orders}: several orders vote on the syntheses' final answers, "
                           "which free-form replies do not have; set anchor.orders=1 for rubric data")
+    from cat.rewards.criteria import proposal_template
     from cat.rewards.judge import judge_template
-    from cat.rewards.rubrics import proposal_template
     from cat.templates import score_template
 
     if "rubric_best_of_n" in names:
@@ -235,7 +235,7 @@ def summarize(examples: list[dict], arms: list[str], sizes: list[int]) -> dict:
             out["failed"][key] = dict(Counter(a["failure"] for a in answers if a.get("score") is None))
             out["scored"][key] = len(values)
             if graded:
-                summary = aggregate([{"criteria": e["criteria"], "tags": e["tags"]} for e in graded])
+                summary = score_graded([{"criteria": e["criteria"], "tags": e["tags"]} for e in graded])
                 out["score"][key], out["std_error"][key] = summary["score"], summary["std_error"]
             else:
                 out["score"][key] = out["std_error"][key] = float("nan")

@@ -1,4 +1,5 @@
-"""Rubrics: validated criterion records, strict parsing of model output, proposal by the anchor.
+"""A rubric's criteria: validated criterion records, strict parsing of model output, proposal by
+the anchor (the rubric rewards that use them are ``cat.rewards.rubric``).
 
 Format (documented in docs/rubrics.md and in ``rubrics/rubric_proposal.txt``): the *last* complete
 ``<rubric> ... </rubric>`` block of the output, holding ``<criterion>text</criterion>`` elements,
