@@ -21,7 +21,7 @@ reference's text and answer, to read what the model and the anchor actually wrot
 from __future__ import annotations
 
 import copy
-import sys
+import logging
 import time
 from functools import partial
 from pathlib import Path
@@ -151,9 +151,12 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
             **({"judge": judged} if judged else {}), "examples": examples}
 
 
+logger = logging.getLogger(__name__)
+
+
 def _say(line: str) -> None:
-    """A progress line on stderr: a long run shows where it is."""
-    print(f"testtime: {line}", file=sys.stderr, flush=True)
+    """A progress line: a long run shows where it is."""
+    logger.info(f"testtime: {line}")
 
 
 TOKEN_ESTIMATORS = ("min_perplexity", "mutual_predictability")
