@@ -300,8 +300,9 @@ def _reduce(out, head, targets, temperature: float, with_entropy: bool, compute_
     the final hidden states that ``head`` maps to logits, in the dtype autocast gives it."""
     if head is None:
         return selective_log_softmax(out, targets, temperature, with_entropy=with_entropy)
-    with autocast(out.device, compute_dtype):
-        dtype = torch.nn.functional.linear(out[:1, :1], head.weight).dtype  # the output layer's dtype under autocast
+    half = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+    dtype = half.get(compute_dtype, compute_dtype)  # autocast runs the layer in a half dtype; else in the weight's
+    dtype = dtype if dtype in half.values() else head.weight.dtype
     return linear_log_softmax(out, head.weight, targets, temperature, with_entropy=with_entropy, dtype=dtype)
 
 
