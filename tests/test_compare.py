@@ -55,6 +55,21 @@ def test_compare_writes_runs_table_intervals_and_report(compared):
                                    summary["arms"]["gold"]["per_seed"]["gain"], strict=True)]
     assert pair["difference"]["mean"] == pytest.approx(sum(diffs) / 2)
     assert "95% interval" in pair["verdict"]  # within noise, or which arm gains more
+    # paired by seed and held-out prompt: every prompt's gain difference, recomputed from eval.json
+    per_prompt = []
+    for seed in (0, 1):
+        ev = {arm: json.loads((out_dir / arm / f"seed{seed}" / "eval.json").read_text()) for arm in ("majority_vote", "gold")}
+        records = {arm: {k: e[k]["per_prompt"] for k in ("before", "after")} for arm, e in ev.items()}
+        for arm, e in ev.items():
+            assert len(records[arm]["after"]["index"]) == e["after"]["n"] == 8
+            assert sum(records[arm]["after"]["accuracy"]) / 8 == pytest.approx(e["after"]["accuracy"])
+        assert records["majority_vote"]["after"]["index"] == records["gold"]["after"]["index"]
+        per_prompt += [(ma - mb) - (ga - gb) for ma, mb, ga, gb in zip(
+            records["majority_vote"]["after"]["accuracy"], records["majority_vote"]["before"]["accuracy"],
+            records["gold"]["after"]["accuracy"], records["gold"]["before"]["accuracy"], strict=True)]
+    assert pair["over_prompts"]["n"] == 16
+    assert pair["over_prompts"]["mean"] == pytest.approx(pair["difference"]["mean"])  # the same mean, finer pairs
+    assert pair["over_prompts"]["half_width"] == pytest.approx(mean_ci(per_prompt).half_width)
     # the majority arm's teacher is measured against gold; the gold arm's reference is gold itself
     assert summary["arms"]["gold"]["teacher"]["diag/reference_accuracy"] == 1.0
     assert 0 <= summary["arms"]["majority_vote"]["teacher"]["diag/majority_accuracy"] <= 1
@@ -114,3 +129,28 @@ def test_intervals():
     assert iv.mean == pytest.approx(0.6) and iv.half_width == pytest.approx(4.303 * 0.1 / math.sqrt(3))
     assert math.isnan(mean_ci([0.4]).half_width) and "one seed" in mean_ci([0.4]).text()
     assert mean_ci([0.30, 0.32, 0.31]).excludes_zero and not mean_ci([-0.1, 0.3, 0.1]).excludes_zero
+
+
+def test_runs_without_initial_per_prompt_records_pair_their_afters(tmp_path):
+    """A run whose initial evaluation predates per-prompt records (its eval.json ``before`` has
+    none) is paired on its afters when the arms share one initial evaluation, and not at all when
+    their befores differ."""
+    from cat.tools.compare import ArmSpec, summarize
+
+    def run(label, after, before=0.5):
+        run_dir = tmp_path / label / "seed0"
+        run_dir.mkdir(parents=True)
+        record = {"index": [3, 7, 9, 12], "accuracy": after}
+        (run_dir / "eval.json").write_text(json.dumps({
+            "before": {"accuracy": before},
+            "after": {"accuracy": sum(after) / 4, "per_prompt": record}}))
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
+        return ArmSpec(label, (f"estimator.name={label}",))
+
+    arms = [run("a", [1.0, 1.0, 0.0, 1.0]), run("b", [0.0, 1.0, 0.0, 0.0]), run("c", [1.0, 0.0, 0.0, 0.0], before=0.25)]
+    pairs = {(p["a"], p["b"]): p for p in summarize(tmp_path, arms, [0])["pairs"]}
+    ab = pairs["a", "b"]
+    assert ab["over_prompts"]["n"] == 4 and ab["over_prompts"]["mean"] == pytest.approx(0.5)
+    assert ab["over_prompts"]["half_width"] == pytest.approx(mean_ci([1.0, 0.0, 0.0, 1.0]).half_width)
+    assert "one seed" in ab["verdict"]
+    assert pairs["a", "c"]["over_prompts"] is None  # different initial evaluations: the afters alone are not the gains

@@ -43,10 +43,17 @@ class Task:
 
     def evaluate(self, generator, judge=None) -> dict:
         """The evaluation summary of ``generator`` on the evaluation prompts (``judge``: when
-        ``needs_judge``); ``skipped_long`` counts the prompts left out for their length."""
+        ``needs_judge``); ``skipped_long`` counts the prompts left out for their length, and
+        ``per_prompt`` holds each prompt's row index, accuracy over its samples and greedy hit."""
         result = evaluate_config(self.config, generator, self.eval_prompts, self.eval_ids,
                                  judge if self.needs_judge else None)
-        result.pop("examples", None)
+        examples = result.pop("examples", None)
+        if examples:  # what compare pairs arms on: the same prompts, scored one by one
+            result["per_prompt"] = {
+                "index": [ex["index"] for ex in examples],
+                "accuracy": [sum(ex["correct"]) / len(ex["correct"]) for ex in examples],
+                **({"greedy": [int(ex["greedy_correct"]) for ex in examples]} if "greedy_correct" in examples[0] else {}),
+            }
         result["skipped_long"] = self.eval_skipped_long
         return result
 

@@ -217,6 +217,7 @@ def summarize(output: Path, arms: list[ArmSpec], seeds: list[int]) -> dict:
         return float(part.get("accuracy", part.get("score", float("nan"))))
 
     per_arm: dict[str, dict] = {}
+    prompts: dict[str, list[dict]] = {}  # per arm, per seed: per-prompt accuracies before and after
     for arm in arms:
         before, after, gain, teacher, wall = [], [], [], {k: [] for k in TEACHER}, []
         correct_all_wrong = []
@@ -227,6 +228,8 @@ def summarize(output: Path, arms: list[ArmSpec], seeds: list[int]) -> dict:
             before.append(b)
             after.append(a)
             gain.append(a - b)
+            prompts.setdefault(arm.label, []).append(
+                {"before": _per_prompt(evals, "before"), "after": _per_prompt(evals, "after"), "before_accuracy": b})
             rows = _metric_rows(run_dir)
             for k in TEACHER:
                 values = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and r[k] == r[k]]
@@ -248,8 +251,39 @@ def summarize(output: Path, arms: list[ArmSpec], seeds: list[int]) -> dict:
     for a, b in combinations([arm.label for arm in arms], 2):
         diffs = [x - y for x, y in zip(per_arm[a]["per_seed"]["gain"], per_arm[b]["per_seed"]["gain"], strict=True)]
         iv = mean_ci(diffs)
-        pairs.append({"a": a, "b": b, "difference": _iv(iv), "per_seed": diffs, "verdict": _verdict(a, b, iv)})
+        over_prompts = _paired_over_prompts(prompts[a], prompts[b])
+        pairs.append({"a": a, "b": b, "difference": _iv(iv), "per_seed": diffs, "verdict": _verdict(a, b, iv),
+                      "over_prompts": None if over_prompts is None else _iv(over_prompts)})
     return {"seeds": seeds, "arms": per_arm, "pairs": pairs}
+
+
+def _per_prompt(evals: dict, key: str) -> dict | None:
+    """{held-out row index: accuracy} from ``eval.json``'s ``per_prompt`` record of ``key``
+    (``before`` or ``after``); None when that evaluation kept none."""
+    record = evals.get(key, {}).get("per_prompt")
+    return dict(zip(record["index"], record["accuracy"], strict=True)) if record else None
+
+
+def _paired_over_prompts(a: list[dict], b: list[dict]) -> Interval | None:
+    """The difference of two arms' gains paired by seed and held-out prompt, with its 95% interval
+    over the (seed, prompt) pairs: the evaluation's sampling noise, not the training seeds'.
+
+    ``a`` and ``b`` hold, per seed, a run's ``before`` and ``after`` per-prompt accuracies and its
+    overall ``before_accuracy``. Where a run's initial evaluation kept no per-prompt record (saved
+    before they existed) the afters alone are paired, which is the same difference when both runs
+    of the seed started from one initial evaluation (equal befores). None when a run kept no record,
+    two runs of a seed were scored on different prompts, or their befores differ unrecorded."""
+    diffs = []
+    for x, y in zip(a, b, strict=True):
+        if x["after"] is None or y["after"] is None or x["after"].keys() != y["after"].keys():
+            return None
+        if x["before"] is not None and y["before"] is not None and x["before"].keys() == y["before"].keys() == x["after"].keys():
+            diffs += [(x["after"][i] - x["before"][i]) - (y["after"][i] - y["before"][i]) for i in x["after"]]
+        elif x["before_accuracy"] == y["before_accuracy"]:
+            diffs += [x["after"][i] - y["after"][i] for i in x["after"]]
+        else:
+            return None
+    return mean_ci(diffs) if diffs else None
 
 
 def _iv(iv: Interval) -> dict:
@@ -286,10 +320,13 @@ def table(summary: dict) -> str:
                      f"{g('diag/reference_accuracy')} | {g('diag/majority_accuracy')} | {g('diag/rollout_accuracy')} | "
                      f"{g('diag/disagree_rate')} | {g('diag/disagree_accuracy')} | {caw} | {arm['wall_seconds']:.0f} |")
     if summary["pairs"]:
-        lines += ["", "Paired by seed (gain of the first minus gain of the second):", "",
-                  "| arms | difference | verdict |", "|---|---|---|"]
+        lines += ["", "Paired by seed (gain of the first minus gain of the second); over prompts: the same difference "
+                  "paired by seed and held-out prompt, its interval the evaluation's sampling noise alone (n: pairs):",
+                  "", "| arms | difference | verdict | over prompts |", "|---|---|---|---|"]
         for p in summary["pairs"]:
-            lines.append(f"| {p['a']} − {p['b']} | {_cell(p['difference'], '+.3f')} | {p['verdict']} |")
+            prompts = p.get("over_prompts")
+            cell = NOT_DEFINED if prompts is None else f"{_cell(prompts, '+.3f')} (n {prompts['n']})"
+            lines.append(f"| {p['a']} − {p['b']} | {_cell(p['difference'], '+.3f')} | {p['verdict']} | {cell} |")
     lines += ["", "Teacher columns: means over steps and seeds, measured against gold labels that training never "
               "reads (absent for arms without them); right when all wrong: groups per run."]
     return "\n".join(lines)
