@@ -247,6 +247,16 @@ def test_extend_adds_an_arm_to_a_saved_result_without_sampling_again(tmp_path, t
     assert extended["paired"] == whole["paired"] and extended["versus_majority"] == whole["versus_majority"]
     assert [ex["references"] for ex in extended["examples"]] == [ex["references"] for ex in whole["examples"]]
     assert set(extended["seconds"]) == set(whole["seconds"])
+    # the table and the figure beside the JSON, for the whole result the extended one is
+    assert (tmp_path / "first.md").read_text() == (tmp_path / "both.md").read_text()
+    assert "synthesis" in (tmp_path / "first.md").read_text() and (tmp_path / "first.md").read_text().strip() in out.stdout
+    from PIL import Image
+
+    with Image.open(tmp_path / "first.png") as png:
+        assert png.format == "PNG" and png.size[0] > 600
+    assert not list(tmp_path.glob(".*.tmp"))
+    named = cli("testtime", config, "--output", str(tmp_path / "table.md"), "eval.limit=16")
+    assert named.returncode == 2 and "name the JSON result (say" in named.stderr and not (tmp_path / "table.md").exists()
     again = cli("testtime", config, "--extend", str(first), "--estimators", "synthesis", "eval.limit=16")
     assert again.returncode == 2 and "synthesis already in the saved result" in again.stderr
     tokens = cli("testtime", config, "--extend", str(first), "--estimators", "min_perplexity", "eval.limit=16")

@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--estimators", help="comma-separated estimator names to compare (default: single,majority_vote,"
                    "synthesis); on HealthBench data the arms single,synthesis,rubric_best_of_n,judge_best_of_n (default: all)")
     s.add_argument("--group-sizes", help="comma-separated G values, e.g. 1,2,4,8 (default: generation.num_generations)")
-    s.add_argument("--output", help="write the JSON result here (with every prompt's rollouts and references)")
+    s.add_argument("--output", help="write the JSON result here (with every prompt's rollouts and references), its "
+                   "table beside it with the suffix .md and its figure with .png")
     s.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     s.add_argument("--anchor-decoding", help="greedy,sampled: run the anchor's estimators with each decoding on the "
                                              "same rollouts (default: as anchor.greedy says)")
@@ -400,6 +401,9 @@ def _synthesize(args) -> int:
         raise ConfigError(f"--group-sizes must be comma-separated integers, got {args.group_sizes!r}") from None
     decodings = [d.strip() for d in args.anchor_decoding.split(",") if d.strip()] if args.anchor_decoding else None
     questions = [q.strip() for q in args.anchor_question.split(",") if q.strip()] if args.anchor_question else None
+    if args.output and Path(args.output).suffix in (".md", ".png"):
+        raise ConfigError(f"--output {args.output}: name the JSON result (say {Path(args.output).with_suffix('.json')}); "
+                          "its table and figure go beside it with the suffixes .md and .png")
     if args.extend and args.regrade:
         raise ConfigError("--extend and --regrade: give one (--extend already re-reads every saved answer)")
     if args.extend and names is None:
@@ -436,8 +440,20 @@ def _synthesize(args) -> int:
     else:
         print(table(result))
     if args.output:
-        _write_json(Path(args.output), result)
+        _write_testtime(Path(args.output), result, table(result), config)
     return 0
+
+
+def _write_testtime(out: Path, result: dict, text: str, config) -> None:
+    """The result at ``out`` (JSON), its table beside it (``.md``) and its figure (``.png``)."""
+    from cat.tools.report import synthesize_figure
+
+    _write_json(out, result)
+    md = out.with_suffix(".md")
+    tmp = md.with_name(f".{md.name}.tmp")
+    tmp.write_text(f"{text}\n")
+    tmp.replace(md)
+    synthesize_figure(result, out.with_suffix(".png"), f"{Path(config.model.name_or_path).name}, {out.stem}")
 
 
 def _write_json(out: Path, result: dict) -> None:

@@ -483,24 +483,52 @@ def fig_compute(arms):
 def fig_synthesize(results: list[tuple[str, dict]]):
     if not results:
         return None, ""
+    from matplotlib.ticker import NullLocator, ScalarFormatter
+
     fig, axes = _figure(len(results), (6 * len(results) + 2, 4))
     for ax, (label, data) in zip(axes, results, strict=True):
-        by_estimator: dict[str, list[tuple[int, float]]] = {}
+        by_estimator: dict[str, list[tuple[int, float, float]]] = {}
+        intervals = data.get("interval", {})
         for key, acc in data["accuracy"].items():
             name, _, g = key.rpartition("@")
             if g.isdigit():
-                by_estimator.setdefault(name, []).append((int(g), acc))
-        for i, (name, pts) in enumerate(sorted(by_estimator.items())):
-            pts.sort()
-            ax.plot([g for g, _ in pts], [a for _, a in pts], "o-", color=_colour(i), label=name)
+                by_estimator.setdefault(name, []).append((int(g), acc, intervals.get(key, float("nan"))))
+        names = sorted(by_estimator)
+        for i, name in enumerate(names):
+            pts = sorted(by_estimator[name])
+            # side by side at each G, so the 95% intervals over prompts do not hide each other
+            shift = 2 ** (0.04 * (i - (len(names) - 1) / 2))
+            ax.errorbar([g * shift for g, _, _ in pts], [a for _, a, _ in pts],
+                        yerr=[0.0 if math.isnan(h) else h for _, _, h in pts], fmt="o-", capsize=3,
+                        color=_colour(i), label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({g for pts in by_estimator.values() for g, _, _ in pts}))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
         if "single_sample_accuracy" in data:
             ax.axhline(data["single_sample_accuracy"], color="grey", linestyle=":", label="one sample")
-        ax.set_xscale("log", base=2)
         ax.set(xlabel="G (rollouts per question)", ylabel="accuracy vs gold", title=f"{label} (n = {data.get('n', '?')})")
         _sane_y(ax)
     entries = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
     fig.legend(list(entries.values()), list(entries), loc="outside right upper", fontsize=8)
-    return fig, "Test-time CaT (cat-rl synthesize): accuracy of each estimator's answer against G, on shared rollouts."
+    return fig, ("Test-time CaT (cat-rl testtime): accuracy of each estimator's answer against G, on shared rollouts; "
+                 "bars: 95% intervals over prompts.")
+
+
+def save_png(fig, path: Path) -> None:
+    """``fig`` as a PNG at ``path``, written whole or not at all; the figure is closed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        _plt().close(fig)
+    tmp.replace(path)
+
+
+def synthesize_figure(result: dict, path: Path, label: str) -> None:
+    """The accuracy-against-G figure of one test-time result, as a PNG at ``path``."""
+    fig, _ = fig_synthesize([(label, result)])
+    save_png(fig, path)
 
 
 def figures(arms: list[Arm], synth: list[tuple[str, dict]]) -> list[tuple[str, object, str]]:
@@ -581,15 +609,11 @@ def write_report(inputs: list[Path], output: Path, *, title: str = "cat report",
     synth_labels = _labels(synth_paths) if synth_paths else []
     synth = [(label, json.loads(p.read_text())) for p, label in zip(synth_paths, synth_labels, strict=True)]
     output.mkdir(parents=True, exist_ok=True)
-    plt = _plt()
     figures_ = figures(arms, synth)
     blocks = []
     for name, fig, caption in figures_:
         png = output / f"{name}.png"
-        tmp = png.with_suffix(".png.tmp")
-        fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
-        tmp.replace(png)
+        save_png(fig, png)
         data = base64.b64encode(png.read_bytes()).decode()
         blocks.append(f'<figure id="{name}"><img alt="{name}" src="data:image/png;base64,{data}">'
                       f'<figcaption>{html.escape(caption)} <a href="{name}.png">{name}.png</a></figcaption></figure>')
