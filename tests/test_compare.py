@@ -6,7 +6,7 @@ import math
 import shutil
 
 import pytest
-from conftest import ROOT, cli
+from conftest import ROOT, cli, run_cli
 
 from cat.errors import ConfigError
 from cat.tools.compare import parse_arms
@@ -24,8 +24,9 @@ def short(tiny_world):
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory, tiny_world):
     out_dir = tmp_path_factory.mktemp("compare") / "cmp"
-    out = cli("compare", CAT, "--arms", "majority_vote", "--arm", "gold", "estimator.name=gold", "--seeds", "0,1",
-              "--output-dir", str(out_dir), *short(tiny_world))
+    # a real process: each run trains in a child of its own, whose output reaches the terminal, not sys.stdout
+    out = run_cli("compare", CAT, "--arms", "majority_vote", "--arm", "gold", "estimator.name=gold", "--seeds", "0,1",
+                  "--output-dir", str(out_dir), *short(tiny_world))
     assert out.returncode == 0, out.stderr[-3000:]
     return out_dir, out
 
@@ -154,3 +155,41 @@ def test_runs_without_initial_per_prompt_records_pair_their_afters(tmp_path):
     assert ab["over_prompts"]["half_width"] == pytest.approx(mean_ci([1.0, 0.0, 0.0, 1.0]).half_width)
     assert "one seed" in ab["verdict"]
     assert pairs["a", "c"]["over_prompts"] is None  # different initial evaluations: the afters alone are not the gains
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["finished", "failed"])
+def test_a_run_releases_its_models_engines_and_optimizer_when_it_ends(tmp_path, tiny_world, monkeypatch, fails):
+    """``train_run``, what compare's child runs (and ``cat-rl train``, ``cat.train``), here in this
+    process: once it returns or raises, nothing that held the run's weights is alive, even while
+    the failure's traceback keeps its frames (a notebook's next run would be built beside it)."""
+    import gc
+    import weakref
+
+    from cat.config import load_config
+    from cat.run.trainer import Trainer
+    from cat.tools.train import train_run
+
+    held = {}
+    train = Trainer.train
+
+    def recording(self, **kwargs):
+        if not fails:
+            train(self, **kwargs)
+        held.update({name: weakref.ref(part) for name, part in (
+            ("policy", self.policy), ("pi_0", self.initial_policy), ("anchor", self.anchor),
+            ("optimizer", self.learner.optimizer), ("engine", self.engine), ("trainer", self))})
+        if fails:  # this frame, in the traceback, holds the trainer (``self``) and nothing else of the run's
+            raise RuntimeError("the step failed")
+
+    monkeypatch.setattr(Trainer, "train", recording)
+    config = load_config(CAT, [o for o in short(tiny_world) if o != "--no-progress"] + ["eval.path=null"])
+    if fails:
+        with pytest.raises(RuntimeError, match="the step failed") as failure:
+            train_run(config, tmp_path / "run", progress=False)
+        held.pop("trainer")  # the traceback in ``failure`` still holds its frames, so the trainer itself
+    else:
+        train_run(config, tmp_path / "run", progress=False)
+        failure = None
+    gc.collect()
+    assert held and not [name for name, ref in held.items() if ref() is not None]
+    assert failure is None or failure.traceback  # kept alive until here

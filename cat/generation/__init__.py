@@ -72,6 +72,11 @@ class Generator(Protocol):
         """Make the engine sample from ``model``'s current weights (no-op when it shares them)."""
         ...
 
+    def close(self) -> None:
+        """Release the engine and the weights it holds (vLLM: its engine core shut down, KV cache
+        and weights freed); nothing is called on it after. A second call does nothing."""
+        ...
+
 
 def make_generator(backend: str, model, tokenizer, *, batch_size: int, compute_dtype: str | None = None,
                    **engine_options) -> Generator:
@@ -130,6 +135,10 @@ class SharedEngine:
     def view(self, name: str) -> _EngineView:
         return _EngineView(self, name)
 
+    def close(self) -> None:
+        self.engine.close()
+        self.weights.clear()
+
 
 class _EngineView:
     def __init__(self, shared: SharedEngine, name: str):
@@ -147,3 +156,6 @@ class _EngineView:
         self.shared.weights[self.name] = model
         self.shared.engine.sync_weights(model)
         self.shared.holding = self.name
+
+    def close(self) -> None:
+        self.shared.close()

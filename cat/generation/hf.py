@@ -386,6 +386,9 @@ class HFGenerator:
     def sync_weights(self, model) -> None:
         self.model = model
 
+    def close(self) -> None:
+        self.model = None  # the module is its owner's (the learner's, the anchor's): only this reference goes
+
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         rows = [(ids, row_seed(seed, params.row_offset + i, k)) for i, ids in enumerate(prompts) for k in range(params.n)]

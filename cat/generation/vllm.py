@@ -117,6 +117,20 @@ class VLLMGenerator:
         self.llm.collective_rpc("cat_load_weights", args=(weights,))
         self.llm.reset_prefix_cache()
 
+    def close(self) -> None:
+        """Shut the engine core down now (its worker, weights and KV cache, and this process's
+        vLLM parallel state) and drop the engine. Left to the garbage collector it would stay:
+        vLLM's ``gc.freeze()`` at start hides the engine from it. ``LLM`` has no public shutdown;
+        the engine core client's ``shutdown`` is what vLLM's own finalizer calls."""
+        import gc
+
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()  # the engine's reference cycles, with the weights and KV cache they hold
+
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         from vllm import SamplingParams as VLLMSamplingParams
 

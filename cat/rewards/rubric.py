@@ -78,6 +78,9 @@ class _JudgedReward(RewardFunction):
         self.judge = self._judge(run_dir)
         self.judge.check()
 
+    def close(self) -> None:
+        self.judge = None  # a local judge's model and engine go with it
+
     def _judge(self, run_dir: Path | None):
         from cat.rewards.judge import Judge
 

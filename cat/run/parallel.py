@@ -234,6 +234,9 @@ class ShardedGenerator:
     def sync_weights(self, model) -> None:
         self.inner.sync_weights(model)
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 class ShardedJudge:
     """A judge whose items are split across ranks and whose verdicts are gathered: each response

@@ -491,6 +491,31 @@ class Trainer:
                                "is_reward_judge": self.config.eval.judge is None and self.reward.judge is not None}
         return result
 
+    def close(self) -> None:
+        """Release what the run holds, whether it finished or failed: the reward's judge and
+        caches, every engine (vLLM's shut down), the models, the optimizer, then the allocator's
+        cached blocks, so that a process training runs one after another (``cat.train`` in a
+        notebook) holds one run at a time. Without it a vLLM engine outlives its run, memory and
+        all. What vLLM keeps per process is beyond it: ``cat-rl compare`` trains each run in a
+        process of its own (``cat.tools.compare.train_apart``). The trainer is not used after; a
+        second call does nothing."""
+        import gc
+
+        try:
+            self.reward.close()
+        finally:
+            if self._anchor is not None:
+                self._anchor.close()
+            if self.engine is not None:
+                self.engine.close()
+            # what holds weights or an engine: the learner (policy, optimizer), pi_0, the
+            # generators, a local judge (the evaluation's, judge_bon's)
+            self.learner = self.policy = self._initial = None
+            self.engine = self.generator = self.shared = self._anchor = self._eval_judge = self.estimator = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
     def state_dict(self) -> dict:
         return RunLoop(self).state_dict()
 

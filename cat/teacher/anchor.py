@@ -119,6 +119,12 @@ class Anchor:
                    params=params, context_length=context_length, max_context_tokens=a.max_context_tokens,
                    scorer=scorer, shares_policy_tokenizer=shares_policy_tokenizer)
 
+    def close(self) -> None:
+        """Release the teacher's engine (``scorer``: a local teacher's own, or the rollout engine's
+        view serving pi_0); an endpoint holds nothing to release."""
+        if self.scorer is not None:
+            self.scorer.close()
+
     def at(self, *, seed: int, row_offset: int = 0) -> Anchor:
         """This anchor sampling from the streams of ``seed``, its first group being group
         ``row_offset`` of the step (a rank's shard starts there): a sampled anchor's references do

@@ -5,9 +5,11 @@
 
 An arm is an estimator name (``--arms``: shorthand for ``estimator.name=NAME``) or a label with its
 own overrides (``--arm LABEL "key=value key=value"``). Every arm runs with every seed
-(``run.seed``) into ``OUTPUT_DIR/ARM/seedS``, an ordinary run directory, one after another in this
-process. Running the command again continues: finished runs are kept, interrupted ones resume from
-their newest checkpoint (``cat-rl train --resume`` on one of them works too).
+(``run.seed``) into ``OUTPUT_DIR/ARM/seedS``, an ordinary run directory, one after another, each
+in a process of its own: whatever a run held (its vLLM engine, models, optimizer) goes back to the
+system before the next one starts, and a run killed for memory takes only its own process. Running
+the command again continues: finished runs are kept, interrupted ones resume from their newest
+checkpoint (``cat-rl train --resume`` on one of them works too).
 
 It writes ``compare.md`` (the table printed at the end), ``compare.json`` (the same numbers) and
 ``report/`` (``cat-rl report`` of every run, the table on top). Per arm: held-out accuracy before
@@ -30,7 +32,7 @@ from itertools import combinations
 from pathlib import Path
 
 from cat.display import NOT_DEFINED, number
-from cat.errors import ConfigError
+from cat.errors import CatError, ConfigError
 from cat.tools.stats import Interval, mean_ci
 
 logger = logging.getLogger(__name__)
@@ -120,9 +122,10 @@ def finished(run_dir: Path, steps: int) -> bool:
 
 def run_all(config_path: str, overrides: list[str], arms: list[ArmSpec], seeds: list[int], output: Path, *,
             progress: bool, log=None) -> dict:
-    """Train every (arm, seed) not yet finished; returns the summary (also written to OUTPUT_DIR)."""
+    """Train every (arm, seed) not yet finished, each in a child process; returns the summary (also
+    written to OUTPUT_DIR)."""
     from cat.config import dump_config
-    from cat.tools.train import same_run, train_run
+    from cat.tools.train import same_run
 
     log = log or logger.info
     configs = check_configs(config_path, overrides, arms, seeds, output)
@@ -142,11 +145,56 @@ def run_all(config_path: str, overrides: list[str], arms: list[ArmSpec], seeds: 
         if source is not None:
             log(f"  the initial policy's evaluation is {source}'s: the same model, seed and evaluation settings")
         start = time.perf_counter()
-        train_run(config, run_dir, progress=progress)
+        train_apart(config, run_dir, progress=progress, name=f"{arm.label} seed {seed}")
         _add_wall(run_dir, time.perf_counter() - start)
     summary = summarize(output, arms, seeds)
     write_outputs(output, summary, arms, seeds, config_path, overrides)
     return summary
+
+
+def train_apart(config, run_dir: Path, *, progress: bool, name: str) -> None:
+    """``train_run`` in a child process that exits when the run ends, so that nothing of the run
+    stays for the next one. Inside one process ``Trainer.close`` frees the engine, the models and the
+    optimizer, but not what vLLM keeps per process: an exception it stores when it first imports a
+    module (an optional audio decoder missing) holds the frames, and with them the model, of
+    whoever built the first engine; its ``gc.freeze()`` at start hides everything older from the
+    collector until its engine shuts down.
+
+    The child is forked from a fork server that imported the trainer once (forked from it, not from
+    this process: no threads or CUDA state of this one's come along), so a run starts in a
+    fraction of a second, not the seconds an interpreter takes to import torch. Its error is
+    raised here; a Ctrl-C reaches both processes: the run finishes its step and saves, and this one
+    waits for it."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_PRELOAD)
+    else:
+        context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        try:
+            pool.submit(_train_in_child, config, run_dir, progress).result()
+        except BrokenProcessPool:
+            raise CatError(f"{name}: its training process died without a word (killed by the system: out of "
+                           f"memory, perhaps); run compare again to resume it from its newest checkpoint in "
+                           f"{run_dir}") from None
+
+
+_PRELOAD = ["cat.tools.train", "cat.run.trainer", "transformers.models.auto.modeling_auto",
+            "transformers.models.auto.tokenization_auto"]
+"""What the fork server imports once for every run: the trainer, and the transformers modules that
+``AutoModelForCausalLM`` and ``AutoTokenizer`` load on first use (4 of a tiny run's 5.6 s)."""
+
+
+def _train_in_child(config, run_dir: Path, progress: bool) -> None:
+    from cat.run.logs import console
+    from cat.tools.train import train_run
+
+    console()  # the fork server's logging is not this process's parent's
+    train_run(config, run_dir, progress=progress)
 
 
 # Settings that cannot change the initial policy's evaluation: how it then trains, and bookkeeping.

@@ -46,15 +46,15 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
     from cat.run.trainer import Trainer
 
     trainer = Trainer(config, run_dir)
-    if resume_from is not None:
-        trainer.restore(resume_from)
-        if ranks.main:
-            for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
-                _truncate_jsonl(run_dir / name, trainer.step_done)
     try:
+        if resume_from is not None:
+            trainer.restore(resume_from)
+            if ranks.main:
+                for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
+                    _truncate_jsonl(run_dir / name, trainer.step_done)
         trainer.train(progress=progress)
     finally:
-        trainer.reward.close()
+        trainer.close()  # engines, models and optimizer freed, whatever this process does next
     if ranks.main:
         print(f"run directory: {run_dir}")
     ranks.close()
