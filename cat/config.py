@@ -74,8 +74,8 @@ class ModelConfig(_Section):
     """Trade compute for memory in the policy's backward pass."""
     lora: LoraSettings | None = None
     """Train a LoRA adapter instead of every weight (``{r, alpha, dropout, target_modules}``). The base
-    is held frozen in the compute dtype, the adapter in fp32; checkpoints save the adapter and an
-    export with it merged."""
+    is held frozen in the compute dtype, the adapter in fp32; checkpoints save the adapter, and the
+    one a run stops at (its last step, or a Ctrl-C) also an export with it merged."""
     system_prompt: str | None = None
     """Optional system message prepended to every prompt (when the tokenizer has a chat template)."""
     chat_template: bool = True

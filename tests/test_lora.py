@@ -1,5 +1,5 @@
 """LoRA through peft: pi_0 is the policy with its adapter off, only the adapter trains, checkpoints
-save the adapter and export it merged, and the tiny gold run learns with it."""
+save the adapter (and where a run stops, export it merged), and the tiny gold run learns with it."""
 
 import json
 
@@ -94,3 +94,51 @@ def test_target_modules_the_model_lacks_are_a_clear_error(tmp_path, tiny_world):
                   "model.lora.target_modules=[qq_proj]", "eval.path=null", "run.steps=1", "--no-progress")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "model.lora.target_modules ['qq_proj']" in out.stderr and "q_proj" in out.stderr
+
+
+def test_periodic_checkpoints_hold_the_adapter_only_and_resume_exactly(tmp_path, tiny_world):
+    """A LoRA checkpoint saved mid-run holds the adapter and the trainer state, no merged model
+    (34 MB against 2.4 GB at Qwen2.5-Coder-0.5B): only the checkpoint the run stops at has
+    ``model/``. A run resumed from one ends as the uninterrupted run does, metrics and weights bit
+    for bit, and ``cat-rl eval`` merges its adapter on load exactly as the export does."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    gold = str(ROOT / "experiments" / "tiny_arith_gold.yaml")
+    args = [*LORA, "eval.path=null", "data.limit=32", "run.prompts_per_step=2", "generation.num_generations=4",
+            "run.steps=3", "run.save_every=1", "run.keep_last=3", "--no-progress"]
+    ref = tmp_path / "ref"
+    out = cli("train", gold, "--output-dir", str(ref), *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpts, final = ref / "checkpoints", ref / "checkpoints" / "step-000003"
+    merged = sum(f.stat().st_size for f in (final / "model").rglob("*") if f.is_file())
+    for step in (1, 2):
+        path = ckpts / f"step-{step:06d}"
+        files = [f for f in path.rglob("*") if f.is_file()]
+        assert {f.relative_to(path).parts[0] for f in files} == {"adapter", "trainer_state.pt", "COMPLETE"}
+        assert ckpt.verify(path) is None and ckpt.master_weights_dir(path) == path / "adapter"
+        assert sum(f.stat().st_size for f in files) < merged / 3  # this tiny model's adapter is a tenth of it
+    assert (final / "adapter").is_dir() and (final / "model" / "model.safetensors").is_file()
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(ref, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-000003")  # as if killed after step 3, before its save
+    out = cli("train", gold, "--output-dir", str(resumed), *args)
+    assert out.returncode == 0 and "from step-000002" in out.stderr, out.stderr[-3000:]
+    rows = [[{k: v for k, v in json.loads(x).items() if not k.startswith(("time/", "tokens_per_second"))}
+             for x in (run / "metrics.jsonl").read_text().splitlines()] for run in (ref, resumed)]
+    assert len(rows[0]) == 3 and rows[0] == rows[1]
+    for part in ("adapter/adapter_model.safetensors", "model/model.safetensors"):
+        a, b = (load_file(run / "checkpoints" / "step-000003" / part) for run in (ref, resumed))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+
+    from cat.models.lora import merged_with
+
+    base = load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu"), frozen=True)
+    mine, export = merged_with(base, final / "adapter").state_dict(), load_file(final / "model" / "model.safetensors")
+    assert all(torch.equal(mine[k], export[k]) for k in export)
+    out = cli("eval", gold, "--model", str(ckpts / "step-000002"), f"eval.path={tiny_world / 'test.jsonl'}",
+              "eval.limit=4", "eval.num_samples=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout)["model"].endswith("step-000002/adapter")

@@ -110,3 +110,25 @@ def load_adapter(model, path) -> None:
         from cat.errors import ConfigError
 
         raise ConfigError(f"{path}: adapter weights do not fit this model's LoRA layers ({unexpected[:3]} ...)")
+
+
+def adapter_base(path) -> str | None:
+    """The base model an adapter saved in ``path`` (peft ``save_pretrained``) was trained on, as
+    peft recorded it."""
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+
+
+def merged_with(model, path):
+    """``model``, the plain base, with the adapter saved in ``path`` merged in as a checkpoint's
+    ``model/`` holds it (``export_weights``): what ``cat-rl eval`` loads of a LoRA checkpoint
+    saved mid-run, which holds the adapter only. Returns the plain model."""
+    from peft import PeftModel
+
+    peft = PeftModel.from_pretrained(model, str(path))
+    weights = export_weights(peft)
+    base = peft.unload()  # the plain modules back, holding the base's weights
+    base.load_state_dict(weights)
+    return base

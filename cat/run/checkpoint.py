@@ -5,8 +5,10 @@ Layout: ``<run>/checkpoints/step-000010/`` holding
   and vLLM;
 * ``master/``: the fp32 master weights, only when the compute dtype is not fp32 (exact resume
   needs them: a bf16 copy would round away what the optimizer accumulated);
-* ``adapter/``: with LoRA, the adapter (peft ``save_pretrained``) that training resumes from;
-  ``model/`` is then the base with the adapter merged in;
+* ``adapter/``: with LoRA, the adapter (peft ``save_pretrained``) that training resumes from.
+  ``model/`` is then the base with the adapter merged in, and only the checkpoint a run stops at
+  (its last step, or a Ctrl-C) holds it: periodic ones hold the adapter and the trainer state,
+  megabytes beside the gigabytes of a merged copy (Qwen2.5-Coder-0.5B: 34 MB against 2.4 GB);
 * ``trainer_state.pt`` (optimizer, scheduler, RNG states, counters) and ``COMPLETE``, written
   last: the step and every other file's size and sha256.
 
@@ -121,8 +123,12 @@ def _manifest(folder: Path) -> dict[str, dict]:
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state: dict, keep_last: int,
-                    export_dtype: torch.dtype = torch.float32, weights: dict | None = None) -> Path:
+                    export_dtype: torch.dtype = torch.float32, weights: dict | None = None,
+                    merged: bool = True) -> Path:
     """``weights``: the model's full state when its own ``state_dict`` is sharded (FSDP).
+    ``merged``: with LoRA, also write ``model/``, the base with the adapter merged in (and the
+    tokenizer beside it); without it the checkpoint holds what resuming reads. Full training
+    always writes ``model/`` (it is what resuming reads when the compute dtype is fp32).
 
     Raises CheckpointError, having written nothing that stays, when a weight or the optimizer
     state is not finite or when the disk refuses a write."""
@@ -142,13 +148,15 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state
         shutil.rmtree(tmp, ignore_errors=True)
         if is_peft(model):
             model.save_pretrained(tmp / "adapter")  # what training resumes from
-            export_model(model, tmp / "model", export_dtype)  # the adapter merged in
+            if merged:
+                export_model(model, tmp / "model", export_dtype)  # the adapter merged in
         elif export_dtype == next(model.parameters()).dtype:  # fp32 (or fp64) compute: the export is the master
             model.save_pretrained(tmp / "model", state_dict=weights)
         else:
             model.save_pretrained(tmp / "master", state_dict=weights)
             export_model(model, tmp / "model", export_dtype, weights=weights)
-        tokenizer.save_pretrained(tmp / "model")
+        if (tmp / "model").is_dir():
+            tokenizer.save_pretrained(tmp / "model")
         torch.save({**trainer_state, "rng": rng_state()}, tmp / "trainer_state.pt")
         _fsync_tree(tmp)
         complete = {"step": step, "files": _manifest(tmp)}

@@ -36,9 +36,11 @@ class RunLoop:
         t = self.trainer
         return {"step": t.step_done, **t.learner.state_dict()}
 
-    def save(self) -> Path:
+    def save(self, *, merged: bool = True) -> Path:
         """A checkpoint of step ``step_done``, holding whole state: every rank takes part in
-        gathering it (FSDP shards), rank 0 writes it and the others wait for it."""
+        gathering it (FSDP shards), rank 0 writes it and the others wait for it. ``merged``: a LoRA
+        policy's checkpoint also holds the merged model (where a run stops; the periodic saves
+        leave it out)."""
         t = self.trainer
         path = ckpt.checkpoint_dir(t.run_dir, t.step_done)
         weights, state = t.learner.full_weights(), self.state_dict()  # FSDP: gathered by all ranks
@@ -47,7 +49,8 @@ class RunLoop:
             try:
                 path = ckpt.save_checkpoint(t.run_dir, t.step_done, model=t.policy, tokenizer=t.tokenizer,
                                             trainer_state=state, keep_last=t.config.run.keep_last,
-                                            export_dtype=torch_dtype(t.config.model.dtype), weights=weights)
+                                            export_dtype=torch_dtype(t.config.model.dtype), weights=weights,
+                                            merged=merged)
             except CheckpointError as exc:
                 failure = str(exc)
         # instead of a barrier: every rank learns at once whether rank 0's write worked
@@ -158,7 +161,7 @@ class RunLoop:
                         _write_json_atomic(eval_path, evals)
                         trackers.log_eval(evals["history"][-1], t.step_done)
                 if run.save_every and t.step_done % run.save_every == 0 and t.step_done < run.steps:
-                    self.save()
+                    self.save(merged=False)  # for resuming: a LoRA run's adapter, not a merged copy
         bar.close()
         self.save()
         watch.finish(needs_spread=t.objective.needs_spread)

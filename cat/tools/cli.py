@@ -265,20 +265,30 @@ def _fetch_model(args) -> int:
     return 0
 
 
-def _run_model(run_dir: Path) -> Path:
-    """A run directory's newest checkpoint that verifies, as the model folder to load (nothing is
-    moved: evaluation only reads)."""
+def _run_checkpoint(run_dir: Path) -> Path:
+    """A run directory's newest checkpoint that verifies (nothing is moved: evaluation only reads)."""
     import logging
 
     from cat.run import checkpoint
 
     found = checkpoint.list_checkpoints(run_dir)
     for path in reversed(found):
-        if checkpoint.verify(path) is None and (path / "model").is_dir():
+        if checkpoint.verify(path) is None:
             logging.getLogger("cat.tasks.evaluate").warning(f"--model {run_dir}: evaluating its checkpoint {path.name}")
-            return path / "model"
+            return path
     raise ConfigError(f"--model {run_dir} is a run directory with no checkpoint that verifies "
                       f"({len(found)} found): name a checkpoint's model/ folder, or a model")
+
+
+def _checkpoint_model(path: Path, base: str) -> tuple[str, Path | None]:
+    """A checkpoint folder as (the model to load, the LoRA adapter to merge into it, or None): its
+    ``model/``, or for a LoRA checkpoint saved mid-run (``adapter/`` only) the base its adapter
+    names (``base`` when it names none)."""
+    if (path / "model").is_dir():
+        return str(path / "model"), None
+    from cat.models.lora import adapter_base
+
+    return adapter_base(path / "adapter") or base, path / "adapter"
 
 
 def _train(args) -> int:
@@ -322,12 +332,12 @@ def _eval(args) -> int:
     e, m = config.eval, config.model
     if e.path is None:
         raise ConfigError("eval.path is not set: nothing to evaluate on")
-    path = args.model or m.name_or_path
+    path, adapter = args.model or m.name_or_path, None
     try:
-        if args.model and (Path(args.model) / "model").is_dir():
-            path = str(Path(args.model) / "model")
+        if args.model and any((Path(args.model) / name).is_dir() for name in ("model", "adapter")):
+            path, adapter = _checkpoint_model(Path(args.model), m.name_or_path)
         elif args.model and (Path(args.model) / "checkpoints").is_dir():
-            path = str(_run_model(Path(args.model)))
+            path, adapter = _checkpoint_model(_run_checkpoint(Path(args.model)), m.name_or_path)
     except OSError as exc:  # a name too long for the file system
         raise ConfigError(f"--model {args.model}: {exc.strerror or exc}") from None
     prompts = load_split(config, "eval")
@@ -336,6 +346,10 @@ def _eval(args) -> int:
     prompts, ids, skipped = fit_prompts(prompts, tokenizer, m, prompt_limit(config, path), which="evaluation",
                                         log=logging.getLogger("cat.tasks.evaluate").warning)
     model = load_model(path, dtype=m.dtype, device=resolve_device(m.device), trust_remote_code=m.trust_remote_code, frozen=True)
+    if adapter is not None:
+        from cat.models.lora import merged_with
+
+        model = merged_with(model, adapter)
     generator = generator_from_config(config, model, tokenizer)
     judge = None
     if config.data.format == "healthbench":
@@ -344,7 +358,7 @@ def _eval(args) -> int:
         judge = Judge.from_config(config, None, evaluation=True)  # eval.judge when set, else judge
         judge.check()
     result = evaluate_config(config, generator, prompts, ids, judge)
-    result["model"] = path
+    result["model"] = path if adapter is None else f"{path} + {adapter}"
     if judge is not None:
         grader = config.eval.judge or config.judge
         result["judge"] = {"model": grader.model, "backend": grader.backend}
