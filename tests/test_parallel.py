@@ -27,7 +27,7 @@ import pytest
 import torch
 from conftest import FP64_RELATIVE, ROOT, assert_same_maths
 
-TIMING = ("time/", "tokens_per_second", "anchor/seconds")
+TIMING = ("time/", "tokens_per_second", "anchor/seconds", "memory/")  # measured, not computed
 
 
 def close(a, b, *, rel=FP64_RELATIVE, abs_=1e-12) -> bool:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import ROOT, cli, run_cli
 
-VOLATILE = ("time/", "tokens_per_second", "anchor/seconds")
+VOLATILE = ("time/", "tokens_per_second", "anchor/seconds", "memory/")
 
 
 def overrides(tiny_world, steps=6, *extra):
@@ -51,6 +51,16 @@ def reference_run(tmp_path_factory, tiny_world):
     out = run_cli("train", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--output-dir", str(run_dir), "--no-progress", *args)
     assert out.returncode == 0, out.stderr[-2000:]
     return run_dir, args
+
+
+def test_every_row_records_the_peak_resident_memory(reference_run):
+    """``memory/peak_rss_mib``: the process's high-water mark in MiB, so it never falls; a process
+    that has loaded torch and a model holds more than 100 MiB (ru_maxrss read in KiB would show
+    over 100 thousand, read in bytes under 1)."""
+    run_dir, _ = reference_run
+    peaks = [json.loads(line)["memory/peak_rss_mib"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(peaks) == 6 and peaks == sorted(peaks)
+    assert 100 < peaks[0] < 64 * 1024, peaks
 
 
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path, tiny_world, reference_run):

@@ -1,8 +1,9 @@
 """The run loop: cadence, evaluation, checkpoints, signals and recording around the algorithm.
 
 ``RunLoop(trainer).train()`` runs (or continues) a run to ``run.steps``: it evaluates before and
-after (and every ``eval.every`` steps), appends each step's metrics, samples and rubric audit to
-the run directory, checkpoints every ``run.save_every`` steps and at the end, and turns the first
+after (and every ``eval.every`` steps), appends each step's metrics (with the process's peak
+resident memory, ``memory/peak_rss_mib``), samples and rubric audit to the run directory,
+checkpoints every ``run.save_every`` steps and at the end, and turns the first
 Ctrl-C into "finish this step, save, stop". In a multi-process run every rank runs the loop and
 rank 0 alone writes. ``Trainer.train`` / ``save`` / ``restore`` are this loop's.
 """
@@ -131,6 +132,8 @@ class RunLoop:
             while t.step_done < run.steps:
                 result = t.step(t.step_done)
                 t.step_done += 1
+                # the process's high-water mark so far (not the step's own), the largest over ranks
+                result.metrics["memory/peak_rss_mib"] = max(t.ranks.gather(peak_rss_mib()))
                 if main:
                     _append_jsonl(metrics_path, [result.metrics])
                     _append_jsonl(samples_path, result.samples)
@@ -175,6 +178,14 @@ class RunLoop:
                 trackers.log_eval(evals["after"], t.step_done)
             t.log(_eval_line("before", evals["before"]))
             t.log(_eval_line("after", evals["after"]))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (what an out-of-memory kill goes by)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 class _GracefulInterrupt:

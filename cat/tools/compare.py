@@ -179,8 +179,8 @@ def train_apart(config, run_dir: Path, *, progress: bool, name: str) -> None:
             pool.submit(_train_in_child, config, run_dir, progress).result()
         except BrokenProcessPool:
             raise CatError(f"{name}: its training process died without a word (killed by the system: out of "
-                           f"memory, perhaps); run compare again to resume it from its newest checkpoint in "
-                           f"{run_dir}") from None
+                           f"memory, perhaps; memory/peak_rss_mib in its metrics.jsonl shows how close it came); "
+                           f"run compare again to resume it from its newest checkpoint in {run_dir}") from None
 
 
 _PRELOAD = ["cat.tools.train", "cat.run.trainer", "transformers.models.auto.modeling_auto",
