@@ -179,6 +179,35 @@ def test_a_model_that_changes_its_logits_after_the_output_layer_keeps_the_whole_
             _FUSABLE[model] = saved
 
 
+def test_the_output_layer_is_found_once_per_model_and_the_cache_keeps_no_model_alive(monkeypatch):
+    """The search visits every module, so its answer is kept per model; kept as names, so that a
+    finished run's model is freed (a WeakKeyDictionary whose value held the model's own lm_head
+    parent, the model itself, would keep it for ever)."""
+    import gc
+    import weakref
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import cat.models.logprobs as lp
+
+    config = LlamaConfig(vocab_size=64, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    searches = []  # ids only: a reference here would keep the model alive itself
+    find = lp._find_output_layer
+    monkeypatch.setattr(lp, "_find_output_layer", lambda inner: searches.append(id(inner)) or find(inner))
+    first = lp._output_layer(model)
+    assert first == (model, "lm_head", model.lm_head) and lp._output_layer(model) == first
+    assert len(searches) == 1
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        token_logprobs(model, ids, torch.ones_like(ids), 2, 1.0)  # through the cache, as training calls it
+    alive = weakref.ref(model)
+    del model, first
+    gc.collect()
+    assert alive() is None
+
+
 def test_generate_holds_no_time_by_vocab_scores(big_vocab):
     model, tok = big_vocab
     model.eval()

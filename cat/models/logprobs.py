@@ -171,10 +171,27 @@ _FUSABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Per model: whether the fused output layer gives its own log-probs (checked once)."""
 
 
+_OUTPUT_LAYER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per model: where its output layer sits, (the parent module's qualified name, the attribute), or
+None when it cannot be fused; found once, as the search visits every module. Names, not modules:
+a value holding the model's own modules would keep the model, its key, alive for ever."""
+
+
 def _output_layer(model):
     """(parent module, attribute name, layer) of ``model``'s output layer when it is a plain linear
     map without bias on unsharded weights; None otherwise."""
     inner = getattr(model, "module", model)  # DistributedDataParallel
+    if inner not in _OUTPUT_LAYER:
+        _OUTPUT_LAYER[inner] = _find_output_layer(inner)
+    where = _OUTPUT_LAYER[inner]
+    if where is None:
+        return None
+    parent = inner.get_submodule(where[0])
+    return parent, where[1], getattr(parent, where[1])
+
+
+def _find_output_layer(inner) -> tuple[str, str] | None:
+    """Where ``inner``'s output layer sits, if it can be fused (``_OUTPUT_LAYER``)."""
     get = getattr(inner, "get_output_embeddings", None)
     head = get() if callable(get) else None
     if type(head) is not torch.nn.Linear or head.bias is not None or type(head.weight) is not torch.nn.Parameter:
@@ -184,10 +201,10 @@ def _output_layer(model):
         return None
     if any("FullyShard" in type(m).__name__ or "FSDP" in type(m).__name__ for m in inner.modules()):
         return None  # sharded weights are whole only inside their module's forward
-    for module in inner.modules():
+    for parent_name, module in inner.named_modules():
         for child_name, child in module.named_children():
             if child is head:
-                return module, child_name, head
+                return parent_name, child_name
     return None
 
 
