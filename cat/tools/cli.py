@@ -467,7 +467,8 @@ def _write_testtime(out: Path, result: dict, text: str, config) -> None:
     tmp = md.with_name(f".{md.name}.tmp")
     tmp.write_text(f"{text}\n")
     tmp.replace(md)
-    synthesize_figure(result, out.with_suffix(".png"), f"{Path(config.model.name_or_path).name}, {out.stem}")
+    task = config.eval.path or config.data.path
+    synthesize_figure(result, out.with_suffix(".png"), f"{Path(config.model.name_or_path).name}, {task}")
 
 
 def _write_json(out: Path, result: dict) -> None:
