@@ -59,6 +59,8 @@ def test_the_arms_answer_from_the_same_rollouts_and_are_graded_on_the_physician_
     assert result["arms"] == list(arms) and set(result["score"]) == {f"{a}@{g}" for a in arms for g in (2, 4)}
     assert result["grader"] == {"model": "tiny:rubric", "is_reward_judge": True}
     assert "| HealthBench score | G = 2 | G = 4 |" in out.stdout and "nan" not in out.stdout
+    assert (tmp_path / "tt.md").read_text().strip() in out.stdout  # the table and the figure beside the JSON
+    assert (tmp_path / "tt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in tiny_healthbench.read_text().splitlines()]
     for ex in result["examples"]:
         texts = [r["text"] for r in ex["rollouts"]]

@@ -489,7 +489,8 @@ def fig_synthesize(results: list[tuple[str, dict]]):
     for ax, (label, data) in zip(axes, results, strict=True):
         by_estimator: dict[str, list[tuple[int, float, float]]] = {}
         intervals = data.get("interval", {})
-        for key, acc in data["accuracy"].items():
+        graded = "accuracy" not in data  # a HealthBench result: rubric scores, not answers against gold
+        for key, acc in data["score" if graded else "accuracy"].items():
             name, _, g = key.rpartition("@")
             if g.isdigit():
                 by_estimator.setdefault(name, []).append((int(g), acc, intervals.get(key, float("nan"))))
@@ -507,12 +508,13 @@ def fig_synthesize(results: list[tuple[str, dict]]):
         ax.xaxis.set_minor_locator(NullLocator())
         if "single_sample_accuracy" in data:
             ax.axhline(data["single_sample_accuracy"], color="grey", linestyle=":", label="one sample")
-        ax.set(xlabel="G (rollouts per question)", ylabel="accuracy vs gold", title=f"{label} (n = {data.get('n', '?')})")
+        ax.set(xlabel="G (rollouts per question)", ylabel="HealthBench score" if graded else "accuracy vs gold",
+               title=f"{label} (n = {data.get('n', '?')})")
         _sane_y(ax)
     entries = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
     fig.legend(list(entries.values()), list(entries), loc="outside right upper", fontsize=8)
-    return fig, ("Test-time CaT (cat-rl testtime): accuracy of each estimator's answer against G, on shared rollouts; "
-                 "bars: 95% intervals over prompts.")
+    return fig, ("Test-time CaT (cat-rl testtime): accuracy (or HealthBench score) of each estimator's answer against "
+                 "G, on shared rollouts; bars: 95% intervals over prompts.")
 
 
 def save_png(fig, path: Path) -> None:
