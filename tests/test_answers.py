@@ -25,7 +25,7 @@ from cat.rewards.answers import (
     register_answer_rule,
 )
 from cat.teacher.diagnostics import teacher_diagnostics
-from cat.teacher.estimators import ESTIMATORS
+from cat.teacher.estimators import build_estimator
 from cat.types import Completion, Group, GroupScore, Prompt, Reference
 
 REPLIES = [json.loads(line) for line in
@@ -191,11 +191,11 @@ def test_rewards_estimators_and_diagnostics_read_with_the_configured_chain():
     texts = ["The answer is 4.", "2 + 3 = 5", "\\boxed{5}", "I give up"]
     g = group(texts, gold="5")
     default, paper = load_config(None), load_config(None, ["answer.rules=[boxed]"])
-    [majority] = ESTIMATORS.get("majority_vote")(default)([g])
+    [majority] = build_estimator(default, "majority_vote")([g])
     assert (majority.answer, majority.meta["votes"], majority.answer_rule) == ("5", 2, "equals_end")
-    [single] = ESTIMATORS.get("single")(default)([g])
+    [single] = build_estimator(default, "single")([g])
     assert (single.answer, single.answer_rule) == ("4", "answer_phrase")
-    [boxed_only] = ESTIMATORS.get("single")(paper)([g])
+    [boxed_only] = build_estimator(paper, "single")([g])
     assert boxed_only.answer is None
     reward = REWARDS.get("math_equivalence")(default)
     assert reward(g, majority).rewards == (0.0, 1.0, 1.0, 0.0)
@@ -206,7 +206,7 @@ def test_rewards_estimators_and_diagnostics_read_with_the_configured_chain():
         "answer/rollout_rule/boxed": 0.25, "answer/rollout_rule/answer_phrase": 0.25,
         "answer/rollout_rule/equals_end": 0.25, "answer/reference_rule/equals_end": 1.0}
     assert diag["diag/rollout_accuracy"] == 0.5 and diag["diag/reference_accuracy"] == 1.0
-    gold = ESTIMATORS.get("gold")(default)([g])
+    gold = build_estimator(default, "gold")([g])
     diag = teacher_diagnostics([g], gold, [GroupScore((0.0, 1.0, 1.0, 0.0))], **diagnosed(default))
     assert diag["answer/reference_rate"] == 1.0 and not any(diag[f"answer/reference_rule/{r}"] for r in DEFAULT_RULES)
     assert "diag/reference_is_last" not in diag  # only a synthesis can copy the last response it read

@@ -10,8 +10,16 @@ from cat.errors import ConfigError
 from cat.generation.hf import HFGenerator
 from cat.registry import import_plugin
 from cat.rewards import REWARDS
+from cat.rewards.answers import AnswerChain
 from cat.teacher.anchor import build_anchor
-from cat.teacher.estimators import ESTIMATORS, majority_answer, parse_choice
+from cat.teacher.estimators import (
+    ESTIMATORS,
+    EstimatorSettings,
+    build_estimator,
+    majority_answer,
+    parse_choice,
+    register_estimator,
+)
 from cat.types import Completion, Group, Prompt, Reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,13 +54,13 @@ def test_majority_clusters_equivalent_answers_and_breaks_ties_by_first_seen():
 
 def test_majority_estimator_and_single_and_gold():
     g = group(["\\boxed{4}", "\\boxed{5}", "no answer", "\\boxed{5}"], gold="4")
-    [maj] = ESTIMATORS.get("majority_vote")(CONFIG)([g])
+    [maj] = build_estimator(CONFIG, "majority_vote")([g])
     assert (maj.answer, maj.meta["votes"], maj.meta["index"]) == ("5", 2, 1)
-    [single] = ESTIMATORS.get("single")(CONFIG)([g])
+    [single] = build_estimator(CONFIG, "single")([g])
     assert single.answer == "4"
-    [gold] = ESTIMATORS.get("gold")(CONFIG)([g])
+    [gold] = build_estimator(CONFIG, "gold")([g])
     assert gold.answer == "4"
-    [none] = ESTIMATORS.get("gold")(CONFIG)([group(["\\boxed{1}"])])
+    [none] = build_estimator(CONFIG, "gold")([group(["\\boxed{1}"])])
     assert none.answer is None
 
 
@@ -114,7 +122,7 @@ def test_synthesis_can_be_right_when_every_rollout_is_wrong(anchor, tiny_model):
         texts = wrong_everywhere(a, b)
         assert all(re.search(r"boxed\{(\d+)\}", t).group(1) != str(a + b) for t in texts)
         groups.append(tiny_group(tokenizer, texts, f"{a}+{b}", gold=str(a + b)))
-    refs = ESTIMATORS.get("synthesis")(CONFIG)(groups, anchor)
+    refs = build_estimator(CONFIG, "synthesis")(groups, anchor)
     right = sum(r.answer == str(a + b) for r, (a, b) in zip(refs, pairs, strict=False))
     assert right >= 4, [r.text for r in refs]
     assert all(r.meta["anchor_prompt_tokens"] > 100 and r.meta["truncated_rollouts"] == 0 for r in refs)
@@ -136,9 +144,9 @@ def test_synthesis_over_several_orders_takes_the_answer_most_orders_give(anchor,
     _, tokenizer = tiny_model
     pairs = [(47, 38), (23, 51), (66, 17), (35, 44)]
     groups = [tiny_group(tokenizer, wrong_everywhere(a, b), f"{a}+{b}", gold=str(a + b)) for a, b in pairs]
-    one = ESTIMATORS.get("synthesis")(CONFIG)(groups, anchor)
+    one = build_estimator(CONFIG, "synthesis")(groups, anchor)
     config = load_config(None, ["generation.num_generations=8", "anchor.orders=8"])
-    refs = ESTIMATORS.get("synthesis")(config)(groups, anchor)
+    refs = build_estimator(config, "synthesis")(groups, anchor)
     for r, first in zip(refs, one, strict=True):
         answers = r.meta["order_answers"]
         assert len(answers) == 8 and r.meta["orders"] == 8
@@ -148,10 +156,10 @@ def test_synthesis_over_several_orders_takes_the_answer_most_orders_give(anchor,
         assert r.meta["anchor_prompt_tokens"] > 7 * first.meta["anchor_prompt_tokens"]  # the cost of 8 reads
     assert len({tuple(r.meta["order_answers"]) for r in refs}) > 1
     sampled = anchor.with_params(greedy=False, temperature=1.0)  # one call per order, each its own streams
-    twice = [ESTIMATORS.get("synthesis")(config)(groups[:2], sampled) for _ in range(2)]
+    twice = [build_estimator(config, "synthesis")(groups[:2], sampled) for _ in range(2)]
     assert [r.meta["order_answers"] for r in twice[0]] == [r.meta["order_answers"] for r in twice[1]]
     assert all(len(r.meta["order_answers"]) == 8 for r in twice[0])
-    synthesize = ESTIMATORS.get("synthesis")(config)
+    synthesize = build_estimator(config, "synthesis")
     whole = synthesize(groups[:2], sampled.at(seed=3))
     shard = synthesize(groups[1:2], sampled.at(seed=3, row_offset=1))  # a second rank's share of the step
     assert shard[0].meta["order_texts"] == whole[1].meta["order_texts"]
@@ -183,21 +191,74 @@ def test_min_perplexity_and_mutual_predictability_prefer_typical_rollouts(anchor
     clean = "ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"
     odd = "tens tens ones so so 9 \\boxed{1}"
     g = tiny_group(tokenizer, [odd, clean, clean, clean], "47+38")
-    [mp] = ESTIMATORS.get("min_perplexity")(CONFIG)([g], anchor)
+    [mp] = build_estimator(CONFIG, "min_perplexity")([g], anchor)
     assert mp.meta["index"] != 0 and mp.answer == "85"
-    [mu] = ESTIMATORS.get("mutual_predictability")(CONFIG)([g], anchor)
+    [mu] = build_estimator(CONFIG, "mutual_predictability")([g], anchor)
     assert mu.meta["index"] != 0 and mu.answer == "85"
 
 
 def test_self_bon_unparsable_choice_gives_no_reference(anchor, tiny_model):
     _, tokenizer = tiny_model
     g = tiny_group(tokenizer, ["ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"] * 2, "47+38")
-    [ref] = ESTIMATORS.get("self_bon")(CONFIG)([g], anchor)
+    [ref] = build_estimator(CONFIG, "self_bon")([g], anchor)
     # the tiny anchor was never taught to pick; whatever it says, the outcome is well defined
     if ref.meta["index"] is None:
         assert ref.answer is None
     else:
         assert ref.answer == "85"
+
+
+def test_estimators_are_built_from_their_settings_not_the_whole_config():
+    config = load_config(None, ["reward.mode=strict", "anchor.orders=2", "answer.rules=[boxed]",
+                                "judge.score_template=judge_score_brief"])
+    settings = EstimatorSettings.from_config(config)
+    assert (settings.mode, settings.timeout_s, settings.orders) == ("strict", 3, 2)
+    assert settings.answer_of.rules == ("boxed",) and settings.judge_score_template == "judge_score_brief"
+    assert settings.estimator is config.estimator
+    synthesis = build_estimator(config, "synthesis")
+    assert (synthesis.orders, synthesis.mode, synthesis.answer_of.rules) == (2, "strict", ("boxed",))
+    with pytest.raises(AttributeError, match="no field 'nope' \\(fields: estimator, answer_of, mode"):
+        _ = settings.nope
+
+
+def test_a_plugin_estimator_written_for_the_whole_config_still_runs_with_a_deprecation_warning(caplog, monkeypatch):
+    """The plug-in contract before EstimatorSettings: ``cls(config)`` reading config sections. It
+    is built as every estimator is, reads the Config through the settings, and is told which field
+    to read instead; its references are the new contract's."""
+
+    @register_estimator("old_style_majority")
+    class OldStyle:
+        needs_anchor = False
+
+        def __init__(self, config):
+            self.mode, self.timeout_s = config.reward.mode, config.reward.timeout_s
+            self.answer_of = AnswerChain.from_config(config.answer)
+
+        def __call__(self, groups, anchor=None):
+            out = []
+            for g in groups:
+                answer, index, votes = majority_answer([self.answer_of(t) for t in g.texts], mode=self.mode,
+                                                       timeout_s=self.timeout_s)
+                out.append(Reference(text=g.texts[index], answer=answer, source="majority_vote",
+                                     meta={"index": index, "votes": votes}, answer_rule="boxed"))
+            return out
+
+    monkeypatch.setattr("cat.teacher.estimators._WARNED", set())  # the log says it once per process
+    g = group(["\\boxed{4}", "\\boxed{5}", "no answer", "\\boxed{5}"])
+    with pytest.warns(DeprecationWarning) as caught:
+        old = build_estimator(CONFIG, "old_style_majority")
+    said = [str(w.message) for w in caught]
+    assert any("read config.reward" in m and "settings.mode and settings.timeout_s" in m for m in said)
+    assert any("read config.answer" in m and "settings.answer_of" in m for m in said)
+    assert any("read config.answer" in r.getMessage() for r in caplog.records)  # the log says it too
+    assert old([g]) == build_estimator(CONFIG, "majority_vote")([g])
+
+
+def test_a_builtin_estimator_built_from_a_whole_config_still_works_with_a_deprecation_warning():
+    g = group(["\\boxed{4}", "\\boxed{5}", "no answer", "\\boxed{5}"])
+    with pytest.warns(DeprecationWarning, match="build it with cat.teacher.estimators.build_estimator"):
+        old = ESTIMATORS.get("majority_vote")(CONFIG)
+    assert old([g]) == build_estimator(CONFIG, "majority_vote")([g])
 
 
 def test_guide_plugin_example_runs_through_the_trainer(tmp_path, tiny_world):
@@ -241,8 +302,8 @@ def test_another_local_model_as_the_anchor(tiny_model, tiny_world):
     groups = [tiny_group(tokenizer, wrong_everywhere(47, 38), "47+38", gold="85"),
               tiny_group(tokenizer, wrong_everywhere(23, 51), "23+51", gold="74")]
     assert [s.text for s in a1.synthesize(groups)] == [s.text for s in a0.synthesize(groups)]
-    nll0 = ESTIMATORS.get("min_perplexity")(base)(groups, a0)
-    nll1 = ESTIMATORS.get("min_perplexity")(other)(groups, a1)
+    nll0 = build_estimator(base, "min_perplexity")(groups, a0)
+    nll1 = build_estimator(other, "min_perplexity")(groups, a1)
     assert [r.meta["index"] for r in nll1] == [r.meta["index"] for r in nll0]
     # re-encoded text has no EOS token (pi_0 scores the sampled ids, EOS included): close, not equal
     assert [r.meta["nll"] for r in nll1] == pytest.approx([r.meta["nll"] for r in nll0], abs=0.02)

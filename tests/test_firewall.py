@@ -15,7 +15,6 @@ from cat.run.trainer import Trainer
 PLUGIN = '''
 from cat.teacher.estimators import read_reference, register_estimator
 from cat.rewards import GroupReward, from_completion_fn, register_reward
-from cat.rewards.answers import AnswerChain
 from cat.types import GroupScore
 
 
@@ -25,8 +24,8 @@ class Peeking:
 
     needs_anchor = False
 
-    def __init__(self, config):
-        self.answer_of = AnswerChain.from_config(config.answer)
+    def __init__(self, settings):
+        self.answer_of = settings.answer_of
 
     def __call__(self, groups, anchor=None):
         return [read_reference(g.prompt.meta.get("solution") or (f"\\\\boxed{{{g.prompt.gold}}}" if g.prompt.gold

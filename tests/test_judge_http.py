@@ -431,7 +431,7 @@ def test_anchor_on_an_endpoint_synthesizes_and_refuses_token_scoring(server, rub
     from cat.errors import ConfigError
     from cat.models.load import load_tokenizer
     from cat.teacher.anchor import build_anchor
-    from cat.teacher.estimators import ESTIMATORS
+    from cat.teacher.estimators import build_estimator
 
     base_url, model = server
     config = load_config(ROOT / "experiments" / "tiny_arith_cat.yaml", [
@@ -445,7 +445,7 @@ def test_anchor_on_an_endpoint_synthesizes_and_refuses_token_scoring(server, rub
     assert synthesis.text.strip() and synthesis.finish_reason in ("stop", "length")
     assert synthesis.prompt_tokens > 50 and synthesis.truncated_rollouts == 0
     with pytest.raises(ConfigError, match="local anchor"):
-        ESTIMATORS.get("min_perplexity")(config)([group], anchor)
+        build_estimator(config, "min_perplexity")([group], anchor)
 
 
 def test_a_group_without_a_reference_is_counted_apart_from_rubrics_that_failed(scripted, rubric_world, caplog):

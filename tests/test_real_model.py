@@ -334,7 +334,7 @@ def test_smollm2_synthesizes_references_from_real_rollouts(smollm2, greedy):
     from cat.config import load_config
     from cat.generation.hf import HFGenerator
     from cat.teacher.anchor import build_anchor
-    from cat.teacher.estimators import ESTIMATORS
+    from cat.teacher.estimators import build_estimator
 
     model = load_model(str(smollm2), dtype="float32", device=torch.device("cpu"), frozen=True)
     tokenizer = load_tokenizer(str(smollm2))
@@ -349,7 +349,7 @@ def test_smollm2_synthesizes_references_from_real_rollouts(smollm2, greedy):
     assert prompt.startswith("<|im_start|>system\n") and "<|im_start|>user\nHere are 3 answers" in prompt
     assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n") and "### Response 3\n" in prompt
     assert groups[0].prompt.text not in prompt  # the question is not shown by default
-    synthesis = ESTIMATORS.get("synthesis")(config)
+    synthesis = build_estimator(config, "synthesis")
     first = synthesis(groups, anchor.at(seed=1))
     assert sum(r.answer is not None for r in first) >= 2, [r.text for r in first]
     assert [r.text for r in synthesis(groups, anchor.at(seed=1))] == [r.text for r in first]

@@ -54,7 +54,7 @@ from cat.tasks.data import PromptOrder, load_split
 from cat.tasks.task import Task
 from cat.teacher import firewall
 from cat.teacher.diagnostics import teacher_diagnostics
-from cat.teacher.estimators import ESTIMATORS
+from cat.teacher.estimators import ESTIMATORS, build_estimator
 from cat.types import Group, GroupScore, Reference
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class Trainer:
         self.log = (log or logger.info) if self.ranks.main else _quiet
         for plugin in config.plugins:
             import_plugin(plugin)
-        self.estimator = ESTIMATORS.get(config.estimator.name)(config)
+        self.estimator = build_estimator(config)
         self.reward = build_rewards(config)
         if self._needs_anchor():
             from cat.teacher.anchor import anchor_template

@@ -1,7 +1,8 @@
 """Reference estimators: how a group of G rollouts becomes one reference.
 
 Every estimator is a class registered with ``@register_estimator(name)``. It is built once per run
-from the Config and called on a batch of groups (so anchor calls batch across prompts):
+from the run's :class:`EstimatorSettings` (what an estimator may read of the config, built in one
+place: ``build_estimator``) and called on a batch of groups (so anchor calls batch across prompts):
 
     estimator(groups: list[Group], anchor: Anchor | None) -> list[Reference]
 
@@ -16,10 +17,12 @@ labels). Write your own in any module and name it in the config's ``plugins``; s
 
 from __future__ import annotations
 
+import logging
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from cat.generation import row_seed
@@ -30,7 +33,102 @@ from cat.templates import load_template, score_template
 from cat.types import Group, Reference
 
 if TYPE_CHECKING:
+    from cat.config import Config, EstimatorConfig
+    from cat.rewards.judge import Judge
     from cat.teacher.anchor import AnchorOutput
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    """What a reference estimator is built from: the few settings of the run it may read, not the
+    whole config tree (``from_config`` picks them, in this one place).
+
+    ``estimator``: the config's ``estimator`` section itself. ``answer_of``: the run's answer chain
+    (config ``answer``), which reads a final answer as the reward reads it. ``mode`` and
+    ``timeout_s``: how two answers are compared (``reward.mode``, ``reward.timeout_s``), as the
+    reward compares them. ``orders``: how many orders the synthesis reads each group in
+    (``anchor.orders``). ``judge_score_template``: the rating template of best-of-N by judge score
+    (``judge.score_template``); ``open_judge()`` builds the run's judge (config ``judge``), to be
+    called on first use, since an estimator is built before the run loads any model.
+
+    A plug-in estimator written as ``cls(config)`` that reads the whole Config keeps working for
+    now: a name that is not one of these fields is read from the run's Config, with a
+    DeprecationWarning that names the field to read instead (``config.reward.mode`` -> ``mode``).
+    """
+
+    estimator: EstimatorConfig
+    answer_of: AnswerChain
+    mode: str
+    timeout_s: int
+    orders: int
+    judge_score_template: str
+    open_judge: Callable[[], Judge] | None = field(default=None, repr=False, compare=False)
+    _config: Config | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_config(cls, config: Config) -> EstimatorSettings:
+        """The settings a run of ``config`` builds its estimator with."""
+        return cls(estimator=config.estimator, answer_of=AnswerChain.from_config(config.answer),
+                   mode=config.reward.mode, timeout_s=config.reward.timeout_s, orders=config.anchor.orders,
+                   judge_score_template=config.judge.score_template, open_judge=_JudgeOpener(config),
+                   _config=config)
+
+    def __getattr__(self, name: str):
+        # only names that are not fields get here: the deprecated read of the whole Config
+        config = self.__dict__.get("_config")
+        if name.startswith("_") or config is None or name not in type(config).model_fields:
+            raise AttributeError(f"EstimatorSettings has no field {name!r} (fields: "
+                                 f"{', '.join(f for f in self.__dataclass_fields__ if not f.startswith('_'))})")
+        instead = _READ_INSTEAD.get(name, "a field of EstimatorSettings (this section has none yet: say which "
+                                          "setting your estimator needs)")
+        message = (f"a reference estimator read config.{name}: estimators are built from EstimatorSettings, not the "
+                   f"whole Config; read {instead} (docs/plugins.md). Reading the Config through them is deprecated")
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        if name not in _WARNED:  # DeprecationWarnings are hidden by default outside __main__: say it in the log too
+            _WARNED.add(name)
+            logger.warning(message)
+        return getattr(config, name)
+
+
+_READ_INSTEAD = {
+    "answer": "settings.answer_of (the run's AnswerChain, built from config.answer)",
+    "reward": "settings.mode and settings.timeout_s (reward.mode, reward.timeout_s)",
+    "anchor": "settings.orders (anchor.orders)",
+    "judge": "settings.judge_score_template and settings.open_judge() (judge.score_template, the judge itself)",
+}
+"""Where the settings an estimator used to read from the whole Config now are."""
+
+_WARNED: set[str] = set()
+
+
+class _JudgeOpener:
+    """``EstimatorSettings.open_judge``: the run's judge, built when called (no verdict cache)."""
+
+    def __init__(self, config: Config):
+        self._config = config
+
+    def __call__(self) -> Judge:
+        from cat.rewards.judge import Judge
+
+        return Judge.from_config(self._config, None)
+
+
+def estimator_settings(settings) -> EstimatorSettings:
+    """``settings`` as :class:`EstimatorSettings`: a whole Config (a built-in estimator built the old
+    way, ``cls(config)``) is turned into them with a DeprecationWarning."""
+    if isinstance(settings, EstimatorSettings):
+        return settings
+    warnings.warn("a reference estimator is built from EstimatorSettings, not the whole Config: build it with "
+                  "cat.teacher.estimators.build_estimator(config), or cls(EstimatorSettings.from_config(config))",
+                  DeprecationWarning, stacklevel=3)
+    return EstimatorSettings.from_config(settings)
+
+
+def build_estimator(config: Config, name: str | None = None) -> Estimator:
+    """The run's reference estimator (``estimator.name``, or ``name``), built from its settings."""
+    return ESTIMATORS.get(name or config.estimator.name)(EstimatorSettings.from_config(config))
 
 
 @runtime_checkable
@@ -38,7 +136,10 @@ class Estimator(Protocol):
     """The contract of a reference estimator (a class registered with ``@register_estimator``).
 
     ``needs_anchor``: True to be called with the frozen pi_0 :class:`~cat.teacher.anchor.Anchor`
-    (None otherwise). Built once per run as ``cls(config)``; called once per step on the step's groups
+    (None otherwise). Built once per run as ``cls(settings)`` with the run's
+    :class:`EstimatorSettings` (its answer chain, answer comparison, ``anchor.orders``, judge); an
+    older plug-in written as ``cls(config)`` still reads the whole Config through them, with a
+    DeprecationWarning naming the field to read. Called once per step on the step's groups
     (in a multi-process run, this rank's), it returns one Reference per group, in order.
     Optional ``decodes_with_anchor = False``: the estimator only scores with the anchor, so
     ``cat-rl synthesize --anchor-decoding greedy,sampled`` runs it once, not once per decoding.
@@ -53,7 +154,7 @@ class Estimator(Protocol):
 
 def _check_estimator(name: str, obj) -> None:
     if not (isinstance(obj, type) and any("__call__" in vars(k) for k in obj.__mro__[:-1])):
-        raise TypeError(f"reference estimator '{name}' must be a class built as cls(config) and called as "
+        raise TypeError(f"reference estimator '{name}' must be a class built as cls(settings) and called as "
                         "estimator(groups, anchor) -> list[Reference]")
     if not isinstance(getattr(obj, "needs_anchor", None), bool):
         raise TypeError(f"reference estimator '{name}' must declare needs_anchor = True or False "
@@ -100,7 +201,7 @@ class Gold:
 
     needs_anchor = False
 
-    def __init__(self, config):
+    def __init__(self, settings: EstimatorSettings):
         pass
 
     def __call__(self, groups: list[Group], anchor=None) -> list[Reference]:
@@ -117,10 +218,10 @@ class MajorityVote:
 
     needs_anchor = False
 
-    def __init__(self, config):
-        self.mode = config.reward.mode
-        self.timeout_s = config.reward.timeout_s
-        self.answer_of = AnswerChain.from_config(config.answer)
+    def __init__(self, settings: EstimatorSettings):
+        settings = estimator_settings(settings)
+        self.mode, self.timeout_s = settings.mode, settings.timeout_s
+        self.answer_of = settings.answer_of
 
     def __call__(self, groups: list[Group], anchor=None) -> list[Reference]:
         out = []
@@ -139,8 +240,8 @@ class Single:
 
     needs_anchor = False
 
-    def __init__(self, config):
-        self.answer_of = AnswerChain.from_config(config.answer)
+    def __init__(self, settings: EstimatorSettings):
+        self.answer_of = estimator_settings(settings).answer_of
 
     def __call__(self, groups: list[Group], anchor=None) -> list[Reference]:
         return [read_reference(g.texts[0], self.answer_of, "single", {"index": 0}) for g in groups]
@@ -171,10 +272,11 @@ class Synthesis:
 
     needs_anchor = True
 
-    def __init__(self, config):
-        self.answer_of = AnswerChain.from_config(config.answer)
-        self.orders = config.anchor.orders
-        self.mode, self.timeout_s = config.reward.mode, config.reward.timeout_s
+    def __init__(self, settings: EstimatorSettings):
+        settings = estimator_settings(settings)
+        self.answer_of = settings.answer_of
+        self.orders = settings.orders
+        self.mode, self.timeout_s = settings.mode, settings.timeout_s
 
     def __call__(self, groups: list[Group], anchor) -> list[Reference]:
         if not groups:
@@ -231,9 +333,9 @@ class SelfBestOfN:
 
     needs_anchor = True
 
-    def __init__(self, config):
+    def __init__(self, settings: EstimatorSettings):
         self.template = load_template("self_bon", kind="anchors", required={"rollouts"}, allowed={"num_rollouts", "question"})
-        self.answer_of = AnswerChain.from_config(config.answer)
+        self.answer_of = estimator_settings(settings).answer_of
 
     def __call__(self, groups: list[Group], anchor) -> list[Reference]:
         if not groups:
@@ -264,10 +366,11 @@ class JudgeBestOfN:
 
     needs_anchor = False
 
-    def __init__(self, config):
-        self.config = config
-        self.template = score_template(config.judge.score_template)
-        self.answer_of = AnswerChain.from_config(config.answer)
+    def __init__(self, settings: EstimatorSettings):
+        settings = estimator_settings(settings)
+        self.open_judge = settings.open_judge
+        self.template = score_template(settings.judge_score_template)
+        self.answer_of = settings.answer_of
         self._judge = None
         self.last_stats: dict = {}  # the judge's counts and tokens of the latest call (Judge.scores)
 
@@ -276,9 +379,7 @@ class JudgeBestOfN:
         if not groups:
             return []
         if self._judge is None:  # built on first use: an estimator is built before the run loads any model
-            from cat.rewards.judge import Judge
-
-            self._judge = Judge.from_config(self.config, None)
+            self._judge = self.open_judge()
         flat, self.last_stats = self._judge.scores([(g.prompt.messages, c.text) for g in groups for c in g.completions],
                                                    self.template)
         out, k = [], 0
@@ -323,8 +424,8 @@ class MinPerplexity:
     needs_anchor = True
     decodes_with_anchor = False  # it scores with the anchor: greedy or sampled makes no difference
 
-    def __init__(self, config):
-        self.answer_of = AnswerChain.from_config(config.answer)
+    def __init__(self, settings: EstimatorSettings):
+        self.answer_of = estimator_settings(settings).answer_of
 
     def __call__(self, groups: list[Group], anchor) -> list[Reference]:
         contexts = [anchor.prompt_ids(g) for g in groups for _ in g.completions]
@@ -343,10 +444,10 @@ class MutualPredictability:
     needs_anchor = True
     decodes_with_anchor = False  # it scores with the anchor: greedy or sampled makes no difference
 
-    def __init__(self, config):
+    def __init__(self, settings: EstimatorSettings):
         self.template = load_template("mutual_predictability", kind="anchors", required={"rollouts"},
                                       allowed={"num_rollouts", "question"})
-        self.answer_of = AnswerChain.from_config(config.answer)
+        self.answer_of = estimator_settings(settings).answer_of
 
     def __call__(self, groups: list[Group], anchor) -> list[Reference]:
         contexts, conts = [], []

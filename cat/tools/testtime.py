@@ -34,7 +34,7 @@ from cat.rewards.math import answers_match
 from cat.tasks.data import load_split
 from cat.tasks.evaluate import grade
 from cat.teacher.anchor import synthesis_template
-from cat.teacher.estimators import ESTIMATORS, majority_answer
+from cat.teacher.estimators import build_estimator, majority_answer
 from cat.teacher.firewall import blind, label_fields
 from cat.tools.stats import mean_ci, paired
 from cat.tools.testtime_policy import load_policy, pi0_anchor, sample_rollouts
@@ -96,7 +96,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
         from cat.tools.testtime_rubric import ARMS, run_rubric_test_time
 
         return run_rubric_test_time(config, estimator_names or list(ARMS), sizes, verdicts=verdicts)
-    estimators = {name: ESTIMATORS.get(name)(config) for name in estimator_names or MATH_ESTIMATORS}
+    estimators = {name: build_estimator(config, name) for name in estimator_names or MATH_ESTIMATORS}
     if extend is not None:
         sizes = _extended_sizes(extend, group_sizes)
         token_level = [n for n in estimators if n in TOKEN_ESTIMATORS]

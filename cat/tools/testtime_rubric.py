@@ -47,7 +47,7 @@ from cat.errors import ConfigError
 from cat.rewards.rubric import rubric_score
 from cat.tasks.evaluate import grade_on_rubric
 from cat.tasks.healthbench import score_graded
-from cat.teacher.estimators import ESTIMATORS
+from cat.teacher.estimators import ESTIMATORS, build_estimator
 from cat.teacher.firewall import blind, label_fields
 from cat.tools.stats import mean_ci, paired
 from cat.tools.testtime_policy import load_policy, pi0_anchor, sample_rollouts
@@ -151,7 +151,7 @@ def run_rubric_test_time(config, names: list[str], sizes: list[int], *, verdicts
             ex["answers"][f"single@{g}"] = _answer(ex, 0, None)
         if anchor is not None:
             start = time.perf_counter()
-            refs = ESTIMATORS.get("synthesis")(config)(blind_groups, anchor)
+            refs = build_estimator(config, "synthesis")(blind_groups, anchor)
             seconds[f"synthesis@{g}"] = time.perf_counter() - start
             for ex, ref in zip(examples, refs, strict=True):
                 ex["synthesis"][f"@{g}"] = ref.text
