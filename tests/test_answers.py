@@ -24,7 +24,7 @@ from cat.rewards.answers import (
     last_number,
     register_answer_rule,
 )
-from cat.teacher.diagnostics import teacher_diagnostics
+from cat.teacher.diagnostics import answer_diagnostics
 from cat.teacher.estimators import build_estimator
 from cat.types import Completion, Group, GroupScore, Prompt, Reference
 
@@ -200,20 +200,20 @@ def test_rewards_estimators_and_diagnostics_read_with_the_configured_chain():
     reward = REWARDS.get("math_equivalence")(default)
     assert reward(g, majority).rewards == (0.0, 1.0, 1.0, 0.0)
     assert REWARDS.get("math_equivalence")(paper)(g, majority).rewards == (0.0, 0.0, 1.0, 0.0)
-    diag = teacher_diagnostics([g], [majority], [GroupScore((0.0, 1.0, 1.0, 0.0))], **diagnosed(default))
+    diag = answer_diagnostics([g], [majority], [GroupScore((0.0, 1.0, 1.0, 0.0))], **diagnosed(default))
     assert diag["answer/rollout_rate"] == 0.75 and diag["answer/reference_rate"] == 1.0
     assert {k: v for k, v in diag.items() if "_rule/" in k and v} == {
         "answer/rollout_rule/boxed": 0.25, "answer/rollout_rule/answer_phrase": 0.25,
         "answer/rollout_rule/equals_end": 0.25, "answer/reference_rule/equals_end": 1.0}
     assert diag["diag/rollout_accuracy"] == 0.5 and diag["diag/reference_accuracy"] == 1.0
     gold = build_estimator(default, "gold")([g])
-    diag = teacher_diagnostics([g], gold, [GroupScore((0.0, 1.0, 1.0, 0.0))], **diagnosed(default))
+    diag = answer_diagnostics([g], gold, [GroupScore((0.0, 1.0, 1.0, 0.0))], **diagnosed(default))
     assert diag["answer/reference_rate"] == 1.0 and not any(diag[f"answer/reference_rule/{r}"] for r in DEFAULT_RULES)
     assert "diag/reference_is_last" not in diag  # only a synthesis can copy the last response it read
 
 
 def diagnosed(config) -> dict:
-    """What ``teacher_diagnostics`` is given for a run of ``config`` (as the trainer gives it)."""
+    """What ``answer_diagnostics`` is given for a run of ``config`` (as the trainer gives it)."""
     return {"answer_of": AnswerChain.from_config(config.answer), "mode": config.reward.mode,
             "timeout_s": config.reward.timeout_s}
 
@@ -225,18 +225,18 @@ def test_diagnostics_say_how_often_a_synthesis_has_the_last_rollouts_answer():
               group(["\\boxed{1}", "\\boxed{2}", "\\boxed{2}", "\\boxed{2}"])]
     refs = [Reference(text="The answer is 7.", answer="7", source="synthesis"),
             Reference(text="The answer is 2.", answer="2", source="synthesis")]
-    diag = teacher_diagnostics(groups, refs, [GroupScore(None)] * 2, **diagnosed(load_config(None)))
+    diag = answer_diagnostics(groups, refs, [GroupScore(None)] * 2, **diagnosed(load_config(None)))
     assert diag["diag/reference_is_last"] == 1.0 and diag["diag/reference_is_other"] == pytest.approx((0 + 2 / 3) / 2)
     # anchor.orders: the chosen synthesis read another rollout last (meta last_read), and that one counts as last
     rotated = [Reference(text="The answer is 4.", answer="4", source="synthesis", meta={"last_read": 0}),
                Reference(text="The answer is 1.", answer="1", source="synthesis", meta={"last_read": 2})]
-    diag = teacher_diagnostics(groups, rotated, [GroupScore(None)] * 2, **diagnosed(load_config(None)))
+    diag = answer_diagnostics(groups, rotated, [GroupScore(None)] * 2, **diagnosed(load_config(None)))
     assert diag["diag/reference_is_last"] == 0.5 and diag["diag/reference_is_other"] == pytest.approx((0 + 1 / 3) / 2)
     # diversity, label-free: answers {4, 5, 5, 7} are 3 classes; {1, 2, 2, 2} are 2
     assert diag["diag/distinct_answers"] == 2.5
     h = lambda *p: -sum(x * math.log(x) for x in p)  # noqa: E731
     assert diag["diag/answer_entropy"] == pytest.approx((h(0.25, 0.5, 0.25) + h(0.25, 0.75)) / 2)
-    same = teacher_diagnostics([group(["\\boxed{0.5}", "\\boxed{\\frac{1}{2}}", "no answer"])],
+    same = answer_diagnostics([group(["\\boxed{0.5}", "\\boxed{\\frac{1}{2}}", "no answer"])],
                                [Reference(text="", answer=None, source="synthesis")], [GroupScore(None)], **diagnosed(load_config(None)))
     assert same["diag/distinct_answers"] == 1 and same["diag/answer_entropy"] == 0  # equivalent answers are one
 

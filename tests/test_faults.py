@@ -115,6 +115,8 @@ def test_rl_on_physician_rubrics_through_the_trainer(tmp_path):
     assert trainer._anchor is None
     m = result.metrics
     assert m["groups/scored"] + m["groups/unscored"] == 3 and m["judge/calls"] > 0
+    # the task owns its diagnostics: HealthBench replies end in no final answer to read or vote on
+    assert not [k for k in m if k.startswith(("diag/", "answer/"))]
     audit = {a["prompt"].split("\n")[0]: a for a in result.audit}
     cut = next(a for k, a in audit.items() if "cut my finger" in k)
     assert [c["points"] for c in cut["rubric"]] == [6.0, 4.0, 5.0, -8.0]

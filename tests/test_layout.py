@@ -27,8 +27,9 @@ LAYERS = [
     ("models", ["cat.models"]),  # loading (hub, .gguf, path schemes), precision, LoRA, token log-probs
     ("generation", ["cat.generation"]),  # rollouts: the Generator seam, chat calls
     ("rewards", ["cat.rewards"]),  # answers, equivalence, rubrics, the judge, the reward contract
-    ("tasks", ["cat.tasks"]),  # data sources, the Task, evaluation, HealthBench scoring
     ("teacher", ["cat.teacher"]),  # estimators, the anchor, the label firewall, diagnostics
+    # the Task picks the teacher diagnostics that fit its replies, so tasks sit above the teacher
+    ("tasks", ["cat.tasks"]),  # data sources, the Task, evaluation, HealthBench scoring
     ("algo", ["cat.algo"]),  # GRPO maths, batches
     ("run", ["cat.run"]),  # trainer, loop, learner, ranks, checkpoints, trackers, logging
     ("worlds", ["cat.worlds"]),  # the tiny worlds, a plug-in

@@ -32,7 +32,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -53,7 +52,7 @@ from cat.run.tracking import check_available
 from cat.tasks.data import PromptOrder, load_split
 from cat.tasks.task import Task
 from cat.teacher import firewall
-from cat.teacher.diagnostics import teacher_diagnostics
+from cat.teacher.diagnostics import anchor_costs
 from cat.teacher.estimators import ESTIMATORS, build_estimator
 from cat.types import Group, GroupScore, Reference
 
@@ -115,9 +114,6 @@ class Trainer:
         m = config.model
         self.tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
         self.objective = build_objective(config, self.tokenizer)
-        # the teacher against gold, measured only: answers read and compared as the reward does
-        self.diagnose = partial(teacher_diagnostics, answer_of=AnswerChain.from_config(config.answer),
-                                mode=config.reward.mode, timeout_s=config.reward.timeout_s)
         self.task = Task(config, self.tokenizer, log=self.log)
         # the teachers on endpoints are checked now (one real request each), not at their first use
         # after the initial evaluation; local ones load on first use
@@ -277,6 +273,11 @@ class Trainer:
         metrics = {"step": 0, **self._rollout_metrics(groups, scores), **reward_stats,
                    **self.diagnose(groups, references, scores)}
         return metrics, groups, references
+
+    def diagnose(self, groups: list[Group], references: list[Reference], scores: list[GroupScore]) -> dict:
+        """The teacher measured, never trained on: the task's own diagnostics (against gold where
+        it has one) and what the anchor spent."""
+        return {**self.task.diagnose(groups, references, scores), **anchor_costs(references)}
 
     def score(self, groups: list[Group], references: list[Reference], step: int):
         """The run's rewards for every group: (scores, step metrics, audit rows)."""

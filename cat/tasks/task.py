@@ -3,8 +3,10 @@
 A ``Task`` holds the training and evaluation prompts, formatted and tokenized, with prompts too
 long for the model skipped (never truncated: a cut question is a different question) and
 counted. It evaluates a generator on the evaluation prompts: gold-answer accuracy, or, for
-HealthBench data, the rubric score from a judge. The data format's branches live here and in
-``cat.tasks.data`` / ``cat.tasks.evaluate``, not in the algorithm.
+HealthBench data, the rubric score from a judge. It owns what a step measures of the teacher
+(``diagnose``): answer diagnostics where replies end in a final answer, none on HealthBench. The
+data format's branches live here and in ``cat.tasks.data`` / ``cat.tasks.evaluate``, not in the
+algorithm.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import logging
 from cat.config import Config, ModelConfig
 from cat.errors import ConfigError
 from cat.models.load import context_length
+from cat.rewards.answers import AnswerChain
 from cat.tasks.data import encode_prompt, load_split
 from cat.tasks.evaluate import evaluate_config
+from cat.teacher.diagnostics import NO_DIAGNOSTICS, AnswerDiagnostics, Diagnostics
 from cat.types import Prompt
 
 logger = logging.getLogger(__name__)
@@ -35,6 +39,9 @@ class Task:
             self.eval_prompts, self.eval_ids, self.eval_skipped_long = fit_prompts(
                 load_split(config, "eval"), tokenizer, config.model, self.prompt_limit, which="evaluation",
                 log=self.log)
+        self.diagnose: Diagnostics = task_diagnostics(config)
+        """What a step measures of the teacher, against gold where there is one; the trainer passes
+        it the step's whole groups, references and scores."""
 
     @property
     def needs_judge(self) -> bool:
@@ -56,6 +63,15 @@ class Task:
             }
         result["skipped_long"] = self.eval_skipped_long
         return result
+
+
+def task_diagnostics(config: Config) -> Diagnostics:
+    """The teacher diagnostics of ``config``'s task: answers read by the run's answer chain and
+    compared as its reward compares them, except on HealthBench, whose replies have no final answer."""
+    if config.data.format == "healthbench":
+        return NO_DIAGNOSTICS
+    return AnswerDiagnostics(AnswerChain.from_config(config.answer), mode=config.reward.mode,
+                             timeout_s=config.reward.timeout_s)
 
 
 def prompt_limit(config: Config, model_path: str | None = None) -> int | None:

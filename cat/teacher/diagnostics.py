@@ -1,11 +1,17 @@
 """Teacher diagnostics: is the reference any good, and is the policy collapsing onto it?
 
+What can be measured depends on the task, so the task owns its diagnostics
+(``cat.tasks.task.Task.diagnose``, a :class:`Diagnostics`): a task whose replies end in a final
+answer (``data.format: qa``: arithmetic, math, reasoning-gym) measures them with
+:class:`AnswerDiagnostics`; HealthBench's replies have no final answer, so it has none
+(``NO_DIAGNOSTICS``). What the anchor spent (``anchor_costs``) is measured on every task.
+
 Gold labels are read here *to measure only*; nothing computed here feeds a reward or a loss.
-Groups without a gold label are left out of the accuracy figures (and all ``diag/*`` keys are
+Groups without a gold label are left out of the accuracy figures (and those ``diag/*`` keys are
 absent when no group has one). Label-free warning signs (``diag/reference_in_rollouts``,
 ``diag/disagree_rate``) need no gold.
 
-Keys (means over the step's groups unless stated):
+Keys of ``answer_diagnostics`` (means over the step's groups unless stated):
   diag/rollout_accuracy        rollouts whose final answer equals gold
   diag/majority_accuracy       majority-vote answer equals gold
   diag/reference_accuracy      the estimator's reference answer equals gold
@@ -20,18 +26,22 @@ Keys (means over the step's groups unless stated):
                                every rollout agrees, a collapse warning when it falls to 0
   diag/reference_is_last       (synthesis) the reference's answer is the last-read rollout's,
   diag/reference_is_other      against the share of the other rollouts it equals
-  anchor/*                     summed token and time counts reported by the estimator
 
 Answer extraction (label-free; the run's answer chain, ``cat.rewards.answers``):
   answer/rollout_rate              rollouts with an answer
   answer/rollout_rule/RULE         rollouts whose answer RULE read (one key per rule of the chain)
   answer/reference_rate            references with an answer
   answer/reference_rule/RULE       references whose answer RULE read (a gold label counts in the rate only)
+
+Keys of ``anchor_costs``, every task:
+  anchor/*                     summed token and time counts reported by the estimator
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Protocol
 
 from cat.rewards.answers import AnswerChain, Extraction, extraction_metrics
 from cat.rewards.math import answers_match
@@ -39,10 +49,41 @@ from cat.teacher.estimators import majority_answer
 from cat.types import Group, GroupScore, Reference
 
 
-def teacher_diagnostics(groups: list[Group], references: list[Reference], scores: list[GroupScore], *,
-                        answer_of: AnswerChain, mode: str, timeout_s: float) -> dict:
-    """The keys above for one step: answers read by the run's ``answer_of`` chain and compared as
-    its reward compares them (``reward.mode``, ``reward.timeout_s``)."""
+class Diagnostics(Protocol):
+    """What a task measures of the teacher each step: the step's groups (whole, gold included),
+    references and scores in, metrics out. Measured only: nothing here feeds the update."""
+
+    def __call__(self, groups: list[Group], references: list[Reference], scores: list[GroupScore]) -> dict: ...
+
+
+@dataclass(frozen=True)
+class AnswerDiagnostics:
+    """The diagnostics of a task whose replies end in a final answer (``answer_diagnostics``):
+    answers read by the run's ``answer_of`` chain and compared as its reward compares them
+    (``mode``, ``timeout_s``: ``reward.mode``, ``reward.timeout_s``)."""
+
+    answer_of: AnswerChain
+    mode: str
+    timeout_s: float
+
+    def __call__(self, groups: list[Group], references: list[Reference], scores: list[GroupScore]) -> dict:
+        return answer_diagnostics(groups, references, scores, answer_of=self.answer_of, mode=self.mode,
+                                  timeout_s=self.timeout_s)
+
+
+def _nothing(groups: list[Group], references: list[Reference], scores: list[GroupScore]) -> dict:
+    return {}
+
+
+NO_DIAGNOSTICS: Diagnostics = _nothing
+"""A task with nothing to measure of the teacher's references (HealthBench: no final answer)."""
+
+
+def answer_diagnostics(groups: list[Group], references: list[Reference], scores: list[GroupScore], *,
+                       answer_of: AnswerChain, mode: str, timeout_s: float) -> dict:
+    """The ``answer/*`` and ``diag/*`` keys above for one step: answers read by the run's
+    ``answer_of`` chain and compared as its reward compares them (``reward.mode``,
+    ``reward.timeout_s``)."""
 
     def same(a, b) -> bool:
         return answers_match(a, b, mode=mode, timeout_s=timeout_s)
@@ -107,6 +148,13 @@ def teacher_diagnostics(groups: list[Group], references: list[Reference], scores
         out["diag/disagree_accuracy"] = disagree_hits / disagree_labelled if disagree_labelled else float("nan")
         out["diag/correct_all_wrong"] = float(all_wrong_right)
         out["diag/reward_accuracy"] = reward_agree / reward_total if reward_total else float("nan")
+    return out
+
+
+def anchor_costs(references: list[Reference]) -> dict:
+    """``anchor/*``: the tokens, seconds and truncated rollouts the estimator's anchor calls
+    reported in the references' meta, summed over the step (absent when none reported them)."""
+    out: dict[str, float] = {}
     for key in ("anchor_prompt_tokens", "anchor_completion_tokens", "anchor_seconds", "truncated_rollouts"):
         values = [r.meta[key] for r in references if key in r.meta]
         if values:
