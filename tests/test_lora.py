@@ -12,6 +12,7 @@ from cat.models.load import load_model
 from cat.models.logprobs import token_logprobs
 from cat.models.lora import AdapterOff, export_weights
 from cat.run import checkpoint as ckpt
+from cat.run.loop import RunLoop
 
 LORA = ["model.lora.r=8", "model.lora.alpha=16", "optim.lr=1e-3"]
 
@@ -60,8 +61,9 @@ def test_pi0_is_the_base_model_bit_for_bit_and_only_the_adapter_trains(tmp_path,
 def test_checkpoint_saves_the_adapter_exports_it_merged_and_resumes_exactly(tmp_path, tiny_world):
     t = make_trainer(tmp_path / "a", tiny_world, *LORA, "model.dtype=float64")
     t.step(0)
-    t.step_done = 1
-    path = t.save()
+    loop = RunLoop(t)
+    loop.step_done = 1
+    path = loop.save()
     assert (path / "adapter" / "adapter_model.safetensors").is_file() and not (path / "master").exists()
     assert ckpt.master_weights_dir(path) == path / "adapter"
     exported = load_model(str(path / "model"), dtype="float64", device=torch.device("cpu"), frozen=True)
@@ -69,7 +71,7 @@ def test_checkpoint_saves_the_adapter_exports_it_merged_and_resumes_exactly(tmp_
     with torch.no_grad():
         assert_same_maths(token_logprobs(exported, ids, att, T, 1.0)[0], token_logprobs(t.policy, ids, att, T, 1.0)[0])
     fresh = make_trainer(tmp_path / "b", tiny_world, *LORA, "model.dtype=float64")
-    fresh.restore(path)
+    RunLoop(fresh).restore(path)
     a = {n: p for n, p in t.policy.named_parameters() if p.requires_grad}
     assert all(torch.equal(p, a[n]) for n, p in fresh.policy.named_parameters() if p.requires_grad)
     ra, rb = t.step(1).metrics, fresh.step(1).metrics

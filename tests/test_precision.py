@@ -11,6 +11,8 @@ import pytest
 import torch
 from test_trainer import make_trainer
 
+from cat.run.loop import RunLoop
+
 
 def flat(module) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in module.parameters()])
@@ -72,8 +74,9 @@ def test_bf16_checkpoint_exports_bf16_and_resumes_from_fp32_master(tmp_path, tin
 
     t = make_trainer(tmp_path, tiny_world, "model.dtype=bfloat16")
     t.step(0)
-    t.step_done = 1
-    path = t.save()
+    loop = RunLoop(t)
+    loop.step_done = 1
+    path = loop.save()
     config = json.loads((path / "model" / "config.json").read_text())
     assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
     with safe_open(str(path / "model" / "model.safetensors"), "pt") as f:
@@ -81,7 +84,7 @@ def test_bf16_checkpoint_exports_bf16_and_resumes_from_fp32_master(tmp_path, tin
     assert master_weights_dir(path) == path / "master"
     saved = flat(t.policy)
     fresh = make_trainer(tmp_path, tiny_world, "model.dtype=bfloat16")
-    fresh.restore(path)
+    RunLoop(fresh).restore(path)
     assert torch.equal(flat(fresh.policy), saved)  # bit for bit: the fp32 master, not the bf16 export
     from transformers import AutoModelForCausalLM
 

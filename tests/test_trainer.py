@@ -218,3 +218,24 @@ def test_ttrl_votes_over_more_samples_than_it_trains_on(tmp_path, tiny_world):
     assert voted.metrics["groups/scored"] == 4 and voted.metrics["completion/mean_length"] > 0
     with pytest.raises(ConfigError, match="estimator.votes above generation.num_generations with algorithm sft"):
         load_config(None, ["algorithm=sft", "estimator.name=majority_vote", "estimator.votes=16"])
+
+
+def test_the_run_loop_owns_the_trainer_and_its_old_names_still_work_with_a_deprecation_warning(tmp_path, tiny_world):
+    """Trainer.train / save / restore / step_done were the loop's before it owned the trainer: they
+    go to one loop per trainer, so a restore then a train continues the restored run."""
+    from cat.run.loop import RunLoop
+
+    t = make_trainer(tmp_path / "a", tiny_world)
+    with pytest.warns(DeprecationWarning, match=r"Trainer.step_done is the run loop's: loop = RunLoop\(trainer\)"):
+        t.step_done = 1
+    with pytest.warns(DeprecationWarning, match=r"Trainer.save\(\) is the run loop's"):
+        path = t.save()
+    assert t._loop.step_done == 1 and t._loop.trainer is t
+    fresh = make_trainer(tmp_path / "b", tiny_world)
+    with pytest.warns(DeprecationWarning, match=r"Trainer.restore\(path\) is the run loop's"):
+        fresh.restore(path)
+    with pytest.warns(DeprecationWarning):
+        assert fresh.step_done == 1
+    loop = RunLoop(make_trainer(tmp_path / "c", tiny_world))
+    loop.restore(path)
+    assert loop.step_done == 1 and loop.state_dict()["step"] == 1

@@ -1,11 +1,13 @@
 """The run loop: cadence, evaluation, checkpoints, signals and recording around the algorithm.
 
-``RunLoop(trainer).train()`` runs (or continues) a run to ``run.steps``: it evaluates before and
-after (and every ``eval.every`` steps), appends each step's metrics (with the process's peak
-resident memory, ``memory/peak_rss_mib``), samples and rubric audit to the run directory,
-checkpoints every ``run.save_every`` steps and at the end, and turns the first
-Ctrl-C into "finish this step, save, stop". In a multi-process run every rank runs the loop and
-rank 0 alone writes. ``Trainer.train`` / ``save`` / ``restore`` are this loop's.
+The loop owns the run: its trainer (``cat.run.trainer.Trainer``, the algorithm: ``step``,
+``probe``, ``evaluate``; it keeps no count of the steps taken and writes no checkpoint) and
+``step_done``. ``RunLoop(Trainer(config, run_dir)).train()`` runs (or continues, after
+``restore``) a run to ``run.steps``: it evaluates before and after (and every ``eval.every`` steps), appends each step's metrics (with
+the process's peak resident memory, ``memory/peak_rss_mib``), samples and rubric audit to the run
+directory, checkpoints every ``run.save_every`` steps and at the end, and turns the first Ctrl-C
+into "finish this step, save, stop". In a multi-process run every rank runs the loop and rank 0
+alone writes.
 """
 
 from __future__ import annotations
@@ -30,12 +32,23 @@ logger = logging.getLogger(__name__)
 
 
 class RunLoop:
+    """A run: the trainer it drives and ``step_done``, the steps taken (0 until ``restore``).
+
+    The trainer is passed in, not imported: the loop calls its ``step``, ``probe`` and
+    ``evaluate``, reads its ``config``, ``run_dir``, ``ranks``, ``log``, ``eval_prompts`` and
+    ``objective.needs_spread``, and checkpoints its ``learner``, ``policy``, ``tokenizer`` and
+    ``generator``."""
+
     def __init__(self, trainer):
         self.trainer = trainer
+        self.step_done = 0
+
+    def close(self) -> None:
+        """Release what the run holds (``Trainer.close``)."""
+        self.trainer.close()
 
     def state_dict(self) -> dict:
-        t = self.trainer
-        return {"step": t.step_done, **t.learner.state_dict()}
+        return {"step": self.step_done, **self.trainer.learner.state_dict()}
 
     def save(self, *, merged: bool = True) -> Path:
         """A checkpoint of step ``step_done``, holding whole state: every rank takes part in
@@ -43,12 +56,12 @@ class RunLoop:
         policy's checkpoint also holds the merged model (where a run stops; the periodic saves
         leave it out)."""
         t = self.trainer
-        path = ckpt.checkpoint_dir(t.run_dir, t.step_done)
+        path = ckpt.checkpoint_dir(t.run_dir, self.step_done)
         weights, state = t.learner.full_weights(), self.state_dict()  # FSDP: gathered by all ranks
         failure = None
         if t.ranks.main:
             try:
-                path = ckpt.save_checkpoint(t.run_dir, t.step_done, model=t.policy, tokenizer=t.tokenizer,
+                path = ckpt.save_checkpoint(t.run_dir, self.step_done, model=t.policy, tokenizer=t.tokenizer,
                                             trainer_state=state, keep_last=t.config.run.keep_last,
                                             export_dtype=torch_dtype(t.config.model.dtype), weights=weights,
                                             merged=merged)
@@ -71,7 +84,7 @@ class RunLoop:
                                   f"(move it aside and resume again to use the one before it)")
         t.generator.sync_weights(t.policy)
         t.learner.load_state_dict(state)
-        t.step_done = state["step"]
+        self.step_done = state["step"]
         ckpt.set_rng_state(state["rng"])
 
     def train(self, *, progress: bool = True) -> dict:
@@ -89,8 +102,8 @@ class RunLoop:
             t.run_dir.mkdir(parents=True, exist_ok=True)
         eval_path = t.run_dir / "eval.json"
         evals = t.ranks.broadcast(json.loads(eval_path.read_text()) if main and eval_path.exists() else {})
-        evals["history"] = [h for h in evals.get("history", []) if h["step"] <= t.step_done]
-        if t.step_done >= run.steps and ("after" in evals or not t.eval_prompts):
+        evals["history"] = [h for h in evals.get("history", []) if h["step"] <= self.step_done]
+        if self.step_done >= run.steps and ("after" in evals or not t.eval_prompts):
             t.log(f"{t.run_dir} already finished {run.steps} steps; nothing to do")
             return evals
         evals.pop("after", None)
@@ -100,13 +113,13 @@ class RunLoop:
             if main:
                 _write_json_atomic(eval_path, evals)
             t.log(_eval_line("before", evals["before"]))
-        elif t.step_done == 0 and "before_from" in evals:  # compare: another arm evaluated the same initial policy
+        elif self.step_done == 0 and "before_from" in evals:  # compare: another arm evaluated the same initial policy
             t.log(_eval_line("before", evals["before"]) + f"  (evaluated by {evals['before_from']})")
-        if t.step_done == 0 and run.preflight_prompts:
+        if self.step_done == 0 and run.preflight_prompts:
             t.log("preflight: sampling, referencing and scoring a few prompts before training ...")
             t.log(preflight_report(*t.probe(run.preflight_prompts), t.config))
         with Trackers(run.report_to, t.run_dir, t.config, main=main) as trackers:
-            if "before" in evals and t.step_done == 0:
+            if "before" in evals and self.step_done == 0:
                 trackers.log_eval(evals["before"], 0)
             self._steps(evals, trackers, progress)
         return evals
@@ -118,32 +131,32 @@ class RunLoop:
         run = t.config.run
         main = t.ranks.main
         eval_path = t.run_dir / "eval.json"
-        bar = tqdm(total=run.steps, initial=t.step_done,
+        bar = tqdm(total=run.steps, initial=self.step_done,
                    disable=not progress or not sys.stderr.isatty() or not main, desc="train", unit="step", leave=False)
         metrics_path = t.run_dir / "metrics.jsonl"
         samples_path = t.run_dir / "samples.jsonl"
         watch = UnscoredWatch(run)
-        if t.step_done:  # resumed: the steps already taken count towards "learned something"
+        if self.step_done:  # resumed: the steps already taken count towards "learned something"
             earlier = [json.loads(x) for x in metrics_path.read_text().splitlines()] \
                 if main and metrics_path.exists() else []
             watch.count(t.ranks.broadcast(earlier))
-        start, first = time.perf_counter(), t.step_done
+        start, first = time.perf_counter(), self.step_done
         with _GracefulInterrupt() as interrupt:
-            while t.step_done < run.steps:
-                result = t.step(t.step_done)
-                t.step_done += 1
+            while self.step_done < run.steps:
+                result = t.step(self.step_done)
+                self.step_done += 1
                 # the process's high-water mark so far (not the step's own), the largest over ranks
                 result.metrics["memory/peak_rss_mib"] = max(t.ranks.gather(peak_rss_mib()))
                 if main:
                     _append_jsonl(metrics_path, [result.metrics])
                     _append_jsonl(samples_path, result.samples)
                     _append_jsonl(t.run_dir / "rubrics.jsonl", result.audit)
-                    trackers.log(result.metrics, t.step_done)
+                    trackers.log(result.metrics, self.step_done)
                     bar.update(1)
                     # ETA from this invocation's pace (mid-run evaluations and checkpoints included,
                     # the final evaluation not); a resumed run does not count the steps it inherited
                     elapsed = time.perf_counter() - start
-                    eta = elapsed / (t.step_done - first) * (run.steps - t.step_done)
+                    eta = elapsed / (self.step_done - first) * (run.steps - self.step_done)
                     line = _console_line(result.metrics, run.steps, elapsed, eta)
                     if bar.disable:
                         t.log(line)
@@ -154,16 +167,16 @@ class RunLoop:
                     bar.close()
                     path = self.save()
                     if main:
-                        logger.warning(f"interrupted after step {t.step_done}: saved {path}\n"
+                        logger.warning(f"interrupted after step {self.step_done}: saved {path}\n"
                                        f"resume with: cat-rl train {t.run_dir / 'config.yaml'} --resume {t.run_dir}")
                     raise KeyboardInterrupt
-                if t.eval_prompts and t.config.eval.every and t.step_done % t.config.eval.every == 0 \
-                        and t.step_done < run.steps:
-                    evals["history"].append({"step": t.step_done, **t.evaluate()})
+                if t.eval_prompts and t.config.eval.every and self.step_done % t.config.eval.every == 0 \
+                        and self.step_done < run.steps:
+                    evals["history"].append({"step": self.step_done, **t.evaluate()})
                     if main:
                         _write_json_atomic(eval_path, evals)
-                        trackers.log_eval(evals["history"][-1], t.step_done)
-                if run.save_every and t.step_done % run.save_every == 0 and t.step_done < run.steps:
+                        trackers.log_eval(evals["history"][-1], self.step_done)
+                if run.save_every and self.step_done % run.save_every == 0 and self.step_done < run.steps:
                     self.save(merged=False)  # for resuming: a LoRA run's adapter, not a merged copy
         bar.close()
         self.save()
@@ -175,7 +188,7 @@ class RunLoop:
             evals["after"] = t.evaluate()
             if main:
                 _write_json_atomic(eval_path, evals)
-                trackers.log_eval(evals["after"], t.step_done)
+                trackers.log_eval(evals["after"], self.step_done)
             t.log(_eval_line("before", evals["before"]))
             t.log(_eval_line("after", evals["after"]))
 

@@ -7,8 +7,8 @@ when something uses it). Around it:
 * the ``Objective`` (``cat.algo.objectives``, ``algorithm``): GRPO or SFT, what the update
   minimises and the batch it is built on;
 * the ``Task`` (``cat.tasks.task``): the prompts, their length limit and the evaluation;
-* the ``RunLoop`` (``cat.run.loop``): cadence, evaluation, checkpoints, signals, recording
-  (``Trainer.train`` / ``save`` / ``restore``).
+* the ``RunLoop`` (``cat.run.loop``), which owns the trainer and drives it: cadence, steps taken,
+  evaluation, checkpoints, signals, recording.
 Under torchrun or accelerate launch each rank generates, references and rewards its shard of
 the step's prompts and the whole step is gathered before advantages (``cat.run.parallel``).
 
@@ -31,6 +31,7 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -46,7 +47,6 @@ from cat.models.logprobs import token_logprobs
 from cat.registry import import_plugin
 from cat.rewards import AnswerChain, RewardContext, build_rewards, preflight_rewards, reward_names
 from cat.run.learner import Learner
-from cat.run.loop import RunLoop
 from cat.run.parallel import Ranks, ShardedGenerator, ShardedJudge, combine_stats, gather_lists
 from cat.run.tracking import check_available
 from cat.tasks.data import PromptOrder, load_split
@@ -140,7 +140,7 @@ class Trainer:
         else:
             self.generator = self.engine
         self.order = PromptOrder(len(self.prompt_ids), config.run.prompts_per_step, config.run.seed, config.data.shuffle)
-        self.step_done = 0
+        self._loop = None  # only for the deprecated Trainer.train / save / restore / step_done
 
     @property
     def optimizer(self):
@@ -513,23 +513,47 @@ class Trainer:
             # generators, a local judge (the evaluation's, judge_bon's)
             self.learner = self.policy = self._initial = None
             self.engine = self.generator = self.shared = self._anchor = self._eval_judge = self.estimator = None
+            self._loop = None
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
+    # ---- the run loop's, deprecated here: the loop owns the trainer -----------------------------
+
+    def _run_loop(self, name: str):
+        """The loop these deprecated names go to (one per trainer, so restore then train continues)."""
+        warnings.warn(f"Trainer.{name} is the run loop's: loop = RunLoop(trainer) (cat.run.loop), then "
+                      f"loop.{name}", DeprecationWarning, stacklevel=3)
+        if self._loop is None:
+            from cat.run.loop import RunLoop
+
+            self._loop = RunLoop(self)
+        return self._loop
+
+    @property
+    def step_done(self) -> int:
+        """Deprecated: ``RunLoop.step_done``."""
+        return self._run_loop("step_done").step_done
+
+    @step_done.setter
+    def step_done(self, value: int) -> None:
+        self._run_loop("step_done").step_done = value
+
     def state_dict(self) -> dict:
-        return RunLoop(self).state_dict()
+        """Deprecated: ``RunLoop.state_dict``."""
+        return self._run_loop("state_dict()").state_dict()
 
     def save(self) -> Path:
-        return RunLoop(self).save()
+        """Deprecated: ``RunLoop.save``."""
+        return self._run_loop("save()").save()
 
     def restore(self, path: Path) -> None:
-        RunLoop(self).restore(path)
+        """Deprecated: ``RunLoop.restore``."""
+        self._run_loop("restore(path)").restore(path)
 
     def train(self, *, progress: bool = True) -> dict:
-        """Run (or continue) to ``run.steps`` (``cat.run.loop.RunLoop``); returns the eval
-        summary."""
-        return RunLoop(self).train(progress=progress)
+        """Deprecated: ``RunLoop.train``."""
+        return self._run_loop("train()").train(progress=progress)
 
 
 def build_objective(config: Config, tokenizer) -> Objective:

@@ -43,18 +43,19 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
         raise SystemExit(2)  # rank 0 printed it
     resume_from = value
 
+    from cat.run.loop import RunLoop
     from cat.run.trainer import Trainer
 
-    trainer = Trainer(config, run_dir)
+    loop = RunLoop(Trainer(config, run_dir))  # the loop owns the trainer and drives it
     try:
         if resume_from is not None:
-            trainer.restore(resume_from)
+            loop.restore(resume_from)
             if ranks.main:
                 for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
-                    _truncate_jsonl(run_dir / name, trainer.step_done)
-        trainer.train(progress=progress)
+                    _truncate_jsonl(run_dir / name, loop.step_done)
+        loop.train(progress=progress)
     finally:
-        trainer.close()  # engines, models and optimizer freed, whatever this process does next
+        loop.close()  # engines, models and optimizer freed, whatever this process does next
     if ranks.main:
         print(f"run directory: {run_dir}")
     ranks.close()
