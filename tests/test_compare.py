@@ -166,27 +166,29 @@ def test_a_run_releases_its_models_engines_and_optimizer_when_it_ends(tmp_path, 
     import weakref
 
     from cat.config import load_config
-    from cat.run.trainer import Trainer
+    from cat.run.loop import RunLoop
     from cat.tools.train import train_run
 
     held = {}
-    train = Trainer.train
+    train = RunLoop.train
 
     def recording(self, **kwargs):
         if not fails:
             train(self, **kwargs)
+        t = self.trainer
         held.update({name: weakref.ref(part) for name, part in (
-            ("policy", self.policy), ("pi_0", self.initial_policy), ("anchor", self.anchor),
-            ("optimizer", self.learner.optimizer), ("engine", self.engine), ("trainer", self))})
-        if fails:  # this frame, in the traceback, holds the trainer (``self``) and nothing else of the run's
+            ("policy", t.policy), ("pi_0", t.initial_policy), ("anchor", t.anchor),
+            ("optimizer", t.learner.optimizer), ("engine", t.engine), ("trainer", t))})
+        del t
+        if fails:  # this frame, in the traceback, holds the loop (``self``), and through it the trainer
             raise RuntimeError("the step failed")
 
-    monkeypatch.setattr(Trainer, "train", recording)
+    monkeypatch.setattr(RunLoop, "train", recording)
     config = load_config(CAT, [o for o in short(tiny_world) if o != "--no-progress"] + ["eval.path=null"])
     if fails:
         with pytest.raises(RuntimeError, match="the step failed") as failure:
             train_run(config, tmp_path / "run", progress=False)
-        held.pop("trainer")  # the traceback in ``failure`` still holds its frames, so the trainer itself
+        held.pop("trainer")  # the traceback in ``failure`` still holds its frames: the loop, the trainer itself
     else:
         train_run(config, tmp_path / "run", progress=False)
         failure = None
