@@ -195,3 +195,37 @@ def test_a_run_releases_its_models_engines_and_optimizer_when_it_ends(tmp_path, 
     gc.collect()
     assert held and not [name for name, ref in held.items() if ref() is not None]
     assert failure is None or failure.traceback  # kept alive until here
+
+
+def test_a_finished_run_continued_to_more_steps_drops_its_old_final_evaluation(tmp_path, tiny_world, monkeypatch):
+    """A finished run resumed with more ``run.steps`` evaluates again at its new end; its old
+    "after" leaves eval.json as soon as training continues, so a run stopped on the way never
+    shows the old policy's score as its own, and compare does not count it finished."""
+    from cat.config import load_config
+    from cat.run.trainer import Trainer
+    from cat.tools.compare import finished
+    from cat.tools.train import train_run
+
+    run_dir = tmp_path / "run"
+    base = [o for o in short(tiny_world) if o != "--no-progress"]
+    train_run(load_config(CAT, base), run_dir, progress=False)
+    first = json.loads((run_dir / "eval.json").read_text())
+    assert first["after_step"] == 2 and finished(run_dir, 2)
+
+    step = Trainer.step
+
+    def failing_at_four(self, *args, **kwargs):
+        if len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3:
+            raise RuntimeError("stopped on the way")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "step", failing_at_four)
+    with pytest.raises(RuntimeError, match="stopped on the way"):
+        train_run(load_config(CAT, base + ["run.steps=4"]), run_dir, progress=False, allow_change=True)
+    stopped = json.loads((run_dir / "eval.json").read_text())
+    assert "after" not in stopped and "after_step" not in stopped and stopped["before"] == first["before"]
+    assert not finished(run_dir, 3)
+    monkeypatch.setattr(Trainer, "step", step)
+    train_run(load_config(CAT, base + ["run.steps=3"]), run_dir, progress=False, allow_change=True)
+    again = json.loads((run_dir / "eval.json").read_text())
+    assert again["after_step"] == 3 and "accuracy" in again["after"] and finished(run_dir, 3)

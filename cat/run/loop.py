@@ -103,10 +103,17 @@ class RunLoop:
         eval_path = t.run_dir / "eval.json"
         evals = t.ranks.broadcast(json.loads(eval_path.read_text()) if main and eval_path.exists() else {})
         evals["history"] = [h for h in evals.get("history", []) if h["step"] <= self.step_done]
-        if self.step_done >= run.steps and ("after" in evals or not t.eval_prompts):
+        # "after" counts only if it evaluated the policy of this step (a run saved before
+        # ``after_step`` was recorded is trusted)
+        current = "after" in evals and evals.get("after_step", self.step_done) == self.step_done
+        if self.step_done >= run.steps and (current or not t.eval_prompts):
             t.log(f"{t.run_dir} already finished {run.steps} steps; nothing to do")
             return evals
-        evals.pop("after", None)
+        if "after" in evals:  # a finished run continued to more steps: its old "after" goes now, not at the end,
+            evals.pop("after")  # so that a run stopped on the way never shows it as this policy's
+            evals.pop("after_step", None)
+            if main:
+                _write_json_atomic(eval_path, evals)
         if t.eval_prompts and "before" not in evals:
             t.log("evaluating the initial policy ...")
             evals["before"] = t.evaluate()
@@ -186,6 +193,7 @@ class RunLoop:
             t.log(summary)
         if t.eval_prompts:
             evals["after"] = t.evaluate()
+            evals["after_step"] = self.step_done
             if main:
                 _write_json_atomic(eval_path, evals)
                 trackers.log_eval(evals["after"], self.step_done)

@@ -117,7 +117,8 @@ def finished(run_dir: Path, steps: int) -> bool:
         evals = json.loads((run_dir / "eval.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return "after" in evals and (run_dir / "metrics.jsonl").exists() and len(_metric_rows(run_dir)) >= steps
+    return ("after" in evals and evals.get("after_step", steps) >= steps and (run_dir / "metrics.jsonl").exists()
+            and len(_metric_rows(run_dir)) >= steps)
 
 
 def run_all(config_path: str, overrides: list[str], arms: list[ArmSpec], seeds: list[int], output: Path, *,
