@@ -372,9 +372,13 @@ def _eval(args) -> int:
 
 def _write_json(out: Path, result: dict) -> None:
     """Written whole or not at all: --extend may name its own input."""
+    _write_text(out, json.dumps(result, indent=2))
+
+
+def _write_text(out: Path, text: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
+    tmp.write_text(text)
     tmp.replace(out)
 
 
@@ -463,20 +467,9 @@ def _write_testtime(out: Path, result: dict, text: str, config) -> None:
     from cat.tools.report import synthesize_figure
 
     _write_json(out, result)
-    md = out.with_suffix(".md")
-    tmp = md.with_name(f".{md.name}.tmp")
-    tmp.write_text(f"{text}\n")
-    tmp.replace(md)
+    _write_text(out.with_suffix(".md"), f"{text}\n")
     task = config.eval.path or config.data.path
     synthesize_figure(result, out.with_suffix(".png"), f"{Path(config.model.name_or_path).name}, {task}")
-
-
-def _write_json(out: Path, result: dict) -> None:
-    """Written whole or not at all: --extend may name its own input."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
 
 
 if __name__ == "__main__":
