@@ -199,3 +199,29 @@ def test_rotation_never_deletes_the_newest_verified_checkpoint(tmp_path, tiny_wo
     assert saved.name == "step-000005" and checkpoint.verify(saved) is None  # what it wrote survives rotation
     assert checkpoint.newest_verified(run_dir, log=logs.append).name == "step-000005"
     assert sorted(p.name for p in ckpts.iterdir()) == ["rejected-step-000006", "step-000005"]
+
+
+def test_a_second_process_is_refused_a_run_directory_in_use_and_a_killed_holder_leaves_no_lock(tmp_path, tiny_world):
+    """Two processes training into one folder would interleave metrics and prune each other's
+    checkpoints: the second is refused at once, naming the first; once the first is killed
+    (no chance to clean up) the folder trains again."""
+    config = ROOT / "experiments" / "tiny_arith_gold.yaml"
+    run_dir = tmp_path / "run"
+    first = spawn_train(config, run_dir, overrides(tiny_world, 400))
+    try:
+        wait_for_rows(run_dir / "metrics.jsonl", 1, first)
+        second = cli("train", str(config), "--output-dir", str(run_dir), "--no-progress", *overrides(tiny_world, 400))
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"{run_dir} is in use: process {first.pid} " in second.stderr
+        assert "another --output-dir" in second.stderr
+        rows = len((run_dir / "metrics.jsonl").read_text().splitlines())
+        wait_for_rows(run_dir / "metrics.jsonl", rows + 1, first)  # the first went on, undisturbed
+    finally:
+        first.kill()
+        first.wait()
+    done = len((run_dir / "metrics.jsonl").read_text().splitlines())
+    out = cli("train", str(config), "--resume", str(run_dir), "--no-progress", "--allow-config-change",
+              *overrides(tiny_world, done + 1))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resuming" in out.stderr and "is in use" not in out.stderr
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == done + 1

@@ -10,6 +10,7 @@ changed config) and where the run lives; the library below it only logs.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from cat.errors import CatError, ConfigError
+from cat.run.lock import hold_run_dir
 
 
 def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested: bool = False,
@@ -29,52 +31,53 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
 
     preflight(config)
     ranks = Ranks(cpu=resolve_device(config.model.device).type == "cpu", timeout_s=config.parallel.timeout_s)
-    outcome = None
-    if ranks.main:  # one rank decides fresh start vs resume; the others follow it
-        try:
-            outcome = ("ok", _prepare_run_dir(run_dir, config, resume_requested=resume_requested,
-                                              allow_change=allow_change))
-        except CatError as exc:
-            outcome = ("error", str(exc))
-    kind, value = ranks.broadcast(outcome)
-    if kind == "error":
-        if ranks.main:
-            raise ConfigError(value)
-        raise SystemExit(2)  # rank 0 printed it
-    resume_from = value
-
-    from cat.run.loop import RunLoop
-    from cat.run.trainer import Trainer
-
-    loop = RunLoop(Trainer(config, run_dir))  # the loop owns the trainer and drives it
-    try:
-        if resume_from is not None:
-            loop.restore(resume_from)
+    with contextlib.ExitStack() as held:
+        outcome = None
+        if ranks.main:  # one rank holds the folder and decides fresh start vs resume; the others follow it
+            try:
+                if not (run_dir / "config.yaml").exists() and resume_requested:
+                    raise ConfigError(f"--resume {run_dir}: no run there (no config.yaml)")
+                check_writable(run_dir)
+                held.enter_context(hold_run_dir(run_dir))  # until this process is done training there
+                outcome = ("ok", _prepare_run_dir(run_dir, config, allow_change=allow_change))
+            except CatError as exc:
+                outcome = ("error", str(exc))
+        kind, value = ranks.broadcast(outcome)
+        if kind == "error":
             if ranks.main:
-                for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
-                    _truncate_jsonl(run_dir / name, loop.step_done)
-        loop.train(progress=progress)
-    finally:
-        loop.close()  # engines, models and optimizer freed, whatever this process does next
+                raise ConfigError(value)
+            raise SystemExit(2)  # rank 0 printed it
+        resume_from = value
+
+        from cat.run.loop import RunLoop
+        from cat.run.trainer import Trainer
+
+        loop = RunLoop(Trainer(config, run_dir))  # the loop owns the trainer and drives it
+        try:
+            if resume_from is not None:
+                loop.restore(resume_from)
+                if ranks.main:
+                    for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
+                        _truncate_jsonl(run_dir / name, loop.step_done)
+            loop.train(progress=progress)
+        finally:
+            loop.close()  # engines, models and optimizer freed, whatever this process does next
     if ranks.main:
         print(f"run directory: {run_dir}")
     ranks.close()
 
 
-def _prepare_run_dir(run_dir: Path, config, *, resume_requested: bool, allow_change: bool):
-    """Decide fresh start vs resume. Returns the checkpoint to resume from, or None."""
+def _prepare_run_dir(run_dir: Path, config, *, allow_change: bool):
+    """Decide fresh start vs resume in ``run_dir``, a writable folder this process holds (its
+    lock). Returns the checkpoint to resume from, or None."""
     from cat.config import dump_config
     from cat.run import checkpoint as ckpt
 
     saved = run_dir / "config.yaml"
     text = dump_config(config)
     if not saved.exists():
-        if resume_requested:
-            raise ConfigError(f"--resume {run_dir}: no run there (no config.yaml)")
-        check_writable(run_dir)
-        saved.write_text(text)
+        _write_text_atomic(saved, text)
         return None
-    check_writable(run_dir)
     old = saved.read_text()
     progress = (run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(run_dir) is not None
     if old != text and (not progress or same_run(old, text)):
