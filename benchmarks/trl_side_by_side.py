@@ -570,16 +570,26 @@ def run_benchmark(args) -> dict[str, dict]:
                "trl": (trl_worker, (args.model, args.warmup + args.pairs)),
                "cat_synthesis": (cat_worker, (args.model, "synthesis", args.cat_skip_zero_advantage, args.as_shipped))}
     sides: dict[str, dict] = {}
+
+    def start(name: str) -> None:
+        ours, theirs = ctx.Pipe()
+        fn, fn_args = targets[name]
+        process = ctx.Process(target=_guarded, args=(fn, theirs, *fn_args), name=name, daemon=True)
+        process.start()
+        theirs.close()  # the child holds its end: a dead child then reads as EOF here
+        sides[name] = {"conn": ours, "process": process, "ready": _receive(ours, name), "rows": []}
+        print(f"{TITLES[name]}: set up in {sides[name]['ready']['ready']:.1f} s (imports, model, trainer)",
+              flush=True)
+
+    def stop(name: str) -> None:
+        sides[name]["conn"].send("stop")
+        sides[name]["process"].join(timeout=60)
+
     try:
+        if args.one_at_a_time:
+            return _one_at_a_time(args, sides, start, stop)
         for name in SIDES:
-            ours, theirs = ctx.Pipe()
-            fn, fn_args = targets[name]
-            process = ctx.Process(target=_guarded, args=(fn, theirs, *fn_args), name=name, daemon=True)
-            process.start()
-            theirs.close()  # the child holds its end: a dead child then reads as EOF here
-            sides[name] = {"conn": ours, "process": process, "ready": _receive(ours, name), "rows": []}
-            print(f"{TITLES[name]}: set up in {sides[name]['ready']['ready']:.1f} s (imports, model, trainer)",
-                  flush=True)
+            start(name)
         for r in range(args.warmup + args.pairs):
             order = SIDES if r % 2 == 0 else SIDES[::-1]
             for name in order:
@@ -592,14 +602,31 @@ def run_benchmark(args) -> dict[str, dict]:
             else:
                 times = ", ".join(f"{TITLES[n]} {sides[n]['rows'][-1]['step']:.2f} s" for n in SIDES)
                 print(f"round {r - args.warmup + 1}: {times}", flush=True)
-        for side in sides.values():
-            side["conn"].send("stop")
-        for side in sides.values():
-            side["process"].join(timeout=60)
+        for name in SIDES:
+            stop(name)
     finally:
         for side in sides.values():
             if side["process"].is_alive():
                 side["process"].terminate()
+    return sides
+
+
+def _one_at_a_time(args, sides: dict[str, dict], start, stop) -> dict[str, dict]:
+    """Each side alone: start it, take its warm-up and timed steps, stop it, then the next side.
+    For models whose three fine-tuning workers do not fit in memory together (Qwen2.5-0.5B in fp32:
+    weights, gradients and AdamW's moments are about 10 GB a worker). The rounds are then not
+    interleaved, so drift on the machine between the sides lands in the ratios."""
+    for name in SIDES:
+        start(name)
+        for r in range(args.warmup + args.pairs):
+            sides[name]["conn"].send("step")
+            row = _receive(sides[name]["conn"], name)
+            if r >= args.warmup:
+                sides[name]["rows"].append(row)
+                print(f"{TITLES[name]} step {r - args.warmup + 1}: {row['step']:.2f} s", flush=True)
+            else:
+                print(f"{TITLES[name]} warm-up step {r + 1} done", flush=True)
+        stop(name)
     return sides
 
 
@@ -647,7 +674,7 @@ def report(args, sides: dict[str, dict], host: str) -> None:
     vocab = sides["cat"]["ready"]["settings"].get("vocab")
     print(f"{name} ({params:,} parameters{f', vocabulary {vocab:,}' if vocab else ''}), {PROMPTS_PER_STEP} prompts x {NUM_GENERATIONS} "
           f"rollouts, <= {MAX_NEW_TOKENS} new tokens, fp32 CPU, 1 thread per side; {args.warmup} warm-up "
-          f"round(s), then {args.pairs} interleaved round(s)")
+          f"round(s), then {args.pairs} {'rounds, one side at a time (not interleaved)' if args.one_at_a_time else 'interleaved round(s)'}")
     print()
     print_settings(args, sides, rows)
     print()
@@ -733,6 +760,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=12, help="timed rounds (one step of each side per round)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="run the sides one after another, one worker alive at a time, instead of "
+                             "interleaving three live workers: for a model whose three fine-tunes do not fit "
+                             "in memory together (Qwen2.5-0.5B in fp32 on 24 GB)")
     parser.add_argument("--cat-skip-zero-advantage", action="store_true",
                         help="let cat leave zero-advantage rows out of the update, as it does by default "
                              "(TRL computes them); off: identical work")
