@@ -10,7 +10,12 @@ Not here: what the values mean at run time (each consumer documents that) and re
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 import re
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cat.errors import ConfigError, utf8_text
 from cat.templates import check_prompt_template, score_template
+
+logger = logging.getLogger(__name__)
 
 
 class _Section(BaseModel):
@@ -981,3 +988,42 @@ def with_defaults(tree: dict) -> dict:
 
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+_WARNED: set[str] = set()
+
+
+def accepts_whole_config(instead: str, adapt: Callable[..., tuple[tuple, dict]]):
+    """Decorate a component built from its own config section so that a call the old way, with the
+    whole ``Config`` where the section goes, still works: with a DeprecationWarning (and one log
+    line, as DeprecationWarnings are hidden outside ``__main__``) that says the new call,
+    ``instead``. ``adapt(config, *args, **kwargs)`` turns the old call's other arguments into the
+    new call's ``(args, kwargs)``, the section first.
+
+    The section is the function's first parameter (after ``cls`` for a classmethod: decorate
+    under ``@classmethod``); the old call may also have named it ``config=``. The decorated
+    function keeps its signature (``inspect.signature`` shows the new one)."""
+
+    def decorate(fn):
+        at = 1 if next(iter(inspect.signature(fn).parameters)) in ("cls", "self") else 0
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if len(args) > at and isinstance(args[at], Config):
+                config, rest = args[at], args[at + 1:]
+            elif len(args) <= at and isinstance(kwargs.get("config"), Config):
+                config, rest = kwargs.pop("config"), ()
+            else:
+                return fn(*args, **kwargs)
+            message = (f"{fn.__qualname__} is built from its own config section, not the whole Config: "
+                       f"call {instead}. Passing the whole Config is deprecated")
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
+            if fn.__qualname__ not in _WARNED:
+                _WARNED.add(fn.__qualname__)
+                logger.warning(message)
+            new_args, new_kwargs = adapt(config, *rest, **kwargs)
+            return fn(*args[:at], *new_args, **new_kwargs)
+
+        return call
+
+    return decorate
