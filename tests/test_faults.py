@@ -89,7 +89,8 @@ def test_overlong_evaluation_prompts_are_skipped_and_counted_too(tmp_path, tiny_
     task = Task(config, tokenizer, log=logs.append)
     assert [p.text for p in task.eval_prompts] == ["12+13", "20+21"] and len(task.eval_ids) == 2
     assert f"skipped 1 of 3 evaluation prompt(s) longer than {512 - 4} tokens" in logs
-    result = task.evaluate(generator_from_config(config, model, tokenizer))
+    result = task.evaluate(generator_from_config(config.generation, model, tokenizer, dtype=config.model.dtype,
+                                                 seed=config.run.seed))
     assert result["n"] == 2 and result["skipped_long"] == 1
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"problem": "1+" * 300 + "1", "answer": "1"}) + "\n")

@@ -145,7 +145,8 @@ def test_evaluation_on_the_tiny_world_grades_with_the_task_scorer(tiny_world, ti
     score = GymEntry.score
     monkeypatch.setattr(GymEntry, "score", lambda self, answer: calls.append(answer) or score(self, answer))
     task = Task(config, tokenizer)
-    result = evaluate_config(config, generator_from_config(config, model, tokenizer), task.eval_prompts, task.eval_ids)
+    generator = generator_from_config(config.generation, model, tokenizer, dtype=config.model.dtype, seed=config.run.seed)
+    result = evaluate_config(config, generator, task.eval_prompts, task.eval_ids)
     assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["greedy_accuracy"] <= 1.0
     assert len(calls) == len(task.eval_prompts) * 3  # 2 samples and the greedy reply, each graded by the scorer
     from cat.rewards.answers import AnswerChain

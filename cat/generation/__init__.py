@@ -14,9 +14,13 @@ sample does not depend on which other prompts share its batch (hf) or request (v
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from cat.config import accepts_whole_config
 from cat.types import Completion
+
+if TYPE_CHECKING:
+    from cat.config import GenerationConfig
 
 _MASK64 = (1 << 64) - 1
 
@@ -97,15 +101,19 @@ def make_generator(backend: str, model, tokenizer, *, batch_size: int, compute_d
     raise ConfigError(f"generation.backend: unknown backend '{backend}'; known: ['hf', 'vllm']")
 
 
-def generator_from_config(config, model, tokenizer, *, backend: str | None = None,
-                          batch_size: int | None = None) -> Generator:
-    """The engine ``config.generation`` names (or ``backend``), serving ``model`` in ``config.model.dtype``."""
-    gen = config.generation
+@accepts_whole_config(
+    "generator_from_config(config.generation, model, tokenizer, dtype=config.model.dtype, seed=config.run.seed)",
+    lambda config, *args, **kwargs: ((config.generation, *args),
+                                     {"dtype": config.model.dtype, "seed": config.run.seed, **kwargs}))
+def generator_from_config(generation: GenerationConfig, model, tokenizer, *, dtype: str, seed: int,
+                          backend: str | None = None, batch_size: int | None = None) -> Generator:
+    """The engine the ``generation`` section names (or ``backend``, ``batch_size``), serving
+    ``model`` in the compute ``dtype`` (``model.dtype``); ``seed`` (``run.seed``) seeds a vLLM engine."""
     return make_generator(
-        backend or gen.backend, model, tokenizer, batch_size=batch_size or gen.batch_size,
-        compute_dtype=config.model.dtype,
-        gpu_memory_utilization=gen.vllm_gpu_memory_utilization, tensor_parallel_size=gen.vllm_tensor_parallel_size,
-        seed=config.run.seed, max_model_len=gen.vllm_max_model_len, enforce_eager=gen.vllm_enforce_eager,
+        backend or generation.backend, model, tokenizer, batch_size=batch_size or generation.batch_size,
+        compute_dtype=dtype, gpu_memory_utilization=generation.vllm_gpu_memory_utilization,
+        tensor_parallel_size=generation.vllm_tensor_parallel_size, seed=seed,
+        max_model_len=generation.vllm_max_model_len, enforce_eager=generation.vllm_enforce_eager,
     )
 
 

@@ -153,7 +153,8 @@ class Trainer:
     # ---- components loaded on first use -------------------------------------------------------
 
     def _make_generator(self, model, tokenizer):
-        return generator_from_config(self.config, model, tokenizer)
+        c = self.config
+        return generator_from_config(c.generation, model, tokenizer, dtype=c.model.dtype, seed=c.run.seed)
 
     @property
     def initial_policy(self):
