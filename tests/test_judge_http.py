@@ -108,9 +108,15 @@ def scripted(monkeypatch):
         server.close()
 
 
+def judge_of(config, cache_path=None):
+    """The judge ``config.judge`` names, built as the trainer builds the reward's judge."""
+    return Judge.from_config(config.judge, cache_path=cache_path, generation=config.generation, dtype=config.model.dtype,
+                             device=config.model.device, seed=config.run.seed)
+
+
 def fast_judge(server, *extra):
     """A judge on ``server`` with waits short enough for a test."""
-    return Judge.from_config(http_config(server.base_url, "tiny", "judge.backoff_s=0.05", *extra), None)
+    return judge_of(http_config(server.base_url, "tiny", "judge.backoff_s=0.05", *extra))
 
 
 ITEM = ("ones 7+8=15", ["The ones column is 7+8=15."])
@@ -390,7 +396,7 @@ def test_the_evaluation_judge_is_separate_when_asked_and_recorded(scripted, tmp_
 def test_http_judge_answers_through_a_real_server(server, tmp_path, monkeypatch):
     base_url, model = server
     monkeypatch.setenv("CAT_TEST_JUDGE_KEY", "secret-test-key")
-    judge = Judge.from_config(http_config(base_url, model), tmp_path / "verdicts.jsonl")
+    judge = judge_of(http_config(base_url, model), tmp_path / "verdicts.jsonl")
     judge.check()  # the tiny rubric model answers the probe as a judge
     response = "ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"
     criteria = ["The ones column is 7+8=15.", "The final answer is 85.", "The final answer is 96.",
@@ -398,7 +404,7 @@ def test_http_judge_answers_through_a_real_server(server, tmp_path, monkeypatch)
     verdicts, stats = judge.judge([(response, criteria)])
     assert stats["judge/calls"] >= 4 and all(v is not None for v in verdicts[0])
     # the same model judged in-process (greedy both ways) gives the same verdicts
-    local = Judge.from_config(load_config(None, [f"judge.model={model}"]), None)
+    local = judge_of(load_config(None, [f"judge.model={model}"]))
     assert local.judge([(response, criteria)])[0] == verdicts
     again, stats = judge.judge([(response, criteria)])
     assert again == verdicts and stats["judge/cache_hits"] == 4 and stats["judge/calls"] == 0
@@ -408,7 +414,7 @@ def test_http_judge_answers_through_a_real_server(server, tmp_path, monkeypatch)
 def test_timeouts_are_retried_then_stop_with_the_endpoint_named(server, monkeypatch):
     base_url, model = server
     monkeypatch.setenv("CAT_TEST_JUDGE_KEY", "k")
-    judge = Judge.from_config(http_config(base_url, model, "judge.timeout_s=0.001"), None)
+    judge = judge_of(http_config(base_url, model, "judge.timeout_s=0.001"))
     with pytest.raises(TeacherError, match=base_url):
         judge.judge([("ones 7+8=15", ["The ones column is 7+8=15."])])
     assert judge.backend.errors == 2  # one try + one retry

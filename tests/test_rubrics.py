@@ -182,7 +182,8 @@ class ScriptedBackend:
 def make_judge(backend, tmp_path, mode="per_criterion", retries=2):
     """A Judge with the config's default templates for ``mode`` (plain and conversation)."""
     config = load_config(None, [f"judge.mode={mode}"])
-    return Judge(backend, template=judge_template(config), conversation_template=judge_template(config, conversation=True),
+    return Judge(backend, template=judge_template(config.judge),
+                 conversation_template=judge_template(config.judge, conversation=True),
                  max_new_tokens=8, max_retries=retries, cache=VerdictCache(tmp_path / "verdicts.jsonl"))
 
 
@@ -302,29 +303,29 @@ def test_all_criteria_mode_with_a_conversation(tmp_path):
 
 
 def test_judge_templates_are_chosen_and_validated_at_load(tmp_path):
-    config = load_config(None)
-    assert judge_template(config).source.endswith("judge_criterion.txt")
-    assert judge_template(config, conversation=True).source.endswith("judge_healthbench.txt")
-    all_criteria = load_config(None, ["judge.mode=all_criteria"])
+    default = load_config(None).judge
+    assert judge_template(default).source.endswith("judge_criterion.txt")
+    assert judge_template(default, conversation=True).source.endswith("judge_healthbench.txt")
+    all_criteria = load_config(None, ["judge.mode=all_criteria"]).judge
     assert judge_template(all_criteria, conversation=True).source.endswith("judge_healthbench_all_criteria.txt")
     # a custom template replaces the default of its own kind, judged by whether it shows the chat
     chat = tmp_path / "chat.txt"
     chat.write_text("{{conversation}}\n---\n{{response}}\n---\n{{criterion}} ({{points}})")
-    custom = load_config(None, [f"judge.template={chat}"])
+    custom = load_config(None, [f"judge.template={chat}"]).judge
     assert judge_template(custom, conversation=True).source == str(chat)
     assert judge_template(custom).source.endswith("judge_criterion.txt")
     plain = tmp_path / "plain.txt"
     plain.write_text("{{response}} / {{criterion}}")
-    custom = load_config(None, [f"judge.template={plain}"])
+    custom = load_config(None, [f"judge.template={plain}"]).judge
     assert judge_template(custom).source == str(plain)
     assert judge_template(custom, conversation=True).source.endswith("judge_healthbench.txt")
     for text, why in [("{{conversation}} {{response}}", "criterion"), ("{{conversation}} {{response}} {{criterion}} {{convo}}", "convo"),
                       ("{{response}} {{criterion}} {{points}}", "points")]:
         plain.write_text(text)
         with pytest.raises(ConfigError, match=why):
-            judge_template(load_config(None, [f"judge.template={plain}"]), conversation="conversation" in text)
+            judge_template(load_config(None, [f"judge.template={plain}"]).judge, conversation="conversation" in text)
     with pytest.raises(ConfigError, match="criteria"):
-        judge_template(load_config(None, ["judge.mode=all_criteria", f"judge.template={chat}"]), conversation=True)
+        judge_template(load_config(None, ["judge.mode=all_criteria", f"judge.template={chat}"]).judge, conversation=True)
 
 
 def test_verdict_caches_of_several_ranks_never_share_a_file_and_are_all_read(tmp_path, monkeypatch):

@@ -297,7 +297,8 @@ def test_judge_on_vllm_agrees_with_the_transformers_judge(tmp_path):
         config = load_config(None, [f"judge.model={world / 'model'}", f"judge.backend={backend}",
                                     "generation.vllm_max_model_len=512", "generation.vllm_enforce_eager=true",
                                     "judge.max_new_tokens=48"])
-        judge = Judge.from_config(config, tmp_path / f"{backend}.jsonl")
+        judge = Judge.from_config(config.judge, cache_path=tmp_path / f"{backend}.jsonl", generation=config.generation,
+                                  dtype=config.model.dtype, device=config.model.device, seed=config.run.seed)
         verdicts[backend], stats = judge.judge(items)
         assert stats["judge/calls"] >= 4
     assert verdicts["vllm"] == verdicts["hf"]

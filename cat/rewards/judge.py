@@ -52,12 +52,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from cat.config import accepts_whole_config
 from cat.display import excerpt
 from cat.errors import TeacherError
 from cat.generation.chat import RequestBudget
 from cat.templates import Template, load_template
+
+if TYPE_CHECKING:
+    from cat.config import GenerationConfig, JudgeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -223,22 +227,30 @@ class ChatBackend:
         return [None if o is None else o.text for o in outputs]
 
 
-def judge_chat(config):
-    """The judge model ``config.judge`` names, as a ``ChatModel``."""
+@accepts_whole_config(
+    "judge_chat(config.judge, generation=config.generation, dtype=config.model.dtype, "
+    "device=config.model.device, seed=config.run.seed)",
+    lambda config: ((config.judge,), {"generation": config.generation, "dtype": config.model.dtype,
+                                      "device": config.model.device, "seed": config.run.seed}))
+def judge_chat(judge: JudgeConfig, *, generation: GenerationConfig, dtype: str, device: str, seed: int):
+    """The judge model the ``judge`` section names, as a ``ChatModel``. A local judge (hf, vllm) is
+    held in ``dtype`` on ``device`` (``model.dtype``, ``model.device``) on an engine with the
+    rollout engine's vLLM settings (``generation``) and ``seed`` (``run.seed``); an endpoint reads
+    none of them."""
     from cat.generation.chat import LocalChat, OpenAIChat
 
-    j, m = config.judge, config.model
-    if j.backend == "openai":
-        return OpenAIChat(j.model, base_url=j.base_url, api_key_env=j.api_key_env, timeout_s=j.timeout_s,
-                          max_retries=j.max_retries, backoff_s=j.backoff_s, max_wait_s=j.max_wait_s,
-                          max_concurrency=j.max_concurrency, role="judge")
+    if judge.backend == "openai":
+        return OpenAIChat(judge.model, base_url=judge.base_url, api_key_env=judge.api_key_env,
+                          timeout_s=judge.timeout_s, max_retries=judge.max_retries, backoff_s=judge.backoff_s,
+                          max_wait_s=judge.max_wait_s, max_concurrency=judge.max_concurrency, role="judge")
     from cat.generation import generator_from_config
     from cat.models.load import load_model, load_tokenizer, resolve_device
 
-    tokenizer = load_tokenizer(j.model)
-    model = load_model(j.model, dtype=m.dtype, device=resolve_device(m.device), frozen=True)
-    generator = generator_from_config(config, model, tokenizer, backend=j.backend, batch_size=j.batch_size)
-    return LocalChat(generator, tokenizer, name=j.model)
+    tokenizer = load_tokenizer(judge.model)
+    model = load_model(judge.model, dtype=dtype, device=resolve_device(device), frozen=True)
+    generator = generator_from_config(generation, model, tokenizer, dtype=dtype, seed=seed, backend=judge.backend,
+                                      batch_size=judge.batch_size)
+    return LocalChat(generator, tokenizer, name=judge.model)
 
 
 PROBE = JudgeItem("2 + 2 = 4, so the final answer is \\boxed{4}.", ("The final answer is 4.",))
@@ -263,6 +275,13 @@ SCORE_FIX = ("use a judge model that writes <score>N</score> (judge.model), give
 """What to change when the judge's replies are not ratings (``judge.score_template``)."""
 
 
+def _judge_call(config, cache_path: Path | None = None, *, evaluation: bool = False) -> tuple[tuple, dict]:
+    """The arguments of ``Judge.from_config`` for its old call, ``(config, cache_path, *, evaluation)``."""
+    judge = config.eval.judge if evaluation and config.eval.judge is not None else config.judge
+    return (judge,), {"cache_path": cache_path, "generation": config.generation, "dtype": config.model.dtype,
+                      "device": config.model.device, "seed": config.run.seed}
+
+
 class Judge:
     def __init__(self, backend, *, template: Template, max_new_tokens: int, max_retries: int, cache: VerdictCache,
                  conversation_template: Template | None = None):
@@ -270,15 +289,20 @@ class Judge:
         self.max_new_tokens, self.max_retries, self.cache = max_new_tokens, max_retries, cache
 
     @classmethod
-    def from_config(cls, config, cache_path: Path | None, *, evaluation: bool = False) -> Judge:
-        """The judge ``config.judge`` names; ``evaluation``: the evaluation's grader, ``eval.judge``
-        when it is set."""
-        if evaluation and config.eval.judge is not None:
-            config = config.model_copy(update={"judge": config.eval.judge})
-        j = config.judge
-        backend = ChatBackend(judge_chat(config))
-        return cls(backend, template=judge_template(config), conversation_template=judge_template(config, conversation=True),
-                   max_new_tokens=j.max_new_tokens, max_retries=j.max_retries, cache=VerdictCache(cache_path))
+    @accepts_whole_config(
+        "Judge.from_config(config.judge, cache_path=..., generation=config.generation, dtype=config.model.dtype, "
+        "device=config.model.device, seed=config.run.seed), with eval.judge's section for the evaluation's grader "
+        "(cat.tasks.evaluate.grader_section(config))", _judge_call)
+    def from_config(cls, judge: JudgeConfig, *, cache_path: Path | None, generation: GenerationConfig, dtype: str,
+                    device: str, seed: int) -> Judge:
+        """The judge the ``judge`` section names (the run's ``judge``, or ``eval.judge`` for the
+        evaluation's grader: the caller chooses), its verdicts cached at ``cache_path`` (None: in
+        memory only). ``generation``, ``dtype``, ``device``, ``seed``: what a local judge model
+        runs with (:func:`judge_chat`)."""
+        backend = ChatBackend(judge_chat(judge, generation=generation, dtype=dtype, device=device, seed=seed))
+        return cls(backend, template=judge_template(judge),
+                   conversation_template=judge_template(judge, conversation=True),
+                   max_new_tokens=judge.max_new_tokens, max_retries=judge.max_retries, cache=VerdictCache(cache_path))
 
     def check(self) -> None:
         """Raise TeacherError now, before any evaluation or training, if this judge cannot give a
@@ -521,23 +545,24 @@ _DEFAULT_TEMPLATES = {
 }
 
 
-def judge_template(config, *, conversation: bool = False) -> Template:
+@accepts_whole_config("judge_template(config.judge, conversation=...)",
+                      lambda config, **kwargs: ((config.judge,), kwargs))
+def judge_template(judge: JudgeConfig, *, conversation: bool = False) -> Template:
     """The judge's plain template (``conversation=False``: self-proposed rubrics, the
     model-as-judge comparison) or its conversation template (``True``: a dataset's own rubric,
-    the HealthBench score), validated against ``judge.mode``.
+    the HealthBench score), validated against the ``judge`` section's ``mode``.
 
     ``judge.template`` replaces the default of its own kind: a template that uses
     ``{{conversation}}`` is the conversation template, one that does not is the plain one. A
     conversation template must show ``{{conversation}}``, ``{{response}}`` and ``{{criterion}}``
     (``{{criteria}}`` in ``all_criteria`` mode) and may show ``{{points}}``."""
-    j = config.judge
-    key = "criteria" if j.mode == "all_criteria" else "criterion"
-    name = _DEFAULT_TEMPLATES[(j.mode, conversation)]
-    if j.template is not None:
-        custom = load_template(j.template, kind="rubrics", required={"response", key},
+    key = "criteria" if judge.mode == "all_criteria" else "criterion"
+    name = _DEFAULT_TEMPLATES[(judge.mode, conversation)]
+    if judge.template is not None:
+        custom = load_template(judge.template, kind="rubrics", required={"response", key},
                                allowed={"conversation"} | ({"points"} if key == "criterion" else set()))
         if ("conversation" in custom.placeholders) == conversation:
-            name = j.template
+            name = judge.template
     if conversation:
         allowed = {"points"} if key == "criterion" else set()
         return load_template(name, kind="rubrics", required={"response", key, "conversation"}, allowed=allowed)

@@ -62,8 +62,8 @@ class _JudgedReward(RewardFunction):
         from cat.rewards.criteria import proposal_template
         from cat.rewards.judge import judge_template
 
-        judge_template(config)
-        judge_template(config, conversation=True)
+        judge_template(config.judge)
+        judge_template(config.judge, conversation=True)
         if cls is RubricReward and config.rubric.source == "self_proposed":
             proposal_template(config)
 
@@ -84,7 +84,9 @@ class _JudgedReward(RewardFunction):
     def _judge(self, run_dir: Path | None):
         from cat.rewards.judge import Judge
 
-        return Judge.from_config(self.config, None if run_dir is None else Path(run_dir) / "verdicts.jsonl")
+        c = self.config
+        return Judge.from_config(c.judge, cache_path=None if run_dir is None else Path(run_dir) / "verdicts.jsonl",
+                                 generation=c.generation, dtype=c.model.dtype, device=c.model.device, seed=c.run.seed)
 
 
 @register_reward("rubric")

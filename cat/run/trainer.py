@@ -50,6 +50,7 @@ from cat.run.learner import Learner
 from cat.run.parallel import Ranks, ShardedGenerator, ShardedJudge, combine_stats, gather_lists
 from cat.run.tracking import check_available
 from cat.tasks.data import PromptOrder, load_split
+from cat.tasks.evaluate import grader_section
 from cat.tasks.task import Task
 from cat.teacher import firewall
 from cat.teacher.diagnostics import anchor_costs
@@ -119,7 +120,7 @@ class Trainer:
         # after the initial evaluation; local ones load on first use
         if self._needs_anchor() and config.anchor.backend == "openai":
             self._anchor = self._build_anchor()
-        eval_judge = config.eval.judge or config.judge
+        eval_judge = grader_section(config)
         if self.task.needs_judge and self.task.eval_prompts and (self.reward.judge is None or config.eval.judge) \
                 and eval_judge.backend == "openai":
             self._eval_judge = self._open_eval_judge()
@@ -208,9 +209,10 @@ class Trainer:
     def _open_eval_judge(self):
         from cat.rewards.judge import Judge
 
-        separate = self.config.eval.judge is not None
-        judge = Judge.from_config(self.config, self.run_dir / ("verdicts-eval.jsonl" if separate else "verdicts.jsonl"),
-                                  evaluation=True)
+        c = self.config
+        cache = self.run_dir / ("verdicts.jsonl" if c.eval.judge is None else "verdicts-eval.jsonl")
+        judge = Judge.from_config(grader_section(c), cache_path=cache, generation=c.generation, dtype=c.model.dtype,
+                                  device=c.model.device, seed=c.run.seed)
         judge.check()
         return judge
 
@@ -488,7 +490,7 @@ class Trainer:
         with self._generating():
             result = self.task.evaluate(generator, judge)
         if judge is not None:  # which judge graded it, and whether it is the one the reward trained on
-            grader = self.config.eval.judge or self.config.judge
+            grader = grader_section(self.config)
             result["judge"] = {"model": grader.model, "backend": grader.backend,
                                "is_reward_judge": self.config.eval.judge is None and self.reward.judge is not None}
         return result

@@ -9,10 +9,15 @@ reference instead of one sample) lives in ``cat.tools.testtime``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cat.generation import Generator, SamplingParams
 from cat.rewards.answers import AnswerChain
 from cat.rewards.math import answers_match
 from cat.types import Prompt
+
+if TYPE_CHECKING:
+    from cat.config import Config, JudgeConfig
 
 
 def is_correct(text: str, gold: str | None, answer_of: AnswerChain, *, mode: str = "equivalence",
@@ -140,6 +145,12 @@ def grade_on_rubric(judge, prompts: list[Prompt], responses: list[str]) -> tuple
         criteria = [(cr.points, cr.tags, v) for cr, v in zip(prompt.rubric, vs, strict=True) if v is not None]
         graded.append({"criteria": criteria, "tags": prompt.tags} if any(p > 0 for p, _, _ in criteria) else None)
     return graded, verdicts, stats
+
+
+def grader_section(config: Config) -> JudgeConfig:
+    """The judge section whose judge grades evaluations on a rubric (HealthBench): ``eval.judge``
+    when it is set (a grader apart from the reward's judge, as in the paper), else the run's ``judge``."""
+    return config.judge if config.eval.judge is None else config.eval.judge
 
 
 def evaluate_config(config, generator: Generator, prompts: list[Prompt], prompt_ids: list[list[int]], judge=None) -> dict:

@@ -104,15 +104,18 @@ _WARNED: set[str] = set()
 
 
 class _JudgeOpener:
-    """``EstimatorSettings.open_judge``: the run's judge, built when called (no verdict cache)."""
+    """``EstimatorSettings.open_judge``: the run's judge (config ``judge``), built when called (no
+    verdict cache), its local model in the policy's dtype on its device."""
 
     def __init__(self, config: Config):
-        self._config = config
+        self._judge, self._generation = config.judge, config.generation
+        self._dtype, self._device, self._seed = config.model.dtype, config.model.device, config.run.seed
 
     def __call__(self) -> Judge:
         from cat.rewards.judge import Judge
 
-        return Judge.from_config(self._config, None)
+        return Judge.from_config(self._judge, cache_path=None, generation=self._generation, dtype=self._dtype,
+                                 device=self._device, seed=self._seed)
 
 
 def estimator_settings(settings) -> EstimatorSettings:

@@ -325,7 +325,7 @@ def _eval(args) -> int:
     from cat.generation import generator_from_config
     from cat.models.load import load_model, load_tokenizer, resolve_device
     from cat.tasks.data import load_split
-    from cat.tasks.evaluate import evaluate_config
+    from cat.tasks.evaluate import evaluate_config, grader_section
     from cat.tasks.task import fit_prompts, prompt_limit
 
     config = load_config(args.config, args.overrides)
@@ -350,17 +350,18 @@ def _eval(args) -> int:
         from cat.models.lora import merged_with
 
         model = merged_with(model, adapter)
-    generator = generator_from_config(config, model, tokenizer)
+    generator = generator_from_config(config.generation, model, tokenizer, dtype=m.dtype, seed=config.run.seed)
     judge = None
     if config.data.format == "healthbench":
         from cat.rewards.judge import Judge
 
-        judge = Judge.from_config(config, None, evaluation=True)  # eval.judge when set, else judge
+        judge = Judge.from_config(grader_section(config), cache_path=None, generation=config.generation,
+                                  dtype=m.dtype, device=m.device, seed=config.run.seed)
         judge.check()
     result = evaluate_config(config, generator, prompts, ids, judge)
     result["model"] = path if adapter is None else f"{path} + {adapter}"
     if judge is not None:
-        grader = config.eval.judge or config.judge
+        grader = grader_section(config)
         result["judge"] = {"model": grader.model, "backend": grader.backend}
     result["skipped_long"] = skipped
     summary = {k: v for k, v in result.items() if k != "examples"}

@@ -45,7 +45,7 @@ from pathlib import Path
 from cat.display import number
 from cat.errors import ConfigError
 from cat.rewards.rubric import rubric_score
-from cat.tasks.evaluate import grade_on_rubric
+from cat.tasks.evaluate import grade_on_rubric, grader_section
 from cat.tasks.healthbench import score_graded
 from cat.teacher.estimators import ESTIMATORS, build_estimator
 from cat.teacher.firewall import blind, label_fields
@@ -84,15 +84,11 @@ def check_arms(config, names: list[str]) -> list[str]:
 
     if "rubric_best_of_n" in names:
         proposal_template(config)
-        judge_template(config)
+        judge_template(config.judge)
     if "judge_best_of_n" in names:
         score_template(config.judge.score_template)
-    judge_template(_grader_config(config), conversation=True)
+    judge_template(grader_section(config), conversation=True)
     return [n for n in ARMS if n in names or n == "single"]  # single: the baseline of every paired difference
-
-
-def _grader_config(config):
-    return config if config.eval.judge is None else config.model_copy(update={"judge": config.eval.judge})
 
 
 def run_rubric_test_time(config, names: list[str], sizes: list[int], *, verdicts: Path | None = None) -> dict:
@@ -107,19 +103,23 @@ def run_rubric_test_time(config, names: list[str], sizes: list[int], *, verdicts
     arms = check_arms(config, names)
     prompts, ids, skipped, tokenizer, model, generator = load_policy(config)
     anchor = pi0_anchor(config, tokenizer, model, generator) if _NEEDS_ANCHOR & set(arms) else None
+
+    def open_judge(section, cache_path: Path | None) -> Judge:
+        judge = Judge.from_config(section, cache_path=cache_path, generation=config.generation,
+                                  dtype=config.model.dtype, device=config.model.device, seed=config.run.seed)
+        judge.check()
+        return judge
+
     judge = None
     if _NEEDS_JUDGE & set(arms) or config.eval.judge is None:
-        judge = Judge.from_config(config, verdicts)
-        judge.check()
+        judge = open_judge(config.judge, verdicts)
     if config.eval.judge is None:
         if _NEEDS_JUDGE & set(arms):
             logger.warning(f"the answers are graded by the reward's own judge ({config.judge.model}), the one that "
                            "picks the best-of-N answers: set eval.judge to a separate grader")
         grader = judge
     else:
-        grader = Judge.from_config(config, verdicts and verdicts.with_name(f"{verdicts.stem}-eval{verdicts.suffix}"),
-                                   evaluation=True)
-        grader.check()
+        grader = open_judge(config.eval.judge, verdicts and verdicts.with_name(f"{verdicts.stem}-eval{verdicts.suffix}"))
     completions = sample_rollouts(config, generator, ids)
     examples = [{"index": p.index, "question": p.text, "rollouts": [{"text": c.text} for c in cs],
                  "synthesis": {}, "rubric": {}, "rubric_scores": {}, "answers": {}}
@@ -172,7 +172,7 @@ def run_rubric_test_time(config, names: list[str], sizes: list[int], *, verdicts
     start = time.perf_counter()
     counts["grading"] = _grade(grader, prompts, examples)
     seconds["grading"] = time.perf_counter() - start
-    grader_model = (config.eval.judge or config.judge).model
+    grader_model = grader_section(config).model
     result = {"task": "rubric", "n": len(prompts), "skipped_long": skipped, "group_sizes": sizes, "arms": arms,
               "grader": {"model": grader_model, "is_reward_judge": config.eval.judge is None},
               **summarize(examples, arms, sizes), "judge": counts, "seconds": seconds}
