@@ -95,7 +95,8 @@ def anchor(tiny_model):
     model, tokenizer = tiny_model
     config = load_config(ROOT / "experiments" / "tiny_arith_cat.yaml")
     gen = HFGenerator(model, tokenizer, batch_size=16)
-    return build_anchor(config, tokenizer, device=model.device, pi0_generator=lambda: gen, make_generator=None)
+    return build_anchor(config.anchor, config.model, tokenizer, seed=config.run.seed, device=model.device,
+                        pi0_generator=lambda: gen, make_generator=None)
 
 
 def wrong_everywhere(a, b):
@@ -296,8 +297,10 @@ def test_another_local_model_as_the_anchor(tiny_model, tiny_world):
         built.append(teacher)
         return HFGenerator(teacher, tok, batch_size=16)
 
-    a0 = build_anchor(base, tokenizer, device=model.device, pi0_generator=lambda: pi0, make_generator=None)
-    a1 = build_anchor(other, tokenizer, device=model.device, pi0_generator=None, make_generator=make_generator)
+    a0 = build_anchor(base.anchor, base.model, tokenizer, seed=base.run.seed, device=model.device,
+                      pi0_generator=lambda: pi0, make_generator=None)
+    a1 = build_anchor(other.anchor, other.model, tokenizer, seed=other.run.seed, device=model.device,
+                      pi0_generator=None, make_generator=make_generator)
     assert len(built) == 1 and built[0] is not model and not a1.shares_policy_tokenizer
     groups = [tiny_group(tokenizer, wrong_everywhere(47, 38), "47+38", gold="85"),
               tiny_group(tokenizer, wrong_everywhere(23, 51), "23+51", gold="74")]

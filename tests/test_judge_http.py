@@ -337,7 +337,8 @@ def test_rubric_proposals_and_anchor_retries_share_one_budget(scripted, rubric_w
         "anchor.api_key_env=CAT_TEST_JUDGE_KEY", "anchor.max_context_tokens=400", "anchor.backoff_s=0.01",
         f"anchor.max_retries={retries}", f"rubric.max_attempts={attempts}"])
     tokenizer = load_tokenizer(str(rubric_world / "model"))
-    anchor = build_anchor(config, tokenizer, device=None, pi0_generator=None, make_generator=None)
+    anchor = build_anchor(config.anchor, config.model, tokenizer, seed=config.run.seed, device=None,
+                          pi0_generator=None, make_generator=None)
     group = tiny_group(tokenizer, ["ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"], "47+38", gold="85")
     reference = Reference(text="ones 7+8=15 tens 4+3+1=08 so \\boxed{85}", answer="85", source="synthesis")
     rubrics, stats = propose_rubrics(anchor, [group], [reference], config, seed=0)
@@ -444,7 +445,8 @@ def test_anchor_on_an_endpoint_synthesizes_and_refuses_token_scoring(server, rub
         "anchor.backend=openai", f"anchor.base_url={base_url}", f"anchor.model={model}",
         "anchor.max_context_tokens=400", "anchor.max_retries=1", "anchor.backoff_s=0.1"])
     tokenizer = load_tokenizer(model)
-    anchor = build_anchor(config, tokenizer, device=None, pi0_generator=None, make_generator=None)
+    anchor = build_anchor(config.anchor, config.model, tokenizer, seed=config.run.seed, device=None,
+                          pi0_generator=None, make_generator=None)
     texts = ["ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"] * 3 + ["ones 7+8=14 tens 4+3+1=08 so \\boxed{84}"]
     group = tiny_group(tokenizer, texts, "47+38", gold="85")
     [synthesis] = anchor.synthesize([group])
@@ -471,7 +473,8 @@ def test_a_group_without_a_reference_is_counted_apart_from_rubrics_that_failed(s
         "anchor.backend=openai", f"anchor.base_url={server.base_url}", "anchor.model=tiny",
         "anchor.api_key_env=CAT_TEST_JUDGE_KEY", "anchor.max_context_tokens=400", "rubric.max_attempts=2"])
     tokenizer = load_tokenizer(str(rubric_world / "model"))
-    anchor = build_anchor(config, tokenizer, device=None, pi0_generator=None, make_generator=None)
+    anchor = build_anchor(config.anchor, config.model, tokenizer, seed=config.run.seed, device=None,
+                          pi0_generator=None, make_generator=None)
     groups = [tiny_group(tokenizer, ["so \\boxed{85}"], "47+38", gold="85") for _ in range(2)]
     references = [Reference(text="so \\boxed{85}", answer="85", source="synthesis"),
                   Reference(text="", answer=None, source="synthesis")]

@@ -342,7 +342,8 @@ def test_smollm2_synthesizes_references_from_real_rollouts(smollm2, greedy):
                          [f"model.name_or_path={smollm2}", f"anchor.greedy={str(greedy).lower()}",
                           "anchor.max_new_tokens=32", "anchor.temperature=0.7"])
     generator = HFGenerator(model, tokenizer, batch_size=8)
-    anchor = build_anchor(config, tokenizer, device=model.device, pi0_generator=lambda: generator, make_generator=None)
+    anchor = build_anchor(config.anchor, config.model, tokenizer, seed=config.run.seed, device=model.device,
+                          pi0_generator=lambda: generator, make_generator=None)
     groups = _groups_from_fixture(tokenizer, 3, 3)
     user, _, _ = anchor.render(anchor.template, groups[0].texts, None)
     prompt = tokenizer.decode(anchor.ids(user))

@@ -82,7 +82,7 @@ def preflight(config: Config) -> None:
     if estimator.needs_anchor:
         from cat.teacher.anchor import anchor_template
 
-        anchor_template(config)
+        anchor_template(config.anchor)
     load_split(config, "train")
     if config.eval.path is not None:
         load_split(config, "eval")
@@ -105,7 +105,7 @@ class Trainer:
         if self._needs_anchor():
             from cat.teacher.anchor import anchor_template
 
-            anchor_template(config)
+            anchor_template(config.anchor)
         # a judge is built and checked here: an endpoint that cannot give verdicts fails before any model loads
         self.reward.open(self.run_dir)
         self._eval_judge = None
@@ -189,8 +189,8 @@ class Trainer:
             return HFGenerator(self.initial_policy, self.tokenizer, batch_size=self.config.generation.batch_size,
                                compute_dtype=self.config.model.dtype)
 
-        return build_anchor(self.config, self.tokenizer, device=self.device, pi0_generator=pi0_generator,
-                            make_generator=self._make_generator)
+        return build_anchor(self.config.anchor, self.config.model, self.tokenizer, seed=self.config.run.seed,
+                            device=self.device, pi0_generator=pi0_generator, make_generator=self._make_generator)
 
     @property
     def eval_judge(self):

@@ -26,13 +26,18 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
+from cat.config import accepts_whole_config
 from cat.errors import ConfigError, TeacherError
 from cat.generation import Generator, SamplingParams
 from cat.generation.chat import ChatModel, LocalChat, Messages, RequestBudget
 from cat.teacher.anchor_format import format_rollouts
 from cat.templates import Template, load_template
 from cat.types import Completion, Group
+
+if TYPE_CHECKING:
+    from cat.config import AnchorConfig, ModelConfig
 
 TRUNCATION_MARK = "\n[...]\n"
 
@@ -48,9 +53,11 @@ class AnchorOutput:
     finish_reason: str
 
 
-def anchor_template(config) -> Template:
-    """The synthesis template, validated: it must show the question iff include_question."""
-    return synthesis_template(config.anchor.template, with_question=config.anchor.include_question)
+@accepts_whole_config("anchor_template(config.anchor)", lambda config: ((config.anchor,), {}))
+def anchor_template(anchor: AnchorConfig) -> Template:
+    """The ``anchor`` section's synthesis template, validated: it must show the question iff
+    ``include_question``."""
+    return synthesis_template(anchor.template, with_question=anchor.include_question)
 
 
 def synthesis_template(name_or_path: str, *, with_question: bool) -> Template:
@@ -60,8 +67,15 @@ def synthesis_template(name_or_path: str, *, with_question: bool) -> Template:
     return load_template(name_or_path, kind="anchors", required=required, allowed={"num_rollouts"})
 
 
-def build_anchor(config, policy_tokenizer, *, device, pi0_generator, make_generator) -> Anchor:
-    """The teacher ``config.anchor`` names, on the generation seam.
+@accepts_whole_config(
+    "build_anchor(config.anchor, config.model, policy_tokenizer, seed=config.run.seed, device=..., "
+    "pi0_generator=..., make_generator=...)",
+    lambda config, *args, **kwargs: ((config.anchor, config.model, *args), {"seed": config.run.seed, **kwargs}))
+def build_anchor(anchor: AnchorConfig, policy: ModelConfig, policy_tokenizer, *, seed: int, device, pi0_generator,
+                 make_generator) -> Anchor:
+    """The teacher the ``anchor`` section names, on the generation seam. ``policy``: the policy's
+    ``model`` section (pi_0 is its initial weights; a local teacher is loaded in its dtype, with
+    its ``trust_remote_code`` and chat-template settings); ``seed``: ``run.seed``.
 
     ``pi0_generator()``: the engine serving pi_0 (the default anchor; on vLLM a view of the shared
     rollout engine). ``make_generator(model, tokenizer)``: an engine on the rollout backend for
@@ -71,13 +85,14 @@ def build_anchor(config, policy_tokenizer, *, device, pi0_generator, make_genera
     from cat.generation.chat import OpenAIChat
     from cat.models.load import context_length, load_model, load_tokenizer
 
-    a, m = config.anchor, config.model
+    a, m = anchor, policy
     if a.backend == "openai":
         chat = OpenAIChat(a.model, base_url=a.base_url, api_key_env=a.api_key_env, timeout_s=a.timeout_s,
                           max_retries=a.max_retries, backoff_s=a.backoff_s, max_wait_s=a.max_wait_s,
                           max_concurrency=a.max_concurrency, role="anchor")
         chat.check()  # one real request: an endpoint that cannot chat stops the run here, with its answer quoted
-        return Anchor.from_config(config, chat, policy_tokenizer, context_length=None, shares_policy_tokenizer=False)
+        return Anchor.from_config(a, chat, policy_tokenizer, seed=seed, context_length=None,
+                                  shares_policy_tokenizer=False)
     if a.model is None:
         name, tokenizer, generator = f"pi_0 ({m.name_or_path})", policy_tokenizer, pi0_generator()
     else:
@@ -87,7 +102,7 @@ def build_anchor(config, policy_tokenizer, *, device, pi0_generator, make_genera
         generator = make_generator(teacher, tokenizer)
     chat = LocalChat(generator, tokenizer, name=name, use_chat_template=m.chat_template,
                      chat_template_kwargs=m.chat_template_kwargs)
-    return Anchor.from_config(config, chat, tokenizer,
+    return Anchor.from_config(a, chat, tokenizer, seed=seed,
                               context_length=context_length(a.model or m.name_or_path, trust_remote_code=m.trust_remote_code),
                               scorer=generator, shares_policy_tokenizer=a.model is None)
 
@@ -110,13 +125,17 @@ class Anchor:
         self._mark_tokens = len(tokenizer(TRUNCATION_MARK, add_special_tokens=False)["input_ids"])
 
     @classmethod
-    def from_config(cls, config, chat: ChatModel, tokenizer, *, context_length: int | None,
+    @accepts_whole_config(
+        "Anchor.from_config(config.anchor, chat, tokenizer, seed=config.run.seed, context_length=...)",
+        lambda config, *args, **kwargs: ((config.anchor, *args), {"seed": config.run.seed, **kwargs}))
+    def from_config(cls, anchor: AnchorConfig, chat: ChatModel, tokenizer, *, seed: int, context_length: int | None,
                     scorer: Generator | None = None, shares_policy_tokenizer: bool = True) -> Anchor:
-        a = config.anchor
-        params = SamplingParams(n=1, max_new_tokens=a.max_new_tokens, temperature=a.temperature, greedy=a.greedy,
-                                seed=config.run.seed)
-        return cls(chat, tokenizer, template=anchor_template(config), include_question=a.include_question,
-                   params=params, context_length=context_length, max_context_tokens=a.max_context_tokens,
+        """The anchor the ``anchor`` section sets up (template, sampling, context budget) over
+        ``chat``; ``seed`` (``run.seed``) seeds its sampling."""
+        params = SamplingParams(n=1, max_new_tokens=anchor.max_new_tokens, temperature=anchor.temperature,
+                                greedy=anchor.greedy, seed=seed)
+        return cls(chat, tokenizer, template=anchor_template(anchor), include_question=anchor.include_question,
+                   params=params, context_length=context_length, max_context_tokens=anchor.max_context_tokens,
                    scorer=scorer, shares_policy_tokenizer=shares_policy_tokenizer)
 
     def close(self) -> None:

@@ -25,14 +25,18 @@ def load_policy(config):
                                         log=logger.warning)
     model = load_model(m.name_or_path, dtype=m.dtype, device=resolve_device(m.device),
                        trust_remote_code=m.trust_remote_code, frozen=True)
-    return prompts, ids, skipped, tokenizer, model, generator_from_config(config, model, tokenizer)
+    generator = generator_from_config(config.generation, model, tokenizer, dtype=m.dtype, seed=config.run.seed)
+    return prompts, ids, skipped, tokenizer, model, generator
 
 
 def pi0_anchor(config, tokenizer, model, generator):
     """The anchor ``config.anchor`` names; with no training pi_t = pi_0, so the rollout engine
     serves the default anchor too."""
-    return build_anchor(config, tokenizer, device=model.device, pi0_generator=lambda: generator,
-                        make_generator=lambda teacher, tok: generator_from_config(config, teacher, tok))
+    def make_generator(teacher, tok):
+        return generator_from_config(config.generation, teacher, tok, dtype=config.model.dtype, seed=config.run.seed)
+
+    return build_anchor(config.anchor, config.model, tokenizer, seed=config.run.seed, device=model.device,
+                        pi0_generator=lambda: generator, make_generator=make_generator)
 
 
 def sample_rollouts(config, generator, ids) -> list:
