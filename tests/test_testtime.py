@@ -231,14 +231,25 @@ def test_a_judge_that_rates_nothing_stops_judge_bon_training_before_it_starts(tm
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()
 
 
-def test_extend_adds_an_arm_to_a_saved_result_without_sampling_again(tmp_path, tiny_world):
-    """An arm added to a saved result reads its rollouts: the result equals one run with every arm."""
+def test_extend_adds_an_arm_to_a_saved_result_without_sampling_again(tmp_path, tiny_world, monkeypatch):
+    """An arm added to a saved result reads its rollouts: the result equals one run with every arm.
+    An arm that needs no anchor loads no policy model or engine at all."""
+    import cat.tools.testtime_policy as policy
+
     config = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
     both, first = tmp_path / "both.json", tmp_path / "first.json"
     common = ("--group-sizes", "4,8", "eval.limit=16")
     out = cli("testtime", config, "--estimators", "single,majority_vote,synthesis", "--output", str(both), *common)
     assert out.returncode == 0, out.stderr[-2000:]
-    out = cli("testtime", config, "--estimators", "single,majority_vote", "--output", str(first), *common)
+    out = cli("testtime", config, "--estimators", "single", "--output", str(first), *common)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with monkeypatch.context() as patch:
+        def no_model(*args, **kwargs):
+            raise AssertionError("the policy model was loaded for an arm that needs none")
+
+        patch.setattr(policy, "load_model", no_model)
+        out = cli("testtime", config, "--extend", str(first), "--estimators", "majority_vote", "--output", str(first),
+                  "eval.limit=16")
     assert out.returncode == 0, out.stderr[-2000:]
     out = cli("testtime", config, "--extend", str(first), "--estimators", "synthesis", "--output", str(first), "eval.limit=16")
     assert out.returncode == 0, out.stderr[-2000:]

@@ -37,7 +37,7 @@ from cat.teacher.anchor import synthesis_template
 from cat.teacher.estimators import build_estimator, majority_answer
 from cat.teacher.firewall import blind, label_fields
 from cat.tools.stats import mean_ci, paired
-from cat.tools.testtime_policy import load_policy, pi0_anchor, sample_rollouts
+from cat.tools.testtime_policy import load_engine, load_prompts, pi0_anchor, sample_rollouts
 from cat.types import Group
 
 ANCHOR_DECODINGS = ("greedy", "sampled")
@@ -103,9 +103,12 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
         if token_level:
             raise ConfigError(f"--extend: {', '.join(token_level)} score the rollouts' sampled token ids, which a saved "
                               f"result does not keep: run them with the others in one cat-rl testtime")
-    prompts, ids, skipped, tokenizer, model, generator = load_policy(config)
+    prompts, ids, skipped, tokenizer = load_prompts(config)
     anchor = None
-    if any(x.needs_anchor for x in estimators.values()):
+    needs_anchor = any(x.needs_anchor for x in estimators.values())
+    if extend is None or needs_anchor:  # arms added to saved rollouts by a judge alone need no policy engine
+        model, generator = load_engine(config, tokenizer)
+    if needs_anchor:
         anchor = pi0_anchor(config, tokenizer, model, generator)
     if extend is None:
         _say(f"sampling {gen.num_generations} rollouts for each of {len(prompts)} prompts")

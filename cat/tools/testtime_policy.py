@@ -18,15 +18,29 @@ logger = logging.getLogger(__name__)
 def load_policy(config):
     """The evaluation prompts that fit the policy's context, their token ids, how many were
     skipped, and the frozen policy (pi_t = pi_0) with its tokenizer and engine."""
+    prompts, ids, skipped, tokenizer = load_prompts(config)
+    model, generator = load_engine(config, tokenizer)
+    return prompts, ids, skipped, tokenizer, model, generator
+
+
+def load_prompts(config):
+    """The evaluation prompts that fit the policy's context, their token ids, how many were
+    skipped, and the policy's tokenizer: what grading saved rollouts needs, no model loaded."""
     m = config.model
     prompts = load_split(config, "eval")
     tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
     prompts, ids, skipped = fit_prompts(prompts, tokenizer, m, prompt_limit(config), which="evaluation",
                                         log=logger.warning)
+    return prompts, ids, skipped, tokenizer
+
+
+def load_engine(config, tokenizer):
+    """The frozen policy (pi_t = pi_0) and its rollout engine."""
+    m = config.model
     model = load_model(m.name_or_path, dtype=m.dtype, device=resolve_device(m.device),
                        trust_remote_code=m.trust_remote_code, frozen=True)
     generator = generator_from_config(config.generation, model, tokenizer, dtype=m.dtype, seed=config.run.seed)
-    return prompts, ids, skipped, tokenizer, model, generator
+    return model, generator
 
 
 def pi0_anchor(config, tokenizer, model, generator):
