@@ -195,6 +195,26 @@ class ModelClock:
 
         hf._Decoder.run = self.generating(hf._Decoder.run)
         hf._SharedPrefill.prefill = self.generating(hf._SharedPrefill.prefill)
+        self.watch_fused_head()
+
+    def watch_fused_head(self) -> None:
+        """cat's log-probs switch the output layer off inside the model's forward and apply it
+        after, chunk by chunk (``linear_log_softmax``): that is the model's output layer, so it
+        counts as forward time (its backward is inside ``torch.autograd.backward`` already), as
+        TRL's output layer counts inside its forward. Without this, at 152k vocabulary the output
+        layer's matmuls would land in the non-model overhead."""
+        from cat.models import logprobs
+
+        real = logprobs.linear_log_softmax
+
+        def head(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                self.totals["generate_forward" if self._generating else "forward"] += time.perf_counter() - start
+
+        logprobs.linear_log_softmax = head
 
     def generating(self, fn):
         """``fn`` timed as generation: its forward passes count as generation's."""
