@@ -33,7 +33,7 @@ world's problems; chat template, user message = problem; checked token for token
 16 prompts x 8 (SmolLM2: 4 x 8) rollouts sampled at temperature 1 (top_p 1, top_k 0) up to 32 new tokens, one generate call of
 128 rows, the same exact-match reward function, group-scaled advantages, the dapo loss with
 beta 0, epsilon 0.2, one iteration, one micro-batch of 128 sequences, plain ``torch.optim.AdamW``
-(lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0) at a constant rate, gradient norm
+(lr 1e-4, 1e-6 on Qwen2.5-0.5B, betas (0.9, 0.999), eps 1e-8, weight decay 0) at a constant rate, gradient norm
 clipped at 1.0, fp32 on CPU. The effective settings are read back from both live trainers and
 printed side by side. Rows of zero-spread groups are forwarded and backpropagated on both sides
 (cat skips them by default; ``--cat-skip-zero-advantage`` times that).
@@ -74,9 +74,12 @@ python3 -m venv /tmp/trlvenv
 /tmp/trlvenv/bin/python benchmarks/trl_side_by_side.py --pairs 12"""
 
 # The work both sides do, in one place (configure() sets the model's).
-WORK = {"tiny": {"prompts": 16, "generations": 8, "tokens": 32},
-        "smollm2": {"prompts": 4, "generations": 8, "tokens": 32},
-        "qwen2.5-coder-0.5b": {"prompts": 2, "generations": 8, "tokens": 32}}
+# lr: a full fine-tune of Qwen2.5-0.5B at 1e-4 is wrecked by its first rewarded step (its rollouts
+# then run to the token limit on one side and not on another, so the sides stop doing the same
+# work); 1e-6 keeps it answering as pi_0 does
+WORK = {"tiny": {"prompts": 16, "generations": 8, "tokens": 32, "lr": 1e-4},
+        "smollm2": {"prompts": 4, "generations": 8, "tokens": 32, "lr": 1e-4},
+        "qwen2.5-coder-0.5b": {"prompts": 2, "generations": 8, "tokens": 32, "lr": 1e-6}}
 FOLDER_WORK = WORK["qwen2.5-coder-0.5b"]
 """The work for a model named by its folder (any causal LM in Hugging Face format)."""
 MODEL = "tiny"
@@ -95,10 +98,10 @@ BATCH = PROMPTS_PER_STEP * NUM_GENERATIONS  # sequences per optimizer step, one 
 
 def configure(model: str) -> None:
     """The model and the work per step, in the parent and in every (spawned) worker."""
-    global MODEL, PROMPTS_PER_STEP, NUM_GENERATIONS, MAX_NEW_TOKENS, BATCH
+    global MODEL, PROMPTS_PER_STEP, NUM_GENERATIONS, MAX_NEW_TOKENS, BATCH, LR
     MODEL = model
     work = WORK.get(model, FOLDER_WORK)
-    PROMPTS_PER_STEP, NUM_GENERATIONS, MAX_NEW_TOKENS = (work[k] for k in ("prompts", "generations", "tokens"))
+    PROMPTS_PER_STEP, NUM_GENERATIONS, MAX_NEW_TOKENS, LR = (work[k] for k in ("prompts", "generations", "tokens", "lr"))
     BATCH = PROMPTS_PER_STEP * NUM_GENERATIONS
 
 SIDES = ("cat", "trl", "cat_synthesis")
@@ -643,11 +646,16 @@ def _one_at_a_time(args, sides: dict[str, dict], start, stop) -> dict[str, dict]
             row = _receive(sides[name]["conn"], name)
             if r >= args.warmup:
                 sides[name]["rows"].append(row)
-                print(f"{TITLES[name]} step {r - args.warmup + 1}: {row['step']:.2f} s", flush=True)
+                print(f"{TITLES[name]} step {r - args.warmup + 1}: {row['step']:.2f} s, {_work(row)}", flush=True)
             else:
-                print(f"{TITLES[name]} warm-up step {r + 1} done", flush=True)
+                print(f"{TITLES[name]} warm-up step {r + 1} done, {_work(row)}", flush=True)
         stop(name)
     return sides
+
+
+def _work(row: dict) -> str:
+    """What a step did: its rollouts' lengths and reward (the sides must match on these)."""
+    return f"rollouts {row['mean_length']:.1f} tokens on average (max {row['max_length']:.0f}), reward {row['reward']:.3f}"
 
 
 def _guarded(fn, conn, *args) -> None:
