@@ -2,6 +2,7 @@
 
     /tmp/trlvenv/bin/python benchmarks/trl_side_by_side.py --pairs 12
     /tmp/trlvenv/bin/python benchmarks/trl_side_by_side.py --model smollm2 --pairs 4 --warmup 1
+    /tmp/trlvenv/bin/python benchmarks/trl_side_by_side.py --model qwen2.5-coder-0.5b --pairs 3 --warmup 1 --one-at-a-time
 
 ``--model tiny`` (default): the tiny arith world's 0.9M-parameter model. ``--model smollm2``:
 SmolLM2-135M-Instruct (real vocabulary of 49,152, real chat template; ``cat-rl fetch-model
@@ -26,7 +27,9 @@ synthesis estimator (CaT: pi_0 reads the rollouts and writes the reference). Ste
 interleaved (cat, TRL, CaT, then the reverse order, ...), the first ``--warmup`` rounds are
 discarded, and every step is timed inside its worker (no IPC in the numbers). Each worker runs
 with ``OMP_NUM_THREADS=1`` and ``torch.set_num_threads(1)``, so the two sides never compete for
-a core within a step and share no RNG or thread state.
+a core within a step and share no RNG or thread state. ``--one-at-a-time`` runs the sides one
+after another instead, one worker alive at a time, for a model whose three fine-tunes do not fit
+in memory together (Qwen2.5-0.5B in fp32 on 24 GB).
 
 Identical work: the same model files and tokenizer, the same prompts in the same order (the tiny
 world's problems; chat template, user message = problem; checked token for token every step),
