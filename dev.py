@@ -161,7 +161,8 @@ def main() -> int:
         # world's replay) are then set up once, not once per worker
         serial = any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest)
         workers = [] if serial else ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
-        cmd = [str(BIN / "python"), "-m", "pytest", "-q", *workers, str(ROOT / "tests"), *rest]
+        # --durations: the slowest tests in every run's log, to keep the suite under its 10 minutes
+        cmd = [str(BIN / "python"), "-m", "pytest", "-q", "--durations=15", *workers, str(ROOT / "tests"), *rest]
         print("+", " ".join(cmd), flush=True)
         code = subprocess.run(cmd, cwd=ROOT).returncode
         if code != 0 or not SECOND_KERNELS:
