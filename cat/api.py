@@ -31,6 +31,7 @@ from typing import Any
 
 from cat.config import Config, config_from_tree, load_config
 from cat.errors import ConfigError
+from cat.files import write_text_atomic
 from cat.run.logs import console
 
 
@@ -57,10 +58,7 @@ def _write_dataset(dataset: Any, folder: Path, split: str) -> Path:
     text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
     path = folder / f"{split}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
     if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, text)
     return path
 
 

@@ -216,6 +216,9 @@ def test_a_second_process_is_refused_a_run_directory_in_use_and_a_killed_holder_
         assert "another --output-dir" in second.stderr
         rows = len((run_dir / "metrics.jsonl").read_text().splitlines())
         wait_for_rows(run_dir / "metrics.jsonl", rows + 1, first)  # the first went on, undisturbed
+        deadline = time.time() + 300
+        while checkpoint.latest_checkpoint(run_dir) is None and first.poll() is None and time.time() < deadline:
+            time.sleep(0.02)  # killed once a checkpoint is whole, so that the resume below has one
     finally:
         first.kill()
         first.wait()

@@ -59,7 +59,7 @@ def test_a_rollout_engine_from_the_whole_config_warns_and_is_the_same_engine(tin
     assert engines[0] == engines[1] == ("hf", 5, "float64", {
         "gpu_memory_utilization": 0.5, "tensor_parallel_size": 2, "seed": 7, "max_model_len": 256,
         "enforce_eager": True})
-    assert engines[2][1] == 2
+    assert engines[2][1] == 2 and overridden.batch_size == 2
     assert type(old) is type(new) and (old.batch_size, old.compute_dtype) == (new.batch_size, new.compute_dtype)
 
 

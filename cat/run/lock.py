@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 from cat.errors import ConfigError
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from cat.display import duration, number, percent
 from cat.errors import CheckpointError
+from cat.files import write_json_atomic
 from cat.models.load import torch_dtype
 from cat.run import checkpoint as ckpt
 from cat.run.tracking import Trackers
@@ -113,12 +114,12 @@ class RunLoop:
             evals.pop("after")  # so that a run stopped on the way never shows it as this policy's
             evals.pop("after_step", None)
             if main:
-                _write_json_atomic(eval_path, evals)
+                write_json_atomic(eval_path, evals)
         if t.eval_prompts and "before" not in evals:
             t.log("evaluating the initial policy ...")
             evals["before"] = t.evaluate()
             if main:
-                _write_json_atomic(eval_path, evals)
+                write_json_atomic(eval_path, evals)
             t.log(_eval_line("before", evals["before"]))
         elif self.step_done == 0 and "before_from" in evals:  # compare: another arm evaluated the same initial policy
             t.log(_eval_line("before", evals["before"]) + f"  (evaluated by {evals['before_from']})")
@@ -181,7 +182,7 @@ class RunLoop:
                         and self.step_done < run.steps:
                     evals["history"].append({"step": self.step_done, **t.evaluate()})
                     if main:
-                        _write_json_atomic(eval_path, evals)
+                        write_json_atomic(eval_path, evals)
                         trackers.log_eval(evals["history"][-1], self.step_done)
                 if run.save_every and self.step_done % run.save_every == 0 and self.step_done < run.steps:
                     self.save(merged=False)  # for resuming: a LoRA run's adapter, not a merged copy
@@ -195,7 +196,7 @@ class RunLoop:
             evals["after"] = t.evaluate()
             evals["after_step"] = self.step_done
             if main:
-                _write_json_atomic(eval_path, evals)
+                write_json_atomic(eval_path, evals)
                 trackers.log_eval(evals["after"], self.step_done)
             t.log(_eval_line("before", evals["before"]))
             t.log(_eval_line("after", evals["after"]))
@@ -239,12 +240,6 @@ def _append_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _eval_line(label: str, result: dict) -> str:

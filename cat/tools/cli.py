@@ -31,6 +31,7 @@ from functools import partial
 from pathlib import Path
 
 from cat.errors import CatError, ConfigError
+from cat.files import write_json_atomic, write_text_atomic
 from cat.models.gguf import KNOWN as KNOWN_MODELS
 from cat.run.logs import console
 from cat.run.logs import rank_tag as _rank_tag
@@ -373,14 +374,7 @@ def _eval(args) -> int:
 
 def _write_json(out: Path, result: dict) -> None:
     """Written whole or not at all: --extend may name its own input."""
-    _write_text(out, json.dumps(result, indent=2))
-
-
-def _write_text(out: Path, text: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_json_atomic(out, result)
 
 
 def _plan(args) -> int:
@@ -468,7 +462,7 @@ def _write_testtime(out: Path, result: dict, text: str, config) -> None:
     from cat.tools.report import synthesize_figure
 
     _write_json(out, result)
-    _write_text(out.with_suffix(".md"), f"{text}\n")
+    write_text_atomic(out.with_suffix(".md"), f"{text}\n")
     task = config.eval.path or config.data.path
     synthesize_figure(result, out.with_suffix(".png"), f"{Path(config.model.name_or_path).name}, {task}")
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from cat.display import NOT_DEFINED, number
 from cat.errors import CatError, ConfigError
+from cat.files import write_json_atomic, write_text_atomic
 from cat.tools.stats import Interval, mean_ci
 
 logger = logging.getLogger(__name__)
@@ -233,10 +234,7 @@ def reuse_initial_eval(output: Path, seed: int, config, run_dir: Path) -> Path |
         except (OSError, ValueError, AttributeError):
             continue
         if other != run_dir and before is not None and theirs == mine:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = run_dir / "eval.json.tmp"
-            tmp.write_text(json.dumps({"before": before, "before_from": str(other)}))
-            tmp.replace(run_dir / "eval.json")
+            write_json_atomic(run_dir / "eval.json", {"before": before, "before_from": str(other)}, indent=None)
             return other
     return None
 
@@ -245,9 +243,7 @@ def _add_wall(run_dir: Path, seconds: float) -> None:
     """Wall time spent on a run by compare, summed over invocations (a resumed run adds its part)."""
     path = run_dir / "compare-wall.json"
     before = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"seconds": before + seconds}))
-    tmp.replace(path)
+    write_json_atomic(path, {"seconds": before + seconds}, indent=None)
 
 
 def _metric_rows(run_dir: Path) -> list[dict]:
@@ -389,9 +385,7 @@ def write_outputs(output: Path, summary: dict, arms: list[ArmSpec], seeds: list[
     record = {"config": str(config_path), "overrides": overrides,
               "arms": {a.label: list(a.overrides) for a in arms}, **summary}
     for name, text in (("compare.json", json.dumps(record, indent=2)), ("compare.md", table(summary) + "\n")):
-        tmp = output / f"{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(output / name)
+        write_text_atomic(output / name, text)
     runs = [run_dir_of(output, a, s) for a in arms for s in seeds]
     extra = f"<h2>Comparison</h2>{markdown_to_html(table(summary))}"
     write_report(runs, output / "report", title=f"cat compare: {Path(config_path).name}", extra_html=extra,

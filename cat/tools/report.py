@@ -35,6 +35,7 @@ import yaml
 
 from cat.display import NOT_DEFINED, number
 from cat.errors import CatError, utf8_text
+from cat.files import write_text_atomic
 
 
 class ReportError(CatError):
@@ -626,7 +627,5 @@ def write_report(inputs: list[Path], output: Path, *, title: str = "cat report",
         notes="".join(f'<p class="note">{html.escape(n)}</p>' for n in notes),
         extra=extra_html, table=_run_table(runs) if runs else "", figures="\n".join(blocks))
     index = output / "index.html"
-    tmp = output / "index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(index)
+    write_text_atomic(index, page)
     return index

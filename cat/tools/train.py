@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
-import os
 import sys
 from pathlib import Path
 
 from cat.errors import CatError, ConfigError
+from cat.files import write_text_atomic
 from cat.run.lock import hold_run_dir
 
 
@@ -76,12 +76,12 @@ def _prepare_run_dir(run_dir: Path, config, *, allow_change: bool):
     saved = run_dir / "config.yaml"
     text = dump_config(config)
     if not saved.exists():
-        _write_text_atomic(saved, text)
+        write_text_atomic(saved, text)
         return None
     old = saved.read_text()
     progress = (run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(run_dir) is not None
     if old != text and (not progress or same_run(old, text)):
-        _write_text_atomic(saved, text)  # nothing to protect, or the same run spelled another way (moved, say)
+        write_text_atomic(saved, text)  # nothing to protect, or the same run spelled another way (moved, say)
     elif old != text:
         diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True), "saved config.yaml", "this config"))
         if not allow_change:
@@ -90,7 +90,7 @@ def _prepare_run_dir(run_dir: Path, config, *, allow_change: bool):
                 f"anyway, or choose another --output-dir.\n{diff}"
             )
         print(f"continuing {run_dir} with a changed config:\n{diff}", file=sys.stderr)
-        _write_text_atomic(saved, text)
+        write_text_atomic(saved, text)
     latest = ckpt.newest_verified(run_dir, log=lambda line: print(line, file=sys.stderr))
     if latest is None:
         if (run_dir / "metrics.jsonl").exists():
@@ -163,12 +163,6 @@ _HASHED_BYTES = 64 << 20
 """Files up to this size (data, templates) compare by content, larger ones by their real path."""
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _truncate_jsonl(path: Path, last_step: int) -> None:
     """Keep the rows of steps <= last_step (rows written after the checkpoint are replayed)."""
     if not path.exists():
@@ -180,6 +174,4 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             break  # a torn last line from a kill mid-write
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
