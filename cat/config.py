@@ -993,6 +993,18 @@ def dump_config(config: Config) -> str:
 _WARNED: set[str] = set()
 
 
+def warn_whole_config(name: str, instead: str, *, stacklevel: int = 3) -> None:
+    """The deprecation of passing the whole ``Config`` to ``name``: a DeprecationWarning at the
+    caller (``stacklevel`` counts from here) and, once per name, a log line, as
+    DeprecationWarnings are hidden outside ``__main__``. ``instead``: the new call."""
+    message = (f"{name} is built from its own config section, not the whole Config: "
+               f"call {instead}. Passing the whole Config is deprecated")
+    warnings.warn(message, DeprecationWarning, stacklevel=stacklevel)
+    if name not in _WARNED:
+        _WARNED.add(name)
+        logger.warning(message)
+
+
 def accepts_whole_config(instead: str, adapt: Callable[..., tuple[tuple, dict]]):
     """Decorate a component built from its own config section so that a call the old way, with the
     whole ``Config`` where the section goes, still works: with a DeprecationWarning (and one log
@@ -1015,12 +1027,7 @@ def accepts_whole_config(instead: str, adapt: Callable[..., tuple[tuple, dict]])
                 config, rest = kwargs.pop("config"), ()
             else:
                 return fn(*args, **kwargs)
-            message = (f"{fn.__qualname__} is built from its own config section, not the whole Config: "
-                       f"call {instead}. Passing the whole Config is deprecated")
-            warnings.warn(message, DeprecationWarning, stacklevel=2)
-            if fn.__qualname__ not in _WARNED:
-                _WARNED.add(fn.__qualname__)
-                logger.warning(message)
+            warn_whole_config(fn.__qualname__, instead, stacklevel=3)
             new_args, new_kwargs = adapt(config, *rest, **kwargs)
             return fn(*args[:at], *new_args, **new_kwargs)
 

@@ -341,7 +341,7 @@ def test_rubric_proposals_and_anchor_retries_share_one_budget(scripted, rubric_w
                           pi0_generator=None, make_generator=None)
     group = tiny_group(tokenizer, ["ones 7+8=15 tens 4+3+1=08 so \\boxed{85}"], "47+38", gold="85")
     reference = Reference(text="ones 7+8=15 tens 4+3+1=08 so \\boxed{85}", answer="85", source="synthesis")
-    rubrics, stats = propose_rubrics(anchor, [group], [reference], config, seed=0)
+    rubrics, stats = propose_rubrics(anchor, [group], [reference], config.rubric, seed=0, anchor_settings=config.anchor)
     assert rubrics == [None] and stats["rubric/failures"] == 1
     assert len(server.chat) - 1 == requests == max(attempts, retries + 1)
 
@@ -479,7 +479,11 @@ def test_a_group_without_a_reference_is_counted_apart_from_rubrics_that_failed(s
     references = [Reference(text="so \\boxed{85}", answer="85", source="synthesis"),
                   Reference(text="", answer=None, source="synthesis")]
     with caplog.at_level(logging.WARNING, logger="cat.rewards.criteria"):
-        rubrics, stats = propose_rubrics(anchor, groups, references, config, seed=0)
+        rubrics, stats = propose_rubrics(anchor, groups, references, config.rubric, seed=0, anchor_settings=config.anchor)
     assert rubrics[0] is not None and rubrics[1] is None
     assert stats["rubric/failures"] == 0 and stats["rubric/no_reference"] == 1 and stats["rubric/attempts"] == 2
     assert stats["rubric/parse_rate"] == 0.5 and not caplog.records  # one of two proposals parsed
+    # the old call, with the whole Config, still works and says the new one
+    with pytest.warns(DeprecationWarning, match=r"config.rubric, anchor_settings=config.anchor"):
+        again, _ = propose_rubrics(anchor, groups, references, config, seed=0)
+    assert again == rubrics

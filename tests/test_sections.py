@@ -149,3 +149,13 @@ def test_the_deprecation_is_logged_once_per_builder(tiny_world, caplog):
         anchor_template(config)
     said = [r.getMessage() for r in caplog.records if r.name == "cat.config"]
     assert len(said) == 1 and "anchor_template is built from its own config section" in said[0]
+
+
+def test_a_rubric_proposal_template_from_the_whole_config_warns_and_is_the_same_template(tiny_world):
+    from cat.rewards.criteria import proposal_template
+
+    config = settings(tiny_world, "rubric.include_question=true", "rubric.template=rubric_proposal_with_question")
+    new = proposal_template(config.rubric)
+    with pytest.warns(DeprecationWarning, match=r"call proposal_template\(config.rubric\)"):
+        old = proposal_template(config)
+    assert old.placeholders == new.placeholders and "question" in new.placeholders

@@ -27,12 +27,17 @@ from __future__ import annotations
 import html
 import logging
 import re
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cat.config import Config, accepts_whole_config, warn_whole_config
 from cat.display import excerpt
 from cat.generation.chat import RequestBudget
 from cat.templates import Template, load_template
+
+if TYPE_CHECKING:
+    from cat.config import AnchorConfig, RubricConfig
 
 logger = logging.getLogger(__name__)
 
@@ -113,18 +118,25 @@ def parse_rubric(text: str, *, min_criteria: int = 5, max_criteria: int = 20) ->
     return Rubric(criteria=tuple(criteria), dropped=dropped)
 
 
-def proposal_template(config) -> Template:
-    r = config.rubric
+@accepts_whole_config("proposal_template(config.rubric)", lambda config: ((config.rubric,), {}))
+def proposal_template(rubric: RubricConfig) -> Template:
+    """The ``rubric`` section's proposal template, validated: ``{{reference}}``, and
+    ``{{question}}`` exactly when ``include_question``."""
+    r = rubric
     if r.include_question:
         return load_template(r.template, kind="rubrics", required={"reference", "question"}, allowed={"min_criteria"})
     return load_template(r.template, kind="rubrics", required={"reference"}, allowed={"min_criteria"})
 
 
-def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[list[Rubric | None], dict]:
+def propose_rubrics(anchor, groups, references, rubric: RubricConfig | None = None, *, seed: int,
+                    anchor_settings: AnchorConfig | None = None, config=None) -> tuple[list[Rubric | None], dict]:
     """The anchor turns each reference into a rubric; bounded retries; None where all failed.
 
-    Each proposal has one request budget, ``max(rubric.max_attempts, anchor.max_retries + 1)``,
-    which the anchor endpoint's retries of transient failures share.
+    ``rubric``: the ``rubric`` section; ``anchor_settings``: the ``anchor`` section (its
+    temperature, greedy and max_retries). Each proposal has one request budget,
+    ``max(rubric.max_attempts, anchor.max_retries + 1)``, which the anchor endpoint's retries of
+    transient failures share. The whole ``Config`` in ``rubric``'s place (or as ``config=``)
+    still works, with a DeprecationWarning.
 
     Returns the rubrics and counts: ``rubric/attempts``, ``rubric/failures`` (groups with a
     reference whose proposals all failed), ``rubric/no_reference`` (groups with an empty
@@ -134,11 +146,18 @@ def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[l
     """
     from cat.generation import SamplingParams
 
-    r = config.rubric
-    template = proposal_template(config)
+    whole = config if config is not None else rubric if isinstance(rubric, Config) else None
+    if whole is not None:
+        warn_whole_config("propose_rubrics", "propose_rubrics(anchor, groups, references, config.rubric, "
+                          "anchor_settings=config.anchor, seed=...)")
+        rubric, anchor_settings = whole.rubric, whole.anchor
+    if rubric is None or anchor_settings is None:
+        raise TypeError("propose_rubrics needs the rubric section and anchor_settings (the anchor section)")
+    r, a = rubric, anchor_settings
+    template = proposal_template(r)
     rubrics: list[Rubric | None] = [None] * len(groups)
     pending = [i for i, ref in enumerate(references) if ref.text.strip()]
-    budgets = {i: RequestBudget(max(r.max_attempts, config.anchor.max_retries + 1)) for i in pending}
+    budgets = {i: RequestBudget(max(r.max_attempts, a.max_retries + 1)) for i in pending}
     spent = anchor.chat.usage.snapshot()
     attempts = 0
     errors: dict[int, str] = {}
@@ -153,8 +172,8 @@ def propose_rubrics(anchor, groups, references, config, *, seed: int) -> tuple[l
             if r.include_question:
                 values["question"] = groups[i].prompt.text
             prompts.append(template.render(**values))
-        params = SamplingParams(n=1, max_new_tokens=r.max_new_tokens, temperature=max(config.anchor.temperature, 0.7),
-                                greedy=attempt == 0 and config.anchor.greedy, seed=seed + attempt)
+        params = SamplingParams(n=1, max_new_tokens=r.max_new_tokens, temperature=max(a.temperature, 0.7),
+                                greedy=attempt == 0 and a.greedy, seed=seed + attempt)
         outputs = anchor.complete(prompts, params, [budgets[i] for i in pending])
         attempts += len(pending)
         still = []

@@ -65,7 +65,7 @@ class _JudgedReward(RewardFunction):
         judge_template(config.judge)
         judge_template(config.judge, conversation=True)
         if cls is RubricReward and config.rubric.source == "self_proposed":
-            proposal_template(config)
+            proposal_template(config.rubric)
 
     def __init__(self, config):
         super().__init__(config)
@@ -105,7 +105,8 @@ class RubricReward(_JudgedReward):
         if dataset:
             rubrics = [Rubric(criteria=g.prompt.rubric) if g.prompt.rubric else None for g in groups]
         else:
-            rubrics, stats = propose_rubrics(anchor, groups, references, self.config, seed=seed)
+            rubrics, stats = propose_rubrics(anchor, groups, references, self.config.rubric, seed=seed,
+                                             anchor_settings=self.config.anchor)
         items, owners = [], []
         for gi, (group, rubric) in enumerate(zip(groups, rubrics, strict=True)):
             if rubric is None:

@@ -83,7 +83,7 @@ def check_arms(config, names: list[str]) -> list[str]:
     from cat.templates import score_template
 
     if "rubric_best_of_n" in names:
-        proposal_template(config)
+        proposal_template(config.rubric)
         judge_template(config.judge)
     if "judge_best_of_n" in names:
         score_template(config.judge.score_template)
