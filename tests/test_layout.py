@@ -23,7 +23,7 @@ from conftest import ROOT
 LIBRARY = ROOT / "cat"
 
 LAYERS = [
-    ("core", ["cat.errors", "cat.types", "cat.registry", "cat.templates", "cat.display", "cat.paths", "cat.config"]),
+    ("core", ["cat.errors", "cat.types", "cat.registry", "cat.templates", "cat.display", "cat.paths", "cat.files", "cat.config"]),
     ("models", ["cat.models"]),  # loading (hub, .gguf, path schemes), precision, LoRA, token log-probs
     ("generation", ["cat.generation"]),  # rollouts: the Generator seam, chat calls
     ("rewards", ["cat.rewards"]),  # answers, equivalence, rubrics, the judge, the reward contract
