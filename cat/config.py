@@ -301,6 +301,12 @@ class AnswerConfig(_Section):
     regex: str | None = None
     """A Python regular expression for the ``regex`` rule: its last match in the reply (group 1
     when it has a group), e.g. ``'ANSWER: (\\S+)'``. List ``regex`` in ``rules`` where it is tried."""
+    form: Literal["any", "number"] = "any"
+    """What the answer found must be. ``any``: whatever the first rule finds. ``number``: a number
+    (``41``, ``-3``, ``2.5``, ``3/4``, ``\\frac{12}{7}``, a unit after it allowed); a reply whose
+    final answer is an expression or an equation (the problem restated, ``\\boxed{67 + 75 + 85}``)
+    has no answer, so it earns nothing, gets no vote and is no reference. Set it on numeric
+    tasks to close the cheapest label-free hack (``cat.rewards.answers``)."""
 
     @model_validator(mode="after")
     def _check_chain(self) -> AnswerConfig:

@@ -1,9 +1,13 @@
 """The answer-extraction chain (``cat.rewards.answers``): each rule on its own, the chain's order,
-its configuration, and the chain on real SmolLM2-135M-Instruct replies
-(``fixtures/smollm2_replies.jsonl``, written by ``fixtures/make_smollm2_replies.py``)."""
+its configuration, the chain on real SmolLM2-135M-Instruct replies
+(``fixtures/smollm2_replies.jsonl``, written by ``fixtures/make_smollm2_replies.py``), and
+``answer.form: number`` on real Qwen2.5-Coder-0.5B rollouts from the LoRA chain_sum runs, the
+label-free arms' hacks among them (``fixtures/qwen05_chain_sum_rollouts.jsonl``: every row of
+``samples.jsonl`` of ``results/qwen05_lora_17`` and ``results/qwen05_lora_17_seed1``)."""
 
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from cat.rewards.answers import (
     boxed,
     equals_end,
     extraction_metrics,
+    is_number,
     last_number,
     register_answer_rule,
 )
@@ -30,6 +35,8 @@ from cat.types import Completion, Group, GroupScore, Prompt, Reference
 
 REPLIES = [json.loads(line) for line in
            (Path(__file__).parent / "fixtures" / "smollm2_replies.jsonl").read_text().splitlines()]
+QWEN_ROLLOUTS = [json.loads(line) for line in
+                 (Path(__file__).parent / "fixtures" / "qwen05_chain_sum_rollouts.jsonl").read_text().splitlines()]
 
 
 def group(texts, gold=None):
@@ -79,6 +86,9 @@ def test_boxed(text, expected):
     ('The final answer to the arithmetic problem "12 - 98 = " is -86.', "-86"),
     ('The final answer to the arithmetic problem "7 - 3 - 6 = 7 - 3 - 6" is 0.', "0"),
     ("The final answer to the arithmetic problem 62 - 18 + 43 + 43 is \\(\\boxed{131}\\).", "131"),
+    # and cut off at max_new_tokens, or prose (Qwen2.5-Coder-0.5B, results/qwen05_lora_17)
+    ("Therefore, the final answer is \\(\\", None),
+    ("The final answer is expressed as a single number, without any intermediate steps.", None),
 ])
 def test_answer_phrase(text, expected):
     assert answer_phrase(text) == expected
@@ -345,3 +355,69 @@ def test_extracted_answers_match_a_human_reading():
         if chain(REPLIES[index]["text"]) != expected:
             disagree[index] = chain(REPLIES[index]["text"])
     assert set(disagree) == set(MISREAD), disagree
+
+
+@pytest.mark.parametrize("answer", ["41", "-3", "+7", "1,000", "2.5", "3/4", "\\frac{12}{7}", "-\\frac{12}{7}",
+                                    "\\dfrac{1}{2}", "$5", "\\$5", "41 apples", "41 \\text{ apples}", "50\\%",
+                                    "90^\\circ", "\\(41\\)", "41.", "1\\,000"])
+def test_a_number_is_a_number(answer):
+    assert is_number(answer)
+
+
+@pytest.mark.parametrize("answer", ["67 + 75 + 85", "5 - 9", "2 * 4", "x = 5", "2 = 0", "3 + 4 - 7 = 0",
+                                    "\\frac{a}{b}", "Monday", "", "1,00", "- 3 - 0 - 3",
+                                    "\\text{The final answer is } 15 - 43 - 75"])
+def test_an_expression_or_an_equation_is_not(answer):
+    assert not is_number(answer)
+
+
+def test_the_number_form_refuses_what_the_first_rule_found_without_trying_the_next():
+    chain = AnswerChain(form="number")
+    restated = "The final answer to the arithmetic problem 3 - 3 - 0 - 3 is:\n\n\\(\\boxed{3 - 3 - 0 - 3}\\)"
+    assert chain.extract(restated) == Extraction(None, refused="3 - 3 - 0 - 3")  # not last_number's "3"
+    assert AnswerChain().extract(restated) == Extraction("3 - 3 - 0 - 3", "boxed")
+    assert chain.extract("The final answer is \\(\\boxed{-3}\\).") == Extraction("-3", "boxed")
+    assert chain.extract("no number here") == Extraction(None)
+    assert extraction_metrics("rollout", [chain.extract(restated), chain.extract("\\boxed{4}")], ["boxed"]) == {
+        "answer/rollout_rate": 0.5, "answer/rollout_refused": 0.5, "answer/rollout_rule/boxed": 0.5}
+    with pytest.raises(ConfigError, match=r"answer.form 'numeric' is not one of \['any', 'number'\]"):
+        AnswerChain(form="numeric")
+    with pytest.raises(ConfigError, match=r"answer.form.*'any' or 'number'"):
+        load_config(None, ["answer.form=numeric"])
+
+
+def test_the_number_form_refuses_exactly_the_hacks_in_real_qwen_rollouts():
+    """340 rollouts of Qwen2.5-Coder-0.5B (LoRA, chain_sum, 17 steps; seeds 0 and 1; CaT, TTRL and
+    gold): the number form refuses 31 answers, every one an expression or an equation (the problem
+    restated, "2 = 0"), none from the gold arm; every answer it keeps is the default chain's."""
+    default, number = AnswerChain(), AnswerChain(form="number")
+    refused = Counter()
+    for row in QWEN_ROLLOUTS:
+        kept = number.extract(row["completion"])
+        if kept.refused is None:
+            assert kept == default.extract(row["completion"]), row["completion"]
+            continue
+        assert re.search(r"\d\s*[-+=]\s*\d", kept.refused), kept.refused
+        refused[row["arm"], row["seed"]] += 1
+    assert len(QWEN_ROLLOUTS) == 340
+    assert refused == {("ttrl", 1): 25, ("cat", 0): 4, ("ttrl", 0): 2}
+    # TTRL seed 1 from step 12 on: every rollout boxes the problem itself ("\\boxed{67 + 75 + 85}")
+    late = [row for row in QWEN_ROLLOUTS if (row["arm"], row["seed"]) == ("ttrl", 1) and row["step"] >= 12]
+    assert len(late) == 24 and all(number(row["completion"]) is None for row in late)
+
+
+def test_under_the_number_form_a_restated_problem_earns_nothing_and_gets_no_vote():
+    """A real TTRL group (seed 1, step 13): all four rollouts box "67 + 75 + 85". The default chain
+    votes for that expression and rewards all four; under the number form the group has no
+    reference, so it is unscored, not rewarded."""
+    rows = [row for row in QWEN_ROLLOUTS if (row["arm"], row["seed"], row["step"]) == ("ttrl", 1, 13)]
+    g = group([row["completion"] for row in rows], gold=rows[0]["gold"])
+    default, number = load_config(None), load_config(None, ["answer.form=number"])
+    [vote] = build_estimator(default, "majority_vote")([g])
+    assert vote.answer == "67 + 75 + 85"
+    assert REWARDS.get("math_equivalence")(default)(g, vote).rewards == (1.0, 1.0, 1.0, 1.0)
+    [vote] = build_estimator(number, "majority_vote")([g])
+    assert vote.answer is None
+    assert REWARDS.get("math_equivalence")(number)(g, vote).rewards is None
+    diag = answer_diagnostics([g], [vote], [GroupScore(None)], **diagnosed(number))
+    assert diag["answer/rollout_refused"] == 1.0 and diag["answer/rollout_rate"] == 0.0

@@ -23,6 +23,16 @@ Rules (registry ``ANSWER_RULES``; each a pure function ``text -> answer or None`
 
 Plug-ins add rules with ``@register_answer_rule("name")`` and list them in ``answer.rules``.
 
+The form an answer must have (``answer.form``): ``any`` takes what the first rule finds;
+``number`` takes it only when it is a number (``41``, ``-3``, ``1,000``, ``2.5``, ``3/4``,
+``\\frac{12}{7}``, with an optional unit: ``41 apples``, ``50\\%``). A reply whose final answer
+is anything else, an expression or an equation, has no answer (:attr:`Extraction.refused` keeps
+what it gave), so its rollout earns nothing, it gets no vote and it cannot be a reference. This
+is the guard against a label-free reward's cheapest hack on a numeric task: Qwen2.5-Coder-0.5B
+under majority vote learned to answer ``\\boxed{67 + 75 + 85}``, the problem restated, which every
+rollout then agreed on (docs/real-models.md). The later rules are not tried: the reply's own
+final answer was the expression, and the last number in it is not what it answered.
+
 Departure from the paper: CaT reads only ``\\boxed{}`` answers, so a rollout or an anchor output
 without a box has no answer (a group without a reference answer gets no signal). The default
 chain reads a reply without a box through the fallbacks, which small chat models need: on
@@ -47,6 +57,7 @@ from cat.rewards.math import boxed_answer
 Rule = Callable[[str], "str | None"]
 DEFAULT_RULES = ("boxed", "answer_phrase", "equals_end", "last_number")
 REGEX = "regex"
+FORMS = ("any", "number")
 
 
 def _check_rule(name: str, obj) -> None:
@@ -72,7 +83,9 @@ _PHRASE = re.compile(r"\b(?:final\s+answer|answer)\b(?:\s+(?:to|of|for)\s+[^\n]{
 _WRAPPING = re.compile(r"^(?:\*\*|\$\$?|\\\(|\\\[|[\s\"'“]|(?:exactly|approximately|about|simply|just|indeed|also|actually|clearly|still)\b)+"
                        r"|(?:\*\*|\$\$?|\\\)|\\\]|[\s\"'”.,;!?])+$", re.IGNORECASE)
 # What follows "the answer is" without being an answer: a verdict on another answer, or prose.
-_NOT_ANSWERS = frozenset("correct incorrect wrong right unclear clear simple obvious not that this it as".split())
+_NOT_ANSWERS = frozenset("correct incorrect wrong right unclear clear simple obvious not that this it as "
+                         "expressed given shown written stated calculated computed found obtained determined "
+                         "below above following".split())
 _SENTENCE_END = re.compile(r"[.,;!?](?:\s|$)|\s(?:which|because|since|as|so|and|but)\s")
 _MAX_EXPRESSION_CHARS = 40
 _COPULA = re.compile(r"(?:^|[\s\"'”])is\b\s*:?")
@@ -80,6 +93,20 @@ _COPULA = re.compile(r"(?:^|[\s\"'”])is\b\s*:?")
 # not "= 92 (the absolute value ...)"
 _EQUALS = re.compile(rf"(?:=|\bequals\b|\bis\s+equal\s+to\b)\s*(?:\$|\*\*|\\\(|\\\[)?\s*(?P<x>{_NUMBER})"
                      r"(?=(?:\s*(?:\*\*|\$\$?|\\\)|\\\]))*[ \t]*(?:[.,;!?](?:\s|$)|\n|$))")
+
+
+# answer.form number: a signed number (or \frac{a}{b}) with an optional unit, in optional $...$
+_UNIT = r"(?:\\(?:text|mathrm|mbox)\{[^{}]*\}|\\?%|\^\{?\\circ\}?|°|[A-Za-z]+(?:\s[A-Za-z]+)?)"
+_NUMBER_FORM = re.compile(r"^(?:\\\$|\$)?[-+]?\s*(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+|/\d+)?"
+                          rf"|\\[dt]?frac\{{\d+\}}\{{\d+\}})(?:\s*{_UNIT})?$")
+_FORM_WRAPPING = re.compile(r"^(?:\$\$?|\\\(|\\\[|\s)+|(?:\$\$?|\\\)|\\\]|[\s.])+$")
+
+
+def is_number(answer: str) -> bool:
+    """Whether ``answer`` is a number (``answer.form: number``): ``41``, ``-3``, ``1,000``,
+    ``2.5``, ``3/4``, ``\\frac{12}{7}``, ``$5``, ``41 apples``, ``50\\%``; not ``67 + 75 + 85``,
+    ``x = 5`` or ``2 * 4``."""
+    return bool(_NUMBER_FORM.match(_FORM_WRAPPING.sub("", answer.replace("\\,", "").replace("\\!", ""))))
 
 
 def _strip(span: str) -> str:
@@ -107,8 +134,9 @@ def _phrase_value(rest: str) -> str | None:
     if number and not re.match(r"\s*[-+*/^×÷(]", span[number.end():]):  # "41 apples", not "2 * 4"
         return number.group()
     words = re.findall(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", span))
-    if not span or len(span) > _MAX_EXPRESSION_CHARS or len(words) > 1 or span.lower() in _NOT_ANSWERS:
-        return None  # prose ("the answer is not obvious") or a verdict ("correct")
+    if (not span or len(span) > _MAX_EXPRESSION_CHARS or len(words) > 1 or span.lower() in _NOT_ANSWERS
+            or not re.search(r"[^\W_]", span)):
+        return None  # prose ("the answer is not obvious"), a verdict ("correct"), a cut-off "\\("
     return span  # a short expression: "\\frac{1}{2}", "Monday", "B"
 
 
@@ -160,25 +188,32 @@ def _compile(pattern: str) -> re.Pattern:
 
 @dataclass(frozen=True)
 class Extraction:
-    """A reply's final answer (None: no rule found one) and the rule that found it."""
+    """A reply's final answer (None: no rule found one, or ``answer.form`` refused what it found)
+    and the rule that found it; ``refused``: the answer the form refused (then ``answer`` is None)."""
 
     answer: str | None
     rule: str | None = None
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
 class AnswerChain:
-    """Extraction rules tried in order (names in ``ANSWER_RULES``, or ``regex`` with ``regex`` set).
+    """Extraction rules tried in order (names in ``ANSWER_RULES``, or ``regex`` with ``regex`` set),
+    and the ``form`` the answer found must have (``any`` or ``number``).
 
     Unknown names, a repeated rule, ``regex`` without a pattern (or a pattern the rules do not
-    list) and a pattern that does not compile are ConfigErrors naming what would work."""
+    list), a pattern that does not compile and an unknown form are ConfigErrors naming what would
+    work."""
 
     rules: tuple[str, ...] = DEFAULT_RULES
     regex: str | None = None
+    form: str = "any"
     _steps: tuple[tuple[str, Rule], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
+        if self.form not in FORMS:
+            raise ConfigError(f"answer.form {self.form!r} is not one of {list(FORMS)}")
         if not self.rules:
             raise ConfigError("answer.rules is empty: list at least one rule, e.g. [boxed]")
         if len(set(self.rules)) != len(self.rules):
@@ -202,33 +237,40 @@ class AnswerChain:
     @classmethod
     def from_config(cls, section) -> AnswerChain:
         """The chain of an ``answer`` config section (:class:`cat.config.AnswerConfig`)."""
-        return cls(tuple(section.rules), section.regex)
+        return cls(tuple(section.rules), section.regex, getattr(section, "form", "any"))
 
     def extract(self, text: str) -> Extraction:
-        return _extract(self._steps, text)
+        return _extract(self._steps, self.form, text)
 
     def __call__(self, text: str) -> str | None:
-        """The final answer of ``text`` (None when no rule finds one)."""
-        return _extract(self._steps, text).answer
+        """The final answer of ``text`` (None when no rule finds one or the form refuses it)."""
+        return _extract(self._steps, self.form, text).answer
 
 
 @lru_cache(maxsize=1 << 14)  # the reward, the estimators and the diagnostics all read the same rollouts
-def _extract(steps: tuple[tuple[str, Rule], ...], text: str) -> Extraction:
+def _extract(steps: tuple[tuple[str, Rule], ...], form: str, text: str) -> Extraction:
     if not text:
         return Extraction(None)
     for name, rule in steps:
         answer = rule(text)
         if answer is not None and answer.strip():
-            return Extraction(answer.strip(), name)
+            answer = answer.strip()
+            if form == "number" and not is_number(answer):
+                return Extraction(None, refused=answer)  # the reply's final answer; a later rule would read another
+            return Extraction(answer, name)
     return Extraction(None)
 
 
 def extraction_metrics(kind: str, extractions: Sequence[Extraction], rules: Sequence[str]) -> dict[str, float]:
     """``answer/{kind}_rate``: the share of ``extractions`` with an answer; ``answer/{kind}_rule/RULE``:
     the share each rule of the chain read (an answer no rule read, such as a gold label, counts
-    in the rate only)."""
+    in the rate only); ``answer/{kind}_refused``: the share whose answer ``answer.form`` refused
+    (only when one was)."""
     n = max(len(extractions), 1)
     out = {f"answer/{kind}_rate": sum(e.answer is not None for e in extractions) / n}
+    refused = sum(e.refused is not None for e in extractions)
+    if refused:
+        out[f"answer/{kind}_refused"] = refused / n
     for rule in rules:
         out[f"answer/{kind}_rule/{rule}"] = sum(e.rule == rule for e in extractions) / n
     return out

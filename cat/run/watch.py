@@ -50,6 +50,9 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
         rollout_rate = reference_rate = None
     if rollout_rate is not None:
         parts.append(f"rollouts with an answer {rollout_rate:.0%},")
+    refused = metrics.get("answer/rollout_refused", 0)
+    if refused and not rubrics:
+        parts.append(f"rollouts whose answer answer.form={config.answer.form} refused {refused:.0%},")
     if reference_rate is not None:
         parts.append(f"references with an answer {reference_rate:.0%},")
     parts.append(f"groups scored {scored}/{scored + unscored}, with differing rewards {spread:.0f},")
@@ -61,7 +64,8 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
     unrated = int(metrics.get("judge/score_failures", 0) or 0)  # judge_bon: rollouts its judge did not rate
     causes = []
     if rollout_rate is not None and rollout_rate == 0:
-        causes.append(f"no rollout has an answer that {chain} reads")
+        causes.append(f"no rollout has an answer that {chain} reads" + (
+            f" ({refused:.0%} gave an answer that is not a {config.answer.form}: answer.form)" if refused else ""))
     if unrated:
         causes.append(f"the judge gave no rating for {unrated} rollouts (judge/score_failures; the warning above "
                       f"quotes a reply), so best-of-N had no rollout to pick")
