@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import itertools
 import json
 import math
@@ -35,7 +36,7 @@ import yaml
 
 from cat.display import NOT_DEFINED, number
 from cat.errors import CatError, utf8_text
-from cat.files import write_text_atomic
+from cat.files import write_bytes_atomic, write_text_atomic
 
 
 class ReportError(CatError):
@@ -520,12 +521,12 @@ def fig_synthesize(results: list[tuple[str, dict]]):
 
 def save_png(fig, path: Path) -> None:
     """``fig`` as a PNG at ``path``, written whole or not at all; the figure is closed."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    png = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(png, format="png", dpi=110)
     finally:
         _plt().close(fig)
-    tmp.replace(path)
+    write_bytes_atomic(path, png.getvalue())
 
 
 def synthesize_figure(result: dict, path: Path, label: str) -> None:
