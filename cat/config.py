@@ -999,11 +999,12 @@ def dump_config(config: Config) -> str:
 _WARNED: set[str] = set()
 
 
-def warn_whole_config(name: str, instead: str, *, stacklevel: int = 3) -> None:
+def warn_whole_config(name: str, instead: str, *, stacklevel: int = 3,
+                      built_from: str = "its own config section") -> None:
     """The deprecation of passing the whole ``Config`` to ``name``: a DeprecationWarning at the
     caller (``stacklevel`` counts from here) and, once per name, a log line, as
     DeprecationWarnings are hidden outside ``__main__``. ``instead``: the new call."""
-    message = (f"{name} is built from its own config section, not the whole Config: "
+    message = (f"{name} is built from {built_from}, not the whole Config: "
                f"call {instead}. Passing the whole Config is deprecated")
     warnings.warn(message, DeprecationWarning, stacklevel=stacklevel)
     if name not in _WARNED:
@@ -1040,3 +1041,28 @@ def accepts_whole_config(instead: str, adapt: Callable[..., tuple[tuple, dict]])
         return call
 
     return decorate
+
+
+def read_through_settings(settings, name: str, *, kind: str, instead: dict[str, str]):
+    """``settings.name`` where ``name`` is not one of a settings dataclass's fields (its
+    ``__getattr__``): a plug-in written for the whole Config reads a section through it. The
+    section of the run's Config (the settings' ``_config``) is returned, with a DeprecationWarning
+    and, once per (kind, name), a log line that says what to read instead (``instead[name]``);
+    any other name is an AttributeError listing the fields. ``kind``: "a reward", "a reference
+    estimator"."""
+    config = settings.__dict__.get("_config")
+    fields = ", ".join(f for f in settings.__dataclass_fields__ if not f.startswith("_"))
+    if name.startswith("_") or config is None or name not in type(config).model_fields:
+        raise AttributeError(f"{type(settings).__name__} has no field {name!r} (fields: {fields})")
+    read = instead.get(name, f"a field of {type(settings).__name__} (it has none for this section yet: say which "
+                             f"setting your plug-in needs)")
+    message = (f"{kind} read config.{name}: it is built from {type(settings).__name__}, not the whole Config; read "
+               f"{read} (docs/plugins.md). Reading the Config through them is deprecated")
+    warnings.warn(message, DeprecationWarning, stacklevel=3)
+    if (kind, name) not in _WARNED_READS:  # DeprecationWarnings are hidden by default outside __main__
+        _WARNED_READS.add((kind, name))
+        logger.warning(message)
+    return getattr(config, name)
+
+
+_WARNED_READS: set[tuple[str, str]] = set()

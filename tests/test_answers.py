@@ -15,7 +15,7 @@ import pytest
 
 from cat.config import config_from_tree, load_config
 from cat.errors import ConfigError
-from cat.rewards import REWARDS
+from cat.rewards import REWARDS, RewardSettings
 from cat.rewards.answers import (
     ANSWER_RULES,
     DEFAULT_RULES,
@@ -207,9 +207,9 @@ def test_rewards_estimators_and_diagnostics_read_with_the_configured_chain():
     assert (single.answer, single.answer_rule) == ("4", "answer_phrase")
     [boxed_only] = build_estimator(paper, "single")([g])
     assert boxed_only.answer is None
-    reward = REWARDS.get("math_equivalence")(default)
+    reward = REWARDS.get("math_equivalence")(RewardSettings.from_config(default))
     assert reward(g, majority).rewards == (0.0, 1.0, 1.0, 0.0)
-    assert REWARDS.get("math_equivalence")(paper)(g, majority).rewards == (0.0, 0.0, 1.0, 0.0)
+    assert REWARDS.get("math_equivalence")(RewardSettings.from_config(paper))(g, majority).rewards == (0.0, 0.0, 1.0, 0.0)
     diag = answer_diagnostics([g], [majority], [GroupScore((0.0, 1.0, 1.0, 0.0))], **diagnosed(default))
     assert diag["answer/rollout_rate"] == 0.75 and diag["answer/reference_rate"] == 1.0
     assert {k: v for k, v in diag.items() if "_rule/" in k and v} == {
@@ -415,9 +415,9 @@ def test_under_the_number_form_a_restated_problem_earns_nothing_and_gets_no_vote
     default, number = load_config(None), load_config(None, ["answer.form=number"])
     [vote] = build_estimator(default, "majority_vote")([g])
     assert vote.answer == "67 + 75 + 85"
-    assert REWARDS.get("math_equivalence")(default)(g, vote).rewards == (1.0, 1.0, 1.0, 1.0)
+    assert REWARDS.get("math_equivalence")(RewardSettings.from_config(default))(g, vote).rewards == (1.0, 1.0, 1.0, 1.0)
     [vote] = build_estimator(number, "majority_vote")([g])
     assert vote.answer is None
-    assert REWARDS.get("math_equivalence")(number)(g, vote).rewards is None
+    assert REWARDS.get("math_equivalence")(RewardSettings.from_config(number))(g, vote).rewards is None
     diag = answer_diagnostics([g], [vote], [GroupScore(None)], **diagnosed(number))
     assert diag["answer/rollout_refused"] == 1.0 and diag["answer/rollout_rate"] == 0.0

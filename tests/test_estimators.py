@@ -9,7 +9,7 @@ from cat.config import load_config
 from cat.errors import ConfigError
 from cat.generation.hf import HFGenerator
 from cat.registry import import_plugin
-from cat.rewards import REWARDS
+from cat.rewards import REWARDS, RewardSettings
 from cat.rewards.answers import AnswerChain
 from cat.teacher.anchor import build_anchor
 from cat.teacher.estimators import (
@@ -65,7 +65,7 @@ def test_majority_estimator_and_single_and_gold():
 
 
 def test_unparsable_reference_leaves_group_unscored_not_zero():
-    reward = REWARDS.get("math_equivalence")(CONFIG)
+    reward = REWARDS.get("math_equivalence")(RewardSettings.from_config(CONFIG))
     g = group(["\\boxed{4}", "\\boxed{5}"])
     score = reward(g, Reference(text="I could not decide", answer=None, source="synthesis"))
     assert score.rewards is None and "no final answer" in score.reason
@@ -244,7 +244,7 @@ def test_a_plugin_estimator_written_for_the_whole_config_still_runs_with_a_depre
                                      meta={"index": index, "votes": votes}, answer_rule="boxed"))
             return out
 
-    monkeypatch.setattr("cat.teacher.estimators._WARNED", set())  # the log says it once per process
+    monkeypatch.setattr("cat.config._WARNED_READS", set())  # the log says it once per process
     g = group(["\\boxed{4}", "\\boxed{5}", "no answer", "\\boxed{5}"])
     with pytest.warns(DeprecationWarning) as caught:
         old = build_estimator(CONFIG, "old_style_majority")

@@ -9,7 +9,7 @@ from test_rubrics import ScriptedBackend, make_judge
 
 from cat.config import load_config
 from cat.errors import ConfigError
-from cat.rewards import REWARDS, RewardContext, build_rewards
+from cat.rewards import REWARDS, RewardContext, RewardSettings, build_rewards
 from cat.run.trainer import Trainer
 from cat.types import Completion, Group, Prompt, Reference
 
@@ -26,7 +26,7 @@ def group(texts, lengths=None):
 def test_empty_and_answerless_completions_score_zero_and_are_counted():
     """A rollout that gives no answer did not reach the reference: 0, as in TRL's accuracy reward.
     The group still has signal; answer_rate says how many rollouts answered at all."""
-    reward = REWARDS.get("math_equivalence")(load_config(None))
+    reward = REWARDS.get("math_equivalence")(RewardSettings.from_config(load_config(None)))
     score = reward(group(["\\boxed{4}", "", "   ", "I think it is four"]), Reference(text="", answer="4", source="x"))
     assert score.rewards == (1.0, 0.0, 0.0, 0.0) and score.info["answer_rate"] == 0.25
 
@@ -47,7 +47,7 @@ def test_length_penalty_is_added_above_the_threshold():
 
 def test_model_as_judge_reward(tmp_path):
     config = load_config(None, ["reward.name=judge_equivalence"])
-    reward = REWARDS.get("judge_equivalence")(config)
+    reward = REWARDS.get("judge_equivalence")(RewardSettings.from_config(config))
     reward.open(None)
     reward.judge = make_judge(ScriptedBackend(["yes", "no", "yes", "garbled", "garbled", "garbled"]), tmp_path)
     from cat.templates import load_template

@@ -10,7 +10,7 @@ from test_rubrics import ScriptedBackend, make_judge
 
 from cat.config import load_config
 from cat.errors import DataError
-from cat.rewards import REWARDS, RewardContext
+from cat.rewards import REWARDS, RewardContext, RewardSettings
 from cat.tasks.data import load_prompts
 from cat.tasks.evaluate import evaluate_rubric
 from cat.types import Completion, Group, Reference
@@ -168,7 +168,7 @@ def test_physician_rubric_rewards_show_the_judge_the_conversation(tmp_path):
     [prompt] = load_prompts(str(REAL), format="healthbench", system_prompt="Answer briefly.")[1:2]
     config = load_config(None, ["reward.name=rubric", "rubric.source=dataset", "data.format=healthbench",
                                 "estimator.name=gold"])
-    reward = REWARDS.get("rubric")(config)
+    reward = REWARDS.get("rubric")(RewardSettings.from_config(config))
     backend = ScriptedBackend(grader_replies(True, True, False, True, False, False, True, False))
     reward.judge = make_judge(backend, tmp_path)
     group = Group(prompt=prompt, prompt_ids=(1,), completions=tuple(

@@ -16,12 +16,14 @@ from cat.rewards import (
     REWARDS,
     GroupReward,
     RewardContext,
+    RewardSettings,
     WeightedRewards,
+    build_rewards,
     from_completion_fn,
     register_reward,
 )
 from cat.teacher.estimators import register_estimator
-from cat.types import Reference
+from cat.types import GroupScore, Reference
 
 GOLD = str(ROOT / "experiments" / "tiny_arith_gold.yaml")
 
@@ -55,9 +57,9 @@ def test_trl_none_means_not_applicable():
         assert reference == ["r"] * len(completions)
         return [1.0 if len(c) < 3 else None for c in completions]
 
-    config = load_config(None)
-    adapted = from_completion_fn(only_short)(config)
-    both = WeightedRewards([("math_equivalence", 1.0, REWARDS.get("math_equivalence")(config)),
+    settings = RewardSettings.from_config(load_config(None))
+    adapted = from_completion_fn(only_short)(settings)
+    both = WeightedRewards([("math_equivalence", 1.0, REWARDS.get("math_equivalence")(settings)),
                             ("only_short", 0.5, adapted)])
     g = group(["\\boxed{4}", "ab", "\\boxed{5}"])
     out = both.score([g], [Reference(text="r", answer="4", source="x")], RewardContext())
@@ -126,3 +128,57 @@ def test_the_python_api_trains_from_a_dataset_and_reward_callables(tmp_path, tin
     with pytest.raises(ConfigError, match="different config"):
         cat.train(config, train_dataset=Dataset.from_list(rows_[:12]), output_dir=tmp_path / "run",
                   overrides=[f"model.name_or_path={tiny_world / 'model'}", "eval.path=null", "run.steps=2"])
+
+
+def test_rewards_are_built_from_their_settings_not_the_whole_config():
+    config = load_config(None, ["reward.mode=strict", "answer.rules=[boxed]", "run.steps=7",
+                                "data.label_fields=[solution]"])
+    settings = RewardSettings.from_config(config)
+    assert (settings.reward, settings.judge, settings.rubric, settings.anchor) == (
+        config.reward, config.judge, config.rubric, config.anchor)
+    assert settings.answer_of.rules == ("boxed",) and settings.steps == 7
+    assert settings.label_columns == ("answer", "solution")
+    reward = REWARDS.get("math_equivalence")(settings)
+    assert (reward.mode, reward.answer_of.rules) == ("strict", ("boxed",))
+    assert reward.settings is settings and reward.config is settings  # the name plug-ins read
+    with pytest.raises(AttributeError, match="no field 'nope' \\(fields: reward, answer_of, judge, rubric"):
+        _ = settings.nope
+    with pytest.raises(TypeError, match="built from RewardSettings, not dict"):
+        REWARDS.get("math_equivalence")({"reward": {}})
+
+
+def test_a_plugin_reward_written_for_the_whole_config_still_runs_with_a_deprecation_warning(caplog, monkeypatch):
+    """The plug-in contract before RewardSettings: ``cls(config)`` reading ``self.config``. It is
+    built as every reward is; its reads of the reward section need no change, and a read of a
+    section the settings leave out works, with a warning that names what to read instead."""
+
+    @register_reward("old_style_exact")
+    class OldStyle(GroupReward):
+        def score_group(self, group, reference):
+            bonus = self.config.reward.length_penalty  # a field of the settings: no warning
+            answer_field = self.config.data.answer_field  # the whole Config's: deprecated
+            assert answer_field == "answer"
+            return GroupScore(rewards=tuple(float(t == reference.text) + bonus for t in group.texts))
+
+    try:
+        monkeypatch.setattr("cat.config._WARNED_READS", set())  # the log says it once per process
+        config = load_config(None, ["reward.functions=[old_style_exact]"])
+        reward = build_rewards(config)
+        g = group(["a", "b"])
+        with pytest.warns(DeprecationWarning) as caught:
+            out = reward.score([g], [Reference(text="a", answer=None, source="x")], RewardContext())
+        assert out.scores[0].rewards == (1.0, 0.0)
+        said = [str(w.message) for w in caught]
+        assert len(said) == 1 and "a reward read config.data" in said[0] and "settings.label_columns" in said[0]
+        assert any("a reward read config.data" in r.getMessage() for r in caplog.records)  # the log says it too
+    finally:
+        REWARDS._items.pop("old_style_exact")
+
+
+def test_a_builtin_reward_built_from_a_whole_config_still_works_with_a_deprecation_warning():
+    config = load_config(None)
+    g = group(["\\boxed{4}", "\\boxed{5}"])
+    ref = Reference(text="\\boxed{4}", answer="4", source="x")
+    with pytest.warns(DeprecationWarning, match="a reward is built from RewardSettings, not the whole Config"):
+        old = REWARDS.get("math_equivalence")(config)
+    assert old.score_group(g, ref) == REWARDS.get("math_equivalence")(RewardSettings.from_config(config)).score_group(g, ref)

@@ -14,7 +14,7 @@ pytest.importorskip("reasoning_gym")
 import cat  # noqa: E402
 from cat.config import config_from_tree, load_config  # noqa: E402
 from cat.errors import ConfigError, TrainingHalted  # noqa: E402
-from cat.rewards import REWARDS, RewardError  # noqa: E402
+from cat.rewards import REWARDS, RewardError, RewardSettings  # noqa: E402
 from cat.tasks.data import load_split  # noqa: E402
 from cat.tasks.evaluate import grade  # noqa: E402
 from cat.tasks.reasoning_gym import GymEntry  # noqa: E402
@@ -117,7 +117,7 @@ def completion(text):
 def test_the_reward_pays_the_scorer_and_refuses_labels_free_estimators():
     config = gym(estimator={"name": "gold"}, reward={"name": "reasoning_gym"})
     REWARDS.get("reasoning_gym").preflight(config)
-    reward = REWARDS.get("reasoning_gym")(config)
+    reward = REWARDS.get("reasoning_gym")(RewardSettings.from_config(config))
     [prompt] = load_split(gym({"limit": 1}, {"path": None}), "train")
     group = Group(prompt, (1,), tuple(completion(t) for t in
                                       ["15 - 43 - 75 = -103.", "The answer is 103", "no idea", "\\boxed{1-103}"]))

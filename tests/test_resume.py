@@ -183,3 +183,20 @@ def test_changed_config_is_refused_with_a_diff(tmp_path, tiny_world):
     assert older.returncode == 0 and "nothing to do" in older.stderr + older.stdout, older.stderr[-2000:]
     newer = cli("train", config, "--output-dir", run_dir, *overrides(tiny_world, 2, "grpo.dual_clip=3"))
     assert newer.returncode == 2 and "+  dual_clip: 3.0" in newer.stderr  # a new option set otherwise is a change
+
+
+def test_a_run_whose_config_yaml_is_gone_is_refused_not_appended_to(tmp_path, tiny_world):
+    """metrics.jsonl and checkpoints with no config.yaml beside them (deleted, or copied without it):
+    a fresh start would append its rows to the old run's and rotate its checkpoints away, so the
+    run is refused, naming what is there, and nothing in the folder changes."""
+    config = str(ROOT / "experiments" / "tiny_arith_gold.yaml")
+    run_dir = tmp_path / "run"
+    first = cli("train", config, "--output-dir", str(run_dir), "--no-progress", *overrides(tiny_world, 2))
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run_dir / "config.yaml").unlink()
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    again = cli("train", config, "--output-dir", str(run_dir), "--no-progress", *overrides(tiny_world, 2))
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert "holds a run's metrics.jsonl and checkpoints but no config.yaml" in again.stderr
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before

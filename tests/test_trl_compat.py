@@ -10,7 +10,7 @@ from conftest import ROOT
 import cat
 from cat.config import TRL_NAMES, Config, load_config
 from cat.errors import ConfigError, DataError
-from cat.rewards import RewardContext, RewardError, from_completion_fn
+from cat.rewards import RewardContext, RewardError, RewardSettings, from_completion_fn
 from cat.tasks.data import load_prompts
 from cat.teacher import firewall
 from cat.types import Completion, Group, Reference
@@ -81,7 +81,7 @@ def test_a_trl_reward_function_is_called_as_trl_calls_it(tmp_path):
     path = write_rows(tmp_path, [{"prompt": "What is 1+1?", "solution": "2", "level": 1},
                                  {"prompt": chat, "solution": "5", "level": 2}])
     plain, conv = load_prompts(path, answer_field="solution")
-    reward = from_completion_fn(trl_reward)(load_config(None))
+    reward = from_completion_fn(trl_reward)(RewardSettings.from_config(load_config(None)))
     texts = ["2", "two, surely"]
     comps = tuple(Completion(text=t, token_ids=(5, 6), logprobs=(0.0, 0.0), finish_reason="stop") for t in texts)
     groups = [Group(prompt=p, prompt_ids=(1,), completions=comps) for p in (plain, conv)]
@@ -141,10 +141,10 @@ def test_what_a_trl_reward_cannot_take_is_named_and_its_metrics_are_kept(tmp_pat
     assert group.prompt.meta == {"solution": "2"} and seen.prompt.meta == {}
     with pytest.raises(RewardError, match=r"reward function accuracy cannot be called .*missing a required argument: "
                                           r"'solution'.*withholds the label columns .*'solution'"):
-        from_completion_fn(accuracy)(config).score([seen], [ref], RewardContext())
+        from_completion_fn(accuracy)(RewardSettings.from_config(config)).score([seen], [ref], RewardContext())
     gold = load_config(None, ["estimator.name=gold"])  # reference-based GRPO reads labels by definition
     [whole] = firewall.view(gold, [group])
-    out = from_completion_fn(accuracy)(gold).score([whole], [ref], RewardContext())
+    out = from_completion_fn(accuracy)(RewardSettings.from_config(gold)).score([whole], [ref], RewardContext())
     assert out.scores[0].rewards == (1.0,) and out.scores[0].info == {"accuracy/seen": 1.0}
 
 

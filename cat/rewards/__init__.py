@@ -20,6 +20,7 @@ from cat.rewards.base import (
     RewardContext,
     RewardError,
     RewardFunction,
+    RewardSettings,
     Scored,
     WeightedRewards,
     build_rewards,
@@ -30,6 +31,6 @@ from cat.rewards.base import (
 )
 from cat.rewards.math import answers_match
 
-__all__ = ["REWARDS", "Reward", "RewardFunction", "GroupReward", "RewardContext", "Scored", "RewardError",
+__all__ = ["REWARDS", "Reward", "RewardFunction", "RewardSettings", "GroupReward", "RewardContext", "Scored", "RewardError",
            "WeightedRewards", "register_reward", "from_completion_fn", "build_rewards", "preflight_rewards",
            "reward_names", "answers_match", "AnswerChain", "Extraction", "ANSWER_RULES", "register_answer_rule"]

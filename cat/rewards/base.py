@@ -29,13 +29,17 @@ from dataclasses import dataclass, field
 from math import isnan
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from cat.config import Config, read_through_settings, warn_whole_config
 from cat.errors import CatError, ConfigError
 from cat.registry import Registry
 from cat.rewards.answers import AnswerChain
 from cat.rewards.math import answers_match
 from cat.types import Group, GroupScore, Reference
+
+if TYPE_CHECKING:
+    from cat.config import AnchorConfig, JudgeConfig, RewardConfig, RubricConfig
 
 NEEDS = frozenset({"anchor", "run_dir"})
 
@@ -78,23 +82,95 @@ class Reward(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class RewardSettings:
+    """What a reward is built from: the sections of the run it may read, not the whole config tree
+    (``from_config`` picks them, in this one place).
+
+    ``reward``, ``judge``, ``rubric``, ``anchor``: those config sections themselves (``anchor``:
+    how the anchor writes a rubric). ``answer_of``: the run's answer chain (config ``answer``).
+    ``steps``: the run's length (``run.steps``; TRL's ``trainer_state.max_steps``).
+    ``label_columns``: the columns a label-free run withholds (``data.answer_field``,
+    ``data.label_fields``). ``open_judge(cache_path)`` builds the run's judge (config ``judge``),
+    to be called when the reward is opened, since a reward is built before the run loads any model.
+
+    A plug-in reward written for the whole Config keeps working: it reads ``self.config.reward``
+    as before (a field here), and a section that is not a field (``config.data``) is read from
+    the run's Config with a DeprecationWarning naming what to read instead.
+    """
+
+    reward: RewardConfig
+    answer_of: AnswerChain
+    judge: JudgeConfig
+    rubric: RubricConfig
+    anchor: AnchorConfig
+    steps: int
+    label_columns: tuple[str, ...]
+    open_judge: Callable[[Path | None], Any] | None = field(default=None, repr=False, compare=False)
+    _config: Config | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_config(cls, config: Config) -> RewardSettings:
+        """The settings a run of ``config`` builds its rewards with."""
+        from cat.rewards.judge import JudgeOpener
+
+        return cls(reward=config.reward, answer_of=AnswerChain.from_config(config.answer), judge=config.judge,
+                   rubric=config.rubric, anchor=config.anchor, steps=config.run.steps,
+                   label_columns=(config.data.answer_field, *config.data.label_fields),
+                   open_judge=JudgeOpener(config), _config=config)
+
+    def __getattr__(self, name: str):
+        # only names that are not fields get here: the deprecated read of the whole Config
+        return read_through_settings(self, name, kind="a reward", instead=_READ_INSTEAD)
+
+
+_READ_INSTEAD = {
+    "answer": "settings.answer_of (the run's AnswerChain, built from config.answer)",
+    "run": "settings.steps (run.steps)",
+    "data": "settings.label_columns (data.answer_field, data.label_fields)",
+    "generation": "settings.open_judge(cache_path) for the judge (it runs with the run's generation settings)",
+    "model": "settings.open_judge(cache_path) for the judge (it runs in model.dtype on model.device)",
+}
+"""Where the settings a reward used to read from the whole Config now are."""
+
+
+def reward_settings(settings) -> RewardSettings:
+    """``settings`` as :class:`RewardSettings`: a whole Config (a reward built the old way,
+    ``cls(config)``) is turned into them with a DeprecationWarning."""
+    if isinstance(settings, RewardSettings):
+        return settings
+    if not isinstance(settings, Config):
+        raise TypeError(f"a reward is built from RewardSettings, not {type(settings).__name__}: "
+                        "RewardSettings.from_config(config), or build_rewards(config)")
+    warn_whole_config("a reward", "cat.rewards.build_rewards(config), or cls(RewardSettings.from_config(config))",
+                      stacklevel=5, built_from="RewardSettings")  # 5: a built-in's __init__, then its caller
+    return RewardSettings.from_config(settings)
+
+
 class RewardFunction:
-    """Base of every reward: built once per run from the Config, opened with the run directory,
-    called once per step on the step's groups (a multi-process run: this rank's groups).
+    """Base of every reward: built once per run from :class:`RewardSettings`, opened with the run
+    directory, called once per step on the step's groups (a multi-process run: this rank's groups).
 
     ``needs`` (class or instance attribute): ``"anchor"`` to receive the frozen pi_0 anchor in
     ``ctx.anchor``; ``"run_dir"`` to be opened with the run directory (caches). ``judge``: a
-    reward that owns a judge exposes it here (it also grades HealthBench evaluations)."""
+    reward that owns a judge exposes it here (it also grades HealthBench evaluations).
+    ``self.settings`` holds the settings (``self.config`` is the same object, the name plug-ins
+    written for the whole Config read)."""
 
     needs: frozenset[str] = frozenset()
     judge: Any = None
 
-    def __init__(self, config):
-        self.config = config
+    def __init__(self, settings: RewardSettings):
+        self.settings = reward_settings(settings)
+
+    @property
+    def config(self) -> RewardSettings:
+        return self.settings
 
     @classmethod
     def preflight(cls, config) -> None:
-        """Check templates and settings before any model is loaded (raise ConfigError)."""
+        """Check templates and settings before any model is loaded (raise ConfigError). It sees the
+        whole Config, as it checks combinations (a reward that needs the gold estimator)."""
 
     def open(self, run_dir: Path | None) -> None:
         """Acquire what the reward holds for the run (a judge, a cache file); fail fast here."""
@@ -137,11 +213,10 @@ class MathEquivalence(GroupReward):
     No reference answer -> the group is not scored (no signal), never all zeros.
     """
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.mode = config.reward.mode
-        self.timeout_s = config.reward.timeout_s
-        self.answer_of = AnswerChain.from_config(config.answer)
+    def __init__(self, settings: RewardSettings):
+        super().__init__(settings)
+        self.mode, self.timeout_s = self.settings.reward.mode, self.settings.reward.timeout_s
+        self.answer_of = self.settings.answer_of
 
     def __call__(self, group: Group, reference: Reference) -> GroupScore:
         return self.score_group(group, reference)
@@ -165,7 +240,7 @@ class LengthPenalty(GroupReward):
     ``reward.length_penalty`` is not 0 and ``reward.functions`` does not list it."""
 
     def score_group(self, group: Group, reference: Reference) -> GroupScore:
-        r = self.config.reward
+        r = self.settings.reward
         over = [c.length > r.length_penalty_tokens for c in group.completions]
         return GroupScore(rewards=tuple(r.length_penalty * o for o in over),
                           info={"length_penalized": sum(over) / max(len(over), 1)})
@@ -192,7 +267,7 @@ def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
 
     class _Adapted(RewardFunction):
         def score(self, groups: list[Group], references: list[Reference], ctx: RewardContext) -> Scored:
-            state = SimpleNamespace(global_step=ctx.step, max_steps=self.config.run.steps)
+            state = SimpleNamespace(global_step=ctx.step, max_steps=self.settings.steps)
             return Scored([self.score_group(g, r, state) for g, r in zip(groups, references, strict=True)])
 
         def score_group(self, group: Group, reference: Reference, state) -> GroupScore:
@@ -218,8 +293,8 @@ def from_completion_fn(fn: Callable[..., list[float | None]]) -> type:
                     f"reward function {fn.__name__} cannot be called with what a reward receives ({exc}): prompts, "
                     f"completions, completion_ids, trainer_state, log_metric, log_extra, reference, "
                     f"reference_answer and the columns {sorted(columns) or '(none)'}. A label-free run withholds "
-                    f"the label columns (data.answer_field={self.config.data.answer_field!r}, data.label_fields="
-                    f"{self.config.data.label_fields}); under estimator gold the label is reference_answer. Give "
+                    f"the label columns {list(self.settings.label_columns)} (data.answer_field, data.label_fields); "
+                    f"under estimator gold the label is reference_answer. Give "
                     "the function **kwargs and read what it needs from them"
                 ) from None
             scores = fn(**kwargs)
@@ -337,11 +412,12 @@ def preflight_rewards(config) -> None:
 
 
 def build_rewards(config) -> WeightedRewards:
-    """The run's reward functions, built from the config and combined."""
+    """The run's reward functions, built from the config's :class:`RewardSettings` and combined."""
     functions = []
+    settings = RewardSettings.from_config(config)
     for name, weight in reward_names(config):
         try:
-            fn = REWARDS.get(name)(config)
+            fn = REWARDS.get(name)(settings)
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - a plug-in's constructor, named

@@ -61,7 +61,7 @@ from cat.generation.chat import RequestBudget
 from cat.templates import Template, load_template
 
 if TYPE_CHECKING:
-    from cat.config import GenerationConfig, JudgeConfig
+    from cat.config import Config, GenerationConfig, JudgeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -567,3 +567,18 @@ def judge_template(judge: JudgeConfig, *, conversation: bool = False) -> Templat
         allowed = {"points"} if key == "criterion" else set()
         return load_template(name, kind="rubrics", required={"response", key, "conversation"}, allowed=allowed)
     return load_template(name, kind="rubrics", required={"response", key}, allowed=set())
+
+
+class JudgeOpener:
+    """The run's judge (config ``judge``) built when called, not before: a reward or an estimator
+    is built before the run loads any model. Its local model runs in the policy's dtype on its
+    device (``model.dtype``, ``model.device``), sampling as ``generation`` says, seeded by
+    ``run.seed``; its verdicts are cached at ``cache_path`` (None: in memory only)."""
+
+    def __init__(self, config: Config):
+        self._judge, self._generation = config.judge, config.generation
+        self._dtype, self._device, self._seed = config.model.dtype, config.model.device, config.run.seed
+
+    def __call__(self, cache_path: Path | None = None) -> Judge:
+        return Judge.from_config(self._judge, cache_path=cache_path, generation=self._generation, dtype=self._dtype,
+                                 device=self._device, seed=self._seed)

@@ -14,8 +14,7 @@ reward); evaluation counts only full credit as correct (``cat.tasks.evaluate.gra
 from __future__ import annotations
 
 from cat.errors import ConfigError
-from cat.rewards.answers import AnswerChain
-from cat.rewards.base import GroupReward, RewardError, register_reward
+from cat.rewards.base import GroupReward, RewardError, RewardSettings, register_reward
 from cat.types import Group, GroupScore, Reference
 
 
@@ -24,9 +23,9 @@ class ReasoningGymScore(GroupReward):
     """Per rollout: the task's ``score_answer`` of the answer the run's answer chain reads (no
     answer: 0). A prompt without a task scorer (not from ``reasoning-gym:``) stops the step."""
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.answer_of = AnswerChain.from_config(config.answer)
+    def __init__(self, settings: RewardSettings):
+        super().__init__(settings)
+        self.answer_of = self.settings.answer_of
 
     @classmethod
     def preflight(cls, config) -> None:

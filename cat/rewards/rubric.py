@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cat.rewards.base import RewardContext, RewardFunction, Scored, register_reward
+from cat.rewards.base import RewardContext, RewardFunction, RewardSettings, Scored, register_reward
 from cat.rewards.criteria import Criterion, Rubric, propose_rubrics
 from cat.rewards.judge import JudgeItem
 from cat.templates import load_template
@@ -67,8 +67,8 @@ class _JudgedReward(RewardFunction):
         if cls is RubricReward and config.rubric.source == "self_proposed":
             proposal_template(config.rubric)
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, settings: RewardSettings):
+        super().__init__(settings)
         self.judge = None
 
     def open(self, run_dir: Path | None) -> None:
@@ -82,18 +82,14 @@ class _JudgedReward(RewardFunction):
         self.judge = None  # a local judge's model and engine go with it
 
     def _judge(self, run_dir: Path | None):
-        from cat.rewards.judge import Judge
-
-        c = self.config
-        return Judge.from_config(c.judge, cache_path=None if run_dir is None else Path(run_dir) / "verdicts.jsonl",
-                                 generation=c.generation, dtype=c.model.dtype, device=c.model.device, seed=c.run.seed)
+        return self.settings.open_judge(None if run_dir is None else Path(run_dir) / "verdicts.jsonl")
 
 
 @register_reward("rubric")
 class RubricReward(_JudgedReward):
-    def __init__(self, config):
-        super().__init__(config)
-        if config.rubric.source == "self_proposed":  # the anchor writes each group's rubric
+    def __init__(self, settings: RewardSettings):
+        super().__init__(settings)
+        if self.settings.rubric.source == "self_proposed":  # the anchor writes each group's rubric
             self.needs = frozenset({"run_dir", "anchor"})
 
     def score(self, groups: list[Group], references: list[Reference], ctx: RewardContext) -> Scored:
@@ -101,12 +97,12 @@ class RubricReward(_JudgedReward):
         if self.judge is None:
             self.open(None)
         stats: dict[str, float] = {}
-        dataset = self.config.rubric.source == "dataset"
+        dataset = self.settings.rubric.source == "dataset"
         if dataset:
             rubrics = [Rubric(criteria=g.prompt.rubric) if g.prompt.rubric else None for g in groups]
         else:
-            rubrics, stats = propose_rubrics(anchor, groups, references, self.config.rubric, seed=seed,
-                                             anchor_settings=self.config.anchor)
+            rubrics, stats = propose_rubrics(anchor, groups, references, self.settings.rubric, seed=seed,
+                                             anchor_settings=self.settings.anchor)
         items, owners = [], []
         for gi, (group, rubric) in enumerate(zip(groups, rubrics, strict=True)):
             if rubric is None:
@@ -128,7 +124,7 @@ class RubricReward(_JudgedReward):
         for gi, (group, rubric, ref) in enumerate(zip(groups, rubrics, references, strict=True)):
             if rubric is None:
                 reason = "no reference to build a rubric from" if not ref.text.strip() else "rubric proposal failed"
-                if self.config.rubric.source == "dataset":
+                if self.settings.rubric.source == "dataset":
                     reason = "example has no rubric"
                 scores.append(GroupScore(rewards=None, reason=reason))
                 audit.append({"prompt": group.prompt.text, "reference": ref.text, "rubric": None, "reason": reason})

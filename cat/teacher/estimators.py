@@ -25,9 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from cat.config import read_through_settings
 from cat.generation import row_seed
 from cat.registry import Registry
 from cat.rewards.answers import AnswerChain
+from cat.rewards.judge import JudgeOpener
 from cat.rewards.math import answers_match
 from cat.templates import load_template, score_template
 from cat.types import Group, Reference
@@ -72,24 +74,12 @@ class EstimatorSettings:
         """The settings a run of ``config`` builds its estimator with."""
         return cls(estimator=config.estimator, answer_of=AnswerChain.from_config(config.answer),
                    mode=config.reward.mode, timeout_s=config.reward.timeout_s, orders=config.anchor.orders,
-                   judge_score_template=config.judge.score_template, open_judge=_JudgeOpener(config),
+                   judge_score_template=config.judge.score_template, open_judge=JudgeOpener(config),
                    _config=config)
 
     def __getattr__(self, name: str):
         # only names that are not fields get here: the deprecated read of the whole Config
-        config = self.__dict__.get("_config")
-        if name.startswith("_") or config is None or name not in type(config).model_fields:
-            raise AttributeError(f"EstimatorSettings has no field {name!r} (fields: "
-                                 f"{', '.join(f for f in self.__dataclass_fields__ if not f.startswith('_'))})")
-        instead = _READ_INSTEAD.get(name, "a field of EstimatorSettings (this section has none yet: say which "
-                                          "setting your estimator needs)")
-        message = (f"a reference estimator read config.{name}: estimators are built from EstimatorSettings, not the "
-                   f"whole Config; read {instead} (docs/plugins.md). Reading the Config through them is deprecated")
-        warnings.warn(message, DeprecationWarning, stacklevel=2)
-        if name not in _WARNED:  # DeprecationWarnings are hidden by default outside __main__: say it in the log too
-            _WARNED.add(name)
-            logger.warning(message)
-        return getattr(config, name)
+        return read_through_settings(self, name, kind="a reference estimator", instead=_READ_INSTEAD)
 
 
 _READ_INSTEAD = {
@@ -99,23 +89,6 @@ _READ_INSTEAD = {
     "judge": "settings.judge_score_template and settings.open_judge() (judge.score_template, the judge itself)",
 }
 """Where the settings an estimator used to read from the whole Config now are."""
-
-_WARNED: set[str] = set()
-
-
-class _JudgeOpener:
-    """``EstimatorSettings.open_judge``: the run's judge (config ``judge``), built when called (no
-    verdict cache), its local model in the policy's dtype on its device."""
-
-    def __init__(self, config: Config):
-        self._judge, self._generation = config.judge, config.generation
-        self._dtype, self._device, self._seed = config.model.dtype, config.model.device, config.run.seed
-
-    def __call__(self) -> Judge:
-        from cat.rewards.judge import Judge
-
-        return Judge.from_config(self._judge, cache_path=None, generation=self._generation, dtype=self._dtype,
-                                 device=self._device, seed=self._seed)
 
 
 def estimator_settings(settings) -> EstimatorSettings:

@@ -95,7 +95,7 @@ def run_rubric_test_time(config, names: list[str], sizes: list[int], *, verdicts
     """Every arm of ``names`` at every G of ``sizes``, on the same rollouts, graded on the physician
     rubric. ``verdicts``: a JSONL verdict cache the judges share with later runs (None: this run's
     memory only)."""
-    from cat.rewards import RewardContext
+    from cat.rewards import RewardContext, RewardSettings
     from cat.rewards.judge import Judge
     from cat.rewards.rubric import RubricReward
     from cat.templates import score_template
@@ -140,8 +140,8 @@ def run_rubric_test_time(config, names: list[str], sizes: list[int], *, verdicts
         seconds["judge_best_of_n"] = time.perf_counter() - start
     selector = None
     if "rubric_best_of_n" in arms:  # always self-proposed, whatever rubric.source says for training
-        selector = RubricReward(config.model_copy(update={"rubric": config.rubric.model_copy(
-            update={"source": "self_proposed"})}))
+        selector = RubricReward(RewardSettings.from_config(config.model_copy(update={"rubric": config.rubric.model_copy(
+            update={"source": "self_proposed"})})))
         selector.judge = judge
     for g in sizes:
         groups = [Group(prompt=p, prompt_ids=tuple(i), completions=tuple(cs[:g]))

@@ -75,11 +75,18 @@ def _prepare_run_dir(run_dir: Path, config, *, allow_change: bool):
 
     saved = run_dir / "config.yaml"
     text = dump_config(config)
+    records = [name for name, there in (("metrics.jsonl", (run_dir / "metrics.jsonl").exists()),
+                                        ("checkpoints", ckpt.latest_checkpoint(run_dir) is not None)) if there]
     if not saved.exists():
+        if records:  # a fresh start would append to another run's metrics and rotate away its checkpoints
+            raise ConfigError(
+                f"{run_dir} holds a run's {' and '.join(records)} but no config.yaml, so whether this config continues "
+                f"that run cannot be told: move them away (or put the run's config.yaml back to resume it), or choose "
+                f"another --output-dir")
         write_text_atomic(saved, text)
         return None
     old = saved.read_text()
-    progress = (run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(run_dir) is not None
+    progress = bool(records)
     if old != text and (not progress or same_run(old, text)):
         write_text_atomic(saved, text)  # nothing to protect, or the same run spelled another way (moved, say)
     elif old != text:
