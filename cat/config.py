@@ -305,8 +305,9 @@ class AnswerConfig(_Section):
     """What the answer found must be. ``any``: whatever the first rule finds. ``number``: a number
     (``41``, ``-3``, ``2.5``, ``3/4``, ``\\frac{12}{7}``, a unit after it allowed); a reply whose
     final answer is an expression or an equation (the problem restated, ``\\boxed{67 + 75 + 85}``)
-    has no answer, so it earns nothing, gets no vote and is no reference. Set it on numeric
-    tasks to close the cheapest label-free hack (``cat.rewards.answers``)."""
+    has no answer, so it earns nothing, gets no vote and is no reference; evaluation reads the
+    policy's replies the same way (compare arms under one form). Set it on numeric tasks to close
+    the cheapest label-free hack (``cat.rewards.answers``)."""
 
     @model_validator(mode="after")
     def _check_chain(self) -> AnswerConfig:

@@ -89,6 +89,7 @@ def test_boxed(text, expected):
     # and cut off at max_new_tokens, or prose (Qwen2.5-Coder-0.5B, results/qwen05_lora_17)
     ("Therefore, the final answer is \\(\\", None),
     ("The final answer is expressed as a single number, without any intermediate steps.", None),
+    ("The answer is below:\n42", None),  # an introduction, not an answer (the chain reads 42 later)
 ])
 def test_answer_phrase(text, expected):
     assert answer_phrase(text) == expected
@@ -357,16 +358,19 @@ def test_extracted_answers_match_a_human_reading():
     assert set(disagree) == set(MISREAD), disagree
 
 
-@pytest.mark.parametrize("answer", ["41", "-3", "+7", "1,000", "2.5", "3/4", "\\frac{12}{7}", "-\\frac{12}{7}",
-                                    "\\dfrac{1}{2}", "$5", "\\$5", "41 apples", "41 \\text{ apples}", "50\\%",
-                                    "90^\\circ", "\\(41\\)", "41.", "1\\,000"])
+@pytest.mark.parametrize("answer", [
+    "41", "-3", "+7", "1,000", "1{,}000", "1\\,000", "2.5", ".5", "-.5", "3.", "3/4", "\u22125",
+    "\\frac{12}{7}", "-\\frac{12}{7}", "\\frac{-1}{2}", "\\dfrac{1}{2}", "\\dfrac12", "\\frac12",
+    "$5", "\\$5", "-\\$5", "41 apples", "41 \\text{ apples}", "5\\ \\text{m}", "5~\\text{cm}", "5\\;\\text{m}",
+    "5 \\text{cm}^2", "5 \\mathrm{cm}^{2}", "50 km/h", "50\\%", "90^\\circ", "\\(41\\)", "41.",
+    "\\text{5}", "\\mathbf{5}", "\\textbf{5}", "**5**", '"5"', "5,"])
 def test_a_number_is_a_number(answer):
     assert is_number(answer)
 
 
 @pytest.mark.parametrize("answer", ["67 + 75 + 85", "5 - 9", "2 * 4", "x = 5", "2 = 0", "3 + 4 - 7 = 0",
-                                    "\\frac{a}{b}", "Monday", "", "1,00", "- 3 - 0 - 3",
-                                    "\\text{The final answer is } 15 - 43 - 75"])
+                                    "\\frac{a}{b}", "Monday", "", "1,00", "- 3 - 0 - 3", "5x", "3 y", "2 pi",
+                                    "1e5", "\\text{The final answer is } 15 - 43 - 75"])
 def test_an_expression_or_an_equation_is_not(answer):
     assert not is_number(answer)
 
@@ -378,6 +382,7 @@ def test_the_number_form_refuses_what_the_first_rule_found_without_trying_the_ne
     assert AnswerChain().extract(restated) == Extraction("3 - 3 - 0 - 3", "boxed")
     assert chain.extract("The final answer is \\(\\boxed{-3}\\).") == Extraction("-3", "boxed")
     assert chain.extract("no number here") == Extraction(None)
+    assert chain("The answer is below:\n42") == "42"
     assert extraction_metrics("rollout", [chain.extract(restated), chain.extract("\\boxed{4}")], ["boxed"]) == {
         "answer/rollout_rate": 0.5, "answer/rollout_refused": 0.5, "answer/rollout_rule/boxed": 0.5}
     with pytest.raises(ConfigError, match=r"answer.form 'numeric' is not one of \['any', 'number'\]"):
@@ -421,3 +426,7 @@ def test_under_the_number_form_a_restated_problem_earns_nothing_and_gets_no_vote
     assert REWARDS.get("math_equivalence")(RewardSettings.from_config(number))(g, vote).rewards is None
     diag = answer_diagnostics([g], [vote], [GroupScore(None)], **diagnosed(number))
     assert diag["answer/rollout_refused"] == 1.0 and diag["answer/rollout_rate"] == 0.0
+    [single] = build_estimator(number, "single")([g])  # a reference that restates the problem is none
+    assert single.answer is None and single.meta["answer_refused"] == "67 + 75 + 85"
+    diag = answer_diagnostics([g], [single], [GroupScore(None)], **diagnosed(number))
+    assert diag["answer/reference_refused"] == 1.0 and diag["answer/reference_rate"] == 0.0

@@ -4,6 +4,7 @@ estimator declaration checked at registration; and the Python API without YAML."
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, cli
@@ -137,7 +138,8 @@ def test_rewards_are_built_from_their_settings_not_the_whole_config():
     assert (settings.reward, settings.judge, settings.rubric, settings.anchor) == (
         config.reward, config.judge, config.rubric, config.anchor)
     assert settings.answer_of.rules == ("boxed",) and settings.steps == 7
-    assert settings.label_columns == ("answer", "solution")
+    assert "answer" in settings.label_columns and "solution" in settings.label_columns
+    assert len(set(settings.label_columns)) == len(settings.label_columns) and None not in settings.label_columns
     reward = REWARDS.get("math_equivalence")(settings)
     assert (reward.mode, reward.answer_of.rules) == ("strict", ("boxed",))
     assert reward.settings is settings and reward.config is settings  # the name plug-ins read
@@ -179,6 +181,22 @@ def test_a_builtin_reward_built_from_a_whole_config_still_works_with_a_deprecati
     config = load_config(None)
     g = group(["\\boxed{4}", "\\boxed{5}"])
     ref = Reference(text="\\boxed{4}", answer="4", source="x")
-    with pytest.warns(DeprecationWarning, match="a reward is built from RewardSettings, not the whole Config"):
-        old = REWARDS.get("math_equivalence")(config)
-    assert old.score_group(g, ref) == REWARDS.get("math_equivalence")(RewardSettings.from_config(config)).score_group(g, ref)
+    for name in ("math_equivalence", "length_penalty", "rubric"):  # own __init__, none, two levels of them
+        with pytest.warns(DeprecationWarning, match="a reward is built from RewardSettings, not the whole Config") as w:
+            old = REWARDS.get(name)(config)
+        assert [Path(x.filename).name for x in w] == ["test_plugins.py"]  # the warning names the line that built it
+    old = REWARDS.get("math_equivalence")
+    with pytest.warns(DeprecationWarning):
+        assert old(config).score_group(g, ref) == old(RewardSettings.from_config(config)).score_group(g, ref)
+
+    class SetsItsConfig(GroupReward):  # a plug-in that never called the base's __init__
+        def __init__(self, config):
+            self.config = config
+
+        def score_group(self, group, reference):
+            return GroupScore(rewards=tuple(float(self.config.reward.mode == "equivalence") for _ in group.texts))
+
+    with pytest.warns(DeprecationWarning) as w:
+        plugin = SetsItsConfig(config)
+    assert [Path(x.filename).name for x in w] == ["test_plugins.py"]
+    assert isinstance(plugin.settings, RewardSettings) and plugin.score_group(g, ref).rewards == (1.0, 1.0)

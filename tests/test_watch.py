@@ -40,6 +40,18 @@ def test_the_preflight_stops_a_run_that_cannot_score_anything(tmp_path, tiny_wor
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # stopped before any step
 
 
+def test_the_preflight_names_the_answer_form_when_it_refused_every_answer(tmp_path, tiny_world):
+    """A chain that reads something that is not a number (here the word "boxed" itself) under
+    answer.form=number: every rollout's and reference's answer is refused, and the stop says so."""
+    out = cli("train", *tiny(tiny_world, tmp_path, "run.steps=1", "answer.rules=[regex]", "answer.regex=(boxed)",
+                             "answer.form=number"))
+    assert out.returncode == 2
+    err = out.stderr
+    assert "rollouts whose answer answer.form=number refused 100%" in out.stdout + err
+    assert ("no rollout has an answer that answer.rules=['regex'] with answer.form=number reads (100% gave an "
+            "answer that is not a number: answer.form)") in err
+
+
 def test_steps_that_stay_unscored_stop_the_run(tmp_path, tiny_world):
     out = cli("train", *tiny(tiny_world, tmp_path, "run.steps=6", "run.preflight_prompts=0",
                             "run.max_unscored_steps=2", *UNREADABLE))

@@ -84,8 +84,7 @@ _WRAPPING = re.compile(r"^(?:\*\*|\$\$?|\\\(|\\\[|[\s\"'“]|(?:exactly|approxim
                        r"|(?:\*\*|\$\$?|\\\)|\\\]|[\s\"'”.,;!?])+$", re.IGNORECASE)
 # What follows "the answer is" without being an answer: a verdict on another answer, or prose.
 _NOT_ANSWERS = frozenset("correct incorrect wrong right unclear clear simple obvious not that this it as "
-                         "expressed given shown written stated calculated computed found obtained determined "
-                         "below above following".split())
+                         "expressed given shown written stated calculated computed obtained determined".split())
 _SENTENCE_END = re.compile(r"[.,;!?](?:\s|$)|\s(?:which|because|since|as|so|and|but)\s")
 _MAX_EXPRESSION_CHARS = 40
 _COPULA = re.compile(r"(?:^|[\s\"'”])is\b\s*:?")
@@ -96,17 +95,28 @@ _EQUALS = re.compile(rf"(?:=|\bequals\b|\bis\s+equal\s+to\b)\s*(?:\$|\*\*|\\\(|\
 
 
 # answer.form number: a signed number (or \frac{a}{b}) with an optional unit, in optional $...$
-_UNIT = r"(?:\\(?:text|mathrm|mbox)\{[^{}]*\}|\\?%|\^\{?\\circ\}?|°|[A-Za-z]+(?:\s[A-Za-z]+)?)"
-_NUMBER_FORM = re.compile(r"^(?:\\\$|\$)?[-+]?\s*(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+|/\d+)?"
-                          rf"|\\[dt]?frac\{{\d+\}}\{{\d+\}})(?:\s*{_UNIT})?$")
+_DIGITS = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+|/\d+)?\.?|\.\d+"
+_FRACTION = r"\\[dt]?frac(?:\{[-+]?\d+\}\{[-+]?\d+\}|\d\d)"
+_UNIT = (r"(?:\\(?:text|mathrm|mbox)\{[^{}]*\}|\\?%|\^\{?\\circ\}?|°|(?!pi\b)[A-Za-z]{2,}(?:\s[A-Za-z]{2,})?(?:/[A-Za-z]+)?)"
+         r"(?:\^\{?\d\}?)?")
+_NUMBER_FORM = re.compile(rf"^[-+]?\s*(?:\\\$|\$)?[-+]?\s*(?:{_DIGITS}|{_FRACTION})(?:\s*{_UNIT})?$")
 _FORM_WRAPPING = re.compile(r"^(?:\$\$?|\\\(|\\\[|\s)+|(?:\$\$?|\\\)|\\\]|[\s.])+$")
+_FORM_SPACES = re.compile(r"\\[,;:! ]|~")
+_FORM_BOLD = re.compile(r"^\\(?:text|textbf|mathbf|mathrm|boldsymbol)\{([^{}]*)\}$")
 
 
 def is_number(answer: str) -> bool:
     """Whether ``answer`` is a number (``answer.form: number``): ``41``, ``-3``, ``1,000``,
-    ``2.5``, ``3/4``, ``\\frac{12}{7}``, ``$5``, ``41 apples``, ``50\\%``; not ``67 + 75 + 85``,
-    ``x = 5`` or ``2 * 4``."""
-    return bool(_NUMBER_FORM.match(_FORM_WRAPPING.sub("", answer.replace("\\,", "").replace("\\!", ""))))
+    ``1{,}000``, ``2.5``, ``.5``, ``3/4``, ``\\frac{12}{7}``, ``\\frac{-1}{2}``, ``$5``, ``-\\$5``,
+    ``41 apples``, ``5\\ \\text{m}``, ``50\\%``, ``\\textbf{5}``; not ``67 + 75 + 85``, ``x = 5``,
+    ``2 * 4`` or ``5x``."""
+    text = re.sub(r"(?<=\d)\\,(?=\d{3})", "", answer.replace("{,}", ",").replace("\u2212", "-"))  # 1\,000
+    text = _FORM_SPACES.sub(" ", text)
+    text = _FORM_WRAPPING.sub("", _strip(text))
+    bold = _FORM_BOLD.match(text)
+    if bold:
+        text = bold.group(1).strip()
+    return bool(_NUMBER_FORM.match(text))
 
 
 def _strip(span: str) -> str:
@@ -135,8 +145,8 @@ def _phrase_value(rest: str) -> str | None:
         return number.group()
     words = re.findall(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", span))
     if (not span or len(span) > _MAX_EXPRESSION_CHARS or len(words) > 1 or span.lower() in _NOT_ANSWERS
-            or not re.search(r"[^\W_]", span)):
-        return None  # prose ("the answer is not obvious"), a verdict ("correct"), a cut-off "\\("
+            or not re.search(r"[^\W_]", span) or span.endswith(":")):
+        return None  # prose ("the answer is not obvious"), a verdict ("correct"), a cut-off "\\(", "below:"
     return span  # a short expression: "\\frac{1}{2}", "Monday", "B"
 
 

@@ -24,6 +24,7 @@ those that returned a value, each logged as ``reward/NAME/mean``.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import isnan
@@ -113,10 +114,11 @@ class RewardSettings:
     def from_config(cls, config: Config) -> RewardSettings:
         """The settings a run of ``config`` builds its rewards with."""
         from cat.rewards.judge import JudgeOpener
+        from cat.teacher.firewall import label_fields
 
         return cls(reward=config.reward, answer_of=AnswerChain.from_config(config.answer), judge=config.judge,
                    rubric=config.rubric, anchor=config.anchor, steps=config.run.steps,
-                   label_columns=(config.data.answer_field, *config.data.label_fields),
+                   label_columns=tuple(sorted(label_fields(config))),
                    open_judge=JudgeOpener(config), _config=config)
 
     def __getattr__(self, name: str):
@@ -134,17 +136,28 @@ _READ_INSTEAD = {
 """Where the settings a reward used to read from the whole Config now are."""
 
 
-def reward_settings(settings) -> RewardSettings:
+def reward_settings(settings, *, stacklevel: int = 1) -> RewardSettings:
     """``settings`` as :class:`RewardSettings`: a whole Config (a reward built the old way,
-    ``cls(config)``) is turned into them with a DeprecationWarning."""
+    ``cls(config)``) is turned into them with a DeprecationWarning at ``stacklevel`` (1: this
+    function's caller, 2: its caller's caller, ...)."""
     if isinstance(settings, RewardSettings):
         return settings
     if not isinstance(settings, Config):
         raise TypeError(f"a reward is built from RewardSettings, not {type(settings).__name__}: "
                         "RewardSettings.from_config(config), or build_rewards(config)")
     warn_whole_config("a reward", "cat.rewards.build_rewards(config), or cls(RewardSettings.from_config(config))",
-                      stacklevel=5, built_from="RewardSettings")  # 5: a built-in's __init__, then its caller
+                      stacklevel=stacklevel + 2, built_from="RewardSettings")
     return RewardSettings.from_config(settings)
+
+
+def _constructor_depth(obj, skip: int = 0) -> int:
+    """How many ``__init__`` frames of ``obj`` are on the stack from this function's caller up
+    (``skip`` frames above it), a subclass's ``__init__`` calling its base's: a warning that
+    points past them all points at the line that built ``obj``."""
+    frame, depth = sys._getframe(1 + skip), 0
+    while frame is not None and frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is obj:
+        frame, depth = frame.f_back, depth + 1
+    return depth
 
 
 class RewardFunction:
@@ -161,11 +174,15 @@ class RewardFunction:
     judge: Any = None
 
     def __init__(self, settings: RewardSettings):
-        self.settings = reward_settings(settings)
+        self.settings = reward_settings(settings, stacklevel=_constructor_depth(self) + 1)  # past every __init__
 
     @property
     def config(self) -> RewardSettings:
         return self.settings
+
+    @config.setter
+    def config(self, value) -> None:  # a plug-in written for the whole Config sets it in its own __init__
+        self.settings = reward_settings(value, stacklevel=_constructor_depth(self, skip=1) + 2)
 
     @classmethod
     def preflight(cls, config) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cat.errors import ConfigError
 from cat.rewards.base import RewardContext, RewardFunction, RewardSettings, Scored, register_reward
 from cat.rewards.criteria import Criterion, Rubric, propose_rubrics
 from cat.rewards.judge import JudgeItem
@@ -82,6 +83,9 @@ class _JudgedReward(RewardFunction):
         self.judge = None  # a local judge's model and engine go with it
 
     def _judge(self, run_dir: Path | None):
+        if self.settings.open_judge is None:
+            raise ConfigError(f"reward {type(self).__name__} needs a judge: build its settings with "
+                              "RewardSettings.from_config(config), or give them open_judge")
         return self.settings.open_judge(None if run_dir is None else Path(run_dir) / "verdicts.jsonl")
 
 

@@ -60,7 +60,8 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
     line = " ".join(parts)
     if scored:
         return line
-    chain = f"answer.rules={list(config.answer.rules)}"
+    chain = f"answer.rules={list(config.answer.rules)}" + (
+        f" with answer.form={config.answer.form}" if config.answer.form != "any" else "")
     unrated = int(metrics.get("judge/score_failures", 0) or 0)  # judge_bon: rollouts its judge did not rate
     causes = []
     if rollout_rate is not None and rollout_rate == 0:
@@ -70,7 +71,9 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
         causes.append(f"the judge gave no rating for {unrated} rollouts (judge/score_failures; the warning above "
                       f"quotes a reply), so best-of-N had no rollout to pick")
     elif reference_rate is not None and reference_rate == 0:
-        causes.append(f"no reference has an answer that {chain} reads")
+        ref_refused = metrics.get("answer/reference_refused", 0)
+        causes.append(f"no reference has an answer that {chain} reads" + (
+            f" ({ref_refused:.0%} gave an answer that is not a {config.answer.form}: answer.form)" if ref_refused else ""))
     no_reference = int(metrics.get("rubric/no_reference", 0) or 0)
     if no_reference:
         causes.append(f"the anchor's synthesis was empty for {no_reference} of {scored + unscored} groups, so no "

@@ -31,6 +31,7 @@ Answer extraction (label-free; the run's answer chain, ``cat.rewards.answers``):
   answer/rollout_rate              rollouts with an answer
   answer/rollout_rule/RULE         rollouts whose answer RULE read (one key per rule of the chain)
   answer/rollout_refused           rollouts whose answer answer.form refused (with a form set)
+  answer/reference_refused         references whose answer answer.form refused (with a form set)
   answer/reference_rate            references with an answer
   answer/reference_rule/RULE       references whose answer RULE read (a gold label counts in the rate only)
 
@@ -94,8 +95,10 @@ def answer_diagnostics(groups: list[Group], references: list[Reference], scores:
         **extraction_metrics("rollout", [e for group in read for e in group], answer_of.rules),
         **extraction_metrics("reference", [Extraction(r.answer, r.answer_rule) for r in references], answer_of.rules),
     }
-    if answer_of.form != "any":  # every step of a run with a form logs the share it refused
+    if answer_of.form != "any":  # every step of a run with a form logs the shares it refused
         out.setdefault("answer/rollout_refused", 0.0)
+        out["answer/reference_refused"] = (sum("answer_refused" in r.meta for r in references)
+                                           / max(len(references), 1))
     n_unparsable = sum(r.answer is None for r in references)
     out["diag/reference_unparsable"] = n_unparsable / max(len(references), 1)
     in_rollouts = disagree = 0

@@ -165,10 +165,11 @@ def majority_answer(answers: Sequence[str | None], *, mode: str = "equivalence",
 
 
 def read_reference(text: str, answer_of: AnswerChain, source: str, meta: dict | None = None) -> Reference:
-    """A reference whose answer the run's answer chain reads from ``text``."""
+    """A reference whose answer the run's answer chain reads from ``text`` (``meta["answer_refused"]``:
+    the answer ``answer.form`` refused, when it refused one)."""
     extraction = answer_of.extract(text)
-    return Reference(text=text, answer=extraction.answer, source=source, meta=meta or {},
-                     answer_rule=extraction.rule)
+    meta = {**(meta or {}), **({"answer_refused": extraction.refused} if extraction.refused is not None else {})}
+    return Reference(text=text, answer=extraction.answer, source=source, meta=meta, answer_rule=extraction.rule)
 
 
 @register_estimator("gold")
