@@ -126,3 +126,22 @@ def test_eval_takes_a_run_directory_and_report_a_test_time_result_alone(tmp_path
                  str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr[-2000:]
     assert (tmp_path / "report" / "index.html").exists()
+
+
+def test_a_rank_the_launcher_stops_says_why():
+    """torchrun and accelerate end the other ranks with SIGTERM when one fails, often before their
+    collectives notice: such a rank prints why it stops and exits as SIGTERM would (143)."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom cat.tools import cli\ncli._say_why_the_launcher_stopped_this_rank()\n"
+            "print('ready', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "WORLD_SIZE": "2", "RANK": "0"})
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert err.strip() == ("[rank 0/2] error: stopped by the launcher: another rank stopped (its message is above) "
+                           "or the launch was interrupted")

@@ -114,11 +114,11 @@ class RewardSettings:
     def from_config(cls, config: Config) -> RewardSettings:
         """The settings a run of ``config`` builds its rewards with."""
         from cat.rewards.judge import JudgeOpener
-        from cat.teacher.firewall import label_fields
 
         return cls(reward=config.reward, answer_of=AnswerChain.from_config(config.answer), judge=config.judge,
                    rubric=config.rubric, anchor=config.anchor, steps=config.run.steps,
-                   label_columns=tuple(sorted(label_fields(config))),
+                   label_columns=tuple(dict.fromkeys(f for f in (config.data.answer_field, *config.data.label_fields)
+                                                     if f)),
                    open_judge=JudgeOpener(config), _config=config)
 
     def __getattr__(self, name: str):

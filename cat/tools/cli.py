@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = [a for a in extra if a not in unknown]
     _quiet_libraries()
     console()
+    _say_why_the_launcher_stopped_this_rank()
     try:
         if args.command == "train":
             return _train(args)
@@ -167,6 +168,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _say_why_the_launcher_stopped_this_rank() -> None:
+    """Under a multi-process launcher, a rank the launcher ends with SIGTERM (torchrun and
+    accelerate do when another rank fails, often before this one's collective has noticed)
+    says so before it goes, instead of vanishing without a word. It exits as SIGTERM would
+    (143), without cleanup: every file a run writes is written whole or not at all."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import signal
+
+    def stopped(signum, frame):
+        os.write(2, f"{_rank_tag()}error: stopped by the launcher: another rank stopped (its message is above) or "
+                    f"the launch was interrupted\n".encode())
+        os._exit(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stopped)
 
 
 def _quiet_libraries() -> None:
