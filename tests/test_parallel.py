@@ -63,6 +63,7 @@ def env():
 
 
 @pytest.mark.numerical
+@pytest.mark.one_kernel_set
 def test_two_processes_take_the_one_process_steps_with_ddp_and_fsdp(tmp_path, tiny_world):
     """Tiny gold and tiny CaT (the anchor writing each rank's references), a step under every
     loss_type x scale_rewards pair, one with the KL term and 2 iterations, one with the sampler
@@ -132,6 +133,7 @@ def rows(run_dir):
 
 
 @pytest.mark.numerical
+@pytest.mark.one_kernel_set
 def test_cli_fsdp_on_two_processes_killed_and_resumed_on_one_equals_one_process(tmp_path, tiny_world):
     """``cat-rl train`` of the tiny gold config on 1 process; and with FSDP on 2 under torchrun,
     killed with SIGKILL after step 3 (its checkpoint at step 2 gathered whole by rank 0), then

@@ -272,24 +272,27 @@ def test_vllm_loads_the_converted_folder(smollm2):
 
 
 SMOKE = ["data.prompt_template=What is {problem}?", "generation.num_generations=4", "generation.max_new_tokens=48",
-         "generation.temperature=0.7", "anchor.max_new_tokens=64", "run.prompts_per_step=2", "run.steps=2",
+         "generation.temperature=0.7", "anchor.max_new_tokens=64", "run.prompts_per_step=2",
          "run.preflight_prompts=2", "eval.path=null", "optim.lr=1e-5", "--no-progress"]
 
 
-@pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
-def test_cat_learns_on_smollm2_for_two_steps(tmp_path, tiny_world, smollm2, backend):
+@pytest.mark.parametrize("backend,steps", [("hf", 1), pytest.param("vllm", 2, marks=[pytest.mark.vllm, pytest.mark.slow])])
+def test_cat_learns_on_smollm2(tmp_path, tiny_world, smollm2, backend, steps):
     """CaT on the real model, as a user runs it (label-free: the anchor is pi_0 reading the 4
-    rollouts without the question): the preflight passes, both steps score groups with finite
-    rewards, and the weights move."""
+    rollouts without the question): the preflight passes, every step scores groups with finite
+    rewards, and the weights move. On vLLM two steps, so that the second samples from the engine
+    after the first update reached it (slow: test_vllm.py runs that path on the tiny world, and
+    test_vllm_loads_the_converted_folder serves this model)."""
     extra = ["generation.backend=vllm", "generation.vllm_max_model_len=1024", "generation.vllm_enforce_eager=true"] \
         if backend == "vllm" else []
     run_dir = tmp_path / "run"
     out = cli("train", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), f"model.name_or_path={smollm2}",
-              f"data.path={tiny_world / 'train.jsonl'}", "data.limit=8", "--output-dir", str(run_dir), *SMOKE, *extra)
+              f"data.path={tiny_world / 'train.jsonl'}", "data.limit=8", "--output-dir", str(run_dir), *SMOKE,
+              f"run.steps={steps}", *extra)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "preflight on 2 prompt(s) x 4 rollouts" in out.stdout
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
     for r in rows:
         assert r["groups/scored"] >= 1 and torch.isfinite(torch.tensor(r["reward/mean"]))
         assert r["answer/rollout_rate"] >= 0.75 and r["answer/reference_rate"] >= 0.5
@@ -297,7 +300,7 @@ def test_cat_learns_on_smollm2_for_two_steps(tmp_path, tiny_world, smollm2, back
     before = load_model(str(smollm2), dtype="float32", device=torch.device("cpu")).state_dict()
     from safetensors.torch import load_file
 
-    after = load_file(run_dir / "checkpoints" / "step-000002" / "model" / "model.safetensors")
+    after = load_file(run_dir / "checkpoints" / f"step-{steps:06d}" / "model" / "model.safetensors")
     assert any(not torch.equal(after[k], before[k]) for k in after if k in before)
     samples = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert samples and all(s["completion"] for s in samples)  # what the model wrote, for a person to read
@@ -353,7 +356,8 @@ def test_smollm2_synthesizes_references_from_real_rollouts(smollm2, greedy):
     synthesis = build_estimator(config, "synthesis")
     first = synthesis(groups, anchor.at(seed=1))
     assert sum(r.answer is not None for r in first) >= 2, [r.text for r in first]
-    assert [r.text for r in synthesis(groups, anchor.at(seed=1))] == [r.text for r in first]
+    if not greedy:  # a greedy synthesis is the same from any seed, which the other seed shows below
+        assert [r.text for r in synthesis(groups, anchor.at(seed=1))] == [r.text for r in first]
     other = synthesis(groups, anchor.at(seed=2))
     texts, other_texts = [r.text for r in first], [r.text for r in other]
     assert (other_texts == texts) == greedy, list(zip(texts, other_texts, strict=True))
@@ -410,7 +414,8 @@ def test_the_known_models_are_pinned():
     assert len(KNOWN["qwen2.5-coder-0.5b"].requirements) == 6 and len(KNOWN["qwen2.5-coder-1.5b"].requirements) == 22
 
 
-@pytest.mark.parametrize("server", ["transformers", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.slow])])
+@pytest.mark.slow  # 70 s (transformers serve) to 150 s (vLLM); test_judge_http.py runs the HTTP judge on the tiny world
+@pytest.mark.parametrize("server", ["transformers", pytest.param("vllm", marks=pytest.mark.vllm)])
 def test_rubrics_on_smollm2_with_a_judge_over_http(tmp_path, smollm2, server):
     """The rubric path on the real model, as shipped (experiments/smollm2_rubric_cat.yaml):
     SmolLM2 is the policy, the anchor (synthesis, then a rubric from it) and the judge, served by

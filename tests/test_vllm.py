@@ -266,6 +266,7 @@ def test_train_gold_end_to_end_on_vllm(e2e_runs):
     check_rows(run_dir, 2)
 
 
+@pytest.mark.slow  # 70 s; test_parallel.py kills and resumes multi-process runs on the transformers engine
 def test_two_processes_on_vllm_killed_and_resumed_on_one_equal_one(tmp_path, cat_run):
     """The CaT run on 2 processes under torchrun, each rank with its own engine, killed with
     SIGKILL after step 3 (checkpoint at 2) and resumed on 1: the same rows as the 1-process run."""

@@ -124,6 +124,7 @@ def _check_replay(world: str, replay: dict) -> None:
 
 
 @pytest.mark.numerical
+@pytest.mark.one_kernel_set
 def test_arith_build_replays_the_shipped_trail(replay):
     record = tiny.read_record(tiny.shipped("tiny-arith"))
     assert replay["tokenizer"] == record["files"]["model/tokenizer.json"]
@@ -131,6 +132,7 @@ def test_arith_build_replays_the_shipped_trail(replay):
 
 
 @pytest.mark.numerical
+@pytest.mark.one_kernel_set
 @pytest.mark.parametrize("world", ["tiny-rubric", "tiny-arith-hard"])
 def test_finetuned_builds_replay_the_shipped_trail(world, replay):
     assert replay[world]["0"] == tiny.final_weights(tiny.shipped("tiny-arith"))
