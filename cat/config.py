@@ -852,6 +852,29 @@ def _mapping_paths(root: yaml.Node) -> dict[int, str]:
     return paths
 
 
+_MAX_DEPTH = 64
+"""Deeper YAML is refused as nested too deeply, whatever Python's recursion limit (which a library
+may have raised) would let PyYAML's recursive composer reach; a config needs a handful of levels."""
+
+
+def _check_depth(events: yaml.Loader, where: str, hint: str) -> None:
+    """ConfigError when the YAML that ``events`` reads nests collections deeper than
+    ``_MAX_DEPTH`` (PyYAML's parser is iterative: reading its events needs no recursion)."""
+    depth = 0
+    try:
+        while events.check_event():
+            event = events.get_event()
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > _MAX_DEPTH:
+                    raise ConfigError(f"{where} is not valid YAML{hint}: it is nested too deeply "
+                                      f"(more than {_MAX_DEPTH} levels)")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    finally:
+        events.dispose()
+
+
 def _parse_yaml(text: str, where: str, hint: str = "") -> Any:
     """``text`` read by ``_StrictLoader``; every way it can fail is a ConfigError naming ``where``
     (a file or an override) and the line."""
@@ -863,6 +886,7 @@ def _parse_yaml(text: str, where: str, hint: str = "") -> Any:
                           "allowed in YAML text (is it a binary file?)") from None
     loader.name = where  # marks in PyYAML's messages name it instead of "<unicode string>"
     try:
+        _check_depth(_StrictLoader(text), where, hint)
         return loader.get_single_data()
     except _DuplicateKey as exc:
         raise ConfigError(f"{where}: {exc}") from None

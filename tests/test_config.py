@@ -231,3 +231,21 @@ def test_out_of_range_numbers_name_the_field_and_value(override, needle):
     a seed past 64 bits failed in torch.manual_seed, after the run directory was written."""
     with pytest.raises(ConfigError, match=needle):
         load_config(None, [override])
+
+
+def test_yaml_nested_too_deeply_is_refused_whatever_the_recursion_limit(tmp_path):
+    """A library imported earlier (torch's compiler, vLLM) may raise Python's recursion limit; the
+    refusal of deep YAML does not depend on it (a config needs a handful of levels)."""
+    import sys
+
+    old = sys.getrecursionlimit()
+    try:
+        sys.setrecursionlimit(50_000)
+        for text in ("run: " + "[" * 600 + "\n", "run: " + "[" * 65 + "]" * 65 + "\n"):
+            (tmp_path / "c.yaml").write_text(text)
+            with pytest.raises(ConfigError, match=r"c.yaml is not valid YAML: it is nested too deeply \(more than 64"):
+                load_config(tmp_path / "c.yaml")
+    finally:
+        sys.setrecursionlimit(old)
+    (tmp_path / "c.yaml").write_text("run: {steps: 3}\nreward: {functions: [math_equivalence]}\n")
+    assert load_config(tmp_path / "c.yaml").run.steps == 3
