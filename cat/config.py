@@ -17,7 +17,7 @@ import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -1066,6 +1066,20 @@ def accepts_whole_config(instead: str, adapt: Callable[..., tuple[tuple, dict]])
         return call
 
     return decorate
+
+
+class ReadsThroughToConfig:
+    """Base of a settings dataclass built from a few sections of the run's Config (its ``_config``
+    field keeps the Config): a name that is not a field is read from the Config, deprecated
+    (:func:`read_through_settings`). A subclass names itself (``_KIND``: "a reward") and says where
+    each section's settings are now (``_READ_INSTEAD``)."""
+
+    _KIND: ClassVar[str]
+    _READ_INSTEAD: ClassVar[dict[str, str]]
+
+    def __getattr__(self, name: str):
+        # only names that are not fields get here
+        return read_through_settings(self, name, kind=self._KIND, instead=self._READ_INSTEAD)
 
 
 def read_through_settings(settings, name: str, *, kind: str, instead: dict[str, str]):

@@ -100,7 +100,6 @@ _FRACTION = r"\\[dt]?frac(?:\{[-+]?\d+\}\{[-+]?\d+\}|\d\d)"
 _UNIT = (r"(?:\\(?:text|mathrm|mbox)\{[^{}]*\}|\\?%|\^\{?\\circ\}?|°|(?!pi\b)[A-Za-z]{2,}(?:\s[A-Za-z]{2,})?(?:/[A-Za-z]+)?)"
          r"(?:\^\{?\d\}?)?")
 _NUMBER_FORM = re.compile(rf"^[-+]?\s*(?:\\\$|\$)?[-+]?\s*(?:{_DIGITS}|{_FRACTION})(?:\s*{_UNIT})?$")
-_FORM_WRAPPING = re.compile(r"^(?:\$\$?|\\\(|\\\[|\s)+|(?:\$\$?|\\\)|\\\]|[\s.])+$")
 _FORM_SPACES = re.compile(r"\\[,;:! ]|~")
 _FORM_BOLD = re.compile(r"^\\(?:text|textbf|mathbf|mathrm|boldsymbol)\{([^{}]*)\}$")
 
@@ -112,7 +111,7 @@ def is_number(answer: str) -> bool:
     ``2 * 4`` or ``5x``."""
     text = re.sub(r"(?<=\d)\\,(?=\d{3})", "", answer.replace("{,}", ",").replace("\u2212", "-"))  # 1\,000
     text = _FORM_SPACES.sub(" ", text)
-    text = _FORM_WRAPPING.sub("", _strip(text))
+    text = _strip(text)
     bold = _FORM_BOLD.match(text)
     if bold:
         text = bold.group(1).strip()

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from math import isnan
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from cat.config import Config, read_through_settings, warn_whole_config
+from cat.config import Config, ReadsThroughToConfig, warn_whole_config
 from cat.errors import CatError, ConfigError
 from cat.registry import Registry
 from cat.rewards.answers import AnswerChain
@@ -84,7 +84,7 @@ class Reward(Protocol):
 
 
 @dataclass(frozen=True)
-class RewardSettings:
+class RewardSettings(ReadsThroughToConfig):
     """What a reward is built from: the sections of the run it may read, not the whole config tree
     (``from_config`` picks them, in this one place).
 
@@ -121,19 +121,14 @@ class RewardSettings:
                                                      if f)),
                    open_judge=JudgeOpener(config), _config=config)
 
-    def __getattr__(self, name: str):
-        # only names that are not fields get here: the deprecated read of the whole Config
-        return read_through_settings(self, name, kind="a reward", instead=_READ_INSTEAD)
-
-
-_READ_INSTEAD = {
-    "answer": "settings.answer_of (the run's AnswerChain, built from config.answer)",
-    "run": "settings.steps (run.steps)",
-    "data": "settings.label_columns (data.answer_field, data.label_fields)",
-    "generation": "settings.open_judge(cache_path) for the judge (it runs with the run's generation settings)",
-    "model": "settings.open_judge(cache_path) for the judge (it runs in model.dtype on model.device)",
-}
-"""Where the settings a reward used to read from the whole Config now are."""
+    _KIND: ClassVar[str] = "a reward"
+    _READ_INSTEAD: ClassVar[dict[str, str]] = {  # where the settings a reward read from the whole Config are now
+        "answer": "settings.answer_of (the run's AnswerChain, built from config.answer)",
+        "run": "settings.steps (run.steps)",
+        "data": "settings.label_columns (data.answer_field, data.label_fields)",
+        "generation": "settings.open_judge(cache_path) for the judge (it runs with the run's generation settings)",
+        "model": "settings.open_judge(cache_path) for the judge (it runs in model.dtype on model.device)",
+    }
 
 
 def reward_settings(settings, *, stacklevel: int = 1) -> RewardSettings:

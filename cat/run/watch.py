@@ -33,6 +33,11 @@ def _rubric_failures(metrics: dict) -> int:
     return int(metrics.get("rubric/failures", 0) or 0)
 
 
+def _refused(share: float, config) -> str:
+    """What ``answer.form`` refused, for a cause (empty when it refused nothing)."""
+    return f" ({share:.0%} gave an answer that is not a {config.answer.form}: answer.form)" if share else ""
+
+
 def preflight_report(metrics: dict, groups: list[Group], references: list[Reference], config) -> str:
     """One line for the log, or TrainingHalted with the cause and the fix when nothing is scored."""
     rollout_rate = metrics.get("answer/rollout_rate")
@@ -65,15 +70,13 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
     unrated = int(metrics.get("judge/score_failures", 0) or 0)  # judge_bon: rollouts its judge did not rate
     causes = []
     if rollout_rate is not None and rollout_rate == 0:
-        causes.append(f"no rollout has an answer that {chain} reads" + (
-            f" ({refused:.0%} gave an answer that is not a {config.answer.form}: answer.form)" if refused else ""))
+        causes.append(f"no rollout has an answer that {chain} reads{_refused(refused, config)}")
     if unrated:
         causes.append(f"the judge gave no rating for {unrated} rollouts (judge/score_failures; the warning above "
                       f"quotes a reply), so best-of-N had no rollout to pick")
     elif reference_rate is not None and reference_rate == 0:
-        ref_refused = metrics.get("answer/reference_refused", 0)
-        causes.append(f"no reference has an answer that {chain} reads" + (
-            f" ({ref_refused:.0%} gave an answer that is not a {config.answer.form}: answer.form)" if ref_refused else ""))
+        causes.append(f"no reference has an answer that {chain} reads"
+                      f"{_refused(metrics.get('answer/reference_refused', 0), config)}")
     no_reference = int(metrics.get("rubric/no_reference", 0) or 0)
     if no_reference:
         causes.append(f"the anchor's synthesis was empty for {no_reference} of {scored + unscored} groups, so no "

@@ -93,12 +93,12 @@ def answer_diagnostics(groups: list[Group], references: list[Reference], scores:
     read = [[answer_of.extract(t) for t in group.texts] for group in groups]
     out: dict[str, float] = {
         **extraction_metrics("rollout", [e for group in read for e in group], answer_of.rules),
-        **extraction_metrics("reference", [Extraction(r.answer, r.answer_rule) for r in references], answer_of.rules),
+        **extraction_metrics("reference", [Extraction(r.answer, r.answer_rule, r.meta.get("answer_refused"))
+                                           for r in references], answer_of.rules),
     }
     if answer_of.form != "any":  # every step of a run with a form logs the shares it refused
         out.setdefault("answer/rollout_refused", 0.0)
-        out["answer/reference_refused"] = (sum("answer_refused" in r.meta for r in references)
-                                           / max(len(references), 1))
+        out.setdefault("answer/reference_refused", 0.0)
     n_unparsable = sum(r.answer is None for r in references)
     out["diag/reference_unparsable"] = n_unparsable / max(len(references), 1)
     in_rollouts = disagree = 0

@@ -23,9 +23,9 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
-from cat.config import read_through_settings
+from cat.config import ReadsThroughToConfig
 from cat.generation import row_seed
 from cat.registry import Registry
 from cat.rewards.answers import AnswerChain
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EstimatorSettings:
+class EstimatorSettings(ReadsThroughToConfig):
     """What a reference estimator is built from: the few settings of the run it may read, not the
     whole config tree (``from_config`` picks them, in this one place).
 
@@ -77,18 +77,13 @@ class EstimatorSettings:
                    judge_score_template=config.judge.score_template, open_judge=JudgeOpener(config),
                    _config=config)
 
-    def __getattr__(self, name: str):
-        # only names that are not fields get here: the deprecated read of the whole Config
-        return read_through_settings(self, name, kind="a reference estimator", instead=_READ_INSTEAD)
-
-
-_READ_INSTEAD = {
-    "answer": "settings.answer_of (the run's AnswerChain, built from config.answer)",
-    "reward": "settings.mode and settings.timeout_s (reward.mode, reward.timeout_s)",
-    "anchor": "settings.orders (anchor.orders)",
-    "judge": "settings.judge_score_template and settings.open_judge() (judge.score_template, the judge itself)",
-}
-"""Where the settings an estimator used to read from the whole Config now are."""
+    _KIND: ClassVar[str] = "a reference estimator"
+    _READ_INSTEAD: ClassVar[dict[str, str]] = {  # where the settings an estimator read from the whole Config are now
+        "answer": "settings.answer_of (the run's AnswerChain, built from config.answer)",
+        "reward": "settings.mode and settings.timeout_s (reward.mode, reward.timeout_s)",
+        "anchor": "settings.orders (anchor.orders)",
+        "judge": "settings.judge_score_template and settings.open_judge() (judge.score_template, the judge itself)",
+    }
 
 
 def estimator_settings(settings) -> EstimatorSettings:
