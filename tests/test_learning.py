@@ -1,8 +1,10 @@
 """End to end through ``cat-rl train``: the tiny world learns, with labels and without.
 
-Fixed seed, the experiments' configs with 20 of their 40 steps, 100 of their 200 evaluation
-questions and 2 of their 4 samples per question, to keep the suite short. The full configs measured on a 2-core CPU: gold GRPO 0.38 ->
-0.86 held-out accuracy, CaT-RL (no labels) 0.38 -> 0.84 (docs/results.md).
+Fixed seed, the experiments' configs with 12 of their 40 steps, 100 of their 200 evaluation
+questions and 2 of their 4 samples per question, to keep the suite short: there gold GRPO goes
+0.395 -> 0.67 and CaT 0.395 -> 0.64, well clear of what the tests ask. The full configs, measured on
+a 2-core CPU: gold GRPO 0.38 -> 0.86 held-out accuracy, CaT-RL (no labels) 0.38 -> 0.84
+(docs/results.md).
 """
 
 import json
@@ -13,7 +15,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-STEPS = 20
+STEPS = 12
 
 
 def start(run_dir, name):

@@ -1,7 +1,8 @@
 """A real pretrained model in the box: SmolLM2-135M-Instruct from its GGUF (``cat.models.gguf``).
 
-The conversion is checked on the real file (identical logits, tokenizer and chat template;
-clear errors for a truncated or foreign file). The cache beside a GGUF file (reuse, a changed
+The conversion is checked on the real file (every tensor, the vocabulary and the chat template,
+read back with the ``gguf`` package; identical logits under ``-m slow``; clear errors for a
+truncated or foreign file). The cache beside a GGUF file (reuse, a changed
 file reconverted, a killed conversion leaving nothing half-written) is checked with the
 dequantization replaced by a stub: that is the part that takes a minute, and the cache logic is
 the same whatever it writes. The converted folder loads on the hf backend and on vLLM (CPU build).
@@ -45,6 +46,63 @@ def _ids(tokenizer) -> torch.Tensor:
                                                        return_dict=True)["input_ids"]])
 
 
+# GGUF tensor names of a llama block, and the Hugging Face names they are saved under
+_BLOCK = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
+          "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+          "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+
+
+def _hf_name(name: str) -> str:
+    top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"}
+    if name in top:
+        return top[name]
+    _, layer, part, kind = name.split(".")
+    return f"model.layers.{layer}.{_BLOCK[part]}.{kind}"
+
+
+def _rope_order(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """A q or k projection in GGUF's row order: llama.cpp interleaves each head's two rotary halves."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+def test_the_converted_folder_holds_the_gguf_files_tensors_vocabulary_and_template(smollm2, smollm2_gguf):
+    """The folder ``fetch-model`` wrote against the GGUF file read by the ``gguf`` package itself, not
+    by transformers' loader that made the folder: every tensor dequantized bit for bit (q and k in
+    llama.cpp's rotary row order), the same tokens in the same order, the same chat template. The
+    logits of the two (through transformers' GGUF loader, half a minute) are compared under ``-m slow``."""
+    import gguf
+    import numpy as np
+    from gguf.quants import dequantize
+    from safetensors import safe_open
+    from tokenizers import Tokenizer
+
+    reader = gguf.GGUFReader(smollm2_gguf)
+
+    def field(key):
+        f = reader.fields[key]
+        return [f.contents(i) for i in range(len(f.data))] if len(f.data) > 1 else f.contents()
+
+    config = json.loads((smollm2 / "config.json").read_text())
+    assert field("llama.attention.head_count") == config["num_attention_heads"]
+    heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
+    with safe_open(smollm2 / "model.safetensors", "pt") as saved:
+        names = set(saved.keys())
+        assert names == {_hf_name(t.name) for t in reader.tensors}  # the output layer is the tied embedding
+        for tensor in reader.tensors:
+            expected = torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32))
+            got = saved.get_tensor(_hf_name(tensor.name))
+            part = tensor.name.split(".")[2] if tensor.name.startswith("blk.") else ""
+            if part in heads:
+                got = _rope_order(got, heads[part])
+            assert torch.equal(got, expected), tensor.name
+    vocab = Tokenizer.from_file(str(smollm2 / "tokenizer.json")).get_vocab(with_added_tokens=True)
+    assert sorted(vocab, key=vocab.get) == field("tokenizer.ggml.tokens")
+    assert (smollm2 / "chat_template.jinja").read_text() == field("tokenizer.chat_template")
+    tokenizer = load_tokenizer(str(smollm2))
+    assert tokenizer.eos_token_id == field("tokenizer.ggml.eos_token_id") and tokenizer.eos_token == "<|im_end|>"
+
+
+@pytest.mark.slow  # 40 s, most of it transformers reading the GGUF file; the test above reads it in 5
 def test_the_converted_folder_gives_the_gguf_models_logits(smollm2, smollm2_gguf):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -307,7 +365,8 @@ def test_cat_learns_on_smollm2(tmp_path, tiny_world, smollm2, backend, steps):
 
 
 def _groups_from_fixture(tokenizer, n_groups: int, size: int):
-    """Groups of real SmolLM2 rollouts (sampled at T = 0.7, saved in the fixture) to its questions."""
+    """Groups of real SmolLM2 rollouts (sampled at T = 0.7, saved in the fixture) to its questions:
+    the groups that are shortest in all, so that the anchor reads a few hundred tokens, not thousands."""
     from cat.generation.chat import chat_ids
     from cat.types import Completion, Group, Prompt
 
@@ -317,7 +376,8 @@ def _groups_from_fixture(tokenizer, n_groups: int, size: int):
         if r["kind"] == "rollout" and r["decoding"] == "T=0.7" and not r["boxed_instruction"]:
             by_question.setdefault(r["question"], []).append(r)
     groups = []
-    for i, (question, replies) in enumerate(list(by_question.items())[:n_groups]):
+    shortest = sorted(by_question.items(), key=lambda item: sum(len(r["text"]) for r in item[1][:size]))
+    for i, (question, replies) in enumerate(shortest[:n_groups]):
         prompt = Prompt(index=i, text=question, messages=({"role": "user", "content": question},),
                         gold=replies[0]["gold"])
         ids = tuple(chat_ids(tokenizer, prompt.messages))
