@@ -78,6 +78,7 @@ def test_overlong_evaluation_prompts_are_skipped_and_counted_too(tmp_path, tiny_
     """The trainer's evaluation leaves over-long prompts out as training does, says so, and counts
     them in each evaluation's result; when none fits it stops before any model loads."""
     from cat.generation import generator_from_config
+    from cat.tasks.settings import TaskSettings
     from cat.tasks.task import Task
 
     model, tokenizer = tiny_model
@@ -86,7 +87,7 @@ def test_overlong_evaluation_prompts_are_skipped_and_counted_too(tmp_path, tiny_
     logs = []
     config = load_config(None, [f"model.name_or_path={model.name_or_path}", f"eval.path={data}", "eval.num_samples=1",
                                 "generation.max_new_tokens=4"])
-    task = Task(config, tokenizer, log=logs.append)
+    task = Task(TaskSettings.from_config(config), tokenizer, log=logs.append)
     assert [p.text for p in task.eval_prompts] == ["12+13", "20+21"] and len(task.eval_ids) == 2
     assert f"skipped 1 of 3 evaluation prompt(s) longer than {512 - 4} tokens" in logs
     result = task.evaluate(generator_from_config(config.generation, model, tokenizer, dtype=config.model.dtype,
@@ -95,7 +96,8 @@ def test_overlong_evaluation_prompts_are_skipped_and_counted_too(tmp_path, tiny_
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"problem": "1+" * 300 + "1", "answer": "1"}) + "\n")
     with pytest.raises(ConfigError, match=f"every evaluation prompt is longer than {512 - 32} tokens"):
-        Task(load_config(None, [f"model.name_or_path={model.name_or_path}", f"eval.path={long}"]), tokenizer)
+        Task(TaskSettings.from_config(load_config(None, [f"model.name_or_path={model.name_or_path}", f"eval.path={long}"])),
+             tokenizer)
 
 
 def test_rl_on_physician_rubrics_through_the_trainer(tmp_path):

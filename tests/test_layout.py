@@ -229,3 +229,53 @@ def test_the_library_loads_no_world_until_a_tiny_path_is_resolved():
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(ROOT / "worlds" / "tiny-arith" / "model")
+
+
+# Functions below the run that still take the whole Config, and why. Components are built from
+# their own sections or settings (RewardSettings, EstimatorSettings, TaskSettings); these build the
+# settings, choose among sections, or keep an old call working.
+TAKES_THE_CONFIG = {
+    ("cat.rewards.base", "RewardSettings.from_config"): "builds the settings",
+    ("cat.teacher.estimators", "EstimatorSettings.from_config"): "builds the settings",
+    ("cat.tasks.settings", "TaskSettings.from_config"): "builds the settings",
+    ("cat.rewards.base", "build_rewards"): "the rewards a run's reward section names, each from its settings",
+    ("cat.rewards.base", "reward_names"): "reads reward.name or reward.rewards",
+    ("cat.rewards.base", "preflight_rewards"): "each reward's preflight",
+    ("cat.rewards.base", "RewardFunction.preflight"): "a reward checks its sections against the rest before any model loads",
+    ("cat.rewards.rubric", "_JudgedReward.preflight"): "as RewardFunction.preflight",
+    ("cat.rewards.reasoning_gym", "ReasoningGymScore.preflight"): "as RewardFunction.preflight: data.path must be its task",
+    ("cat.teacher.estimators", "build_estimator"): "the estimator estimator.name names, from its settings",
+    ("cat.tasks.evaluate", "grader_section"): "chooses eval.judge or judge",
+    ("cat.rewards.judge", "JudgeOpener.__init__"): "the judge section with the run's dtype, device and seed",
+    ("cat.rewards.judge", "_judge_call"): "Judge.from_config's old call (deprecated)",
+    ("cat.rewards.criteria", "propose_rubrics"): "its old config= argument (deprecated)",
+}
+
+
+def _takes_the_config() -> set[tuple[str, str]]:
+    """(module, function) of every function in the layers below the run with a ``config``
+    parameter or one annotated ``Config``."""
+    found = set()
+    for package in ("models", "generation", "rewards", "teacher", "tasks", "algo"):
+        for path in sorted((ROOT / "cat" / package).glob("*.py")):
+            module = f"cat.{package}.{path.stem}"
+            tree = ast.parse(path.read_text())
+            scopes = [(node, "") for node in tree.body]
+            while scopes:
+                node, prefix = scopes.pop()
+                if isinstance(node, ast.ClassDef):
+                    scopes += [(child, f"{prefix}{node.name}.") for child in node.body]
+                elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    params = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                    if any(a.arg == "config" or (a.annotation is not None and ast.unparse(a.annotation).strip("'\"")
+                                                 == "Config") for a in params):
+                        found.add((module, prefix + node.name))
+    return found
+
+
+def test_components_below_the_run_are_built_from_their_sections():
+    """No function below the run takes the whole Config, except the few that build settings from
+    it, choose among its sections, or keep an old call working (``TAKES_THE_CONFIG``, with why)."""
+    found = _takes_the_config()
+    assert found - TAKES_THE_CONFIG.keys() == set(), "take the sections or settings you need, not the whole Config"
+    assert TAKES_THE_CONFIG.keys() - found == set(), "no longer takes the Config: remove it from TAKES_THE_CONFIG"

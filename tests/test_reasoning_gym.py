@@ -18,6 +18,7 @@ from cat.rewards import REWARDS, RewardError, RewardSettings  # noqa: E402
 from cat.tasks.data import load_split  # noqa: E402
 from cat.tasks.evaluate import grade  # noqa: E402
 from cat.tasks.reasoning_gym import GymEntry  # noqa: E402
+from cat.tasks.settings import TaskSettings  # noqa: E402
 from cat.types import Completion, Group, Reference  # noqa: E402
 
 CHAIN_SUM = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}
@@ -32,9 +33,13 @@ def gym(data=None, evaluation=None, **sections):
     return config_from_tree(tree)
 
 
+def split(config, which: str):
+    return load_split(TaskSettings.from_config(config), which)
+
+
 def test_train_and_eval_prompts_carry_gold_from_disjoint_seeds(caplog):
     config = gym(evaluation={"seed": 1000})
-    train, test = load_split(config, "train"), load_split(config, "eval")
+    train, test = split(config, "train"), split(config, "eval")
     assert len(train) == 300
     first = train[0]
     assert first.text.startswith("State the final answer to the following arithmetic problem: ")
@@ -45,16 +50,16 @@ def test_train_and_eval_prompts_carry_gold_from_disjoint_seeds(caplog):
     # small settings repeat questions across disjoint seeds: such evaluation rows are dropped, and said so
     assert not {p.text for p in test} & {p.text for p in train}
     with caplog.at_level(logging.INFO, logger="cat.tasks.reasoning_gym"):
-        load_split(config, "eval")
+        split(config, "eval")
     dropped = 100 - len(test)
     assert dropped > 0 and f"dropped {dropped} of 100" in caplog.text
-    assert len(load_split(config, "train")) == 300 and load_split(config, "train")[5].text == train[5].text  # seeded
+    assert len(split(config, "train")) == 300 and split(config, "train")[5].text == train[5].text  # seeded
 
 
 def test_eval_defaults_follow_the_training_rows():
     config = gym()
     assert config.eval.seed is None and config.eval.task_config is None
-    test = load_split(config, "eval")
+    test = split(config, "eval")
     assert test[0].meta["seed"] >= 300  # right after the training rows' seeds 0..299
     assert all(p.scorer.entry["metadata"]["difficulty"]["num_terms"] == (2, 3) for p in test)  # data's settings
 
@@ -99,7 +104,7 @@ def test_missing_package_names_the_install(monkeypatch):
 
 
 def test_the_scorer_on_hand_made_answers():
-    [prompt] = load_split(gym({"limit": 1}, {"path": None}), "train")
+    [prompt] = split(gym({"limit": 1}, {"path": None}), "train")
     gold = prompt.gold  # -103 for seed 0
     assert gold == "-103"
     scorer: GymEntry = prompt.scorer
@@ -118,7 +123,7 @@ def test_the_reward_pays_the_scorer_and_refuses_labels_free_estimators():
     config = gym(estimator={"name": "gold"}, reward={"name": "reasoning_gym"})
     REWARDS.get("reasoning_gym").preflight(config)
     reward = REWARDS.get("reasoning_gym")(RewardSettings.from_config(config))
-    [prompt] = load_split(gym({"limit": 1}, {"path": None}), "train")
+    [prompt] = split(gym({"limit": 1}, {"path": None}), "train")
     group = Group(prompt, (1,), tuple(completion(t) for t in
                                       ["15 - 43 - 75 = -103.", "The answer is 103", "no idea", "\\boxed{1-103}"]))
     score = reward.score_group(group, Reference(text="-103", answer="-103", source="gold"))
@@ -144,9 +149,9 @@ def test_evaluation_on_the_tiny_world_grades_with_the_task_scorer(tiny_world, ti
     calls = []
     score = GymEntry.score
     monkeypatch.setattr(GymEntry, "score", lambda self, answer: calls.append(answer) or score(self, answer))
-    task = Task(config, tokenizer)
+    task = Task(TaskSettings.from_config(config), tokenizer)
     generator = generator_from_config(config.generation, model, tokenizer, dtype=config.model.dtype, seed=config.run.seed)
-    result = evaluate_config(config, generator, task.eval_prompts, task.eval_ids)
+    result = evaluate_config(task.settings, generator, task.eval_prompts, task.eval_ids)
     assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["greedy_accuracy"] <= 1.0
     assert len(calls) == len(task.eval_prompts) * 3  # 2 samples and the greedy reply, each graded by the scorer
     from cat.rewards.answers import AnswerChain

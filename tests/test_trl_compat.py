@@ -137,13 +137,14 @@ def test_what_a_trl_reward_cannot_take_is_named_and_its_metrics_are_kept(tmp_pat
         return [float(c == s) for c, s in zip(completions, solution, strict=True)]
 
     config = load_config(None)
-    [seen] = firewall.view(config, [group])  # what a label-free run's rewards receive
+    # what a label-free run's rewards receive
+    [seen] = firewall.view([group], firewall.hidden_fields(config.estimator.name, config.data))
     assert group.prompt.meta == {"solution": "2"} and seen.prompt.meta == {}
     with pytest.raises(RewardError, match=r"reward function accuracy cannot be called .*missing a required argument: "
                                           r"'solution'.*withholds the label columns .*'solution'"):
         from_completion_fn(accuracy)(RewardSettings.from_config(config)).score([seen], [ref], RewardContext())
     gold = load_config(None, ["estimator.name=gold"])  # reference-based GRPO reads labels by definition
-    [whole] = firewall.view(gold, [group])
+    [whole] = firewall.view([group], firewall.hidden_fields(gold.estimator.name, gold.data))
     out = from_completion_fn(accuracy)(RewardSettings.from_config(gold)).score([whole], [ref], RewardContext())
     assert out.scores[0].rewards == (1.0,) and out.scores[0].info == {"accuracy/seen": 1.0}
 

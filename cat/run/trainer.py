@@ -51,6 +51,7 @@ from cat.run.parallel import Ranks, ShardedGenerator, ShardedJudge, combine_stat
 from cat.run.tracking import check_available
 from cat.tasks.data import PromptOrder, load_split
 from cat.tasks.evaluate import grader_section
+from cat.tasks.settings import TaskSettings
 from cat.tasks.task import Task
 from cat.teacher import firewall
 from cat.teacher.diagnostics import anchor_costs
@@ -83,9 +84,10 @@ def preflight(config: Config) -> None:
         from cat.teacher.anchor import anchor_template
 
         anchor_template(config.anchor)
-    load_split(config, "train")
+    task = TaskSettings.from_config(config)
+    load_split(task, "train")
     if config.eval.path is not None:
-        load_split(config, "eval")
+        load_split(task, "eval")
     check_available(config.run.report_to)
 
 
@@ -101,6 +103,8 @@ class Trainer:
         for plugin in config.plugins:
             import_plugin(plugin)
         self.estimator = build_estimator(config)
+        # what the estimator and rewards may not see of a prompt (cat.teacher.firewall): None in a gold run
+        self.hidden_labels = firewall.hidden_fields(config.estimator.name, config.data)
         self.reward = build_rewards(config)
         if self._needs_anchor():
             from cat.teacher.anchor import anchor_template
@@ -115,7 +119,7 @@ class Trainer:
         m = config.model
         self.tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
         self.objective = build_objective(config, self.tokenizer)
-        self.task = Task(config, self.tokenizer, log=self.log)
+        self.task = Task(TaskSettings.from_config(config), self.tokenizer, log=self.log)
         # the teachers on endpoints are checked now (one real request each), not at their first use
         # after the initial evaluation; local ones load on first use
         if self._needs_anchor() and config.anchor.backend == "openai":
@@ -231,9 +235,9 @@ class Trainer:
             if anchor is not None:  # sampled anchors draw fresh streams every step, the same on any number of ranks
                 anchor = anchor.at(seed=_step_seed(self.config.run.seed, step) + 2, row_offset=start)
             # a label-free run's estimator and rewards see no label (cat.teacher.firewall)
-            references = self.estimator(firewall.view(self.config, voting), anchor)
+            references = self.estimator(firewall.view(voting, self.hidden_labels), anchor)
         with timer("reward"):
-            scores, reward_stats, audit = self.score(firewall.view(self.config, groups), references, step)
+            scores, reward_stats, audit = self.score(firewall.view(groups, self.hidden_labels), references, step)
             reward_stats = with_estimator_stats(reward_stats, self.estimator)
         if self.ranks.world > 1:
             counts = self.ranks.gather(len(groups))
@@ -269,8 +273,8 @@ class Trainer:
         anchor = self.anchor
         if anchor is not None:
             anchor = anchor.at(seed=_step_seed(self.config.run.seed, 0) + 5, row_offset=0)
-        references = self.estimator(firewall.view(self.config, voting), anchor)
-        scores, reward_stats, _ = self.score(firewall.view(self.config, groups), references, 0)
+        references = self.estimator(firewall.view(voting, self.hidden_labels), anchor)
+        scores, reward_stats, _ = self.score(firewall.view(groups, self.hidden_labels), references, 0)
         reward_stats = with_estimator_stats(reward_stats, self.estimator)
         set_rng_state(saved)
         metrics = {"step": 0, **self._rollout_metrics(groups, scores), **reward_stats,

@@ -38,6 +38,7 @@ from pathlib import Path
 from cat import paths
 from cat.errors import DataError
 from cat.generation.chat import chat_ids
+from cat.tasks.settings import TaskSettings
 from cat.templates import check_prompt_template, render_prompt
 from cat.types import Prompt
 
@@ -449,33 +450,33 @@ class PromptOrder:
         return out
 
 
-def load_split(config, which: str) -> list[Prompt]:
-    """The training (``"train"``) or evaluation (``"eval"``) prompts a config names.
+def load_split(settings: TaskSettings, which: str) -> list[Prompt]:
+    """The training (``"train"``) or evaluation (``"eval"``) prompts the task's settings name.
 
     Evaluation needs a gold answer (or, for HealthBench, the physician rubric) on every row;
     training needs one only for the ``gold`` estimator. Evaluation rows of a reasoning-gym task
     whose question is also a training row's are dropped (``cat.tasks.reasoning_gym.held_out``).
     """
-    d = config.data
+    d = settings.data
     from cat.tasks import reasoning_gym
 
-    train_source, test_source = reasoning_gym.sources(d, config.eval)
+    train_source, test_source = reasoning_gym.sources(d, settings.eval)
     gym_source = train_source if which == "train" else test_source
     if gym_source is not None:
         prompts = reasoning_gym.load_gym_prompts(gym_source, prompt_template=d.prompt_template,
-                                                 system_prompt=config.model.system_prompt)
+                                                 system_prompt=settings.model.system_prompt)
         if which == "eval":
-            prompts = reasoning_gym.held_out(prompts, load_split(config, "train"))
+            prompts = reasoning_gym.held_out(prompts, load_split(settings, "train"))
         return prompts
     if which == "train":
         path, name, split, limit = d.path, d.name, d.split, d.limit
-        require = config.estimator.name == "gold"
+        require = settings.train_needs_answers
     else:
-        e = config.eval
+        e = settings.eval
         path, name, split, limit = e.path, e.name, e.split, e.limit
         require = True
     return load_prompts(
         path, format=d.format, name=name, split=split, prompt_field=d.prompt_field, answer_field=d.answer_field,
-        answer_format=d.answer_format, prompt_template=d.prompt_template, system_prompt=config.model.system_prompt,
+        answer_format=d.answer_format, prompt_template=d.prompt_template, system_prompt=settings.model.system_prompt,
         limit=limit, require_answer=require and d.format == "qa",
     )

@@ -18,6 +18,7 @@ from cat.types import Prompt
 
 if TYPE_CHECKING:
     from cat.config import Config, JudgeConfig
+    from cat.tasks.settings import TaskSettings
 
 
 def is_correct(text: str, gold: str | None, answer_of: AnswerChain, *, mode: str = "equivalence",
@@ -153,12 +154,13 @@ def grader_section(config: Config) -> JudgeConfig:
     return config.judge if config.eval.judge is None else config.eval.judge
 
 
-def evaluate_config(config, generator: Generator, prompts: list[Prompt], prompt_ids: list[list[int]], judge=None) -> dict:
-    """Evaluate as ``config`` says: gold-answer accuracy, or the HealthBench score (needs ``judge``)."""
-    e, gen = config.eval, config.generation
+def evaluate_config(settings: TaskSettings, generator: Generator, prompts: list[Prompt], prompt_ids: list[list[int]],
+                    judge=None) -> dict:
+    """Evaluate as the task's settings say: gold-answer accuracy, or the HealthBench score (needs ``judge``)."""
+    e, gen = settings.eval, settings.generation
     sampling = {"num_samples": e.num_samples, "temperature": e.temperature, "max_new_tokens": gen.max_new_tokens,
-                "top_p": gen.top_p, "top_k": gen.top_k, "stop": tuple(gen.stop), "seed": config.run.seed + 17}
-    if config.data.format == "healthbench":
+                "top_p": gen.top_p, "top_k": gen.top_k, "stop": tuple(gen.stop), "seed": settings.seed + 17}
+    if settings.needs_judge:
         return evaluate_rubric(generator, prompts, prompt_ids, judge, **sampling)
-    return evaluate_policy(generator, prompts, prompt_ids, answer_of=AnswerChain.from_config(config.answer),
-                           greedy=e.greedy, mode=config.reward.mode, timeout_s=config.reward.timeout_s, **sampling)
+    return evaluate_policy(generator, prompts, prompt_ids, answer_of=AnswerChain.from_config(settings.answer),
+                           greedy=e.greedy, mode=settings.mode, timeout_s=settings.timeout_s, **sampling)

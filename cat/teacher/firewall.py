@@ -15,19 +15,24 @@ A ``gold`` run is reference-based GRPO: it reads labels by definition and sees w
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from cat.types import Group
 
-
-def reads_labels(config) -> bool:
-    """Whether this run's estimator and rewards see labels: only reference-based (``gold``) runs."""
-    return config.estimator.name == "gold"
+if TYPE_CHECKING:
+    from cat.config import DataConfig
 
 
-def label_fields(config) -> frozenset[str]:
-    """The columns kept from a label-free run's estimators and rewards."""
-    d = config.data
-    return frozenset(d.label_fields) | ({d.answer_field} if d.answer_field else set())
+def label_fields(data: DataConfig) -> frozenset[str]:
+    """The columns kept from a label-free run's estimators and rewards (``data.label_fields`` and
+    ``data.answer_field``)."""
+    return frozenset(data.label_fields) | ({data.answer_field} if data.answer_field else set())
+
+
+def hidden_fields(estimator: str, data: DataConfig) -> frozenset[str] | None:
+    """What a run with the estimator named ``estimator`` keeps from its estimator and rewards: None
+    for a ``gold`` run (reference-based GRPO reads labels by definition), else the label columns."""
+    return None if estimator == "gold" else label_fields(data)
 
 
 def blind(groups: list[Group], fields: frozenset[str]) -> list[Group]:
@@ -40,6 +45,8 @@ def blind(groups: list[Group], fields: frozenset[str]) -> list[Group]:
     return out
 
 
-def view(config, groups: list[Group]) -> list[Group]:
-    """What ``config``'s estimator and rewards receive of ``groups``."""
-    return groups if reads_labels(config) else blind(groups, label_fields(config))
+def view(groups: list[Group], hidden: frozenset[str] | None) -> list[Group]:
+    """What a run's estimator and rewards receive of ``groups``: the whole groups where ``hidden``
+    is None (a ``gold`` run), else the groups blind to their labels and the columns ``hidden``
+    (:func:`hidden_fields`)."""
+    return groups if hidden is None else blind(groups, hidden)

@@ -345,6 +345,7 @@ def _eval(args) -> int:
     from cat.models.load import load_model, load_tokenizer, resolve_device
     from cat.tasks.data import load_split
     from cat.tasks.evaluate import evaluate_config, grader_section
+    from cat.tasks.settings import TaskSettings
     from cat.tasks.task import fit_prompts, prompt_limit
 
     config = load_config(args.config, args.overrides)
@@ -359,10 +360,11 @@ def _eval(args) -> int:
             path, adapter = _checkpoint_model(_run_checkpoint(Path(args.model)), m.name_or_path)
     except OSError as exc:  # a name too long for the file system
         raise ConfigError(f"--model {args.model}: {exc.strerror or exc}") from None
-    prompts = load_split(config, "eval")
+    task = TaskSettings.from_config(config)
+    prompts = load_split(task, "eval")
     tokenizer = load_tokenizer(path, trust_remote_code=m.trust_remote_code)
     # over-long prompts are skipped and counted as in training; the line goes to stderr (stdout is the JSON)
-    prompts, ids, skipped = fit_prompts(prompts, tokenizer, m, prompt_limit(config, path), which="evaluation",
+    prompts, ids, skipped = fit_prompts(prompts, tokenizer, m, prompt_limit(task, path), which="evaluation",
                                         log=logging.getLogger("cat.tasks.evaluate").warning)
     model = load_model(path, dtype=m.dtype, device=resolve_device(m.device), trust_remote_code=m.trust_remote_code, frozen=True)
     if adapter is not None:
@@ -377,7 +379,7 @@ def _eval(args) -> int:
         judge = Judge.from_config(grader_section(config), cache_path=None, generation=config.generation,
                                   dtype=m.dtype, device=m.device, seed=config.run.seed)
         judge.check()
-    result = evaluate_config(config, generator, prompts, ids, judge)
+    result = evaluate_config(task, generator, prompts, ids, judge)
     result["model"] = path if adapter is None else f"{path} + {adapter}"
     if judge is not None:
         grader = grader_section(config)

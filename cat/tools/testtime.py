@@ -33,6 +33,7 @@ from cat.rewards.answers import AnswerChain
 from cat.rewards.math import answers_match
 from cat.tasks.data import load_split
 from cat.tasks.evaluate import grade
+from cat.tasks.settings import TaskSettings
 from cat.teacher.anchor import synthesis_template
 from cat.teacher.estimators import build_estimator, majority_answer
 from cat.teacher.firewall import blind, label_fields
@@ -136,7 +137,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     for g in sizes:
         groups = [Group(prompt=p, prompt_ids=tuple(i), completions=tuple(cs[:g]))
                   for p, i, cs in zip(prompts, ids, completions, strict=True)]
-        blind_groups = blind(groups, label_fields(config))  # the estimators read no label; grading below does
+        blind_groups = blind(groups, label_fields(config.data))  # the estimators read no label; grading below does
         for name, estimator, view in variants:
             start = time.perf_counter()
             refs = estimator(groups if name == "gold" else blind_groups, view)
@@ -268,7 +269,7 @@ def regrade(config, saved: dict, names: list[str] | None = None) -> dict:
     """A saved result read again with ``config``'s answer chain and grading, no model run: every
     rollout's and reference's saved text is re-read, the vote taken again, every statistic
     recomputed (after a fix to ``answer.rules``, say)."""
-    prompts = {p.index: p for p in load_split(config, "eval")}
+    prompts = {p.index: p for p in load_split(TaskSettings.from_config(config), "eval")}
     answer_of = AnswerChain.from_config(config.answer)
     examples = copy.deepcopy(saved.get("examples") or [])
     if not examples:

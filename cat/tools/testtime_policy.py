@@ -9,6 +9,7 @@ import logging
 from cat.generation import SamplingParams, generator_from_config
 from cat.models.load import load_model, load_tokenizer, resolve_device
 from cat.tasks.data import load_split
+from cat.tasks.settings import TaskSettings
 from cat.tasks.task import fit_prompts, prompt_limit
 from cat.teacher.anchor import build_anchor
 
@@ -27,9 +28,10 @@ def load_prompts(config):
     """The evaluation prompts that fit the policy's context, their token ids, how many were
     skipped, and the policy's tokenizer: what grading saved rollouts needs, no model loaded."""
     m = config.model
-    prompts = load_split(config, "eval")
+    task = TaskSettings.from_config(config)
+    prompts = load_split(task, "eval")
     tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
-    prompts, ids, skipped = fit_prompts(prompts, tokenizer, m, prompt_limit(config), which="evaluation",
+    prompts, ids, skipped = fit_prompts(prompts, tokenizer, m, prompt_limit(task), which="evaluation",
                                         log=logger.warning)
     return prompts, ids, skipped, tokenizer
 
