@@ -188,7 +188,7 @@ def train_apart(config, run_dir: Path, *, progress: bool, name: str) -> None:
 _PRELOAD = ["cat.tools.train", "cat.run.trainer", "transformers.models.auto.modeling_auto",
             "transformers.models.auto.tokenization_auto"]
 """What the fork server imports once for every run: the trainer, and the transformers modules that
-``AutoModelForCausalLM`` and ``AutoTokenizer`` load on first use (4 of a tiny run's 5.6 s)."""
+``AutoModelForCausalLM`` and ``AutoTokenizer`` load on first use, most of a tiny run's start-up time."""
 
 
 def _train_in_child(config, run_dir: Path, progress: bool) -> None:
