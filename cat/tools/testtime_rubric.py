@@ -146,7 +146,7 @@ def run_rubric_test_time(config, names: list[str], sizes: list[int], *, verdicts
     for g in sizes:
         groups = [Group(prompt=p, prompt_ids=tuple(i), completions=tuple(cs[:g]))
                   for p, i, cs in zip(prompts, ids, completions, strict=True)]
-        blind_groups = blind(groups, label_fields(config))  # the arms read no label; grading below does
+        blind_groups = blind(groups, label_fields(config.data))  # the arms read no label; grading below does
         for ex in examples:
             ex["answers"][f"single@{g}"] = _answer(ex, 0, None)
         if anchor is not None:
