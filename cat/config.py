@@ -121,6 +121,10 @@ class GenerationConfig(_Section):
     vllm_enforce_eager: bool = False
     """Run the vLLM engine eagerly: no graph compilation or CUDA-graph capture. Starts faster
     and generates slower on a GPU; for short runs and debugging."""
+    weight_sync_bucket_mb: float = Field(256, gt=0)
+    """vLLM: the most memory, in MiB, that a weight sync holds beside the engine. The weights go to
+    the engine in buckets of this size in the compute dtype, each made when the engine asks for it
+    (FSDP shards gathered tensor by tensor), never as a second copy of the model."""
 
 
 class GRPOConfig(_Section):

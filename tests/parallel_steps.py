@@ -72,10 +72,36 @@ def run(name: str, out: Path, world: Path, strategy: str, extra: list[str]) -> d
         metrics = t.step(step).metrics
         rows.append({k: v for k, v in metrics.items() if not k.startswith("time/") and k != "tokens_per_second"})
     weights = torch.cat([whole(p) for p in t.policy.parameters()])
+    streamed, stream_peak, largest = streamed_weights(t.policy)
     if t.ranks.main:
-        torch.save({"grads": torch.stack(grads), "weights": weights}, out / f"{name}.pt")
+        torch.save({"grads": torch.stack(grads), "weights": weights, "streamed": streamed}, out / f"{name}.pt")
     return {"rows": rows, "steps": len(steps), "world": t.ranks.world, "updates": len(grads),
-            "sharded": t.learner.fsdp}
+            "sharded": t.learner.fsdp, "stream_peak": stream_peak, "largest": largest}
+
+
+def streamed_weights(policy) -> tuple[torch.Tensor, int, int]:
+    """What the weight sync streams to an engine (``stream_weights``), flattened; the most bytes of
+    gathered tensors alive at once while a consumer takes them one by one; the largest tensor's
+    bytes. Under FSDP every rank walks the stream (each gather is a collective)."""
+    import weakref
+
+    from cat.models.lora import stream_weights
+
+    live, peak, largest, parts = [0], [0], 0, []
+    def storage(t: torch.Tensor) -> int:
+        return (t.to_local() if hasattr(t, "to_local") else t).data_ptr()
+
+    own = {storage(t) for t in [*policy.parameters(), *policy.buffers()]}  # a plain module's entries are these
+    for _, tensor in stream_weights(policy):
+        size = tensor.numel() * tensor.element_size()
+        largest = max(largest, size)
+        if storage(tensor) not in own:
+            live[0] += size
+            peak[0] = max(peak[0], live[0])
+            weakref.finalize(tensor, lambda size=size: live.__setitem__(0, live[0] - size))
+        parts.append(tensor.detach().flatten().clone())
+        del tensor
+    return torch.cat(parts), peak[0], largest
 
 
 def main() -> None:

@@ -98,6 +98,9 @@ def test_two_processes_take_the_one_process_steps_with_ddp_and_fsdp(tmp_path, ti
             for k in range(len(scale)):
                 assert_same_maths(tb["grads"][k], ta["grads"][k], msg=f"{label} {name}: optimizer step {k + 1}")
             assert_same_maths(tb["weights"], ta["weights"], msg=f"{label} {name}: final weights")
+            # the weight sync's stream: the same tensors, under FSDP gathered one at a time
+            assert_same_maths(tb["streamed"], ta["streamed"], msg=f"{label} {name}: streamed weights")
+            assert rb[name]["stream_peak"] == (rb[name]["largest"] if label == "fsdp" else 0)
             assert (scale > 0).float().mean() > 0.75  # most steps had a learning signal
     gold = ra["tiny_arith_gold"]["rows"]
     assert all(r["groups/scored"] == 2 for r in gold[:-1])

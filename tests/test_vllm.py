@@ -127,6 +127,49 @@ class TestOnOneEngine:
             engine.sync_weights(original)  # the module's engine serves the untouched model to later tests
 
 
+    def test_a_weight_sync_holds_at_most_a_bucket_beside_the_engine(self, engine, policy, monkeypatch):
+        """The sync streams the weights: every tensor it hands the engine is counted from when it is
+        made until the last reference to it goes (the engine's loader keeps a layer's parts until the
+        layer is complete). With 256 KiB buckets the most alive at once stays within a bucket, the
+        largest layer vLLM fuses (q, k, v; gate, up) and the largest tensor (the one the loader holds
+        while the next bucket is made): far below the model. The engine serves the weights it was sent."""
+        import cat.generation.vllm as vllm_backend
+
+        model, tokenizer = policy
+        live, peak, made = [0], [0], []
+
+        def counted(weights, dtype, bucket_bytes):
+            for bucket in weight_buckets(weights, dtype, bucket_bytes):
+                for name, tensor in bucket:
+                    size = tensor.numel() * tensor.element_size()
+                    live[0] += size
+                    peak[0] = max(peak[0], live[0])
+                    made.append(name)
+                    weakref.finalize(tensor, lambda size=size: live.__setitem__(0, live[0] - size))
+                yield bucket
+
+        weight_buckets = vllm_backend.weight_buckets
+        monkeypatch.setattr(vllm_backend, "weight_buckets", counted)
+        monkeypatch.setattr(engine, "bucket_bytes", 256 * 1024)
+        [p] = ids_for(tokenizer, ["47+38"])
+        cont = tokenizer("ones 7+8=15 tens 4+3+1=08 so \\boxed{85}<|end|>", add_special_tokens=False)["input_ids"]
+        before = engine.score([p], [cont])
+        engine.sync_weights(model)
+        gc.collect()
+        state = model.state_dict()
+        assert made == list(state) and live[0] == 0  # every tensor, in order, and none kept after
+        sizes = {name: t.numel() * t.element_size() for name, t in state.items()}
+        fused = {}
+        for name, size in sizes.items():  # vLLM's fused layers: qkv_proj, gate_up_proj
+            group = name.replace("q_proj", "qkv").replace("k_proj", "qkv").replace("v_proj", "qkv")
+            group = group.replace("gate_proj", "gate_up").replace("up_proj", "gate_up")
+            fused[group] = fused.get(group, 0) + size
+        # the bucket being made, the layer the loader is completing, and the tensor it took last
+        bound = 256 * 1024 + max(fused.values()) + max(sizes.values())
+        assert peak[0] <= bound, (peak[0], bound)
+        assert peak[0] < sum(sizes.values()) / 3, (peak[0], sum(sizes.values()))
+        assert engine.score([p], [cont]) == before  # the same weights, reloaded
+
     def test_lora_policy_and_its_base_reach_the_engine_merged(self, engine, policy, tiny_world):
         """A LoRA policy is loaded into the engine with its adapter merged (the engine's log-probs equal
         the peft module's), and its AdapterOff view (pi_0) as the base weights."""

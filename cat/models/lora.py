@@ -8,10 +8,13 @@ adapter switched off *is* pi_0, so the KL reference and the anchor cost no secon
 * ``export_weights`` gives what an engine or an export loads under the base model's own names:
   the adapter merged in (``W + alpha / r * B @ A``) for the policy, the base weights for pi_0.
   vLLM gets the policy this way, merged; its own LoRA support is not used, so a step's weight sync
-  is the same for full and LoRA training.
+  is the same for full and LoRA training. ``stream_weights`` gives the same tensors one at a time
+  (the weight sync's source: no second copy of the model, FSDP shards gathered one by one).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 
@@ -59,38 +62,43 @@ class AdapterOff:
 
 def export_weights(model) -> dict[str, torch.Tensor]:
     """The weights to load into an engine or save as a plain model, by the base model's names:
-    merged for a peft policy, the base for ``AdapterOff``, ``state_dict()`` otherwise."""
+    merged for a peft policy, the base for ``AdapterOff``, ``state_dict()`` otherwise; all of
+    them at once (``stream_weights`` gives them one by one)."""
+    return dict(stream_weights(model))
+
+
+def stream_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """``export_weights`` one tensor at a time, each made only when it is asked for: an FSDP
+    shard gathered whole (a collective: every rank must walk the stream to its end, in step), a
+    LoRA layer's adapter merged into its weight alone. What a consumer drops is freed before the
+    next tensor is made, so the stream never holds a second copy of the model."""
     if isinstance(model, AdapterOff):
-        return _base_weights(model.policy, merged=False)
-    if is_peft(model):
-        return _base_weights(model, merged=True)
-    # an FSDP-sharded module's entries are DTensors: gathered whole (every rank must call this)
-    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
+        yield from _base_weights(model.policy, merged=False)
+    elif is_peft(model):
+        yield from _base_weights(model, merged=True)
+    else:
+        for name, tensor in model.state_dict().items():
+            yield name, tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def _base_weights(peft_model, *, merged: bool) -> dict[str, torch.Tensor]:
+def _base_weights(peft_model, *, merged: bool) -> Iterator[tuple[str, torch.Tensor]]:
     from peft.tuners.lora import LoraLayer
 
     base = peft_model.get_base_model()
-    deltas = {}
-    if merged:
-        for name, module in base.named_modules():
-            if isinstance(module, LoraLayer):
-                parts = [module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A]
-                if parts:
-                    deltas[name] = torch.stack(parts).sum(0)
-    out = {}
+    lora = {name: module for name, module in base.named_modules() if merged and isinstance(module, LoraLayer)}
     with torch.no_grad():
         for name, tensor in base.state_dict().items():
             if ".lora_" in name:
                 continue
             clean = name.replace(".base_layer.", ".")
             owner = clean.rsplit(".", 1)[0]
-            if clean.endswith(".weight") and owner in deltas:
+            module = lora.get(owner)
+            parts = [module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A] \
+                if module is not None and clean.endswith(".weight") else []
+            if parts:
                 wide = torch.promote_types(tensor.dtype, torch.float32)  # fp32, or fp64 for a fp64 model
-                tensor = (tensor.to(wide) + deltas[owner].to(wide)).to(tensor.dtype)
-            out[clean] = tensor.detach()
-    return out
+                tensor = (tensor.to(wide) + torch.stack(parts).sum(0).to(wide)).to(tensor.dtype)
+            yield clean, tensor.detach()
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:
