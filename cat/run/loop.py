@@ -155,6 +155,8 @@ class RunLoop:
                 self.step_done += 1
                 # the process's high-water mark so far (not the step's own), the largest over ranks
                 result.metrics["memory/peak_rss_mib"] = max(t.ranks.gather(peak_rss_mib()))
+                if t.device.type == "cuda":  # the accelerator's too: the policy, optimizer, activations, vLLM's cache
+                    result.metrics["memory/peak_gpu_mib"] = max(t.ranks.gather(peak_gpu_mib(t.device)))
                 if main:
                     _append_jsonl(metrics_path, [result.metrics])
                     _append_jsonl(samples_path, result.samples)
@@ -208,6 +210,14 @@ def peak_rss_mib() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def peak_gpu_mib(device) -> float:
+    """The most GPU memory torch's allocator has held on ``device`` so far, in MiB (vLLM's weights
+    and KV cache included: it allocates through torch)."""
+    import torch
+
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
 class _GracefulInterrupt:
