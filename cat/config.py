@@ -185,6 +185,11 @@ class GRPOConfig(_Section):
 class OptimConfig(_Section):
     """AdamW and its schedule: learning rate, betas, weight decay, warm-up and gradient clipping."""
 
+    name: Literal["adamw", "adamw_8bit"] = "adamw"
+    """The optimizer: ``adamw`` (torch's; both moments in fp32, 8 bytes a trained parameter) or
+    ``adamw_8bit`` (bitsandbytes' AdamW8bit: both moments quantized in blocks to 8 bits, about 2
+    bytes a parameter; tensors under 4,096 elements keep fp32 moments; ``pip install
+    'cat-rl[bnb]'``). Not with ``parallel.strategy: fsdp`` or ``model.dtype: float64``."""
     lr: float = Field(1e-5, gt=0)
     """AdamW learning rate."""
     weight_decay: float = Field(0.0, ge=0)
@@ -632,6 +637,10 @@ class Config(_Section):
         if self.parallel.strategy == "fsdp" and self.model.dtype == "float16":
             raise ValueError("model.dtype float16 with parallel.strategy fsdp is not supported (fp16's loss scaling is "
                              "tested with one process and ddp): use bfloat16 with fsdp, or ddp")
+        if self.optim.name == "adamw_8bit" and (self.parallel.strategy == "fsdp" or self.model.dtype == "float64"):
+            what = "parallel.strategy fsdp" if self.parallel.strategy == "fsdp" else "model.dtype float64"
+            raise ValueError(f"optim.name adamw_8bit with {what} is not supported (bitsandbytes' 8-bit state takes "
+                             "whole fp32, bf16 or fp16 tensors): use ddp and float32 or bfloat16, or optim.name adamw")
         if self.parallel.strategy == "fsdp" and self.model.lora is not None:
             raise ValueError("parallel.strategy fsdp with model.lora is not supported: the adapter is small, use ddp")
         if self.rubric.min_criteria > self.rubric.max_criteria:

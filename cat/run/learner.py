@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from cat.config import ModelConfig, OptimConfig
-from cat.errors import TrainingHalted
+from cat.errors import ConfigError, TrainingHalted
 from cat.models.load import load_model, master_dtype, torch_dtype
 from cat.models.logprobs import token_logprobs
 from cat.run.parallel import Ranks
@@ -67,8 +67,7 @@ class Learner:
         if self.fsdp:
             _fully_shard(self.policy)
         self.trained = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trained, lr=optim.lr, betas=optim.betas,
-                                           weight_decay=optim.weight_decay)
+        self.optimizer = build_optimizer(optim, self.trained)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _schedule(optim.schedule, optim.warmup_steps, total_updates))
         ddp = ranks.world > 1 and not self.fsdp
@@ -262,6 +261,18 @@ def _fsdp_modules(model) -> list:
     from torch.distributed.fsdp import FSDPModule
 
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def build_optimizer(optim: OptimConfig, params: list) -> torch.optim.Optimizer:
+    """The optimizer ``optim.name`` names over ``params``, with the section's learning rate, betas
+    and weight decay (its schedule is the learner's)."""
+    if optim.name == "adamw_8bit":
+        try:
+            import bitsandbytes
+        except ImportError as exc:
+            raise ConfigError(f"optim.name adamw_8bit needs bitsandbytes: pip install 'cat-rl[bnb]' ({exc})") from None
+        return bitsandbytes.optim.AdamW8bit(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    return torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
 
 
 def _schedule(kind: str, warmup: int, total: int):

@@ -82,12 +82,12 @@ def plan(config, arch: Architecture, *, processes: int = 1) -> list[tuple[str, f
     if lora is None:
         part = f", 1/{shards} (FSDP)" if shards > 1 else ""
         rows = [(f"policy master weights (fp32{part})", -(-4 * P // shards)), (f"gradients (fp32{part})", -(-4 * P // shards)),
-                (f"AdamW state (fp32, 2 moments{part})", -(-8 * P // shards))]
+                (optimizer_row(config.optim.name, part), -(-optimizer_bytes(config.optim.name, P) // shards))]
     else:
         A = arch.lora_parameters(lora)
         rows = [(f"base weights, frozen ({config.model.dtype}; pi_0 is the base with the adapter off)", compute * P),
                 (f"LoRA adapter (fp32, r={lora.r}, {A / 1e6:.1f} M parameters)", 4 * A),
-                ("adapter gradients (fp32)", 4 * A), ("AdamW state (fp32, 2 moments)", 8 * A)]
+                ("adapter gradients (fp32)", 4 * A), (optimizer_row(config.optim.name, ""), optimizer_bytes(config.optim.name, A))]
     anchor_on_pi0 = (config.estimator.name in {"synthesis", "self_bon", "min_perplexity", "mutual_predictability"}
                      and config.anchor.backend == "local" and config.anchor.model is None and gen.backend == "hf")
     uses_pi0 = lora is None and (g.beta > 0 or anchor_on_pi0)  # a second copy; with LoRA, none
@@ -111,6 +111,17 @@ def plan(config, arch: Architecture, *, processes: int = 1) -> list[tuple[str, f
         rows.append(("logits of one micro-batch (activations not counted)",
                      run.micro_batch_size * positions * arch.vocab * compute))
     return rows
+
+
+def optimizer_bytes(name: str, trained: int) -> int:
+    """The optimizer state of ``trained`` parameters: AdamW's two fp32 moments (8 bytes each), or
+    AdamW8bit's two 8-bit moments with an fp32 scale per block of 256 (about 2.03 bytes)."""
+    return 8 * trained if name == "adamw" else 2 * trained + -(-trained // 256) * 2 * 4
+
+
+def optimizer_row(name: str, part: str) -> str:
+    return f"AdamW state (fp32, 2 moments{part})" if name == "adamw" else \
+        f"AdamW8bit state (bitsandbytes: 2 moments in 8 bits, block scales{part})"
 
 
 def _size(n: float) -> str:
