@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers import LlamaConfig, Qwen3Config
 
 from cat.config import load_config
-from cat.tools.plan import architecture, render
+from cat.tools.plan import GB, architecture, fit, render
 
 ROOT = Path(__file__).resolve().parent.parent
 QWEN3_4B = Qwen3Config(
@@ -29,9 +29,29 @@ RUNS = [  # (config, architecture, processes)
     ("math500_llama31_8b_cat_fsdp8.yaml", LLAMA31_8B, 8),
     ("math500_llama31_8b_cat_lora.yaml", LLAMA31_8B, 1),
 ]
+H100, H200 = 79.2, 139.8
+"""What torch reports as an 80 GB H100's and a 141 GB H200's memory, in GiB."""
+STATED = [  # (config, architecture, processes, GiB a GPU): the hardware each config names in its header
+    ("math500_qwen3_4b_cat.yaml", QWEN3_4B, 1, H200),
+    ("math500_qwen3_4b_cat_8gpu.yaml", QWEN3_4B, 8, H200),
+    ("math500_llama31_8b_cat_fsdp8.yaml", LLAMA31_8B, 8, H100),
+    ("math500_llama31_8b_cat_lora.yaml", LLAMA31_8B, 1, H100),
+]
 
-for name, model_config, processes in RUNS:
-    config = load_config(ROOT / "experiments" / name, [])
-    print(f"## {name}, {processes} process(es)\n")
-    print(render(config, architecture(model_config), processes=processes))
-    print()
+
+def main() -> None:
+    for name, model_config, processes in RUNS:
+        config = load_config(ROOT / "experiments" / name, [])
+        print(f"## {name}, {processes} process(es)\n")
+        print(render(config, architecture(model_config), processes=processes))
+        print()
+    print("## the hardware each config names\n")
+    for name, model_config, processes, gib in STATED:
+        config = load_config(ROOT / "experiments" / name, [])
+        verdict = fit(config, architecture(model_config), processes=processes, capacity=int(gib * GB),
+                      where=f"{processes} GPU(s) of {gib} GiB", gpu=True)
+        print(f"{name}: {verdict.line()}")
+
+
+if __name__ == "__main__":
+    main()

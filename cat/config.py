@@ -573,6 +573,13 @@ class RunConfig(_Section):
     """Completions per step written to samples.jsonl."""
     max_nonfinite_in_a_row: int = Field(3, ge=1)
     """Stop the run after this many consecutive non-finite losses or gradients."""
+    memory_check: bool = True
+    """Before a model loads, refuse a run whose memory plan (``cat-rl plan``) leaves less than 10%
+    of a process's memory for activations, naming the settings that shrink it. False starts it
+    anyway."""
+    memory_gib: float | None = Field(None, gt=0)
+    """The memory one process may use, in GiB, for that check; None: its GPU's, or on the CPU the
+    machine's RAM shared by the processes on it."""
     preflight_prompts: int = Field(4, ge=0)
     """Before the first step of a fresh run, sample this many training prompts, build their
     references and score them, and print the rollout and reference answer rates and the share of

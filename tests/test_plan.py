@@ -64,3 +64,58 @@ def test_tied_output_layer_is_counted_once():
     tied = architecture(Qwen3Config(**small, tie_word_embeddings=True)).parameters
     untied = architecture(Qwen3Config(**small, tie_word_embeddings=False)).parameters
     assert untied - tied == 1000 * 64
+
+
+def _memory_plan():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("memory_plan", ROOT / "benchmarks" / "memory_plan.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_gpu_configs_fit_the_hardware_they_name_with_room_for_activations():
+    """Each paper config that names its hardware (benchmarks/memory_plan.py's STATED, from the
+    configs' headers) fits it with at least 10% of each GPU left for activations; the full 8B
+    fine-tune on one 80 GB GPU does not, and the refusal names the settings that would shrink it."""
+    from cat.config import load_config
+    from cat.tools.plan import GB, HEADROOM, fit
+
+    bench = _memory_plan()
+    for name, model_config, processes, gib in bench.STATED:
+        config = load_config(ROOT / "experiments" / name, [])
+        verdict = fit(config, architecture(model_config), processes=processes, capacity=int(gib * GB),
+                      where=f"{gib} GiB", gpu=True)
+        assert verdict.fits and verdict.need <= (1 - HEADROOM) * verdict.capacity, (name, verdict.line())
+    full = load_config(ROOT / "experiments" / "math500_llama31_8b_cat.yaml", [])
+    verdict = fit(full, architecture(bench.LLAMA31_8B), processes=1, capacity=int(bench.H100 * GB), where="an H100",
+                  gpu=True)
+    assert not verdict.fits
+    line = verdict.line()
+    assert line.startswith("does not fit an H100: the plan needs 162.") and "turn a knob: model.lora" in line
+    assert "parallel.strategy=fsdp on more processes" in line and "optim.name=adamw_8bit" in line
+
+
+def test_plan_cli_says_whether_a_config_fits_a_gpu(tiny_world, capsys):
+    config = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
+    model = f"model.name_or_path={tiny_world / 'model'}"
+    assert main(["plan", config, model, "--gpu-memory", "80"]) == 0
+    assert "fits a GPU of 80 GiB (80.0 GiB a process) with 100% to spare" in capsys.readouterr().out
+    assert main(["plan", config, model, "--gpu-memory", "0.01"]) == 1
+    out = capsys.readouterr().out
+    assert "does not fit a GPU of 0.01 GiB" in out and "turn a knob: model.lora" in out
+    assert main(["plan", config, model, "--gpu-memory", "-1"]) == 2
+    assert "--gpu-memory must be a positive number of GiB, got -1" in capsys.readouterr().err
+
+
+def test_training_refuses_a_run_its_plan_does_not_fit_before_anything_loads(tmp_path, tiny_world):
+    from conftest import cli
+
+    run_dir = tmp_path / "run"
+    out = cli("train", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), f"model.name_or_path={tiny_world / 'model'}",
+              "run.memory_gib=0.001", "--output-dir", str(run_dir), "--no-progress")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "memory: does not fit run.memory_gib: the plan needs" in out.stderr
+    assert "turn a knob: model.lora" in out.stderr and "(run.memory_check=false starts it anyway)" in out.stderr
+    assert not run_dir.exists()  # refused before the run directory was touched

@@ -5,7 +5,7 @@
     cat-rl synthesize|testtime CONFIG [--estimators a,b,...] [--group-sizes 4,8]
                       [--anchor-decoding greedy,sampled] [--anchor-question without,with]
                       [--output FILE] [--json] [key=value ...]
-    cat-rl plan CONFIG [--processes N] [key=value ...]
+    cat-rl plan CONFIG [--processes N] [--gpu-memory GIB] [key=value ...]
     cat-rl compare CONFIG --arms a,b,... [--arm LABEL "k=v ..."] [--seeds 0,1,2] --output-dir DIR [key=value ...]
     cat-rl report RUN_DIR|RESULT.json ... [--output DIR]
     cat-rl tiny-world [arith|arith-hard|rubric] [--build] [--check] [--output DIR]
@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="memory per process for a config, computed from the model's architecture")
     pl.add_argument("config")
     pl.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run is split over")
+    pl.add_argument("--gpu-memory", type=float, metavar="GIB",
+                    help="each GPU's memory in GiB (80 GB H100: 79.2; 141 GB H200: 139.8): say whether the run fits "
+                         "it with 10%% left for activations, and which settings shrink it when not (exit 1)")
     c = sub.add_parser("compare", help="run arms of one config over several seeds and compare their gains")
     c.add_argument("config")
     c.add_argument("--arms", help="comma-separated estimator names, one arm each (e.g. synthesis,majority_vote,gold)")
@@ -402,7 +405,7 @@ def _plan(args) -> int:
 
     from cat.config import load_config
     from cat.models.load import resolve_path
-    from cat.tools.plan import architecture, render
+    from cat.tools.plan import GB, architecture, fit, render
 
     config = load_config(args.config, args.overrides)
     if args.processes < 1:
@@ -412,8 +415,16 @@ def _plan(args) -> int:
         model_config = AutoConfig.from_pretrained(resolve_path(m.name_or_path), trust_remote_code=m.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the architecture of '{m.name_or_path}' (its config.json): {exc}") from None
-    print(render(config, architecture(model_config), processes=args.processes))
-    return 0
+    arch = architecture(model_config)
+    print(render(config, arch, processes=args.processes))
+    if args.gpu_memory is None:
+        return 0
+    if args.gpu_memory <= 0:
+        raise ConfigError(f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}")
+    verdict = fit(config, arch, processes=args.processes, capacity=int(args.gpu_memory * GB),
+                  where=f"a GPU of {args.gpu_memory:g} GiB", gpu=True)
+    print(verdict.line())
+    return 0 if verdict.fits else 1
 
 
 def _synthesize(args) -> int:

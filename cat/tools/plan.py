@@ -139,3 +139,105 @@ def render(config, arch: Architecture, *, processes: int = 1) -> str:
     lines.append("  (prompt length: data.max_prompt_tokens, else 512; each process holds the KV cache for its share "
                  "of the step's prompts; FSDP gathers one layer's weights at a time on top of its shard)")
     return "\n".join(lines)
+
+
+HEADROOM = 0.10
+"""The share of a process's memory a run must leave free by the plan: activations are not counted."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The plan against the memory one process has: ``need`` bytes (vLLM's rows as the engine
+    will take them), ``capacity`` bytes on ``where``."""
+
+    need: int
+    capacity: int
+    where: str
+    knobs: tuple[str, ...]
+
+    @property
+    def fits(self) -> bool:
+        return self.need <= (1 - HEADROOM) * self.capacity
+
+    def line(self) -> str:
+        share = 1 - self.need / self.capacity
+        if self.fits:
+            return (f"fits {self.where} ({self.capacity / GB:.1f} GiB a process) with {share:.0%} to spare for "
+                    f"activations (at least {HEADROOM:.0%} asked)")
+        return (f"does not fit {self.where}: the plan needs {self.need / GB:.1f} GiB a process and leaves "
+                f"{max(share, 0):.0%} of {self.capacity / GB:.1f} GiB for activations (at least {HEADROOM:.0%} asked); "
+                f"turn a knob: " + "; or ".join(self.knobs))
+
+
+def fit(config, arch: Architecture, *, processes: int, capacity: int, where: str, gpu: bool) -> Fit:
+    """Whether ``config``'s plan fits ``capacity`` bytes a process, and what to change when not.
+    vLLM holds what it is given, not the plan's whole step: on a GPU ``vllm_gpu_memory_utilization``
+    of the device (its weights and KV cache), on the CPU its weights and ``VLLM_CPU_KVCACHE_SPACE``."""
+    import os
+
+    rows = plan(config, arch, processes=processes)
+    gen = config.generation
+    engine = [size for name, size in rows if name.startswith("vLLM")]
+    need = sum(size for name, size in rows if not name.startswith("vLLM"))
+    if engine:
+        kv_space = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")) * GB
+        need += int(gen.vllm_gpu_memory_utilization * capacity) if gpu else engine[0] + int(kv_space)
+    return Fit(need=need, capacity=capacity, where=where, knobs=tuple(_knobs(config, rows)))
+
+
+def _knobs(config, rows: list[tuple[str, int]]) -> list[str]:
+    """The settings that shrink this plan's rows."""
+    out = []
+    trained = sum(b for name, b in rows if name.startswith(("policy master", "gradients", "AdamW")))
+    if config.model.lora is None:
+        out.append(f"model.lora (train an adapter: the fp32 master weights, gradients and optimizer state, "
+                   f"{trained / GB:.1f} GiB, become the adapter's; the frozen base is held once, in the compute dtype)")
+        if config.parallel.strategy != "fsdp":
+            out.append("parallel.strategy=fsdp on more processes (shards the fp32 weights, gradients and optimizer "
+                       f"state: {trained / GB:.1f} GiB over N)")
+    optimizer = next((b for name, b in rows if name.startswith("AdamW state")), None)
+    if optimizer is not None and config.parallel.strategy != "fsdp" and config.model.dtype != "float64":
+        out.append(f"optim.name=adamw_8bit (the optimizer state, {optimizer / GB:.1f} GiB, to about a quarter)")
+    if any(name.startswith("vLLM") for name, _ in rows) and config.generation.vllm_gpu_memory_utilization > 0.2:
+        out.append(f"generation.vllm_gpu_memory_utilization below {config.generation.vllm_gpu_memory_utilization} "
+                   "(a smaller KV cache: vLLM queues the step's sequences)")
+    logits = next((b for name, b in rows if name.startswith(("logits of", "log-prob chunks"))), 0)
+    if logits > GB:
+        out.append(f"run.micro_batch_size below {config.run.micro_batch_size} (the scoring buffers, {logits / GB:.1f} GiB)")
+    return out
+
+
+def run_fit(config) -> Fit | None:
+    """The plan of ``config`` against the memory of the process about to run it: ``run.memory_gib``,
+    else its GPU's (under a launcher, the one its local rank takes), else the machine's RAM shared
+    by the processes on it. None, with a warning, where the model's architecture cannot be read
+    (the model's load then says why)."""
+    import logging
+    import os
+
+    from transformers import AutoConfig
+
+    from cat.models.load import resolve_device, resolve_path
+
+    m = config.model
+    try:
+        arch = architecture(AutoConfig.from_pretrained(resolve_path(m.name_or_path), trust_remote_code=m.trust_remote_code))
+    except Exception as exc:  # noqa: BLE001 - any reason the config.json cannot be read or understood
+        logging.getLogger(__name__).warning("memory plan skipped: cannot read the architecture of '%s' (%s)",
+                                            m.name_or_path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    gpu = resolve_device(m.device).type == "cuda"
+    if config.run.memory_gib is not None:
+        capacity, where = int(config.run.memory_gib * GB), "run.memory_gib"
+    elif gpu:
+        import torch
+
+        index = int(os.environ.get("LOCAL_RANK", "0")) % max(torch.cuda.device_count(), 1)
+        props = torch.cuda.get_device_properties(index)
+        capacity, where = props.total_memory, f"the GPU ({props.name})"
+    else:
+        capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local
+        where = "this machine's memory" + (f" shared by {local} processes" if local > 1 else "")
+    return fit(config, arch, processes=processes, capacity=capacity, where=where, gpu=gpu)

@@ -30,6 +30,12 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
     from cat.run.trainer import preflight
 
     preflight(config)
+    if config.run.memory_check:
+        from cat.tools.plan import run_fit
+
+        planned = run_fit(config)
+        if planned is not None and not planned.fits:
+            raise ConfigError(f"memory: {planned.line()} (run.memory_check=false starts it anyway)")
     ranks = Ranks(cpu=resolve_device(config.model.device).type == "cpu", timeout_s=config.parallel.timeout_s)
     with contextlib.ExitStack() as held:
         outcome = None
