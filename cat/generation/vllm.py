@@ -133,6 +133,11 @@ class VLLMGenerator:
         options: dict = {}
         if gpu:
             options["gpu_memory_utilization"] = gpu_memory_utilization
+            local_rank = os.environ.get("LOCAL_RANK")
+            if local_rank is not None and tensor_parallel_size == 1:
+                # under a launcher each rank's engine on the rank's own GPU: an in-process engine
+                # otherwise takes device 0 in every rank (vLLM's device_ids index the visible GPUs)
+                options["device_ids"] = [int(local_rank)]
         else:
             from cat.models.load import context_length
 

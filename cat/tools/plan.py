@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GB = 1024**3
-_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass(frozen=True)
@@ -79,15 +79,18 @@ def plan(config, arch: Architecture, *, processes: int = 1) -> list[tuple[str, f
     g, gen, run = config.grpo, config.generation, config.run
     lora = config.model.lora
     shards = processes if config.parallel.strategy == "fsdp" and processes > 1 else 1
+    # trained tensors are fp32 (a float64 run's are float64 throughout: twice the bytes)
+    m, wide = (8, "fp64") if config.model.dtype == "float64" else (4, "fp32")
     if lora is None:
         part = f", 1/{shards} (FSDP)" if shards > 1 else ""
-        rows = [(f"policy master weights (fp32{part})", -(-4 * P // shards)), (f"gradients (fp32{part})", -(-4 * P // shards)),
-                (optimizer_row(config.optim.name, part), -(-optimizer_bytes(config.optim.name, P) // shards))]
+        rows = [(f"policy master weights ({wide}{part})", -(-m * P // shards)), (f"gradients ({wide}{part})", -(-m * P // shards)),
+                (optimizer_row(config.optim.name, part, wide), -(-optimizer_bytes(config.optim.name, P) * m // 4 // shards))]
     else:
         A = arch.lora_parameters(lora)
         rows = [(f"base weights, frozen ({config.model.dtype}; pi_0 is the base with the adapter off)", compute * P),
-                (f"LoRA adapter (fp32, r={lora.r}, {A / 1e6:.1f} M parameters)", 4 * A),
-                ("adapter gradients (fp32)", 4 * A), (optimizer_row(config.optim.name, ""), optimizer_bytes(config.optim.name, A))]
+                (f"LoRA adapter ({wide}, r={lora.r}, {A / 1e6:.1f} M parameters)", m * A),
+                (f"adapter gradients ({wide})", m * A),
+                (optimizer_row(config.optim.name, "", wide), optimizer_bytes(config.optim.name, A) * m // 4)]
     anchor_on_pi0 = (config.estimator.name in {"synthesis", "self_bon", "min_perplexity", "mutual_predictability"}
                      and config.anchor.backend == "local" and config.anchor.model is None and gen.backend == "hf")
     uses_pi0 = lora is None and (g.beta > 0 or anchor_on_pi0)  # a second copy; with LoRA, none
@@ -119,8 +122,8 @@ def optimizer_bytes(name: str, trained: int) -> int:
     return 8 * trained if name == "adamw" else 2 * trained + -(-trained // 256) * 2 * 4
 
 
-def optimizer_row(name: str, part: str) -> str:
-    return f"AdamW state (fp32, 2 moments{part})" if name == "adamw" else \
+def optimizer_row(name: str, part: str, wide: str = "fp32") -> str:
+    return f"AdamW state ({wide}, 2 moments{part})" if name == "adamw" else \
         f"AdamW8bit state (bitsandbytes: 2 moments in 8 bits, block scales{part})"
 
 

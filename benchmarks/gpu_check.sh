@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The GPU path in one table (benchmarks/gpu_check.py says what it measures):
+#   bash benchmarks/gpu_check.sh [--cpu] [--model smollm2|tiny|FOLDER] [--steps N]
+# Runs with $PYTHON, else the repository's .venv (python3 dev.py test makes it), else python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=python3
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+exec "${PYTHON:-$PY}" benchmarks/gpu_check.py "$@"
