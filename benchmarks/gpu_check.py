@@ -44,14 +44,21 @@ def model_and_config(name: str) -> tuple[str, Path, list[str]]:
             print(f"{smol} is not there (cat-rl fetch-model smollm2): checking on the tiny world's model", flush=True)
     if name == "tiny":
         return "tiny:arith", ROOT / "experiments" / "tiny_arith_cat.yaml", ["run.prompts_per_step=8"]
-    path = smol if name == "smollm2" else Path(name)
+    path = smol if name == "smollm2" else _from_caller(name)
     if not (path / "config.json").is_file():
         raise SystemExit(f"--model {name}: no model folder at {path} (cat-rl fetch-model smollm2)")
     return str(path), ROOT / "experiments" / "smollm2_addition_cat.yaml", []
 
 
+def _from_caller(path: str) -> Path:
+    """``path`` as the caller meant it: relative to the folder gpu_check.sh was called from."""
+    return (Path(os.environ.get("CAT_CALLER_DIR", os.getcwd())) / path).resolve()
+
+
 def train(label: str, processes: int, args, model: str, config: Path, extra: list[str], out: Path) -> dict:
     run_dir = out / label
+    if run_dir.exists():  # a finished run there would be resumed, run nothing, and report its old numbers
+        raise SystemExit(f"{run_dir} exists: give gpu_check another --output-dir")
     gpu = not args.cpu
     backend = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
     overrides = [f"model.name_or_path={model}", f"model.device={'cuda' if gpu else 'cpu'}",
@@ -80,7 +87,8 @@ def train(label: str, processes: int, args, model: str, config: Path, extra: lis
     def mean(key: str) -> float:
         return statistics.fmean(r.get(key, float("nan")) for r in warm)
 
-    memory = max(r.get("memory/peak_gpu_mib" if gpu else "memory/peak_rss_mib", float("nan")) for r in rows)
+    memory = max((r["memory/peak_gpu_mib" if gpu else "memory/peak_rss_mib"] for r in rows
+                  if ("memory/peak_gpu_mib" if gpu else "memory/peak_rss_mib") in r), default=float("nan"))
     return {**row, "step s": mean("time/step"), "tokens/s": mean("tokens_per_second"),
             "weight sync s": mean("time/weight_sync"), "generate s": mean("time/generate"),
             "update s": mean("time/update"), ("peak GPU MiB" if gpu else "peak RSS MiB"): memory}
@@ -91,11 +99,11 @@ def trl_row(args, model_name: str) -> dict | None:
         print("TRL is not installed here: its GRPOTrainer row is left out (benchmarks/trl_side_by_side.py says "
               "how to set it up)", flush=True)
         return None
-    side = "tiny" if model_name == "tiny" else model_name
+    side = model_name if model_name in ("tiny", "smollm2") else str(_from_caller(model_name))
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "trl_side_by_side.py"), "--model", side,
                            "--pairs", "2", "--warmup", "1", "--one-at-a-time"],
                           cwd=ROOT, capture_output=True, text=True)
-    print(done.stdout[-4000:], flush=True)
+    print(done.stdout, flush=True)
     return {"run": "TRL side by side (CPU fp32, its own harness)", "error": done.returncode} if done.returncode \
         else None
 
@@ -134,7 +142,7 @@ def main() -> int:
     if not args.cpu and gpus == 0:
         parser.error("no GPU is visible to torch: run with --cpu")
     model, config, extra = model_and_config(args.model)
-    out = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    out = _from_caller(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="gpu-check-"))
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         where = "CPU" if args.cpu else f"{gpus} x {torch.cuda.get_device_name(0)}"
@@ -142,7 +150,7 @@ def main() -> int:
         rows = [train("one process", 1, args, model, config, extra, out)]
         if gpus >= 2:
             rows.append(train("two processes", 2, args, model, config, extra, out))
-        trl = trl_row(args, args.model if args.model != "auto" else ("tiny" if model == "tiny:arith" else "smollm2"))
+        trl = trl_row(args, "tiny" if model == "tiny:arith" else "smollm2" if args.model == "auto" else args.model)
         if trl is not None:
             rows.append(trl)
         print(table(rows))

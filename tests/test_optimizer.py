@@ -73,3 +73,24 @@ def test_without_bitsandbytes_the_error_says_how_to_install_it(monkeypatch):
     optim = load_config(None, ["optim.name=adamw_8bit"]).optim
     with pytest.raises(ConfigError, match=r"optim.name adamw_8bit needs bitsandbytes: pip install 'cat-rl\[bnb\]'"):
         build_optimizer(optim, [torch.nn.Parameter(torch.zeros(2))])
+
+
+def test_a_checkpoint_is_not_resumed_under_another_optimizer(tmp_path, tiny_world):
+    eight = make_trainer(tmp_path, tiny_world, "optim.name=adamw_8bit")
+    eight.step(0)
+    loop = RunLoop(eight)
+    loop.step_done = 1
+    path = loop.save()
+    with pytest.raises(ConfigError, match=r"optimizer state is adamw_8bit's and this run has optim.name=adamw: "
+                                          r"resume with optim.name=adamw_8bit"):
+        RunLoop(make_trainer(tmp_path, tiny_world)).restore(path)
+
+
+def test_the_memory_check_and_the_sync_buckets_are_not_part_of_what_a_run_is():
+    from cat.config import dump_config
+    from cat.tools.train import same_run
+
+    old = dump_config(load_config(None, []))
+    assert same_run(old, dump_config(load_config(None, ["run.memory_check=false", "run.memory_gib=3",
+                                                        "generation.weight_sync_bucket_mb=64"])))
+    assert not same_run(old, dump_config(load_config(None, ["optim.name=adamw_8bit"])))

@@ -11,6 +11,7 @@ commit f3794a5 (a fresh clone, all green). What only a GPU can show (bf16 kernel
 is listed in docs/scale.md.
 """
 
+import copy
 import gc
 import json
 import os
@@ -135,7 +136,9 @@ class TestOnOneEngine:
         while the next bucket is made): far below the model. The engine serves the weights it was sent."""
         import cat.generation.vllm as vllm_backend
 
-        model, tokenizer = policy
+        original, tokenizer = policy
+        # a float64 copy: every cast to the engine's float32 is new memory, as bf16 from fp32 masters is
+        model = copy.deepcopy(original).double()
         live, peak, made = [0], [0], []
 
         def counted(weights, dtype, bucket_bytes):
@@ -158,7 +161,7 @@ class TestOnOneEngine:
         gc.collect()
         state = model.state_dict()
         assert made == list(state) and live[0] == 0  # every tensor, in order, and none kept after
-        sizes = {name: t.numel() * t.element_size() for name, t in state.items()}
+        sizes = {name: t.numel() * 4 for name, t in state.items()}  # as the engine's float32 receives them
         fused = {}
         for name, size in sizes.items():  # vLLM's fused layers: qkv_proj, gate_up_proj
             group = name.replace("q_proj", "qkv").replace("k_proj", "qkv").replace("v_proj", "qkv")

@@ -98,7 +98,10 @@ def _base_weights(peft_model, *, merged: bool) -> Iterator[tuple[str, torch.Tens
             if parts:
                 wide = torch.promote_types(tensor.dtype, torch.float32)  # fp32, or fp64 for a fp64 model
                 tensor = (tensor.to(wide) + torch.stack(parts).sum(0).to(wide)).to(tensor.dtype)
-            yield clean, tensor.detach()
+            del parts, module  # the adapter's update is not held while the consumer works
+            out, tensor = tensor.detach(), None
+            yield clean, out
+            del out
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:

@@ -195,15 +195,17 @@ class Learner:
             optimizer = self.optimizer.state_dict()
         return {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                 "nonfinite_in_a_row": self.nonfinite_in_a_row, "strategy": "fsdp" if self.named_state else "ddp",
-                "scaler": self.scaler.state_dict()}
+                "scaler": self.scaler.state_dict(), "optimizer_name": self.optim_config.name}
 
     def load_state_dict(self, state: dict) -> None:
         saved, mine = state.get("strategy", "ddp"), "fsdp" if self.named_state else "ddp"
         if saved != mine:
-            from cat.errors import ConfigError
-
             raise ConfigError(f"the checkpoint was saved with parallel.strategy={saved} and this run has {mine}: "
                               f"resume with parallel.strategy={saved} (on any number of processes)")
+        name = state.get("optimizer_name", "adamw")
+        if name != self.optim_config.name:
+            raise ConfigError(f"the checkpoint's optimizer state is {name}'s and this run has optim.name="
+                              f"{self.optim_config.name}: resume with optim.name={name}")
         if self.named_state:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 

@@ -28,6 +28,7 @@ Departures from the paper's verl setup, stated here once:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 import time
@@ -41,6 +42,7 @@ from cat.algo.batch import Batch
 from cat.algo.grpo import LossStats, MismatchStats, to_floats, truncated_is_weights
 from cat.algo.objectives import GRPO, SFT, Objective
 from cat.config import Config
+from cat.errors import ConfigError
 from cat.generation import SamplingParams, SharedEngine, generator_from_config
 from cat.models.load import load_model, load_tokenizer, resolve_device
 from cat.models.logprobs import token_logprobs
@@ -79,6 +81,8 @@ def preflight(config: Config) -> None:
         import_plugin(plugin)
     estimator = ESTIMATORS.get(config.estimator.name)
     AnswerChain.from_config(config.answer)  # its rule names, once plug-ins have registered theirs
+    if config.optim.name == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("optim.name adamw_8bit needs bitsandbytes: pip install 'cat-rl[bnb]'")
     preflight_rewards(config)
     if estimator.needs_anchor:
         from cat.teacher.anchor import anchor_template

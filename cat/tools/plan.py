@@ -182,9 +182,14 @@ def fit(config, arch: Architecture, *, processes: int, capacity: int, where: str
     gen = config.generation
     engine = [size for name, size in rows if name.startswith("vLLM")]
     need = sum(size for name, size in rows if not name.startswith("vLLM"))
-    if engine:
-        kv_space = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")) * GB
-        need += int(gen.vllm_gpu_memory_utilization * capacity) if gpu else engine[0] + int(kv_space)
+    if engine and gpu:
+        need += int(gen.vllm_gpu_memory_utilization * capacity)
+    elif engine:
+        try:  # vLLM's CPU build reads the same variable, an empty one as unset
+            kv_space = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 1) * GB
+        except ValueError:
+            kv_space = GB
+        need += engine[0] + int(kv_space)
     return Fit(need=need, capacity=capacity, where=where, knobs=tuple(_knobs(config, rows)))
 
 
@@ -192,12 +197,16 @@ def _knobs(config, rows: list[tuple[str, int]]) -> list[str]:
     """The settings that shrink this plan's rows."""
     out = []
     trained = sum(b for name, b in rows if name.startswith(("policy master", "gradients", "AdamW")))
-    if config.model.lora is None:
+    fsdp = config.parallel.strategy == "fsdp"
+    if config.model.lora is None and not fsdp:  # FSDP with LoRA is refused when the config loads
         out.append(f"model.lora (train an adapter: the fp32 master weights, gradients and optimizer state, "
                    f"{trained / GB:.1f} GiB, become the adapter's; the frozen base is held once, in the compute dtype)")
-        if config.parallel.strategy != "fsdp":
+        if config.model.dtype != "float16":  # FSDP with fp16 is refused when the config loads
             out.append("parallel.strategy=fsdp on more processes (shards the fp32 weights, gradients and optimizer "
                        f"state: {trained / GB:.1f} GiB over N)")
+    if fsdp:
+        out.append(f"more processes (FSDP shards the trained weights, gradients and optimizer state, "
+                   f"{trained / GB:.1f} GiB a process now)")
     optimizer = next((b for name, b in rows if name.startswith("AdamW state")), None)
     if optimizer is not None and config.parallel.strategy != "fsdp" and config.model.dtype != "float64":
         out.append(f"optim.name=adamw_8bit (the optimizer state, {optimizer / GB:.1f} GiB, to about a quarter)")
@@ -207,7 +216,7 @@ def _knobs(config, rows: list[tuple[str, int]]) -> list[str]:
     logits = next((b for name, b in rows if name.startswith(("logits of", "log-prob chunks"))), 0)
     if logits > GB:
         out.append(f"run.micro_batch_size below {config.run.micro_batch_size} (the scoring buffers, {logits / GB:.1f} GiB)")
-    return out
+    return out or ["a smaller model.name_or_path, or more memory: nothing in this config shrinks it much"]
 
 
 def run_fit(config) -> Fit | None:
@@ -237,7 +246,8 @@ def run_fit(config) -> Fit | None:
     elif gpu:
         import torch
 
-        index = int(os.environ.get("LOCAL_RANK", "0")) % max(torch.cuda.device_count(), 1)
+        named = resolve_device(m.device).index  # model.device cuda:N, else the local rank's GPU
+        index = named if named is not None else int(os.environ.get("LOCAL_RANK", "0")) % max(torch.cuda.device_count(), 1)
         props = torch.cuda.get_device_properties(index)
         capacity, where = props.total_memory, f"the GPU ({props.name})"
     else:

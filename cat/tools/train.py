@@ -129,8 +129,10 @@ def check_writable(path: Path) -> None:
 
 def same_run(old: str, new: str) -> bool:
     """Whether two dumped configs describe the same run: equal but for ``run.output_dir`` (where the
-    run lives, not what it is: a moved run directory is the same run) and for paths spelled
-    differently that name the same file (same bytes) or the same folder."""
+    run lives, not what it is: a moved run directory is the same run), for the settings of the
+    memory check and of the weight sync's buckets (how a run is checked and fed to its engine, not
+    what it computes: a run moved to a smaller GPU resumes with ``run.memory_check=false``), and
+    for paths spelled differently that name the same file (same bytes) or the same folder."""
     import yaml
 
     try:
@@ -143,8 +145,11 @@ def same_run(old: str, new: str) -> bool:
 
     trees = [with_defaults(tree) for tree in trees]
     for tree in trees:
-        if isinstance(tree.get("run"), dict):
-            tree["run"].pop("output_dir", None)
+        for section, keys in (("run", ("output_dir", "memory_check", "memory_gib")),
+                              ("generation", ("weight_sync_bucket_mb",))):
+            if isinstance(tree.get(section), dict):
+                for key in keys:
+                    tree[section].pop(key, None)
     return _by_content(trees[0]) == _by_content(trees[1])
 
 
