@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from test_trainer import make_trainer, params
+from test_trainer import checkpoint_after_first_step, make_trainer, params
 from transformers import AutoConfig
 
 from cat.config import load_config
@@ -49,16 +49,13 @@ def test_an_8bit_run_learns_and_resumes_from_a_checkpoint_exactly(tmp_path, tiny
     restores it and takes the second step: the same weights bit for bit (the 8-bit moments and
     their block scales come back whole)."""
     straight = make_trainer(tmp_path, tiny_world, "optim.name=adamw_8bit", "optim.lr=1e-3")
-    first = [straight.step(0).metrics]
-    loop = RunLoop(straight)
-    loop.step_done = 1
-    path = loop.save()
-    first.append(straight.step(1).metrics)
+    path = checkpoint_after_first_step(straight)
+    second = straight.step(1).metrics
     resumed = make_trainer(tmp_path, tiny_world, "optim.name=adamw_8bit", "optim.lr=1e-3")
     RunLoop(resumed).restore(path)
     again = resumed.step(1).metrics
     assert torch.equal(params(resumed), params(straight))
-    assert again["loss"] == first[1]["loss"] and again["grad_norm"] == first[1]["grad_norm"]
+    assert again["loss"] == second["loss"] and again["grad_norm"] == second["grad_norm"]
 
 
 @pytest.mark.parametrize("override,what", [("parallel.strategy=fsdp", "parallel.strategy fsdp"),
@@ -76,11 +73,7 @@ def test_without_bitsandbytes_the_error_says_how_to_install_it(monkeypatch):
 
 
 def test_a_checkpoint_is_not_resumed_under_another_optimizer(tmp_path, tiny_world):
-    eight = make_trainer(tmp_path, tiny_world, "optim.name=adamw_8bit")
-    eight.step(0)
-    loop = RunLoop(eight)
-    loop.step_done = 1
-    path = loop.save()
+    path = checkpoint_after_first_step(make_trainer(tmp_path, tiny_world, "optim.name=adamw_8bit"))
     with pytest.raises(ConfigError, match=r"optimizer state is adamw_8bit's and this run has optim.name=adamw: "
                                           r"resume with optim.name=adamw_8bit"):
         RunLoop(make_trainer(tmp_path, tiny_world)).restore(path)

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from test_trainer import make_trainer
+from test_trainer import checkpoint_after_first_step, make_trainer
 
 from cat.run.loop import RunLoop
 
@@ -73,10 +73,7 @@ def test_bf16_checkpoint_exports_bf16_and_resumes_from_fp32_master(tmp_path, tin
     from cat.run.checkpoint import master_weights_dir
 
     t = make_trainer(tmp_path, tiny_world, "model.dtype=bfloat16")
-    t.step(0)
-    loop = RunLoop(t)
-    loop.step_done = 1
-    path = loop.save()
+    path = checkpoint_after_first_step(t)
     config = json.loads((path / "model" / "config.json").read_text())
     assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
     with safe_open(str(path / "model" / "model.safetensors"), "pt") as f:

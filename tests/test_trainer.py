@@ -1,6 +1,7 @@
 """The trainer on the real tiny model: exact accumulation, determinism, label independence."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,16 @@ def make_trainer(tmp_path, tiny_world, *overrides, data=None):
         "anchor.max_new_tokens=48", "estimator.name=gold", *overrides,  # gold unless a test names another
     ])
     return Trainer(config, tmp_path / "run", log=lambda *_: None)
+
+
+def checkpoint_after_first_step(trainer) -> Path:
+    """The trainer's first step taken, and the checkpoint a run loop saves after it."""
+    from cat.run.loop import RunLoop
+
+    trainer.step(0)
+    loop = RunLoop(trainer)
+    loop.step_done = 1
+    return loop.save()
 
 
 def params(trainer):
