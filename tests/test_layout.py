@@ -13,6 +13,7 @@ name, as a plug-in, the first time one is resolved).
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -267,9 +268,10 @@ def _takes_the_config() -> set[tuple[str, str]]:
                     scopes += [(child, f"{prefix}{node.name}.") for child in node.body]
                 elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                     params = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
-                    if any(a.arg == "config" or (a.annotation is not None and ast.unparse(a.annotation).strip("'\"")
-                                                 == "Config") for a in params):
+                    if any(a.arg == "config" or (a.annotation is not None and re.search(
+                            r"(^|[^\w.])(cat\.config\.)?Config\b", ast.unparse(a.annotation))) for a in params):
                         found.add((module, prefix + node.name))
+                    scopes += [(child, f"{prefix}{node.name}.") for child in node.body]  # nested functions too
     return found
 
 
