@@ -8,7 +8,9 @@ Runs ``cat-rl train`` for a few steps of CaT (the anchor is pi_0, label-free) on
 one process and, with two GPUs or more, on two under torchrun. Reads each run's metrics.jsonl:
 step time and tokens per second (mean over the steps after the first, which warms the engine up),
 weight-sync seconds (vLLM: the update reaching the engine), the peak GPU memory torch's allocator
-held (``memory/peak_gpu_mib``) or, on the CPU, the peak resident memory. Then, where TRL is
+held (``memory/peak_gpu_mib``) or, on the CPU, the peak resident memory. With vLLM, once more with
+one-step-async rollouts (``generation.async_rollouts``): the rollout phases' seconds, made beside
+the update, and the seconds the step still waited for them. Then, where TRL is
 installed, ``benchmarks/trl_side_by_side.py`` runs TRL's GRPOTrainer on the same work and prints
 its own table after this one (its harness runs on the CPU in fp32: it has no GPU mode yet). Prints
 one table of cat's runs; exits 1 if a run failed.
@@ -89,9 +91,13 @@ def train(label: str, processes: int, args, model: str, config: Path, extra: lis
 
     memory = max((r["memory/peak_gpu_mib" if gpu else "memory/peak_rss_mib"] for r in rows
                   if ("memory/peak_gpu_mib" if gpu else "memory/peak_rss_mib") in r), default=float("nan"))
-    return {**row, "step s": mean("time/step"), "tokens/s": mean("tokens_per_second"),
-            "weight sync s": mean("time/weight_sync"), "generate s": mean("time/generate"),
-            "update s": mean("time/update"), ("peak GPU MiB" if gpu else "peak RSS MiB"): memory}
+    out = {**row, "step s": mean("time/step"), "tokens/s": mean("tokens_per_second"),
+           "weight sync s": mean("time/weight_sync"), "generate s": mean("time/generate"),
+           "update s": mean("time/update"), ("peak GPU MiB" if gpu else "peak RSS MiB"): memory}
+    if any("async/staleness" in r for r in rows):  # the rollout phases beside the update, and what was not hidden
+        out["rollouts s"] = mean("time/generate") + mean("time/reference") + mean("time/reward")
+        out["rollout wait s"] = mean("time/rollout_wait")
+    return out
 
 
 def trl_row(args, model_name: str) -> dict | None:
@@ -148,6 +154,9 @@ def main() -> int:
         where = "CPU" if args.cpu else f"{gpus} x {torch.cuda.get_device_name(0)}"
         print(f"checking {model} on {where}, {args.steps} steps a run, in {out}", flush=True)
         rows = [train("one process", 1, args, model, config, extra, out)]
+        if importlib.util.find_spec("vllm") is not None:  # one-step-async rollouts: the update hides the rollouts
+            rows.append(train("one process, async rollouts", 1, args, model, config,
+                              [*extra, "generation.async_rollouts=true"], out))
         if gpus >= 2:
             rows.append(train("two processes", 2, args, model, config, extra, out))
         trl = trl_row(args, "tiny" if model == "tiny:arith" else "smollm2" if args.model == "auto" else args.model)

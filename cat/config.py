@@ -125,6 +125,11 @@ class GenerationConfig(_Section):
     """vLLM: the most memory, in MiB, that a weight sync holds beside the engine. The weights go to
     the engine in buckets of this size in the compute dtype, each made when the engine asks for it
     (FSDP shards gathered tensor by tensor), never as a second copy of the model."""
+    async_rollouts: bool = False
+    """One-step-async rollouts (vLLM backend): step t+1's rollouts, references and rewards are
+    made on a second thread while step t updates the policy, from the weights before that update,
+    so they are exactly one update stale (``async/staleness``); the truncated importance weights
+    (``grpo.sampler_correction``) correct for it. Off: rollouts and updates alternate."""
 
 
 class GRPOConfig(_Section):
@@ -190,8 +195,9 @@ class OptimConfig(_Section):
     ``adamw_8bit`` (bitsandbytes' AdamW8bit: both moments quantized in blocks to 8 bits, about 2
     bytes a parameter; tensors under 4,096 elements keep fp32 moments; ``pip install
     'cat-rl[bnb]'``). Not with ``parallel.strategy: fsdp`` or ``model.dtype: float64``."""
-    lr: float = Field(1e-5, gt=0)
-    """AdamW learning rate."""
+    lr: float = Field(1e-5, ge=0)
+    """AdamW learning rate. 0 leaves the weights where they are: the steps still sample, score and
+    compute every statistic (a check that something, async rollouts say, changes nothing else)."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -679,11 +685,27 @@ class Config(_Section):
         if self.model.dtype == "float64" and "vllm" in (self.generation.backend, self.judge.backend):
             raise ValueError("model.dtype float64 runs on the hf backend only (vLLM computes in 16 or 32 bits): "
                              "set generation.backend and judge.backend to hf, or model.dtype to float32")
+        if self.generation.async_rollouts:
+            self._check_async_rollouts()
         high = self.grpo.epsilon_high
         if high is not None and high < self.grpo.epsilon:
             raise ValueError(f"grpo.epsilon_high ({high}) is below grpo.epsilon ({self.grpo.epsilon}): "
                              "clip-higher widens the upper bound, it does not narrow it")
         return self
+
+    def _check_async_rollouts(self) -> None:
+        """What one-step-async rollouts need: an engine holding its own copy of the weights, and
+        nothing on the rollout thread that touches the policy or takes part in a collective."""
+        where = "generation.async_rollouts is on"
+        if self.generation.backend != "vllm":
+            raise ValueError(f"{where} with generation.backend {self.generation.backend}: the hf backend samples from the "
+                             "policy being updated; use generation.backend vllm, or async_rollouts false")
+        if self.parallel.strategy == "fsdp":
+            raise ValueError(f"{where} with parallel.strategy fsdp: loading pi_0 into the engine on the rollout thread "
+                             "would gather shards beside the update's collectives; use ddp, or async_rollouts false")
+        if self.grpo.sampler_correction is False and self.grpo.old_logprobs == "trainer":
+            raise ValueError(f"{where} with grpo.sampler_correction false: nothing would correct the rollouts' one "
+                             "update of staleness; leave grpo.sampler_correction on (or set grpo.old_logprobs sampler)")
 
     def _check_reasoning_gym(self) -> None:
         """A ``reasoning-gym:`` source names a task, settings its generator accepts and, for

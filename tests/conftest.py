@@ -203,7 +203,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 # so its module fixtures (engines, built worlds) are set up once, and files are handed out
 # longest first, so the long ones start at once and the short ones fill in around them.
 FILE_SECONDS = {
-    "test_parallel.py": 162, "test_vllm.py": 90, "test_learning.py": 50, "test_worlds.py": 90, "test_optimizer.py": 15,
+    "test_parallel.py": 162, "test_vllm.py": 90, "test_async_rollouts.py": 75, "test_learning.py": 50, "test_worlds.py": 90, "test_optimizer.py": 15,
     "test_resume.py": 66, "test_sft.py": 59, "test_trainer.py": 53, "test_lora.py": 34, "test_report.py": 34,
     "test_compare.py": 32, "test_math.py": 25, "test_testtime.py": 20, "test_testtime_rubric.py": 20, "test_shared_prompt.py": 17,
     "test_generation.py": 16, "test_real_model.py": 150, "test_rubric_train.py": 16, "test_plugins.py": 15, "test_precision.py": 13,

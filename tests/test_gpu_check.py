@@ -21,6 +21,20 @@ def test_gpu_check_runs_on_the_cpu_and_prints_its_table(tmp_path):
         assert column in header
     assert row.split()[2] == "1" and row.split()[3] in ("vllm", "hf") and row.split()[4] == "fp32"
     assert (tmp_path / "one process" / "metrics.jsonl").read_text().count("\n") == 2
+    if row.split()[3] == "vllm":  # the async row: its rollouts' seconds and what the step still waited
+        assert "rollout wait s" in done.stdout and "one process, async rollouts" in done.stdout
+        assert '"async/staleness": 1' in (tmp_path / "one process, async rollouts" / "metrics.jsonl").read_text()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow  # a minute: two short vLLM runs
+def test_async_overlap_compares_synchronous_and_async_runs(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "async_overlap.py"), "--cpu", "--model", "tiny",
+                           "--steps", "2", "--pairs", "1", "--output-dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "median async / synchronous step time:" in done.stdout
+    assert {p.name for p in tmp_path.iterdir()} == {"sync 1", "async 1"}
 
 
 def test_gpu_check_says_when_there_is_no_gpu():

@@ -131,13 +131,13 @@ class VLLMGenerator:
         self.tokenizer = tokenizer
         self.dtype = compute_dtype or str(model.dtype).removeprefix("torch.")
         options: dict = {}
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and tensor_parallel_size == 1:
+            # under torchrun / accelerate launch: vLLM's executor for engines a launcher started,
+            # one in every rank, on the rank's device (LOCAL_RANK), in the launcher's process
+            # group (an in-process engine otherwise takes device 0 in every rank)
+            options["distributed_executor_backend"] = "external_launcher"
         if gpu:
             options["gpu_memory_utilization"] = gpu_memory_utilization
-            local_rank = os.environ.get("LOCAL_RANK")
-            if local_rank is not None and tensor_parallel_size == 1:
-                # under a launcher each rank's engine on the rank's own GPU: an in-process engine
-                # otherwise takes device 0 in every rank (vLLM's device_ids index the visible GPUs)
-                options["device_ids"] = [int(local_rank)]
         else:
             from cat.models.load import context_length
 

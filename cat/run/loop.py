@@ -49,7 +49,7 @@ class RunLoop:
         self.trainer.close()
 
     def state_dict(self) -> dict:
-        return {"step": self.step_done, **self.trainer.learner.state_dict()}
+        return {"step": self.step_done, **self.trainer.learner.state_dict(), **self.trainer.ahead_state()}
 
     def save(self, *, merged: bool = True) -> Path:
         """A checkpoint of step ``step_done``, holding whole state: every rank takes part in
@@ -85,6 +85,7 @@ class RunLoop:
                                   f"(move it aside and resume again to use the one before it)")
         t.generator.sync_weights(t.policy)
         t.learner.load_state_dict(state)
+        t.load_ahead_state(state)
         self.step_done = state["step"]
         ckpt.set_rng_state(state["rng"])
 

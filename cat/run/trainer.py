@@ -48,6 +48,7 @@ from cat.models.load import load_model, load_tokenizer, resolve_device
 from cat.models.logprobs import token_logprobs
 from cat.registry import import_plugin
 from cat.rewards import AnswerChain, RewardContext, build_rewards, preflight_rewards, reward_names
+from cat.run.ahead import Background, Experience
 from cat.run.learner import Learner
 from cat.run.parallel import Ranks, ShardedGenerator, ShardedJudge, combine_stats, gather_lists
 from cat.run.tracking import check_available
@@ -149,6 +150,9 @@ class Trainer:
         else:
             self.generator = self.engine
         self.order = PromptOrder(len(self.prompt_ids), config.run.prompts_per_step, config.run.seed, config.data.shuffle)
+        self.async_rollouts = config.generation.async_rollouts
+        self._ahead: Background | None = None  # the rollout thread making the next step's experience
+        self._ready: Experience | None = None  # the next step's experience, made ahead
         self._loop = None  # only for the deprecated Trainer.train / save / restore / step_done
 
     @property
@@ -228,10 +232,32 @@ class Trainer:
 
     def step(self, step: int) -> StepResult:
         """One step on the whole batch of prompts; in a multi-process run this rank generates,
-        references and rewards its shard, the shards are gathered, and it backpropagates its rows."""
+        references and rewards its shard, the shards are gathered, and it backpropagates its rows.
+        With ``generation.async_rollouts`` the experience of step + 1 is made on a second thread
+        (``cat.run.ahead``) while this step updates, from the weights before this update."""
         timer = _Timer()
-        shard = self.ranks.shard(len(self.order.batch(step)))
-        start = shard[0]
+        if not self.async_rollouts:
+            experience = self._gathered(self.experience(step, version=step))
+            timer.times.update(experience.times)
+            return self._learn(step, experience, timer, sync=True)
+        experience = self._take_ahead(step, timer)
+        with timer("weight_sync"):  # the weights step + 1's rollouts are made with: this step's, before its update
+            self.generator.sync_weights(self.policy)
+        if step + 1 < self.config.run.steps:
+            # what loads on first use is built here, not on the rollout thread: a new engine makes
+            # process groups, collectives that must not run beside the update's
+            _ = self.anchor
+            if hasattr(self.estimator, "open"):  # judge_bon's judge
+                self.estimator.open()
+            self._ahead = Background(lambda: self.experience(step + 1, version=step), name="cat-rollouts")
+        return self._learn(step, experience, timer, sync=False)
+
+    def experience(self, step: int, *, version: int) -> Experience:
+        """This rank's shard of step ``step`` before any update: rollouts from the engine's
+        weights (``version``: the updates they had taken), the estimator's references from them,
+        the rewards. No collective: it may run on the rollout thread."""
+        timer = _Timer()
+        start = self.ranks.shard(len(self.order.batch(step)))[0]
         with timer("generate"):
             voting, groups = self._split(self.rollout(step))
         with timer("reference"):
@@ -243,22 +269,75 @@ class Trainer:
         with timer("reward"):
             scores, reward_stats, audit = self.score(firewall.view(groups, self.hidden_labels), references, step)
             reward_stats = with_estimator_stats(reward_stats, self.estimator)
-        if self.ranks.world > 1:
-            counts = self.ranks.gather(len(groups))
-            groups, references, scores, audit = gather_lists(self.ranks, groups, references, scores, audit)
-            reward_stats = combine_stats(self.ranks.gather(reward_stats), counts)
+        return Experience(step, version, groups, references, scores, reward_stats, audit, times=timer.times)
+
+    def _gathered(self, experience: Experience) -> Experience:
+        """Every rank's shard of ``experience`` on every rank (collectives: the update thread's)."""
+        if experience.whole:
+            return experience
+        if self.ranks.world == 1:
+            return replace(experience, whole=True)
+        counts = self.ranks.gather(len(experience.groups))
+        groups, references, scores, audit = gather_lists(self.ranks, experience.groups, experience.references,
+                                                         experience.scores, experience.audit)
+        reward_stats = combine_stats(self.ranks.gather(experience.reward_stats), counts)
+        return replace(experience, groups=groups, references=references, scores=scores, audit=audit,
+                       reward_stats=reward_stats, whole=True)
+
+    def _take_ahead(self, step: int, timer: _Timer) -> Experience:
+        """Step ``step``'s experience made ahead (waiting for the rollout thread, if it is still
+        at it), or made now when there is none: the first step of a run, or of a resumed one whose
+        checkpoint holds none."""
+        timer.times["rollout_wait"] = 0.0  # none when a checkpoint or an evaluation has waited already
+        if self._ahead is not None:
+            with timer("rollout_wait"):  # the rollouts' time the update did not hide
+                self.join_ahead()
+        ready, self._ready = self._ready, None
+        if ready is None:
+            with timer("rollout_wait"):
+                ready = self._gathered(self.experience(step, version=step))
+        if ready.step != step:
+            raise RuntimeError(f"the experience made ahead is step {ready.step + 1}'s, not step {step + 1}'s")
+        return ready
+
+    def join_ahead(self) -> None:
+        """Wait for the rollout thread and keep what it made (gathered: every rank calls this at
+        the same point), so that the engine is free: before an evaluation or a checkpoint."""
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            self._ready = self._gathered(ahead.result())
+
+    def ahead_state(self) -> dict:
+        """For a checkpoint: the experience made ahead for the next step, if any. Made by weights
+        a resumed run no longer has, it is saved, so that the resumed run learns what this one would."""
+        self.join_ahead()
+        return {"experience_ahead": self._ready.as_state()} if self._ready is not None else {}
+
+    def load_ahead_state(self, state: dict) -> None:
+        ahead = state.get("experience_ahead")
+        self._ready = Experience.from_state(ahead) if ahead else None
+
+    def _learn(self, step: int, experience: Experience, timer: _Timer, *, sync: bool) -> StepResult:
+        """The update on a gathered ``experience``, the weight sync that follows it when ``sync``
+        (async rollouts sync before the next rollouts instead), and the step's record."""
+        groups, references, scores = experience.groups, experience.references, experience.scores
+        shard = self.ranks.shard(len(self.order.batch(step)))
         batch, batch_metrics = self.objective.batch(groups, references, scores)
         update = {**(self.update(batch, timer, shard) if batch is not None else {}), **batch_metrics}
-        with timer("weight_sync"):
-            self.generator.sync_weights(self.policy)
-        metrics = {"step": step + 1, **self._rollout_metrics(groups, scores), **update, **reward_stats}
+        if sync:
+            with timer("weight_sync"):
+                self.generator.sync_weights(self.policy)
+        metrics = {"step": step + 1, **self._rollout_metrics(groups, scores), **update, **experience.reward_stats}
         metrics.update(self.diagnose(groups, references, scores))
+        if self.async_rollouts:  # the rollouts' own phases, which ran beside the update before this step
+            metrics.update({f"time/{k}": v for k, v in experience.times.items()})
+            metrics["async/staleness"] = step - experience.version  # updates between rollout weights and learner
         metrics.update(timer.metrics())
         tokens = sum(len(c.token_ids) for grp in groups for c in grp.completions)
         metrics["tokens_per_second"] = tokens / max(timer.total, 1e-9)
         metrics["tokens/rollouts"] = tokens  # beside anchor/prompt_tokens and anchor/completion_tokens: who spent what
         return StepResult(metrics, self._samples(step, groups, references, scores, self.objective.rollout_advantages(batch)),
-                          [{"step": step + 1, **row} for row in audit])
+                          [{"step": step + 1, **row} for row in experience.audit])
 
     def probe(self, n: int) -> tuple[dict, list[Group], list[Reference]]:
         """The first ``n`` prompts of step 1 through rollouts, references and rewards, with no
@@ -489,6 +568,9 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """The task's evaluation of the current policy (sharded across ranks and gathered)."""
+        if self.async_rollouts:  # the engine is free and holds the policy of the last update
+            self.join_ahead()
+            self.generator.sync_weights(self.policy)
         judge = self.eval_judge if self.task.needs_judge else None
         generator = self.generator
         if self.ranks.world > 1:
@@ -513,6 +595,10 @@ class Trainer:
         second call does nothing."""
         import gc
 
+        if self._ahead is not None:  # the rollout thread still uses the engine; what it made is not needed now
+            with contextlib.suppress(Exception):
+                self._ahead.result()
+            self._ahead = None
         try:
             self.reward.close()
         finally:

@@ -346,12 +346,17 @@ class JudgeBestOfN:
         self._judge = None
         self.last_stats: dict = {}  # the judge's counts and tokens of the latest call (Judge.scores)
 
+    def open(self) -> None:
+        """Build the judge now, not at its first use (which may be on the rollout thread, where a
+        new engine's process groups must not be made beside the update's collectives)."""
+        if self._judge is None:
+            self._judge = self.open_judge()
+
     def __call__(self, groups: list[Group], anchor=None) -> list[Reference]:
         self.last_stats = {}
         if not groups:
             return []
-        if self._judge is None:  # built on first use: an estimator is built before the run loads any model
-            self._judge = self.open_judge()
+        self.open()  # on first use: an estimator is built before the run loads any model
         flat, self.last_stats = self._judge.scores([(g.prompt.messages, c.text) for g in groups for c in g.completions],
                                                    self.template)
         out, k = [], 0
