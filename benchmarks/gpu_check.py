@@ -10,7 +10,8 @@ step time and tokens per second (mean over the steps after the first, which warm
 weight-sync seconds (vLLM: the update reaching the engine), the peak GPU memory torch's allocator
 held (``memory/peak_gpu_mib``) or, on the CPU, the peak resident memory. With vLLM, once more with
 one-step-async rollouts (``generation.async_rollouts``): the rollout phases' seconds, made beside
-the update, and the seconds the step still waited for them. Then, where TRL is
+the update, and the seconds the step still waited for them; on a GPU once more with vLLM's sleep
+mode (``generation.vllm_sleep``). Then, where TRL is
 installed, ``benchmarks/trl_side_by_side.py`` runs TRL's GRPOTrainer on the same work and prints
 its own table after this one (its harness runs on the CPU in fp32: it has no GPU mode yet). Prints
 one table of cat's runs; exits 1 if a run failed.
@@ -157,6 +158,9 @@ def main() -> int:
         if importlib.util.find_spec("vllm") is not None:  # one-step-async rollouts: the update hides the rollouts
             rows.append(train("one process, async rollouts", 1, args, model, config,
                               [*extra, "generation.async_rollouts=true"], out))
+            if not args.cpu:  # vLLM's sleep mode (CUDA, ROCm): the engine's memory freed through the update
+                rows.append(train("one process, vLLM sleep", 1, args, model, config,
+                                  [*extra, "generation.vllm_sleep=true"], out))
         if gpus >= 2:
             rows.append(train("two processes", 2, args, model, config, extra, out))
         trl = trl_row(args, "tiny" if model == "tiny:arith" else "smollm2" if args.model == "auto" else args.model)

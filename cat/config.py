@@ -125,6 +125,12 @@ class GenerationConfig(_Section):
     """vLLM: the most memory, in MiB, that a weight sync holds beside the engine. The weights go to
     the engine in buckets of this size in the compute dtype, each made when the engine asks for it
     (FSDP shards gathered tensor by tensor), never as a second copy of the model."""
+    vllm_sleep: bool = False
+    """vLLM on a GPU: the rollout engine sleeps through the update (vLLM's sleep level 2: its
+    weights and KV cache released, their GPU memory given to the update) and wakes for the weight
+    sync that follows, weights first and the KV cache once they are loaded; the gradients are freed
+    before it wakes. CUDA and ROCm only; not with ``async_rollouts`` (the engine generates during
+    the update)."""
     async_rollouts: bool = False
     """One-step-async rollouts (vLLM backend): step t+1's rollouts, references and rewards are
     made on a second thread while step t updates the policy, from the weights before that update,
@@ -687,6 +693,12 @@ class Config(_Section):
                              "set generation.backend and judge.backend to hf, or model.dtype to float32")
         if self.generation.async_rollouts:
             self._check_async_rollouts()
+        if self.generation.vllm_sleep and self.generation.backend != "vllm":
+            raise ValueError(f"generation.vllm_sleep is vLLM's sleep mode: generation.backend is "
+                             f"{self.generation.backend}; set generation.backend vllm, or vllm_sleep false")
+        if self.generation.vllm_sleep and self.generation.async_rollouts:
+            raise ValueError("generation.vllm_sleep with generation.async_rollouts: the engine generates the next "
+                             "step's rollouts during the update, so it cannot sleep through it; choose one")
         high = self.grpo.epsilon_high
         if high is not None and high < self.grpo.epsilon:
             raise ValueError(f"grpo.epsilon_high ({high}) is below grpo.epsilon ({self.grpo.epsilon}): "

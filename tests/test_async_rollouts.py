@@ -101,6 +101,7 @@ def test_two_processes_with_async_rollouts_take_the_one_process_steps(runs, tmp_
     (["generation.backend=hf"], "generation.backend vllm"),
     (["generation.backend=vllm", "parallel.strategy=fsdp"], "use ddp"),
     (["generation.backend=vllm", "grpo.sampler_correction=false"], "leave grpo.sampler_correction on"),
+    (["generation.backend=vllm", "generation.vllm_sleep=true"], "cannot sleep through it"),
 ])
 def test_async_rollouts_refuse_what_they_cannot_run_with(overrides, message):
     with pytest.raises(ConfigError, match="generation.async_rollouts") as err:

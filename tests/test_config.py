@@ -129,6 +129,7 @@ def test_bad_bases_are_named(tmp_path):
     (["rubric.min_criteria=8", "rubric.max_criteria=6"], "rubric.min_criteria (8) is above rubric.max_criteria (6)"),
     (["grpo.epsilon=0.2", "grpo.epsilon_high=0.1"], "grpo.epsilon_high (0.1) is below grpo.epsilon (0.2)"),
     (["generation.num_generations=1"], "generation.num_generations is 1"),
+    (["generation.vllm_sleep=true"], "generation.vllm_sleep is vLLM's sleep mode: generation.backend is hf"),
 ])
 def test_fields_that_contradict_each_other_are_named(overrides, needle):
     with pytest.raises(ConfigError) as e:

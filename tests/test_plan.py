@@ -97,6 +97,33 @@ def test_shipped_gpu_configs_fit_the_hardware_they_name_with_room_for_activation
     assert "parallel.strategy=fsdp on more processes" in line and "optim.name=adamw_8bit" in line
 
 
+def test_sleep_mode_is_planned_as_the_larger_phase_and_offered_as_a_knob():
+    """generation.vllm_sleep frees the engine's share through the update and the gradients while
+    the engine generates: the need is the larger of the two phases. Qwen3-4B CaT on one H100 with
+    the 8-bit optimizer fits with sleep mode and not without it, whose refusal names it."""
+    from cat.config import load_config
+    from cat.tools.plan import GB, fit
+
+    bench = _memory_plan()
+    config_path = ROOT / "experiments" / "math500_qwen3_4b_cat.yaml"
+
+    def verdict(*overrides):
+        config = load_config(config_path, ["optim.name=adamw_8bit", *overrides])
+        return config, fit(config, architecture(bench.QWEN3_4B), processes=1, capacity=int(bench.H100 * GB),
+                           where="an H100", gpu=True)
+
+    awake_config, awake = verdict()
+    asleep_config, asleep = verdict("generation.vllm_sleep=true")
+    rows = dict(plan(asleep_config, architecture(bench.QWEN3_4B)))
+    share = int(asleep_config.generation.vllm_gpu_memory_utilization * asleep.capacity)
+    update = sum(b for name, b in rows.items() if not name.startswith("vLLM"))
+    freed = sum(b for name, b in rows.items() if name.startswith(("gradients", "logits of", "log-prob chunks")))
+    assert asleep.need == max(update, update - freed + share) < awake.need == update + share
+    assert asleep.fits and not awake.fits
+    assert "generation.vllm_sleep=true (the engine's 27.7 GiB are released" in awake.line()
+    assert "vllm_sleep" not in asleep.line()
+
+
 def test_plan_cli_says_whether_a_config_fits_a_gpu(tiny_world, capsys):
     config = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
     model = f"model.name_or_path={tiny_world / 'model'}"

@@ -349,3 +349,67 @@ def test_judge_on_vllm_agrees_with_the_transformers_judge(tmp_path):
         verdicts[backend], stats = judge.judge(items)
         assert stats["judge/calls"] >= 4
     assert verdicts["vllm"] == verdicts["hf"]
+
+
+class _SleepRecorder:
+    """The real engine's ``LLM`` with its sleep and wake calls recorded and not made: vLLM's sleep
+    mode exists on CUDA and ROCm only, so this is the seam where the CPU build stands in. Every
+    other call reaches the engine, and the ones that touch its memory are recorded in order."""
+
+    def __init__(self, llm):
+        self._llm, self.calls = llm, []
+
+    def sleep(self, level=1):
+        self.calls.append(("sleep", level))
+
+    def wake_up(self, tags=None):
+        self.calls.append(("wake_up", tuple(tags or ())))
+        return True
+
+    def __getattr__(self, name):
+        target = getattr(self._llm, name)
+        if name not in ("generate", "collective_rpc", "reset_prefix_cache"):
+            return target
+
+        def recorded(*args, **kwargs):
+            self.calls.append((name, args[0] if name == "collective_rpc" else None))
+            return target(*args, **kwargs)
+
+        return recorded
+
+
+def test_sleep_mode_releases_the_engine_through_the_update_and_wakes_it_for_the_sync(tmp_path, tiny_world):
+    """generation.vllm_sleep: after the step's rollouts and pi_0's references the engine sleeps at
+    level 2 (weights and KV cache released for the update); the weight sync wakes the weights,
+    loads the updated policy, then wakes the KV cache; an engine asleep refuses to generate. On
+    the CPU build the sleep calls are recorded, not made (it has no sleep mode, and asking for it
+    stops the run with a message)."""
+    from test_trainer import make_trainer
+
+    from cat.errors import ConfigError
+    from cat.generation.vllm import VLLMGenerator
+
+    t = make_trainer(tmp_path, tiny_world, "generation.backend=vllm", "generation.vllm_max_model_len=512",
+                     "generation.vllm_enforce_eager=true", "estimator.name=synthesis")
+    try:
+        with pytest.raises(ConfigError, match="generation.vllm_sleep: vLLM's sleep mode needs a CUDA or ROCm GPU"):
+            VLLMGenerator(t.policy, t.tokenizer, sleep=True)
+        t.config.generation.vllm_sleep = True
+        t.engine.sleep_mode = True
+        recorder = t.engine.llm = _SleepRecorder(t.engine.llm)
+        metrics = t.step(0).metrics
+        calls = recorder.calls
+        asleep = calls.index(("sleep", 2))
+        assert calls[asleep:] == [("sleep", 2), ("wake_up", ("weights",)), ("collective_rpc", "cat_load_weights"),
+                                  ("wake_up", ("kv_cache",)), ("reset_prefix_cache", None)]
+        assert ("generate", None) in calls[:asleep] and metrics["time/sleep"] >= 0 and not t.engine.asleep
+        t.engine.release()
+        with pytest.raises(RuntimeError, match="asleep"):
+            t.engine.generate([[1, 2, 3]], SamplingParams(max_new_tokens=2, greedy=True))
+        t.generator.sync_weights(t.policy)  # awake again: samples as before
+        assert len(t.engine.generate([[1, 2, 3]], SamplingParams(max_new_tokens=2, greedy=True))[0]) == 1
+        t.engine.llm = recorder._llm
+    finally:
+        if isinstance(t.engine.llm, _SleepRecorder):
+            t.engine.llm = t.engine.llm._llm
+        t.close()

@@ -106,15 +106,16 @@ def make_generator(backend: str, model, tokenizer, *, batch_size: int, compute_d
     lambda config, *args, **kwargs: ((config.generation, *args),
                                      {"dtype": config.model.dtype, "seed": config.run.seed, **kwargs}))
 def generator_from_config(generation: GenerationConfig, model, tokenizer, *, dtype: str, seed: int,
-                          backend: str | None = None, batch_size: int | None = None) -> Generator:
+                          backend: str | None = None, batch_size: int | None = None, sleep: bool = False) -> Generator:
     """The engine the ``generation`` section names (or ``backend``, ``batch_size``), serving
-    ``model`` in the compute ``dtype`` (``model.dtype``); ``seed`` (``run.seed``) seeds a vLLM engine."""
+    ``model`` in the compute ``dtype`` (``model.dtype``); ``seed`` (``run.seed``) seeds a vLLM engine.
+    ``sleep``: a vLLM engine built able to sleep (``generation.vllm_sleep``: the rollout engine's)."""
     return make_generator(
         backend or generation.backend, model, tokenizer, batch_size=batch_size or generation.batch_size,
         compute_dtype=dtype, gpu_memory_utilization=generation.vllm_gpu_memory_utilization,
         tensor_parallel_size=generation.vllm_tensor_parallel_size, seed=seed,
         max_model_len=generation.vllm_max_model_len, enforce_eager=generation.vllm_enforce_eager,
-        weight_sync_bucket_mb=generation.weight_sync_bucket_mb,
+        weight_sync_bucket_mb=generation.weight_sync_bucket_mb, **({"sleep": True} if sleep else {}),
     )
 
 

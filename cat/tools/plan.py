@@ -175,27 +175,39 @@ class Fit:
 def fit(config, arch: Architecture, *, processes: int, capacity: int, where: str, gpu: bool) -> Fit:
     """Whether ``config``'s plan fits ``capacity`` bytes a process, and what to change when not.
     vLLM holds what it is given, not the plan's whole step: on a GPU ``vllm_gpu_memory_utilization``
-    of the device (its weights and KV cache), on the CPU its weights and ``VLLM_CPU_KVCACHE_SPACE``."""
+    of the device (its weights and KV cache), on the CPU its weights and ``VLLM_CPU_KVCACHE_SPACE``.
+    With ``generation.vllm_sleep`` on a GPU the engine's share is freed through the update, and the
+    gradients and scoring buffers before the engine wakes, so the need is the larger phase's: the
+    update's (no engine) or the rollouts' (the engine, no gradients, no scoring buffers)."""
     import os
 
     rows = plan(config, arch, processes=processes)
     gen = config.generation
     engine = [size for name, size in rows if name.startswith("vLLM")]
     need = sum(size for name, size in rows if not name.startswith("vLLM"))
-    if engine and gpu:
-        need += int(gen.vllm_gpu_memory_utilization * capacity)
+    share = int(gen.vllm_gpu_memory_utilization * capacity) if engine and gpu else 0
+    if engine and gpu and gen.vllm_sleep:
+        freed = sum(size for name, size in rows if name.startswith((*SCORING, "gradients", "adapter gradients")))
+        need = max(need, need - freed + share)
+    elif engine and gpu:
+        need += share
     elif engine:
         try:  # vLLM's CPU build reads the same variable, an empty one as unset
             kv_space = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 1) * GB
         except ValueError:
             kv_space = GB
         need += engine[0] + int(kv_space)
-    return Fit(need=need, capacity=capacity, where=where, knobs=tuple(_knobs(config, rows)))
+    return Fit(need=need, capacity=capacity, where=where, knobs=tuple(_knobs(config, rows, engine_share=share)))
 
 
-def _knobs(config, rows: list[tuple[str, int]]) -> list[str]:
-    """The settings that shrink this plan's rows."""
+SCORING = ("logits of", "log-prob chunks")
+"""The plan rows of the update's scoring buffers (not held while the engine generates)."""
+
+
+def _knobs(config, rows: list[tuple[str, int]], *, engine_share: int = 0) -> list[str]:
+    """The settings that shrink this plan's rows (``engine_share``: the bytes vLLM holds on a GPU)."""
     out = []
+    gen = config.generation
     trained = sum(b for name, b in rows if name.startswith(("policy master", "gradients", "AdamW")))
     fsdp = config.parallel.strategy == "fsdp"
     if config.model.lora is None and not fsdp:  # FSDP with LoRA is refused when the config loads
@@ -210,10 +222,13 @@ def _knobs(config, rows: list[tuple[str, int]]) -> list[str]:
     optimizer = next((b for name, b in rows if name.startswith("AdamW state")), None)
     if optimizer is not None and config.parallel.strategy != "fsdp" and config.model.dtype != "float64":
         out.append(f"optim.name=adamw_8bit (the optimizer state, {optimizer / GB:.1f} GiB, to about a quarter)")
+    if engine_share and not gen.vllm_sleep and not gen.async_rollouts:
+        out.append(f"generation.vllm_sleep=true (the engine's {engine_share / GB:.1f} GiB are released through the "
+                   "update, the gradients while it generates)")
     if any(name.startswith("vLLM") for name, _ in rows) and config.generation.vllm_gpu_memory_utilization > 0.2:
         out.append(f"generation.vllm_gpu_memory_utilization below {config.generation.vllm_gpu_memory_utilization} "
                    "(a smaller KV cache: vLLM queues the step's sequences)")
-    logits = next((b for name, b in rows if name.startswith(("logits of", "log-prob chunks"))), 0)
+    logits = next((b for name, b in rows if name.startswith(SCORING)), 0)
     if logits > GB:
         out.append(f"run.micro_batch_size below {config.run.micro_batch_size} (the scoring buffers, {logits / GB:.1f} GiB)")
     return out or ["a smaller model.name_or_path, or more memory: nothing in this config shrinks it much"]
