@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT
 from test_parallel import assert_rows_match, env, kill_after_rows, launch, rows
 from test_vllm import tiny_overrides
@@ -34,12 +35,14 @@ def train(run_dir, args) -> list[str]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_world):
     """{name: run_dir}: lr 0 synchronous and async (3 steps); async with the config's learning
-    rate (4 steps, a checkpoint at 2), uninterrupted, and killed after step 3 then resumed."""
+    rate (4 steps, evaluated at 2, a checkpoint at 2), uninterrupted, and killed after step 3 then
+    resumed."""
     root = tmp_path_factory.mktemp("async")
     base = tiny_overrides(tiny_world, "eval.path=null")
     args = {"sync_lr0": [*base, "run.steps=3", "optim.lr=0"],
             "async_lr0": [*base, "run.steps=3", "optim.lr=0", ASYNC],
-            "async": [*base, "run.steps=4", "run.save_every=2", ASYNC]}
+            # evaluated before, at step 2 (the rollout thread joined first) and after
+            "async": [*tiny_overrides(tiny_world), "eval.every=2", "run.steps=4", "run.save_every=2", ASYNC]}
     procs = {name: subprocess.Popen(train(root / name, a), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, text=True) for name, a in args.items()}
     killed = root / "killed"
@@ -84,6 +87,59 @@ def test_killed_and_resumed_async_run_takes_the_uninterrupted_steps(runs):
     # float32 engine: a relative 1e-4, as the other vLLM resume test
     assert_rows_match(rows(runs["async"]), rows(runs["killed"]), rel=1e-4, abs_=1e-6)
     assert [r["step"] for r in rows(runs["killed"])] == [1, 2, 3, 4]
+    evals = [json.loads((runs[n] / "eval.json").read_text()) for n in ("async", "killed")]
+    assert [h["step"] for h in evals[0]["history"]] == [2]
+    for key in ("before", "after"):
+        assert evals[0][key]["accuracy"] == evals[1][key]["accuracy"]
+    assert evals[0]["history"][0]["accuracy"] == evals[1]["history"][0]["accuracy"]
+
+
+def test_the_rollouts_made_ahead_carry_the_weights_before_the_update(tmp_path, tiny_world):
+    """Step 2's rollouts, made on the rollout thread during step 1's update, are the policy's
+    before that update: the log-probs the engine recorded are the initial weights' (fp32 engine,
+    fp32 trainer), not the updated policy's."""
+    from test_trainer import make_trainer
+
+    from cat.models.load import load_model
+    from cat.models.logprobs import token_logprobs
+
+    t = make_trainer(tmp_path, tiny_world, "generation.backend=vllm", "generation.vllm_max_model_len=512",
+                     "generation.vllm_enforce_eager=true", ASYNC, "optim.lr=1e-3", "run.steps=3")
+    try:
+        initial = load_model(str(tiny_world / "model"), dtype="float32", device=torch.device("cpu"), frozen=True)
+        metrics = t.step(0).metrics  # updates to version 1 while step 2's rollouts are made from version 0
+        t.join_ahead()
+        ahead = t._ready
+        assert (ahead.step, ahead.version, metrics["async/staleness"]) == (1, 0, 0)
+        gaps = {"before": [], "after": []}
+        for group in ahead.groups[:2]:
+            for c in group.completions[:4]:
+                ids = torch.tensor([list(group.prompt_ids) + list(c.token_ids)])
+                sampled = torch.tensor(c.logprobs)
+                for name, model in (("before", initial), ("after", t.policy)):
+                    logp, _ = token_logprobs(model, ids, torch.ones_like(ids), len(c.token_ids), 1.0)
+                    gaps[name].append((logp[0] - sampled).abs().mean().item())
+        before, after = (sum(v) / len(v) for v in (gaps["before"], gaps["after"]))
+        assert before < 1e-4 < after and after > 10 * before, (before, after)
+        assert t.step(1).metrics["async/staleness"] == 1
+    finally:
+        t.close()
+
+
+def test_a_checkpoints_experience_made_ahead_is_dropped_with_async_rollouts_off(tmp_path, tiny_world):
+    """Resumed synchronous, the step is made again from the checkpoint's weights (and said so); the
+    experience is neither used nor carried into the next checkpoint."""
+    from test_trainer import make_trainer
+
+    from cat.run.ahead import Experience
+
+    t = make_trainer(tmp_path, tiny_world)
+    said = []
+    t.log = said.append
+    made = Experience(step=3, version=2, groups=[], references=[], scores=[], reward_stats={}, audit=[], whole=True)
+    t.load_ahead_state({"experience_ahead": made.as_state()})
+    assert t._ready is None and t.ahead_state() == {}
+    assert "step 4's experience made ahead" in said[0] and "made again" in said[0]
 
 
 @pytest.mark.slow  # 70 s: two processes, each with its engine

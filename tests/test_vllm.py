@@ -356,14 +356,16 @@ class _SleepRecorder:
     mode exists on CUDA and ROCm only, so this is the seam where the CPU build stands in. Every
     other call reaches the engine, and the ones that touch its memory are recorded in order."""
 
-    def __init__(self, llm):
-        self._llm, self.calls = llm, []
+    def __init__(self, llm, policy):
+        self._llm, self.policy, self.calls = llm, policy, []
 
     def sleep(self, level=1):
         self.calls.append(("sleep", level))
 
     def wake_up(self, tags=None):
         self.calls.append(("wake_up", tuple(tags or ())))
+        if "weights" in (tags or ()):  # the update's gradients are gone before the engine takes memory back
+            assert all(p.grad is None for p in self.policy.parameters())
         return True
 
     def __getattr__(self, name):
@@ -396,7 +398,7 @@ def test_sleep_mode_releases_the_engine_through_the_update_and_wakes_it_for_the_
             VLLMGenerator(t.policy, t.tokenizer, sleep=True)
         t.config.generation.vllm_sleep = True
         t.engine.sleep_mode = True
-        recorder = t.engine.llm = _SleepRecorder(t.engine.llm)
+        recorder = t.engine.llm = _SleepRecorder(t.engine.llm, t.policy)
         metrics = t.step(0).metrics
         calls = recorder.calls
         asleep = calls.index(("sleep", 2))

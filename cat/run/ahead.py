@@ -46,20 +46,30 @@ class Experience:
 
 
 class Background:
-    """``fn()`` on a daemon thread (a second Ctrl-C ends the process without waiting for it);
-    ``result()`` waits for it and returns its value or raises its exception here."""
+    """``fn()`` on a daemon thread (a second Ctrl-C ends the process without waiting for it), on
+    ``device`` when it is a GPU: the current CUDA device is a thread's own, and a new thread's is
+    device 0, not the rank's. ``result()`` waits for it and returns its value or raises its
+    exception here; ``running`` says whether it is still at work."""
 
-    def __init__(self, fn, name: str):
+    def __init__(self, fn, name: str, device=None):
         self._value = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(fn, device), name=name, daemon=True)
         self._thread.start()
 
-    def _run(self, fn) -> None:
+    def _run(self, fn, device) -> None:
         try:
+            if device is not None and device.type == "cuda":
+                import torch
+
+                torch.cuda.set_device(device)
             self._value = fn()
         except BaseException as exc:  # noqa: BLE001 -- handed to the thread that waits
             self._error = exc
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def result(self):
         self._thread.join()

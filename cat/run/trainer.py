@@ -28,6 +28,7 @@ Departures from the paper's verl setup, stated here once:
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import logging
 import math
@@ -242,15 +243,18 @@ class Trainer:
             timer.times.update(experience.times)
             return self._learn(step, experience, timer, sync=True)
         experience = self._take_ahead(step, timer)
+        if step + 1 >= self.config.run.steps:  # nothing to make ahead: the engine gets this step's update, as synchronous
+            return self._learn(step, experience, timer, sync=True)
         with timer("weight_sync"):  # the weights step + 1's rollouts are made with: this step's, before its update
             self.generator.sync_weights(self.policy)
-        if step + 1 < self.config.run.steps:
-            # what loads on first use is built here, not on the rollout thread: a new engine makes
-            # process groups, collectives that must not run beside the update's
-            _ = self.anchor
-            if hasattr(self.estimator, "open"):  # judge_bon's judge
-                self.estimator.open()
-            self._ahead = Background(lambda: self.experience(step + 1, version=step), name="cat-rollouts")
+        # what loads on first use is built here, not on the rollout thread: a new engine makes
+        # process groups, collectives that must not run beside the update's (a plug-in estimator
+        # that builds one builds it in its ``open``)
+        _ = self.anchor
+        if hasattr(self.estimator, "open"):  # judge_bon's judge
+            self.estimator.open()
+        self._ahead = Background(lambda: self.experience(step + 1, version=step), name="cat-rollouts",
+                                 device=self.device)
         return self._learn(step, experience, timer, sync=False)
 
     def experience(self, step: int, *, version: int) -> Experience:
@@ -305,24 +309,30 @@ class Trainer:
         """Wait for the rollout thread and keep what it made (gathered: every rank calls this at
         the same point), so that the engine is free: before an evaluation or a checkpoint."""
         if self._ahead is not None:
-            ahead, self._ahead = self._ahead, None
-            self._ready = self._gathered(ahead.result())
+            made = self._ahead.result()
+            self._ahead = None  # only once the thread is done with the engine (close() looks at it)
+            self._ready = self._gathered(made)
 
     def ahead_state(self) -> dict:
         """For a checkpoint: the experience made ahead for the next step, if any. Made by weights
         a resumed run no longer has, it is saved, so that the resumed run learns what this one would."""
         self.join_ahead()
-        return {"experience_ahead": self._ready.as_state()} if self._ready is not None else {}
+        return {"experience_ahead": self._ready.as_state()} if self.async_rollouts and self._ready is not None else {}
 
     def load_ahead_state(self, state: dict) -> None:
+        """The checkpoint's experience made ahead, for the step it resumes at. A run resumed with
+        async rollouts off makes that step's rollouts itself, from the checkpoint's weights."""
         ahead = state.get("experience_ahead")
-        self._ready = Experience.from_state(ahead) if ahead else None
+        self._ready = Experience.from_state(ahead) if ahead and self.async_rollouts else None
+        if ahead and not self.async_rollouts:
+            self.log(f"the checkpoint holds step {ahead['step'] + 1}'s experience made ahead (async rollouts); "
+                     f"generation.async_rollouts is off, so that step's rollouts are made again from its weights")
 
     def _learn(self, step: int, experience: Experience, timer: _Timer, *, sync: bool) -> StepResult:
         """The update on a gathered ``experience``, the weight sync that follows it when ``sync``
         (async rollouts sync before the next rollouts instead), and the step's record."""
         groups, references, scores = experience.groups, experience.references, experience.scores
-        shard = self.ranks.shard(len(self.order.batch(step)))
+        shard = self.ranks.shard(len(groups))  # the step's prompts (the rollout thread alone asks PromptOrder)
         batch, batch_metrics = self.objective.batch(groups, references, scores)
         if self.config.generation.vllm_sleep:  # the engine's GPU memory to the update; the sync below wakes it
             with timer("sleep"):
@@ -331,6 +341,9 @@ class Trainer:
         if sync:
             if self.config.generation.vllm_sleep:  # the gradients go before the engine wakes (cat-rl plan counts on it)
                 self.learner.zero_grad()
+                if self.device.type == "cuda":  # vLLM wakes with the driver's memory, not torch's cache
+                    gc.collect()
+                    torch.cuda.empty_cache()
             with timer("weight_sync"):
                 self.generator.sync_weights(self.policy)
         metrics = {"step": step + 1, **self._rollout_metrics(groups, scores), **update, **experience.reward_stats}
@@ -599,12 +612,14 @@ class Trainer:
         all. What vLLM keeps per process is beyond it: ``cat-rl compare`` trains each run in a
         process of its own (``cat.tools.compare.train_apart``). The trainer is not used after; a
         second call does nothing."""
-        import gc
-
-        if self._ahead is not None:  # the rollout thread still uses the engine; what it made is not needed now
-            with contextlib.suppress(Exception):
-                self._ahead.result()
+        if self._ahead is not None and self._ahead.running:
+            # interrupted (a second Ctrl-C) or failed while the rollout thread generates: shutting
+            # the engines down under it would crash it, and waiting would make a stop wait out a
+            # whole rollout. The process is ending; its engines go with it.
+            logger.warning("the rollout thread is still generating: its engines are left to the process's exit")
             self._ahead = None
+            return
+        self._ahead = None
         try:
             self.reward.close()
         finally:

@@ -66,6 +66,9 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
                     for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
                         _truncate_jsonl(run_dir / name, loop.step_done)
             loop.train(progress=progress)
+            # every rank done before any closes an engine: vLLM's shutdown destroys the process
+            # group (the launcher's, which its engines joined), so Ranks.close's barrier comes too late
+            ranks.barrier()
         finally:
             loop.close()  # engines, models and optimizer freed, whatever this process does next
     if ranks.main:
