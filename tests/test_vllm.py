@@ -415,3 +415,35 @@ def test_sleep_mode_releases_the_engine_through_the_update_and_wakes_it_for_the_
         if isinstance(t.engine.llm, _SleepRecorder):
             t.engine.llm = t.engine.llm._llm
         t.close()
+
+
+def test_a_sleeping_engine_is_built_with_vllms_sleep_mode(monkeypatch, policy):
+    """What a GPU would be given: the engine built with ``enable_sleep_mode``. vLLM's constructor
+    and its platform's answer are the seam here (the CPU build refuses sleep mode)."""
+    import types
+
+    import vllm
+    import vllm.platforms
+
+    from cat.generation.vllm import VLLMGenerator
+
+    given = {}
+
+    class Built(Exception):
+        pass
+
+    def fake_llm(**kwargs):
+        given.update(kwargs)
+        raise Built
+
+    monkeypatch.setattr(vllm, "LLM", fake_llm)
+    monkeypatch.setattr(vllm.platforms, "current_platform",
+                        types.SimpleNamespace(is_sleep_mode_available=lambda: True, device_type="cuda"))
+    model, tokenizer = policy
+    with pytest.raises(Built):
+        VLLMGenerator(model, tokenizer, sleep=True, max_model_len=512)
+    assert given["enable_sleep_mode"] is True
+    given.clear()
+    with pytest.raises(Built):
+        VLLMGenerator(model, tokenizer, max_model_len=512)
+    assert "enable_sleep_mode" not in given
