@@ -127,8 +127,9 @@ def test_the_rollouts_made_ahead_carry_the_weights_before_the_update(tmp_path, t
 
 
 def test_a_checkpoints_experience_made_ahead_is_dropped_with_async_rollouts_off(tmp_path, tiny_world):
-    """Resumed synchronous, the step is made again from the checkpoint's weights (and said so); the
-    experience is neither used nor carried into the next checkpoint."""
+    """Resumed synchronous, or with settings that change what a step's experience is, the step is
+    made again from the checkpoint's weights (and said so); the experience is neither used nor
+    carried into the next checkpoint."""
     from test_trainer import make_trainer
 
     from cat.run.ahead import Experience
@@ -139,7 +140,14 @@ def test_a_checkpoints_experience_made_ahead_is_dropped_with_async_rollouts_off(
     made = Experience(step=3, version=2, groups=[], references=[], scores=[], reward_stats={}, audit=[], whole=True)
     t.load_ahead_state({"experience_ahead": made.as_state()})
     assert t._ready is None and t.ahead_state() == {}
-    assert "step 4's experience made ahead" in said[0] and "made again" in said[0]
+    assert "step 4's experience made ahead" in said[0] and "async_rollouts is off" in said[0]
+    t.async_rollouts = True  # resumed async: kept where the settings that make it are the checkpoint's
+    t.load_ahead_state({"experience_ahead": made.as_state(), "experience_settings": t._experience_settings()})
+    saved = t.ahead_state()
+    assert t._ready == made and saved["experience_ahead"] == made.as_state()
+    t.config.generation.num_generations = 4  # --allow-config-change: another G makes another experience
+    t.load_ahead_state(saved)
+    assert t._ready is None and "the settings that make it changed" in said[-1]
 
 
 @pytest.mark.slow  # 70 s: two processes, each with its engine

@@ -317,16 +317,39 @@ class Trainer:
         """For a checkpoint: the experience made ahead for the next step, if any. Made by weights
         a resumed run no longer has, it is saved, so that the resumed run learns what this one would."""
         self.join_ahead()
-        return {"experience_ahead": self._ready.as_state()} if self.async_rollouts and self._ready is not None else {}
+        if not (self.async_rollouts and self._ready is not None):
+            return {}
+        return {"experience_ahead": self._ready.as_state(), "experience_settings": self._experience_settings()}
 
     def load_ahead_state(self, state: dict) -> None:
         """The checkpoint's experience made ahead, for the step it resumes at. A run resumed with
-        async rollouts off makes that step's rollouts itself, from the checkpoint's weights."""
-        ahead = state.get("experience_ahead")
-        self._ready = Experience.from_state(ahead) if ahead and self.async_rollouts else None
-        if ahead and not self.async_rollouts:
-            self.log(f"the checkpoint holds step {ahead['step'] + 1}'s experience made ahead (async rollouts); "
-                     f"generation.async_rollouts is off, so that step's rollouts are made again from its weights")
+        async rollouts off, or with settings that change what a step's experience is (a resume
+        with ``--allow-config-change``), makes that step's rollouts itself, from the checkpoint's
+        weights, and says so."""
+        ahead, self._ready = state.get("experience_ahead"), None
+        if not ahead:
+            return
+        why = "generation.async_rollouts is off" if not self.async_rollouts else \
+            "the settings that make it changed" if state.get("experience_settings") != self._experience_settings() else None
+        if why is None:
+            self._ready = Experience.from_state(ahead)
+        else:
+            self.log(f"the checkpoint holds step {ahead['step'] + 1}'s experience made ahead (async rollouts); {why}, "
+                     f"so that step's rollouts are made again from its weights")
+
+    def _experience_settings(self) -> str:
+        """What a step's experience depends on besides the weights: the sections that sample, read
+        and reward the rollouts, the seed and the step's prompts (a digest)."""
+        import hashlib
+        import json
+
+        c = self.config.model_dump(mode="json")
+        generation = {k: v for k, v in c["generation"].items()
+                      if k not in ("async_rollouts", "vllm_sleep", "weight_sync_bucket_mb")}
+        made_by = {**{k: c[k] for k in ("plugins", "model", "data", "answer", "reward", "estimator", "anchor",
+                                         "rubric", "judge")},
+                   "generation": generation, "seed": c["run"]["seed"], "prompts_per_step": c["run"]["prompts_per_step"]}
+        return hashlib.sha256(json.dumps(made_by, sort_keys=True).encode()).hexdigest()
 
     def _learn(self, step: int, experience: Experience, timer: _Timer, *, sync: bool) -> StepResult:
         """The update on a gathered ``experience``, the weight sync that follows it when ``sync``
