@@ -11,6 +11,9 @@ when something uses it). Around it:
   evaluation, checkpoints, signals, recording.
 Under torchrun or accelerate launch each rank generates, references and rewards its shard of
 the step's prompts and the whole step is gathered before advantages (``cat.run.parallel``).
+With ``generation.async_rollouts`` the next step's experience (rollouts, references, rewards) is
+made on a second thread while this step updates (``cat.run.ahead``); with
+``generation.vllm_sleep`` the vLLM engine sleeps through the update.
 
 Departures from the paper's verl setup, stated here once:
 * Groups that cannot be scored (no answer in the reference, teacher failure) are dropped from the
