@@ -254,8 +254,9 @@ class Trainer:
         # process groups, collectives that must not run beside the update's (a plug-in estimator
         # that builds one builds it in its ``open``)
         _ = self.anchor
-        if hasattr(self.estimator, "open"):  # judge_bon's judge
-            self.estimator.open()
+        opener = getattr(self.estimator, "open", None)  # the Estimator protocol's optional open(): judge_bon's judge
+        if opener is not None:
+            opener()
         self._ahead = Background(lambda: self.experience(step + 1, version=step), name="cat-rollouts",
                                  device=self.device)
         return self._learn(step, experience, timer, sync=False)

@@ -116,7 +116,9 @@ class Estimator(Protocol):
     ``cat-rl synthesize --anchor-decoding greedy,sampled`` runs it once, not once per decoding.
     Optional ``last_stats``: a dict of counts (ints add up across ranks) and rates the latest call
     spent (``judge_bon``: its judge's calls, failures and tokens), logged with the step's metrics
-    and kept in a test-time result's ``judge``."""
+    and kept in a test-time result's ``judge``. Optional ``open()``: build what the estimator
+    loads (a model, an engine) now rather than at its first call; the trainer calls it on the
+    update thread before async rollouts first run the estimator on the rollout thread."""
 
     needs_anchor: bool
 
