@@ -61,8 +61,6 @@ def main() -> int:
                 if "error" in row:
                     print(table([row]))
                     return 1
-                if not on:  # gpu_check reports these for async runs only
-                    row["rollouts s"] = row["generate s"] + _phase(out / label, "reference") + _phase(out / label, "reward")
                 rows.append(row)
                 print(table([row]), flush=True)
         print(table(rows))
@@ -79,13 +77,6 @@ def main() -> int:
     finally:
         if not args.output_dir:
             shutil.rmtree(out, ignore_errors=True)
-
-
-def _phase(run_dir: Path, name: str) -> float:
-    import json
-
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
-    return statistics.fmean(r.get(f"time/{name}", 0.0) for r in rows)
 
 
 if __name__ == "__main__":

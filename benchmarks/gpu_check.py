@@ -96,10 +96,10 @@ def train(label: str, processes: int, args, model: str, config: Path, extra: lis
                   if ("memory/peak_gpu_mib" if gpu else "memory/peak_rss_mib") in r), default=float("nan"))
     out = {**row, "step s": mean("time/step"), "tokens/s": mean("tokens_per_second"),
            "weight sync s": mean("time/weight_sync"), "generate s": mean("time/generate"),
+           "rollouts s": mean("time/generate") + mean("time/reference") + mean("time/reward"),
            "update s": mean("time/update"), "logp mismatch": mean("mismatch/abs_logp_diff"),
            ("peak GPU MiB" if gpu else "peak RSS MiB"): memory}
-    if any("async/staleness" in r for r in rows):  # the rollout phases beside the update, and what was not hidden
-        out["rollouts s"] = mean("time/generate") + mean("time/reference") + mean("time/reward")
+    if any("async/staleness" in r for r in rows):  # the rollouts ran beside the update: what was not hidden
         out["rollout wait s"] = mean("time/rollout_wait")
     return out
 

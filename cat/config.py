@@ -134,8 +134,9 @@ class GenerationConfig(_Section):
     async_rollouts: bool = False
     """One-step-async rollouts (vLLM backend): step t+1's rollouts, references and rewards are
     made on a second thread while step t updates the policy, from the weights before that update,
-    so they are exactly one update stale (``async/staleness``); the truncated importance weights
-    (``grpo.sampler_correction``) correct for it. Off: rollouts and updates alternate."""
+    so they are exactly one step stale (``async/staleness``; a step is ``grpo.num_iterations``
+    optimizer updates); the truncated importance weights (``grpo.sampler_correction``) correct for
+    it. Off: rollouts and updates alternate."""
 
 
 class GRPOConfig(_Section):

@@ -115,7 +115,7 @@ def generator_from_config(generation: GenerationConfig, model, tokenizer, *, dty
         compute_dtype=dtype, gpu_memory_utilization=generation.vllm_gpu_memory_utilization,
         tensor_parallel_size=generation.vllm_tensor_parallel_size, seed=seed,
         max_model_len=generation.vllm_max_model_len, enforce_eager=generation.vllm_enforce_eager,
-        weight_sync_bucket_mb=generation.weight_sync_bucket_mb, **({"sleep": True} if sleep else {}),
+        weight_sync_bucket_mb=generation.weight_sync_bucket_mb, sleep=sleep,
     )
 
 

@@ -12,7 +12,7 @@ rollout thread; collectives (gathering the shards) stay on the update thread.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from cat.types import Group, GroupScore, Reference
 
@@ -37,8 +37,7 @@ class Experience:
         """For a checkpoint: made once, by weights a resumed run no longer has."""
         if not self.whole:
             raise ValueError("only a gathered Experience goes into a checkpoint (any number of ranks may resume it)")
-        return {"step": self.step, "version": self.version, "groups": self.groups, "references": self.references,
-                "scores": self.scores, "reward_stats": self.reward_stats, "audit": self.audit, "times": self.times}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "whole"}
 
     @classmethod
     def from_state(cls, state: dict) -> Experience:

@@ -377,7 +377,7 @@ class Trainer:
         metrics.update(self.diagnose(groups, references, scores))
         if self.async_rollouts:  # the rollouts' own phases, which ran beside the update before this step
             metrics.update({f"time/{k}": v for k, v in experience.times.items()})
-            metrics["async/staleness"] = step - experience.version  # updates between rollout weights and learner
+            metrics["async/staleness"] = step - experience.version  # steps between the rollouts' weights and the learner's
         metrics.update(timer.metrics())
         tokens = sum(len(c.token_ids) for grp in groups for c in grp.completions)
         metrics["tokens_per_second"] = tokens / max(timer.total, 1e-9)
