@@ -58,7 +58,7 @@ def test_a_rollout_engine_from_the_whole_config_warns_and_is_the_same_engine(tin
         overridden = generator_from_config(config, model, tokenizer, batch_size=2)
     assert engines[0] == engines[1] == ("hf", 5, "float64", {
         "gpu_memory_utilization": 0.5, "tensor_parallel_size": 2, "seed": 7, "max_model_len": 256,
-        "enforce_eager": True, "weight_sync_bucket_mb": 256})
+        "enforce_eager": True, "weight_sync_bucket_mb": 256, "sleep": False})
     assert engines[2][1] == 2 and overridden.batch_size == 2
     assert type(old) is type(new) and (old.batch_size, old.compute_dtype) == (new.batch_size, new.compute_dtype)
 
@@ -71,7 +71,7 @@ def test_a_judge_from_the_whole_config_warns_and_is_the_same_judge(tiny_world, e
         old = Judge.from_config(config, tmp_path / "v.jsonl")
     assert engines[0] == engines[1] == ("hf", 3, "float64", {
         "gpu_memory_utilization": 0.5, "tensor_parallel_size": 2, "seed": 7, "max_model_len": 256,
-        "enforce_eager": True, "weight_sync_bucket_mb": 256})
+        "enforce_eager": True, "weight_sync_bucket_mb": 256, "sleep": False})
     for judge in (old, new):
         assert judge.backend.name == str(tiny_world / "model") and judge.cache.path == tmp_path / "v.jsonl"
     assert (old.template.source, old.conversation_template.source, old.max_new_tokens, old.max_retries) == \
