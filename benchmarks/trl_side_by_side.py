@@ -1,8 +1,9 @@
-"""cat's reference-GRPO step against TRL's GRPOTrainer on identical work (CPU, fp32).
+"""cat's reference-GRPO step against TRL's GRPOTrainer on identical work (CPU fp32, or a GPU in bf16).
 
     /tmp/trlvenv/bin/python benchmarks/trl_side_by_side.py --pairs 12
     /tmp/trlvenv/bin/python benchmarks/trl_side_by_side.py --model smollm2 --pairs 4 --warmup 1
     /tmp/trlvenv/bin/python benchmarks/trl_side_by_side.py --model qwen2.5-coder-0.5b --pairs 3 --warmup 1 --one-at-a-time
+    python3 benchmarks/trl_side_by_side.py --model smollm2 --device cuda --pairs 4 --warmup 1   # a GPU, bf16
 
 ``--model tiny`` (default): the tiny arith world's 0.9M-parameter model. ``--model smollm2``:
 SmolLM2-135M-Instruct (real vocabulary of 49,152, real chat template; ``cat-rl fetch-model
@@ -38,7 +39,15 @@ world's problems; chat template, user message = problem; checked token for token
 beta 0, epsilon 0.2, one iteration, one micro-batch of 128 sequences, plain ``torch.optim.AdamW``
 (lr 1e-4, 1e-6 on Qwen2.5-0.5B, betas (0.9, 0.999), eps 1e-8, weight decay 0) at a constant rate, gradient norm
 clipped at 1.0, fp32 on CPU. The effective settings are read back from both live trainers and
-printed side by side. Rows of zero-spread groups are forwarded and backpropagated on both sides
+printed side by side.
+
+``--device cuda`` runs both sides on the GPU, by default in bf16 mixed precision (``--dtype``):
+fp32 master weights, gradients and AdamW state with forward passes under bf16 autocast, which
+is what cat's ``model.dtype: bfloat16`` and TRL's ``bf16=True`` on a model loaded in fp32 both
+do. The steps still run one at a time (one worker computes while the others wait), so the GPU
+is never shared within a step. GPU work is asynchronous, so there every timer (the step's and
+the model clock's) synchronizes the device before it reads the clock, and each side reports
+the peak GPU memory torch's allocator held (``torch.cuda.max_memory_allocated``). Rows of zero-spread groups are forwarded and backpropagated on both sides
 (cat skips them by default; ``--cat-skip-zero-advantage`` times that).
 
 Model time (both sides, by the same hooks): wall time inside generation (TRL's
@@ -86,6 +95,8 @@ WORK = {"tiny": {"prompts": 16, "generations": 8, "tokens": 32, "lr": 1e-4},
 FOLDER_WORK = WORK["qwen2.5-coder-0.5b"]
 """The work for a model named by its folder (any causal LM in Hugging Face format)."""
 MODEL = "tiny"
+DEVICE = "cpu"  # or cuda (--device)
+DTYPE = "float32"  # the compute dtype (--dtype): float32, or bfloat16 as mixed precision
 PROMPTS_PER_STEP = 16
 NUM_GENERATIONS = 8
 MAX_NEW_TOKENS = 32
@@ -99,10 +110,11 @@ SEED = 0
 BATCH = PROMPTS_PER_STEP * NUM_GENERATIONS  # sequences per optimizer step, one micro-batch
 
 
-def configure(model: str) -> None:
-    """The model and the work per step, in the parent and in every (spawned) worker."""
-    global MODEL, PROMPTS_PER_STEP, NUM_GENERATIONS, MAX_NEW_TOKENS, BATCH, LR
-    MODEL = model
+def configure(model: str, device: str = "cpu", dtype: str = "float32") -> None:
+    """The model, the device and compute dtype, and the work per step, in the parent and in every
+    (spawned) worker."""
+    global MODEL, DEVICE, DTYPE, PROMPTS_PER_STEP, NUM_GENERATIONS, MAX_NEW_TOKENS, BATCH, LR
+    MODEL, DEVICE, DTYPE = model, device, dtype
     work = WORK.get(model, FOLDER_WORK)
     PROMPTS_PER_STEP, NUM_GENERATIONS, MAX_NEW_TOKENS, LR = (work[k] for k in ("prompts", "generations", "tokens", "lr"))
     BATCH = PROMPTS_PER_STEP * NUM_GENERATIONS
@@ -163,11 +175,21 @@ def exact_match(prompts, completions, answer=None, reference_answer=None, **_):
 
 # ---- clocks -------------------------------------------------------------------------------------
 
+def now() -> float:
+    """perf_counter, after the GPU's queued work has finished (on ``--device cuda``): a timer
+    read while kernels are still queued would time their launch, not their work."""
+    if DEVICE == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 class ModelClock:
     """Wall time inside the model: whole ``generate`` calls (and the forward passes within them),
     top-level forward passes outside generate, and autograd backward. Installed identically on
     both sides; each hook costs a perf_counter call (one forward per generated token, plus the
-    update's)."""
+    update's) and, on a GPU, a device synchronize before it."""
 
     KEYS = ("generate", "generate_forward", "forward", "backward")
 
@@ -180,16 +202,16 @@ class ModelClock:
         real_backward = torch.autograd.backward  # what Tensor.backward calls
 
         def backward(*args, **kwargs):
-            start = time.perf_counter()
+            start = now()
             try:
                 return real_backward(*args, **kwargs)
             finally:
-                self.totals["backward"] += time.perf_counter() - start
+                self.totals["backward"] += now() - start
 
         torch.autograd.backward = backward
 
     def watch(self, model) -> None:
-        model.register_forward_pre_hook(lambda *_: self._starts.append(time.perf_counter()))
+        model.register_forward_pre_hook(lambda *_: self._starts.append(now()))
         model.register_forward_hook(self._forward_done)
         model.generate = self.generating(model.generate)
 
@@ -214,29 +236,29 @@ class ModelClock:
         real = logprobs.linear_log_softmax
 
         def head(*args, **kwargs):
-            start = time.perf_counter()
+            start = now()
             try:
                 return real(*args, **kwargs)
             finally:
-                self.totals["generate_forward" if self._generating else "forward"] += time.perf_counter() - start
+                self.totals["generate_forward" if self._generating else "forward"] += now() - start
 
         logprobs.linear_log_softmax = head
 
     def generating(self, fn):
         """``fn`` timed as generation: its forward passes count as generation's."""
         def wrapper(*args, **kwargs):
-            start = time.perf_counter()
+            start = now()
             self._generating += 1
             try:
                 return fn(*args, **kwargs)
             finally:
                 self._generating -= 1
                 if not self._generating:
-                    self.totals["generate"] += time.perf_counter() - start
+                    self.totals["generate"] += now() - start
         return wrapper
 
     def _forward_done(self, *_):
-        seconds = time.perf_counter() - self._starts.pop()
+        seconds = now() - self._starts.pop()
         self.totals["generate_forward" if self._generating else "forward"] += seconds
 
     def take(self) -> dict:
@@ -248,11 +270,11 @@ class ModelClock:
 def timed(totals: dict, key: str, fn):
     """``fn`` with its wall time added to ``totals[key]``."""
     def wrapper(*args, **kwargs):
-        start = time.perf_counter()
+        start = now()
         try:
             return fn(*args, **kwargs)
         finally:
-            totals[key] = totals.get(key, 0.0) + time.perf_counter() - start
+            totals[key] = totals.get(key, 0.0) + now() - start
     return wrapper
 
 
@@ -295,7 +317,7 @@ def cat_overrides(folder: Path, skip_zero_advantage: bool, as_shipped: bool = Fa
     reward = ["reward.name=math_equivalence"] if as_shipped else ["reward.name=exact_match"]
     anchor = [] if MODEL == "tiny" else ["anchor.template=math_synthesis_brief", "anchor.max_new_tokens=64"]
     return [
-        f"model.name_or_path={model_folder()}", "model.device=cpu", "model.dtype=float32",
+        f"model.name_or_path={model_folder()}", f"model.device={DEVICE}", f"model.dtype={DTYPE}",
         "model.gradient_checkpointing=false",
         f"data.path={folder / 'train.jsonl'}", "data.shuffle=false", "eval.path=null",
         f"generation.num_generations={NUM_GENERATIONS}", f"generation.max_new_tokens={MAX_NEW_TOKENS}",
@@ -335,6 +357,7 @@ def cat_settings(trainer) -> dict:
         "schedule": c.optim.schedule,
         "max grad norm": c.optim.max_grad_norm,
         "weights dtype / device": f"{next(trainer.policy.parameters()).dtype} / {trainer.device}",
+        "compute dtype (autocast)": c.model.dtype,
         "gradient checkpointing": bool(trainer.policy.is_gradient_checkpointing),
         "torch threads": _threads(),
         "reward": c.reward.name,
@@ -342,10 +365,11 @@ def cat_settings(trainer) -> dict:
     }
 
 
-def cat_worker(conn, model: str, estimator: str, skip_zero_advantage: bool, as_shipped: bool = False) -> None:
+def cat_worker(conn, model: str, device: str, dtype: str, estimator: str, skip_zero_advantage: bool,
+               as_shipped: bool = False) -> None:
     """Holds a cat Trainer (gold or synthesis estimator) and takes one step per request."""
     started = time.perf_counter()
-    configure(model)
+    configure(model, device, dtype)
     pin_threads()
     from cat.config import load_config
     from cat.rewards import from_completion_fn, register_reward
@@ -369,14 +393,15 @@ def cat_worker(conn, model: str, estimator: str, skip_zero_advantage: bool, as_s
         while conn.recv() == "step":
             prompts = [list(trainer.prompt_ids[i]) for i in trainer.order.batch(step)]
             clock.take()
-            start = time.perf_counter()
+            reset_peak_memory()
+            start = now()
             m = trainer.step(step).metrics
-            seconds = time.perf_counter() - start
+            seconds = now() - start
             phases = {k: m.get(f"time/{k}", 0.0) for k in ("generate", "reference", "reward", "logprobs", "update")}
             phases["other"] = seconds - sum(phases.values())  # batch, advantages, metrics, weight sync (none on hf)
             conn.send({"step": seconds, "phases": phases, "model": clock.take(), "prompts": prompts,
                        "mean_length": m["completion/mean_length"], "max_length": m["completion/max_length"],
-                       "reward": m["reward/mean"], "threads": _threads()})
+                       "reward": m["reward/mean"], "threads": _threads(), "peak_mib": peak_memory_mib()})
             step += 1
 
 
@@ -384,9 +409,10 @@ def cat_worker(conn, model: str, estimator: str, skip_zero_advantage: bool, as_s
 
 def trl_config_kwargs(output_dir: str, max_steps: int) -> dict:
     """GRPOConfig arguments: the shared work, and TRL's defaults that would differ from it
-    (bf16, gradient checkpointing, the fused AdamW, the linear schedule) turned off."""
+    (gradient checkpointing, the fused AdamW, the linear schedule) turned off; bf16 as ``--dtype``
+    says (TRL's default is on)."""
     return dict(
-        output_dir=output_dir, seed=SEED, use_cpu=True, bf16=False, fp16=False,
+        output_dir=output_dir, seed=SEED, use_cpu=DEVICE == "cpu", bf16=DTYPE == "bfloat16", fp16=False,
         per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, generation_batch_size=BATCH,
         num_generations=NUM_GENERATIONS, max_completion_length=MAX_NEW_TOKENS,
         temperature=TEMPERATURE, top_p=TOP_P, top_k=0, min_p=None, repetition_penalty=1.0,
@@ -424,6 +450,7 @@ def trl_settings(trainer) -> dict:
         "schedule": str(a.lr_scheduler_type).removeprefix("SchedulerType.").lower(),
         "max grad norm": a.max_grad_norm,
         "weights dtype / device": f"{next(trainer.model.parameters()).dtype} / {trainer.accelerator.device}",
+        "compute dtype (autocast)": "bfloat16" if a.bf16 else "float16" if a.fp16 else "float32",
         "gradient checkpointing": bool(trainer.model.is_gradient_checkpointing),
         "torch threads": _threads(),
         "reward": ", ".join(trainer.reward_func_names),
@@ -473,7 +500,7 @@ class TrlProbe:
                 "model": self.clock.take(), "prompts": [list(ids[i]) for i in range(0, len(ids), NUM_GENERATIONS)],
                 "mean_length": metrics["completions/mean_length"][-1],
                 "max_length": metrics["completions/max_length"][-1],
-                "reward": metrics["reward"][-1], "threads": _threads()}
+                "reward": metrics["reward"][-1], "threads": _threads(), "peak_mib": peak_memory_mib()}
 
 
 def make_gate(conn, probe: TrlProbe, ready):
@@ -501,20 +528,21 @@ def make_gate(conn, probe: TrlProbe, ready):
             if conn.recv() != "step":
                 raise _Stop
             probe.reset()
-            self.start = time.perf_counter()
+            reset_peak_memory()
+            self.start = now()
 
         def on_step_end(self, args, state, control, **kwargs):
-            seconds = time.perf_counter() - self.start
+            seconds = now() - self.start
             self.last_end = time.perf_counter()
             self.pending = probe.result(seconds)
 
     return Gate()
 
 
-def trl_worker(conn, model: str, max_steps: int) -> None:
+def trl_worker(conn, model: str, device: str, dtype: str, max_steps: int) -> None:
     """Holds a TRL GRPOTrainer inside ``train()`` (see make_gate), ``max_steps`` steps."""
     started = time.perf_counter()
-    configure(model)
+    configure(model, device, dtype)
     pin_threads()
     import torch
     from datasets import Dataset
@@ -527,6 +555,7 @@ def trl_worker(conn, model: str, max_steps: int) -> None:
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["problem"]}], "answer": r["answer"]}
                                  for r in rows])
     tokenizer = AutoTokenizer.from_pretrained(model_folder())
+    # fp32 master weights on both sides: under --dtype bfloat16, TRL's bf16=True autocasts them
     model = AutoModelForCausalLM.from_pretrained(model_folder(), dtype=torch.float32)
     with tempfile.TemporaryDirectory() as out:
         config_kwargs = trl_config_kwargs(out, max_steps)
@@ -553,6 +582,22 @@ def trl_worker(conn, model: str, max_steps: int) -> None:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+def reset_peak_memory() -> None:
+    if DEVICE == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mib() -> float | None:
+    """The most GPU memory torch's allocator held since the step began (None on the CPU)."""
+    if DEVICE != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
+
 
 def _threads() -> int:
     import torch
@@ -592,9 +637,10 @@ def run_benchmark(args) -> dict[str, dict]:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no torch state inherited
-    targets = {"cat": (cat_worker, (args.model, "gold", args.cat_skip_zero_advantage, args.as_shipped)),
-               "trl": (trl_worker, (args.model, args.warmup + args.pairs)),
-               "cat_synthesis": (cat_worker, (args.model, "synthesis", args.cat_skip_zero_advantage, args.as_shipped))}
+    where = (args.model, args.device, args.dtype)
+    targets = {"cat": (cat_worker, (*where, "gold", args.cat_skip_zero_advantage, args.as_shipped)),
+               "trl": (trl_worker, (*where, args.warmup + args.pairs)),
+               "cat_synthesis": (cat_worker, (*where, "synthesis", args.cat_skip_zero_advantage, args.as_shipped))}
     sides: dict[str, dict] = {}
 
     def start(name: str) -> None:
@@ -704,7 +750,7 @@ def report(args, sides: dict[str, dict], host: str) -> None:
     name = "tiny-arith world" if MODEL == "tiny" else f"{model_folder().name} on the tiny world's problems"
     vocab = sides["cat"]["ready"]["settings"].get("vocab")
     print(f"{name} ({params:,} parameters{f', vocabulary {vocab:,}' if vocab else ''}), {PROMPTS_PER_STEP} prompts x {NUM_GENERATIONS} "
-          f"rollouts, <= {MAX_NEW_TOKENS} new tokens, fp32 CPU, 1 thread per side; {args.warmup} warm-up "
+          f"rollouts, <= {MAX_NEW_TOKENS} new tokens, {_where()}; {args.warmup} warm-up "
           f"round(s), then {args.pairs} {'rounds, one side at a time (not interleaved)' if args.one_at_a_time else 'interleaved round(s)'}")
     print()
     print_settings(args, sides, rows)
@@ -768,6 +814,9 @@ def print_times(rows: dict[str, list]) -> None:
     line("completion mean length (tokens)", lambda r: r["mean_length"], "{:>12.1f}")
     line("completion max length (tokens)", lambda r: r["max_length"], "{:>12.1f}")
     line("reward mean", lambda r: r["reward"])
+    if DEVICE == "cuda":
+        print()
+        line("peak GPU memory in the step (MiB)", lambda r: r["peak_mib"], "{:>12.0f}")
     between = [r["between"] for r in rows["trl"] if r.get("between") is not None]
     if between:
         print(f"TRL's loop between steps (data fetch, log/save checks; not in its step): median {med(between):.4f} s")
@@ -780,6 +829,15 @@ def print_ratios(steps: dict[str, list[float]]) -> None:
         paired = med(x / y for x, y in zip(steps[a], steps[b], strict=True))
         print(f"{label}: median of per-round ratios {paired:.3f}, ratio of medians "
               f"{med(steps[a]) / med(steps[b]):.3f}{note}")
+
+
+def _where() -> str:
+    if DEVICE == "cpu":
+        return f"{'fp32' if DTYPE == 'float32' else DTYPE + ' autocast over fp32 weights'} CPU, 1 thread per side"
+    import torch
+
+    mixed = "fp32" if DTYPE == "float32" else f"{DTYPE} autocast over fp32 master weights"
+    return f"{torch.cuda.get_device_name()}, {mixed}, one side's step at a time"
 
 
 def _non_model(r: dict) -> float:
@@ -806,10 +864,21 @@ def main() -> int:
                         help="tiny: the tiny arith world's model; smollm2: SmolLM2-135M-Instruct (4 prompts a step); "
                              "qwen2.5-coder-0.5b: Qwen2.5-Coder-0.5B-Instruct at 152k vocabulary (2 prompts a step; "
                              "both fetched with cat-rl fetch-model); or a model folder (2 prompts a step)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where both sides run (cuda: the first visible GPU; default cpu)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="the compute dtype of both sides: bfloat16 is mixed precision over fp32 master "
+                             "weights (cat's model.dtype, TRL's bf16); default bfloat16 on cuda, float32 on cpu")
     args = parser.parse_args()
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error(f"--device cuda: torch {torch.__version__} sees no GPU here")
     if args.model not in WORK and not (Path(args.model) / "config.json").is_file():
         parser.error(f"--model {args.model}: neither {', '.join(WORK)} nor a model folder with a config.json")
-    configure(args.model)
+    configure(args.model, args.device, args.dtype)
     if importlib.util.find_spec("trl") is None or importlib.util.find_spec("cat") is None:
         missing = "trl" if importlib.util.find_spec("trl") is None else "cat"
         print(f"{missing} is not importable from {sys.executable}. Set up a virtualenv with cat and TRL "
