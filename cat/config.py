@@ -64,8 +64,10 @@ class ModelConfig(_Section):
     name_or_path: str = "tiny:arith"
     """Policy to train: a hub id, a local folder in save_pretrained format, a local ``.gguf`` file
     (converted once into ``FILE.gguf.hf/`` beside it), or ``tiny:arith`` (the offline tiny world,
-    built on first use). The frozen initial policy pi_0 (KL reference and anchor) is a second copy
-    of this model."""
+    built on first use). A relative path is read from the working directory, not from the config
+    file's folder; one that can only be local (absolute, ``./``, ``../``, three parts or more, or
+    under ``models/``) and is not there stops the run at once, naming the folder looked for. The
+    frozen initial policy pi_0 (KL reference and anchor) is a second copy of this model."""
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     """Compute dtype. The trained policy always keeps fp32 master weights, gradients and AdamW
     state, and runs its forward passes under autocast in this dtype; frozen models (pi_0, a local

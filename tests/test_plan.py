@@ -1,5 +1,6 @@
 """``cat-rl plan``: the memory plan's static parts equal the tensors a real run holds."""
 
+import pytest
 from conftest import ROOT
 from test_trainer import make_trainer
 from transformers import AutoConfig
@@ -51,7 +52,7 @@ def test_plan_cli_for_a_config_and_its_errors(tiny_world, capsys):
     assert "2 process(es)" in out and "vLLM KV cache, a whole step at once (8 prompts x 8" in out
     assert "AdamW state" in out and "total" in out
     assert main(["plan", config, "model.name_or_path=/nonexistent/model"]) == 2
-    assert "error: cannot read the architecture of '/nonexistent/model'" in capsys.readouterr().err
+    assert "error: model '/nonexistent/model': no model folder at /nonexistent/model" in capsys.readouterr().err
     assert main(["plan", config, "--processes", "0"]) == 2
     assert "--processes must be at least 1" in capsys.readouterr().err
 
@@ -146,3 +147,35 @@ def test_training_refuses_a_run_its_plan_does_not_fit_before_anything_loads(tmp_
     assert "memory: does not fit run.memory_gib: the plan needs" in out.stderr
     assert "turn a knob: model.lora" in out.stderr and "(run.memory_check=false starts it anyway)" in out.stderr
     assert not run_dir.exists()  # refused before the run directory was touched
+
+
+def test_a_model_path_that_is_not_there_is_named_at_once_not_asked_of_the_hub(tmp_path, tiny_world, monkeypatch, capsys):
+    """A path that can only be local (absolute, dot-relative, three parts, or under models/, where
+    fetch-model puts its models) and is not there stops every command at once, naming the folder
+    looked for and the working directory a relative one is read from: transformers would take it
+    for a hub id and retry the network for half a minute. A folder fetch-model makes gets its
+    command; a hub id (org/name) still goes to transformers."""
+    from cat.errors import ConfigError
+    from cat.models.load import resolve_path
+
+    config = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", config, "model.name_or_path=models/SmolLM2-135M-Instruct"]) == 2
+    err = capsys.readouterr().err
+    assert (f"model 'models/SmolLM2-135M-Instruct': no model folder at {tmp_path}/models/SmolLM2-135M-Instruct "
+            f"(a relative model path is read from the working directory, {tmp_path}); "
+            "cat-rl fetch-model smollm2 makes it") in err
+    assert "huggingface.co" not in err
+    assert main(["eval", config, "--model", "./models/SmolLM2-135M-Instruc", "eval.limit=2"]) == 2
+    assert f"no model folder at {tmp_path}/models/SmolLM2-135M-Instruc" in capsys.readouterr().err
+    (tmp_path / "weights.bin").write_text("")
+    with pytest.raises(ConfigError, match="weights.bin is a file, not a model folder"):
+        resolve_path(str(tmp_path / "weights.bin"))
+    with pytest.raises(ConfigError, match="fetch-model qwen2.5-coder-0.5b --output /data/Qwen2.5-Coder-0.5B-Instruct makes it"):
+        resolve_path("/data/Qwen2.5-Coder-0.5B-Instruct")
+    run_dir = tmp_path / "run"
+    assert main(["train", config, "model.name_or_path=runs/x/checkpoints/model", "--output-dir", str(run_dir),
+                 "--no-progress"]) == 2
+    assert "no model folder at" in capsys.readouterr().err and not run_dir.exists()
+    assert resolve_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"  # a hub id
+    assert resolve_path(str(tiny_world / "model")) == str(tiny_world / "model")

@@ -93,11 +93,42 @@ def exact_float64_norms(model: torch.nn.Module) -> int:
 
 
 def resolve_path(path: str) -> str:
-    """Where the model ``path`` is loaded from (a folder, or a hub id)."""
+    """Where the model ``path`` is loaded from (a folder, or a hub id). A name that can only be a
+    local path and is not there is a ConfigError now, before transformers takes it for a hub id and
+    retries the network for it."""
     resolved = paths.resolve(path)
     if is_gguf_path(resolved):
         return str(hf_folder(Path(resolved)))
+    if not Path(resolved).expanduser().is_dir() and _local_path(resolved):
+        raise ConfigError(_missing_folder(path, resolved))
     return resolved
+
+
+def _local_path(name: str) -> bool:
+    """Whether ``name`` names a local path rather than a hub id (``org/model`` or ``model``):
+    absolute, home- or dot-relative, more than two parts, or a ``models/...`` folder (where
+    ``cat-rl fetch-model`` puts its models; no hub organisation is called models)."""
+    return (name.startswith(("/", "~", "./", "../")) or name.count("/") > 1 or "\\" in name
+            or name.startswith("models/"))
+
+
+def _missing_folder(path: str, resolved: str) -> str:
+    """What a model path that is not there needs, with the fetch-model command where it names a
+    folder fetch-model makes."""
+    from cat.models.gguf import KNOWN
+
+    where = Path(resolved).expanduser()
+    said = f"model '{path}'" + (f" (resolved to {resolved})" if resolved != path else "")
+    text = f"{said}: no model folder at {where.absolute()}"
+    if not where.is_absolute() and not resolved.startswith("~"):
+        text += f" (a relative model path is read from the working directory, {Path.cwd()})"
+    if where.exists():
+        text = f"{said}: {where.absolute()} is a file, not a model folder (name a folder with a config.json, or a .gguf file)"
+    fetchable = [name for name, known in KNOWN.items() if known.folder == where.name]
+    if fetchable:
+        output = "" if resolved == f"models/{where.name}" else f" --output {resolved}"
+        text += f"; cat-rl fetch-model {fetchable[0]}{output} makes it"
+    return text
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False):

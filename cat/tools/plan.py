@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cat.errors import ConfigError
+
 GB = 1024**3
 _BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -249,6 +251,8 @@ def run_fit(config) -> Fit | None:
     m = config.model
     try:
         arch = architecture(AutoConfig.from_pretrained(resolve_path(m.name_or_path), trust_remote_code=m.trust_remote_code))
+    except ConfigError:  # a model path that is not there: the run cannot start, so no warning first
+        raise
     except Exception as exc:  # noqa: BLE001 - any reason the config.json cannot be read or understood
         logging.getLogger(__name__).warning("memory plan skipped: cannot read the architecture of '%s' (%s)",
                                             m.name_or_path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
