@@ -222,6 +222,8 @@ COMMANDS = [  # (arguments after cat-rl, what the message must say)
     (["report"], "the following arguments are required: RUN_DIR"),
     (["report", "/nonexistent/run"], "/nonexistent/run"),
     (["tiny-world", "nope"], "invalid choice: 'nope'"),
+    (["tiny-world", "arith", "run.steps=2"], "cat-rl tiny-world takes no config overrides (got run.steps=2)"),
+    (["fetch-model", "smollm2", "run.steps=2"], "cat-rl fetch-model takes no config overrides (got run.steps=2)"),
     (["fetch-model", "nope"], "invalid choice: 'nope'"),
 ]
 

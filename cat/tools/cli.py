@@ -6,7 +6,8 @@
                       [--anchor-decoding greedy,sampled] [--anchor-question without,with]
                       [--output FILE] [--json] [key=value ...]
     cat-rl plan CONFIG [--processes N] [--gpu-memory GIB] [key=value ...]
-    cat-rl compare CONFIG --arms a,b,... [--arm LABEL "k=v ..."] [--seeds 0,1,2] --output-dir DIR [key=value ...]
+    cat-rl compare CONFIG --arms a,b,... [--arm LABEL "k=v ..."] [--seeds 0,1,2] --output-dir DIR
+                   [--allow-config-change] [key=value ...]
     cat-rl report RUN_DIR|RESULT.json ... [--output DIR]
     cat-rl tiny-world [arith|arith-hard|rubric] [--build] [--check] [--output DIR]
     cat-rl fetch-model smollm2|qwen2.5-coder-0.5b|qwen2.5-coder-1.5b [--output DIR] [--gguf FILE]
@@ -41,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cat-rl",
         description="Compute as Teacher: reference-free RL for language models. "
-        "Every command also takes section.key=value config overrides.",
+        "The commands that read a CONFIG (train, eval, synthesize, plan, compare) also take "
+        "section.key=value overrides of it.",
     )
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a policy (CaT-RL, TTRL or reference-based GRPO)")
@@ -91,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", default="0,1,2", help="comma-separated run.seed values (default 0,1,2)")
     c.add_argument("--output-dir", help="folder for the runs (ARM/seedS), the table and the report "
                    "(default: runs/compare-CONFIG_NAME)")
+    c.add_argument("--allow-config-change", action="store_true",
+                   help="continue unfinished runs in --output-dir whose saved config differs (more run.steps, say)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     r = sub.add_parser("report", help="figures (PNG) and an HTML page for run directories and synthesize results")
     r.add_argument("inputs", nargs="+", metavar="RUN_DIR", help="run directories and/or cat-rl synthesize .json results")
@@ -236,6 +240,9 @@ def _tiny_world(args) -> int:
     from cat import worlds
     from cat.worlds import arith, arith_hard, rubric
 
+    if args.overrides:  # a world is built from its spec, never from a config
+        raise ConfigError(f"cat-rl tiny-world takes no config overrides (got {' '.join(args.overrides)})")
+
     def build(out: Path) -> None:
         if args.world == "arith":
             arith.pretrain(arith.TinySpec(), out)
@@ -334,7 +341,8 @@ def _compare(args) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("cat-rl compare runs in one process; launch cat-rl train per run for several processes")
     output = Path(args.output_dir or Path("runs") / f"compare-{Path(args.config).stem}")
-    summary = run_all(args.config, args.overrides, arms, seeds, output, progress=not args.no_progress)
+    summary = run_all(args.config, args.overrides, arms, seeds, output, progress=not args.no_progress,
+                      allow_change=args.allow_config_change)
     print(table(summary))
     print(f"\nwritten: {output / 'compare.md'}, compare.json, report/index.html")
     return 0

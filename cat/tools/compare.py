@@ -123,9 +123,12 @@ def finished(run_dir: Path, steps: int) -> bool:
 
 
 def run_all(config_path: str, overrides: list[str], arms: list[ArmSpec], seeds: list[int], output: Path, *,
-            progress: bool, log=None) -> dict:
+            progress: bool, log=None, allow_change: bool = False) -> dict:
     """Train every (arm, seed) not yet finished, each in a child process; returns the summary (also
-    written to OUTPUT_DIR)."""
+    written to OUTPUT_DIR). ``allow_change``: an unfinished run whose saved config differs from
+    its config now (more ``run.steps``, say) continues under the new one, as ``cat-rl train
+    --allow-config-change`` does; a finished one is still refused (its results are its old
+    config's)."""
     from cat.config import dump_config
     from cat.tools.train import same_run
 
@@ -139,7 +142,8 @@ def run_all(config_path: str, overrides: list[str], arms: list[ArmSpec], seeds: 
         if finished(run_dir, config.run.steps):
             if not same_run((run_dir / "config.yaml").read_text(), dump_config(config)):
                 raise ConfigError(f"{run_dir} finished under a different config than arm {arm.label} seed {seed} has "
-                                  "now; give compare another --output-dir (or remove that run)")
+                                  "now; give compare another --output-dir (or remove that run: --allow-config-change "
+                                  "continues unfinished runs only, a finished run's results being its old config's)")
             log(f"[{i}/{total}] {arm.label} seed {seed}: finished earlier ({run_dir})")
             continue
         log(f"[{i}/{total}] {arm.label} seed {seed}: training into {run_dir}")
@@ -147,14 +151,14 @@ def run_all(config_path: str, overrides: list[str], arms: list[ArmSpec], seeds: 
         if source is not None:
             log(f"  the initial policy's evaluation is {source}'s: the same model, seed and evaluation settings")
         start = time.perf_counter()
-        train_apart(config, run_dir, progress=progress, name=f"{arm.label} seed {seed}")
+        train_apart(config, run_dir, progress=progress, name=f"{arm.label} seed {seed}", allow_change=allow_change)
         _add_wall(run_dir, time.perf_counter() - start)
     summary = summarize(output, arms, seeds)
     write_outputs(output, summary, arms, seeds, config_path, overrides)
     return summary
 
 
-def train_apart(config, run_dir: Path, *, progress: bool, name: str) -> None:
+def train_apart(config, run_dir: Path, *, progress: bool, name: str, allow_change: bool = False) -> None:
     """``train_run`` in a child process that exits when the run ends, so that nothing of the run
     stays for the next one. Inside one process ``Trainer.close`` frees the engine, the models and the
     optimizer, but not what vLLM keeps per process: an exception it stores when it first imports a
@@ -178,7 +182,7 @@ def train_apart(config, run_dir: Path, *, progress: bool, name: str) -> None:
         context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         try:
-            pool.submit(_train_in_child, config, run_dir, progress).result()
+            pool.submit(_train_in_child, config, run_dir, progress, allow_change).result()
         except BrokenProcessPool:
             raise CatError(f"{name}: its training process died without a word (killed by the system: out of "
                            f"memory, perhaps; memory/peak_rss_mib in its metrics.jsonl shows how close it came); "
@@ -191,12 +195,12 @@ _PRELOAD = ["cat.tools.train", "cat.run.trainer", "transformers.models.auto.mode
 ``AutoModelForCausalLM`` and ``AutoTokenizer`` load on first use, most of a tiny run's start-up time."""
 
 
-def _train_in_child(config, run_dir: Path, progress: bool) -> None:
+def _train_in_child(config, run_dir: Path, progress: bool, allow_change: bool) -> None:
     from cat.run.logs import console
     from cat.tools.train import train_run
 
     console()  # the fork server's logging is not this process's parent's
-    train_run(config, run_dir, progress=progress)
+    train_run(config, run_dir, progress=progress, allow_change=allow_change)
 
 
 # Settings that cannot change the initial policy's evaluation: how it then trains, and bookkeeping.
