@@ -40,6 +40,18 @@ def test_the_preflight_stops_a_run_that_cannot_score_anything(tmp_path, tiny_wor
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # stopped before any step
 
 
+def test_the_preflight_quotes_a_self_bon_anchor_that_names_no_rollout(tmp_path, tiny_world):
+    """The tiny anchor was trained to synthesize, not to reply 'BEST: k': self_bon has no
+    reference for any group. The stop says so, quotes the anchor's reply, and does not send the
+    user to the answer chain, which reads every rollout."""
+    out = cli("train", *tiny(tiny_world, tmp_path, "run.steps=1", "estimator.name=self_bon"))
+    assert out.returncode == 2
+    err = out.stderr
+    assert "the anchor named no rollout (a line 'BEST: k') for 4 of 4 groups" in err
+    assert "the anchor's reply: 'SUMMARY:" in err and "ends with 'BEST: k'" in err
+    assert "data.prompt_template" not in err and "answer.rules" not in err
+
+
 def test_the_preflight_names_the_answer_form_when_it_refused_every_answer(tmp_path, tiny_world):
     """A chain that reads something that is not a number (here the word "boxed" itself) under
     answer.form=number: every rollout's and reference's answer is refused, and the stop says so."""

@@ -74,6 +74,10 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
     if unrated:
         causes.append(f"the judge gave no rating for {unrated} rollouts (judge/score_failures; the warning above "
                       f"quotes a reply), so best-of-N had no rollout to pick")
+    unchosen = [r for r in references if "choice_text" in r.meta and r.meta.get("index") is None]  # self_bon
+    if unchosen:
+        causes.append(f"the anchor named no rollout (a line 'BEST: k') for {len(unchosen)} of {len(references)} "
+                      f"groups, so those groups have no reference")
     elif reference_rate is not None and reference_rate == 0:
         causes.append(f"no reference has an answer that {chain} reads"
                       f"{_refused(metrics.get('answer/reference_refused', 0), config)}")
@@ -98,19 +102,25 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
     if clipped > 0.5 and not rubrics:
         fixes.append(f"raise generation.max_new_tokens ({config.generation.max_new_tokens}): "
                      f"{clipped:.0%} of rollouts were cut off before an answer")
+    if unchosen:
+        fixes.append(f"raise anchor.max_new_tokens ({config.anchor.max_new_tokens}) or change the anchors/self_bon "
+                     f"template so that the anchor ends with 'BEST: k' (its reply is quoted below)")
     if reference_rate == 0 and config.estimator.name == "synthesis":
         fixes.append(f"raise anchor.max_new_tokens ({config.anchor.max_new_tokens}) or change anchor.template "
                      f"({config.anchor.template}) so the anchor ends with an answer the chain reads")
-    if not rubrics and (not (failed or unrated) or rollout_rate == 0 or (reference_rate == 0 and not unrated)):
+    only_unchosen = len(unchosen) == len(references) and rollout_rate != 0  # the rollouts' answers are read
+    if not rubrics and not only_unchosen and (not (failed or unrated) or rollout_rate == 0
+                                              or (reference_rate == 0 and not unrated)):
         fixes.append("ask for the answer format in data.prompt_template (for example '... put your final answer "
                      "within \\boxed{}'), or add a rule to answer.rules (answer_phrase, equals_end, last_number, "
                      "regex with answer.regex)")
     example = groups[0].completions[0].text if groups and groups[0].completions else ""
     reference = references[0].text if references else ""
+    said = f"\nthe anchor's reply: {excerpt(unchosen[0].meta['choice_text'], 160)!r}" if unchosen else ""
     raise TrainingHalted(
         f"{line}\nnothing can be scored, so training would learn nothing: {'; '.join(causes)}.\n"
         f"fix: " + "; or ".join(fixes) + ".\n"
-        f"a rollout: {excerpt(example, 160)!r}\na reference: {excerpt(reference, 160)!r}\n"
+        f"a rollout: {excerpt(example, 160)!r}\na reference: {excerpt(reference, 160)!r}{said}\n"
         f"(run.preflight_prompts=0 skips this check)")
 
 
