@@ -180,7 +180,7 @@ class RunLoop:
                     if main:
                         logger.warning(f"interrupted after step {self.step_done}: saved {path}\n"
                                        f"resume with: cat-rl train {t.run_dir / 'config.yaml'} --resume {t.run_dir}")
-                    raise KeyboardInterrupt
+                    raise SavedAndInterrupted
                 if t.eval_prompts and t.config.eval.every and self.step_done % t.config.eval.every == 0 \
                         and self.step_done < run.steps:
                     evals["history"].append({"step": self.step_done, **t.evaluate()})
@@ -219,6 +219,11 @@ def peak_gpu_mib(device) -> float:
     import torch
 
     return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
+class SavedAndInterrupted(KeyboardInterrupt):
+    """Ctrl-C once: the step in progress finished and a checkpoint was saved (the loop said where
+    and how to resume). A plain KeyboardInterrupt is the second Ctrl-C: stopped mid-step."""
 
 
 class _GracefulInterrupt:

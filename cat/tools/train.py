@@ -21,6 +21,18 @@ from cat.files import write_text_atomic
 from cat.run.lock import hold_run_dir
 
 
+def _stopped_mid_step(run_dir: Path) -> str:
+    """What a second Ctrl-C leaves: the step in progress is lost; the newest checkpoint, if any,
+    is where the run continues."""
+    from cat.run import checkpoint as ckpt
+
+    newest = ckpt.latest_checkpoint(run_dir)
+    if newest is None:
+        return "stopped mid-step before the first checkpoint: run the same command again to start the run over"
+    return (f"stopped mid-step: the step in progress is lost; the run continues from {newest.name} with: "
+            f"cat-rl train {run_dir / 'config.yaml'} --resume {run_dir}")
+
+
 def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested: bool = False,
               allow_change: bool = False) -> None:
     """Start, continue or finish the run of ``config`` in ``run_dir`` (what ``cat-rl train`` does)."""
@@ -55,7 +67,7 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
             raise SystemExit(2)  # rank 0 printed it
         resume_from = value
 
-        from cat.run.loop import RunLoop
+        from cat.run.loop import RunLoop, SavedAndInterrupted
         from cat.run.trainer import Trainer
 
         loop = RunLoop(Trainer(config, run_dir))  # the loop owns the trainer and drives it
@@ -65,7 +77,12 @@ def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested:
                 if ranks.main:
                     for name in ("metrics.jsonl", "samples.jsonl", "rubrics.jsonl"):
                         _truncate_jsonl(run_dir / name, loop.step_done)
-            loop.train(progress=progress)
+            try:
+                loop.train(progress=progress)
+            except KeyboardInterrupt as exc:
+                if ranks.main and not isinstance(exc, SavedAndInterrupted):
+                    print(_stopped_mid_step(run_dir), file=sys.stderr)
+                raise
             # every rank done before any closes an engine: vLLM's shutdown destroys the process
             # group (the launcher's, which its engines joined), so Ranks.close's barrier comes too late
             ranks.barrier()
