@@ -10,6 +10,7 @@ import subprocess
 import pytest
 from conftest import ROOT, cli
 
+from cat.display import number
 from cat.run.loop import teacher_summary_of
 from cat.tools.report import arms_of, figures, load_run, over_seeds, read_jsonl
 
@@ -30,6 +31,8 @@ def inputs(tmp_path_factory, tiny_world):
     for name in ("tiny_arith_cat", "tiny_arith_gold"):
         out = cli("train", str(EXPERIMENTS / f"{name}.yaml"), "--output-dir", str(root / name), *common)
         assert out.returncode == 0, out.stderr[-3000:]
+        mid = json.loads((root / name / "eval.json").read_text())["history"][0]  # printed, not only saved
+        assert f"step 2: accuracy {number(mid['accuracy'])} (pass@1 over 1 samples, n=8)" in out.stdout
     out = cli("synthesize", str(EXPERIMENTS / "tiny_arith_cat.yaml"), "--estimators", "majority_vote,synthesis",
               "--group-sizes", "1,2,4", "--output", str(root / "tt.json"), *common[:2], *common[3:5])
     assert out.returncode == 0, out.stderr[-3000:]

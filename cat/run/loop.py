@@ -187,6 +187,11 @@ class RunLoop:
                     if main:
                         write_json_atomic(eval_path, evals)
                         trackers.log_eval(evals["history"][-1], self.step_done)
+                        line = _eval_line(f"step {self.step_done}", evals["history"][-1])
+                        if bar.disable:
+                            t.log(line)
+                        else:  # above the live bar
+                            bar.write(line)
                 if run.save_every and self.step_done % run.save_every == 0 and self.step_done < run.steps:
                     self.save(merged=False)  # for resuming: a LoRA run's adapter, not a merged copy
         bar.close()
