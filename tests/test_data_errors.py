@@ -105,6 +105,7 @@ def test_an_unpaired_surrogate_names_the_row_and_field(tmp_path, name):
 @pytest.mark.parametrize("row,match", [
     ({"problem": ["1+1?"], "answer": "2"}, r"row 2: field 'problem' must be a non-empty string, got a list"),
     ({"problem": 7, "answer": "2"}, r"row 2: field 'problem' must be a non-empty string, got a number"),
+    ({"problem": None, "answer": "2"}, r"row 2: field 'problem' must be a non-empty string, got null$"),
     ({"problem": "  ", "answer": "2"}, r"row 2: field 'problem' must be a non-empty string"),
     ({"problem": "1+1?", "answer": ["2"]}, r"row 2: field 'answer' must be a string or number, got a list"),
     ({"problem": "1+1?", "answer": True}, r"row 2: field 'answer' must be a string or number, got a boolean"),

@@ -223,6 +223,11 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _got(value, width: int = 60) -> str:
+    """What a message says it got: the value's JSON type and the value, or null alone."""
+    return "null" if value is None else f"{_kind(value)} {value!r:.{width}}"
+
+
 def _kind(value) -> str:
     """A value's JSON type name, for messages."""
     if value is None:
@@ -282,7 +287,7 @@ def _string_list(value, where: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         bad = value if not isinstance(value, list) else next(t for t in value if not isinstance(t, str))
-        raise DataError(f"{where} must be a list of strings, got {_kind(bad)} {bad!r:.60}")
+        raise DataError(f"{where} must be a list of strings, got {_got(bad)}")
     seen = set()
     for tag in value:
         if tag in seen:
@@ -293,7 +298,7 @@ def _string_list(value, where: str) -> tuple[str, ...]:
 
 def _conversation(value, label: str) -> tuple[dict[str, str], ...]:
     if not isinstance(value, list) or not value:
-        raise DataError(f"{label}: field 'prompt' must be a non-empty list of chat messages, got {_kind(value)} {value!r:.60}")
+        raise DataError(f"{label}: field 'prompt' must be a non-empty list of chat messages, got {_got(value)}")
     for k, m in enumerate(value):
         if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
             raise DataError(f"{label}: prompt[{k}] must be {{'role': system|user|assistant, 'content': str}}, got {m!r:.80}")
@@ -313,7 +318,7 @@ def _healthbench_prompt(i: int, row: dict, label: str, system_prompt: str | None
         raise DataError(f"{label}: missing field 'rubrics' (fields: {sorted(row)})")
     items = row["rubrics"]
     if not isinstance(items, list) or not items:
-        raise DataError(f"{label}: field 'rubrics' must be a non-empty list, got {_kind(items)} {items!r:.60}")
+        raise DataError(f"{label}: field 'rubrics' must be a non-empty list, got {_got(items)}")
     criteria = []
     for k, item in enumerate(items):
         where = f"{label}: rubrics[{k}]"
@@ -321,10 +326,10 @@ def _healthbench_prompt(i: int, row: dict, label: str, system_prompt: str | None
             raise DataError(f"{where} must be an object with 'criterion', 'points' and 'tags', got {_kind(item)}")
         text = item.get("criterion")
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{where}.criterion must be a non-empty string, got {_kind(text)} {text!r:.60}")
+            raise DataError(f"{where}.criterion must be a non-empty string, got {_got(text)}")
         points = item.get("points")
         if isinstance(points, bool) or not isinstance(points, int | float) or not math.isfinite(points):
-            raise DataError(f"{where}.points must be a number, got {_kind(points)} {points!r:.40}")
+            raise DataError(f"{where}.points must be a number, got {_got(points, 40)}")
         criteria.append(Criterion(text=text, points=float(points), tags=_string_list(item.get("tags"), f"{where}.tags")))
     if not any(c.points > 0 for c in criteria):
         raise DataError(f"{label}: field 'rubrics' has no criterion with positive points, so the example's score is undefined")
@@ -382,7 +387,7 @@ def load_prompts(
             text = conversation[0]["content"] if len(conversation) == 1 else \
                 "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
         elif not isinstance(text, str) or not text.strip():
-            raise DataError(f"{label}: field '{field}' must be a non-empty string, got {_kind(text)} {text!r:.60}")
+            raise DataError(f"{label}: field '{field}' must be a non-empty string, got {_got(text)}")
         gold = None
         if answer_field is not None:
             value = row.get(answer_field)
@@ -390,7 +395,7 @@ def load_prompts(
                 raise DataError(f"{label}: missing field '{answer_field}' (needed by the gold estimator / evaluation)")
             if value is not None:
                 if isinstance(value, bool) or not isinstance(value, str | int | float):
-                    raise DataError(f"{label}: field '{answer_field}' must be a string or number, got {_kind(value)} {value!r:.60}")
+                    raise DataError(f"{label}: field '{answer_field}' must be a string or number, got {_got(value)}")
                 if isinstance(value, float) and not math.isfinite(value):  # NaN, Infinity, 1e999
                     raise DataError(f"{label}: field '{answer_field}' is {value}, not an answer")
                 gold = _gold(value, answer_format)
