@@ -218,6 +218,14 @@ class OptimConfig(_Section):
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm (None = no clipping)."""
 
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _two_betas(cls, value: Any) -> Any:
+        """A list of one or three is named as such, not as a missing or an extra tuple item."""
+        if isinstance(value, list | tuple) and len(value) != 2:
+            raise ValueError(f"needs two values, [beta1, beta2] (default [0.9, 0.999]); got {list(value)!r:.60}")
+        return value
+
 
 LABEL_FIELDS = ("solution", "answer", "answers", "target", "label", "labels", "ground_truth", "gold")
 """The default ``data.label_fields``: names datasets give a label or a worked solution."""
@@ -958,7 +966,9 @@ def _parse_yaml(text: str, where: str, hint: str = "") -> Any:
         loader.dispose()
 
 
-def parse_overrides(overrides: list[str]) -> dict:
+def parse_overrides(overrides: list[str], origins: dict[str, str] | None = None) -> dict:
+    """``section.key=value`` overrides as a tree, later ones over earlier ones. ``origins``, when
+    given, gets ``override 'ITEM'`` for every key they set (see ``_origins``)."""
     tree: dict = {}
     for item in overrides:
         key, eq, raw = item.partition("=")
@@ -969,31 +979,63 @@ def parse_overrides(overrides: list[str]) -> dict:
         value = _parse_yaml(raw, f"override '{item}'", " (quote a value with YAML's special characters, "
                             "e.g. 'data.prompt_template=\"{problem} ...\"')") if raw else ""
         _set_dotted(tree, key.strip(), value, f"override {item!r}")
+        if origins is not None:
+            _replace_origins(origins, _origins(value, key.strip(), f"override '{item}'"), key.strip())
     return tree
 
 
-def _merge(base: dict, extra: dict, where: str, onto: str, prefix: str = "") -> dict:
+def _origins(value: Any, key: str, origin: str, _seen: set[int] | None = None) -> dict[str, str]:
+    """``origin`` (a file, an override) for every setting in ``value`` placed at dotted ``key``,
+    keyed by dotted path: a section's keys, recursively; a list or an empty section is one setting.
+    The parallel record that lets a message name where a bad key or value came from."""
+    seen = set() if _seen is None else _seen
+    # a section that a YAML alias repeats is one setting after its first place: aliases can nest
+    # one in another (exponentially many paths) or hold their own section (infinitely many)
+    if isinstance(value, dict) and value and id(value) not in seen:
+        seen.add(id(value))
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(_origins(v, f"{key}.{k}" if key else str(k), origin, seen))
+        return out
+    return {key: origin} if key else {}
+
+
+def _replace_origins(origins: dict[str, str], new: dict[str, str], key: str) -> None:
+    """What set dotted ``key`` and everything under it is now ``new`` (the origins of the value
+    that replaced it there)."""
+    for k in [k for k in origins if k == key or k.startswith(f"{key}.")]:
+        del origins[k]
+    origins.update((k, v) for k, v in new.items() if k == key or k.startswith(f"{key}."))
+
+
+def _merge(base: dict, extra: dict, where: str, onto: str, origins: dict[str, str], extra_origins: dict[str, str],
+           prefix: str = "") -> dict:
     """``extra`` over ``base``: sections key by key, any other value replaced. ``extra`` setting
     keys under something ``base`` gives as a value (a list, a string) is an error, not a
-    replacement that would hide it. ``where`` and ``onto`` name the two in the message."""
+    replacement that would hide it. ``where`` and ``onto`` name the two in the message.
+    ``origins`` (``base``'s, dotted key -> where it was set) is updated in place from
+    ``extra_origins`` for every key that ``extra`` replaces."""
     out = dict(base)
     for key, value in extra.items():
         old = out.get(key)
+        dotted = f"{prefix}{key}"
         if isinstance(value, dict) and isinstance(old, dict):
-            out[key] = _merge(old, value, where, onto, f"{prefix}{key}.")
+            out[key] = _merge(old, value, where, onto, origins, extra_origins, f"{dotted}.")
         elif isinstance(value, dict) and old is not None:
-            raise ConfigError(f"{where} sets keys under {prefix}{key}, but {onto} gives {prefix}{key} as "
+            given = f" ({origins[dotted]})" if dotted in origins else ""
+            raise ConfigError(f"{where} sets keys under {dotted}, but {onto}{given} gives {dotted} as "
                               f"{type(old).__name__} {old!r:.60}, not as a section")
         else:
             out[key] = value
+            _replace_origins(origins, extra_origins, dotted)
     return out
 
 
-def _read_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+def _read_tree(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str, str]]:
     """One YAML file as a tree, with its ``base:`` (a path or a list of paths, relative to the
     file) merged underneath: bases in order, then the file's own keys on top. Sections merge key
     by key; any other value (lists included) replaces the base's. A key given twice in one file is
-    an error (``_StrictLoader``)."""
+    an error (``_StrictLoader``). With the tree, its origins: the file that set each key."""
     where = f" (base of {chain[-1]})" if chain else ""
     try:
         found, resolved = path.is_file(), path.resolve()
@@ -1015,52 +1057,104 @@ def _read_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
     bases = loaded.pop("base", None)
+    own = _origins(loaded, "", str(path))
     if bases is None:
-        return loaded
+        return loaded, own
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not bases or not all(isinstance(b, str) and b for b in bases):
         raise ConfigError(f"config {path}: base must be a path or a list of paths (relative to the file), "
                           f"got {bases!r}")
     tree: dict = {}
+    origins: dict[str, str] = {}
     for base in bases:
-        tree = _merge(tree, _read_tree(path.parent / base, (*chain, resolved)),
-                      f"config {path.parent / base}", "an earlier base")
-    return _merge(tree, loaded, f"config {path}", "its base")
+        base_tree, base_origins = _read_tree(path.parent / base, (*chain, resolved))
+        tree = _merge(tree, base_tree, f"config {path.parent / base}", "an earlier base", origins, base_origins)
+    return _merge(tree, loaded, f"config {path}", "its base", origins, own), origins
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (composed over its ``base:`` configs), apply ``section.key=value``
-    overrides, validate the whole tree."""
-    tree: dict = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        tree = _read_tree(path)
-    return config_from_tree(tree, overrides, source=source)
+    overrides, validate the whole tree. An error names, for each bad key or value, the file or the
+    override that set it."""
+    if path is None:
+        return config_from_tree({}, overrides, source="defaults")
+    tree, origins = _read_tree(Path(path))
+    return config_from_tree(tree, overrides, source=str(path), origins=origins)
 
 
-def config_from_tree(tree: dict, overrides: list[str] | None = None, *, source: str = "a dict") -> Config:
-    """Validate a config tree (sections as dicts, as in YAML) with ``section.key=value`` overrides applied."""
+def config_from_tree(tree: dict, overrides: list[str] | None = None, *, source: str = "a dict",
+                     origins: dict[str, str] | None = None) -> Config:
+    """Validate a config tree (sections as dicts, as in YAML) with ``section.key=value`` overrides applied.
+    ``source`` names the tree in messages; ``origins`` (dotted key -> the file that set it, from
+    ``_read_tree``) names where each of its keys came from, else ``source`` for all of them."""
+    origins = dict(origins) if origins is not None else _origins(tree, "", source)
     if overrides:
-        tree = _merge(tree, parse_overrides(overrides), "an override", f"the config ({source})")
+        given: dict[str, str] = {}
+        tree = _merge(tree, parse_overrides(overrides, given), "an override", "the config", origins, given)
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
         lines = [f"invalid config ({source}):"]
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown key{_meant(err['loc'])}; valid keys here: {_describe(err['loc'], Config)}"
-            elif err["type"] in ("literal_error", "greater_than", "greater_than_equal", "less_than",
-                                 "less_than_equal", "finite_number"):
-                msg = f"{msg} (got {err.get('input')!r:.60})"
-            elif err["type"] == "value_error":
-                msg = msg.removeprefix("Value error, ")
-            lines.append(f"  {loc}: {msg}")
+        lines += [f"  {_error_line(err, origins, source)}" for err in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
+
+
+def _error_line(err: Any, origins: dict[str, str], source: str) -> str:
+    """One validation error as ``WHERE: KEY: what is wrong``. WHERE is the file or override that
+    set the key (``source`` when nothing recorded did). A model validator's error (a check across
+    fields) has no KEY, as its message names the keys; WHERE is where those keys were set, a key
+    that nothing set being named as a default."""
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown key{_meant(err['loc'])}; valid keys here: {_describe(err['loc'], Config)}"
+    elif err["type"] in ("literal_error", "greater_than", "greater_than_equal", "less_than",
+                         "less_than_equal", "finite_number"):
+        msg = f"{msg} (got {err.get('input')!r:.60})"
+    elif err["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    if err["type"] == "value_error" and _section_model(err["loc"]) is not None:  # a model validator's check
+        keys = _keys_named(msg) or [loc]
+        found = [o for k in keys for o in _set_by(k, origins)]
+        defaults = [f"the default {k}" for k in keys if k and not _set_by(k, origins)]
+        return f"{' and '.join([*dict.fromkeys(found), *defaults]) if found else source}: {msg}"
+    if not loc:
+        return f"{source}: {msg}"
+    return f"{' and '.join(_set_by(loc, origins)) or source}: {loc}: {msg}"
+
+
+def _set_by(key: str, origins: dict[str, str]) -> list[str]:
+    """What set dotted ``key``: the entry for it or for a value above it (``optim.betas`` for
+    ``optim.betas.1``), else the entries of the keys under it (a section); none: its default."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        found = origins.get(".".join(parts[:n]))
+        if found is not None:
+            return [found]
+    return list(dict.fromkeys(o for k, o in origins.items() if k.startswith(f"{key}.")))
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    """The section model at ``loc`` (``Config`` itself at the top), or None when ``loc`` is a field."""
+    node: Any = Config
+    for part in loc:
+        field = node.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        node = field.annotation
+    return node
+
+
+_DOTTED = re.compile(r"\b([a-z_]+)\.([a-z_0-9]+)\b")
+
+
+def _keys_named(text: str) -> list[str]:
+    """The settings a message names: ``section.key`` words, and top-level keys (``algorithm``)."""
+    keys = [f"{s}.{k}" for s, k in _DOTTED.findall(text)
+            if (model := _section_model((s,))) is not None and k in model.model_fields]
+    keys += [k for k in Config.model_fields if _section_model((k,)) is None and re.search(rf"\b{k}\b", text)]
+    return list(dict.fromkeys(keys))
 
 
 def with_defaults(tree: dict) -> dict:

@@ -16,10 +16,15 @@ def assert_clean_failure(out, *needles):
         assert needle in out.stderr, out.stderr
 
 
-def test_unknown_config_key(tmp_path):
+def test_unknown_config_key_names_the_base_that_has_it(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("grpo:\n  betta: 0.1\n")
-    assert_clean_failure(run_cli("train", str(bad), "--output-dir", str(tmp_path / "r")), "grpo.betta", str(bad), "beta")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: bad.yaml\nrun:\n  output_dir: r\n")
+    out = run_cli("train", str(child), "run.stepz=3", cwd=tmp_path)
+    assert_clean_failure(out, f"error: invalid config ({child}):\n", f"  {bad}: grpo.betta: unknown key (did you mean beta?)",
+                         "  override 'run.stepz=3': run.stepz: unknown key (did you mean steps?)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "child.yaml"]  # no run folder
 
 
 def test_unknown_override_and_bad_value():

@@ -6,6 +6,7 @@ from cat.config import Config, dump_config, load_config
 from cat.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
+GRPO_KEYS = Config.model_fields["grpo"].annotation.model_fields
 
 
 def write(tmp_path, text):
@@ -125,6 +126,56 @@ def test_bad_bases_are_named(tmp_path):
         load_config(write(tmp_path, "base: bad.yaml\n"))
 
 
+def error_lines(path, overrides=()) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load_config(path, list(overrides))
+    header, *lines = str(e.value).splitlines()
+    assert header == f"invalid config ({path if path is not None else 'defaults'}):"
+    return [line.strip() for line in lines]
+
+
+def test_an_error_names_the_file_or_override_that_set_the_key(tmp_path):
+    """Not the top-level file for everything: a typo in a base, a value the config put over its
+    base's, and an override each name their own source."""
+    base, child = tmp_path / "base_with_typo.yaml", tmp_path / "child.yaml"
+    base.write_text("grpo:\n  betta: 0.1\nrun:\n  steps: 2\n")
+    child.write_text("base: base_with_typo.yaml\nrun:\n  steps: -1\n")
+    assert error_lines(child) == [
+        f"{base}: grpo.betta: unknown key (did you mean beta?); valid keys here: {', '.join(sorted(GRPO_KEYS))}",
+        f"{child}: run.steps: Input should be greater than or equal to 1 (got -1)"]
+    base.write_text("run:\n  steps: 2\n")
+    child.write_text("base: base_with_typo.yaml\noptim:\n  lrr: 0.1\n")
+    assert error_lines(child)[0].startswith(f"{child}: optim.lrr: unknown key (did you mean lr?)")
+    lines = error_lines(child, ["optim.lrr=0.2", "optim.lr=abc", "run.steps=-1"])
+    assert len(lines) == 3 and "override 'optim.lr=abc': optim.lr: Input should be a valid number, unable to parse " \
+        "string as a number" in lines and "override 'run.steps=-1': run.steps: Input should be greater than or equal " \
+        "to 1 (got -1)" in lines
+    assert any(line.startswith("override 'optim.lrr=0.2': optim.lrr: unknown key") for line in lines)  # over the file's
+    assert error_lines(None, ["grpo.betta=0.1"])[0].startswith("override 'grpo.betta=0.1': grpo.betta: unknown key")
+
+
+def test_a_check_across_fields_names_where_each_was_set(tmp_path):
+    (tmp_path / "base.yaml").write_text("rubric:\n  min_criteria: 8\n")
+    child = write(tmp_path, "base: base.yaml\nrubric:\n  max_criteria: 6\n")
+    assert error_lines(child) == [f"{tmp_path / 'base.yaml'} and {child}: rubric.min_criteria (8) is above "
+                                  "rubric.max_criteria (6): no rubric could pass"]
+    assert error_lines(tmp_path / "base.yaml", ["rubric.max_criteria=7"]) == [
+        f"{tmp_path / 'base.yaml'} and override 'rubric.max_criteria=7': rubric.min_criteria (8) is above "
+        "rubric.max_criteria (7): no rubric could pass"]
+    assert error_lines(None, ["rubric.min_criteria=30"]) == [
+        "override 'rubric.min_criteria=30' and the default rubric.max_criteria: rubric.min_criteria (30) is above "
+        "rubric.max_criteria (20): no rubric could pass"]
+    assert error_lines(None, ["answer.rules=[]"]) == [  # a section's own check: no "answer:" before the message
+        "override 'answer.rules=[]': answer.rules is empty: list at least one rule, e.g. [boxed]"]
+
+
+def test_betas_are_two_values(tmp_path):
+    assert error_lines(None, ["optim.betas=[0.9]"]) == [
+        "override 'optim.betas=[0.9]': optim.betas: needs two values, [beta1, beta2] (default [0.9, 0.999]); got [0.9]"]
+    assert "got [0.9, 0.99, 0.999]" in error_lines(write(tmp_path, "optim:\n  betas: [0.9, 0.99, 0.999]\n"))[0]
+    assert load_config(None, ["optim.betas=[0.8, 0.9]"]).optim.betas == (0.8, 0.9)
+
+
 @pytest.mark.parametrize("overrides, needle", [
     (["rubric.min_criteria=8", "rubric.max_criteria=6"], "rubric.min_criteria (8) is above rubric.max_criteria (6)"),
     (["grpo.epsilon=0.2", "grpo.epsilon_high=0.1"], "grpo.epsilon_high (0.1) is below grpo.epsilon (0.2)"),
@@ -134,7 +185,7 @@ def test_bad_bases_are_named(tmp_path):
 def test_fields_that_contradict_each_other_are_named(overrides, needle):
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)
-    assert needle in str(e.value) and "Value error" not in str(e.value)
+    assert needle in str(e.value) and "Value error" not in str(e.value) and "<root>" not in str(e.value)
 
 
 def test_a_key_given_twice_names_the_key_the_file_and_both_lines(tmp_path):
@@ -193,8 +244,10 @@ def test_keys_set_under_a_value_that_is_not_a_section_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"an override sets keys under run, but the config .* gives run as list \[1\]"):
         load_config(write(tmp_path, "run:\n  - 1\n"), ["run.steps=1"])
     (tmp_path / "base.yaml").write_text("generation:\n  stop: [a]\n")
-    with pytest.raises(ConfigError, match=r"sets keys under generation\.stop, but its base gives generation\.stop as list"):
+    with pytest.raises(ConfigError, match=r"sets keys under generation\.stop, but its base \(.*base\.yaml\) gives generation\.stop as list"):
         load_config(write(tmp_path, "base: base.yaml\ngeneration:\n  stop: {x: 1}\n"))
+    with pytest.raises(ConfigError, match=r"an override sets keys under generation\.stop, but the config \(.*base\.yaml\) gives"):
+        load_config(write(tmp_path, "base: base.yaml\n"), ["generation.stop.x=1"])  # the base gives it, not c.yaml
     c = load_config(write(tmp_path, "model:\n  lora: null\n"), ["model.lora.r=4"])  # null is no value: replaced
     assert c.model.lora.r == 4
 

@@ -65,6 +65,7 @@ CONFIGS = [  # (file content, what the message must say)
     (b"model:\n  device: gpu\n", "model.device 'gpu' is not a device"),
     (b"base: [1, 2]\n", "base must be a path or a list of paths"),
     (b"a: &a [*a]\n", "a: unknown key"),
+    (b"a: &a\n  b: *a\n", "a: unknown key"),  # a section holding itself: its keys' origins are finite
     (b"judge:\n  backend: !!int \n", "cannot read '' as int"),
     (b"run:\n  steps: 0x" + b"f" * 4000 + b"\n", "integer of 4002 characters is too long"),
     (b"run:\n  seed: 99999999999999999999999\n", "run.seed"),

@@ -49,6 +49,14 @@ A key given twice in one file (YAML would silently keep the second), a count bel
 `eval.path: null` is how to turn evaluation off), NaN or infinity, and a `{name}` in
 `data.prompt_template` other than `{problem}` are refused too, naming the file, line or field
 (`{{name}}` is the literal text `{name}`; other braces, as in `\\boxed{}`, are text).
+Each refusal says where the key or value came from: the file that set it (a base, or the config
+over it), the override, or, for a field a check across fields names but nothing set, its default:
+
+```
+error: invalid config (experiments/my_run.yaml):
+  experiments/my_base.yaml: grpo.betta: unknown key (did you mean beta?); valid keys here: ...
+  override 'run.steps=-1': run.steps: Input should be greater than or equal to 1 (got -1)
+```
 """
 
 
