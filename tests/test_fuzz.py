@@ -264,3 +264,10 @@ def test_as_real_processes(tmp_path):
     for (args, needle), proc in zip(cases, running, strict=True):
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 2 and "Traceback" not in stderr and needle in stderr, (args, stderr[-2000:])
+
+
+def test_an_output_dir_that_is_a_file_is_named_as_such(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    out = cli("train", str(CAT), "--output-dir", str(tmp_path / "afile"), "--no-progress")
+    assert_clean_failure(out, f"output directory {tmp_path / 'afile'} is a file, not a folder")
+    assert (tmp_path / "afile").read_text() == "x"

