@@ -250,3 +250,14 @@ def test_the_run_loop_owns_the_trainer_and_its_old_names_still_work_with_a_depre
     loop = RunLoop(make_trainer(tmp_path / "c", tiny_world))
     loop.restore(path)
     assert loop.step_done == 1 and loop.state_dict()["step"] == 1
+
+
+def test_more_prompts_per_step_than_prompts_is_said_and_each_step_still_holds_them_all(tmp_path, tiny_world, caplog):
+    """Six prompts a step from four: a warning names both numbers; a step takes every prompt once
+    and two of them twice, as separate groups."""
+    with caplog.at_level("WARNING"):
+        trainer = make_trainer(tmp_path, tiny_world, "data.limit=4", "run.prompts_per_step=6")
+    assert "run.prompts_per_step 6 is more than the 4 training prompts" in caplog.text
+    batch = trainer.order.batch(0)
+    assert len(batch) == 6 and set(batch) == {0, 1, 2, 3}
+    trainer.close()

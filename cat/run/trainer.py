@@ -155,6 +155,9 @@ class Trainer:
         else:
             self.generator = self.engine
         self.order = PromptOrder(len(self.prompt_ids), config.run.prompts_per_step, config.run.seed, config.data.shuffle)
+        if config.run.prompts_per_step > len(self.prompt_ids) and self.ranks.main:
+            logger.warning(f"run.prompts_per_step {config.run.prompts_per_step} is more than the {len(self.prompt_ids)} "
+                           f"training prompts: each step takes some prompts more than once (as separate groups)")
         self.async_rollouts = config.generation.async_rollouts
         self._ahead: Background | None = None  # the rollout thread making the next step's experience
         self._ready: Experience | None = None  # the next step's experience, made ahead
