@@ -133,6 +133,7 @@ def test_plan_cli_says_whether_a_config_fits_a_gpu(tiny_world, capsys):
     assert main(["plan", config, model, "--gpu-memory", "0.01"]) == 1
     out = capsys.readouterr().out
     assert "does not fit a GPU of 0.01 GiB" in out and "turn a knob: model.lora" in out
+    assert " MiB a process" in out and "0.0 GiB" not in out  # a tiny model's amounts in MiB, not rounded to 0
     assert main(["plan", config, model, "--gpu-memory", "-1"]) == 2
     assert "--gpu-memory must be a positive number of GiB, got -1" in capsys.readouterr().err
 

@@ -133,6 +133,11 @@ def _size(n: float) -> str:
     return f"{n / GB:9.2f} GiB" if n >= GB / 10 else f"{n / 1024**2:9.2f} MiB"
 
 
+def _amount(n: float) -> str:
+    """Bytes in prose: GiB to one decimal, or MiB below a tenth of a GiB (never "0.0 GiB")."""
+    return f"{n / GB:.1f} GiB" if n >= GB / 10 else f"{n / 1024**2:.1f} MiB"
+
+
 def render(config, arch: Architecture, *, processes: int = 1) -> str:
     rows = plan(config, arch, processes=processes)
     width = max(len(name) for name, _ in rows)
@@ -167,10 +172,10 @@ class Fit:
     def line(self) -> str:
         share = 1 - self.need / self.capacity
         if self.fits:
-            return (f"fits {self.where} ({self.capacity / GB:.1f} GiB a process) with {share:.0%} to spare for "
+            return (f"fits {self.where} ({_amount(self.capacity)} a process) with {share:.0%} to spare for "
                     f"activations (at least {HEADROOM:.0%} asked)")
-        return (f"does not fit {self.where}: the plan needs {self.need / GB:.1f} GiB a process and leaves "
-                f"{max(share, 0):.0%} of {self.capacity / GB:.1f} GiB for activations (at least {HEADROOM:.0%} asked); "
+        return (f"does not fit {self.where}: the plan needs {_amount(self.need)} a process and leaves "
+                f"{max(share, 0):.0%} of {_amount(self.capacity)} for activations (at least {HEADROOM:.0%} asked); "
                 f"turn a knob: " + "; or ".join(self.knobs))
 
 
@@ -214,25 +219,25 @@ def _knobs(config, rows: list[tuple[str, int]], *, engine_share: int = 0) -> lis
     fsdp = config.parallel.strategy == "fsdp"
     if config.model.lora is None and not fsdp:  # FSDP with LoRA is refused when the config loads
         out.append(f"model.lora (train an adapter: the fp32 master weights, gradients and optimizer state, "
-                   f"{trained / GB:.1f} GiB, become the adapter's; the frozen base is held once, in the compute dtype)")
+                   f"{_amount(trained)}, become the adapter's; the frozen base is held once, in the compute dtype)")
         if config.model.dtype != "float16":  # FSDP with fp16 is refused when the config loads
             out.append("parallel.strategy=fsdp on more processes (shards the fp32 weights, gradients and optimizer "
-                       f"state: {trained / GB:.1f} GiB over N)")
+                       f"state: {_amount(trained)} over N)")
     if fsdp:
         out.append(f"more processes (FSDP shards the trained weights, gradients and optimizer state, "
-                   f"{trained / GB:.1f} GiB a process now)")
+                   f"{_amount(trained)} a process now)")
     optimizer = next((b for name, b in rows if name.startswith("AdamW state")), None)
     if optimizer is not None and config.parallel.strategy != "fsdp" and config.model.dtype != "float64":
-        out.append(f"optim.name=adamw_8bit (the optimizer state, {optimizer / GB:.1f} GiB, to about a quarter)")
+        out.append(f"optim.name=adamw_8bit (the optimizer state, {_amount(optimizer)}, to about a quarter)")
     if engine_share and not gen.vllm_sleep and not gen.async_rollouts:
-        out.append(f"generation.vllm_sleep=true (the engine's {engine_share / GB:.1f} GiB are released through the "
+        out.append(f"generation.vllm_sleep=true (the engine's {_amount(engine_share)} are released through the "
                    "update, the gradients while it generates)")
     if any(name.startswith("vLLM") for name, _ in rows) and config.generation.vllm_gpu_memory_utilization > 0.2:
         out.append(f"generation.vllm_gpu_memory_utilization below {config.generation.vllm_gpu_memory_utilization} "
                    "(a smaller KV cache: vLLM queues the step's sequences)")
     logits = next((b for name, b in rows if name.startswith(SCORING)), 0)
     if logits > GB:
-        out.append(f"run.micro_batch_size below {config.run.micro_batch_size} (the scoring buffers, {logits / GB:.1f} GiB)")
+        out.append(f"run.micro_batch_size below {config.run.micro_batch_size} (the scoring buffers, {_amount(logits)})")
     return out or ["a smaller model.name_or_path, or more memory: nothing in this config shrinks it much"]
 
 
