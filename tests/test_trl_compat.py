@@ -98,10 +98,15 @@ def test_a_trl_reward_function_is_called_as_trl_calls_it(tmp_path):
     assert second["completions"] == [[{"role": "assistant", "content": t}] for t in texts]
 
 
-def test_a_trl_dataset_and_reward_train_label_free_by_default(tmp_path, tiny_world):
+def test_a_trl_dataset_and_reward_train_label_free_by_default(tmp_path, tiny_world, capfd):
     """TRL's ``prompt`` column and a ``f(completions, **kwargs)`` reward through ``cat.train``, from a
-    config that names no estimator: the run is CaT (the anchor's synthesis), never gold."""
+    config that names no estimator: the run is CaT (the anchor's synthesis), never gold. Its
+    console is the step lines, without transformers' bars for loading and saving weights, which
+    stay on for the caller."""
     from datasets import Dataset
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # as a Python caller has them
 
     rows = [json.loads(line) for line in (tiny_world / "train.jsonl").read_text().splitlines()[:8]]
     dataset = Dataset.from_list([{"prompt": r["problem"], "solution": r["answer"]} for r in rows])
@@ -123,6 +128,9 @@ def test_a_trl_dataset_and_reward_train_label_free_by_default(tmp_path, tiny_wor
     assert calls and all("solution" not in c and "prompts" in c and "trainer_state" in c for c in calls)
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert saved["estimator"]["name"] == "synthesis"
+    console = capfd.readouterr()
+    assert "step 1/1" in console.out and "Writing model shards" not in console.err + console.out
+    assert "Loading weights" not in console.err + console.out and hf_logging.is_progress_bar_enabled()
 
 
 def test_what_a_trl_reward_cannot_take_is_named_and_its_metrics_are_kept(tmp_path):

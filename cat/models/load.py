@@ -18,6 +18,7 @@ weights in the compute dtype, since they are never updated.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -92,6 +93,22 @@ def exact_float64_norms(model: torch.nn.Module) -> int:
     return swapped
 
 
+@contextlib.contextmanager
+def no_progress_bars():
+    """transformers' and the hub's progress bars off for the block (loading and saving weights),
+    then back as the caller had them: the console carries one line per step, also for a Python
+    caller of ``cat.train`` (the command line turns them off for good)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def resolve_path(path: str) -> str:
     """Where the model ``path`` is loaded from (a folder, or a hub id). A name that can only be a
     local path and is not there is a ConfigError now, before transformers takes it for a hub id and
@@ -154,9 +171,10 @@ def load_model(path: str, *, dtype: str, device: torch.device, trust_remote_code
 
     resolved = resolve_path(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            resolved, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
-        )
+        with no_progress_bars():  # no "Loading weights" bar for each model a run loads
+            model = AutoModelForCausalLM.from_pretrained(
+                resolved, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
+            )
     except OSError as exc:
         raise ConfigError(f"cannot load model from '{path}': {exc}") from None
     disable_dropout(model)

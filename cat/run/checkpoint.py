@@ -40,6 +40,7 @@ import torch
 
 from cat.errors import CheckpointError
 from cat.models.gguf import sha256_file
+from cat.models.load import no_progress_bars
 
 _PREFIX = "step-"
 
@@ -146,15 +147,16 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, trainer_state
         root.mkdir(parents=True, exist_ok=True)
         _repair(root)
         shutil.rmtree(tmp, ignore_errors=True)
-        if is_peft(model):
-            model.save_pretrained(tmp / "adapter")  # what training resumes from
-            if merged:
-                export_model(model, tmp / "model", export_dtype)  # the adapter merged in
-        elif export_dtype == next(model.parameters()).dtype:  # fp32 (or fp64) compute: the export is the master
-            model.save_pretrained(tmp / "model", state_dict=weights)
-        else:
-            model.save_pretrained(tmp / "master", state_dict=weights)
-            export_model(model, tmp / "model", export_dtype, weights=weights)
+        with no_progress_bars():  # no "Writing model shards" bar among a run's step lines
+            if is_peft(model):
+                model.save_pretrained(tmp / "adapter")  # what training resumes from
+                if merged:
+                    export_model(model, tmp / "model", export_dtype)  # the adapter merged in
+            elif export_dtype == next(model.parameters()).dtype:  # fp32 (or fp64) compute: the export is the master
+                model.save_pretrained(tmp / "model", state_dict=weights)
+            else:
+                model.save_pretrained(tmp / "master", state_dict=weights)
+                export_model(model, tmp / "model", export_dtype, weights=weights)
         if (tmp / "model").is_dir():
             tokenizer.save_pretrained(tmp / "model")
         torch.save({**trainer_state, "rng": rng_state()}, tmp / "trainer_state.pt")
