@@ -52,7 +52,11 @@ def test_synthesize_compares_estimators_on_shared_rollouts(tmp_path, tiny_world)
                       "--output", str(tmp_path / "digit.json"), "eval.limit=32", "answer.rules=[regex]",
                       "answer.regex=(\\d)")
     assert first_digit.returncode == 0, first_digit.stderr[-2000:]
-    assert json.loads((tmp_path / "digit.json").read_text())["accuracy"]["majority_vote@8"] < acc["majority_vote@8"]
+    digit = json.loads((tmp_path / "digit.json").read_text())
+    assert digit["accuracy"]["majority_vote@8"] < acc["majority_vote@8"]
+    # the regraded result records the answer rules it was graded with, and the saved rollouts' settings
+    assert digit["settings"] == {**result["settings"], "answer.rules": ["regex"], "answer.regex": "(\\d)"}
+    assert result["settings"]["model.name_or_path"] == "tiny:arith" and result["settings"]["eval.limit"] == 32
     # a synthesis over several orders (anchor.orders) is read again order by order and voted again
     edited = json.loads(out_file.read_text())
     key = "synthesis[greedy]@8"
@@ -248,8 +252,9 @@ def test_extend_adds_an_arm_to_a_saved_result_without_sampling_again(tmp_path, t
             raise AssertionError("the policy model was loaded for an arm that needs none")
 
         patch.setattr(policy, "load_model", no_model)
+        # an added arm may bring its own anchor and judge settings: they make no rollout
         out = cli("testtime", config, "--extend", str(first), "--estimators", "majority_vote", "--output", str(first),
-                  "eval.limit=16")
+                  "eval.limit=16", "anchor.greedy=false", "anchor.max_new_tokens=8", "judge.model=other")
     assert out.returncode == 0, out.stderr[-2000:]
     out = cli("testtime", config, "--extend", str(first), "--estimators", "synthesis", "--output", str(first), "eval.limit=16")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -273,13 +278,68 @@ def test_extend_adds_an_arm_to_a_saved_result_without_sampling_again(tmp_path, t
     tokens = cli("testtime", config, "--extend", str(first), "--estimators", "min_perplexity", "eval.limit=16")
     assert tokens.returncode == 2 and "sampled token ids" in tokens.stderr
     other = cli("testtime", config, "--extend", str(first), "--estimators", "self_bon", "eval.limit=8")
-    assert other.returncode == 2 and "not this config's evaluation prompts" in other.stderr
+    assert other.returncode == 2 and "eval.limit: saved 16, now 8" in other.stderr
+    moved = json.loads(first.read_text())
+    moved["examples"][3]["question"] = "What is 1 + 1?"  # the data file changed under the same settings
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    prompts = cli("testtime", config, "--extend", str(tmp_path / "moved.json"), "--estimators", "self_bon",
+                  "eval.limit=16")
+    assert prompts.returncode == 2 and "not this config's evaluation prompts" in prompts.stderr
     sizes = cli("testtime", config, "--extend", str(first), "--estimators", "self_bon", "--group-sizes", "8",
                 "eval.limit=16")
     assert sizes.returncode == 2 and "keeps its own group sizes [4, 8]" in sizes.stderr
     none = cli("testtime", config, "--extend", str(first), "eval.limit=16")
     assert none.returncode == 2 and "--extend needs --estimators" in none.stderr
-    assert "Traceback" not in again.stderr + tokens.stderr + other.stderr + sizes.stderr + none.stderr
+    assert "Traceback" not in again.stderr + tokens.stderr + other.stderr + sizes.stderr + none.stderr + prompts.stderr
+
+
+def test_extend_refuses_a_result_made_with_other_settings(tmp_path, tiny_world):
+    """The saved result records what made its rollouts and grades them; --extend names every
+    setting that differs, saved and now, and how to go on, before any model loads. A result saved
+    before the record is refused unless --allow-unrecorded vouches for it."""
+    config = str(ROOT / "experiments" / "tiny_arith_cat.yaml")
+    saved, out_file = tmp_path / "a.json", tmp_path / "b.json"
+    small = ("eval.limit=4", "generation.num_generations=2")
+    out = cli("testtime", config, "--estimators", "majority_vote", "--output", str(saved), *small)
+    assert out.returncode == 0, out.stderr[-2000:]
+    settings = json.loads(saved.read_text())["settings"]
+    assert settings["generation.temperature"] == 1.0 and settings["run.seed"] == 0 and settings["eval.limit"] == 4
+    assert settings["answer.rules"] == ["boxed", "answer_phrase", "equals_end", "last_number"]
+    assert not any(k.startswith(("anchor.", "estimator.", "judge.")) for k in settings)  # an added arm's own
+    hotter = cli("testtime", config, "--extend", str(saved), "--estimators", "synthesis", "--output", str(out_file),
+                 *small, "generation.temperature=0.5", "run.seed=3", "model.system_prompt=Be brief, now")
+    assert hotter.returncode == 2 and not out_file.exists()
+    assert "the saved result was made with other settings than this config's" in hotter.stderr
+    assert "generation.temperature: saved 1.0, now 0.5" in hotter.stderr and "run.seed: saved 0, now 3" in hotter.stderr
+    assert 'model.system_prompt: saved null, now "Be brief, now"' in hotter.stderr
+    assert "(model.system_prompt=null generation.temperature=1.0 run.seed=0)" in hotter.stderr
+    assert "sample again into another --output" in hotter.stderr and "--regrade" not in hotter.stderr
+    graded = cli("testtime", config, "--extend", str(saved), "--estimators", "synthesis", *small,
+                 "answer.form=number", "reward.mode=strict")
+    assert graded.returncode == 2 and 'answer.form: saved "any", now "number"' in graded.stderr
+    assert 'reward.mode: saved "equivalence", now "strict"' in graded.stderr
+    assert "--regrade the saved result with them first" in graded.stderr and "give the saved values" not in graded.stderr
+    # regraded with the new grading, the result records it, and --extend reads it with that grading
+    out = cli("testtime", config, "--regrade", str(saved), "--output", str(tmp_path / "strict.json"), *small,
+              "reward.mode=strict")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((tmp_path / "strict.json").read_text())["settings"]["reward.mode"] == "strict"
+    out = cli("testtime", config, "--extend", str(tmp_path / "strict.json"), "--estimators", "single", *small,
+              "reward.mode=strict")
+    assert out.returncode == 0, out.stderr[-2000:]
+    old = json.loads(saved.read_text())
+    del old["settings"]  # as results were saved before the record
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    refused = cli("testtime", config, "--extend", str(tmp_path / "old.json"), "--estimators", "single", *small)
+    assert refused.returncode == 2 and "the saved result records no settings" in refused.stderr
+    assert "pass --allow-unrecorded" in refused.stderr
+    out = cli("testtime", config, "--extend", str(tmp_path / "old.json"), "--allow-unrecorded", "--estimators",
+              "single", "--output", str(out_file), *small)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "single@2" in json.loads(out_file.read_text())["accuracy"] and "settings" not in json.loads(out_file.read_text())
+    alone = cli("testtime", config, "--allow-unrecorded", *small)
+    assert alone.returncode == 2 and "--allow-unrecorded goes with --extend" in alone.stderr
+    assert "Traceback" not in hotter.stderr + graded.stderr + refused.stderr + alone.stderr
 
 
 def test_a_run_stopped_after_sampling_keeps_its_rollouts_and_extend_finishes_it(tmp_path, tiny_world):
@@ -297,6 +357,10 @@ def test_a_run_stopped_after_sampling_keeps_its_rollouts_and_extend_finishes_it(
     assert out.returncode != 0
     saved = json.loads(stopped.read_text())
     assert saved["partial"].startswith("rollouts only") and saved["accuracy"] == {}
+    assert saved["settings"]["eval.limit"] == 12 and saved["settings"]["generation.num_generations"] == 8
+    hotter = cli("testtime", config, "--extend", str(stopped), "--estimators", "single", "eval.limit=12",
+                 "generation.temperature=0.7")
+    assert hotter.returncode == 2 and "generation.temperature: saved 1.0, now 0.7" in hotter.stderr
     assert len(saved["examples"]) == 12 and all(len(ex["rollouts"]) == 8 for ex in saved["examples"])
     out = cli("testtime", config, "--extend", str(stopped), "--estimators", "single,majority_vote", "--output",
               str(stopped), "eval.limit=12")
@@ -305,3 +369,4 @@ def test_a_run_stopped_after_sampling_keeps_its_rollouts_and_extend_finishes_it(
     assert out.returncode == 0, out.stderr[-2000:]
     finished, fresh = json.loads(stopped.read_text()), json.loads(whole.read_text())
     assert "partial" not in finished and finished["accuracy"] == fresh["accuracy"] and finished["paired"] == fresh["paired"]
+    assert finished["settings"] == fresh["settings"] == saved["settings"]

@@ -78,7 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--regrade", metavar="RESULT", help="read a saved result (--output) again with this config's answer "
                    "rules and grading, no model run: every statistic recomputed from the saved texts")
     s.add_argument("--extend", metavar="RESULT", help="add the --estimators named to a saved result (--output) of this "
-                   "config, reading its rollouts instead of sampling again; every statistic is recomputed")
+                   "config, reading its rollouts instead of sampling again; every statistic is recomputed. A result "
+                   "made with other model, sampling, prompt or grading settings is refused")
+    s.add_argument("--allow-unrecorded", action="store_true", help="--extend a result saved before results recorded "
+                   "their settings, taking its rollouts as this config's without a check")
     pl = sub.add_parser("plan", help="memory per process for a config, computed from the model's architecture")
     pl.add_argument("config")
     pl.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run is split over")
@@ -458,6 +461,8 @@ def _synthesize(args) -> int:
                           "its table and figure go beside it with the suffixes .md and .png")
     if args.extend and args.regrade:
         raise ConfigError("--extend and --regrade: give one (--extend already re-reads every saved answer)")
+    if args.allow_unrecorded and not args.extend:
+        raise ConfigError("--allow-unrecorded goes with --extend: it lets --extend read a result that records no settings")
     if args.extend and names is None:
         raise ConfigError("--extend needs --estimators: the estimators to add to the saved result")
     if args.extend and config.data.format == "healthbench":
@@ -486,7 +491,8 @@ def _synthesize(args) -> int:
                 raise ConfigError(f"--extend {args.extend}: not a saved test-time result ({type(exc).__name__}: {exc})") from None
         result = run_test_time(config, names, sizes, decodings, questions, args.question_template,
                                verdicts=Path(args.verdicts) if args.verdicts else None, extend=extend,
-                               save=partial(_write_json, Path(args.output)) if args.output else None)
+                               save=partial(_write_json, Path(args.output)) if args.output else None,
+                               allow_unrecorded=args.allow_unrecorded)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
     else:

@@ -16,16 +16,24 @@ right (the ceiling of any selection). The anchor's estimators run once per decod
 (``anchor_decodings``) and per question setting (``anchor_questions``: without the question, as
 the paper's default, and with it through ``question_template``). ``examples`` keep, per prompt, every rollout's text and answer and every
 reference's text and answer, to read what the model and the anchor actually wrote.
+
+``settings`` records what made the rollouts and grades them (``ROLLOUT_SETTINGS``,
+``GRADING_SETTINGS``): ``--extend`` refuses a saved result whose record differs from its config,
+and one that records nothing (saved before the record existed) unless told to trust it.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from functools import partial
 from pathlib import Path
 
+import yaml
+
+from cat.config import AnswerConfig
 from cat.display import number
 from cat.errors import ConfigError
 from cat.registry import import_plugin
@@ -50,7 +58,7 @@ MATH_ESTIMATORS = ("single", "majority_vote", "synthesis")
 def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | None = None,
                   anchor_decodings: list[str] | None = None, anchor_questions: list[str] | None = None,
                   question_template: str = "math_synthesis_with_question", verdicts: Path | None = None,
-                  extend: dict | None = None, save=None) -> dict:
+                  extend: dict | None = None, save=None, allow_unrecorded: bool = False) -> dict:
     """On HealthBench data (``data.format: healthbench``) the rubric protocol of
     ``cat.tools.testtime_rubric`` runs instead, with ``estimator_names`` its arms (None: all of
     them) and ``verdicts`` its judges' cache file. ``estimator_names`` None: ``MATH_ESTIMATORS``.
@@ -64,7 +72,8 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     ``extend``: a saved result of this config (``--output``) whose rollouts are read again instead
     of sampled: the estimators named add their references to it, at its group sizes, and every
     statistic is recomputed as ``regrade`` does. Sampling is most of a run's cost, so a new arm
-    costs only its own calls.
+    costs only its own calls. Its ``settings`` must be this config's (``check_settings``); one
+    that records none is refused unless ``allow_unrecorded``.
 
     ``save``: called with the rollouts as a result without arms (``partial``) as soon as they are
     sampled, so that a run stopped later keeps them: ``extend`` continues from that file."""
@@ -100,6 +109,7 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     estimators = {name: build_estimator(config, name) for name in estimator_names or MATH_ESTIMATORS}
     if extend is not None:
         sizes = _extended_sizes(extend, group_sizes)
+        check_settings(extend, config, allow_unrecorded=allow_unrecorded)
         token_level = [n for n in estimators if n in TOKEN_ESTIMATORS]
         if token_level:
             raise ConfigError(f"--extend: {', '.join(token_level)} score the rollouts' sampled token ids, which a saved "
@@ -124,7 +134,8 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
                               for c in cs]}
                 for p, cs in zip(prompts, completions, strict=True)]
     if save is not None and extend is None:
-        save({"n": len(prompts), "skipped_long": skipped, "group_sizes": sizes, "accuracy": {},
+        save({"n": len(prompts), "skipped_long": skipped, "settings": settings_record(config),
+              "group_sizes": sizes, "accuracy": {},
               "partial": "rollouts only: add the estimators with cat-rl testtime --extend THIS_FILE --estimators ...",
               "examples": examples})
     variants = _variants(estimators, anchor, anchor_decodings, anchor_questions, question_template)
@@ -151,7 +162,8 @@ def run_test_time(config, estimator_names: list[str], group_sizes: list[int] | N
     if extend is not None:
         return _merged(config, extend, examples, [name for name, _, _ in variants], seconds, judged)
     results = score(examples, prompts, sizes, [name for name, _, _ in variants], config)
-    return {"n": len(prompts), "skipped_long": skipped, **results, "seconds": seconds,
+    return {"n": len(prompts), "skipped_long": skipped, "settings": settings_record(config), **results,
+            "seconds": seconds,
             **({"judge": judged} if judged else {}), "examples": examples}
 
 
@@ -179,6 +191,79 @@ def _extended_sizes(saved: dict, group_sizes: list[int] | None) -> list[int]:
         raise ConfigError(f"--group-sizes {sorted(set(group_sizes))}: an extended result keeps its own group sizes "
                           f"{sizes}; leave --group-sizes out")
     return sizes
+
+
+ROLLOUT_SETTINGS = ("model.name_or_path", "model.dtype", "model.system_prompt", "model.chat_template",
+                    "model.chat_template_kwargs", "generation.backend", "generation.num_generations",
+                    "generation.max_new_tokens", "generation.temperature", "generation.top_p", "generation.top_k",
+                    "generation.stop", "run.seed", "data.format", "data.prompt_field", "data.prompt_template",
+                    "data.max_prompt_tokens", "eval.path", "eval.name", "eval.split", "eval.limit", "eval.seed",
+                    "eval.task_config")
+"""The settings that make a result's prompts and rollouts: the policy and how its prompts are
+written, how it samples and from which seed, and which evaluation rows. Not the device, the
+batch size or the engine's memory (the rollouts are drawn per row from ``run.seed``), nor what an
+added arm may change: ``anchor``, ``estimator``, ``judge``, ``data.label_fields``, ``plugins``. A
+reasoning-gym task's evaluation rows also depend on the training rows' settings; those are caught
+by comparing the prompts themselves (``saved_rollouts``)."""
+GRADING_SETTINGS = ("data.answer_field", "data.answer_format", *(f"answer.{k}" for k in AnswerConfig.model_fields),
+                    "reward.mode", "reward.timeout_s")
+"""The settings that grade a result: the gold answer, the chain that reads every answer, the
+comparison. ``regrade`` changes them (and records the new ones); ``--extend`` keeps them."""
+
+
+def settings_record(config) -> dict:
+    """``config``'s values of ``ROLLOUT_SETTINGS`` and ``GRADING_SETTINGS``, keyed by their dotted
+    names, as JSON writes them: what a saved result records as ``settings``."""
+    tree = config.model_dump(mode="json")
+    out = {}
+    for key in ROLLOUT_SETTINGS + GRADING_SETTINGS:
+        section, _, field = key.partition(".")
+        out[key] = tree[section][field]
+    return out
+
+
+def check_settings(saved: dict, config, *, allow_unrecorded: bool = False) -> None:
+    """ConfigError unless the ``settings`` that ``saved`` records equal ``config``'s, naming each
+    key that differs with both values and how to go on. A key the record lacks (added to the
+    record after the result was saved) is not compared. A result that records no settings (saved
+    before results recorded them) is refused too, unless ``allow_unrecorded``: whether its
+    rollouts are this config's cannot be told, and a mixed table looks like any other."""
+    recorded = saved.get("settings")
+    if recorded is None:
+        if not allow_unrecorded:
+            raise ConfigError("--extend: the saved result records no settings (it was saved before results recorded "
+                              "the model, sampling and grading that made them), so whether its rollouts are this "
+                              "config's cannot be checked: sample again with --output, or, if you know this config "
+                              "made it, pass --allow-unrecorded")
+        logger.warning("testtime: --extend: the saved result records no settings; --allow-unrecorded takes its "
+                       "rollouts as this config's, unchecked")
+        return
+    now = settings_record(config)
+    differ = [k for k in now if k in recorded and recorded[k] != now[k]]
+    if not differ:
+        return
+    lines = [f"  {k}: saved {json.dumps(recorded[k])}, now {json.dumps(now[k])}" for k in differ]
+    rollouts = [k for k in differ if k in ROLLOUT_SETTINGS]
+    if rollouts:
+        back = " ".join(f"{k}={_override(recorded[k])}" for k in rollouts)
+        lines.append(f"To read its rollouts, give the saved values back ({back}); to compare these settings, sample "
+                     f"again into another --output.")
+    if len(rollouts) < len(differ):
+        lines.append("To grade with other answer settings, --regrade the saved result with them first (it re-reads "
+                     "every saved answer and records them), then --extend that.")
+    raise ConfigError("--extend: the saved result was made with other settings than this config's, so one table "
+                      "would mix two runs:\n" + "\n".join(lines))
+
+
+def _override(value) -> str:
+    """``value`` as the right side of a ``section.key=value`` override."""
+    if isinstance(value, str):
+        try:
+            if yaml.safe_load(value) == value:
+                return value
+        except yaml.YAMLError:
+            pass
+    return json.dumps(value)
 
 
 def saved_rollouts(saved: dict, prompts, tokenizer, g: int) -> list:
@@ -268,7 +353,13 @@ def copies(examples: list[dict], key: str, g: int, config) -> list[float]:
 def regrade(config, saved: dict, names: list[str] | None = None) -> dict:
     """A saved result read again with ``config``'s answer chain and grading, no model run: every
     rollout's and reference's saved text is re-read, the vote taken again, every statistic
-    recomputed (after a fix to ``answer.rules``, say)."""
+    recomputed (after a fix to ``answer.rules``, say). The saved ``settings`` are kept with
+    ``config``'s ``GRADING_SETTINGS`` in place of the saved ones (a result that recorded none
+    records none)."""
+    recorded = saved.get("settings")
+    if recorded is not None:
+        grading = {k: v for k, v in settings_record(config).items() if k in GRADING_SETTINGS}
+        recorded = {**recorded, **grading}
     prompts = {p.index: p for p in load_split(TaskSettings.from_config(config), "eval")}
     answer_of = AnswerChain.from_config(config.answer)
     examples = copy.deepcopy(saved.get("examples") or [])
@@ -296,7 +387,9 @@ def regrade(config, saved: dict, names: list[str] | None = None) -> dict:
     if names is None:
         names = list(dict.fromkeys(k.rpartition("@")[0] for k in saved["accuracy"] if not k.startswith("oracle_pass@")))
     results = score(examples, [prompts[ex["index"]] for ex in examples], saved["group_sizes"], names, config)
-    return {**{k: saved[k] for k in ("n", "skipped_long", "seconds") if k in saved}, **results, "examples": examples}
+    kept = {k: saved[k] for k in ("n", "skipped_long") if k in saved}
+    return {**kept, **({"settings": recorded} if recorded is not None else {}), **results,
+            **({"seconds": saved["seconds"]} if "seconds" in saved else {}), "examples": examples}
 
 
 def _variants(estimators: dict, anchor, decodings: list[str] | None, questions: list[str] | None = None,
