@@ -109,6 +109,9 @@ def test_versus_majority_counts_disagreements_and_who_is_right():
               "interval": {"majority_vote@4": 0.4, "synthesis@4": 0.4}, "versus_majority": {"synthesis@4": v}}
     text = table(result)
     assert "| synthesis | 0.429 +/- 0.400 |" in text and "| synthesis@4 | 0.571 (4) | 0.25 | 0.25 |" in text
+    assert "no answer" not in text  # a result saved before the count, or one with every reference answered
+    text = table({**result, "no_answer": {"majority_vote@4": 0, "synthesis@4": 1}})
+    assert "\n\nreferences with no answer, scored wrong: synthesis@4 1 of 7\n\n" in text
     none = versus_majority(examples[:3], "synthesis@4", "majority_vote@4")
     assert none["disagreements"] == 0 and none["right_when_disagree"] != none["right_when_disagree"]  # nan
 
@@ -194,6 +197,8 @@ def test_judge_best_of_n_on_math_takes_the_best_rated_rollout_and_leaves_failed_
     counts = result["judge"]["judge_bon@8"]  # the judge's own counts, per G (G = 4's ratings came first)
     assert counts["judge/score_calls"] + result["judge"]["judge_bon@4"]["judge/score_calls"] == len(prompts)
     assert counts["judge/score_failures"] == 8 * len(unrateable) and counts["judge/prompt_tokens"] > 0
+    assert result["no_answer"]["judge_bon@8"] == result["no_answer"]["judge_bon@4"] == len(unrateable)
+    assert f"judge_bon@4 {len(unrateable)} of 24, judge_bon@8 {len(unrateable)} of 24" in out.stdout
     acc = result["accuracy"]  # a perfect judge, short of the prompts it cannot rate: pass@G on the rest
     assert acc["judge_bon@8"] == sum(any(r["answer"] == ex["gold"] for r in ex["rollouts"])
                                      for ex in result["examples"] if ex["index"] not in unrateable) / 24
@@ -340,6 +345,22 @@ def test_extend_refuses_a_result_made_with_other_settings(tmp_path, tiny_world):
     alone = cli("testtime", config, "--allow-unrecorded", *small)
     assert alone.returncode == 2 and "--allow-unrecorded goes with --extend" in alone.stderr
     assert "Traceback" not in hotter.stderr + graded.stderr + refused.stderr + alone.stderr
+
+
+def test_references_with_no_answer_are_counted_and_named_under_the_table(tmp_path, tiny_world):
+    """self_bon's anchor (the tiny model) rarely writes a parsable ``BEST: k``: those prompts have
+    no reference answer, are scored wrong, and are counted per arm in the JSON and the table."""
+    out_file = tmp_path / "bon.json"
+    out = cli("testtime", str(ROOT / "experiments" / "tiny_arith_cat.yaml"), "--estimators", "single,self_bon",
+              "--output", str(out_file), "eval.limit=4", "generation.num_generations=2", "anchor.max_new_tokens=8")
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out_file.read_text())
+    for key in ("single@2", "self_bon@2"):
+        missing = [ex for ex in result["examples"] if ex["references"][key]["answer"] is None]
+        assert result["no_answer"][key] == len(missing) and not any(ex["references"][key]["correct"] for ex in missing)
+    assert result["no_answer"]["self_bon@2"] > 0 and result["no_answer"]["single@2"] == 0
+    line = f"references with no answer, scored wrong: self_bon@2 {result['no_answer']['self_bon@2']} of 4"
+    assert line in out.stdout and line in (tmp_path / "bon.md").read_text()
 
 
 def test_a_run_stopped_after_sampling_keeps_its_rollouts_and_extend_finishes_it(tmp_path, tiny_world):

@@ -17,6 +17,11 @@ right (the ceiling of any selection). The anchor's estimators run once per decod
 the paper's default, and with it through ``question_template``). ``examples`` keep, per prompt, every rollout's text and answer and every
 reference's text and answer, to read what the model and the anchor actually wrote.
 
+``no_answer`` counts, per estimator and G, the prompts whose reference has no answer (an anchor
+that wrote no parsable ``BEST: k``, a judge that rated nothing): each is scored wrong, as the
+accuracy has always counted it, and the table names the count so that such an arm does not read
+as a bad estimator.
+
 ``settings`` records what made the rollouts and grades them (``ROLLOUT_SETTINGS``,
 ``GRADING_SETTINGS``): ``--extend`` refuses a saved result whose record differs from its config,
 and one that records nothing (saved before the record existed) unless told to trust it.
@@ -307,13 +312,14 @@ def _merged(config, saved: dict, examples: list[dict], names: list[str], seconds
 def score(examples: list[dict], prompts, sizes: list[int], names: list[str], config) -> dict:
     """Every statistic of a test-time result, from its examples (each rollout's and reference's
     answer, per key ``NAME@G``), graded against the prompts' gold answers; marks each reference
-    ``correct``."""
+    ``correct``. ``no_answer``: per key, the prompts whose reference has no answer, each scored
+    wrong."""
     grading = {"mode": config.reward.mode, "timeout_s": config.reward.timeout_s}
     right = [[grade(r["answer"], p, **grading) for r in ex["rollouts"]] for p, ex in zip(prompts, examples, strict=True)]
     single = [sum(r) / len(r) for r in right]
     results: dict = {"group_sizes": sizes, "single_sample_accuracy": sum(single) / len(single),
                      "single_sample_interval": mean_ci(single).half_width, "accuracy": {}, "interval": {},
-                     "versus_majority": {}, "paired": {}, "copies": {}}
+                     "no_answer": {}, "versus_majority": {}, "paired": {}, "copies": {}}
     for g in sizes:
         one = [sum(r[:g]) / g for r in right]  # the expected accuracy of one of the first g samples
         oracle = [float(any(r[:g])) for r in right]
@@ -327,6 +333,7 @@ def score(examples: list[dict], prompts, sizes: list[int], names: list[str], con
                 ex["references"][key]["correct"] = bool(hit)
             results["accuracy"][key] = sum(hits) / len(hits)
             results["interval"][key] = mean_ci(hits).half_width
+            results["no_answer"][key] = sum(ex["references"][key]["answer"] is None for ex in examples)
             per_prompt[name] = hits
             if name not in ("single", "majority_vote"):
                 results["copies"][key] = copies(examples, key, g, config)
@@ -430,8 +437,9 @@ def versus_majority(examples: list[dict], key: str, vote_key: str) -> dict:
 
 
 def table(result: dict) -> str:
-    """The result as a text table: accuracy with its interval per estimator and G, and the
-    comparison with the majority vote; a rubric result's own table
+    """The result as a text table: accuracy with its interval per estimator and G, a line naming
+    the references with no answer (when any), and the comparison with the majority vote; a rubric
+    result's own table
     (``cat.tools.testtime_rubric``)."""
     if result.get("task") == "rubric":
         from cat.tools.testtime_rubric import table as rubric_table
@@ -450,6 +458,11 @@ def table(result: dict) -> str:
             key = f"{name}@{g}"
             cells.append(f"{number(result['accuracy'][key])} +/- {number(result.get('interval', {}).get(key))}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    missing = result.get("no_answer") or {}
+    unanswered = [f"{name}@{g} {missing[f'{name}@{g}']} of {result['n']}" for name in names for g in sizes
+                  if missing.get(f"{name}@{g}")]
+    if unanswered:
+        lines += ["", "references with no answer, scored wrong: " + ", ".join(unanswered)]
     pairs = result.get("paired") or {}
     if pairs:
         lines += ["", "| paired, per prompt | against one sample | against the vote |", "|---|---|---|"]
