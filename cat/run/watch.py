@@ -71,11 +71,11 @@ def preflight_report(metrics: dict, groups: list[Group], references: list[Refere
     causes = []
     if rollout_rate is not None and rollout_rate == 0:
         causes.append(f"no rollout has an answer that {chain} reads{_refused(refused, config)}")
+    unchosen = [r for r in references if "choice_text" in r.meta and r.meta.get("index") is None]  # self_bon
     if unrated:
         causes.append(f"the judge gave no rating for {unrated} rollouts (judge/score_failures; the warning above "
                       f"quotes a reply), so best-of-N had no rollout to pick")
-    unchosen = [r for r in references if "choice_text" in r.meta and r.meta.get("index") is None]  # self_bon
-    if unchosen:
+    elif unchosen:
         causes.append(f"the anchor named no rollout (a line 'BEST: k') for {len(unchosen)} of {len(references)} "
                       f"groups, so those groups have no reference")
     elif reference_rate is not None and reference_rate == 0:
