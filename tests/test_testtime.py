@@ -127,6 +127,9 @@ def test_the_table_reads_n_a_where_one_prompt_gives_no_interval():
     text = table(result)
     assert "one sample: 1.000 (+/- n/a)" in text and "| majority_vote | 1.000 +/- n/a |" in text
     assert "0 +/- n/a (one prompt)" in text and "nan" not in text
+    text = table({**result, "examples": [{"rollouts": [{}, {}, {}, {}], "references": {}}]})
+    assert "one sample: 1.000 (+/- n/a) (the mean over all 4 rollouts of a prompt)" in text  # the G = 2 rows read 2
+    assert "| against one sample (of the G it read) |" in text
 
 
 def test_testtime_refuses_math_estimators_on_rubric_data():

@@ -448,8 +448,10 @@ def table(result: dict) -> str:
     sizes = result["group_sizes"]
     names = list(dict.fromkeys(k.rpartition("@")[0] for k in result["accuracy"]))
     skipped = f" ({result['skipped_long']} longer ones skipped)" if result.get("skipped_long") else ""
+    sampled = len(result["examples"][0]["rollouts"]) if result.get("examples") else None
+    over = f" (the mean over all {sampled} rollouts of a prompt)" if sampled else ""
     lines = [f"{result['n']} prompts{skipped}; one sample: {number(result['single_sample_accuracy'])} "
-             f"(+/- {number(result.get('single_sample_interval'))})", ""]
+             f"(+/- {number(result.get('single_sample_interval'))}){over}", ""]
     lines.append("| estimator | " + " | ".join(f"G = {g}" for g in sizes) + " |")
     lines.append("|---|" + "---|" * len(sizes))
     for name in names:
@@ -465,7 +467,7 @@ def table(result: dict) -> str:
         lines += ["", "references with no answer, scored wrong: " + ", ".join(unanswered)]
     pairs = result.get("paired") or {}
     if pairs:
-        lines += ["", "| paired, per prompt | against one sample | against the vote |", "|---|---|---|"]
+        lines += ["", "| paired, per prompt | against one sample (of the G it read) | against the vote |", "|---|---|---|"]
         for key, against in pairs.items():
             cells = [f"{number(v['difference'], signed=True)} +/- {number(v['interval'])} ({v['verdict']})" if v else ""
                      for v in (against.get("one_sample"), against.get("majority_vote"))]
