@@ -34,7 +34,7 @@ def train(run_dir, args) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_world):
-    """{name: run_dir}: lr 0 synchronous and async (3 steps, LoRA with the KL term: the update
+    """{name: run_dir}: lr 0 synchronous and async (2 steps, LoRA with the KL term: the update
     thread runs pi_0 as the base with the adapter off while the rollout thread streams the base's
     weights into the engine for the anchor); async with the config's learning
     rate (4 steps, evaluated at 2, a checkpoint at 2), uninterrupted, and killed after step 3 then
@@ -42,8 +42,8 @@ def runs(tmp_path_factory, tiny_world):
     root = tmp_path_factory.mktemp("async")
     base = tiny_overrides(tiny_world, "eval.path=null")
     lora = ["model.lora.r=8", "model.lora.alpha=16", "grpo.beta=0.05"]  # pi_0 is the base with the adapter off
-    args = {"sync_lr0": [*base, *lora, "run.steps=3", "optim.lr=0"],
-            "async_lr0": [*base, *lora, "run.steps=3", "optim.lr=0", ASYNC],
+    args = {"sync_lr0": [*base, *lora, "run.steps=2", "optim.lr=0"],
+            "async_lr0": [*base, *lora, "run.steps=2", "optim.lr=0", ASYNC],
             # evaluated before, at step 2 (the rollout thread joined first) and after
             "async": [*tiny_overrides(tiny_world), "eval.every=2", "run.steps=4", "run.save_every=2", ASYNC]}
     procs = {name: subprocess.Popen(train(root / name, a), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
@@ -70,7 +70,7 @@ def without_async(row: dict) -> dict:
 
 def test_at_learning_rate_zero_async_takes_the_synchronous_steps(runs):
     sync, ahead = metrics(runs["sync_lr0"]), metrics(runs["async_lr0"])
-    assert [r["async/staleness"] for r in ahead] == [0, 1, 1]
+    assert [r["async/staleness"] for r in ahead] == [0, 1]
     assert all("async/staleness" not in r for r in sync)
     assert_rows_match([without_async(r) for r in ahead], sync, rel=1e-6, abs_=1e-9)
     samples = [(runs[n] / "samples.jsonl").read_text() for n in ("sync_lr0", "async_lr0")]

@@ -146,27 +146,25 @@ def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, tiny_world):
 
 def test_a_second_ctrl_c_stops_mid_step_and_still_says_how_to_resume(tmp_path, tiny_world):
     """Ctrl-C twice: the step in progress is dropped at once; the message names the newest
-    checkpoint (each step saves one here) and the command that continues from it, which works."""
+    checkpoint (each step saves one here), complete, and the command that continues from it (the
+    resume itself: test_sigkill_mid_run_then_resume_matches_uninterrupted)."""
     config = ROOT / "experiments" / "tiny_arith_gold.yaml"
     run_dir = tmp_path / "run"
     proc = spawn_train(config, run_dir, overrides(tiny_world, 50, "run.save_every=1"))
-    wait_for_rows(run_dir / "metrics.jsonl", 2, proc)
+    wait_for_rows(run_dir / "metrics.jsonl", 2, proc)  # step 1's checkpoint is complete
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
-    newest = max((run_dir / "checkpoints").glob("step-*")).name
+    newest = max((run_dir / "checkpoints").glob("step-*"))
+    assert (newest / "COMPLETE").is_file()
     if "stopped mid-step" in stderr:  # else both signals came after the step's end: the first one saved
-        assert (f"stopped mid-step: the step in progress is lost; the run continues from {newest} with: "
+        assert (f"stopped mid-step: the step in progress is lost; the run continues from {newest.name} with: "
                 f"cat-rl train {run_dir / 'config.yaml'} --resume {run_dir}") in stderr
-    done = int(newest.removeprefix("step-"))
-    resumed = cli("train", str(run_dir / "config.yaml"), "--resume", str(run_dir), "--no-progress",
-                  f"run.steps={done + 1}", "--allow-config-change")  # one step more, not the 50
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    rows = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert rows == list(range(1, done + 2))  # the lost step's row, if written, was dropped and made again
+    else:
+        assert f"resume with: cat-rl train {run_dir / 'config.yaml'} --resume {run_dir}" in stderr
 
 
 def test_non_finite_gradients_are_skipped_then_stop_the_run(tmp_path, tiny_world):
