@@ -205,7 +205,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 FILE_SECONDS = {
     "test_parallel.py": 162, "test_vllm.py": 90, "test_async_rollouts.py": 75, "test_learning.py": 50, "test_worlds.py": 90, "test_optimizer.py": 15,
     "test_resume.py": 66, "test_sft.py": 59, "test_trainer.py": 53, "test_lora.py": 34, "test_report.py": 34,
-    "test_compare.py": 32, "test_math.py": 25, "test_testtime.py": 20, "test_testtime_rubric.py": 20, "test_shared_prompt.py": 17,
+    "test_compare.py": 45, "test_math.py": 25, "test_testtime.py": 45, "test_testtime_rubric.py": 20, "test_shared_prompt.py": 17,
     "test_generation.py": 16, "test_real_model.py": 150, "test_rubric_train.py": 16, "test_plugins.py": 15, "test_precision.py": 13,
     "test_judge_http.py": 33, "test_checkpoint_safety.py": 30, "test_fuzz.py": 16, "test_templates.py": 11,
     "test_memory.py": 10, "test_firewall.py": 12, "test_logs.py": 9, "test_trl_compat.py": 7, "test_faults.py": 7,
