@@ -261,3 +261,23 @@ def test_more_prompts_per_step_than_prompts_is_said_and_each_step_still_holds_th
     batch = trainer.order.batch(0)
     assert len(batch) == 6 and set(batch) == {0, 1, 2, 3}
     trainer.close()
+
+
+def test_a_failed_rollout_thread_does_not_cost_the_checkpoint_before_it(tmp_path, tiny_world, caplog):
+    """One process: the rollout thread making step 2's experience raised while step 1's
+    checkpoint waited for it. The checkpoint's state is taken without that experience (so the
+    update is saved), the failure is logged, and the error stops the run at step 2."""
+    from cat.run.trainer import _Timer
+
+    class Failed:  # the rollout thread's handle, its work having raised
+        def result(self):
+            raise RuntimeError("the engine died")
+
+    trainer = make_trainer(tmp_path, tiny_world)
+    trainer._ahead = Failed()
+    with caplog.at_level("WARNING"):
+        assert trainer.ahead_state() == {}
+    assert "the rollout thread failed (RuntimeError: the engine died)" in caplog.text and trainer._ahead is None
+    with pytest.raises(RuntimeError, match="the engine died"):
+        trainer._take_ahead(1, _Timer())
+    trainer.close()

@@ -145,8 +145,7 @@ class Trainer:
                                strategy=config.parallel.strategy, log=self.log)
         self.policy = self.learner.policy
         self._initial = None
-        self.engine = generator_from_config(config.generation, self.policy, self.tokenizer, dtype=m.dtype,
-                                            seed=config.run.seed, sleep=config.generation.vllm_sleep)
+        self.engine = self._make_generator(self.policy, self.tokenizer, sleep=config.generation.vllm_sleep)
         self.shared = None
         if self._needs_anchor() and config.anchor.backend == "local" and config.anchor.model is None \
                 and config.generation.backend == "vllm":
@@ -161,6 +160,7 @@ class Trainer:
         self.async_rollouts = config.generation.async_rollouts
         self._ahead: Background | None = None  # the rollout thread making the next step's experience
         self._ready: Experience | None = None  # the next step's experience, made ahead
+        self._ahead_failed: Exception | None = None  # the rollout thread's error, raised at the next step
         self._loop = None  # only for the deprecated Trainer.train / save / restore / step_done
 
     @property
@@ -173,9 +173,11 @@ class Trainer:
 
     # ---- components loaded on first use -------------------------------------------------------
 
-    def _make_generator(self, model, tokenizer):
+    def _make_generator(self, model, tokenizer, *, sleep: bool = False):
+        """An engine from the generation section: the policy's (which may sleep through updates), or
+        a separate anchor's."""
         c = self.config
-        return generator_from_config(c.generation, model, tokenizer, dtype=c.model.dtype, seed=c.run.seed)
+        return generator_from_config(c.generation, model, tokenizer, dtype=c.model.dtype, seed=c.run.seed, sleep=sleep)
 
     @property
     def initial_policy(self):
@@ -301,6 +303,8 @@ class Trainer:
         at it), or made now when there is none: the first step of a run, or of a resumed one whose
         checkpoint holds none."""
         timer.times["rollout_wait"] = 0.0  # none when a checkpoint or an evaluation has waited already
+        if self._ahead_failed is not None:  # the rollout thread failed while a checkpoint waited for it
+            raise self._ahead_failed
         if self._ahead is not None:
             with timer("rollout_wait"):  # the rollouts' time the update did not hide
                 self.join_ahead()
@@ -322,8 +326,20 @@ class Trainer:
 
     def ahead_state(self) -> dict:
         """For a checkpoint: the experience made ahead for the next step, if any. Made by weights
-        a resumed run no longer has, it is saved, so that the resumed run learns what this one would."""
-        self.join_ahead()
+        a resumed run no longer has, it is saved, so that the resumed run learns what this one would.
+        In one process, a rollout thread that failed does not cost the checkpoint of the update
+        before it: the checkpoint is saved without it (a resumed run makes that step's rollouts
+        itself) and the error stops the run at the next step. Across processes the failure is raised
+        here, as the other ranks are already gathering what theirs made."""
+        try:
+            self.join_ahead()
+        except Exception as exc:
+            if self.ranks.world > 1:
+                raise
+            self._ahead, self._ahead_failed = None, exc
+            logger.warning(f"the rollout thread failed ({type(exc).__name__}: {exc}); the checkpoint is saved without "
+                           f"the next step's experience, and the run stops at that step")
+            return {}
         if not (self.async_rollouts and self._ready is not None):
             return {}
         return {"experience_ahead": self._ready.as_state(), "experience_settings": self._experience_settings()}
