@@ -136,11 +136,11 @@ def _missing_folder(path: str, resolved: str) -> str:
 
     where = Path(resolved).expanduser()
     said = f"model '{path}'" + (f" (resolved to {resolved})" if resolved != path else "")
+    if where.exists():
+        return f"{said}: {where.absolute()} is a file, not a model folder (name a folder with a config.json, or a .gguf file)"
     text = f"{said}: no model folder at {where.absolute()}"
     if not where.is_absolute() and not resolved.startswith("~"):
         text += f" (a relative model path is read from the working directory, {Path.cwd()})"
-    if where.exists():
-        text = f"{said}: {where.absolute()} is a file, not a model folder (name a folder with a config.json, or a .gguf file)"
     fetchable = [name for name, known in KNOWN.items() if known.folder == where.name]
     if fetchable:
         output = "" if resolved == f"models/{where.name}" else f" --output {resolved}"

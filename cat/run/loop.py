@@ -179,7 +179,7 @@ class RunLoop:
                     path = self.save()
                     if main:
                         logger.warning(f"interrupted after step {self.step_done}: saved {path}\n"
-                                       f"resume with: cat-rl train {t.run_dir / 'config.yaml'} --resume {t.run_dir}")
+                                       f"resume with: {resume_command(t.run_dir)}")
                     raise SavedAndInterrupted
                 if t.eval_prompts and t.config.eval.every and self.step_done % t.config.eval.every == 0 \
                         and self.step_done < run.steps:
@@ -224,6 +224,11 @@ def peak_gpu_mib(device) -> float:
     import torch
 
     return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir`` from its newest checkpoint."""
+    return f"cat-rl train {run_dir / 'config.yaml'} --resume {run_dir}"
 
 
 class SavedAndInterrupted(KeyboardInterrupt):

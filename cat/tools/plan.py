@@ -129,13 +129,14 @@ def optimizer_row(name: str, part: str, wide: str = "fp32") -> str:
         f"AdamW8bit state (bitsandbytes: 2 moments in 8 bits, block scales{part})"
 
 
+def _amount(n: float, decimals: int = 1) -> str:
+    """Bytes in GiB, or in MiB below a tenth of a GiB (never "0.0 GiB")."""
+    return f"{n / GB:.{decimals}f} GiB" if n >= GB / 10 else f"{n / 1024**2:.{decimals}f} MiB"
+
+
 def _size(n: float) -> str:
-    return f"{n / GB:9.2f} GiB" if n >= GB / 10 else f"{n / 1024**2:9.2f} MiB"
-
-
-def _amount(n: float) -> str:
-    """Bytes in prose: GiB to one decimal, or MiB below a tenth of a GiB (never "0.0 GiB")."""
-    return f"{n / GB:.1f} GiB" if n >= GB / 10 else f"{n / 1024**2:.1f} MiB"
+    """An amount in the plan's table: two decimals, right-aligned."""
+    return f"{_amount(n, 2):>13}"
 
 
 def render(config, arch: Architecture, *, processes: int = 1) -> str:

@@ -25,12 +25,12 @@ def _stopped_mid_step(run_dir: Path) -> str:
     """What a second Ctrl-C leaves: the step in progress is lost; the newest checkpoint, if any,
     is where the run continues."""
     from cat.run import checkpoint as ckpt
+    from cat.run.loop import resume_command
 
     newest = ckpt.latest_checkpoint(run_dir)
     if newest is None:
         return "stopped mid-step before the first checkpoint: run the same command again to start the run over"
-    return (f"stopped mid-step: the step in progress is lost; the run continues from {newest.name} with: "
-            f"cat-rl train {run_dir / 'config.yaml'} --resume {run_dir}")
+    return f"stopped mid-step: the step in progress is lost; the run continues from {newest.name} with: {resume_command(run_dir)}"
 
 
 def train_run(config, run_dir: Path, *, progress: bool = True, resume_requested: bool = False,
